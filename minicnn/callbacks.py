@@ -1,0 +1,210 @@
+"""Callbacks with Keras' names and semantics, called by `Model.fit`.
+
+`fit` calls on_train_begin, then per epoch on_epoch_begin, on_batch_end after every batch,
+on_epoch_end with the epoch's logs ({"loss", "accuracy", "val_loss", "val_accuracy", "lr"}),
+and on_train_end. A callback stops training by setting `model.stop_training = True`.
+`get_state` / `set_state` let a checkpoint resume a run exactly.
+"""
+import csv
+import math
+import os
+
+import numpy as np
+
+
+class Callback:
+    model = None
+
+    def set_model(self, model):
+        self.model = model
+
+    def on_train_begin(self, logs=None): pass
+    def on_epoch_begin(self, epoch, logs=None): pass
+    def on_batch_end(self, batch, logs=None): pass
+    def on_epoch_end(self, epoch, logs=None): pass
+    def on_train_end(self, logs=None): pass
+
+    def get_state(self):
+        return {}
+
+    def set_state(self, state):
+        pass
+
+
+class History(Callback):
+    """`history.history["loss"]` etc.: one value per epoch."""
+
+    def __init__(self):
+        self.history, self.epoch = {}, []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch.append(epoch)
+        for key, value in (logs or {}).items():
+            self.history.setdefault(key, []).append(value)
+
+    def get_state(self):
+        return {"history": self.history, "epoch": self.epoch}
+
+    def set_state(self, state):
+        self.history, self.epoch = {k: list(v) for k, v in state["history"].items()}, list(state["epoch"])
+
+
+class _Monitor(Callback):
+    """Shared by the callbacks that watch one metric: 'min' for losses, 'max' for accuracies."""
+
+    def __init__(self, monitor, mode="auto", min_delta=0.0):
+        self.monitor, self.min_delta = monitor, abs(min_delta)
+        if mode == "auto":
+            mode = "max" if "acc" in monitor else "min"
+        self.mode = mode
+        self.best = math.inf if mode == "min" else -math.inf
+
+    def improved(self, value):
+        if self.mode == "min":
+            return value < self.best - self.min_delta
+        return value > self.best + self.min_delta
+
+    def current(self, logs):
+        if self.monitor not in (logs or {}):
+            raise KeyError(f"{type(self).__name__}: metric {self.monitor!r} is not in the logs "
+                           f"({', '.join(logs or {})}); pass validation data to monitor val_ metrics")
+        return float(logs[self.monitor])
+
+    def get_state(self):
+        return {"best": self.best}
+
+    def set_state(self, state):
+        self.best = float(state["best"])
+
+
+class ModelCheckpoint(_Monitor):
+    """Save the model (or its weights) after each epoch; with save_best_only, only on improvement.
+
+    `filepath` may contain format fields: "weights.{epoch:02d}-{val_loss:.2f}.npz".
+    """
+
+    def __init__(self, filepath, monitor="val_loss", save_best_only=False, save_weights_only=False,
+                 mode="auto", verbose=0):
+        super().__init__(monitor, mode)
+        self.filepath, self.save_best_only = filepath, save_best_only
+        self.save_weights_only, self.verbose = save_weights_only, verbose
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        path = str(self.filepath).format(epoch=epoch + 1, **logs)
+        if self.save_best_only:
+            value = self.current(logs)
+            if not self.improved(value):
+                return
+            if self.verbose:
+                print(f"Epoch {epoch + 1}: {self.monitor} improved from {self.best:.5f} to {value:.5f}, saving {path}")
+            self.best = value
+        (self.model.save_weights if self.save_weights_only else self.model.save)(path)
+
+
+class EarlyStopping(_Monitor):
+    """Stop when `monitor` has not improved for `patience` epochs; optionally restore the best weights."""
+
+    def __init__(self, monitor="val_loss", patience=0, min_delta=0.0, mode="auto", restore_best_weights=False,
+                 verbose=0):
+        super().__init__(monitor, mode, min_delta)
+        self.patience, self.restore_best_weights, self.verbose = patience, restore_best_weights, verbose
+        self.wait, self.best_weights, self.stopped_epoch = 0, None, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = self.current(logs)
+        if self.improved(value):
+            self.best, self.wait = value, 0
+            if self.restore_best_weights:
+                self.best_weights = self.model.get_weights()
+            return
+        self.wait += 1
+        if self.wait >= self.patience:
+            self.stopped_epoch = epoch
+            self.model.stop_training = True
+            if self.restore_best_weights and self.best_weights is not None:
+                self.model.set_weights(self.best_weights)
+            if self.verbose:
+                print(f"Epoch {epoch + 1}: early stopping")
+
+    def get_state(self):
+        return {**super().get_state(), "wait": self.wait}
+
+    def set_state(self, state):
+        super().set_state(state)
+        self.wait = int(state["wait"])
+
+
+class ReduceLROnPlateau(_Monitor):
+    """lr = max(lr * factor, min_lr) when `monitor` has not improved for `patience` epochs."""
+
+    def __init__(self, monitor="val_loss", factor=0.1, patience=10, min_lr=0.0, min_delta=1e-4, cooldown=0,
+                 mode="auto", verbose=0):
+        super().__init__(monitor, mode, min_delta)
+        if factor >= 1.0:
+            raise ValueError("ReduceLROnPlateau: factor must be < 1")
+        self.factor, self.patience, self.min_lr = factor, patience, min_lr
+        self.cooldown, self.verbose = cooldown, verbose
+        self.wait, self.cooldown_counter = 0, 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = self.current(logs)
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.wait = 0
+        if self.improved(value):
+            self.best, self.wait = value, 0
+        elif self.cooldown_counter == 0:
+            self.wait += 1
+            optimizer = self.model.optimizer
+            if self.wait >= self.patience and optimizer.learning_rate > self.min_lr:
+                optimizer.learning_rate = max(optimizer.learning_rate * self.factor, self.min_lr)
+                self.cooldown_counter, self.wait = self.cooldown, 0
+                if self.verbose:
+                    print(f"Epoch {epoch + 1}: reducing learning rate to {optimizer.learning_rate:.3g}")
+
+    def get_state(self):
+        return {**super().get_state(), "wait": self.wait, "cooldown_counter": self.cooldown_counter}
+
+    def set_state(self, state):
+        super().set_state(state)
+        self.wait, self.cooldown_counter = int(state["wait"]), int(state["cooldown_counter"])
+
+
+class CSVLogger(Callback):
+    """Append one row per epoch (epoch, then the logs' keys, sorted) to a CSV file."""
+
+    def __init__(self, filename, separator=",", append=False):
+        self.filename, self.separator, self.append = filename, separator, append
+        self.keys = None
+
+    def on_train_begin(self, logs=None):
+        if not self.append and os.path.exists(self.filename):
+            os.remove(self.filename)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        self.keys = self.keys or sorted(logs)
+        new_file = not os.path.exists(self.filename) or os.path.getsize(self.filename) == 0
+        with open(self.filename, "a", newline="") as f:
+            writer = csv.writer(f, delimiter=self.separator)
+            if new_file:
+                writer.writerow(["epoch"] + self.keys)
+            writer.writerow([epoch] + [logs.get(k, "") for k in self.keys])
+
+
+class TerminateOnNaN(Callback):
+    """Stop at the first batch whose loss is NaN or infinite, naming the epoch and batch."""
+
+    def __init__(self):
+        self.epoch, self.message = 0, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(loss):
+            self.message = f"epoch {self.epoch + 1}, batch {batch + 1}: invalid loss {loss}, terminating training"
+            print(self.message)
+            self.model.stop_training = True

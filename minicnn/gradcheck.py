@@ -1,0 +1,143 @@
+"""Gradient checking: compare backward's gradients with central differences.
+
+For a layer, the scalar checked is L = sum(forward(x) * G) with a fixed random G (never all
+ones: for BatchNormalization that makes dL/dx identically zero, and the check would pass
+whatever backward computes). Each entry's numerical gradient is
+    dL/dtheta ~ (L(theta + h) - L(theta - h)) / (2h),   h = 1e-5,
+and the error of a whole array is norm-wise: |a - n| / max(|a| + |n|, 1e-12) (L2 norms).
+float64 only: in float32, rounding error (~1e-7 relative) swamps a difference quotient with
+h = 1e-5, so a check would neither pass on correct code nor catch small bugs.
+Randomness (dropout masks) is replayed: every evaluation restores the generators' states,
+and BatchNormalization's moving statistics are restored afterwards.
+"""
+import numpy as np
+
+from . import backend
+
+H = 1e-5
+
+
+class CheckResult:
+    """The error of one array's gradient: `error` (norm-wise) and the worst entry."""
+
+    def __init__(self, name, analytic, numeric, index):
+        self.name, self.analytic, self.numeric = name, analytic, numeric
+        diff = np.linalg.norm(analytic - numeric)
+        self.error = float(diff / max(np.linalg.norm(analytic) + np.linalg.norm(numeric), 1e-12))
+        worst = int(np.argmax(np.abs(analytic - numeric))) if analytic.size else 0
+        self.worst_index = index[worst] if index is not None else worst
+        self.worst = (float(analytic.flat[worst]), float(numeric.flat[worst])) if analytic.size else (0.0, 0.0)
+
+    def __repr__(self):
+        return (f"{self.name}: relative error {self.error:.2e} (worst entry {self.worst_index}: "
+                f"analytic {self.worst[0]:.6g}, numeric {self.worst[1]:.6g})")
+
+
+def relative_error(analytic, numeric):
+    return CheckResult("", np.asarray(analytic, float), np.asarray(numeric, float), None).error
+
+
+class _Replay:
+    """Captures the random generators' states so every forward draws the same masks."""
+
+    def __init__(self, layers):
+        self.generators = [backend.rng()] + [l.rng for l in layers if getattr(l, "rng", None) is not None]
+        self.states = [g.bit_generator.state for g in self.generators]
+        self.moving = [(w, w.value.copy()) for l in layers for w in l.non_trainable_weights]
+
+    def rewind(self):
+        for g, s in zip(self.generators, self.states):
+            g.bit_generator.state = s
+
+    def restore_moving(self):
+        for w, value in self.moving:
+            w.value[...] = value
+
+
+def _require_float64(arrays):
+    for a in arrays:
+        if np.asarray(a).dtype != np.float64:
+            raise ValueError(f"gradcheck needs float64 arrays (backend.set_floatx('float64')), received {np.asarray(a).dtype}")
+
+
+def _numeric(f, array, indices):
+    """Central differences of scalar f() with respect to entries `indices` of `array` (in place)."""
+    grads = np.empty(len(indices))
+    flat = array.reshape(-1)
+    for k, i in enumerate(indices):
+        old = flat[i]
+        flat[i] = old + H
+        plus = f()
+        flat[i] = old - H
+        minus = f()
+        flat[i] = old
+        grads[k] = (plus - minus) / (2 * H)
+    return grads
+
+
+def _indices(array, sample, rng):
+    if sample is None or sample >= array.size:
+        return np.arange(array.size)
+    return np.sort(rng.choice(array.size, size=sample, replace=False))
+
+
+def check_layer(layer, x, training=False, seed=0, sample=None):
+    """Check dL/dx (one per input for Add) and every trainable weight of `layer` at x.
+
+    Returns {name: CheckResult}, names "x" (or "x0", "x1", ...) and each weight's short name.
+    `sample`: check only that many random entries per array (None: all).
+    """
+    xs = [np.array(a, dtype=np.float64) for a in (x if isinstance(x, (list, tuple)) else [x])]
+    _require_float64(xs)
+    multi = isinstance(x, (list, tuple))
+    call = (lambda: layer.forward(list(xs), training=training)) if multi else (lambda: layer.forward(xs[0], training=training))
+    rng = np.random.default_rng(seed)
+    if not layer.built:
+        shapes = [(None,) + a.shape[1:] for a in xs]
+        layer.build(shapes if multi else shapes[0])
+    replay = _Replay([layer])                   # before any forward: moving statistics untouched
+    y = call()
+    _require_float64([w.value for w in layer.weights])
+    G = rng.standard_normal(y.shape)            # the fixed random upstream gradient
+
+    def loss():
+        replay.rewind()
+        return float(np.sum(call() * G))
+
+    replay.rewind()
+    call()
+    dx = layer.backward(G.copy())
+    dxs = dx if multi else [dx]
+    analytic = {(f"x{i}" if multi else "x"): (a, d) for i, (a, d) in enumerate(zip(xs, dxs))}
+    analytic.update({w.name.split("/")[-1]: (w.value, w.grad.copy()) for w in layer.trainable_weights})
+    results = {}
+    for name, (array, grad) in analytic.items():
+        idx = _indices(array, sample, rng)
+        results[name] = CheckResult(name, np.asarray(grad).reshape(-1)[idx], _numeric(loss, array, idx), idx)
+    replay.restore_moving()
+    return results
+
+
+def check_model(model, x, y, training=True, seed=0, sample=20, sample_weight=None):
+    """Check the gradients of the model's compiled loss (the path train_on_batch uses) at (x, y).
+
+    Returns {name: CheckResult} for "x" and every trainable weight (full names).
+    """
+    x = np.array(x, dtype=np.float64)
+    _require_float64([x] + [w.value for w in model.weights])
+    rng = np.random.default_rng(seed)
+    replay = _Replay(model.nodes)
+
+    def loss():
+        replay.rewind()
+        return float(model.compute_gradients(x, y, sample_weight, training=training)[0])
+
+    loss()
+    analytic = {"x": (x, np.array(model.input_grad))}
+    analytic.update({w.name: (w.value, w.grad.copy()) for w in model.trainable_weights})
+    results = {}
+    for name, (array, grad) in analytic.items():
+        idx = _indices(array, sample, rng)
+        results[name] = CheckResult(name, grad.reshape(-1)[idx], _numeric(loss, array, idx), idx)
+    replay.restore_moving()
+    return results

@@ -1,0 +1,118 @@
+"""Model files: one `.npz` holding the weights, and JSON for the architecture and metadata.
+
+Layout of a file written by `model.save(path)`:
+    "__minicnn__"      JSON: {"format": 1, "config": architecture, "metadata": {...}, "weights": [names]}
+    "weight_0000" ...  the weight arrays, in `model.weights`-per-layer order (Keras' order)
+Everything loads with `allow_pickle=False`, so a file can never run code; files are written
+to a temporary file, fsync'ed and renamed, so a crash never leaves half a file behind.
+"""
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+FORMAT = 1
+META_KEY = "__minicnn__"
+
+
+def write_npz(path, arrays, meta):
+    """Atomically write `arrays` (name -> array) and the JSON-able `meta` to `path`."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **{META_KEY: np.array(json.dumps(meta))}, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def read_npz(path):
+    """(meta, arrays) from a file written by `write_npz`; clear errors for anything else."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such model file")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+    except ValueError as e:
+        if "allow_pickle" in str(e):
+            raise ValueError(f"{path}: holds an object (pickled) array, which minicnn refuses to load") from None
+        raise ValueError(f"{path}: not a readable model file ({e})") from None
+    except (zipfile.BadZipFile, EOFError, OSError) as e:
+        raise ValueError(f"{path}: truncated or corrupt model file ({type(e).__name__}: {e})") from None
+    if META_KEY not in arrays:
+        raise ValueError(f"{path}: not a minicnn model file (no {META_KEY} entry)")
+    try:
+        meta = json.loads(str(arrays.pop(META_KEY)))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: corrupt {META_KEY} entry ({e})") from None
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path}: unsupported minicnn file format {meta.get('format')!r}")
+    return meta, arrays
+
+
+def weight_arrays(model):
+    """name -> array for every weight, keyed so that the order survives the round trip."""
+    return {f"weight_{i:04d}": w.value for i, w in enumerate(all_weights(model))}
+
+
+def all_weights(model):
+    return [w for layer in model.nodes for w in layer._weights]
+
+
+def assign_weights(model, meta, arrays, path):
+    """Check every name count and shape against `model`, then copy; the model is unchanged on error."""
+    weights = all_weights(model)
+    names = meta.get("weights", [])
+    if len(names) != len(weights):
+        raise ValueError(f"{path}: the file holds {len(names)} weights, the model {model.name} has {len(weights)}")
+    values = []
+    for i, (w, saved_name) in enumerate(zip(weights, names)):
+        array = arrays.get(f"weight_{i:04d}")
+        if array is None:
+            raise ValueError(f"{path}: weight {saved_name} is missing from the file")
+        if array.shape != w.shape:
+            raise ValueError(f"{path}: weight {saved_name} has shape {array.shape} in the file, "
+                             f"but the model's {w.name} has shape {w.shape}")
+        if array.dtype.kind != "f":
+            raise ValueError(f"{path}: weight {saved_name} has dtype {array.dtype}, expected floats")
+        values.append(array)
+    for w, array in zip(weights, values):
+        w.value[...] = array
+
+
+def save_weights(model, path):
+    write_npz(path, weight_arrays(model), {"format": FORMAT, "weights": [w.name for w in all_weights(model)]})
+
+
+def load_weights(model, path):
+    meta, arrays = read_npz(path)
+    assign_weights(model, meta, arrays, path)
+
+
+def save_model(model, path, metadata=None):
+    meta = {"format": FORMAT, "config": model.get_config(), "weights": [w.name for w in all_weights(model)],
+            "metadata": model.metadata if metadata is None else metadata}
+    write_npz(path, weight_arrays(model), meta)
+
+
+def load_model(path):
+    """Rebuild the architecture stored in `path`, load its weights and metadata."""
+    from .models import model_from_config
+
+    meta, arrays = read_npz(path)
+    if "config" not in meta:
+        raise ValueError(f"{path}: holds weights only (save_weights); build the model and call load_weights")
+    model = model_from_config(meta["config"])
+    assign_weights(model, meta, arrays, path)
+    model.metadata = meta.get("metadata") or {}
+    return model

@@ -1,0 +1,155 @@
+"""The pieces every layer shares: `Weight`, `SymbolicTensor` and the `Layer` base class.
+
+A layer is two functions and the weights they use:
+    forward(x, training=False) -> y      caches what backward needs in `self.cache`
+    backward(dy) -> dx                   sets `weight.grad` for each weight, returns dL/dx
+Calling a layer on a `SymbolicTensor` (what `Input` returns) records a graph edge instead
+of computing, which is how the Keras functional API builds a `Model`.
+"""
+import numpy as np
+
+from .. import backend, initializers, regularizers
+
+
+class Weight:
+    """A named array (`value`) that a layer reads on every forward, and its gradient (`grad`).
+
+    Optimizers update `value` in place, so a layer never loses track of its weights.
+    """
+
+    def __init__(self, name, value, trainable=True, regularizer=None):
+        self.name = name
+        self.value = value
+        self.grad = None
+        self.trainable = trainable
+        self.regularizer = regularizer
+
+    @property
+    def shape(self):
+        return self.value.shape
+
+    def __repr__(self):
+        return f"<Weight {self.name} shape={self.shape} trainable={self.trainable}>"
+
+
+class SymbolicTensor:
+    """A placeholder for the output of `layer`: its shape with `None` for the batch."""
+
+    def __init__(self, shape, layer, inputs=()):
+        self.shape = tuple(shape)
+        self.layer = layer
+        self.inputs = list(inputs)   # the SymbolicTensors `layer` was called on
+
+    def __repr__(self):
+        return f"<SymbolicTensor shape={self.shape} from {self.layer.name}>"
+
+
+class Layer:
+    """Base class. Subclasses set `input_ndim` and write build, forward, backward, get_config."""
+
+    input_ndim = None   # rank of x including the batch axis, checked on every forward
+
+    def __init__(self, name=None, dtype=None, trainable=True, input_shape=None, batch_input_shape=None):
+        self.name = name or backend.unique_name(backend.to_snake_case(type(self).__name__))
+        self.dtype = backend.as_dtype(dtype)
+        self.trainable = trainable
+        self.built = False
+        self.input_shape = None          # (None, H, W, C) once built
+        self.output_shape = None
+        self.cache = None
+        self._weights = []               # in creation order, which is Keras' get_weights order
+        if batch_input_shape is not None:
+            input_shape = tuple(batch_input_shape)[1:]
+        self.requested_input_shape = tuple(input_shape) if input_shape is not None else None
+
+    # ---- weights -------------------------------------------------------------------------
+    def add_weight(self, name, shape, initializer="zeros", trainable=True, regularizer=None):
+        value = initializers.get(initializer)(tuple(shape), self.dtype, self.name)
+        weight = Weight(f"{self.name}/{name}", value, trainable and self.trainable, regularizers.get(regularizer))
+        self._weights.append(weight)
+        return weight
+
+    @property
+    def weights(self):
+        return self.trainable_weights + self.non_trainable_weights
+
+    @property
+    def trainable_weights(self):
+        return [w for w in self._weights if w.trainable]
+
+    @property
+    def non_trainable_weights(self):
+        return [w for w in self._weights if not w.trainable]
+
+    def get_weights(self):
+        """Copies of the weight arrays, in Keras order (for BN: gamma, beta, moving_mean, moving_variance)."""
+        return [w.value.copy() for w in self._weights]
+
+    def set_weights(self, arrays):
+        """Copy `arrays` into the weights in place, checking count and every shape first."""
+        arrays = list(arrays)
+        if len(arrays) != len(self._weights):
+            raise ValueError(f"{self.name}: expected {len(self._weights)} weight arrays "
+                             f"({', '.join(w.name for w in self._weights)}), received {len(arrays)}")
+        for w, a in zip(self._weights, arrays):
+            if tuple(np.shape(a)) != w.shape:
+                raise ValueError(f"{self.name}: weight {w.name} has shape {w.shape}, received shape {np.shape(a)}")
+        for w, a in zip(self._weights, arrays):
+            w.value[...] = a
+
+    def count_params(self):
+        return int(sum(w.value.size for w in self._weights))
+
+    # ---- shapes and building ---------------------------------------------------------------
+    def build(self, input_shape):
+        """Create the weights for inputs of `input_shape` (batch axis first, may be None)."""
+        self.input_shape = tuple(input_shape)
+        self.output_shape = tuple(self.compute_output_shape(self.input_shape))
+        self.built = True
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        """The constructor arguments that rebuild this layer (saved in model files)."""
+        config = {"name": self.name, "dtype": self.dtype.name, "trainable": self.trainable}
+        if self.requested_input_shape is not None:
+            config["input_shape"] = list(self.requested_input_shape)
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    # ---- calling ---------------------------------------------------------------------------
+    def __call__(self, inputs, training=False):
+        """On SymbolicTensors: add this layer to the graph. On arrays: run forward."""
+        tensors = inputs if isinstance(inputs, (list, tuple)) else [inputs]
+        if not all(isinstance(t, SymbolicTensor) for t in tensors):
+            return self.forward(inputs, training=training)
+        shapes = [t.shape for t in tensors]
+        self.build(shapes if isinstance(inputs, (list, tuple)) else shapes[0])
+        return SymbolicTensor(self.output_shape, self, tensors)
+
+    def prepare(self, x):
+        """Check `x` (a float array of rank `input_ndim`), build on first use, cast to our dtype."""
+        if not isinstance(x, np.ndarray) or x.dtype.kind != "f":
+            kind = f"dtype={x.dtype}" if isinstance(x, np.ndarray) else f"type {type(x).__name__}"
+            raise ValueError(f"{self.name}: expected a float array, received {kind}")
+        if self.input_ndim is not None and x.ndim != self.input_ndim:
+            raise ValueError(f"{self.name}: expected a {self.input_ndim}-D input, received x.shape={x.shape}")
+        if not self.built:
+            self.build((None,) + x.shape[1:])
+        elif self.input_shape[-1] is not None and x.shape[-1] != self.input_shape[-1]:
+            raise ValueError(f"{self.name}: expected {self.input_shape[-1]} input channels, "
+                             f"received x.shape={x.shape}")
+        return x.astype(self.dtype, copy=False)
+
+    def forward(self, x, training=False):
+        raise NotImplementedError
+
+    def backward(self, dy):
+        raise NotImplementedError
+
+    def __repr__(self):
+        return f"<{type(self).__name__} {self.name}>"

@@ -1,0 +1,216 @@
+"""Convolutions: Conv2D, DepthwiseConv2D and SeparableConv2D (channels-last, Keras weight layouts).
+
+Conv2D is a matrix product on im2col's patch matrix:
+    cols = im2col(x)                  (N*Ho*Wo, kh*kw*C)   every receptive field as a row
+    z    = cols @ K + b               (N*Ho*Wo, F)         K reshaped to (kh*kw*C, F)
+and its backward is the same product transposed, with col2im (the adjoint of im2col)
+folding the patch gradients back onto the image.
+"""
+from .. import activations, regularizers
+from ..ops.depthwise import depthwise_conv, depthwise_conv_backward
+from ..ops.im2col import col2im, im2col
+from ..ops.padding import conv_geometry, conv_output_length
+from .base import Layer
+
+
+def as_pair(value, what="kernel_size"):
+    """3 -> (3, 3); (3, 5) -> (3, 5), as Keras accepts both."""
+    pair = (value, value) if isinstance(value, int) else tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, int) and v > 0 for v in pair):
+        raise ValueError(f"{what} must be a positive int or a pair of them, received {value!r}")
+    return pair
+
+
+class _Conv(Layer):
+    """Shared geometry of the convolutions: kernel_size, strides, padding and the activation."""
+
+    input_ndim = 4
+
+    def __init__(self, kernel_size, strides=(1, 1), padding="valid", activation=None, use_bias=True,
+                 kernel_initializer="glorot_uniform", bias_initializer="zeros", kernel_regularizer=None, **kwargs):
+        super().__init__(**kwargs)
+        self.kernel_size = as_pair(kernel_size)
+        self.strides = as_pair(strides, "strides")
+        if padding not in ("valid", "same"):
+            raise ValueError(f"{self.name}: padding must be 'valid' or 'same', received {padding!r}")
+        self.padding = padding
+        self.activation = activations.get(activation)
+        self.use_bias = use_bias
+        self.kernel_initializer, self.bias_initializer = kernel_initializer, bias_initializer
+        self.kernel_regularizer = regularizers.get(kernel_regularizer)
+
+    def spatial_output_shape(self, input_shape):
+        n, h, w = input_shape[:3]
+        return (n, conv_output_length(h, self.kernel_size[0], self.strides[0], self.padding),
+                conv_output_length(w, self.kernel_size[1], self.strides[1], self.padding))
+
+    def geometry(self, x):
+        """((top, bottom), (left, right)) padding and the output size Ho, Wo for x."""
+        return conv_geometry(x.shape[1], x.shape[2], self.kernel_size, self.strides, self.padding)
+
+    def activate(self, z):
+        y = self.activation.forward(z)
+        self.logits = z if self.activation.name == "softmax" else None   # for the fused loss
+        return y
+
+    def get_config(self):
+        return {**super().get_config(), "kernel_size": list(self.kernel_size), "strides": list(self.strides),
+                "padding": self.padding, "activation": self.activation.name, "use_bias": self.use_bias,
+                "kernel_regularizer": regularizers.serialize(self.kernel_regularizer)}
+
+
+class Conv2D(_Conv):
+    """2-D convolution (cross-correlation, as every framework): y = activation(conv(x, K) + b).
+
+    x: (N, H, W, C) -> y: (N, Ho, Wo, filters);  kernel K: (kh, kw, C, filters), bias: (filters,)
+    valid: Ho = floor((H - kh) / sh) + 1;   same: Ho = ceil(H / sh), extra pad at bottom/right (TF).
+    """
+
+    def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", **kwargs):
+        super().__init__(kernel_size, strides, padding, **kwargs)
+        self.filters = int(filters)
+
+    def build(self, input_shape):
+        kh, kw = self.kernel_size
+        self.kernel = self.add_weight("kernel", (kh, kw, input_shape[-1], self.filters), self.kernel_initializer,
+                                      regularizer=self.kernel_regularizer)
+        self.bias = self.add_weight("bias", (self.filters,), self.bias_initializer) if self.use_bias else None
+        super().build(input_shape)
+
+    def compute_output_shape(self, input_shape):
+        return self.spatial_output_shape(input_shape) + (self.filters,)
+
+    def forward(self, x, training=False):
+        x = self.prepare(x)
+        pads, ho, wo = self.geometry(x)
+        n, f = x.shape[0], self.filters
+        cols = im2col(x, self.kernel_size, self.strides, pads).reshape(n * ho * wo, -1)  # (N*Ho*Wo, kh*kw*C)
+        z = cols @ self.kernel.value.reshape(-1, f)                                       # (N*Ho*Wo, F)
+        if self.use_bias:
+            z += self.bias.value
+        y = self.activate(z.reshape(n, ho, wo, f))
+        self.cache = (x.shape, pads, cols, y)
+        return y
+
+    def backward(self, dy):
+        *_, y = self.cache
+        return self.backward_from_logits(self.activation.backward(dy, y))
+
+    def backward_from_logits(self, dz):
+        x_shape, pads, cols, _ = self.cache
+        dz = dz.reshape(-1, self.filters)                                    # (N*Ho*Wo, F)
+        self.kernel.grad = (cols.T @ dz).reshape(self.kernel.shape)          # (kh*kw*C, F) -> (kh, kw, C, F)
+        if self.use_bias:
+            self.bias.grad = dz.sum(axis=0)
+        dcols = dz @ self.kernel.value.reshape(-1, self.filters).T           # (N*Ho*Wo, kh*kw*C)
+        return col2im(dcols, x_shape, self.kernel_size, self.strides, pads)  # (N, H, W, C)
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters}
+
+
+class DepthwiseConv2D(_Conv):
+    """Each input channel convolved with its own depth_multiplier (M) filters.
+
+    y[..., c*M + m] = sum_ij x[.., c] * K[i, j, c, m] + b[c*M + m]
+    x: (N, H, W, C) -> y: (N, Ho, Wo, C*M);  depthwise_kernel: (kh, kw, C, M), bias: (C*M,)
+    """
+
+    def __init__(self, kernel_size, strides=(1, 1), padding="valid", depth_multiplier=1, **kwargs):
+        super().__init__(kernel_size, strides, padding, **kwargs)
+        self.depth_multiplier = int(depth_multiplier)
+
+    def build(self, input_shape):
+        kh, kw = self.kernel_size
+        c, m = input_shape[-1], self.depth_multiplier
+        self.depthwise_kernel = self.add_weight("depthwise_kernel", (kh, kw, c, m), self.kernel_initializer,
+                                                regularizer=self.kernel_regularizer)
+        self.bias = self.add_weight("bias", (c * m,), self.bias_initializer) if self.use_bias else None
+        super().build(input_shape)
+
+    def compute_output_shape(self, input_shape):
+        return self.spatial_output_shape(input_shape) + (input_shape[-1] * self.depth_multiplier,)
+
+    def forward(self, x, training=False):
+        x = self.prepare(x)
+        pads, _, _ = self.geometry(x)
+        z = depthwise_conv(x, self.depthwise_kernel.value, self.strides, pads)   # (N, Ho, Wo, C*M)
+        if self.use_bias:
+            z += self.bias.value
+        y = self.activate(z)
+        self.cache = (x, pads, y)
+        return y
+
+    def backward(self, dy):
+        *_, y = self.cache
+        return self.backward_from_logits(self.activation.backward(dy, y))
+
+    def backward_from_logits(self, dz):
+        x, pads, _ = self.cache
+        if self.use_bias:
+            self.bias.grad = dz.sum(axis=(0, 1, 2))
+        dx, self.depthwise_kernel.grad = depthwise_conv_backward(dz, x, self.depthwise_kernel.value,
+                                                                 self.strides, pads)
+        return dx
+
+    def get_config(self):
+        return {**super().get_config(), "depth_multiplier": self.depth_multiplier}
+
+
+class SeparableConv2D(_Conv):
+    """Depthwise convolution, then a 1x1 "pointwise" convolution mixing channels.
+
+    d = depthwise(x, Kd);  y = activation(d @ Kp + b)
+    x: (N, H, W, C) -> y: (N, Ho, Wo, filters);  depthwise_kernel: (kh, kw, C, 1),
+    pointwise_kernel: (1, 1, C, filters), bias: (filters,)
+    """
+
+    def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", depth_multiplier=1, **kwargs):
+        super().__init__(kernel_size, strides, padding, **kwargs)
+        self.filters = int(filters)
+        self.depth_multiplier = int(depth_multiplier)
+
+    def build(self, input_shape):
+        kh, kw = self.kernel_size
+        cm = input_shape[-1] * self.depth_multiplier
+        self.depthwise_kernel = self.add_weight("depthwise_kernel", (kh, kw, input_shape[-1], self.depth_multiplier),
+                                                self.kernel_initializer)
+        self.pointwise_kernel = self.add_weight("pointwise_kernel", (1, 1, cm, self.filters), self.kernel_initializer,
+                                                regularizer=self.kernel_regularizer)
+        self.bias = self.add_weight("bias", (self.filters,), self.bias_initializer) if self.use_bias else None
+        super().build(input_shape)
+
+    def compute_output_shape(self, input_shape):
+        return self.spatial_output_shape(input_shape) + (self.filters,)
+
+    def forward(self, x, training=False):
+        x = self.prepare(x)
+        pads, ho, wo = self.geometry(x)
+        n, f = x.shape[0], self.filters
+        d = depthwise_conv(x, self.depthwise_kernel.value, self.strides, pads)   # (N, Ho, Wo, C*M)
+        d2 = d.reshape(n * ho * wo, -1)                                           # (N*Ho*Wo, C*M)
+        z = d2 @ self.pointwise_kernel.value.reshape(-1, f)                       # (N*Ho*Wo, F)
+        if self.use_bias:
+            z += self.bias.value
+        y = self.activate(z.reshape(n, ho, wo, f))
+        self.cache = (x, pads, d2, y)
+        return y
+
+    def backward(self, dy):
+        *_, y = self.cache
+        return self.backward_from_logits(self.activation.backward(dy, y))
+
+    def backward_from_logits(self, dz):
+        x, pads, d2, _ = self.cache
+        dz2 = dz.reshape(-1, self.filters)                                       # (N*Ho*Wo, F)
+        pointwise = self.pointwise_kernel.value.reshape(-1, self.filters)        # (C*M, F)
+        self.pointwise_kernel.grad = (d2.T @ dz2).reshape(self.pointwise_kernel.shape)
+        if self.use_bias:
+            self.bias.grad = dz2.sum(axis=0)
+        dd = (dz2 @ pointwise.T).reshape(dz.shape[:3] + (-1,))                    # (N, Ho, Wo, C*M)
+        dx, self.depthwise_kernel.grad = depthwise_conv_backward(dd, x, self.depthwise_kernel.value,
+                                                                 self.strides, pads)
+        return dx
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, "depth_multiplier": self.depth_multiplier}

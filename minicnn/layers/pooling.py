@@ -1,0 +1,84 @@
+"""Pooling: MaxPooling2D, AveragePooling2D and GlobalAveragePooling2D (channels-last)."""
+from ..ops.padding import conv_geometry, conv_output_length
+from ..ops.pooling import avg_pool, avg_pool_backward, max_pool, max_pool_backward
+from .base import Layer
+from .conv import as_pair
+
+
+class _Pooling2D(Layer):
+    input_ndim = 4
+
+    def __init__(self, pool_size=(2, 2), strides=None, padding="valid", **kwargs):
+        super().__init__(**kwargs)
+        self.pool_size = as_pair(pool_size, "pool_size")
+        self.strides = as_pair(strides, "strides") if strides is not None else self.pool_size
+        if padding not in ("valid", "same"):
+            raise ValueError(f"{self.name}: padding must be 'valid' or 'same', received {padding!r}")
+        self.padding = padding
+
+    def compute_output_shape(self, input_shape):
+        n, h, w, c = input_shape
+        return (n, conv_output_length(h, self.pool_size[0], self.strides[0], self.padding),
+                conv_output_length(w, self.pool_size[1], self.strides[1], self.padding), c)
+
+    def geometry(self, x):
+        pads, _, _ = conv_geometry(x.shape[1], x.shape[2], self.pool_size, self.strides, self.padding)
+        return pads
+
+    def get_config(self):
+        return {**super().get_config(), "pool_size": list(self.pool_size), "strides": list(self.strides),
+                "padding": self.padding}
+
+
+class MaxPooling2D(_Pooling2D):
+    """y = max over each pool window; the gradient flows only to the max ("same" pads with -inf).
+
+    x: (N, H, W, C) -> y: (N, Ho, Wo, C); windows may overlap (pool 3, stride 2).
+    """
+
+    def forward(self, x, training=False):
+        x = self.prepare(x)
+        pads = self.geometry(x)
+        y, argmax = max_pool(x, self.pool_size, self.strides, pads)
+        self.cache = (x.shape, pads, argmax)
+        return y
+
+    def backward(self, dy):
+        x_shape, pads, argmax = self.cache
+        return max_pool_backward(dy, argmax, x_shape, self.pool_size, self.strides, pads)
+
+
+class AveragePooling2D(_Pooling2D):
+    """y = mean over the real (unpadded) cells of each window, as TensorFlow.
+
+    x: (N, H, W, C) -> y: (N, Ho, Wo, C); backward spreads dy / count over the window.
+    """
+
+    def forward(self, x, training=False):
+        x = self.prepare(x)
+        pads = self.geometry(x)
+        self.cache = (x.shape, pads)
+        return avg_pool(x, self.pool_size, self.strides, pads)
+
+    def backward(self, dy):
+        x_shape, pads = self.cache
+        return avg_pool_backward(dy, x_shape, self.pool_size, self.strides, pads)
+
+
+class GlobalAveragePooling2D(Layer):
+    """y[n, c] = mean over H, W of x[n, :, :, c].  x: (N, H, W, C) -> y: (N, C)."""
+
+    input_ndim = 4
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[-1])
+
+    def forward(self, x, training=False):
+        x = self.prepare(x)
+        self.cache = x.shape
+        return x.mean(axis=(1, 2))
+
+    def backward(self, dy):
+        n, h, w, c = self.cache
+        # every cell contributed 1/(H*W) of the mean
+        return (dy / (h * w))[:, None, None, :].repeat(h, axis=1).repeat(w, axis=2)

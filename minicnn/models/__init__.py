@@ -1,0 +1,3 @@
+from .model import Model, model_from_config
+from .network import Network
+from .sequential import Sequential

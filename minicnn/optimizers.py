@@ -1,0 +1,123 @@
+"""Optimizers with Keras' names, update rules and defaults.
+
+An optimizer keeps its per-weight slots (velocity, m, v) in a dict keyed by the Weight
+object and updates `weight.value` in place, so layers keep seeing their own arrays.
+    SGD      v = momentum * v - lr * g;  w += v            (nesterov: w += momentum * v - lr * g)
+    RMSprop  s = rho * s + (1 - rho) * g**2;  w -= lr * g / (sqrt(s) + eps)
+    Adam     m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g**2;
+             w -= lr * sqrt(1 - b2**t) / (1 - b1**t) * m / (sqrt(v) + eps)
+"""
+import numpy as np
+
+
+class Optimizer:
+    slot_names = ()
+
+    def __init__(self, learning_rate):
+        self.learning_rate = float(learning_rate)
+        self.iterations = 0
+        self.slots = {}          # Weight -> {slot name: array}
+
+    def apply_gradients(self, weights):
+        """One step on every weight with a gradient (weights: the model's trainable_weights)."""
+        self.iterations += 1
+        for w in weights:
+            if w.grad is None:
+                continue
+            if w not in self.slots:
+                self.slots[w] = {name: np.zeros_like(w.value) for name in self.slot_names}
+            self.update(w.value, w.grad.astype(w.value.dtype, copy=False), self.slots[w])
+
+    def update(self, value, grad, slots):
+        raise NotImplementedError
+
+    # ---- state, for checkpoints that resume exactly ------------------------------------------
+    def get_state(self, weights):
+        """Arrays and numbers that restore this optimizer for `weights` (in that order)."""
+        arrays = {f"{i}/{name}": array for i, w in enumerate(weights) if w in self.slots
+                  for name, array in self.slots[w].items()}
+        return {"iterations": self.iterations, "learning_rate": self.learning_rate}, arrays
+
+    def set_state(self, weights, config, arrays):
+        self.iterations, self.learning_rate = int(config["iterations"]), float(config["learning_rate"])
+        self.slots = {}
+        for i, w in enumerate(weights):
+            keys = {name: f"{i}/{name}" for name in self.slot_names}
+            if keys and all(k in arrays for k in keys.values()):
+                self.slots[w] = {name: np.array(arrays[k], dtype=w.value.dtype) for name, k in keys.items()}
+
+    def get_config(self):
+        return {"class_name": type(self).__name__, "learning_rate": self.learning_rate}
+
+
+class SGD(Optimizer):
+    slot_names = ("velocity",)
+
+    def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False):
+        super().__init__(learning_rate)
+        self.momentum, self.nesterov = float(momentum), bool(nesterov)
+
+    def update(self, value, grad, slots):
+        if self.momentum == 0:
+            value -= self.learning_rate * grad
+            return
+        v = slots["velocity"]
+        v *= self.momentum
+        v -= self.learning_rate * grad
+        if self.nesterov:
+            value += self.momentum * v - self.learning_rate * grad
+        else:
+            value += v
+
+    def get_config(self):
+        return {**super().get_config(), "momentum": self.momentum, "nesterov": self.nesterov}
+
+
+class RMSprop(Optimizer):
+    slot_names = ("rms",)
+
+    def __init__(self, learning_rate=0.001, rho=0.9, epsilon=1e-7):
+        super().__init__(learning_rate)
+        self.rho, self.epsilon = float(rho), float(epsilon)
+
+    def update(self, value, grad, slots):
+        s = slots["rms"]
+        s *= self.rho
+        s += (1 - self.rho) * grad * grad
+        value -= self.learning_rate * grad / (np.sqrt(s) + self.epsilon)
+
+    def get_config(self):
+        return {**super().get_config(), "rho": self.rho, "epsilon": self.epsilon}
+
+
+class Adam(Optimizer):
+    slot_names = ("m", "v")
+
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
+        super().__init__(learning_rate)
+        self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
+
+    def update(self, value, grad, slots):
+        m, v, t = slots["m"], slots["v"], self.iterations
+        m *= self.beta_1
+        m += (1 - self.beta_1) * grad
+        v *= self.beta_2
+        v += (1 - self.beta_2) * grad * grad
+        lr_t = self.learning_rate * np.sqrt(1 - self.beta_2 ** t) / (1 - self.beta_1 ** t)
+        value -= lr_t * m / (np.sqrt(v) + self.epsilon)
+
+    def get_config(self):
+        return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon}
+
+
+def get(identifier):
+    """An Optimizer, its name ("sgd", "adam", "rmsprop") with Keras defaults, or its config dict."""
+    classes = {"sgd": SGD, "adam": Adam, "rmsprop": RMSprop}
+    if isinstance(identifier, Optimizer):
+        return identifier
+    if isinstance(identifier, dict):
+        config = dict(identifier)
+        return classes[config.pop("class_name").lower()](**config)
+    if str(identifier).lower() not in classes:
+        raise ValueError(f"unknown optimizer {identifier!r}; known: sgd, adam, rmsprop")
+    return classes[str(identifier).lower()]()

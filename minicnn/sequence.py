@@ -1,0 +1,52 @@
+"""Batches for `Model.fit`: a Keras-style `Sequence`, and the one `fit` makes from arrays."""
+import numpy as np
+
+from . import backend
+
+
+class Sequence:
+    """What `fit` iterates over: `len(seq)` batches, `seq[i] -> (x, y)` or `(x, y, sample_weight)`.
+
+    As `keras.utils.Sequence`; minicnn also calls `on_epoch_begin()` before each epoch, which
+    is where shuffling and augmentation draw their random numbers (so that a run resumed
+    from an epoch checkpoint draws exactly what the uninterrupted run drew).
+    """
+
+    def __len__(self):
+        raise NotImplementedError
+
+    def __getitem__(self, index):
+        raise NotImplementedError
+
+    def on_epoch_begin(self):
+        pass
+
+    def on_epoch_end(self):
+        pass
+
+
+class ArrayBatches(Sequence):
+    """Mini-batches of arrays x: (N, ...), y: (N, ...), reshuffled each epoch from `backend.rng()`.
+
+    The caller's arrays are never reordered in place: each batch is gathered by index.
+    """
+
+    def __init__(self, x, y, batch_size=32, shuffle=True, sample_weight=None):
+        if len(x) != len(y):
+            raise ValueError(f"x and y must have the same length, received {len(x)} and {len(y)}")
+        self.x, self.y, self.sample_weight = x, y, sample_weight
+        self.batch_size, self.shuffle = int(batch_size), shuffle
+        self.order = np.arange(len(x))
+
+    def __len__(self):
+        return -(-len(self.x) // self.batch_size)
+
+    def on_epoch_begin(self):
+        if self.shuffle:
+            self.order = backend.rng().permutation(len(self.x))
+
+    def __getitem__(self, index):
+        idx = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+        if self.sample_weight is None:
+            return self.x[idx], self.y[idx]
+        return self.x[idx], self.y[idx], self.sample_weight[idx]

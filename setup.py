@@ -1,0 +1,24 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="minicnn-fer",
+    version="0.1.0",
+    description="minicnn, a from-scratch NumPy/numba CNN library, and fer, facial expression recognition on it",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["minicnn", "minicnn.*", "fer", "fer.*"]),
+    python_requires=">=3.9",
+    install_requires=[
+        "numpy>=1.23",
+        "numba>=0.57",
+        # OpenCV 5.0 dropped CascadeClassifier and the bundled Haar cascades the webcam demo uses.
+        "opencv-python>=4.8,<5",
+        "pandas>=1.5",
+        "matplotlib>=3.5",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        "dev": ["pytest>=7", "hypothesis>=6", "h5py>=3"],
+        "keras": ["h5py>=3"],
+    },
+)
