@@ -19,10 +19,10 @@ def _row(fields, positions):
 
 def summary_lines(model, sequential_style):
     if sequential_style:
-        width, positions = 65, [29, 55, 65]
+        width, positions = 65, [29, 55, 65]       # Keras: int(65 * [.45, .85, 1])
         header = ["Layer (type)", "Output Shape", "Param #"]
     else:
-        width, positions = 98, [32, 54, 66, 98]
+        width, positions = 98, [32, 53, 65, 98]   # Keras: int(98 * [.33, .55, .67, 1])
         header = ["Layer (type)", "Output Shape", "Param #", "Connected to"]
     lines = [f'Model: "{model.name}"', "_" * width, _row(header, positions), "=" * width]
     layers = model.layers

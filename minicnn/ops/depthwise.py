@@ -1,0 +1,172 @@
+"""Depthwise convolution: each input channel is convolved with its own M filters.
+
+    y[n, ho, wo, c*M + m] = sum_{i, j} x_padded[n, ho*sh + i, wo*sw + j, c] * kernel[i, j, c, m]
+
+Shapes: x (N, H, W, C), kernel (kh, kw, C, M) (Keras' depthwise_kernel, M =
+depth_multiplier) -> y (N, Ho, Wo, C*M), output channel c*M + m as in TensorFlow, zero
+padding; Ho = (H + top + bottom - kh) // sh + 1, same for Wo ("valid": (H - kh) // sh + 1,
+"same": ceil(H / sh)). No channel mixing, so no im2col + matmul: kh*kw multiply-adds per
+output, done as one broadcast per kernel offset (i, j).
+
+Backward, with g = dy seen as (N, Ho, Wo, C, M):
+    dkernel[i, j, c, m] = sum_{n, ho, wo} x_padded[n, ho*sh + i, wo*sw + j, c] * g[n, ho, wo, c, m]
+    dx_padded[n, ho*sh + i, wo*sw + j, c] += sum_m kernel[i, j, c, m] * g[n, ho, wo, c, m]
+(the second line is the adjoint of the forward, so it is a scatter-add, as in col2im).
+
+Speed (benchmarks/kernels.py, batch 64, float32, 2 cores; ratio = reference / numba):
+REPLACED_DEPTHWISE
+"""
+import numpy as np
+from numba import njit, prange
+
+from .. import backend
+from .im2col import output_hw
+
+
+# ----------------------------------------------------------------------------------------
+# NumPy reference: the offset loop, broadcasting over channels
+# ----------------------------------------------------------------------------------------
+
+def depthwise_conv_reference(x, kernel, strides, pads):
+    """Per-channel convolution: x (N, H, W, C), kernel (kh, kw, C, M) -> (N, Ho, Wo, C*M)."""
+    n, h, w, c = x.shape
+    kh, kw, _, m = kernel.shape
+    sh, sw = strides
+    ho, wo = output_hw(h, w, (kh, kw), strides, pads)
+    kernel = kernel.astype(x.dtype, copy=False)                # compute in x's dtype
+    xp = np.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+    y = np.zeros((n, ho, wo, c, m), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            win = xp[:, i:i + sh * ho:sh, j:j + sw * wo:sw, :]     # (N, Ho, Wo, C)
+            y += win[..., None] * kernel[i, j]                      # (N, Ho, Wo, C, M)
+    return y.reshape(n, ho, wo, c * m)                              # channel c*M + m
+
+
+def depthwise_conv_backward_reference(dy, x, kernel, strides, pads):
+    """Gradients of depthwise_conv: dy (N, Ho, Wo, C*M) -> (dx (N, H, W, C), dkernel)."""
+    n, h, w, c = x.shape
+    kh, kw, _, m = kernel.shape
+    sh, sw = strides
+    (top, bottom), (left, right) = pads
+    ho, wo = output_hw(h, w, (kh, kw), strides, pads)
+    kernel = kernel.astype(x.dtype, copy=False)
+    g = dy.reshape(n, ho, wo, c, m)
+    xp = np.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+    dxp = np.zeros_like(xp)
+    dkernel = np.empty((kh, kw, c, m), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            win = xp[:, i:i + sh * ho:sh, j:j + sw * wo:sw, :]     # (N, Ho, Wo, C)
+            dkernel[i, j] = np.einsum("nhwc,nhwcm->cm", win, g)
+            dxp[:, i:i + sh * ho:sh, j:j + sw * wo:sw, :] += np.einsum("nhwcm,cm->nhwc", g, kernel[i, j])
+    return np.ascontiguousarray(dxp[:, top:top + h, left:left + w, :]), dkernel
+
+
+# ----------------------------------------------------------------------------------------
+# numba kernels: one thread per image, channels innermost, real cells only (no padded copy)
+# ----------------------------------------------------------------------------------------
+
+@njit(cache=True, parallel=True)
+def _depthwise_kernel(x, kernel, y, m_n, sh, sw, top, left):
+    # x (N, H, W, C), kernel (kh, kw, C*M), y (N, Ho, Wo, C*M) zeros: the kernel is seen
+    # with (c, m) flattened, so that kernel[i, j, o] multiplies into y[..., o], o = c*M + m.
+    n_img, h_in, w_in, c_n = x.shape
+    kh, kw = kernel.shape[0], kernel.shape[1]
+    ho_n, wo_n = y.shape[1], y.shape[2]
+    for n in prange(n_img):
+        for ho in range(ho_n):
+            for i in range(kh):
+                h = ho * sh - top + i
+                if h < 0 or h >= h_in:
+                    continue                              # a padded row adds zero
+                for wo in range(wo_n):
+                    for j in range(kw):
+                        w = wo * sw - left + j
+                        if w < 0 or w >= w_in:
+                            continue
+                        if m_n == 1:    # depth_multiplier 1: one contiguous run over channels
+                            for c in range(c_n):
+                                y[n, ho, wo, c] += x[n, h, w, c] * kernel[i, j, c]
+                        else:
+                            for c in range(c_n):
+                                for m in range(m_n):
+                                    o = c * m_n + m
+                                    y[n, ho, wo, o] += x[n, h, w, c] * kernel[i, j, o]
+
+
+@njit(cache=True, parallel=True)
+def _depthwise_backward_kernel(dy, x, kernel, dx, dk_per_image, m_n, sh, sw, top, left):
+    # dy (N, Ho, Wo, C*M); kernel (kh, kw, C*M); dx (N, H, W, C) zeros; dk_per_image
+    # (N, kh, kw, C*M) zeros. dkernel sums over the batch, so each image gets its own
+    # partial sum (no races); the caller adds the N partial sums.
+    n_img, h_in, w_in, c_n = x.shape
+    kh, kw = kernel.shape[0], kernel.shape[1]
+    ho_n, wo_n = dy.shape[1], dy.shape[2]
+    for n in prange(n_img):
+        for ho in range(ho_n):
+            for i in range(kh):
+                h = ho * sh - top + i
+                if h < 0 or h >= h_in:
+                    continue
+                for wo in range(wo_n):
+                    for j in range(kw):
+                        w = wo * sw - left + j
+                        if w < 0 or w >= w_in:
+                            continue
+                        if m_n == 1:
+                            for c in range(c_n):
+                                g = dy[n, ho, wo, c]
+                                dk_per_image[n, i, j, c] += x[n, h, w, c] * g
+                                dx[n, h, w, c] += kernel[i, j, c] * g
+                        else:
+                            for c in range(c_n):
+                                for m in range(m_n):
+                                    o = c * m_n + m
+                                    g = dy[n, ho, wo, o]
+                                    dk_per_image[n, i, j, o] += x[n, h, w, c] * g
+                                    dx[n, h, w, c] += kernel[i, j, o] * g
+
+
+def depthwise_conv_numba(x, kernel, strides, pads):
+    """numba version of `depthwise_conv_reference` (same arguments, same result)."""
+    x = np.ascontiguousarray(x)
+    kernel = np.ascontiguousarray(kernel, dtype=x.dtype)
+    n, h, w, c = x.shape
+    kh, kw, _, m = kernel.shape
+    ho, wo = output_hw(h, w, (kh, kw), strides, pads)
+    y = np.zeros((n, ho, wo, c * m), dtype=x.dtype)
+    _depthwise_kernel(x, kernel.reshape(kh, kw, c * m), y, m, *strides, pads[0][0], pads[1][0])
+    return y
+
+
+def depthwise_conv_backward_numba(dy, x, kernel, strides, pads):
+    """numba version of `depthwise_conv_backward_reference` (same arguments, same result)."""
+    x = np.ascontiguousarray(x)
+    kernel = np.ascontiguousarray(kernel, dtype=x.dtype)
+    dy = np.ascontiguousarray(dy, dtype=x.dtype)
+    n = x.shape[0]
+    kh, kw, c, m = kernel.shape
+    dx = np.zeros_like(x)
+    dk_per_image = np.zeros((n, kh, kw, c * m), dtype=x.dtype)
+    _depthwise_backward_kernel(dy, x, kernel.reshape(kh, kw, c * m), dx, dk_per_image, m,
+                               *strides, pads[0][0], pads[1][0])
+    return dx, dk_per_image.sum(axis=0).reshape(kh, kw, c, m)
+
+
+# ----------------------------------------------------------------------------------------
+# dispatch: MINICNN_REFERENCE=1 runs the NumPy reference, otherwise the measured winner
+# ----------------------------------------------------------------------------------------
+
+def depthwise_conv(x, kernel, strides, pads):
+    """Depthwise convolution, zero padding: (N, H, W, C), (kh, kw, C, M) -> (N, Ho, Wo, C*M)."""
+    if backend.use_reference():
+        return depthwise_conv_reference(x, kernel, strides, pads)
+    return depthwise_conv_numba(x, kernel, strides, pads)
+
+
+def depthwise_conv_backward(dy, x, kernel, strides, pads):
+    """dy (N, Ho, Wo, C*M) -> (dx (N, H, W, C), dkernel (kh, kw, C, M))."""
+    if backend.use_reference():
+        return depthwise_conv_backward_reference(dy, x, kernel, strides, pads)
+    return depthwise_conv_backward_numba(dy, x, kernel, strides, pads)

@@ -1,0 +1,180 @@
+"""im2col and col2im: turn a convolution into one matrix product, and back.
+
+im2col copies every kh x kw window of the zero-padded input into a row of a matrix:
+
+    cols[n, ho, wo, i, j, c] = x_padded[n, ho*sh + i, wo*sw + j, c]
+
+so that, with the HWIO kernel K (kh, kw, C, F), the convolution is a single matmul:
+
+    y = cols.reshape(N*Ho*Wo, kh*kw*C) @ K.reshape(kh*kw*C, F)      # (N*Ho*Wo, F)
+
+Shapes: x (N, H, W, C) -> cols (N, Ho, Wo, kh, kw, C), with
+    Ho = (H + top + bottom - kh) // sh + 1,   Wo = (W + left + right - kw) // sw + 1
+where pads = ((top, bottom), (left, right)) comes from `padding.conv_geometry`. NHWC makes
+the innermost axis C on both sides, so no transposes are needed anywhere.
+
+col2im goes the other way: it adds every entry of cols back onto the input pixel it was
+copied from (windows overlap, so a pixel collects several entries; entries that came
+from padding are dropped). It is the adjoint (transpose) of im2col:
+
+    <im2col(x), g> = <x, col2im(g)>        for every x and every g of the shape of cols
+
+im2col is linear, y = A x for a 0/1 matrix A, so the gradient of the loss with respect to
+x is A^T (dL/dcols), and A^T is exactly col2im. That is why conv backward computes
+dcols = dy @ K.reshape(-1, F).T and then dx = col2im(dcols).
+
+Speed (benchmarks/kernels.py, batch 64, float32, 2 cores; ratio = reference / numba):
+  im2col: numba is the default, REPLACED_IM2COL
+  col2im: numba is the default, REPLACED_COL2IM
+"""
+import numpy as np
+from numba import njit, prange
+
+from .. import backend
+
+
+def output_hw(height, width, kernel_size, strides, pads):
+    """Output height and width of a window op: (H + top + bottom - kh) // sh + 1, same for W."""
+    (kh, kw), (sh, sw) = kernel_size, strides
+    (top, bottom), (left, right) = pads
+    return (height + top + bottom - kh) // sh + 1, (width + left + right - kw) // sw + 1
+
+
+# ----------------------------------------------------------------------------------------
+# NumPy reference: the DLFS offset loop, in NHWC
+# ----------------------------------------------------------------------------------------
+
+def im2col_reference(x, kernel_size, strides, pads):
+    """Windows of x as rows of a matrix: (N, H, W, C) -> (N, Ho, Wo, kh, kw, C)."""
+    n, h, w, c = x.shape
+    (kh, kw), (sh, sw) = kernel_size, strides
+    ho, wo = output_hw(h, w, kernel_size, strides, pads)
+    xp = np.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))          # zeros around the image
+    cols = np.empty((n, ho, wo, kh, kw, c), dtype=x.dtype)
+    # One strided slice per kernel offset (i, j): pixel (i, j) of every window at once.
+    for i in range(kh):
+        for j in range(kw):
+            cols[:, :, :, i, j, :] = xp[:, i:i + sh * ho:sh, j:j + sw * wo:sw, :]
+    return cols
+
+
+def col2im_reference(cols, x_shape, kernel_size, strides, pads):
+    """Adjoint of im2col: add each window entry back onto its pixel -> (N, H, W, C)."""
+    n, h, w, c = x_shape
+    (kh, kw), (sh, sw) = kernel_size, strides
+    (top, bottom), (left, right) = pads
+    ho, wo = output_hw(h, w, kernel_size, strides, pads)
+    cols = cols.reshape(n, ho, wo, kh, kw, c)
+    dxp = np.zeros((n, h + top + bottom, w + left + right, c), dtype=cols.dtype)
+    # The same slices as im2col, with += instead of =: overlapping windows add up.
+    for i in range(kh):
+        for j in range(kw):
+            dxp[:, i:i + sh * ho:sh, j:j + sw * wo:sw, :] += cols[:, :, :, i, j, :]
+    return np.ascontiguousarray(dxp[:, top:top + h, left:left + w, :])   # drop the padding
+
+
+# ----------------------------------------------------------------------------------------
+# numba kernels: one thread per image, C innermost so every copy is a contiguous run
+# ----------------------------------------------------------------------------------------
+# Seen as (N, H, W*C), one image row x[n, h, w0:w0+kw, :] is a contiguous run of kw*C
+# numbers, and so is the kernel row cols[n, ho, wo, i, :, :]. So im2col is, per window
+# and kernel row i, one copy of up to kw*C contiguous numbers, plus zeros where the
+# window hangs over the border; there is no padded copy of x. Writing cols in memory
+# order keeps the big array streaming, while the image being read (at most a few hundred
+# KB) stays in cache.
+
+@njit(cache=True, parallel=True)
+def _im2col_kernel(x, cols, kh, kw, c, sh, sw, top, left):
+    # x: (N, H, W*C), cols: (N, Ho, Wo, kh, kw*C)
+    n_img, h_in, wc_in = x.shape
+    w_in = wc_in // c
+    ho_n, wo_n = cols.shape[1], cols.shape[2]
+    for n in prange(n_img):
+        for ho in range(ho_n):
+            for wo in range(wo_n):
+                w0 = wo * sw - left                  # input column of kernel column 0
+                j_lo = min(max(0, -w0), kw)          # kernel columns [j_lo, j_hi) are real
+                j_hi = max(min(kw, w_in - w0), j_lo)
+                for i in range(kh):
+                    h = ho * sh - top + i
+                    if h < 0 or h >= h_in:           # the whole kernel row is padding
+                        for k in range(kw * c):
+                            cols[n, ho, wo, i, k] = 0
+                        continue
+                    for k in range(j_lo * c):        # left padding
+                        cols[n, ho, wo, i, k] = 0
+                    shift = w0 * c                   # cols index k <-> x index k + shift
+                    for k in range(j_lo * c, j_hi * c):
+                        cols[n, ho, wo, i, k] = x[n, h, k + shift]
+                    for k in range(j_hi * c, kw * c):  # right padding
+                        cols[n, ho, wo, i, k] = 0
+
+
+@njit(cache=True, parallel=True)
+def _col2im_kernel(cols, dx, kh, kw, c, sh, sw, top, left):
+    # cols: (N, Ho, Wo, kh, kw*C), dx: (N, H, W*C) zeros. Image n is written only by
+    # the thread that owns n, so the += never race.
+    n_img, h_in, wc_in = dx.shape
+    w_in = wc_in // c
+    ho_n, wo_n = cols.shape[1], cols.shape[2]
+    for n in prange(n_img):
+        for ho in range(ho_n):
+            for wo in range(wo_n):
+                w0 = wo * sw - left
+                j_lo = min(max(0, -w0), kw)
+                j_hi = max(min(kw, w_in - w0), j_lo)
+                for i in range(kh):
+                    h = ho * sh - top + i
+                    if h < 0 or h >= h_in:           # padding rows have no pixel to add to
+                        continue
+                    shift = w0 * c
+                    for k in range(j_lo * c, j_hi * c):
+                        dx[n, h, k + shift] += cols[n, ho, wo, i, k]
+
+
+def im2col_numba(x, kernel_size, strides, pads):
+    """numba version of `im2col_reference` (same arguments, same result)."""
+    x = np.ascontiguousarray(x)
+    n, h, w, c = x.shape
+    (kh, kw), (sh, sw) = kernel_size, strides
+    ho, wo = output_hw(h, w, kernel_size, strides, pads)
+    cols = np.empty((n, ho, wo, kh, kw, c), dtype=x.dtype)
+    _im2col_kernel(x.reshape(n, h, w * c), cols.reshape(n, ho, wo, kh, kw * c),
+                   kh, kw, c, sh, sw, pads[0][0], pads[1][0])
+    return cols
+
+
+def col2im_numba(cols, x_shape, kernel_size, strides, pads):
+    """numba version of `col2im_reference` (same arguments, same result)."""
+    n, h, w, c = x_shape
+    (kh, kw), (sh, sw) = kernel_size, strides
+    ho, wo = output_hw(h, w, kernel_size, strides, pads)
+    cols = np.ascontiguousarray(cols).reshape(n, ho, wo, kh, kw * c)
+    dx = np.zeros((n, h, w, c), dtype=cols.dtype)
+    _col2im_kernel(cols, dx.reshape(n, h, w * c), kh, kw, c, sh, sw, pads[0][0], pads[1][0])
+    return dx
+
+
+# ----------------------------------------------------------------------------------------
+# dispatch
+# ----------------------------------------------------------------------------------------
+
+def im2col(x, kernel_size, strides, pads):
+    """Windows of x as rows: (N, H, W, C) -> (N, Ho, Wo, kh, kw, C), zero padding.
+
+    MINICNN_REFERENCE=1 runs the NumPy reference; otherwise the numba kernel (faster,
+    see the module docstring).
+    """
+    if backend.use_reference():
+        return im2col_reference(x, kernel_size, strides, pads)
+    return im2col_numba(x, kernel_size, strides, pads)
+
+
+def col2im(cols, x_shape, kernel_size, strides, pads):
+    """Adjoint of im2col: cols with N*Ho*Wo*kh*kw*C entries (any shape) -> (N, H, W, C).
+
+    MINICNN_REFERENCE=1 runs the NumPy reference; otherwise the numba kernel.
+    """
+    if backend.use_reference():
+        return col2im_reference(cols, x_shape, kernel_size, strides, pads)
+    return col2im_numba(cols, x_shape, kernel_size, strides, pads)

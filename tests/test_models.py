@@ -1,0 +1,313 @@
+"""Sequential and functional models: seeds' parameter counts, summary, fit, save/load, optimizers."""
+import re
+
+import numpy as np
+import pytest
+
+import minicnn
+from fer import models as fer_models
+from minicnn import (Activation, Add, BatchNormalization, Conv2D, Dense, Dropout, Flatten, GlobalAveragePooling2D,
+                     Input, MaxPooling2D, Model, SeparableConv2D, Sequential, backend, gradcheck, optimizers)
+
+# (total, trainable, non-trainable) as printed in the seeds and in the issues
+SEED_TOTALS = {
+    ("cnn4", 7): (4_478_727, 4_474_759, 3_968),
+    ("cnn8", 4): (1_328_199, 1_326_023, 2_176),
+    ("mini_xception", 7): (58_423, 56_951, 1_472),
+    ("seq4", 6): (4_589_318, None, None), ("seq5", 7): (2_345_991, None, None),
+    ("seq5", 6): (2_344_966, None, None), ("seq6", 7): (1_914_951, None, None),
+    ("seq7", 7): (4_478_727, None, None), ("seq7", 6): (4_478_214, None, None),
+    ("seq8", 6): (4_478_214, None, None),
+}
+
+
+def summary_text(model):
+    lines = []
+    model.summary(print_fn=lines.append)
+    return "\n".join(lines)
+
+
+def printed_totals(text):
+    return tuple(int(re.search(rf"^{label} params: ([\d,]+)", text, re.M).group(1).replace(",", ""))
+                 for label in ("Total", "Trainable", "Non-trainable"))
+
+
+@pytest.mark.parametrize("name,classes", sorted(SEED_TOTALS))
+def test_architectures_have_the_seeds_parameter_counts(name, classes):
+    model = fer_models.build(name, num_classes=classes)
+    total, trainable, non_trainable = SEED_TOTALS[(name, classes)]
+    assert model.count_params() == total
+    printed = printed_totals(summary_text(model))
+    assert printed[0] == total
+    if trainable is not None:
+        assert printed[1:] == (trainable, non_trainable)
+
+
+def test_every_registered_architecture_builds():
+    for name in fer_models.names():
+        model = fer_models.build(name)
+        assert model.output_shape == (None, 7)
+    assert fer_models.build("mini_xception", input_shape=(64, 64, 1)).count_params() == 58_423
+    with pytest.raises(ValueError, match="unknown model 'nope'"):
+        fer_models.build("nope")
+
+
+@pytest.mark.parametrize("seed_file,name,classes", [("000", "cnn4", 7), ("001", "cnn8", 4), ("002", "mini_xception", 7)])
+def test_totals_printed_in_the_seed_documents(shared_dir, seed_file, name, classes):
+    text = next((shared_dir / "seeds").glob(f"{seed_file}_*.txt")).read_text()
+    printed = printed_totals(text)
+    model = fer_models.build(name, num_classes=classes)
+    assert printed_totals(summary_text(model)) == printed
+
+
+def test_seed_004_keras_code_runs_with_only_imports_changed(shared_dir):
+    """Every model.add(...) block of seed 004, executed on minicnn."""
+    text = next((shared_dir / "seeds").glob("004_*.txt")).read_text()
+    blocks = [b for b in re.findall(r"```(.*?)```", text, re.S) if "model.add" in b]
+    assert len(blocks) == 5
+    counts = []
+    for block in blocks:
+        namespace = dict(vars(minicnn))          # "from minicnn import *": the only change
+        code = "\n".join(line.strip() for line in block.splitlines())
+        if "Sequential()" not in code:
+            code = "model = Sequential()\n" + code
+        exec(code, namespace)
+        counts.append(namespace["model"].count_params())
+    assert counts == [4_589_318, 2_345_991, 1_914_951, 4_478_727, 4_478_214]
+
+
+def test_layer_names_are_numbered_like_keras():
+    backend.clear_session()
+    model = Sequential([Conv2D(2, 3, input_shape=(8, 8, 1)), BatchNormalization(), Conv2D(2, 3), Flatten(),
+                        Dense(3, activation="softmax")])
+    assert [l.name for l in model.layers] == ["conv2d_1", "batch_normalization_1", "conv2d_2", "flatten_1", "dense_1"]
+
+
+def test_functional_summary_has_connected_to_and_keras_columns():
+    backend.clear_session()
+    x = Input((8, 8, 3))
+    a = Conv2D(4, 3, padding="same")(x)
+    b = Conv2D(4, 1)(x)
+    y = GlobalAveragePooling2D()(Add()([a, b]))
+    text = summary_text(Model(x, Activation("softmax")(y)))
+    add_line = next(line for line in text.splitlines() if line.startswith("add_1 (Add)"))
+    assert add_line.index("(None, 8, 8, 4)") == 32 and add_line.index("0 ") == 53
+    assert add_line.rstrip().endswith("conv2d_1[0][0]")
+    assert re.search(r"^ {65}conv2d_2\[0\]\[0\]", text, re.M)
+    assert "Total params: 128" in text      # (3*3*3*4 + 4) + (1*1*3*4 + 4)
+
+
+def test_sequential_builds_lazily_without_input_shape():
+    model = Sequential([Conv2D(2, 3), Flatten(), Dense(3)])
+    with pytest.raises(ValueError, match="not built"):
+        model.summary()
+    y = model.predict(np.zeros((2, 5, 5, 1), np.float32))
+    assert y.shape == (2, 3) and model.count_params() == 2 * 9 + 2 + 18 * 3 + 3
+
+
+def bars(n, seed, size=12):
+    """4 learnable classes: a bright bar that is horizontal, vertical or on either diagonal."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 4, n)
+    x = rng.uniform(0, 0.3, (n, size, size, 1)).astype(np.float32)
+    idx = np.arange(size)
+    for i, (label, pos) in enumerate(zip(labels, rng.integers(2, size - 2, n))):
+        if label == 0:
+            x[i, pos, :, 0] += 1
+        elif label == 1:
+            x[i, :, pos, 0] += 1
+        elif label == 2:
+            x[i, idx, idx, 0] += 1
+        else:
+            x[i, idx, size - 1 - idx, 0] += 1
+    return x, labels
+
+
+def small_cnn():
+    return Sequential([Conv2D(8, 3, padding="same", activation="relu", input_shape=(12, 12, 1)), MaxPooling2D(),
+                       Conv2D(8, 3, activation="relu"), Flatten(), Dropout(0.2), Dense(4, activation="softmax")])
+
+
+def train_bars(seed):
+    backend.set_seed(seed)
+    model = small_cnn()
+    model.compile(optimizers.Adam(0.01), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    x, y = bars(600, 0)
+    xv, yv = bars(200, 1)
+    return model.fit(x, y, batch_size=32, epochs=4, validation_data=(xv, yv), verbose=0)
+
+
+def test_fit_learns_a_learnable_task_and_is_reproducible():
+    first = train_bars(7)
+    assert first.history["val_accuracy"][-1] >= 0.95
+    assert set(first.history) >= {"loss", "accuracy", "val_loss", "val_accuracy"}
+    second = train_bars(7)
+    assert first.history == second.history
+
+
+def test_fit_does_not_reorder_callers_arrays():
+    x, y = bars(64, 3)
+    x0, y0 = x.copy(), y.copy()
+    model = small_cnn()
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=1, verbose=0)
+    np.testing.assert_array_equal(x, x0)
+    np.testing.assert_array_equal(y, y0)
+
+
+def residual_model():
+    x = Input((6, 5, 2))
+    # no bias before BN (as mini-Xception): training-mode BN cancels it, its gradient is exactly 0
+    h = Conv2D(3, (3, 2), padding="same", use_bias=False)(x)
+    h = BatchNormalization()(h)
+    h = Activation("tanh")(h)
+    shortcut = Conv2D(3, 1, strides=2, padding="same")(x)
+    h = SeparableConv2D(3, 3, padding="same")(h)
+    h = MaxPooling2D(3, strides=2, padding="same")(h)
+    h = Add()([h, shortcut])
+    h = Flatten()(h)
+    return Model(x, Dense(4, activation="softmax", kernel_regularizer=minicnn.l2(0.01))(h))
+
+
+def test_functional_model_gradchecks_end_to_end_including_the_loss():
+    backend.set_floatx("float64")
+    try:
+        backend.set_seed(0)
+        model = residual_model()
+        model.compile("sgd", "sparse_categorical_crossentropy")
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((3, 6, 5, 2))
+        results = gradcheck.check_model(model, x, np.array([0, 3, 1]), sample=15)
+        assert {w.name for w in model.trainable_weights} <= set(results)
+        for r in results.values():
+            assert r.error <= 1e-6, repr(r)
+    finally:
+        backend.set_floatx("float32")
+
+
+def test_fused_softmax_loss_is_finite_for_huge_logits():
+    x = Input((2,))
+    model = Model(x, Dense(3, activation="softmax", use_bias=False)(x))
+    model.compile("sgd", "categorical_crossentropy")
+    model.layers[1].kernel.value[...] = [[1000, -1000, 0], [0, 0, 0]]
+    loss, _ = model.compute_gradients(np.array([[1.0, 0.0]], np.float32), np.array([[0, 1, 0]], np.float32))
+    assert np.isfinite(loss) and abs(loss - 2000) < 1e-2
+    assert all(np.isfinite(w.grad).all() for w in model.trainable_weights)
+
+
+def test_save_load_predict_identical(tmp_path):
+    model = residual_model()
+    model.metadata = {"labels": ["a", "b", "c", "d"]}
+    x = np.random.default_rng(1).standard_normal((4, 6, 5, 2)).astype(np.float32)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.train_on_batch(x, np.array([0, 1, 2, 3]))        # moving statistics away from their init
+    model.save(tmp_path / "m.npz")
+    loaded = minicnn.load_model(tmp_path / "m.npz")
+    np.testing.assert_array_equal(loaded.predict(x), model.predict(x))
+    assert loaded.metadata == {"labels": ["a", "b", "c", "d"]}
+    assert [l.name for l in loaded.layers] == [l.name for l in model.layers]
+    other = residual_model()
+    model.save_weights(tmp_path / "w.npz")
+    other.load_weights(tmp_path / "w.npz")
+    np.testing.assert_array_equal(other.predict(x), model.predict(x))
+
+
+def test_bad_model_files_fail_clearly_and_leave_the_model_unchanged(tmp_path):
+    model = residual_model()
+    model.predict(np.zeros((1, 6, 5, 2), np.float32))
+    before = model.get_weights()
+    Sequential([Dense(2, input_shape=(3,))]).save_weights(tmp_path / "small.npz")
+    with pytest.raises(ValueError, match="holds 2 weights"):
+        model.load_weights(tmp_path / "small.npz")
+    wrong = Model(*_wider_residual())
+    wrong.save_weights(tmp_path / "wide.npz")
+    with pytest.raises(ValueError, match=r"has shape .* in the file, but the model's .* has shape"):
+        model.load_weights(tmp_path / "wide.npz")
+    np.savez(tmp_path / "obj.npz", __minicnn__=np.array('{"format": 1}'), weight_0000=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(ValueError, match="object"):
+        model.load_weights(tmp_path / "obj.npz")
+    data = (tmp_path / "small.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        model.load_weights(tmp_path / "cut.npz")
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def _wider_residual():
+    x = Input((6, 5, 2))
+    h = Conv2D(5, (3, 2), padding="same", use_bias=False)(x)
+    h = BatchNormalization()(h)
+    h = Activation("tanh")(h)
+    shortcut = Conv2D(5, 1, strides=2, padding="same")(x)
+    h = SeparableConv2D(5, 3, padding="same")(h)
+    h = MaxPooling2D(3, strides=2, padding="same")(h)
+    h = Flatten()(Add()([h, shortcut]))
+    return x, Dense(4, activation="softmax")(h)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "rmsprop", optimizers.SGD(0.01, momentum=0.9, nesterov=True)])
+def test_every_optimizer_moves_every_trainable_weight(optimizer):
+    model = residual_model()
+    model.compile(optimizer, "sparse_categorical_crossentropy")
+    x = np.random.default_rng(2).standard_normal((4, 6, 5, 2)).astype(np.float32)
+    model.predict(x)
+    before = [w.value.copy() for w in model.trainable_weights]
+    model.train_on_batch(x, np.array([0, 1, 2, 3]))
+    for w, b in zip(model.trainable_weights, before):
+        assert not np.array_equal(w.value, b), w.name
+
+
+def test_batchnorm_moving_statistics_change_only_in_training():
+    model = residual_model()
+    model.compile("sgd", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    x = np.random.default_rng(3).standard_normal((4, 6, 5, 2)).astype(np.float32) * 2 + 1
+    model.predict(x)
+    moving = [w.value.copy() for w in model.non_trainable_weights]
+    model.evaluate(x, np.array([0, 1, 2, 3]), verbose=0)
+    model.predict(x)
+    for w, m in zip(model.non_trainable_weights, moving):
+        np.testing.assert_array_equal(w.value, m)
+    model.train_on_batch(x, np.array([0, 1, 2, 3]))
+    assert all(not np.array_equal(w.value, m) for w, m in zip(model.non_trainable_weights, moving))
+
+
+def test_callbacks_checkpoint_earlystop_reduce_lr_csv(tmp_path):
+    backend.set_seed(0)
+    model = small_cnn()
+    model.compile(optimizers.SGD(0.0), "sparse_categorical_crossentropy", metrics=["accuracy"])  # lr 0: nothing improves
+    model.optimizer.learning_rate = 1e-9
+    x, y = bars(64, 0)
+    cbs = [minicnn.callbacks.ModelCheckpoint(str(tmp_path / "best.npz"), monitor="val_loss", save_best_only=True),
+           minicnn.callbacks.EarlyStopping(monitor="val_loss", patience=2, min_delta=1.0),
+           minicnn.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=1, min_delta=1.0),
+           minicnn.callbacks.CSVLogger(str(tmp_path / "log.csv"))]
+    history = model.fit(x, y, epochs=10, validation_data=(x, y), callbacks=cbs, verbose=0)
+    assert len(history.history["loss"]) == 3          # epoch 1 sets best, 2 more without improvement
+    assert (tmp_path / "best.npz").exists()
+    assert history.history["lr"] == [1e-9, 1e-9, 5e-10]      # the rate each epoch trained with
+    assert model.optimizer.learning_rate == 2.5e-10           # halved after epochs 2 and 3
+    rows = (tmp_path / "log.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,") and len(rows) == 4
+
+
+def test_terminate_on_nan_stops_and_names_epoch_and_batch(capsys):
+    model = small_cnn()
+    model.compile(optimizers.SGD(1e30), "sparse_categorical_crossentropy")
+    x, y = bars(128, 0)
+    history = model.fit(x * 1e20, y, epochs=3, batch_size=16, callbacks=[minicnn.callbacks.TerminateOnNaN()], verbose=0)
+    assert "invalid loss" in capsys.readouterr().out
+    assert history.history == {}       # no epoch finished: nothing logged, nothing checkpointed
+
+
+def test_bad_inputs_name_the_layer():
+    layer = Conv2D(4, 3, name="conv2d_x")
+    layer.forward(np.zeros((1, 5, 5, 8), np.float32))
+    with pytest.raises(ValueError, match=r"conv2d_x: expected 8 input channels, received x.shape=\(2, 5, 5, 3\)"):
+        layer.forward(np.zeros((2, 5, 5, 3), np.float32))
+    with pytest.raises(ValueError, match="conv2d_x: expected a 4-D input"):
+        layer.forward(np.zeros((5, 5, 8), np.float32))
+    with pytest.raises(ValueError, match="conv2d_x: expected a float array"):
+        layer.forward(np.zeros((1, 5, 5, 8), np.int64))
+    with pytest.raises(ValueError, match="dense_x: expected a 2-D input"):
+        Dense(3, name="dense_x").forward(np.zeros((2, 3, 3), np.float32))
