@@ -6,6 +6,8 @@ Conv2D is a matrix product on im2col's patch matrix:
 and its backward is the same product transposed, with col2im (the adjoint of im2col)
 folding the patch gradients back onto the image.
 """
+import numpy as np
+
 from .. import activations, regularizers
 from ..ops.depthwise import depthwise_conv, depthwise_conv_backward
 from ..ops.im2col import col2im, im2col
@@ -102,7 +104,9 @@ class Conv2D(_Conv):
         self.kernel.grad = (cols.T @ dz).reshape(self.kernel.shape)          # (kh*kw*C, F) -> (kh, kw, C, F)
         if self.use_bias:
             self.bias.grad = dz.sum(axis=0)
-        dcols = dz @ self.kernel.value.reshape(-1, self.filters).T           # (N*Ho*Wo, kh*kw*C)
+        # a contiguous copy of the small K.T: numpy's matmul is several times slower on the view
+        kernel_t = np.ascontiguousarray(self.kernel.value.reshape(-1, self.filters).T)  # (F, kh*kw*C)
+        dcols = dz @ kernel_t                                                # (N*Ho*Wo, kh*kw*C)
         return col2im(dcols, x_shape, self.kernel_size, self.strides, pads)  # (N, H, W, C)
 
     def get_config(self):
@@ -207,7 +211,7 @@ class SeparableConv2D(_Conv):
         self.pointwise_kernel.grad = (d2.T @ dz2).reshape(self.pointwise_kernel.shape)
         if self.use_bias:
             self.bias.grad = dz2.sum(axis=0)
-        dd = (dz2 @ pointwise.T).reshape(dz.shape[:3] + (-1,))                    # (N, Ho, Wo, C*M)
+        dd = (dz2 @ np.ascontiguousarray(pointwise.T)).reshape(dz.shape[:3] + (-1,))  # (N, Ho, Wo, C*M)
         dx, self.depthwise_kernel.grad = depthwise_conv_backward(dd, x, self.depthwise_kernel.value,
                                                                  self.strides, pads)
         return dx

@@ -77,7 +77,7 @@ class Dense(Layer):
         self.kernel.grad = x.T @ dz                                # (n_in, units)
         if self.use_bias:
             self.bias.grad = dz.sum(axis=0)
-        return dz @ self.kernel.value.T                            # (N, n_in)
+        return dz @ np.ascontiguousarray(self.kernel.value.T)      # (N, n_in); contiguous: faster matmul
 
     def get_config(self):
         return {**super().get_config(), "units": self.units, "activation": self.activation.name,

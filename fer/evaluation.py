@@ -1,0 +1,124 @@
+"""Scores and pictures of a classifier's predictions: accuracy, macro-F1, per-class table, confusion matrix.
+
+    precision_k = TP_k / predicted_k     recall_k = TP_k / true_k     F1_k = 2 P R / (P + R)
+    macro-F1 = mean over classes of F1_k (every class counts the same, however rare: Disgust too)
+"""
+import csv
+import io as _io
+import os
+import tempfile
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def predict_probabilities(model, x, batch_size=256, tta=False):
+    """Class probabilities (N, K); with tta, averaged with those of the mirrored faces."""
+    probs = model.predict(x, batch_size=batch_size)
+    if tta:
+        probs = (probs + model.predict(np.ascontiguousarray(x[:, :, ::-1]), batch_size=batch_size)) / 2
+    return probs
+
+
+def confusion_matrix(y_true, y_pred, num_classes):
+    """counts[i, j] = faces of true class i predicted as class j."""
+    counts = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(counts, (np.asarray(y_true), np.asarray(y_pred)), 1)
+    return counts
+
+
+def report(y_true, y_pred, labels):
+    """{"accuracy", "macro_f1", "per_class": {label: {precision, recall, f1, support}}, "confusion", "labels"}."""
+    confusion = confusion_matrix(y_true, y_pred, len(labels))
+    tp = np.diag(confusion).astype(float)
+    predicted, actual = confusion.sum(axis=0), confusion.sum(axis=1)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, actual, out=np.zeros_like(tp), where=actual > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(tp), where=precision + recall > 0)
+    per_class = {label: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+                 for label, p, r, f, s in zip(labels, precision, recall, f1, actual)}
+    return {"accuracy": float(tp.sum() / max(confusion.sum(), 1)), "macro_f1": float(f1.mean()),
+            "per_class": per_class, "confusion": confusion.tolist(), "labels": list(labels)}
+
+
+def format_report(result):
+    """The per-class table and the two headline figures, as text."""
+    lines = [f"{'class':<10} {'precision':>9} {'recall':>7} {'f1':>7} {'support':>8}"]
+    for label, row in result["per_class"].items():
+        lines.append(f"{label:<10} {row['precision']:>9.3f} {row['recall']:>7.3f} {row['f1']:>7.3f} {row['support']:>8d}")
+    total = sum(row["support"] for row in result["per_class"].values())
+    lines.append(f"accuracy {result['accuracy']:.4f}   macro-F1 {result['macro_f1']:.4f}   ({total} faces)")
+    return "\n".join(lines)
+
+
+def _atomic_write(path, write):
+    """Write through `write(file)` into a temp file beside `path`, then rename over it."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_text(path, text):
+    _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def write_confusion_csv(path, result):
+    buffer = _io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["true \\ predicted"] + result["labels"])
+    for label, row in zip(result["labels"], result["confusion"]):
+        writer.writerow([label] + row)
+    write_text(path, buffer.getvalue())
+
+
+def _save_figure(fig, path):
+    _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100, bbox_inches="tight"))
+    plt.close(fig)
+
+
+def plot_confusion(path, result, title="Confusion matrix (rows: true class, normalized)"):
+    """Row-normalized confusion matrix with labels and the percentage in each cell."""
+    counts = np.array(result["confusion"], dtype=float)
+    normalized = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    labels = result["labels"]
+    fig, ax = plt.subplots(figsize=(1.0 * len(labels) + 2, 1.0 * len(labels) + 1.5))
+    image = ax.imshow(normalized, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            ax.text(j, i, f"{100 * normalized[i, j]:.0f}", ha="center", va="center",
+                    color="white" if normalized[i, j] > 0.5 else "black", fontsize=8)
+    ax.set_title(f"{title}\naccuracy {result['accuracy']:.3f}, macro-F1 {result['macro_f1']:.3f}", fontsize=10)
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    _save_figure(fig, path)
+
+
+def plot_curves(path, history):
+    """Loss and accuracy per epoch, training vs validation. history: {"loss": [...], "val_loss": [...], ...}."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        for key, style in ((metric, "-"), (f"val_{metric}", "--")):
+            values = history.get(key, [])
+            if values:
+                ax.plot(range(1, len(values) + 1), values, style, label="validation" if key.startswith("val_") else "training")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    _save_figure(fig, path)

@@ -1,0 +1,273 @@
+"""Training runs: data, model, the fit loop's callbacks, checkpoints that resume exactly, and reports.
+
+A run folder holds:
+    config.json              the arguments, seed, versions, data hash and split description
+    model.npz                best-by-validation model: architecture, weights, labels, preprocessing
+    checkpoints/last.npz     full state after the last finished epoch (weights, optimizer moments,
+                             random generators, callback state): `--resume` continues from it
+    history.csv, curves.png  loss and accuracy per epoch, training vs validation
+    metrics.json, confusion_matrix.csv, confusion_matrix.png    the test split, at the end
+The test split is touched only after training, by `report_test`: every choice (best
+checkpoint, learning-rate drops) is made on the validation split.
+"""
+import csv
+import dataclasses
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+import minicnn
+from minicnn import backend, callbacks, io, optimizers
+from minicnn.sequence import Sequence
+
+from . import data as fer_data
+from . import evaluation, models
+from .augment import Augmenter
+from .preprocess import Preprocessing
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; saved as config.json so that --resume rebuilds the same run."""
+
+    model: str
+    data: str
+    classes: str = "fer7"
+    input_size: int = 48
+    scale: str = "unit"
+    epochs: int = 50
+    batch_size: int = 64
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    augment: bool = True
+    class_weight: str = "none"
+    seed: int = 0
+    limit: int = 0
+    out: str = "runs"
+    val_fraction: float = 0.1
+    lr_patience: int = 5
+    lr_factor: float = 0.5
+    skip_bad_rows: bool = False
+
+    @classmethod
+    def for_model(cls, model, data, **overrides):
+        """The seed's defaults for `model` (fer.models.DEFAULTS), then `overrides` (None = keep)."""
+        if model not in models.BUILDERS:
+            raise ValueError(f"unknown model {model!r}; known: {', '.join(models.names())}")
+        settings = {**models.DEFAULTS[model], **{k: v for k, v in overrides.items() if v is not None}}
+        return cls(model=model, data=str(data), **settings)
+
+
+class FaceBatches(Sequence):
+    """Training batches: reshuffled and re-augmented every epoch from seeded generators.
+
+    images: uint8 (N, 48, 48) -> each batch: (preprocessing.apply(augment(faces)), labels).
+    """
+
+    def __init__(self, images, labels, preprocessing, batch_size, augmenter=None, seed=0, class_weights=None):
+        self.images, self.labels, self.preprocessing = images, labels, preprocessing
+        self.batch_size, self.augmenter = batch_size, augmenter
+        self.class_weights = class_weights
+        self.rng = np.random.default_rng(seed)
+        self.order = np.arange(len(images))
+
+    def __len__(self):
+        return -(-len(self.images) // self.batch_size)
+
+    def on_epoch_begin(self):
+        self.order = self.rng.permutation(len(self.images))
+
+    def __getitem__(self, index):
+        idx = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+        faces = self.images[idx]
+        if self.augmenter is not None:
+            faces = self.augmenter(faces)
+        labels = self.labels[idx]
+        if self.class_weights is None:
+            return self.preprocessing.apply(faces), labels
+        return self.preprocessing.apply(faces), labels, self.class_weights[labels]
+
+    def get_state(self):
+        state = {"shuffle": self.rng.bit_generator.state}
+        if self.augmenter is not None:
+            state["augment"] = self.augmenter.get_state()
+        return state
+
+    def set_state(self, state):
+        self.rng.bit_generator.state = state["shuffle"]
+        if self.augmenter is not None:
+            self.augmenter.set_state(state["augment"])
+
+
+class RunCheckpoint(minicnn.callbacks.Callback):
+    """Writes checkpoints/last.npz (atomically) at the start and after every finished epoch."""
+
+    def __init__(self, path, batches, stateful_callbacks):
+        self.path, self.batches, self.stateful = Path(path), batches, stateful_callbacks
+
+    def save(self, epochs_done):
+        model = self.model
+        opt_config, opt_arrays = model.optimizer.get_state(model.trainable_weights)
+        arrays = {f"weight_{i:04d}": w.value for i, w in enumerate(io.all_weights(model))}
+        arrays.update({f"optimizer/{k}": v for k, v in opt_arrays.items()})
+        meta = {"format": io.FORMAT, "weights": [w.name for w in io.all_weights(model)], "epoch": epochs_done,
+                "optimizer": opt_config, "rng": backend.rng().bit_generator.state,
+                "batches": self.batches.get_state(),
+                "callbacks": {type(c).__name__: c.get_state() for c in self.stateful}}
+        io.write_npz(self.path, arrays, meta)
+
+    def on_train_begin(self, logs=None):
+        if not self.path.exists():
+            self.save(0)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.save(epoch + 1)
+
+
+def restore_checkpoint(path, model, batches, stateful_callbacks):
+    """Load last.npz into the model, optimizer, generators and callbacks; returns the epochs done."""
+    meta, arrays = io.read_npz(path)
+    io.assign_weights(model, meta, arrays, path)
+    opt_arrays = {k[len("optimizer/"):]: v for k, v in arrays.items() if k.startswith("optimizer/")}
+    model.optimizer.set_state(model.trainable_weights, meta["optimizer"], opt_arrays)
+    backend.rng().bit_generator.state = meta["rng"]
+    batches.set_state(meta["batches"])
+    for c in stateful_callbacks:
+        c.set_state(meta["callbacks"][type(c).__name__])
+    return int(meta["epoch"])
+
+
+def balanced_class_weights(labels, num_classes):
+    """w_k = N / (K * N_k): every class contributes equally to the loss."""
+    counts = np.bincount(labels, minlength=num_classes).astype(float)
+    return (len(labels) / (num_classes * np.maximum(counts, 1))).astype(np.float32)
+
+
+def load_splits(config):
+    """FerData -> (optional --limit subset) -> Splits, as config says."""
+    data = fer_data.load(config.data, skip_bad_rows=config.skip_bad_rows)
+    if config.limit and config.limit < len(data):
+        keep = np.sort(np.random.default_rng(config.seed).choice(len(data), config.limit, replace=False))
+        data = dataclasses.replace(data, images=data.images[keep], labels=data.labels[keep], usage=data.usage[keep])
+    return fer_data.split(data, config.classes, config.val_fraction, config.seed)
+
+
+def make_optimizer(config):
+    if config.optimizer == "sgd":     # seed 003's tflearn 'momentum' optimizer
+        return optimizers.SGD(config.lr, momentum=0.9)
+    return optimizers.get({"class_name": config.optimizer, "learning_rate": config.lr})
+
+
+def train(config, resume_dir=None, extra_callbacks=(), verbose=1):
+    """Run (or resume) a training run; returns the run folder. See the module docstring."""
+    run = Path(resume_dir) if resume_dir else Path(config.out) / f"{config.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    checkpoint_path = run / "checkpoints" / "last.npz"
+    backend.set_seed(config.seed)
+    splits = load_splits(config)
+    preprocessing = Preprocessing(config.input_size, config.scale).fit(splits.train[0])
+    x_val = preprocessing.apply(splits.val[0])
+
+    backend.clear_session()
+    model = models.build(config.model, len(splits.label_names), (config.input_size, config.input_size, 1))
+    model.compile(make_optimizer(config), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.metadata = {"labels": list(splits.label_names), "class_map": config.classes,
+                      "preprocessing": preprocessing.to_dict(), "architecture": config.model,
+                      "trained_with": dataclasses.asdict(config)}
+
+    augmenter = Augmenter(seed=config.seed + 1) if config.augment else None
+    weights = balanced_class_weights(splits.train[1], len(splits.label_names)) if config.class_weight == "balanced" else None
+    batches = FaceBatches(*splits.train, preprocessing, config.batch_size, augmenter, config.seed + 2, weights)
+
+    best = callbacks.ModelCheckpoint(str(run / "model.npz"), monitor="val_accuracy", save_best_only=True)
+    plateau = callbacks.ReduceLROnPlateau("val_loss", factor=config.lr_factor, patience=config.lr_patience, min_lr=1e-5)
+    stop_on_nan = callbacks.TerminateOnNaN()
+    stateful = [best, plateau]
+    checkpoint = RunCheckpoint(checkpoint_path, batches, stateful)
+
+    initial_epoch = 0
+    if resume_dir:
+        initial_epoch = restore_checkpoint(checkpoint_path, model, batches, stateful)
+        _truncate_history(run / "history.csv", initial_epoch)
+        print(f"Resuming {run} after epoch {initial_epoch} of {config.epochs}")
+    else:
+        run.mkdir(parents=True, exist_ok=False)
+        evaluation.write_text(run / "config.json", json.dumps(run_description(config, splits), indent=2))
+    print(splits.description)
+
+    fit_callbacks = [stop_on_nan, *extra_callbacks, best, plateau,
+                     callbacks.CSVLogger(str(run / "history.csv"), append=True), checkpoint]
+    try:
+        model.fit(batches, epochs=config.epochs, initial_epoch=initial_epoch, validation_data=(x_val, splits.val[1]),
+                  batch_size=256, callbacks=fit_callbacks, verbose=verbose)
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(run, checkpoint_path) from None
+    if stop_on_nan.message:
+        raise TrainingDiverged(f"{stop_on_nan.message}; the last good checkpoint {checkpoint_path} is kept")
+    plot_history(run)
+    report_test(run, splits, preprocessing)
+    return run
+
+
+class TrainingInterrupted(Exception):
+    def __init__(self, run, checkpoint_path):
+        super().__init__(f"interrupted; the last checkpoint {checkpoint_path} is intact. "
+                         f"Resume with: python scripts/train.py --resume {run}")
+        self.run = run
+
+
+class TrainingDiverged(Exception):
+    pass
+
+
+def run_description(config, splits):
+    return {"args": dataclasses.asdict(config), "seed": config.seed, "split": splits.description,
+            "data_sha256": fer_data.content_hash(config.data) if Path(config.data).is_file() else None,
+            "versions": {"python": platform.python_version(), "numpy": np.__version__,
+                         "minicnn": minicnn.__version__, "platform": platform.platform()},
+            "command": " ".join(sys.argv)}
+
+
+def _truncate_history(path, epochs_done):
+    """Drop rows of epochs after the checkpoint (written before an interruption hit)."""
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    kept = rows[:1] + [r for r in rows[1:] if int(r[0]) < epochs_done]
+    evaluation.write_text(path, "".join(",".join(r) + "\n" for r in kept))
+
+
+def read_history(path):
+    """history.csv -> {"loss": [...], "val_accuracy": [...], ...}."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {key: [float(r[key]) for r in rows] for key in (rows[0] if rows else {}) if key != "epoch"}
+
+
+def plot_history(run):
+    evaluation.plot_curves(Path(run) / "curves.png", read_history(Path(run) / "history.csv"))
+
+
+def report_test(run, splits, preprocessing):
+    """Evaluate the best model on the test split: metrics.json and the confusion matrix files."""
+    model = minicnn.load_model(Path(run) / "model.npz")
+    x_test, y_test = preprocessing.apply(splits.test[0]), splits.test[1]
+    results = {}
+    for tta in (False, True):
+        predicted = evaluation.predict_probabilities(model, x_test, tta=tta).argmax(axis=1)
+        results["tta" if tta else "plain"] = evaluation.report(y_test, predicted, splits.label_names)
+    result = {**results["plain"], "tta": {k: results["tta"][k] for k in ("accuracy", "macro_f1")},
+              "split": "test", "split_description": splits.description}
+    evaluation.write_text(Path(run) / "metrics.json", json.dumps(result, indent=2))
+    evaluation.write_confusion_csv(Path(run) / "confusion_matrix.csv", result)
+    evaluation.plot_confusion(Path(run) / "confusion_matrix.png", result)
+    print(evaluation.format_report(result))
+    print(f"with horizontal-flip averaging: accuracy {result['tta']['accuracy']:.4f}, "
+          f"macro-F1 {result['tta']['macro_f1']:.4f}")
+    return result
