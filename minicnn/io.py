@@ -40,6 +40,9 @@ def read_npz(path):
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such model file")
+    with open(path, "rb") as f:
+        if f.read(4) != b"PK\x03\x04":        # every .npz is a zip archive
+            raise ValueError(f"{path}: not a minicnn model file (not an .npz archive)")
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {name: data[name] for name in data.files}

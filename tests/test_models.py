@@ -311,3 +311,14 @@ def test_bad_inputs_name_the_layer():
         layer.forward(np.zeros((1, 5, 5, 8), np.int64))
     with pytest.raises(ValueError, match="dense_x: expected a 2-D input"):
         Dense(3, name="dense_x").forward(np.zeros((2, 3, 3), np.float32))
+
+
+def test_sequential_accepts_an_input_first_as_tf_keras():
+    model = Sequential([Input((6, 6, 1)), Conv2D(2, 3), Flatten(), Dense(3)])
+    assert model.output_shape == (None, 3) and [type(l).__name__ for l in model.layers] == ["Conv2D", "Flatten", "Dense"]
+
+
+def test_a_file_that_is_not_an_npz_is_named_as_such(tmp_path):
+    (tmp_path / "faces.csv").write_text("emotion,pixels,Usage\n")
+    with pytest.raises(ValueError, match=r"faces.csv: not a minicnn model file \(not an .npz archive\)"):
+        minicnn.load_model(tmp_path / "faces.csv")

@@ -1,5 +1,6 @@
 """`Sequential`: a Model whose layers form a chain, built with `add` or a list."""
-from ..layers.core import Input
+from ..layers.base import SymbolicTensor
+from ..layers.core import Input, InputLayer
 from .model import Model
 
 
@@ -15,6 +16,14 @@ class Sequential(Model):
             self.add(layer)
 
     def add(self, layer):
+        if isinstance(layer, InputLayer):         # Sequential([InputLayer((48, 48, 1)), ...])
+            layer = SymbolicTensor(layer.output_shape, layer)
+        if isinstance(layer, SymbolicTensor):     # Sequential([Input((48, 48, 1)), ...]), as tf.keras
+            if self.nodes or self.pending:
+                raise ValueError(f"{self.name}: an Input can only be the first entry of a Sequential model")
+            self.input_tensor = self.output_tensor = layer
+            self.nodes = [layer.layer]
+            return
         if self.output_tensor is not None:
             self.set_graph(self.input_tensor, layer(self.output_tensor))
         elif not self.pending and layer.requested_input_shape is not None:

@@ -165,13 +165,20 @@ def col2im_numba(cols, x_shape, kernel_size, strides, pads):
 # dispatch
 # ----------------------------------------------------------------------------------------
 
+def _numba_pays(kernel_size, channels):
+    """Measured: numba copies one kernel row (kw*C numbers) at a time, and for rows of 3
+    numbers or fewer (a 3x3 window on a 1-channel image) NumPy's kh*kw long strided
+    copies are faster; from 4 numbers up (5x5 on 1 channel, any kernel on 2+) numba wins."""
+    return kernel_size[1] * channels > 3
+
+
 def im2col(x, kernel_size, strides, pads):
     """Windows of x as rows: (N, H, W, C) -> (N, Ho, Wo, kh, kw, C), zero padding.
 
-    MINICNN_REFERENCE=1 runs the NumPy reference; otherwise the numba kernel (faster,
-    see the module docstring).
+    MINICNN_REFERENCE=1 runs the NumPy reference; otherwise the numba kernel, except for
+    1-channel 3x3 (or narrower) windows, where the reference is faster.
     """
-    if backend.use_reference():
+    if backend.use_reference() or not _numba_pays(kernel_size, x.shape[3]):
         return im2col_reference(x, kernel_size, strides, pads)
     return im2col_numba(x, kernel_size, strides, pads)
 
@@ -179,8 +186,9 @@ def im2col(x, kernel_size, strides, pads):
 def col2im(cols, x_shape, kernel_size, strides, pads):
     """Adjoint of im2col: cols with N*Ho*Wo*kh*kw*C entries (any shape) -> (N, H, W, C).
 
-    MINICNN_REFERENCE=1 runs the NumPy reference; otherwise the numba kernel.
+    MINICNN_REFERENCE=1 runs the NumPy reference; otherwise the numba kernel, except for
+    1-channel 3x3 (or narrower) windows, where the reference is faster.
     """
-    if backend.use_reference():
+    if backend.use_reference() or not _numba_pays(kernel_size, x_shape[3]):
         return col2im_reference(cols, x_shape, kernel_size, strides, pads)
     return col2im_numba(cols, x_shape, kernel_size, strides, pads)

@@ -1,0 +1,158 @@
+"""Time each op's NumPy reference against its numba kernel at the FER sizes.
+
+    python benchmarks/kernels.py                 # every op, batch 64, float32
+    python benchmarks/kernels.py --ops im2col,col2im --repeats 15
+
+For every (op, shape) it runs both versions once to warm up (numba compiles or loads its
+cache), then alternates them `--repeats` times and prints the median of each, the ratio
+reference / numba (> 1: numba is faster) and which one the dispatcher in minicnn/ops
+uses by default for that call. This table is what the "Speed" lines in the op modules
+quote, and what picked each default.
+
+The shapes are the ones the FER models meet: the 4-conv seed (48x48x1 3x3, 24x24x64 5x5,
+12x12x128 3x3, 6x6x512 3x3, 2x2 max pools), mini-Xception (48x48x1 and 46x46x8 3x3 valid,
+the 1x1 stride-2 shortcut convs, 3x3 depthwise convs, 3x3 stride-2 "same" max pools), the
+tflearn seed's 5x5 conv on the 48x48x1 input.
+"""
+import argparse
+import os
+import platform
+import sys
+import time
+
+import numba
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from minicnn.ops import depthwise, im2col, pooling  # noqa: E402
+from minicnn.ops.padding import conv_geometry  # noqa: E402
+
+BATCH = 64
+CONVS = [  # (H, W, C), kernel, stride, padding
+    ((48, 48, 1), 3, 1, "same"),
+    ((48, 48, 1), 3, 1, "valid"),
+    ((48, 48, 1), 5, 1, "same"),
+    ((24, 24, 64), 5, 1, "same"),
+    ((12, 12, 128), 3, 1, "same"),
+    ((6, 6, 512), 3, 1, "same"),
+    ((46, 46, 8), 3, 1, "valid"),
+    ((44, 44, 8), 1, 2, "same"),
+    ((22, 22, 16), 1, 2, "same"),
+    ((11, 11, 32), 1, 2, "same"),
+    ((6, 6, 64), 1, 2, "same"),
+]
+POOLS = [
+    ((48, 48, 64), 2, 2, "valid"),
+    ((24, 24, 128), 2, 2, "valid"),
+    ((12, 12, 512), 2, 2, "valid"),
+    ((6, 6, 512), 2, 2, "valid"),
+    ((44, 44, 16), 3, 2, "same"),
+    ((22, 22, 32), 3, 2, "same"),
+    ((11, 11, 64), 3, 2, "same"),
+    ((6, 6, 128), 3, 2, "same"),
+]
+AVG_POOLS = [POOLS[0], POOLS[2], POOLS[4]]   # no seed uses AveragePooling2D: a sample
+DEPTHWISE = [((h, h, c), 3, 1, "same") for h, c in
+             [(44, 8), (44, 16), (22, 16), (22, 32), (11, 32), (11, 64), (6, 64), (6, 128)]]
+
+
+def cases(rng):
+    """Yield (op, label, module, dispatcher name, args) for every benchmarked call."""
+    def geometry(shape, k, s, padding):
+        (h, w, c) = shape
+        pads, _, _ = conv_geometry(h, w, (k, k), (s, s), padding)
+        x = rng.standard_normal((BATCH, h, w, c)).astype(np.float32)
+        return x, (k, k), (s, s), pads, f"{h}x{w}x{c} {k}x{k}/{s} {padding}"
+
+    for spec in CONVS:
+        x, ks, ss, pads, label = geometry(*spec)
+        yield "im2col", label, im2col, "im2col", (x, ks, ss, pads)
+        cols = rng.standard_normal(im2col.im2col(x, ks, ss, pads).shape).astype(np.float32)
+        cols = cols.reshape(-1, ks[0] * ks[1] * x.shape[3])    # as conv backward passes it
+        yield "col2im", label, im2col, "col2im", (cols, x.shape, ks, ss, pads)
+    for spec in POOLS:
+        x, ks, ss, pads, label = geometry(*spec)
+        y, argmax = pooling.max_pool(x, ks, ss, pads)
+        dy = rng.standard_normal(y.shape).astype(np.float32)
+        yield "max_pool", label, pooling, "max_pool", (x, ks, ss, pads)
+        yield "max_pool_backward", label, pooling, "max_pool_backward", (dy, argmax, x.shape, ks, ss, pads)
+    for spec in AVG_POOLS:
+        x, ks, ss, pads, label = geometry(*spec)
+        dy = rng.standard_normal(pooling.avg_pool(x, ks, ss, pads).shape).astype(np.float32)
+        yield "avg_pool", label, pooling, "avg_pool", (x, ks, ss, pads)
+        yield "avg_pool_backward", label, pooling, "avg_pool_backward", (dy, x.shape, ks, ss, pads)
+    for spec in DEPTHWISE:
+        x, ks, ss, pads, label = geometry(*spec)
+        kernel = rng.standard_normal(ks + (x.shape[3], 1)).astype(np.float32)
+        dy = rng.standard_normal(depthwise.depthwise_conv(x, kernel, ss, pads).shape).astype(np.float32)
+        yield "depthwise_conv", label, depthwise, "depthwise_conv", (x, kernel, ss, pads)
+        yield "depthwise_conv_backward", label, depthwise, "depthwise_conv_backward", (dy, x, kernel, ss, pads)
+
+
+def default_of(module, name, args):
+    """Which version the dispatcher `module.name` calls for these args: swap both for stubs."""
+    saved = {kind: getattr(module, f"{name}_{kind}") for kind in ("reference", "numba")}
+    try:
+        for kind in saved:
+            setattr(module, f"{name}_{kind}", lambda *a, kind=kind: kind)
+        os.environ.pop("MINICNN_REFERENCE", None)
+        return getattr(module, name)(*args)
+    finally:
+        for kind, fn in saved.items():
+            setattr(module, f"{name}_{kind}", fn)
+
+
+def median_ms(fns, repeats):
+    """Median wall time in ms of each function, alternating them so noise hits both alike."""
+    for fn in fns:
+        fn()                                            # warm-up: compile / load caches
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, t in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            t.append(time.perf_counter() - start)
+    return [1e3 * float(np.median(t)) for t in times]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ops", default="", help="comma-separated op names (default: all)")
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--threads", type=int, default=0, help="numba threads (default: all)")
+    args = parser.parse_args()
+    if args.threads:
+        numba.set_num_threads(args.threads)
+    wanted = set(filter(None, args.ops.split(",")))
+
+    print(f"minicnn kernel benchmark: batch {BATCH}, float32, median of {args.repeats}")
+    print(f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')} "
+          f"OPENBLAS_L2_SIZE={os.environ.get('OPENBLAS_L2_SIZE', '(unset)')} "
+          f"numba threads={numba.get_num_threads()} (layer {numba.config.THREADING_LAYER}), "
+          f"cpus={os.cpu_count()}, load average={os.getloadavg()[0]:.2f}")
+    print(f"python {platform.python_version()}, numpy {np.__version__}, numba {numba.__version__}")
+    header = f"{'op':<24} {'shape':<24} {'reference ms':>12} {'numba ms':>9} {'ratio':>6}  default"
+    print(header)
+    print("-" * len(header))
+    totals = {}
+    rng = np.random.default_rng(0)
+    for op, label, module, name, call_args in cases(rng):
+        if wanted and op not in wanted:
+            continue
+        ref = getattr(module, f"{name}_reference")
+        fast = getattr(module, f"{name}_numba")
+        t_ref, t_numba = median_ms([lambda: ref(*call_args), lambda: fast(*call_args)], args.repeats)
+        default = default_of(module, name, call_args)
+        total = totals.setdefault(op, [0.0, 0.0])
+        total[0] += t_ref
+        total[1] += t_numba
+        print(f"{op:<24} {label:<24} {t_ref:12.2f} {t_numba:9.2f} {t_ref / t_numba:6.2f}  {default}",
+              flush=True)
+    print("-" * len(header))
+    for op, (t_ref, t_numba) in totals.items():
+        print(f"{op:<24} {'sum over shapes':<24} {t_ref:12.2f} {t_numba:9.2f} {t_ref / t_numba:6.2f}")
+
+
+if __name__ == "__main__":
+    main()

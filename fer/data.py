@@ -1,0 +1,457 @@
+"""FER2013 in, NumPy arrays out: loaders, a parse cache, class maps and splits.
+
+Both sources of the data set, the Kaggle challenge CSV and the Kaggle image folders,
+load into the same `FerData` (uint8 faces, labels 0..6 in `EMOTIONS` order, the Usage
+of each row), so nothing downstream knows where the faces came from. Bad input is a
+`DataError` saying which file, which line (or image) and what is wrong; with
+`skip_bad_rows=True` bad rows are left out, counted and reported, never dropped
+silently.
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import os
+import tempfile
+import warnings
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+EMOTIONS = ("Angry", "Disgust", "Fear", "Happy", "Sad", "Surprise", "Neutral")
+USAGES = ("Training", "PublicTest", "PrivateTest")
+IMAGE_SIZE = 48
+N_PIXELS = IMAGE_SIZE * IMAGE_SIZE
+CSV_COLUMNS = ("emotion", "pixels", "Usage")
+
+# Kaggle image folders: root/train/<emotion>/*.jpg is Training, root/test/<emotion>/* PublicTest.
+FOLDER_USAGE = {"train": "Training", "test": "PublicTest"}
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+# The parser hands this many rows at a time to np.loadtxt; only a block that fails is
+# walked row by row, so a clean file never pays for the per-row diagnosis.
+_BLOCK_ROWS = 2048
+_CACHE_VERSION = 1  # bump when the parse changes, so old cache files are not reused
+_SHOWN_PROBLEMS = 5  # how many bad rows a skip warning quotes
+
+
+class DataError(ValueError):
+    """A data file or image that is not FER2013: the message names where and what."""
+
+
+@dataclass
+class FerData:
+    """Faces loaded from one source.
+
+    images: uint8 (N, 48, 48); labels: int64 (N,), 0..6 in EMOTIONS order;
+    usage: str (N,), each one of USAGES; source: the path loaded;
+    skipped: bad rows or images left out by skip_bad_rows=True.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    usage: np.ndarray
+    source: str
+    skipped: int = 0
+
+    def __len__(self):
+        return len(self.labels)
+
+
+# ---------------------------------------------------------------------------- CSV
+
+
+def load_csv(path, skip_bad_rows=False) -> FerData:
+    """Read the Kaggle challenge CSV (`.csv` or `.csv.gz`) with header emotion,pixels,Usage.
+
+    Columns are found by header name, in any order. Every row needs a label 0-6,
+    2304 space-separated integers 0-255 (a 48x48 face, row-major) and a Usage from
+    USAGES. A bad row raises DataError ("fer2013.csv line 17: 2303 pixels, expected
+    2304"; the header is line 1); with skip_bad_rows=True it is left out, counted in
+    `skipped` and reported in a warning.
+    """
+    path = Path(path)
+    lines, emotion, pixels, usage, problems = _read_rows(path)
+
+    # Labels and Usage are short strings: check all rows at once.
+    good = np.isin(emotion, [str(label) for label in range(len(EMOTIONS))])
+    for i in np.flatnonzero(~good):
+        problems[lines[i]] = f"label {emotion[i]!r}, expected an integer 0-6"
+    usage_ok = np.isin(usage, USAGES)
+    for i in np.flatnonzero(good & ~usage_ok):
+        problems[lines[i]] = f"Usage {usage[i]!r}, expected one of {', '.join(USAGES)}"
+    good &= usage_ok
+
+    rows = np.flatnonzero(good)
+    images, parsed = _parse_pixels([pixels[i] for i in rows], [lines[i] for i in rows], problems)
+    rows = rows[parsed]
+
+    if problems:
+        _report(path, problems, skip_bad_rows)
+    return FerData(
+        images=images[parsed].reshape(-1, IMAGE_SIZE, IMAGE_SIZE),
+        labels=np.array([emotion[i] for i in rows], dtype=np.int64),
+        usage=np.array([usage[i] for i in rows], dtype="<U11"),
+        source=str(path),
+        skipped=len(problems),
+    )
+
+
+def _read_rows(path):
+    """Split the CSV into columns: (lines, emotion, pixels, usage, problems).
+
+    lines[i] is the 1-based file line of data row i; problems maps a line to what is
+    wrong with it (here: rows without exactly three fields, which get no column entry).
+    """
+    try:
+        # One read and one decompress of the whole file: several times faster than
+        # pulling 9 kB rows through a gzip stream.
+        data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError) as error:  # a truncated or corrupt .gz lands here
+        raise DataError(f"{path}: cannot be read ({error})") from error
+    # utf-8-sig drops the byte-order mark spreadsheet programs write; bad bytes become
+    # U+FFFD and fail validation on their own line instead of failing the whole file.
+    records = _records(data.decode("utf-8-sig", errors="replace"))
+    del data
+
+    lines, emotion, pixels, usage, problems = [], [], [], [], {}
+    line = 1
+    try:
+        _, header = next(records, (1, None))
+        i_emotion, i_pixels, i_usage = _column_positions(path, header)
+        for line, fields in records:
+            if len(fields) != len(CSV_COLUMNS):
+                problems[line] = "empty line" if not fields else f"{len(fields)} fields, expected 3 (emotion, pixels, Usage)"
+                continue
+            lines.append(line)
+            emotion.append(fields[i_emotion])
+            pixels.append(fields[i_pixels])
+            usage.append(fields[i_usage])
+    except csv.Error as error:  # e.g. an unclosed quote running into a huge field
+        raise DataError(f"{path} line {line + 1}: {error}") from error
+    return lines, emotion, pixels, usage, problems
+
+
+def _records(text):
+    """Yield (line number, fields) for each record of CSV text; a blank line has no fields."""
+    if '"' not in text:
+        # The usual, unquoted file: str.split is several times faster than the csv module.
+        for number, line in enumerate(text.splitlines(), start=1):
+            yield number, line.split(",") if line else []
+        return
+    reader = csv.reader(text.splitlines(keepends=True))  # quoted fields: csv unquotes them
+    for fields in reader:
+        yield reader.line_num, fields
+
+
+def _column_positions(path, header):
+    """Indices of emotion, pixels and Usage in the header row; DataError if it is not exactly those."""
+    if header is None:
+        raise DataError(f"{path} line 1: empty file, expected the header emotion,pixels,Usage")
+    if sorted(header) != sorted(CSV_COLUMNS):
+        raise DataError(f"{path} line 1: header {','.join(header)!r}, expected emotion,pixels,Usage (in any order)")
+    return [header.index(name) for name in CSV_COLUMNS]
+
+
+def _parse_pixels(texts, lines, problems):
+    """Pixel strings -> (uint8 (n, 2304), parsed bool (n,)); rows that fail go into problems."""
+    images = np.zeros((len(texts), N_PIXELS), np.uint8)
+    parsed = np.ones(len(texts), bool)
+    for start in range(0, len(texts), _BLOCK_ROWS):
+        stop = min(start + _BLOCK_ROWS, len(texts))
+        try:
+            images[start:stop] = _pixel_block(texts[start:stop])
+        except ValueError:  # something in this block is wrong: go row by row to find it
+            for i in range(start, stop):
+                try:
+                    images[i] = _pixel_block(texts[i : i + 1])
+                except ValueError:
+                    problems[lines[i]] = _pixel_problem(texts[i])
+                    parsed[i] = False
+    return images, parsed
+
+
+def _pixel_block(texts):
+    """Pixel strings -> uint8 (n, 2304), or ValueError unless each is 2304 integers 0-255."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # loadtxt warns on empty text; the shape check below rejects it
+        block = np.loadtxt(texts, dtype=np.uint8, comments=None, ndmin=2)
+    # loadtxt skips blank rows, so a row count off by one is a bad row too.
+    if block.shape != (len(texts), N_PIXELS):
+        raise ValueError(f"parsed {block.shape}, expected {(len(texts), N_PIXELS)}")
+    return block
+
+
+def _pixel_problem(text):
+    """Say why one pixel string is not 2304 integers 0-255 (only called on rows that failed)."""
+    tokens = text.split()
+    if len(tokens) != N_PIXELS:
+        return f"{len(tokens)} pixels, expected {N_PIXELS}"
+    for token in tokens:
+        if not (token.isascii() and token.lstrip("+-").isdigit()):
+            return f"pixel {token!r} is not an integer"
+        if not 0 <= int(token) <= 255:
+            return f"pixel value {token} outside 0-255"
+    return "pixels are not 2304 integers 0-255"
+
+
+def _report(path, problems, skip_bad_rows):
+    """Raise DataError for the first bad line, or warn about all of them when skipping."""
+    listed = sorted(problems.items())
+    if not skip_bad_rows:
+        line, problem = listed[0]
+        more = f" (and {len(listed) - 1} more bad rows)" if len(listed) > 1 else ""
+        raise DataError(f"{path} line {line}: {problem}{more}")
+    shown = "; ".join(f"line {line}: {problem}" for line, problem in listed[:_SHOWN_PROBLEMS])
+    etc = "; ..." if len(listed) > _SHOWN_PROBLEMS else ""
+    warnings.warn(f"{path}: skipped {len(listed)} bad rows ({shown}{etc})", stacklevel=3)
+
+
+# ------------------------------------------------------------------- image folders
+
+
+def load_folders(root, skip_bad_rows=False) -> FerData:
+    """Read the Kaggle image folders: root/train/<emotion>/*.jpg|png and root/test/<emotion>/*.
+
+    train is Usage "Training", test "PublicTest". Emotion folder names are matched
+    without case (angry, disgust, fear, happy, sad, surprise, neutral). Every image
+    must decode as a 48x48 grayscale picture: otherwise DataError naming the image,
+    or with skip_bad_rows=True it is left out and counted. Files load in sorted order
+    (split, then label, then name), so two loads give identical arrays.
+    """
+    root = Path(root)
+    files = _image_files(root)
+    images, labels, usage, problems = [], [], [], {}
+    for path, label, split_usage in files:
+        image, problem = _read_face(path)
+        if problem:
+            problems[str(path)] = problem
+            continue
+        images.append(image)
+        labels.append(label)
+        usage.append(split_usage)
+
+    if problems and not skip_bad_rows:
+        path, problem = next(iter(problems.items()))
+        raise DataError(f"{path}: {problem}")
+    if problems:
+        shown = "; ".join(f"{path}: {problem}" for path, problem in list(problems.items())[:_SHOWN_PROBLEMS])
+        warnings.warn(f"{root}: skipped {len(problems)} bad images ({shown})", stacklevel=2)
+    return FerData(
+        images=np.stack(images) if images else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), np.uint8),
+        labels=np.array(labels, dtype=np.int64),
+        usage=np.array(usage, dtype="<U11"),
+        source=str(root),
+        skipped=len(problems),
+    )
+
+
+def _image_files(root):
+    """[(path, label, usage)] for every image under root, in load order."""
+    emotion_index = {name.lower(): label for label, name in enumerate(EMOTIONS)}
+    split_dirs = {d.name.lower(): d for d in sorted(root.iterdir()) if d.is_dir()} if root.is_dir() else {}
+    if not any(name in split_dirs for name in FOLDER_USAGE):
+        raise DataError(f"{root}: no train/ or test/ folder (expected root/train/<emotion>/*.jpg)")
+
+    files = []
+    for split_name, usage in FOLDER_USAGE.items():
+        if split_name not in split_dirs:
+            continue
+        emotion_dirs = [d for d in split_dirs[split_name].iterdir() if d.is_dir()]
+        for emotion_dir in emotion_dirs:
+            if emotion_dir.name.lower() not in emotion_index:
+                expected = ", ".join(name.lower() for name in EMOTIONS)
+                raise DataError(f"{emotion_dir}: unknown emotion folder, expected one of {expected}")
+        for emotion_dir in sorted(emotion_dirs, key=lambda d: (emotion_index[d.name.lower()], d.name)):
+            label = emotion_index[emotion_dir.name.lower()]
+            for path in sorted(emotion_dir.iterdir()):
+                if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+                    files.append((path, label, usage))
+    return files
+
+
+def _read_face(path):
+    """(uint8 (48, 48), None) for a good image, else (None, what is wrong)."""
+    try:
+        # imdecode over the raw bytes instead of cv2.imread: imread cannot open
+        # non-ASCII paths on Windows. The decode is the same IMREAD_GRAYSCALE.
+        image = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_GRAYSCALE)
+    except (OSError, cv2.error):
+        image = None
+    if image is None:
+        return None, "cannot be read as an image"
+    if image.shape != (IMAGE_SIZE, IMAGE_SIZE):
+        height, width = image.shape
+        return None, f"image is {width}x{height}, expected {IMAGE_SIZE}x{IMAGE_SIZE}"
+    return image, None
+
+
+# --------------------------------------------------------------- load with cache
+
+
+def load(path, skip_bad_rows=False, cache_dir=None) -> FerData:
+    """Load FER2013 from a directory (image folders) or a CSV file, caching parsed CSVs.
+
+    The cache is an .npz named by the sha256 of the CSV's content, in cache_dir
+    (default: $FER_CACHE_DIR, else ~/.cache/minicnn-fer), so an edited file is parsed
+    again. Only clean parses are cached: a file with bad rows is parsed (and its bad
+    rows reported) on every load, whatever skip_bad_rows says.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return load_folders(path, skip_bad_rows)
+    if not path.is_file():
+        raise FileNotFoundError(f"no FER2013 CSV file or image folder at {path}")
+
+    cache_file = _cache_root(cache_dir) / f"fer2013-v{_CACHE_VERSION}-{content_hash(path)}.npz"
+    data = _read_cache(cache_file, path)
+    if data is None:
+        data = load_csv(path, skip_bad_rows)
+        if data.skipped == 0:
+            _write_cache(cache_file, data)
+    return data
+
+
+def content_hash(path) -> str:
+    """The sha256 of a file's bytes, as hex, read in 1 MiB pieces."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for piece in iter(lambda: f.read(1 << 20), b""):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
+def _cache_root(cache_dir):
+    if cache_dir is not None:
+        return Path(cache_dir)
+    return Path(os.environ.get("FER_CACHE_DIR", Path.home() / ".cache" / "minicnn-fer"))
+
+
+def _read_cache(cache_file, source):
+    """The FerData stored in cache_file, or None if there is none (or it cannot be read)."""
+    if not cache_file.exists():
+        return None
+    try:
+        with np.load(cache_file, allow_pickle=False) as stored:
+            return FerData(stored["images"], stored["labels"], stored["usage"], str(source), 0)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
+        warnings.warn(f"ignoring unreadable cache file {cache_file} ({error}); parsing {source} again")
+        return None
+
+
+def _write_cache(cache_file, data):
+    """Store data in cache_file atomically: a reader sees the old file or the whole new one."""
+    temp_name = None
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        # The temporary file sits in the same folder, so os.replace is a rename, not a copy.
+        with tempfile.NamedTemporaryFile(dir=cache_file.parent, prefix=cache_file.name + ".tmp", delete=False) as f:
+            temp_name = f.name
+            np.savez(f, images=data.images, labels=data.labels, usage=data.usage)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp_name, cache_file)
+    except OSError as error:  # a read-only or full disk costs speed, not the load
+        warnings.warn(f"could not write cache file {cache_file} ({error})")
+        if temp_name is not None and os.path.exists(temp_name):
+            os.remove(temp_name)
+
+
+# ------------------------------------------------------------ class maps and splits
+
+CLASS_MAPS = {
+    "fer7": EMOTIONS,
+    "fer6": tuple(name for name in EMOTIONS if name != "Disgust"),  # seed 004 drops Disgust
+    "fer4": ("Happy", "Sad", "Neutral", "Surprise"),  # seed 001's four classes, in its order
+}
+
+
+def apply_class_map(data, name):
+    """Relabel to the classes of CLASS_MAPS[name] and drop faces of other emotions.
+
+    Returns (images uint8 (n, 48, 48), labels int64 (n,) in 0..K-1, label_names (K,)).
+    """
+    keep, labels, names = _relabel(data.labels, name)
+    return data.images[keep], labels, names
+
+
+def _relabel(labels, name):
+    """(keep bool (N,), new labels int64 (n,), names) for FER2013 labels under a class map."""
+    if name not in CLASS_MAPS:
+        raise ValueError(f"unknown class map {name!r}, expected one of {', '.join(CLASS_MAPS)}")
+    names = CLASS_MAPS[name]
+    new_label = np.full(len(EMOTIONS), -1, dtype=np.int64)  # old label -> new label, -1 = dropped
+    for new, emotion in enumerate(names):
+        new_label[EMOTIONS.index(emotion)] = new
+    relabeled = new_label[labels]
+    keep = relabeled >= 0
+    return keep, relabeled[keep], names
+
+
+@dataclass
+class Splits:
+    """Train, validation and test sets, each (images uint8 (n, 48, 48), labels int64 (n,)).
+
+    label_names: the class names, index = label; description: where each set came from.
+    """
+
+    train: tuple
+    val: tuple
+    test: tuple
+    label_names: tuple
+    description: str
+
+
+def split(data, class_map="fer7", val_fraction=0.1, seed=0) -> Splits:
+    """Split FerData into train / val / test under a class map.
+
+    With PrivateTest rows (the full challenge file): train = Training, val = PublicTest,
+    test = PrivateTest, and val_fraction is not used. Without them (the shared copy):
+    val = a stratified val_fraction of Training (the same fraction of each class, chosen
+    by `seed`), train = the rest of Training, test = PublicTest. No face is in two sets.
+
+    The test set is for the final report only: choose epochs, learning rates,
+    checkpoints and anything else on val, never on test.
+    """
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be in [0, 1), received {val_fraction}")
+    keep, labels, names = _relabel(data.labels, class_map)
+    images, usage = data.images[keep], data.usage[keep]
+    training = np.flatnonzero(usage == "Training")
+
+    if np.any(data.usage == "PrivateTest"):
+        train, val, test = training, np.flatnonzero(usage == "PublicTest"), np.flatnonzero(usage == "PrivateTest")
+        val_from = "the PublicTest rows"
+        test_from = "the PrivateTest rows"
+    else:
+        val, train = _stratified_pick(training, labels[training], len(names), val_fraction, seed)
+        test = np.flatnonzero(usage == "PublicTest")
+        val_from = f"a stratified {val_fraction * 100:g}% of Training (seed {seed})"
+        test_from = "the PublicTest rows (the file has no PrivateTest rows)"
+
+    description = (
+        f"{class_map} ({len(names)} classes): train = {len(train):,} Training faces; "
+        f"val = {len(val):,} faces, {val_from}, for choosing models; "
+        f"test = {len(test):,} faces, {test_from}, for the final report only."
+    )
+    return Splits(
+        train=(images[train], labels[train]),
+        val=(images[val], labels[val]),
+        test=(images[test], labels[test]),
+        label_names=names,
+        description=description,
+    )
+
+
+def _stratified_pick(indices, labels, n_classes, fraction, seed):
+    """Split indices into (picked, rest): round(fraction * count) of each class, seeded."""
+    rng = np.random.default_rng(seed)
+    picked = np.zeros(len(indices), bool)
+    for label in range(n_classes):  # every class draws, present or not, so the stream is fixed
+        members = np.flatnonzero(labels == label)
+        picked[rng.choice(members, round(fraction * len(members)), replace=False)] = True
+    return indices[picked], indices[~picked]

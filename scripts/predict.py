@@ -1,0 +1,95 @@
+"""Facial expressions in image files, as JSON Lines on stdout.
+
+Prints one JSON object per image, one per line, in the order given:
+
+    {"image": "a.jpg", "faces": [{"box": [x, y, w, h], "emotions": {"Angry": 0.01, ...},
+                                  "top_emotion": "Happy", "score": 0.93}, ...]}
+
+Faces are listed left to right; an image without a face has "faces": []. An image that
+cannot be read is reported on stderr, the others are still processed, and the exit code
+is 1 at the end.
+
+    python scripts/predict.py photo.jpg group.png --annotate annotated/
+    python scripts/predict.py face_crop.png --no-detect
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import cv2
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))  # so the script runs from a checkout without installing
+
+from fer.faces import FaceDetector, crop, to_gray  # noqa: E402
+from fer.inference import EmotionClassifier, emotion_record  # noqa: E402
+from fer.live import draw_face, label_color  # noqa: E402
+
+DEFAULT_MODEL = REPO_ROOT / "weights" / "mini_xception.npz"
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files (anything OpenCV reads)")
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="minicnn model file (default: %(default)s)")
+    parser.add_argument("--annotate", type=Path, metavar="DIR",
+                        help="write a copy of each image with boxes and labels to DIR, under the same file name")
+    parser.add_argument("--no-detect", action="store_true",
+                        help="each image is already an aligned face crop: classify the whole image as one face")
+    return parser.parse_args(argv)
+
+
+def predict_image(image, classifier, detector):
+    """Face records for one BGR image; detector None means the whole image is one face."""
+    gray = to_gray(image)
+    boxes = [(0, 0, gray.shape[1], gray.shape[0])] if detector is None else detector.detect(gray)
+    probs = classifier.classify([crop(gray, box) for box in boxes])
+    return [{"box": list(box), **emotion_record(p, classifier.labels)} for box, p in zip(boxes, probs)]
+
+
+def annotated(image, faces, labels, min_width=320):
+    """A copy of the image with each face's box, top emotion and score drawn on it.
+
+    Images narrower than min_width (a 48x48 crop) are enlarged by a whole factor first, so
+    the label is readable.
+    """
+    factor = max(1, -(-min_width // image.shape[1]))  # ceil division
+    image = cv2.resize(image, None, fx=factor, fy=factor, interpolation=cv2.INTER_NEAREST)
+    for face in faces:
+        label = face["top_emotion"]
+        box = [factor * v for v in face["box"]]
+        draw_face(image, box, label, face["score"], label_color(labels, label))
+    return image
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        classifier = EmotionClassifier.from_file(args.model)
+        detector = None if args.no_detect else FaceDetector()
+    except (OSError, ValueError, RuntimeError) as error:
+        print(f"predict.py: error: {error}", file=sys.stderr)
+        return 1
+    if args.annotate:
+        args.annotate.mkdir(parents=True, exist_ok=True)
+
+    failed = 0
+    for path in args.images:
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:  # missing, not an image, or a format this OpenCV cannot decode
+            print(f"predict.py: error: cannot read image {path}", file=sys.stderr)
+            failed += 1
+            continue
+        faces = predict_image(image, classifier, detector)
+        print(json.dumps({"image": str(path), "faces": faces}), flush=True)
+        if args.annotate:
+            out = args.annotate / path.name
+            if not cv2.imwrite(str(out), annotated(image, faces, classifier.labels)):
+                print(f"predict.py: error: cannot write {out}", file=sys.stderr)
+                failed += 1
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""Shared fixtures: where the read-only shared data (FER2013, reference weights) lives.
+
+$FER_SHARED_DIR points at it; the default is the `shared` folder next to the repository.
+Tests that need it skip when it is missing, or fail when FER_REQUIRE_SHARED=1 (for CI
+machines that must run them).
+"""
+import os
+from pathlib import Path
+
+import pytest
+
+
+def _missing(what):
+    message = f"{what} not found: set FER_SHARED_DIR to the shared data folder"
+    if os.environ.get("FER_REQUIRE_SHARED") == "1":
+        pytest.fail(f"{message} (FER_REQUIRE_SHARED=1)")
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def shared_dir():
+    """The shared data folder, as a Path."""
+    path = Path(os.environ.get("FER_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
+    if not path.is_dir():
+        _missing(f"shared data folder {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_file(shared_dir):
+    """shared_file("fer2013/fer2013.csv.gz") -> Path of that file in the shared folder."""
+
+    def find(relative_path):
+        path = shared_dir / relative_path
+        if not path.is_file():
+            _missing(f"shared file {path}")
+        return path
+
+    return find

@@ -1,0 +1,391 @@
+"""The stateless kernels in minicnn/ops: numba against NumPy reference, both against naive loops.
+
+Shapes come from hypothesis: non-square kernels (the CS231n Cython im2col mixes up
+field_height and field_width), H != W, strides 1-3, odd and even sizes with "same" and
+"valid", C = 1, batch > 1, float32 and float64. Gathers (im2col, max pool, argmax) must
+match exactly; sums (col2im, backward ops, average pool, depthwise) to rtol 1e-12 in
+float64, where only the order of the additions differs.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from minicnn.ops import depthwise, im2col, pooling
+from minicnn.ops.padding import conv_geometry
+
+
+@dataclass
+class Case:
+    """One drawn geometry: x (n, h, w, c) and a (kh, kw) window with strides and padding."""
+    n: int
+    h: int
+    w: int
+    c: int
+    kernel_size: tuple
+    strides: tuple
+    padding: str
+    dtype: type
+    seed: int
+
+    @property
+    def x_shape(self):
+        return (self.n, self.h, self.w, self.c)
+
+    @property
+    def pads(self):
+        return conv_geometry(self.h, self.w, self.kernel_size, self.strides, self.padding)[0]
+
+    def rng(self):
+        return np.random.default_rng(self.seed)
+
+    def random(self, shape, rng):
+        return rng.standard_normal(shape).astype(self.dtype)
+
+
+@st.composite
+def cases(draw, max_n=3, max_hw=9, max_c=4, max_k=4, max_s=3):
+    kh, kw = draw(st.integers(1, max_k)), draw(st.integers(1, max_k))
+    padding = draw(st.sampled_from(["same", "valid"]))
+    # "valid" needs the window to fit; "same" fits any size
+    h = draw(st.integers(kh if padding == "valid" else 1, max(max_hw, kh)))
+    w = draw(st.integers(kw if padding == "valid" else 1, max(max_hw, kw)))
+    return Case(n=draw(st.integers(1, max_n)), h=h, w=w, c=draw(st.integers(1, max_c)),
+                kernel_size=(kh, kw),
+                strides=(draw(st.integers(1, max_s)), draw(st.integers(1, max_s))),
+                padding=padding, dtype=draw(st.sampled_from([np.float32, np.float64])),
+                seed=draw(st.integers(0, 2**32 - 1)))
+
+
+def assert_sums_close(actual, expected):
+    """Equal up to the order of additions: rtol 1e-12 in float64, 1e-5 in float32."""
+    assert actual.dtype == expected.dtype and actual.shape == expected.shape
+    assert actual.flags.c_contiguous
+    rtol = 1e-12 if expected.dtype == np.float64 else 1e-5
+    scale = max(1.0, float(np.abs(expected).max(initial=0.0)))
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale)
+
+
+def tf_same_pads(size, k, s):
+    """TensorFlow's "same", written out again here so the test does not trust conv_geometry."""
+    out = -(-size // s)
+    total = max((out - 1) * s + k - size, 0)
+    return out, total // 2                         # the extra pixel goes after (bottom/right)
+
+
+def window_cells(case, ho, wo):
+    """Real (h, w) cells of window (ho, wo) in row-major order, computed the slow way."""
+    (kh, kw), (sh, sw) = case.kernel_size, case.strides
+    if case.padding == "same":
+        _, top = tf_same_pads(case.h, kh, sh)
+        _, left = tf_same_pads(case.w, kw, sw)
+    else:
+        top = left = 0
+    return [(ho * sh - top + i, wo * sw - left + j) for i in range(kh) for j in range(kw)
+            if 0 <= ho * sh - top + i < case.h and 0 <= wo * sw - left + j < case.w]
+
+
+SETTINGS = settings(max_examples=40, deadline=None)
+
+
+# ----------------------------------------------------------------------------------------
+# im2col / col2im
+# ----------------------------------------------------------------------------------------
+
+@SETTINGS
+@given(cases())
+def test_im2col_numba_equals_reference(case):
+    x = case.random(case.x_shape, case.rng())
+    x_before = x.copy()
+    expected = im2col.im2col_reference(x, case.kernel_size, case.strides, case.pads)
+    actual = im2col.im2col_numba(x, case.kernel_size, case.strides, case.pads)
+    assert np.array_equal(actual, expected)
+    assert actual.dtype == case.dtype and actual.flags.c_contiguous
+    assert np.array_equal(x, x_before)
+
+
+@SETTINGS
+@given(cases())
+def test_col2im_numba_equals_reference(case):
+    rng = case.rng()
+    x_shape = case.x_shape
+    cols_shape = im2col.im2col_reference(np.zeros(x_shape, case.dtype), case.kernel_size,
+                                         case.strides, case.pads).shape
+    g = case.random(cols_shape, rng)
+    g2d = g.reshape(-1, case.kernel_size[0] * case.kernel_size[1] * case.c)   # as conv backward
+    g_before = g.copy()
+    expected = im2col.col2im_reference(g, x_shape, case.kernel_size, case.strides, case.pads)
+    actual = im2col.col2im_numba(g2d, x_shape, case.kernel_size, case.strides, case.pads)
+    assert_sums_close(actual, expected)
+    assert np.array_equal(g, g_before)
+
+
+@pytest.mark.parametrize("impl", ["reference", "numba"])
+@settings(max_examples=25, deadline=None)
+@given(cases())
+def test_col2im_is_the_adjoint_of_im2col(impl, case):
+    # <im2col(x), g> = <x, col2im(g)>: why conv backward may use col2im for dx
+    rng = case.rng()
+    x = rng.standard_normal(case.x_shape)
+    fwd, adj = getattr(im2col, f"im2col_{impl}"), getattr(im2col, f"col2im_{impl}")
+    cols = fwd(x, case.kernel_size, case.strides, case.pads)
+    g = rng.standard_normal(cols.shape)
+    lhs = np.vdot(cols, g)
+    rhs = np.vdot(x, adj(g, x.shape, case.kernel_size, case.strides, case.pads))
+    assert np.isclose(lhs, rhs, rtol=1e-12, atol=1e-12 * np.abs(cols).sum() * np.abs(g).max())
+
+
+def naive_conv(x, kernel, strides, padding):
+    """Textbook convolution: four nested loops, TensorFlow padding done by index checks."""
+    n_img, h_in, w_in, c_in = x.shape
+    kh, kw, _, f_out = kernel.shape
+    sh, sw = strides
+    if padding == "same":
+        ho_n, top = tf_same_pads(h_in, kh, sh)
+        wo_n, left = tf_same_pads(w_in, kw, sw)
+    else:
+        ho_n, wo_n, top, left = (h_in - kh) // sh + 1, (w_in - kw) // sw + 1, 0, 0
+    y = np.zeros((n_img, ho_n, wo_n, f_out))
+    for n in range(n_img):
+        for ho in range(ho_n):
+            for wo in range(wo_n):
+                for i in range(kh):
+                    for j in range(kw):
+                        h, w = ho * sh - top + i, wo * sw - left + j
+                        if 0 <= h < h_in and 0 <= w < w_in:      # outside: zero padding
+                            y[n, ho, wo] += x[n, h, w] @ kernel[i, j]
+    return y
+
+
+@pytest.mark.parametrize("impl", ["reference", "numba"])
+@settings(max_examples=25, deadline=None)
+@given(case=cases(max_n=2, max_hw=7, max_c=3, max_k=3), filters=st.integers(1, 3))
+# stride 2 "same" on even sizes: the extra pad row/column must go at the bottom/right
+@example(case=Case(2, 4, 6, 2, (3, 3), (2, 2), "same", np.float64, 0), filters=2)
+@example(case=Case(1, 6, 4, 1, (2, 3), (2, 2), "same", np.float64, 1), filters=1)
+def test_conv_via_im2col_equals_naive_conv(impl, case, filters):
+    rng = case.rng()
+    x = rng.standard_normal(case.x_shape)
+    kernel = rng.standard_normal(case.kernel_size + (case.c, filters))
+    cols = getattr(im2col, f"im2col_{impl}")(x, case.kernel_size, case.strides, case.pads)
+    n, ho, wo = cols.shape[:3]
+    y = (cols.reshape(n * ho * wo, -1) @ kernel.reshape(-1, filters)).reshape(n, ho, wo, filters)
+    np.testing.assert_allclose(y, naive_conv(x, kernel, case.strides, case.padding),
+                               rtol=1e-12, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------------------
+# pooling
+# ----------------------------------------------------------------------------------------
+
+def pool_input(case, rng, ties):
+    """Gaussian values, or small integers so that windows hold ties."""
+    if ties:
+        return rng.integers(-2, 3, size=case.x_shape).astype(case.dtype)
+    return case.random(case.x_shape, rng)
+
+
+@SETTINGS
+@given(cases(), st.booleans())
+def test_max_pool_numba_equals_reference(case, ties):
+    rng = case.rng()
+    x = pool_input(case, rng, ties)
+    x_before = x.copy()
+    args = (case.kernel_size, case.strides, case.pads)
+    y_ref, arg_ref = pooling.max_pool_reference(x, *args)
+    y, arg = pooling.max_pool_numba(x, *args)
+    assert np.array_equal(y, y_ref) and np.array_equal(arg, arg_ref)
+    assert y.dtype == case.dtype and np.issubdtype(arg.dtype, np.integer)
+    assert np.array_equal(x, x_before)
+
+    dy = case.random(y.shape, rng)
+    dx_ref = pooling.max_pool_backward_reference(dy, arg_ref, x.shape, *args)
+    assert_sums_close(pooling.max_pool_backward_numba(dy, arg, x.shape, *args), dx_ref)
+
+
+@pytest.mark.parametrize("impl", ["reference", "numba"])
+@SETTINGS
+@given(cases(), st.booleans(), st.sampled_from(["any", "negative", "-inf"]))
+def test_max_pool_equals_naive_and_padding_never_wins(impl, case, ties, sign):
+    rng = case.rng()
+    x = pool_input(case, rng, ties)
+    if sign != "any":                               # all-negative: -inf padding must still lose
+        x = -np.abs(x) - 1
+    if sign == "-inf":                              # even against real -inf cells
+        x[rng.random(x.shape) < 0.7] = -np.inf
+    args = (case.kernel_size, case.strides, case.pads)
+    y, arg = getattr(pooling, f"max_pool_{impl}")(x, *args)
+    dy = case.random(y.shape, rng)
+    dx = getattr(pooling, f"max_pool_backward_{impl}")(dy, arg, x.shape, *args)
+    dx_naive = np.zeros_like(x)
+    for n in range(case.n):
+        for ho in range(y.shape[1]):
+            for wo in range(y.shape[2]):
+                cells = window_cells(case, ho, wo)
+                for c in range(case.c):
+                    values = [x[n, h, w, c] for h, w in cells]
+                    first = int(np.argmax(values))          # np.argmax: first max on ties
+                    h, w = cells[first]
+                    assert y[n, ho, wo, c] == values[first]
+                    assert arg[n, ho, wo, c] == h * case.w + w
+                    dx_naive[n, h, w, c] += dy[n, ho, wo, c]
+    assert_sums_close(dx, dx_naive)
+
+
+@SETTINGS
+@given(cases())
+def test_avg_pool_numba_equals_reference(case):
+    rng = case.rng()
+    x = case.random(case.x_shape, rng)
+    x_before = x.copy()
+    args = (case.kernel_size, case.strides, case.pads)
+    y_ref = pooling.avg_pool_reference(x, *args)
+    assert_sums_close(pooling.avg_pool_numba(x, *args), y_ref)
+    dy = case.random(y_ref.shape, rng)
+    assert_sums_close(pooling.avg_pool_backward_numba(dy, x.shape, *args),
+                      pooling.avg_pool_backward_reference(dy, x.shape, *args))
+    assert np.array_equal(x, x_before)
+
+
+@pytest.mark.parametrize("impl", ["reference", "numba"])
+@SETTINGS
+@given(cases())
+def test_avg_pool_equals_mean_of_real_cells(impl, case):
+    rng = case.rng()
+    x = case.random(case.x_shape, rng)
+    args = (case.kernel_size, case.strides, case.pads)
+    y = getattr(pooling, f"avg_pool_{impl}")(x, *args)
+    dy = case.random(y.shape, rng)
+    dx = getattr(pooling, f"avg_pool_backward_{impl}")(dy, x.shape, *args)
+    y_naive = np.zeros_like(y)
+    dx_naive = np.zeros_like(x)
+    for ho in range(y.shape[1]):
+        for wo in range(y.shape[2]):
+            cells = window_cells(case, ho, wo)
+            for h, w in cells:
+                y_naive[:, ho, wo] += x[:, h, w] / len(cells)
+                dx_naive[:, h, w] += dy[:, ho, wo] / len(cells)
+    tol = 1e-12 if case.dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(y, y_naive, rtol=tol, atol=tol)
+    np.testing.assert_allclose(dx, dx_naive, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("impl", ["reference", "numba"])
+def test_avg_pool_same_border_divides_by_real_cells(impl):
+    x = np.arange(1.0, 10.0).reshape(1, 3, 3, 1)   # [[1 2 3] [4 5 6] [7 8 9]]
+    avg_pool = getattr(pooling, f"avg_pool_{impl}")
+    # 3x3 window, stride 1, "same": one pad cell on every side
+    pads, _, _ = conv_geometry(3, 3, (3, 3), (1, 1), "same")
+    y = avg_pool(x, (3, 3), (1, 1), pads)[0, :, :, 0]
+    expected = [[(1 + 2 + 4 + 5) / 4, (1 + 2 + 3 + 4 + 5 + 6) / 6, (2 + 3 + 5 + 6) / 4],
+                [(1 + 2 + 4 + 5 + 7 + 8) / 6, 45 / 9, (2 + 3 + 5 + 6 + 8 + 9) / 6],
+                [(4 + 5 + 7 + 8) / 4, (4 + 5 + 6 + 7 + 8 + 9) / 6, (5 + 6 + 8 + 9) / 4]]
+    np.testing.assert_allclose(y, expected, rtol=1e-15)
+    # 2x2 window, stride 2, "same" on odd 3x3: the one pad row/column is at the bottom/right
+    pads, _, _ = conv_geometry(3, 3, (2, 2), (2, 2), "same")
+    y = avg_pool(x, (2, 2), (2, 2), pads)[0, :, :, 0]
+    np.testing.assert_allclose(y, [[(1 + 2 + 4 + 5) / 4, (3 + 6) / 2], [(7 + 8) / 2, 9]], rtol=1e-15)
+
+
+# ----------------------------------------------------------------------------------------
+# depthwise convolution
+# ----------------------------------------------------------------------------------------
+
+def naive_depthwise(x, kernel, strides, padding):
+    """y[n, ho, wo, c*M + m] by nested loops, TensorFlow padding by index checks."""
+    n_img, h_in, w_in, c_in = x.shape
+    kh, kw, _, m_n = kernel.shape
+    sh, sw = strides
+    if padding == "same":
+        ho_n, top = tf_same_pads(h_in, kh, sh)
+        wo_n, left = tf_same_pads(w_in, kw, sw)
+    else:
+        ho_n, wo_n, top, left = (h_in - kh) // sh + 1, (w_in - kw) // sw + 1, 0, 0
+    y = np.zeros((n_img, ho_n, wo_n, c_in * m_n))
+    for ho in range(ho_n):
+        for wo in range(wo_n):
+            for i in range(kh):
+                for j in range(kw):
+                    h, w = ho * sh - top + i, wo * sw - left + j
+                    if 0 <= h < h_in and 0 <= w < w_in:
+                        for c in range(c_in):
+                            for m in range(m_n):
+                                y[:, ho, wo, c * m_n + m] += x[:, h, w, c] * kernel[i, j, c, m]
+    return y
+
+
+@SETTINGS
+@given(cases(), st.integers(1, 3))
+def test_depthwise_numba_equals_reference(case, multiplier):
+    rng = case.rng()
+    x = case.random(case.x_shape, rng)
+    kernel = case.random(case.kernel_size + (case.c, multiplier), rng)
+    x_before, kernel_before = x.copy(), kernel.copy()
+    y_ref = depthwise.depthwise_conv_reference(x, kernel, case.strides, case.pads)
+    assert_sums_close(depthwise.depthwise_conv_numba(x, kernel, case.strides, case.pads), y_ref)
+    dy = case.random(y_ref.shape, rng)
+    dx_ref, dk_ref = depthwise.depthwise_conv_backward_reference(dy, x, kernel, case.strides, case.pads)
+    dx, dk = depthwise.depthwise_conv_backward_numba(dy, x, kernel, case.strides, case.pads)
+    assert_sums_close(dx, dx_ref)
+    assert_sums_close(dk, dk_ref)
+    assert np.array_equal(x, x_before) and np.array_equal(kernel, kernel_before)
+
+
+@pytest.mark.parametrize("impl", ["reference", "numba"])
+@settings(max_examples=25, deadline=None)
+@given(case=cases(max_n=2, max_hw=7, max_c=3, max_k=3), multiplier=st.integers(1, 2))
+@example(case=Case(2, 4, 6, 2, (3, 3), (2, 2), "same", np.float64, 0), multiplier=2)
+def test_depthwise_equals_naive_and_backward_is_its_adjoint(impl, case, multiplier):
+    rng = case.rng()
+    x = rng.standard_normal(case.x_shape)
+    kernel = rng.standard_normal(case.kernel_size + (case.c, multiplier))
+    y = getattr(depthwise, f"depthwise_conv_{impl}")(x, kernel, case.strides, case.pads)
+    np.testing.assert_allclose(y, naive_depthwise(x, kernel, case.strides, case.padding),
+                               rtol=1e-12, atol=1e-12)
+    # y is linear in x and in kernel, so <y, dy> = <x, dx> = <kernel, dkernel>
+    dy = rng.standard_normal(y.shape)
+    dx, dk = getattr(depthwise, f"depthwise_conv_backward_{impl}")(dy, x, kernel, case.strides, case.pads)
+    inner = np.vdot(y, dy)
+    scale = np.abs(y).sum() * np.abs(dy).max() + 1.0
+    assert np.isclose(np.vdot(x, dx), inner, rtol=1e-12, atol=1e-12 * scale)
+    assert np.isclose(np.vdot(kernel, dk), inner, rtol=1e-12, atol=1e-12 * scale)
+
+
+# ----------------------------------------------------------------------------------------
+# dispatch: MINICNN_REFERENCE=1 routes every op to its reference
+# ----------------------------------------------------------------------------------------
+
+def dispatch_calls():
+    """(module, op name, arguments) for every dispatcher, on a small 2-channel input."""
+    x = np.random.default_rng(0).standard_normal((2, 5, 5, 2))
+    pads, _, _ = conv_geometry(5, 5, (3, 3), (2, 2), "same")
+    args = ((3, 3), (2, 2), pads)
+    y, arg = pooling.max_pool_reference(x, *args)
+    cols = im2col.im2col_reference(x, *args)
+    kernel = np.ones((3, 3, 2, 1))
+    return [
+        (im2col, "im2col", (x, *args)),
+        (im2col, "col2im", (cols, x.shape, *args)),
+        (pooling, "max_pool", (x, *args)),
+        (pooling, "max_pool_backward", (y, arg, x.shape, *args)),
+        (pooling, "avg_pool", (x, *args)),
+        (pooling, "avg_pool_backward", (y, x.shape, *args)),
+        (depthwise, "depthwise_conv", (x, kernel, (2, 2), pads)),
+        (depthwise, "depthwise_conv_backward", (y, x, kernel, (2, 2), pads)),
+    ]
+
+
+@pytest.mark.parametrize("module, name, args", dispatch_calls(), ids=lambda v: v if isinstance(v, str) else "")
+def test_minicnn_reference_routes_to_the_reference(monkeypatch, module, name, args):
+    calls = []
+    for kind in ("reference", "numba"):
+        monkeypatch.setattr(module, f"{name}_{kind}", lambda *a, kind=kind: calls.append(kind))
+    monkeypatch.setenv("MINICNN_REFERENCE", "1")
+    getattr(module, name)(*args)
+    monkeypatch.setenv("MINICNN_REFERENCE", "0")
+    getattr(module, name)(*args)
+    monkeypatch.delenv("MINICNN_REFERENCE")
+    getattr(module, name)(*args)
+    assert calls == ["reference", "numba", "numba"]    # read at call time, numba by default here

@@ -1,0 +1,139 @@
+"""scripts/train.py and scripts/evaluate.py end to end on small synthetic data, and on real faces."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import minicnn
+from fer.training import TrainConfig, TrainingInterrupted, train
+from minicnn import io
+from tests.fer_synthetic import write_csv
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_script(name, *args, cwd=None):
+    env = {**os.environ, "FER_CACHE_DIR": str(Path(cwd or ROOT) / ".cache")}
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / name), *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd, env=env, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def data_csv(tmp_path_factory):
+    return write_csv(tmp_path_factory.mktemp("data") / "fer.csv.gz")
+
+
+@pytest.fixture(scope="module")
+def trained_run(data_csv, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    result = run_script("train.py", "--model", "mini_xception", "--data", data_csv, "--epochs", 2,
+                        "--batch-size", 16, "--out", out, cwd=out)
+    assert result.returncode == 0, result.stderr
+    return next(out.glob("mini_xception-*")), result.stdout
+
+
+def test_train_writes_every_file_of_the_run_folder(trained_run):
+    run, stdout = trained_run
+    for name in ("model.npz", "checkpoints/last.npz", "config.json", "history.csv", "curves.png", "metrics.json",
+                 "confusion_matrix.csv", "confusion_matrix.png"):
+        assert (run / name).is_file(), name
+    assert "Epoch 2/2" in stdout and "val_accuracy" in stdout and "lr:" in stdout
+    config = json.loads((run / "config.json").read_text())
+    assert config["args"]["model"] == "mini_xception" and len(config["data_sha256"]) == 64
+    assert "stratified 10% of Training" in config["split"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["labels"][1] == "Disgust" and sum(map(sum, metrics["confusion"])) == 28
+    history = (run / "history.csv").read_text().splitlines()
+    assert len(history) == 3 and "val_accuracy" in history[0]
+
+
+def test_model_file_carries_labels_and_preprocessing(trained_run):
+    model = minicnn.load_model(trained_run[0] / "model.npz")
+    assert model.metadata["labels"] == ["Angry", "Disgust", "Fear", "Happy", "Sad", "Surprise", "Neutral"]
+    assert model.metadata["preprocessing"] == {"input_size": 48, "scale": "symmetric", "mean": None, "std": None}
+
+
+def test_evaluate_json_matches_the_runs_test_metrics(trained_run, data_csv, tmp_path):
+    run = trained_run[0]
+    result = run_script("evaluate.py", "--model", run / "model.npz", "--data", data_csv, "--json", "--out", tmp_path,
+                        cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert set(report) >= {"accuracy", "macro_f1", "per_class", "confusion"}
+    assert report["split"] == "PublicTest"
+    assert report["accuracy"] == pytest.approx(json.loads((run / "metrics.json").read_text())["accuracy"])
+    assert (tmp_path / "confusion_matrix.png").is_file()
+    table = run_script("evaluate.py", "--model", run / "model.npz", "--data", data_csv, cwd=tmp_path)
+    assert "macro-F1" in table.stdout and "Disgust" in table.stdout
+
+
+def test_evaluate_and_train_fail_clearly(trained_run, data_csv, tmp_path):
+    run = trained_run[0]
+    missing = run_script("evaluate.py", "--model", tmp_path / "none.npz", "--data", data_csv, cwd=tmp_path)
+    assert missing.returncode == 1 and "none.npz: no such model file" in missing.stderr
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b,c\n1,2,3\n")
+    wrong_format = run_script("evaluate.py", "--model", run / "model.npz", "--data", bad, cwd=tmp_path)
+    assert wrong_format.returncode == 1 and "bad.csv" in wrong_format.stderr
+    not_a_model = run_script("evaluate.py", "--model", data_csv, "--data", data_csv, cwd=tmp_path)
+    assert not_a_model.returncode == 1 and "model file" in not_a_model.stderr
+    unknown = run_script("train.py", "--model", "resnet", "--data", data_csv, cwd=tmp_path)
+    assert unknown.returncode != 0 and "resnet" in unknown.stderr
+    no_data = run_script("train.py", "--model", "cnn4", "--data", tmp_path / "nope.csv", cwd=tmp_path)
+    assert no_data.returncode == 1 and "nope.csv" in no_data.stderr
+
+
+class InterruptAt(minicnn.callbacks.Callback):
+    """Raises KeyboardInterrupt (as Ctrl-C does) in the middle of an epoch."""
+
+    def __init__(self, epoch, batch):
+        self.epoch, self.batch, self.current = epoch, batch, 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.current = epoch
+
+    def on_batch_end(self, batch, logs=None):
+        if (self.current, batch) == (self.epoch, self.batch):
+            raise KeyboardInterrupt
+
+
+def test_interrupted_and_resumed_run_ends_with_the_same_weights(data_csv, tmp_path):
+    def config(out):
+        return TrainConfig.for_model("mini_xception", data_csv, epochs=3, batch_size=16, seed=5, out=str(tmp_path / out))
+
+    straight = train(config("a"), verbose=0)
+    with pytest.raises(TrainingInterrupted) as interrupted:
+        train(config("b"), extra_callbacks=[InterruptAt(epoch=1, batch=2)], verbose=0)
+    assert "--resume" in str(interrupted.value)
+    resumed = train(config("b"), resume_dir=interrupted.value.run, verbose=0)
+    for name in ("checkpoints/last.npz", "model.npz"):
+        _, a = io.read_npz(straight / name)
+        _, b = io.read_npz(resumed / name)
+        assert a.keys() == b.keys()
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=f"{name}:{key}")
+    assert (straight / "history.csv").read_text() == (resumed / "history.csv").read_text()
+
+
+def test_diverging_run_stops_naming_epoch_and_batch_and_keeps_last_good_checkpoint(data_csv, tmp_path):
+    result = run_script("train.py", "--model", "mini_xception", "--data", data_csv, "--epochs", 3, "--batch-size", 16,
+                        "--optimizer", "sgd", "--lr", "1e12", "--out", tmp_path, cwd=tmp_path)
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "invalid loss" in result.stderr and "epoch 1, batch" in result.stderr
+    run = next(tmp_path.glob("mini_xception-*"))
+    meta, arrays = io.read_npz(run / "checkpoints" / "last.npz")
+    assert all(np.isfinite(a).all() for k, a in arrays.items() if k.startswith("weight_"))
+
+
+def test_smoke_run_on_2000_real_faces(shared_file, tmp_path):
+    csv_path = shared_file("fer2013/fer2013.csv.gz")
+    result = run_script("train.py", "--model", "mini_xception", "--data", csv_path, "--limit", 2000, "--epochs", 1,
+                        "--out", tmp_path, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    run = next(tmp_path.glob("mini_xception-*"))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert sum(row["support"] for row in metrics["per_class"].values()) > 150   # ~11% of 2000 are PublicTest
