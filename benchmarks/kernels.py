@@ -9,6 +9,10 @@ reference / numba (> 1: numba is faster) and which one the dispatcher in minicnn
 uses by default for that call. This table is what the "Speed" lines in the op modules
 quote, and what picked each default.
 
+Timings on a machine shared with other busy processes are noisy, and numba's OpenMP
+threads may spin-wait and stall each parallel call by ~8 ms; compare runs with
+`OMP_WAIT_POLICY=passive` and `--threads 1` before trusting a small ratio.
+
 The shapes are the ones the FER models meet: the 4-conv seed (48x48x1 3x3, 24x24x64 5x5,
 12x12x128 3x3, 6x6x512 3x3, 2x2 max pools), mini-Xception (48x48x1 and 46x46x8 3x3 valid,
 the 1x1 stride-2 shortcut convs, 3x3 depthwise convs, 3x3 stride-2 "same" max pools), the
@@ -93,14 +97,16 @@ def cases(rng):
 def default_of(module, name, args):
     """Which version the dispatcher `module.name` calls for these args: swap both for stubs."""
     saved = {kind: getattr(module, f"{name}_{kind}") for kind in ("reference", "numba")}
+    switch = os.environ.pop("MINICNN_REFERENCE", None)     # the default, not the override
     try:
         for kind in saved:
             setattr(module, f"{name}_{kind}", lambda *a, kind=kind: kind)
-        os.environ.pop("MINICNN_REFERENCE", None)
         return getattr(module, name)(*args)
     finally:
         for kind, fn in saved.items():
             setattr(module, f"{name}_{kind}", fn)
+        if switch is not None:
+            os.environ["MINICNN_REFERENCE"] = switch
 
 
 def median_ms(fns, repeats):
@@ -127,10 +133,12 @@ def main():
     wanted = set(filter(None, args.ops.split(",")))
 
     print(f"minicnn kernel benchmark: batch {BATCH}, float32, median of {args.repeats}")
-    print(f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')} "
-          f"OPENBLAS_L2_SIZE={os.environ.get('OPENBLAS_L2_SIZE', '(unset)')} "
-          f"numba threads={numba.get_num_threads()} (layer {numba.config.THREADING_LAYER}), "
-          f"cpus={os.cpu_count()}, load average={os.getloadavg()[0]:.2f}")
+    env = {name: os.environ.get(name, "(unset)") for name in
+           ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_WAIT_POLICY")}
+    print(" ".join(f"{name}={value}" for name, value in env.items()))
+    print(f"numba threads={numba.get_num_threads()} (threading layer "
+          f"{numba.config.THREADING_LAYER}), cpus={os.cpu_count()}, "
+          f"load average={os.getloadavg()[0]:.2f} (other jobs add noise)")
     print(f"python {platform.python_version()}, numpy {np.__version__}, numba {numba.__version__}")
     header = f"{'op':<24} {'shape':<24} {'reference ms':>12} {'numba ms':>9} {'ratio':>6}  default"
     print(header)

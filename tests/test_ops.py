@@ -59,10 +59,11 @@ def cases(draw, max_n=3, max_hw=9, max_c=4, max_k=4, max_s=3):
                 seed=draw(st.integers(0, 2**32 - 1)))
 
 
-def assert_sums_close(actual, expected):
+def assert_sums_close(actual, expected, dtype):
     """Equal up to the order of additions: rtol 1e-12 in float64, 1e-5 in float32."""
-    assert actual.dtype == expected.dtype and actual.shape == expected.shape
-    assert actual.flags.c_contiguous
+    assert actual.dtype == expected.dtype == dtype          # float32 is never upcast
+    assert actual.shape == expected.shape
+    assert actual.flags.c_contiguous and expected.flags.c_contiguous
     rtol = 1e-12 if expected.dtype == np.float64 else 1e-5
     scale = max(1.0, float(np.abs(expected).max(initial=0.0)))
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale)
@@ -102,7 +103,7 @@ def test_im2col_numba_equals_reference(case):
     expected = im2col.im2col_reference(x, case.kernel_size, case.strides, case.pads)
     actual = im2col.im2col_numba(x, case.kernel_size, case.strides, case.pads)
     assert np.array_equal(actual, expected)
-    assert actual.dtype == case.dtype and actual.flags.c_contiguous
+    assert actual.dtype == expected.dtype == case.dtype and actual.flags.c_contiguous
     assert np.array_equal(x, x_before)
 
 
@@ -118,7 +119,7 @@ def test_col2im_numba_equals_reference(case):
     g_before = g.copy()
     expected = im2col.col2im_reference(g, x_shape, case.kernel_size, case.strides, case.pads)
     actual = im2col.col2im_numba(g2d, x_shape, case.kernel_size, case.strides, case.pads)
-    assert_sums_close(actual, expected)
+    assert_sums_close(actual, expected, case.dtype)
     assert np.array_equal(g, g_before)
 
 
@@ -197,12 +198,14 @@ def test_max_pool_numba_equals_reference(case, ties):
     y_ref, arg_ref = pooling.max_pool_reference(x, *args)
     y, arg = pooling.max_pool_numba(x, *args)
     assert np.array_equal(y, y_ref) and np.array_equal(arg, arg_ref)
-    assert y.dtype == case.dtype and np.issubdtype(arg.dtype, np.integer)
+    assert y.dtype == y_ref.dtype == case.dtype and np.issubdtype(arg.dtype, np.integer)
     assert np.array_equal(x, x_before)
 
     dy = case.random(y.shape, rng)
+    dy_before = dy.copy()
     dx_ref = pooling.max_pool_backward_reference(dy, arg_ref, x.shape, *args)
-    assert_sums_close(pooling.max_pool_backward_numba(dy, arg, x.shape, *args), dx_ref)
+    assert_sums_close(pooling.max_pool_backward_numba(dy, arg, x.shape, *args), dx_ref, case.dtype)
+    assert np.array_equal(dy, dy_before) and np.array_equal(arg, arg_ref)
 
 
 @pytest.mark.parametrize("impl", ["reference", "numba"])
@@ -231,7 +234,7 @@ def test_max_pool_equals_naive_and_padding_never_wins(impl, case, ties, sign):
                     assert y[n, ho, wo, c] == values[first]
                     assert arg[n, ho, wo, c] == h * case.w + w
                     dx_naive[n, h, w, c] += dy[n, ho, wo, c]
-    assert_sums_close(dx, dx_naive)
+    assert_sums_close(dx, dx_naive, case.dtype)
 
 
 @SETTINGS
@@ -242,11 +245,12 @@ def test_avg_pool_numba_equals_reference(case):
     x_before = x.copy()
     args = (case.kernel_size, case.strides, case.pads)
     y_ref = pooling.avg_pool_reference(x, *args)
-    assert_sums_close(pooling.avg_pool_numba(x, *args), y_ref)
+    assert_sums_close(pooling.avg_pool_numba(x, *args), y_ref, case.dtype)
     dy = case.random(y_ref.shape, rng)
+    dy_before = dy.copy()
     assert_sums_close(pooling.avg_pool_backward_numba(dy, x.shape, *args),
-                      pooling.avg_pool_backward_reference(dy, x.shape, *args))
-    assert np.array_equal(x, x_before)
+                      pooling.avg_pool_backward_reference(dy, x.shape, *args), case.dtype)
+    assert np.array_equal(x, x_before) and np.array_equal(dy, dy_before)
 
 
 @pytest.mark.parametrize("impl", ["reference", "numba"])
@@ -324,13 +328,16 @@ def test_depthwise_numba_equals_reference(case, multiplier):
     kernel = case.random(case.kernel_size + (case.c, multiplier), rng)
     x_before, kernel_before = x.copy(), kernel.copy()
     y_ref = depthwise.depthwise_conv_reference(x, kernel, case.strides, case.pads)
-    assert_sums_close(depthwise.depthwise_conv_numba(x, kernel, case.strides, case.pads), y_ref)
+    assert_sums_close(depthwise.depthwise_conv_numba(x, kernel, case.strides, case.pads), y_ref,
+                      case.dtype)
     dy = case.random(y_ref.shape, rng)
+    dy_before = dy.copy()
     dx_ref, dk_ref = depthwise.depthwise_conv_backward_reference(dy, x, kernel, case.strides, case.pads)
     dx, dk = depthwise.depthwise_conv_backward_numba(dy, x, kernel, case.strides, case.pads)
-    assert_sums_close(dx, dx_ref)
-    assert_sums_close(dk, dk_ref)
+    assert_sums_close(dx, dx_ref, case.dtype)
+    assert_sums_close(dk, dk_ref, case.dtype)
     assert np.array_equal(x, x_before) and np.array_equal(kernel, kernel_before)
+    assert np.array_equal(dy, dy_before)
 
 
 @pytest.mark.parametrize("impl", ["reference", "numba"])
