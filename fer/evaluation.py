@@ -5,14 +5,14 @@
 """
 import csv
 import io as _io
-import os
-import tempfile
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from minicnn.io import atomic_write  # noqa: E402
 
 
 def predict_probabilities(model, x, batch_size=256, tta=False):
@@ -54,25 +54,8 @@ def format_report(result):
     return "\n".join(lines)
 
 
-def _atomic_write(path, write):
-    """Write through `write(file)` into a temp file beside `path`, then rename over it."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def write_text(path, text):
-    _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def write_confusion_csv(path, result):
@@ -85,7 +68,7 @@ def write_confusion_csv(path, result):
 
 
 def _save_figure(fig, path):
-    _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100, bbox_inches="tight"))
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100, bbox_inches="tight"))
     plt.close(fig)
 
 

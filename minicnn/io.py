@@ -17,15 +17,18 @@ FORMAT = 1
 META_KEY = "__minicnn__"
 
 
-def write_npz(path, arrays, meta):
-    """Atomically write `arrays` (name -> array) and the JSON-able `meta` to `path`."""
+def atomic_write(path, write):
+    """Call write(file) on a temp file beside `path`, fsync, then rename it over `path`.
+
+    A crash at any point leaves either the old file or the new one, never half a file.
+    """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **{META_KEY: np.array(json.dumps(meta))}, **arrays)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -33,6 +36,11 @@ def write_npz(path, arrays, meta):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def write_npz(path, arrays, meta):
+    """Atomically write `arrays` (name -> array) and the JSON-able `meta` to `path`."""
+    atomic_write(path, lambda f: np.savez(f, **{META_KEY: np.array(json.dumps(meta))}, **arrays))
 
 
 def read_npz(path):
@@ -119,3 +127,6 @@ def load_model(path):
     assign_weights(model, meta, arrays, path)
     model.metadata = meta.get("metadata") or {}
     return model
+
+
+from .keras_h5 import load_keras_h5  # noqa: E402,F401

@@ -155,14 +155,14 @@ def test_fit_does_not_reorder_callers_arrays():
     np.testing.assert_array_equal(y, y0)
 
 
-def residual_model():
+def residual_model(filters=3):
     x = Input((6, 5, 2))
     # no bias before BN (as mini-Xception): training-mode BN cancels it, its gradient is exactly 0
-    h = Conv2D(3, (3, 2), padding="same", use_bias=False)(x)
+    h = Conv2D(filters, (3, 2), padding="same", use_bias=False)(x)
     h = BatchNormalization()(h)
     h = Activation("tanh")(h)
-    shortcut = Conv2D(3, 1, strides=2, padding="same")(x)
-    h = SeparableConv2D(3, 3, padding="same")(h)
+    shortcut = Conv2D(filters, 1, strides=2, padding="same")(x)
+    h = SeparableConv2D(filters, 3, padding="same")(h)
     h = MaxPooling2D(3, strides=2, padding="same")(h)
     h = Add()([h, shortcut])
     h = Flatten()(h)
@@ -219,7 +219,7 @@ def test_bad_model_files_fail_clearly_and_leave_the_model_unchanged(tmp_path):
     Sequential([Dense(2, input_shape=(3,))]).save_weights(tmp_path / "small.npz")
     with pytest.raises(ValueError, match="holds 2 weights"):
         model.load_weights(tmp_path / "small.npz")
-    wrong = Model(*_wider_residual())
+    wrong = residual_model(filters=5)
     wrong.save_weights(tmp_path / "wide.npz")
     with pytest.raises(ValueError, match=r"has shape .* in the file, but the model's .* has shape"):
         model.load_weights(tmp_path / "wide.npz")
@@ -232,18 +232,6 @@ def test_bad_model_files_fail_clearly_and_leave_the_model_unchanged(tmp_path):
         model.load_weights(tmp_path / "cut.npz")
     for a, b in zip(before, model.get_weights()):
         np.testing.assert_array_equal(a, b)
-
-
-def _wider_residual():
-    x = Input((6, 5, 2))
-    h = Conv2D(5, (3, 2), padding="same", use_bias=False)(x)
-    h = BatchNormalization()(h)
-    h = Activation("tanh")(h)
-    shortcut = Conv2D(5, 1, strides=2, padding="same")(x)
-    h = SeparableConv2D(5, 3, padding="same")(h)
-    h = MaxPooling2D(3, strides=2, padding="same")(h)
-    h = Flatten()(Add()([h, shortcut]))
-    return x, Dense(4, activation="softmax")(h)
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "rmsprop", optimizers.SGD(0.01, momentum=0.9, nesterov=True)])
