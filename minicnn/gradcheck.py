@@ -141,3 +141,49 @@ def check_model(model, x, y, training=True, seed=0, sample=20, sample_weight=Non
         results[name] = CheckResult(name, grad.reshape(-1)[idx], _numeric(loss, array, idx), idx)
     replay.restore_moving()
     return results
+
+
+def spaced_input(shape, seed=0, gap=0.05):
+    """Distinct values at least `gap` apart and never 0, so +-h crosses no ReLU kink or max-pool tie."""
+    n = int(np.prod(shape))
+    values = (np.random.default_rng(seed).permutation(n) - n / 2 + 0.25) * gap   # fractions .25/.75: never 0
+    return values.reshape(shape)
+
+
+def example_cases():
+    """One small case per layer class: name -> (layer factory, input shape(s)). Used by the tests
+    (a layer class without a case fails them) and by `python -m minicnn.gradcheck`."""
+    from . import layers as L
+
+    return {
+        "Conv2D": (lambda: L.Conv2D(2, (2, 3), strides=(2, 1), padding="same"), (2, 5, 4, 3)),
+        "DepthwiseConv2D": (lambda: L.DepthwiseConv2D((3, 2), padding="same", depth_multiplier=2), (2, 4, 5, 2)),
+        "SeparableConv2D": (lambda: L.SeparableConv2D(3, (3, 3), strides=2, padding="same"), (2, 6, 5, 2)),
+        "BatchNormalization": (lambda: L.BatchNormalization(), (3, 2, 2, 3)),
+        "MaxPooling2D": (lambda: L.MaxPooling2D((3, 3), strides=2, padding="same"), (2, 5, 6, 2)),
+        "AveragePooling2D": (lambda: L.AveragePooling2D((3, 3), strides=2, padding="same"), (2, 5, 6, 2)),
+        "GlobalAveragePooling2D": (lambda: L.GlobalAveragePooling2D(), (2, 3, 3, 2)),
+        "Dropout": (lambda: L.Dropout(0.5, seed=1), (2, 3, 3, 2)),
+        "Dense": (lambda: L.Dense(3), (2, 4)),
+        "Flatten": (lambda: L.Flatten(), (2, 2, 3, 2)),
+        "Activation": (lambda: L.Activation("tanh"), (2, 5)),
+        "ReLU": (lambda: L.ReLU(), (2, 5)),
+        "Softmax": (lambda: L.Softmax(), (2, 5)),
+        "Add": (lambda: L.Add(), [(2, 3, 3, 4)] * 3),
+    }
+
+
+def main():
+    """Print the worst relative error of every layer's gradients, in both training modes."""
+    backend.set_floatx("float64")
+    print(f"{'layer':<24}{'training':>9}  worst relative error (array)")
+    for name, (make, shape) in example_cases().items():
+        for training in (True, False):
+            x = [spaced_input(s, seed=i) for i, s in enumerate(shape)] if isinstance(shape, list) else spaced_input(shape)
+            results = check_layer(make(), x, training=training)
+            worst = max(results.values(), key=lambda r: r.error)
+            print(f"{name:<24}{str(training):>9}  {worst.error:.2e} ({worst.name})")
+
+
+if __name__ == "__main__":
+    main()
