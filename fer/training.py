@@ -105,6 +105,16 @@ class FaceBatches(Sequence):
             self.augmenter.set_state(state["augment"])
 
 
+class EpochTimer(minicnn.callbacks.Callback):
+    """Adds the epoch's wall time to the logs as "seconds" (so history.csv records it)."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["seconds"] = round(time.time() - self.start, 1)
+
+
 class RunCheckpoint(minicnn.callbacks.Callback):
     """Writes checkpoints/last.npz (atomically) at the start and after every finished epoch."""
 
@@ -200,7 +210,7 @@ def train(config, resume_dir=None, extra_callbacks=(), verbose=1):
         evaluation.write_text(run / "config.json", json.dumps(run_description(config, splits), indent=2))
     print(splits.description)
 
-    fit_callbacks = [stop_on_nan, *extra_callbacks, best, plateau,
+    fit_callbacks = [stop_on_nan, EpochTimer(), *extra_callbacks, best, plateau,
                      callbacks.CSVLogger(str(run / "history.csv"), append=True), checkpoint]
     try:
         model.fit(batches, epochs=config.epochs, initial_epoch=initial_epoch, validation_data=(x_val, splits.val[1]),
