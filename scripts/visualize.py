@@ -22,9 +22,7 @@ network through the model file's own preprocessing. Writes to DIR:
 Exit code 1 on bad input: a missing file, an unknown layer or label, an index out of range.
 """
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -38,6 +36,7 @@ import minicnn  # noqa: E402
 from fer import data as fer_data  # noqa: E402
 from fer.faces import FaceDetector, crop  # noqa: E402
 from fer.preprocess import Preprocessing  # noqa: E402
+from minicnn.io import atomic_write  # noqa: E402
 from minicnn.layers import Conv2D, DepthwiseConv2D, Dropout, InputLayer, SeparableConv2D  # noqa: E402
 
 MAX_CHANNELS = 16     # feature maps shown per layer
@@ -276,17 +275,8 @@ def _message_figure(text):
 
 
 def save_png(fig, path):
-    """Write fig to path through a temporary file and os.replace: readers never see half a PNG."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=100)
-        os.chmod(tmp, 0o644)      # mkstemp makes the file private; a picture is for everyone to read
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Write fig to path atomically: readers never see half a PNG."""
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
 
 
 # ---- the run -----------------------------------------------------------------------------------
