@@ -60,8 +60,10 @@ def _require_float64(arrays):
             raise ValueError(f"gradcheck needs float64 arrays (backend.set_floatx('float64')), received {np.asarray(a).dtype}")
 
 
-def _numeric(f, array, indices):
-    """Central differences of scalar f() with respect to entries `indices` of `array` (in place)."""
+def numeric_gradient(f, array, indices=None):
+    """Central differences of scalar f() with respect to entries `indices` (default: all) of
+    `array`, which f must read: each entry is nudged in place by +-h and restored."""
+    indices = np.arange(array.size) if indices is None else indices
     grads = np.empty(len(indices))
     flat = array.reshape(-1)
     for k, i in enumerate(indices):
@@ -113,7 +115,7 @@ def check_layer(layer, x, training=False, seed=0, sample=None):
     results = {}
     for name, (array, grad) in analytic.items():
         idx = _indices(array, sample, rng)
-        results[name] = CheckResult(name, np.asarray(grad).reshape(-1)[idx], _numeric(loss, array, idx), idx)
+        results[name] = CheckResult(name, np.asarray(grad).reshape(-1)[idx], numeric_gradient(loss, array, idx), idx)
     replay.restore_moving()
     return results
 
@@ -138,7 +140,7 @@ def check_model(model, x, y, training=True, seed=0, sample=20, sample_weight=Non
     results = {}
     for name, (array, grad) in analytic.items():
         idx = _indices(array, sample, rng)
-        results[name] = CheckResult(name, grad.reshape(-1)[idx], _numeric(loss, array, idx), idx)
+        results[name] = CheckResult(name, grad.reshape(-1)[idx], numeric_gradient(loss, array, idx), idx)
     replay.restore_moving()
     return results
 
