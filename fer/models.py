@@ -107,10 +107,12 @@ def mini_xception(num_classes=7, input_shape=(48, 48, 1), l2_regularization=0.01
         residual = Conv2D(filters, (1, 1), strides=(2, 2), padding="same", use_bias=False)(x)
         residual = BatchNormalization()(residual)
 
-        x = SeparableConv2D(filters, (3, 3), padding="same", kernel_regularizer=regularization, use_bias=False)(x)
+        # Arriaga's code also passes kernel_regularizer to these two; Keras 2 ignores it there
+        # (a SeparableConv2D has no `kernel`), so, to train as the published model did, it is left out.
+        x = SeparableConv2D(filters, (3, 3), padding="same", use_bias=False)(x)
         x = BatchNormalization()(x)
         x = Activation("relu")(x)
-        x = SeparableConv2D(filters, (3, 3), padding="same", kernel_regularizer=regularization, use_bias=False)(x)
+        x = SeparableConv2D(filters, (3, 3), padding="same", use_bias=False)(x)
         x = BatchNormalization()(x)
 
         x = MaxPooling2D((3, 3), strides=(2, 2), padding="same")(x)

@@ -221,14 +221,14 @@ def conv2d(c):
 def depthwise_conv2d(c):
     c.ignore("depthwise_constraint")
     return DepthwiseConv2D(depth_multiplier=c.get("depth_multiplier", 1),
-                           kernel_regularizer=c.regularizer("depthwise_regularizer"), **conv_args(c))
+                           depthwise_regularizer=c.regularizer("depthwise_regularizer"), **conv_args(c))
 
 
 def separable_conv2d(c):
-    # minicnn's SeparableConv2D puts kernel_regularizer on the pointwise kernel, as the seeds use it
-    c.ignore("depthwise_regularizer", "depthwise_constraint", "pointwise_constraint")
+    c.ignore("depthwise_constraint", "pointwise_constraint")
     return SeparableConv2D(c["filters"], depth_multiplier=c.get("depth_multiplier", 1),
-                           kernel_regularizer=c.regularizer("pointwise_regularizer"), **conv_args(c))
+                           depthwise_regularizer=c.regularizer("depthwise_regularizer"),
+                           pointwise_regularizer=c.regularizer("pointwise_regularizer"), **conv_args(c))
 
 
 def batch_normalization(c):

@@ -310,3 +310,13 @@ def test_a_file_that_is_not_an_npz_is_named_as_such(tmp_path):
     (tmp_path / "faces.csv").write_text("emotion,pixels,Usage\n")
     with pytest.raises(ValueError, match=r"faces.csv: not a minicnn model file \(not an .npz archive\)"):
         minicnn.load_model(tmp_path / "faces.csv")
+
+
+def test_separable_conv_ignores_kernel_regularizer_as_keras_does():
+    with pytest.warns(UserWarning, match="kernel_regularizer has no effect on SeparableConv2D"):
+        layer = SeparableConv2D(4, 3, kernel_regularizer=minicnn.l2(0.01))
+    layer.build((None, 5, 5, 2))
+    assert all(w.regularizer is None for w in layer.weights)
+    both = SeparableConv2D(4, 3, depthwise_regularizer=minicnn.l2(0.1), pointwise_regularizer=minicnn.l2(0.2))
+    both.build((None, 5, 5, 2))
+    assert both.depthwise_kernel.regularizer.l2 == 0.1 and both.pointwise_kernel.regularizer.l2 == 0.2

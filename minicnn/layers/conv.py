@@ -6,6 +6,8 @@ Conv2D is a matrix product on im2col's patch matrix:
 and its backward is the same product transposed, with col2im (the adjoint of im2col)
 folding the patch gradients back onto the image.
 """
+import warnings
+
 import numpy as np
 
 from .. import activations, regularizers
@@ -120,15 +122,19 @@ class DepthwiseConv2D(_Conv):
     x: (N, H, W, C) -> y: (N, Ho, Wo, C*M);  depthwise_kernel: (kh, kw, C, M), bias: (C*M,)
     """
 
-    def __init__(self, kernel_size, strides=(1, 1), padding="valid", depth_multiplier=1, **kwargs):
+    def __init__(self, kernel_size, strides=(1, 1), padding="valid", depth_multiplier=1,
+                 depthwise_initializer="glorot_uniform", depthwise_regularizer=None, **kwargs):
         super().__init__(kernel_size, strides, padding, **kwargs)
         self.depth_multiplier = int(depth_multiplier)
+        self.depthwise_initializer = depthwise_initializer
+        self.depthwise_regularizer = regularizers.get(depthwise_regularizer)
+        _warn_if_kernel_regularizer(self)
 
     def build(self, input_shape):
         kh, kw = self.kernel_size
         c, m = input_shape[-1], self.depth_multiplier
-        self.depthwise_kernel = self.add_weight("depthwise_kernel", (kh, kw, c, m), self.kernel_initializer,
-                                                regularizer=self.kernel_regularizer)
+        self.depthwise_kernel = self.add_weight("depthwise_kernel", (kh, kw, c, m), self.depthwise_initializer,
+                                                regularizer=self.depthwise_regularizer)
         self.bias = self.add_weight("bias", (c * m,), self.bias_initializer) if self.use_bias else None
         super().build(input_shape)
 
@@ -158,7 +164,8 @@ class DepthwiseConv2D(_Conv):
         return dx
 
     def get_config(self):
-        return {**super().get_config(), "depth_multiplier": self.depth_multiplier}
+        return {**super().get_config(), "depth_multiplier": self.depth_multiplier,
+                "depthwise_regularizer": regularizers.serialize(self.depthwise_regularizer)}
 
 
 class SeparableConv2D(_Conv):
@@ -169,18 +176,24 @@ class SeparableConv2D(_Conv):
     pointwise_kernel: (1, 1, C, filters), bias: (filters,)
     """
 
-    def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", depth_multiplier=1, **kwargs):
+    def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", depth_multiplier=1,
+                 depthwise_initializer="glorot_uniform", pointwise_initializer="glorot_uniform",
+                 depthwise_regularizer=None, pointwise_regularizer=None, **kwargs):
         super().__init__(kernel_size, strides, padding, **kwargs)
         self.filters = int(filters)
         self.depth_multiplier = int(depth_multiplier)
+        self.depthwise_initializer, self.pointwise_initializer = depthwise_initializer, pointwise_initializer
+        self.depthwise_regularizer = regularizers.get(depthwise_regularizer)
+        self.pointwise_regularizer = regularizers.get(pointwise_regularizer)
+        _warn_if_kernel_regularizer(self)
 
     def build(self, input_shape):
         kh, kw = self.kernel_size
         cm = input_shape[-1] * self.depth_multiplier
         self.depthwise_kernel = self.add_weight("depthwise_kernel", (kh, kw, input_shape[-1], self.depth_multiplier),
-                                                self.kernel_initializer)
-        self.pointwise_kernel = self.add_weight("pointwise_kernel", (1, 1, cm, self.filters), self.kernel_initializer,
-                                                regularizer=self.kernel_regularizer)
+                                                self.depthwise_initializer, regularizer=self.depthwise_regularizer)
+        self.pointwise_kernel = self.add_weight("pointwise_kernel", (1, 1, cm, self.filters),
+                                                self.pointwise_initializer, regularizer=self.pointwise_regularizer)
         self.bias = self.add_weight("bias", (self.filters,), self.bias_initializer) if self.use_bias else None
         super().build(input_shape)
 
@@ -217,4 +230,15 @@ class SeparableConv2D(_Conv):
         return dx
 
     def get_config(self):
-        return {**super().get_config(), "filters": self.filters, "depth_multiplier": self.depth_multiplier}
+        return {**super().get_config(), "filters": self.filters, "depth_multiplier": self.depth_multiplier,
+                "depthwise_regularizer": regularizers.serialize(self.depthwise_regularizer),
+                "pointwise_regularizer": regularizers.serialize(self.pointwise_regularizer)}
+
+
+def _warn_if_kernel_regularizer(layer):
+    """Keras 2 accepts kernel_regularizer here but never uses it (these layers have no `kernel`);
+    minicnn does the same, so that a Keras model trains the same way, and says so."""
+    if layer.kernel_regularizer is not None:
+        warnings.warn(f"{layer.name}: kernel_regularizer has no effect on {type(layer).__name__} (as in Keras); "
+                      f"use depthwise_regularizer / pointwise_regularizer", stacklevel=3)
+        layer.kernel_regularizer = None
