@@ -169,3 +169,25 @@ def test_every_layer_class_has_a_check(name):
     x = [gradcheck.spaced_input(s, seed=i) for i, s in enumerate(shape)] if isinstance(shape, list) else gradcheck.spaced_input(shape)
     for training in (True, False):
         assert_gradients(make(), x, training=training)
+
+
+def test_mini_xception_residual_module_end_to_end():
+    """One mini-Xception module as the seed builds it: two separable convs with BN and ReLU, a
+    3x3 stride-2 'same' max pool, a 1x1 stride-2 shortcut with BN, joined by Add. Sampled entries."""
+    from minicnn import Input, Model
+
+    x_in = Input((7, 6, 3))
+    residual = BatchNormalization()(Conv2D(4, (1, 1), strides=(2, 2), padding="same", use_bias=False)(x_in))
+    x = SeparableConv2D(4, (3, 3), padding="same", use_bias=False)(x_in)
+    x = Activation("relu")(BatchNormalization()(x))
+    x = SeparableConv2D(4, (3, 3), padding="same", use_bias=False)(x)
+    x = BatchNormalization()(x)
+    x = MaxPooling2D((3, 3), strides=(2, 2), padding="same")(x)
+    y = Add()([x, residual])
+    model = Model(x_in, Dense(3, activation="softmax")(Flatten()(y)))
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    x = np.random.default_rng(11).standard_normal((4, 7, 6, 3))
+    results = gradcheck.check_model(model, x, np.array([0, 2, 1, 2]), training=True, sample=25)
+    assert {w.name for w in model.trainable_weights} <= set(results)
+    for result in results.values():
+        assert result.error <= 1e-6, repr(result)
