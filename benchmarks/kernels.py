@@ -16,7 +16,9 @@ threads may spin-wait and stall each parallel call by ~8 ms; compare runs with
 The shapes are the ones the FER models meet: the 4-conv seed (48x48x1 3x3, 24x24x64 5x5,
 12x12x128 3x3, 6x6x512 3x3, 2x2 max pools), mini-Xception (48x48x1 and 46x46x8 3x3 valid,
 the 1x1 stride-2 shortcut convs, 3x3 depthwise convs, 3x3 stride-2 "same" max pools), the
-tflearn seed's 5x5 conv on the 48x48x1 input.
+tflearn seed's 5x5 conv on the 48x48x1 input; BatchNormalization and ReLU on the
+activations of cnn4, mini-Xception and cnn8 (and a few batch-1 images, for inference),
+dropout after cnn4's pools, Adam on cnn4's largest weights.
 """
 import argparse
 import os
@@ -29,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from minicnn.ops import depthwise, im2col, pooling  # noqa: E402
+from minicnn.ops import batchnorm, depthwise, elementwise, im2col, pooling  # noqa: E402
 from minicnn.ops.padding import conv_geometry  # noqa: E402
 
 BATCH = 64
@@ -59,6 +61,13 @@ POOLS = [
 AVG_POOLS = [POOLS[0], POOLS[2], POOLS[4]]   # no seed uses AveragePooling2D: a sample
 DEPTHWISE = [((h, h, c), 3, 1, "same") for h, c in
              [(44, 8), (44, 16), (22, 16), (22, 32), (11, 32), (11, 64), (6, 64), (6, 128)]]
+# BatchNormalization and ReLU inputs: cnn4's four conv blocks and first dense block,
+# mini-Xception's 46x46x8 .. 6x6x128, cnn8's 48x48x32
+NORMALIZED = [(48, 48, 64), (24, 24, 128), (12, 12, 512), (6, 6, 512), (256,),
+              (46, 46, 8), (44, 44, 16), (22, 22, 32), (11, 11, 64), (6, 6, 128), (48, 48, 32)]
+NORMALIZED_ONE_IMAGE = [(46, 46, 8), (22, 22, 32), (12, 12, 512)]       # batch-1 inference
+DROPPED = [(24, 24, 64), (12, 12, 128), (6, 6, 512), (256,), (24, 24, 32), (64,)]   # after cnn4/cnn8 pools
+ADAM = [(5, 5, 64, 128), (3, 3, 128, 512), (3, 3, 512, 512), (4608, 256), (3, 3, 128, 256)]  # weight shapes
 
 
 def cases(rng):
@@ -92,6 +101,31 @@ def cases(rng):
         dy = rng.standard_normal(depthwise.depthwise_conv(x, kernel, ss, pads).shape).astype(np.float32)
         yield "depthwise_conv", label, depthwise, "depthwise_conv", (x, kernel, ss, pads)
         yield "depthwise_conv_backward", label, depthwise, "depthwise_conv_backward", (dy, x, kernel, ss, pads)
+    for batch, shape in [(BATCH, s) for s in NORMALIZED] + [(1, s) for s in NORMALIZED_ONE_IMAGE]:
+        label = "x".join(map(str, shape)) + (" (batch 1)" if batch == 1 else "")
+        x = rng.standard_normal((batch,) + shape).astype(np.float32)
+        dy = rng.standard_normal(x.shape).astype(np.float32)
+        c = shape[-1]
+        gamma, beta = np.ones(c, np.float32), np.zeros(c, np.float32)
+        mean, var = batchnorm.moments(x)
+        inv_std = 1 / np.sqrt(var + np.float32(1e-3))
+        yield "bn_moments", label, batchnorm, "moments", (x,)
+        yield "bn_normalize", label, batchnorm, "normalize", (x, mean, inv_std, gamma, beta)
+        yield "bn_normalize_backward", label, batchnorm, "normalize_backward", (dy, x, mean, inv_std, gamma, True)
+        y = np.maximum(x, 0)
+        yield "relu", label, elementwise, "relu", (x,)
+        yield "relu_backward", label, elementwise, "relu_backward", (dy, y)
+    for shape in DROPPED:
+        label = "x".join(map(str, shape))
+        x = rng.standard_normal((BATCH,) + shape).astype(np.float32)
+        u = rng.random(x.shape, dtype=np.float32)
+        yield "dropout", label, elementwise, "dropout", (x, u, 0.25)
+        yield "dropout_backward", label, elementwise, "dropout_backward", (x, u >= 0.25, 0.25)
+    for shape in ADAM:
+        label = "x".join(map(str, shape)) + " weight"
+        w = rng.standard_normal(shape).astype(np.float32)
+        g, m, v = (rng.standard_normal(shape).astype(np.float32) * 1e-3 for _ in range(3))
+        yield "adam_update", label, elementwise, "adam_update", (w, g, m, np.abs(v), 1e-3, 0.9, 0.999, 1e-7)
 
 
 def default_of(module, name, args):

@@ -9,6 +9,8 @@ Each backward is written in terms of the forward's output y, so a layer caches o
 """
 import numpy as np
 
+from .ops.elementwise import relu, relu_backward
+
 
 def softmax(z):
     """Softmax over the last axis, shifted by the max so exp never overflows."""
@@ -34,7 +36,7 @@ class Activation:
 
 _ALL = {
     "linear": Activation("linear", lambda z: z, lambda dy, y: dy),
-    "relu": Activation("relu", lambda z: np.maximum(z, 0), lambda dy, y: np.where(y > 0, dy, 0).astype(dy.dtype, copy=False)),
+    "relu": Activation("relu", relu, relu_backward),      # the backward is one numba pass: ops/elementwise.py
     "sigmoid": Activation("sigmoid", _sigmoid, lambda dy, y: dy * y * (1 - y)),
     "tanh": Activation("tanh", np.tanh, lambda dy, y: dy * (1 - y * y)),
     "softmax": Activation("softmax", softmax, lambda dy, y: y * (dy - (dy * y).sum(axis=-1, keepdims=True))),

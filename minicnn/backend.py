@@ -7,8 +7,16 @@ NumPy reference instead of the numba kernel, so a student can step through the m
 import os
 import re
 from collections import defaultdict
+from contextlib import contextmanager
 
 import numpy as np
+
+# numba's OpenMP threads spin-wait between parallel kernels by default. On a 2-core machine
+# shared with other jobs, a spinning or descheduled thread made every parallel kernel wait
+# a scheduler tick (8-16 ms measured, for kernels that take 0.2-3 ms alone); sleeping
+# threads wake in microseconds. This must be set before numba starts its threads (at the
+# first parallel kernel); a value set by the user wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 _FLOATX = "float32"
 _NAME_COUNTS = defaultdict(int)
@@ -38,6 +46,30 @@ def as_dtype(dtype):
 def use_reference():
     """True when MINICNN_REFERENCE=1: ops run their NumPy reference instead of numba kernels."""
     return os.environ.get("MINICNN_REFERENCE", "0") not in ("", "0", "false", "False")
+
+
+PARALLEL_MIN_SIZE = 1 << 17   # numbers a kernel must touch before a second thread pays (measured)
+
+
+@contextmanager
+def kernel_threads(size):
+    """Run the numba kernels inside on one thread when they touch fewer than PARALLEL_MIN_SIZE numbers.
+
+    Waking numba's second thread costs 12 us on a quiet machine and over 100 us on a busy
+    one: more than a whole pass over a 48x48x8 image (batch-1 inference). Larger work keeps
+    numba's own thread count. (numba's setting is per calling thread, so this is safe.)
+    """
+    if size >= PARALLEL_MIN_SIZE:
+        yield
+        return
+    import numba
+
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
 
 
 def to_snake_case(name):

@@ -9,6 +9,8 @@ object and updates `weight.value` in place, so layers keep seeing their own arra
 """
 import numpy as np
 
+from .ops.elementwise import adam_update
+
 
 class Optimizer:
     slot_names = ()
@@ -98,13 +100,10 @@ class Adam(Optimizer):
         self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
 
     def update(self, value, grad, slots):
-        m, v, t = slots["m"], slots["v"], self.iterations
-        m *= self.beta_1
-        m += (1 - self.beta_1) * grad
-        v *= self.beta_2
-        v += (1 - self.beta_2) * grad * grad
+        t = self.iterations
         lr_t = self.learning_rate * np.sqrt(1 - self.beta_2 ** t) / (1 - self.beta_1 ** t)
-        value -= lr_t * m / (np.sqrt(v) + self.epsilon)
+        # the update of the docstring, in place; ops/elementwise.py has it as NumPy lines
+        adam_update(value, grad, slots["m"], slots["v"], lr_t, self.beta_1, self.beta_2, self.epsilon)
 
     def get_config(self):
         return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon}

@@ -12,6 +12,7 @@ import numpy as np
 
 from .. import activations, regularizers
 from ..ops.depthwise import depthwise_conv, depthwise_conv_backward
+from ..ops.gemm import matmul
 from ..ops.im2col import col2im, im2col
 from ..ops.padding import conv_geometry, conv_output_length
 from .base import Layer
@@ -42,6 +43,15 @@ class _Conv(Layer):
         self.use_bias = use_bias
         self.kernel_initializer, self.bias_initializer = kernel_initializer, bias_initializer
         self.kernel_regularizer = regularizers.get(kernel_regularizer)
+        self._scratch = {}
+
+    def scratch(self, name, shape, dtype):
+        """An array kept from one step to the next, for temporaries that never leave the layer.
+        A fresh 200 MB array (the 5x5 conv's patch matrix) costs ~25 ms of page faults a step."""
+        buffer = self._scratch.get(name)
+        if buffer is None or buffer.shape != shape or buffer.dtype != dtype:
+            buffer = self._scratch[name] = np.empty(shape, dtype)
+        return buffer
 
     def spatial_output_shape(self, input_shape):
         n, h, w = input_shape[:3]
@@ -88,8 +98,10 @@ class Conv2D(_Conv):
         x = self.prepare(x)
         pads, ho, wo = self.geometry(x)
         n, f = x.shape[0], self.filters
-        cols = im2col(x, self.kernel_size, self.strides, pads).reshape(n * ho * wo, -1)  # (N*Ho*Wo, kh*kw*C)
-        z = cols @ self.kernel.value.reshape(-1, f)                                       # (N*Ho*Wo, F)
+        kh, kw = self.kernel_size
+        cols = self.scratch("cols", (n * ho * wo, kh * kw * x.shape[3]), x.dtype)          # reused: see scratch
+        im2col(x, self.kernel_size, self.strides, pads, out=cols)                          # (N*Ho*Wo, kh*kw*C)
+        z = matmul(cols, self.kernel.value.reshape(-1, f))                                # (N*Ho*Wo, F)
         if self.use_bias:
             z += self.bias.value
         y = self.activate(z.reshape(n, ho, wo, f))
@@ -103,12 +115,13 @@ class Conv2D(_Conv):
     def backward_from_logits(self, dz):
         x_shape, pads, cols, _ = self.cache
         dz = dz.reshape(-1, self.filters)                                    # (N*Ho*Wo, F)
-        self.kernel.grad = (cols.T @ dz).reshape(self.kernel.shape)          # (kh*kw*C, F) -> (kh, kw, C, F)
+        self.kernel.grad = matmul(cols.T, dz).reshape(self.kernel.shape)     # (kh*kw*C, F) -> (kh, kw, C, F)
         if self.use_bias:
             self.bias.grad = dz.sum(axis=0)
         # a contiguous copy of the small K.T: numpy's matmul is several times slower on the view
         kernel_t = np.ascontiguousarray(self.kernel.value.reshape(-1, self.filters).T)  # (F, kh*kw*C)
-        dcols = dz @ kernel_t                                                # (N*Ho*Wo, kh*kw*C)
+        dcols = matmul(dz, kernel_t, out=self.scratch("dcols", (dz.shape[0], kernel_t.shape[1]), dz.dtype))
+                                                                             # (N*Ho*Wo, kh*kw*C)
         return col2im(dcols, x_shape, self.kernel_size, self.strides, pads)  # (N, H, W, C)
 
     def get_config(self):
@@ -206,7 +219,7 @@ class SeparableConv2D(_Conv):
         n, f = x.shape[0], self.filters
         d = depthwise_conv(x, self.depthwise_kernel.value, self.strides, pads)   # (N, Ho, Wo, C*M)
         d2 = d.reshape(n * ho * wo, -1)                                           # (N*Ho*Wo, C*M)
-        z = d2 @ self.pointwise_kernel.value.reshape(-1, f)                       # (N*Ho*Wo, F)
+        z = matmul(d2, self.pointwise_kernel.value.reshape(-1, f))                # (N*Ho*Wo, F)
         if self.use_bias:
             z += self.bias.value
         y = self.activate(z.reshape(n, ho, wo, f))
@@ -221,10 +234,10 @@ class SeparableConv2D(_Conv):
         x, pads, d2, _ = self.cache
         dz2 = dz.reshape(-1, self.filters)                                       # (N*Ho*Wo, F)
         pointwise = self.pointwise_kernel.value.reshape(-1, self.filters)        # (C*M, F)
-        self.pointwise_kernel.grad = (d2.T @ dz2).reshape(self.pointwise_kernel.shape)
+        self.pointwise_kernel.grad = matmul(d2.T, dz2).reshape(self.pointwise_kernel.shape)
         if self.use_bias:
             self.bias.grad = dz2.sum(axis=0)
-        dd = (dz2 @ np.ascontiguousarray(pointwise.T)).reshape(dz.shape[:3] + (-1,))  # (N, Ho, Wo, C*M)
+        dd = matmul(dz2, np.ascontiguousarray(pointwise.T)).reshape(dz.shape[:3] + (-1,))  # (N, Ho, Wo, C*M)
         dx, self.depthwise_kernel.grad = depthwise_conv_backward(dd, x, self.depthwise_kernel.value,
                                                                  self.strides, pads)
         return dx

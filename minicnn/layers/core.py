@@ -2,6 +2,8 @@
 import numpy as np
 
 from .. import activations, backend, regularizers
+from ..ops.elementwise import dropout, dropout_backward
+from ..ops.gemm import matmul
 from .base import Layer, SymbolicTensor
 
 
@@ -59,7 +61,7 @@ class Dense(Layer):
 
     def forward(self, x, training=False):
         x = self.prepare(x)
-        z = x @ self.kernel.value                                  # (N, units)
+        z = matmul(x, self.kernel.value)                           # (N, units)
         if self.use_bias:
             z += self.bias.value
         y = self.activation.forward(z)
@@ -74,10 +76,10 @@ class Dense(Layer):
     def backward_from_logits(self, dz):
         """Backward from dL/dz, the gradient before the activation."""
         x, _ = self.cache
-        self.kernel.grad = x.T @ dz                                # (n_in, units)
+        self.kernel.grad = matmul(x.T, dz)                         # (n_in, units)
         if self.use_bias:
             self.bias.grad = dz.sum(axis=0)
-        return dz @ np.ascontiguousarray(self.kernel.value.T)      # (N, n_in); contiguous: faster matmul
+        return matmul(dz, np.ascontiguousarray(self.kernel.value.T))   # (N, n_in); contiguous: faster matmul
 
     def get_config(self):
         return {**super().get_config(), "units": self.units, "activation": self.activation.name,
@@ -126,13 +128,13 @@ class Dropout(Layer):
             self.cache = None
             return x
         rng = self.rng or backend.rng()
-        mask = (rng.random(x.shape, dtype=np.float32) >= self.rate) * x.dtype.type(1 / (1 - self.rate))
-        self.cache = mask.astype(x.dtype, copy=False)
-        return x * self.cache
+        y, keep = dropout(x, rng.random(x.shape, dtype=np.float32), self.rate)   # keep = (u >= rate)
+        self.cache = keep
+        return y
 
     def backward(self, dy):
-        mask = self.cache
-        return dy if mask is None else dy * mask
+        keep = self.cache
+        return dy if keep is None else dropout_backward(dy, keep, self.rate)
 
     def get_config(self):
         return {**super().get_config(), "rate": self.rate, "seed": self.seed}

@@ -1,6 +1,7 @@
 """Batch normalization over the last axis (channels for 4-D input, features for 2-D)."""
 import numpy as np
 
+from ..ops.batchnorm import moments, normalize, normalize_backward
 from .base import Layer
 
 
@@ -29,32 +30,26 @@ class BatchNormalization(Layer):
 
     def forward(self, x, training=False):
         x = self.prepare(x)
-        axes = tuple(range(x.ndim - 1))            # every axis but the channels
         if training:
-            mean, var = x.mean(axis=axes), x.var(axis=axes)
+            mean, var = moments(x)                 # over every axis but the channels
             m = self.momentum
             self.moving_mean.value[...] = self.moving_mean.value * m + mean * (1 - m)
             self.moving_variance.value[...] = self.moving_variance.value * m + var * (1 - m)
         else:
             mean, var = self.moving_mean.value, self.moving_variance.value
         inv_std = 1 / np.sqrt(var + self.epsilon)
-        x_hat = (x - mean) * inv_std
-        self.cache = (x_hat, inv_std, training)
-        return x_hat * self.gamma.value + self.beta.value
+        # x, not x_hat, is kept: the layer before already holds x, so this costs no memory
+        self.cache = (x, mean, inv_std, training)
+        return normalize(x, mean, inv_std, self.gamma.value, self.beta.value)
 
     def backward(self, dy):
         """Training mode differentiates through the batch mean and variance too:
-        dx = inv_std / m * (m * dx_hat - sum(dx_hat) - x_hat * sum(dx_hat * x_hat)),  m = N*H*W.
+        dx = inv_std / m * (m * dx_hat - sum(dx_hat) - x_hat * sum(dx_hat * x_hat)),  m = N*H*W
+        (see minicnn/ops/batchnorm.py for the derivation and the NumPy reference).
         """
-        x_hat, inv_std, training = self.cache
-        axes = tuple(range(dy.ndim - 1))
-        self.gamma.grad = (dy * x_hat).sum(axis=axes)
-        self.beta.grad = dy.sum(axis=axes)
-        dx_hat = dy * self.gamma.value
-        if not training:                           # mean and var are constants
-            return dx_hat * inv_std
-        m = dy.size // dy.shape[-1]
-        return (inv_std / m) * (m * dx_hat - dx_hat.sum(axis=axes) - x_hat * (dx_hat * x_hat).sum(axis=axes))
+        x, mean, inv_std, training = self.cache
+        dx, self.gamma.grad, self.beta.grad = normalize_backward(dy, x, mean, inv_std, self.gamma.value, training)
+        return dx
 
     def get_config(self):
         return {**super().get_config(), "momentum": self.momentum, "epsilon": self.epsilon}

@@ -141,7 +141,8 @@ def depthwise_conv_numba(x, kernel, strides, pads):
     kh, kw, _, m = kernel.shape
     ho, wo = output_hw(h, w, (kh, kw), strides, pads)
     y = np.zeros((n, ho, wo, c * m), dtype=x.dtype)
-    _depthwise_kernel(x, kernel.reshape(kh, kw, c * m), y, m, *strides, pads[0][0], pads[1][0])
+    with backend.kernel_threads(x.size * kh * kw):       # one thread for a small batch
+        _depthwise_kernel(x, kernel.reshape(kh, kw, c * m), y, m, *strides, pads[0][0], pads[1][0])
     return y
 
 
@@ -154,8 +155,9 @@ def depthwise_conv_backward_numba(dy, x, kernel, strides, pads):
     kh, kw, c, m = kernel.shape
     dx = np.zeros_like(x)
     dk_per_image = np.zeros((n, kh, kw, c * m), dtype=x.dtype)
-    _depthwise_backward_kernel(dy, x, kernel.reshape(kh, kw, c * m), dx, dk_per_image, m,
-                               *strides, pads[0][0], pads[1][0])
+    with backend.kernel_threads(x.size * kh * kw):
+        _depthwise_backward_kernel(dy, x, kernel.reshape(kh, kw, c * m), dx, dk_per_image, m,
+                                   *strides, pads[0][0], pads[1][0])
     return dx, dk_per_image.sum(axis=0).reshape(kh, kw, c, m)
 
 

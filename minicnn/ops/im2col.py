@@ -54,18 +54,32 @@ def output_hw(height, width, kernel_size, strides, pads):
 # NumPy reference: the DLFS offset loop, in NHWC
 # ----------------------------------------------------------------------------------------
 
-def im2col_reference(x, kernel_size, strides, pads):
-    """Windows of x as rows of a matrix: (N, H, W, C) -> (N, Ho, Wo, kh, kw, C)."""
+def im2col_reference(x, kernel_size, strides, pads, out=None):
+    """Windows of x as rows of a matrix: (N, H, W, C) -> (N, Ho, Wo, kh, kw, C).
+
+    `out`: a C-contiguous array of that many elements to write into (a layer reuses one
+    from step to step rather than page-faulting hundreds of MB afresh); None: a new array.
+    """
     n, h, w, c = x.shape
     (kh, kw), (sh, sw) = kernel_size, strides
     ho, wo = output_hw(h, w, kernel_size, strides, pads)
     xp = np.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))          # zeros around the image
-    cols = np.empty((n, ho, wo, kh, kw, c), dtype=x.dtype)
+    cols = _output((n, ho, wo, kh, kw, c), x.dtype, out)
     # One strided slice per kernel offset (i, j): pixel (i, j) of every window at once.
     for i in range(kh):
         for j in range(kw):
             cols[:, :, :, i, j, :] = xp[:, i:i + sh * ho:sh, j:j + sw * wo:sw, :]
     return cols
+
+
+def _output(shape, dtype, out):
+    """A new array of `shape`, or `out` seen with that shape (same dtype and size, C-contiguous)."""
+    if out is None:
+        return np.empty(shape, dtype=dtype)
+    if out.dtype != dtype or out.size != np.prod(shape) or not out.flags.c_contiguous:
+        raise ValueError(f"im2col: out must be a C-contiguous {np.dtype(dtype).name} array of "
+                         f"{int(np.prod(shape))} elements, received {out.dtype} {out.shape}")
+    return out.reshape(shape)
 
 
 def col2im_reference(cols, x_shape, kernel_size, strides, pads):
@@ -147,15 +161,16 @@ def _col2im_kernel(cols, dx, kh, kw, c, sh, sw, top, left, h_in, w_in, ho_n, wo_
                     p += row
 
 
-def im2col_numba(x, kernel_size, strides, pads):
+def im2col_numba(x, kernel_size, strides, pads, out=None):
     """numba version of `im2col_reference` (same arguments, same result)."""
     x = np.ascontiguousarray(x)
     n, h, w, c = x.shape
     (kh, kw), (sh, sw) = kernel_size, strides
     ho, wo = output_hw(h, w, kernel_size, strides, pads)
-    cols = np.empty((n, ho, wo, kh, kw, c), dtype=x.dtype)
-    _im2col_kernel(x.reshape(n, -1), cols.reshape(n, -1), kh, kw, c, sh, sw,
-                   pads[0][0], pads[1][0], h, w, ho, wo)
+    cols = _output((n, ho, wo, kh, kw, c), x.dtype, out)
+    with backend.kernel_threads(cols.size):              # one thread for a small batch
+        _im2col_kernel(x.reshape(n, -1), cols.reshape(n, -1), kh, kw, c, sh, sw,
+                       pads[0][0], pads[1][0], h, w, ho, wo)
     return cols
 
 
@@ -166,8 +181,9 @@ def col2im_numba(cols, x_shape, kernel_size, strides, pads):
     ho, wo = output_hw(h, w, kernel_size, strides, pads)
     cols = np.ascontiguousarray(cols).reshape(n, -1)              # (N, Ho*Wo*kh*kw*C)
     dx = np.zeros((n, h, w, c), dtype=cols.dtype)
-    _col2im_kernel(cols, dx.reshape(n, -1), kh, kw, c, sh, sw,
-                   pads[0][0], pads[1][0], h, w, ho, wo)
+    with backend.kernel_threads(cols.size):
+        _col2im_kernel(cols, dx.reshape(n, -1), kh, kw, c, sh, sw,
+                       pads[0][0], pads[1][0], h, w, ho, wo)
     return dx
 
 
@@ -182,15 +198,16 @@ def _numba_pays(kernel_size, channels):
     return kernel_size[1] * channels > 3
 
 
-def im2col(x, kernel_size, strides, pads):
-    """Windows of x as rows: (N, H, W, C) -> (N, Ho, Wo, kh, kw, C), zero padding.
+def im2col(x, kernel_size, strides, pads, out=None):
+    """Windows of x as rows: (N, H, W, C) -> (N, Ho, Wo, kh, kw, C), zero padding; written
+    into `out` (C-contiguous, any shape of that size) when given.
 
     MINICNN_REFERENCE=1 runs the NumPy reference; otherwise the numba kernel, except for
     1-channel 3x3 (or narrower) windows, where the reference is faster.
     """
     if backend.use_reference() or not _numba_pays(kernel_size, x.shape[3]):
-        return im2col_reference(x, kernel_size, strides, pads)
-    return im2col_numba(x, kernel_size, strides, pads)
+        return im2col_reference(x, kernel_size, strides, pads, out)
+    return im2col_numba(x, kernel_size, strides, pads, out)
 
 
 def col2im(cols, x_shape, kernel_size, strides, pads):

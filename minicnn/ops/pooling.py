@@ -211,7 +211,8 @@ def max_pool_numba(x, pool_size, strides, pads):
     ho, wo = output_hw(h, w, pool_size, strides, pads)
     y = np.empty((n, ho, wo, c), dtype=x.dtype)
     argmax = np.empty((n, ho, wo, c), dtype=np.int64)
-    _max_pool_kernel(x, y, argmax, *pool_size, *strides, pads[0][0], pads[1][0])
+    with backend.kernel_threads(x.size):                 # one thread for a small batch
+        _max_pool_kernel(x, y, argmax, *pool_size, *strides, pads[0][0], pads[1][0])
     return y, argmax
 
 
@@ -219,7 +220,8 @@ def max_pool_backward_numba(dy, argmax, x_shape, pool_size, strides, pads):
     """numba version of `max_pool_backward_reference` (same arguments, same result)."""
     n, h, w, c = x_shape
     dx = np.zeros((n, h * w, c), dtype=dy.dtype)
-    _max_pool_backward_kernel(np.ascontiguousarray(dy), np.ascontiguousarray(argmax), dx)
+    with backend.kernel_threads(dx.size):
+        _max_pool_backward_kernel(np.ascontiguousarray(dy), np.ascontiguousarray(argmax), dx)
     return dx.reshape(n, h, w, c)
 
 
@@ -229,7 +231,8 @@ def avg_pool_numba(x, pool_size, strides, pads):
     n, h, w, c = x.shape
     ho, wo = output_hw(h, w, pool_size, strides, pads)
     y = np.empty((n, ho, wo, c), dtype=x.dtype)
-    _avg_pool_kernel(x, y, *pool_size, *strides, pads[0][0], pads[1][0])
+    with backend.kernel_threads(x.size):
+        _avg_pool_kernel(x, y, *pool_size, *strides, pads[0][0], pads[1][0])
     return y
 
 
@@ -237,7 +240,8 @@ def avg_pool_backward_numba(dy, x_shape, pool_size, strides, pads):
     """numba version of `avg_pool_backward_reference` (same arguments, same result)."""
     g = dy / _real_counts(x_shape, pool_size, strides, pads, dy.dtype)   # (N, Ho, Wo, C)
     dx = np.zeros(x_shape, dtype=dy.dtype)
-    _avg_pool_backward_kernel(g, dx, *pool_size, *strides, pads[0][0], pads[1][0])
+    with backend.kernel_threads(dx.size):
+        _avg_pool_backward_kernel(g, dx, *pool_size, *strides, pads[0][0], pads[1][0])
     return dx
 
 

@@ -1,0 +1,462 @@
+"""Time whole FER models: training images/s, inference latency and throughput, peak memory.
+
+    python benchmarks/models.py                          # cnn4, mini_xception, cnn8
+    python benchmarks/models.py --models all --repeats 7
+    python benchmarks/models.py --torch                  # the same graphs in PyTorch, and ratios
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/models.py --torch
+
+For each architecture of `fer.models` it measures, in float32:
+  train      images/s of `model.train_on_batch` (Adam, batch 64 by default) after warm-up
+             steps, median of `--repeats` timings of `--steps` steps each;
+  infer b=1  latency of one image through `model.forward(training=False)`, median;
+  infer b=256  images/s of `model.predict` on 256 images at once;
+  peak MiB   ru_maxrss of a fresh subprocess that builds the model and trains a few
+             batches (tracemalloc misses arrays numba allocates, getrusage does not); the
+             line also gives the RSS after imports, so the model's own share is visible;
+  layers     a per-layer forward / backward time table of one training step (medians).
+With `--torch` each architecture is rebuilt layer for layer in PyTorch (CPU, channels-last,
+the same batch and thread count; `torch` is only needed for this flag) and timed in the
+same run, interleaved with minicnn so load from other jobs hits both alike; the tables
+then show minicnn / torch ratios (> 1: minicnn is faster).
+
+The first lines say which OpenBLAS environment the run had (OPENBLAS_CORETYPE=Haswell caps
+float32 matmul near half of what this CPU's AVX-512 kernels reach) and how many threads
+numba, OpenBLAS (threadpoolctl, if installed) and torch used.
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import numba  # noqa: E402
+
+import minicnn  # noqa: E402
+from fer import models as fer_models  # noqa: E402
+
+DEFAULT_MODELS = ("cnn4", "mini_xception", "cnn8")
+
+
+# ----------------------------------------------------------------------------------------
+# minicnn
+# ----------------------------------------------------------------------------------------
+
+def build(name, seed=0):
+    """The architecture `name` (its seed's class count, 48x48 grey input), compiled with Adam."""
+    minicnn.backend.clear_session()
+    minicnn.backend.set_seed(seed)
+    model = fer_models.BUILDERS[name]()
+    model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def batch(model, n, seed=0):
+    """n random images (N, 48, 48, 1) in [0, 1) and one-hot labels, float32."""
+    rng = np.random.default_rng(seed)
+    shape = tuple(model.input_shape[1:])
+    k = model.output_shape[-1]
+    x = rng.random((n,) + shape, dtype=np.float32)
+    y = np.eye(k, dtype=np.float32)[rng.integers(0, k, n)]
+    return x, y
+
+
+def timed(fn, repeats):
+    """Wall times in seconds of `repeats` calls of fn."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+class Minicnn:
+    """The three timings of one minicnn model, each a callable run by `measure`."""
+
+    def __init__(self, name, batch_size):
+        self.model = build(name)
+        self.x, self.y = batch(self.model, batch_size)
+        self.x1 = self.x[:1]
+        self.x256, _ = batch(self.model, 256, seed=1)
+
+    def run(self, what, calls):
+        """Mean seconds per call of `what` ("train_step", "infer_one", "infer_256") over `calls` calls."""
+        return sum(timed(getattr(self, what), calls)) / calls
+
+    def train_step(self):
+        self.model.train_on_batch(self.x, self.y)
+
+    def infer_one(self):
+        self.model.forward(self.x1, training=False)
+
+    def infer_256(self):
+        self.model.predict(self.x256, batch_size=256)
+
+
+def layer_table(model, x, y, steps):
+    """Median forward and backward ms of every layer over `steps` training steps."""
+    records = {layer: ([], []) for layer in model.nodes}
+    saved = []
+
+    def wrap(layer, method, slot):
+        original = getattr(layer, method)
+
+        def timed_call(*args, **kwargs):
+            start = time.perf_counter()
+            result = original(*args, **kwargs)
+            records[layer][slot].append(time.perf_counter() - start)
+            return result
+
+        saved.append((layer, method))
+        setattr(layer, method, timed_call)
+
+    for layer in model.nodes:
+        wrap(layer, "forward", 0)
+        wrap(layer, "backward", 1)
+        if hasattr(layer, "backward_from_logits"):
+            wrap(layer, "backward_from_logits", 1)
+    try:
+        step_times = timed(lambda: model.train_on_batch(x, y), steps)
+    finally:
+        for layer, method in saved:
+            delattr(layer, method)            # back to the class's method
+    rows = []
+    for layer in model.nodes:
+        fwd, bwd = records[layer]
+        per_step = len(fwd) // steps or 1
+        f = 1e3 * float(np.median(fwd)) * per_step if fwd else 0.0
+        b = 1e3 * float(np.median(bwd)) * per_step if bwd else 0.0
+        rows.append((layer.name, type(layer).__name__, str(layer.output_shape[1:]), f, b))
+    return rows, 1e3 * float(np.median(step_times))
+
+
+# ----------------------------------------------------------------------------------------
+# PyTorch: the same graph, layer for layer (only with --torch)
+# ----------------------------------------------------------------------------------------
+
+def torch_model(model):
+    """An nn.Module running `model`'s graph in PyTorch (NCHW tensors in channels-last memory).
+
+    Same layers, shapes, "same" padding (asymmetric pads done with F.pad, -inf for max
+    pools), BN epsilon and momentum, dropout rates. A final softmax is left to the loss
+    (CrossEntropyLoss on logits), as minicnn fuses it with the loss too.
+    """
+    import torch
+    from torch import nn
+    import torch.nn.functional as F
+
+    from minicnn.layers import (Activation, Add, BatchNormalization, Conv2D, Dense, DepthwiseConv2D, Dropout,
+                                Flatten, GlobalAveragePooling2D, InputLayer, MaxPooling2D, SeparableConv2D)
+    from minicnn.ops.padding import pad_amounts
+
+    def activation(name, is_output):
+        if name == "relu":
+            return nn.ReLU()
+        if name in ("linear", "softmax") and (is_output or name == "linear"):
+            return nn.Identity()
+        return {"softmax": nn.Softmax(dim=1), "sigmoid": nn.Sigmoid(), "tanh": nn.Tanh()}[name]
+
+    class Pad(nn.Module):
+        def __init__(self, layer, kernel_size, strides, value=0.0):
+            super().__init__()
+            h, w = layer.input_shape[1:3]
+            (t, b), (l, r) = (pad_amounts(h, kernel_size[0], strides[0], layer.padding),
+                              pad_amounts(w, kernel_size[1], strides[1], layer.padding))
+            self.pads, self.value = (l, r, t, b), value
+
+        def forward(self, x):
+            return F.pad(x, self.pads, value=self.value) if any(self.pads) else x
+
+    def module(layer, is_output):
+        c = layer.input_shape[-1] if not isinstance(layer, Add) else None
+        if isinstance(layer, InputLayer) or isinstance(layer, Add):
+            return nn.Identity()
+        if isinstance(layer, Conv2D):
+            return nn.Sequential(Pad(layer, layer.kernel_size, layer.strides),
+                                 nn.Conv2d(c, layer.filters, layer.kernel_size, layer.strides, bias=layer.use_bias),
+                                 activation(layer.activation.name, is_output))
+        if isinstance(layer, SeparableConv2D):
+            cm = c * layer.depth_multiplier
+            return nn.Sequential(Pad(layer, layer.kernel_size, layer.strides),
+                                 nn.Conv2d(c, cm, layer.kernel_size, layer.strides, groups=c, bias=False),
+                                 nn.Conv2d(cm, layer.filters, 1, bias=layer.use_bias),
+                                 activation(layer.activation.name, is_output))
+        if isinstance(layer, DepthwiseConv2D):
+            return nn.Sequential(Pad(layer, layer.kernel_size, layer.strides),
+                                 nn.Conv2d(c, c * layer.depth_multiplier, layer.kernel_size, layer.strides,
+                                           groups=c, bias=layer.use_bias),
+                                 activation(layer.activation.name, is_output))
+        if isinstance(layer, BatchNormalization):
+            bn = nn.BatchNorm2d if len(layer.input_shape) == 4 else nn.BatchNorm1d
+            return bn(c, eps=layer.epsilon, momentum=1 - layer.momentum)
+        if isinstance(layer, Activation):
+            return activation(layer.activation.name, is_output)
+        if isinstance(layer, MaxPooling2D):
+            return nn.Sequential(Pad(layer, layer.pool_size, layer.strides, -float("inf")),
+                                 nn.MaxPool2d(layer.pool_size, layer.strides))
+        if isinstance(layer, Dropout):
+            return nn.Dropout(layer.rate)
+        if isinstance(layer, Flatten):
+            return nn.Flatten()
+        if isinstance(layer, Dense):
+            return nn.Sequential(nn.Linear(layer.input_shape[-1], layer.units, bias=layer.use_bias),
+                                 activation(layer.activation.name, is_output))
+        if isinstance(layer, GlobalAveragePooling2D):
+            return nn.AdaptiveAvgPool2d(1)
+        raise NotImplementedError(f"--torch: no PyTorch counterpart for {type(layer).__name__}")
+
+    class Graph(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.order = list(model.nodes)
+            self.inbound = [[self.order.index(s) for s in model.inbound[layer]] for layer in self.order]
+            self.adds = [isinstance(layer, Add) for layer in self.order]
+            self.gap = [isinstance(layer, GlobalAveragePooling2D) for layer in self.order]
+            self.mods = nn.ModuleList(module(layer, layer is model.output_layer) for layer in self.order)
+
+        def forward(self, x):
+            values = []
+            for i, mod in enumerate(self.mods):
+                args = [values[j] for j in self.inbound[i]] or [x]
+                if self.adds[i]:
+                    out = args[0]
+                    for a in args[1:]:
+                        out = out + a
+                else:
+                    out = mod(args[0])
+                    if self.gap[i]:
+                        out = out.flatten(1)
+                values.append(out)
+            return values[-1]
+
+    return Graph()
+
+
+class Torch:
+    """The three timings of the PyTorch twin of a minicnn model (run inside `torch_worker`)."""
+
+    def __init__(self, name, batch_size, threads):
+        import torch
+
+        torch.set_num_threads(threads)
+        torch.manual_seed(0)
+        self.torch = torch
+        model = build(name)
+        x, y = batch(model, batch_size)
+        x256, _ = batch(model, 256, seed=1)
+        self.net = torch_model(model).to(memory_format=torch.channels_last)
+
+        def nchw(a):   # (N, H, W, C) -> a NCHW tensor stored channels-last: the same bytes
+            return torch.from_numpy(a).permute(0, 3, 1, 2)
+
+        self.x, self.x1, self.x256 = nchw(x), nchw(x[:1]), nchw(x256)
+        self.labels = torch.from_numpy(y.argmax(axis=1))
+        self.loss = torch.nn.CrossEntropyLoss()
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=1e-3, eps=1e-7)
+
+    def train_step(self):
+        self.net.train()
+        self.opt.zero_grad(set_to_none=True)
+        self.loss(self.net(self.x), self.labels).backward()
+        self.opt.step()
+
+    def infer_one(self):
+        self.net.eval()
+        with self.torch.no_grad():
+            self.net(self.x1)
+
+    def infer_256(self):
+        self.net.eval()
+        with self.torch.no_grad():
+            self.net(self.x256)
+
+
+class TorchProcess:
+    """A `Torch` runner in its own process, driven over a pipe.
+
+    torch brings its own OpenMP pool; in the same process as numba's and OpenBLAS's it
+    slowed minicnn's steps several times over (three pools spinning on two cores), so
+    each framework gets a process and the two take turns, never running at once.
+    """
+
+    def __init__(self, name, batch_size, threads):
+        cmd = [sys.executable, os.path.abspath(__file__), "--torch-worker", name, "--batch", str(batch_size),
+               "--threads", str(threads)]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.info = json.loads(self.proc.stdout.readline())     # torch version and thread count
+
+    def run(self, what, calls):
+        self.proc.stdin.write(json.dumps([what, calls]) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the torch worker died; run it alone to see why")
+        return json.loads(line)
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def torch_worker(name, batch_size, threads):
+    """The subprocess side of TorchProcess: read [what, calls], answer the mean seconds."""
+    import torch
+
+    runner = Torch(name, batch_size, threads)
+    print(json.dumps(f"torch {torch.__version__}: {torch.get_num_threads()} threads, channels-last"), flush=True)
+    for line in sys.stdin:
+        what, calls = json.loads(line)
+        print(json.dumps(sum(timed(getattr(runner, what), calls)) / calls), flush=True)
+
+
+# ----------------------------------------------------------------------------------------
+# memory: a fresh process per model
+# ----------------------------------------------------------------------------------------
+
+def rss_mib():
+    """This process's peak resident set so far, in MiB.
+
+    Linux: VmHWM from /proc/self/status. ru_maxrss would do, but Linux carries it over
+    exec, so a child of a big parent reports the parent's peak.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform != "darwin" else 1024 ** 2)
+
+
+def memory_child(name, batch_size, framework, threads):
+    """Run in the subprocess: build, train 3 batches, print the peak RSS as JSON."""
+    base = rss_mib()
+    runner = Minicnn(name, batch_size) if framework == "minicnn" else Torch(name, batch_size, threads)
+    for _ in range(3):
+        runner.train_step()
+    print(json.dumps({"base_mib": base, "peak_mib": rss_mib()}))
+
+
+def peak_memory(name, batch_size, framework, threads):
+    cmd = [sys.executable, os.path.abspath(__file__), "--memory-child", name, "--framework", framework,
+           "--batch", str(batch_size), "--threads", str(threads)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------------------
+# the run
+# ----------------------------------------------------------------------------------------
+
+def thread_report(torch_info):
+    lines = [" ".join(f"{v}={os.environ.get(v, '(unset)')}" for v in
+                      ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"))]
+    try:
+        from threadpoolctl import threadpool_info
+        pools = [f"{p['internal_api']} {p.get('version') or ''} ({p.get('architecture') or '?'}): "
+                 f"{p['num_threads']} threads" for p in threadpool_info()]
+        lines.append("thread pools (threadpoolctl): " + "; ".join(pools))
+    except ImportError:
+        lines.append("thread pools: threadpoolctl not installed, OpenBLAS thread count unknown")
+    lines.append(f"numba {numba.__version__}: {numba.get_num_threads()} threads, threading layer "
+                 f"{_numba_layer()}; cpus={os.cpu_count()}, load average {os.getloadavg()[0]:.2f}")
+    if torch_info:
+        lines.append(torch_info + " (in its own process)")
+    return lines
+
+
+def _numba_layer():
+    try:
+        return numba.threading_layer()
+    except ValueError:          # no parallel kernel has run yet
+        return numba.config.THREADING_LAYER
+
+
+def measure(runners, what, repeats, calls):
+    """Median seconds per call of runner.<what> for each runner, interleaved repeat by repeat."""
+    for r in runners:
+        r.run(what, 2)                               # warm-up: numba caches, buffers, torch
+    times = [[r.run(what, calls) for r in runners] for _ in range(repeats)]
+    return [float(np.median(t)) for t in zip(*times)]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(DEFAULT_MODELS),
+                        help=f"comma-separated names, or 'all' ({', '.join(fer_models.names())})")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=5, help="timings per number (the median is shown)")
+    parser.add_argument("--steps", type=int, default=3, help="training steps per timing")
+    parser.add_argument("--threads", type=int, default=0, help="numba and torch threads (default: all cores)")
+    parser.add_argument("--torch", action="store_true", help="also time the PyTorch twins and show ratios")
+    parser.add_argument("--no-layers", action="store_true", help="skip the per-layer tables")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    parser.add_argument("--memory-child", help=argparse.SUPPRESS)
+    parser.add_argument("--torch-worker", help=argparse.SUPPRESS)
+    parser.add_argument("--framework", default="minicnn", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    threads = args.threads or os.cpu_count()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    if args.memory_child:
+        return memory_child(args.memory_child, args.batch, args.framework, threads)
+    if args.torch_worker:
+        return torch_worker(args.torch_worker, args.batch, threads)
+
+    names = fer_models.names() if args.models == "all" else args.models.split(",")
+    print(f"minicnn model benchmark: batch {args.batch}, float32, Adam, median of {args.repeats} "
+          f"timings of {args.steps} steps; python {platform.python_version()}, numpy {np.__version__}")
+    frameworks = ["minicnn"] + (["torch"] if args.torch else [])
+    results, tables, torch_info = {}, {}, None
+    for name in names:
+        runners = [Minicnn(name, args.batch)] + ([TorchProcess(name, args.batch, threads)] if args.torch else [])
+        train = measure(runners, "train_step", args.repeats, args.steps)
+        one = measure(runners, "infer_one", args.repeats, 20)
+        many = measure(runners, "infer_256", args.repeats, 1)
+        memory = [None] * len(runners) if args.no_memory else \
+            [peak_memory(name, args.batch, f, threads) for f in frameworks]
+        results[name] = [(args.batch / t, 1e3 * o, 256 / m, mem) for t, o, m, mem in zip(train, one, many, memory)]
+        if args.torch:
+            torch_info = runners[1].info
+            runners[1].close()
+        if not args.no_layers:
+            r = runners[0]
+            tables[name] = layer_table(r.model, r.x, r.y, max(args.repeats, 3))
+        print(f"  {name}: done", file=sys.stderr, flush=True)
+
+    for line in thread_report(torch_info):
+        print(line)
+    header = (f"{'model':<14} {'framework':<9} {'train img/s':>11} {'epoch s':>8} {'infer b=1 ms':>12} "
+              f"{'infer b=256 img/s':>17} {'peak MiB':>9} {'(at start)':>10}")
+    print(header)
+    print("-" * len(header))
+    for name, rows in results.items():
+        for framework, (train, one, many, mem) in zip(frameworks, rows):
+            peak = f"{mem['peak_mib']:9.0f} {mem['base_mib']:10.0f}" if mem else f"{'-':>9} {'-':>10}"
+            print(f"{name:<14} {framework:<9} {train:11.1f} {28709 / train:8.0f} {one:12.2f} {many:17.1f} {peak}")
+        if args.torch:
+            (t0, o0, m0, mem0), (t1, o1, m1, mem1) = rows
+            mem_ratio = f"{mem0['peak_mib'] / mem1['peak_mib']:9.2f}" if mem0 else f"{'-':>9}"
+            print(f"{'':<14} {'ratio':<9} {t0 / t1:10.2f}x {'':>8} {o1 / o0:11.2f}x {m0 / m1:16.2f}x {mem_ratio}")
+    if args.torch:
+        print("ratio = minicnn / torch for throughput, torch / minicnn for latency (> 1: minicnn faster); "
+              "memory: minicnn / torch")
+
+    for name, (rows, step_ms) in tables.items():
+        total = sum(f + b for *_, f, b in rows)
+        print(f"\n{name}: one training step {step_ms:.1f} ms; per layer (median ms; layers {total:.1f} ms, "
+              f"the rest is loss, regularizers and the optimizer)")
+        print(f"{'layer':<28} {'class':<22} {'output':<18} {'forward':>8} {'backward':>8} {'% step':>7}")
+        for lname, cls, shape, f, b in rows:
+            print(f"{lname:<28} {cls:<22} {shape:<18} {f:8.2f} {b:8.2f} {100 * (f + b) / step_ms:6.1f}%")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""Matrix products for the layers: NumPy's matmul, with OpenBLAS held to one thread for small ones.
+
+    matmul(a, b, out=None)  ==  np.matmul(a, b, out=out)        (M, K) @ (K, F) -> (M, F)
+
+Every convolution and dense layer ends in one of these (forward, kernel gradient, input
+gradient), and NumPy hands them to OpenBLAS, which splits a product over its threads and
+waits for all of them. On a 2-core machine shared with other jobs, that wait is the
+problem: when the helper thread is not running, a product that takes 0.05 ms alone took a
+scheduler tick, 8 ms, and mini-Xception makes about 30 such small products per step.
+Below PARALLEL_FLOPS the product is run on the calling thread alone
+(`openblas_set_num_threads_local`, OpenBLAS >= 0.3.27, which changes nothing for other
+threads); above it the threads pay for themselves (a 15 GFLOP conv product: 2x on a quiet
+machine). Measured on a busy machine: this was the largest part of taking mini-Xception
+training from 26 to 500-600 images/s (its layer times fell from 8-600 ms to 1-13 ms), and
+raising the threshold from 2e8 to 1e9 took cnn4's batch-1 inference from 10-20 ms to
+5.5 ms (its 0.2-0.5 GFLOP products stay on one thread).
+
+There is no numba kernel here: no loop written in numba comes near OpenBLAS. "reference"
+is the plain call; MINICNN_REFERENCE=1 makes every product use it.
+"""
+import ctypes
+import numpy as np
+
+from .. import backend
+
+PARALLEL_FLOPS = 1e9   # 2*M*K*F: about 5 ms on one thread, less than a lost tick or two
+
+
+def matmul_reference(a, b, out=None):
+    """a @ b, as NumPy does it (OpenBLAS with its default threads)."""
+    return np.matmul(a, b, out=out)
+
+
+def _find_openblas_local_threads():
+    """OpenBLAS's `openblas_set_num_threads_local` from the library NumPy loaded, or None."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "openblas" in line and ".so" in line}
+    except OSError:                  # not Linux: products keep OpenBLAS's own choice
+        return None
+    for path in sorted(paths):
+        try:
+            fn = ctypes.CDLL(path).openblas_set_num_threads_local
+        except (OSError, AttributeError):
+            continue
+        fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
+        return fn
+    return None
+
+
+np.ones((2, 2)) @ np.ones((2, 2))    # make sure NumPy has loaded its BLAS before we look
+_set_local_threads = _find_openblas_local_threads()
+
+
+def matmul_single_thread(a, b, out=None):
+    """a @ b on the calling thread only (falls back to the plain call without OpenBLAS)."""
+    if _set_local_threads is None:
+        return np.matmul(a, b, out=out)
+    before = _set_local_threads(1)
+    try:
+        return np.matmul(a, b, out=out)
+    finally:
+        _set_local_threads(before)
+
+
+def matmul(a, b, out=None):
+    """(M, K) @ (K, F) -> (M, F), written into `out` when given; small products on one thread."""
+    m, k = a.shape
+    if backend.use_reference() or 2.0 * m * k * b.shape[1] >= PARALLEL_FLOPS:
+        return matmul_reference(a, b, out)
+    return matmul_single_thread(a, b, out)

@@ -1,0 +1,263 @@
+"""The one-pass kernels of minicnn/ops (batchnorm, elementwise, gemm) against their NumPy references.
+
+Shapes come from hypothesis (1-4 leading axes, C = 1 up to 9, a few rows to a few
+thousand, so blocks end mid-array), float32 and float64. Gathers and single products
+(ReLU, dropout) must match exactly; sums (the BN statistics and gradients) to rtol 1e-12
+in float64, where only the order of the additions differs.
+"""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from minicnn.ops import batchnorm, elementwise, gemm, im2col
+
+SETTINGS = settings(max_examples=40, deadline=None)
+DTYPES = st.sampled_from([np.float32, np.float64])
+
+
+@st.composite
+def arrays(draw, min_rank=2, max_rank=4):
+    """(shape, dtype, seed): a batch of rank 2 (N, C) or 4 (N, H, W, C), or anything between."""
+    rank = draw(st.integers(min_rank, max_rank))
+    shape = [draw(st.integers(1, 7)) for _ in range(rank - 1)] + [draw(st.integers(1, 9))]
+    if draw(st.booleans()):       # now and then a long one: many blocks, the last one partial
+        shape[0] = draw(st.integers(300, 3000)) * (1 if rank > 1 else 20)
+    return tuple(shape), draw(DTYPES), draw(st.integers(0, 2**32 - 1))
+
+
+def random(shape, dtype, rng, loc=0.0, scale=1.0):
+    return (loc + scale * rng.standard_normal(shape)).astype(dtype)
+
+
+def assert_sums_close(actual, expected, dtype):
+    """Equal up to the order of additions: rtol 1e-12 in float64, 1e-5 in float32."""
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    assert actual.dtype == expected.dtype == dtype          # float32 is never upcast
+    assert actual.shape == expected.shape
+    rtol = 1e-12 if dtype == np.float64 else 1e-5
+    scale = max(1.0, float(np.abs(expected).max(initial=0.0)))
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale)
+
+
+def bn_inputs(shape, dtype, seed, loc=0.0):
+    rng = np.random.default_rng(seed)
+    c = shape[-1]
+    x = random(shape, dtype, rng, loc, 2.0)
+    dy = random(shape, dtype, rng)
+    gamma, beta = random(c, dtype, rng, 1.0, 0.3), random(c, dtype, rng)
+    mean, var = batchnorm.moments_reference(x)
+    inv_std = (1 / np.sqrt(var + dtype(1e-3))).astype(dtype)
+    return x, dy, mean, inv_std, gamma, beta
+
+
+# ----------------------------------------------------------------------------------------
+# batch normalization
+# ----------------------------------------------------------------------------------------
+
+@SETTINGS
+@given(arrays(), st.sampled_from([0.0, 1e3]))
+def test_moments_numba_equals_reference(spec, loc):
+    # loc = 1000 with std 2: E[x^2] - E[x]^2 about zero would lose every digit; the
+    # kernel sums about a shift, so it must still agree with NumPy's two-pass var.
+    shape, dtype, seed = spec
+    x, *_ = bn_inputs(shape, dtype, seed, loc)
+    x_before = x.copy()
+    (mean, var), (mean_ref, var_ref) = batchnorm.moments_numba(x), batchnorm.moments_reference(x)
+    assert_sums_close(mean, mean_ref, dtype)
+    # var is a difference of sums: its error is relative to the squared spread of x about the shift
+    rtol = 1e-12 if dtype == np.float64 else 1e-5
+    spread = float(np.square(x.astype(np.float64) - x.reshape(-1, shape[-1])[0]).mean(axis=tuple(range(x.ndim - 1))).max())
+    np.testing.assert_allclose(var, var_ref, rtol=rtol, atol=rtol * max(1.0, spread))
+    assert var.dtype == var_ref.dtype == dtype
+    assert np.array_equal(x, x_before)
+
+
+@SETTINGS
+@given(arrays())
+def test_normalize_numba_equals_reference(spec):
+    x, _, mean, inv_std, gamma, beta = bn_inputs(*spec)
+    actual = batchnorm.normalize_numba(x, mean, inv_std, gamma, beta)
+    assert actual.flags.c_contiguous
+    assert_sums_close(actual, batchnorm.normalize_reference(x, mean, inv_std, gamma, beta), spec[1])
+
+
+@SETTINGS
+@given(arrays(), st.booleans())
+def test_normalize_backward_numba_equals_reference(spec, training):
+    x, dy, mean, inv_std, gamma, _ = bn_inputs(*spec)
+    dy_before = dy.copy()
+    actual = batchnorm.normalize_backward_numba(dy, x, mean, inv_std, gamma, training)
+    expected = batchnorm.normalize_backward_reference(dy, x, mean, inv_std, gamma, training)
+    for a, e in zip(actual, expected):
+        assert_sums_close(a, e, spec[1])
+    assert np.array_equal(dy, dy_before)                   # dy is never modified
+
+
+def test_normalize_backward_training_is_the_gradient_through_the_batch_statistics():
+    # dx from the formula against central differences of L = sum(normalize(x) * G)
+    rng = np.random.default_rng(0)
+    x, g = rng.standard_normal((5, 3, 2, 4)), rng.standard_normal((5, 3, 2, 4))
+    gamma, beta = rng.standard_normal(4), rng.standard_normal(4)
+
+    def loss(x):
+        mean, var = batchnorm.moments_reference(x)
+        return float((batchnorm.normalize_reference(x, mean, 1 / np.sqrt(var + 1e-3), gamma, beta) * g).sum())
+
+    mean, var = batchnorm.moments_reference(x)
+    for impl in (batchnorm.normalize_backward_reference, batchnorm.normalize_backward_numba):
+        dx, _, _ = impl(g, x, mean, 1 / np.sqrt(var + 1e-3), gamma, True)
+        numeric = np.zeros_like(x)
+        for i in np.ndindex(x.shape):
+            e = np.zeros_like(x)
+            e[i] = 1e-5
+            numeric[i] = (loss(x + e) - loss(x - e)) / 2e-5
+        assert np.abs(dx - numeric).max() < 1e-7 * max(1.0, np.abs(numeric).max())
+
+
+# ----------------------------------------------------------------------------------------
+# elementwise
+# ----------------------------------------------------------------------------------------
+
+def assert_exact(actual, expected):
+    assert actual.dtype == expected.dtype and actual.shape == expected.shape
+    assert np.array_equal(actual, expected)
+
+
+@SETTINGS
+@given(arrays(min_rank=1))
+def test_relu_numba_equals_reference(spec):
+    shape, dtype, seed = spec
+    x = random(shape, dtype, np.random.default_rng(seed))
+    x.reshape(-1)[::5] = 0                                  # the kink
+    assert_exact(elementwise.relu_numba(x), elementwise.relu_reference(x))
+    y = elementwise.relu_reference(x)
+    dy = random(shape, dtype, np.random.default_rng(seed + 1))
+    assert_exact(elementwise.relu_backward_numba(dy, y), elementwise.relu_backward_reference(dy, y))
+
+
+@SETTINGS
+@given(arrays(min_rank=1), st.sampled_from([0.1, 0.25, 0.5, 0.7]))
+def test_dropout_numba_equals_reference(spec, rate):
+    shape, dtype, seed = spec
+    rng = np.random.default_rng(seed)
+    x, dy, u = random(shape, dtype, rng), random(shape, dtype, rng), rng.random(shape, dtype=np.float32)
+    y, keep = elementwise.dropout_numba(x, u, rate)
+    y_ref, keep_ref = elementwise.dropout_reference(x, u, rate)
+    assert_exact(y, y_ref)
+    assert_exact(keep, keep_ref)
+    assert_exact(elementwise.dropout_backward_numba(dy, keep, rate),
+                 elementwise.dropout_backward_reference(dy, keep_ref, rate))
+
+
+@SETTINGS
+@given(arrays(min_rank=1), st.integers(1, 50))
+def test_adam_update_numba_equals_reference(spec, t):
+    shape, dtype, seed = spec
+    rng = np.random.default_rng(seed)
+    value, grad = random(shape, dtype, rng), random(shape, dtype, rng, 0.0, 1e-2)
+    m, v = random(shape, dtype, rng, 0.0, 1e-3), np.abs(random(shape, dtype, rng, 0.0, 1e-4))
+    lr_t = 1e-3 * np.sqrt(1 - 0.999 ** t) / (1 - 0.9 ** t)
+    state = [a.copy() for a in (value, m, v)]
+    elementwise.adam_update_reference(value, grad, m, v, lr_t, 0.9, 0.999, 1e-7)
+    elementwise.adam_update_numba(*state[:1], grad, *state[1:], lr_t, 0.9, 0.999, 1e-7)
+    for a, e in zip(state, (value, m, v)):
+        assert_sums_close(a, e, dtype)
+
+
+# ----------------------------------------------------------------------------------------
+# gemm, im2col into a given array
+# ----------------------------------------------------------------------------------------
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(1, 300), st.integers(1, 40), st.integers(1, 20), DTYPES, st.integers(0, 2**32 - 1))
+def test_matmul_single_thread_equals_reference(m, k, f, dtype, seed):
+    rng = np.random.default_rng(seed)
+    a, b = random((m, k), dtype, rng), random((k, f), dtype, rng)
+    out = np.empty((m, f), dtype)
+    assert gemm.matmul_single_thread(a, b, out=out) is out
+    assert_sums_close(out, gemm.matmul_reference(a, b), dtype)
+    assert_sums_close(gemm.matmul_single_thread(a.T.copy().T, b), a @ b, dtype)   # a transposed view
+
+
+def test_im2col_writes_into_out_and_checks_it():
+    x = np.random.default_rng(0).standard_normal((2, 5, 6, 3)).astype(np.float32)
+    args = ((3, 3), (1, 1), ((1, 1), (1, 1)))
+    expected = im2col.im2col_reference(x, *args)
+    for impl in (im2col.im2col_reference, im2col.im2col_numba):
+        out = np.full((2 * 5 * 6, 27), np.nan, np.float32)
+        impl(x, *args, out=out)
+        assert np.array_equal(out, expected.reshape(out.shape))
+        with pytest.raises(ValueError, match="out must be"):
+            impl(x, *args, out=np.empty((2 * 5 * 6, 26), np.float32))
+
+
+# ----------------------------------------------------------------------------------------
+# dispatch
+# ----------------------------------------------------------------------------------------
+
+def dispatch_calls():
+    big = np.ones((16, 64, 64), np.float32)                # above both NUMBA_MIN_SIZEs
+    c = big.shape[-1]
+    ones = np.ones(c, np.float32)
+    return [
+        (batchnorm, "moments", (big,)),
+        (batchnorm, "normalize", (big, ones, ones, ones, ones)),
+        (batchnorm, "normalize_backward", (big, big, ones, ones, ones, True)),
+        (elementwise, "relu_backward", (big, big)),
+        (elementwise, "dropout_backward", (big, big > 0, 0.5)),
+        (elementwise, "adam_update", (big, big, big.copy(), big.copy(), 1e-3, 0.9, 0.999, 1e-7)),
+    ]
+
+
+@pytest.mark.parametrize("module, name, args", dispatch_calls(), ids=lambda v: v if isinstance(v, str) else "")
+def test_minicnn_reference_routes_to_the_reference(monkeypatch, module, name, args):
+    calls = []
+    for kind in ("reference", "numba"):
+        monkeypatch.setattr(module, f"{name}_{kind}", lambda *a, kind=kind: calls.append(kind) or (None, None, None))
+    monkeypatch.setenv("MINICNN_REFERENCE", "1")
+    getattr(module, name)(*args)
+    monkeypatch.delenv("MINICNN_REFERENCE")
+    getattr(module, name)(*args)
+    assert calls == ["reference", "numba"]
+
+
+def test_small_arrays_relu_and_dropout_run_the_reference(monkeypatch):
+    # measured (benchmarks/kernels.py): numba loses on small arrays, and relu / dropout
+    # forward gain under the 1.5x that a default kernel must show
+    calls = []
+    for module, name in [(elementwise, "relu"), (elementwise, "relu_backward"), (elementwise, "dropout"),
+                         (batchnorm, "moments")]:
+        for kind in ("reference", "numba"):
+            monkeypatch.setattr(module, f"{name}_{kind}", lambda *a, n=f"{name}_{kind}": calls.append(n))
+    small, big = np.ones((64, 256), np.float32), np.ones((64, 24, 24, 64), np.float32)
+    elementwise.relu_backward(small, small)
+    batchnorm.moments(small)
+    elementwise.relu(big)
+    elementwise.dropout(big, big, 0.5)
+    assert calls == ["relu_backward_reference", "moments_reference", "relu_reference", "dropout_reference"]
+
+
+def test_kernel_threads_uses_one_thread_for_small_work_and_restores():
+    import numba
+
+    from minicnn import backend
+
+    before = numba.get_num_threads()
+    with backend.kernel_threads(backend.PARALLEL_MIN_SIZE - 1):
+        assert numba.get_num_threads() == 1
+    assert numba.get_num_threads() == before
+    with backend.kernel_threads(backend.PARALLEL_MIN_SIZE):
+        assert numba.get_num_threads() == before
+
+
+def test_matmul_runs_small_products_on_one_thread(monkeypatch):
+    calls = []
+    monkeypatch.setattr(gemm, "matmul_single_thread", lambda a, b, out=None: calls.append("single"))
+    monkeypatch.setattr(gemm, "matmul_reference", lambda a, b, out=None: calls.append("reference"))
+    small, big = np.ones((10, 10)), np.ones((2000, 2000))     # 2e3 and 1.6e10 flops
+    gemm.matmul(small, small)
+    gemm.matmul(big, big)
+    monkeypatch.setenv("MINICNN_REFERENCE", "1")
+    gemm.matmul(small, small)
+    assert calls == ["single", "reference", "reference"]
