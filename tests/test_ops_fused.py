@@ -30,12 +30,15 @@ def random(shape, dtype, rng, loc=0.0, scale=1.0):
     return (loc + scale * rng.standard_normal(shape)).astype(dtype)
 
 
-def assert_sums_close(actual, expected, dtype):
-    """Equal up to the order of additions: rtol 1e-12 in float64, 1e-5 in float32."""
+def assert_sums_close(actual, expected, dtype, terms=1):
+    """Equal up to the order of additions: rtol 1e-12 in float64; in float32 1e-5, or more for
+    sums of many terms, where two summation orders differ by up to about terms * eps (float32
+    eps = 1.2e-7: a sum of 47,628 terms was seen to differ by 2.5e-4 between NumPy's pairwise
+    and a kernel's running sum). The float64 comparison is the one that pins the math down."""
     actual, expected = np.asarray(actual), np.asarray(expected)
     assert actual.dtype == expected.dtype == dtype          # float32 is never upcast
     assert actual.shape == expected.shape
-    rtol = 1e-12 if dtype == np.float64 else 1e-5
+    rtol = 1e-12 if dtype == np.float64 else max(1e-5, terms * 1.2e-7 / 4)
     scale = max(1.0, float(np.abs(expected).max(initial=0.0)))
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * scale)
 
@@ -64,9 +67,9 @@ def test_moments_numba_equals_reference(spec, loc):
     x, *_ = bn_inputs(shape, dtype, seed, loc)
     x_before = x.copy()
     (mean, var), (mean_ref, var_ref) = batchnorm.moments_numba(x), batchnorm.moments_reference(x)
-    assert_sums_close(mean, mean_ref, dtype)
+    assert_sums_close(mean, mean_ref, dtype, terms=x.size // shape[-1])
     # var is a difference of sums: its error is relative to the squared spread of x about the shift
-    rtol = 1e-12 if dtype == np.float64 else 1e-5
+    rtol = 1e-12 if dtype == np.float64 else max(1e-5, (x.size // shape[-1]) * 1.2e-7 / 4)
     spread = float(np.square(x.astype(np.float64) - x.reshape(-1, shape[-1])[0]).mean(axis=tuple(range(x.ndim - 1))).max())
     np.testing.assert_allclose(var, var_ref, rtol=rtol, atol=rtol * max(1.0, spread))
     assert var.dtype == var_ref.dtype == dtype
@@ -90,7 +93,7 @@ def test_normalize_backward_numba_equals_reference(spec, training):
     actual = batchnorm.normalize_backward_numba(dy, x, mean, inv_std, gamma, training)
     expected = batchnorm.normalize_backward_reference(dy, x, mean, inv_std, gamma, training)
     for a, e in zip(actual, expected):
-        assert_sums_close(a, e, spec[1])
+        assert_sums_close(a, e, spec[1], terms=x.size // x.shape[-1])
     assert np.array_equal(dy, dy_before)                   # dy is never modified
 
 
