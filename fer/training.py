@@ -29,7 +29,7 @@ from minicnn.sequence import Sequence
 from . import data as fer_data
 from . import evaluation, models
 from .augment import Augmenter
-from .preprocess import Preprocessing
+from .preprocess import Preprocessing, sharpness
 
 
 @dataclass
@@ -54,6 +54,7 @@ class TrainConfig:
     lr_patience: int = 5
     lr_factor: float = 0.5
     skip_bad_rows: bool = False
+    match_sharpness: bool = True
 
     @classmethod
     def for_model(cls, model, data, **overrides):
@@ -153,6 +154,16 @@ def restore_checkpoint(path, model, batches, stateful_callbacks):
     return int(meta["epoch"])
 
 
+def warn_if_sharpness_differs(splits, ratio=1.5):
+    """Say so when training faces are much blurrier (or sharper) than the test faces: a network
+    learns the blur level it is trained on (see Preprocessing.match_sharpness)."""
+    train, test = (float(np.median(sharpness(images))) for images in (splits.train[0], splits.test[0]))
+    if max(train, test) > ratio * min(train, test):
+        print(f"warning: training faces have median sharpness {train:.1f}, test faces {test:.1f} "
+              f"(mean |difference| of neighbouring pixels); --match-sharpness (the default) blurs "
+              f"sharper faces to the training level in training, evaluation and the webcam alike", file=sys.stderr)
+
+
 def balanced_class_weights(labels, num_classes):
     """w_k = N / (K * N_k): every class contributes equally to the loss."""
     counts = np.bincount(labels, minlength=num_classes).astype(float)
@@ -180,7 +191,9 @@ def train(config, resume_dir=None, extra_callbacks=(), verbose=1):
     checkpoint_path = run / "checkpoints" / "last.npz"
     backend.set_seed(config.seed)
     splits = load_splits(config)
-    preprocessing = Preprocessing(config.input_size, config.scale).fit(splits.train[0])
+    preprocessing = Preprocessing(config.input_size, config.scale, match_sharpness=config.match_sharpness)
+    preprocessing = preprocessing.fit(splits.train[0])
+    warn_if_sharpness_differs(splits)
     x_val = preprocessing.apply(splits.val[0])
 
     backend.clear_session()

@@ -38,6 +38,9 @@ def parse_args(argv):
     p.add_argument("--val-fraction", type=float, help="validation share of Training when there is no PrivateTest")
     p.add_argument("--lr-patience", type=int, help="epochs without val_loss improvement before halving the lr")
     p.add_argument("--skip-bad-rows", action="store_true", default=None, help="skip and count malformed rows")
+    p.add_argument("--match-sharpness", action=argparse.BooleanOptionalAction, default=None,
+                   help="blur faces sharper than the median training face down to it, everywhere (default on: "
+                        "the shared FER2013 Training faces are blurred, PublicTest and webcam faces are not)")
     p.add_argument("--out", help="parent folder of the run folder (default runs/)")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from checkpoints/last.npz")
     args = p.parse_args(argv)
@@ -57,7 +60,8 @@ def config_from_args(args):
         return config
     overrides = {k: getattr(args, k) for k in ("classes", "input_size", "scale", "epochs", "batch_size", "optimizer",
                                                 "lr", "augment", "class_weight", "seed", "limit", "out",
-                                                "val_fraction", "lr_patience", "skip_bad_rows")}
+                                                "val_fraction", "lr_patience", "skip_bad_rows",
+                                                "match_sharpness")}
     return TrainConfig.for_model(args.model, args.data, **overrides)
 
 

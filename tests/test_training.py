@@ -54,7 +54,10 @@ def test_train_writes_every_file_of_the_run_folder(trained_run):
 def test_model_file_carries_labels_and_preprocessing(trained_run):
     model = minicnn.load_model(trained_run[0] / "model.npz")
     assert model.metadata["labels"] == ["Angry", "Disgust", "Fear", "Happy", "Sad", "Surprise", "Neutral"]
-    assert model.metadata["preprocessing"] == {"input_size": 48, "scale": "symmetric", "mean": None, "std": None}
+    prep = model.metadata["preprocessing"]
+    assert {k: prep[k] for k in ("input_size", "scale", "mean", "std", "match_sharpness")} == \
+        {"input_size": 48, "scale": "symmetric", "mean": None, "std": None, "match_sharpness": True}
+    assert prep["sharpness"] > 0
 
 
 def test_evaluate_json_matches_the_runs_test_metrics(trained_run, data_csv, tmp_path):
