@@ -49,14 +49,15 @@ class FaceDetector:
 
     Args:
         min_face: smallest face side to report, in full-frame pixels.
-        scale_factor: step between the cascade's image scales (1.1 = 10%).
+        scale_factor: step between the cascade's image scales (1.2 = 20%; 1.1 finds the same faces
+            here at 1.9x the detection time: 31 vs 16 ms a 640x480 frame, 24 vs 38 frames/s overall).
         min_neighbors: overlapping hits a face needs; higher drops more false faces.
         detect_width: run the cascade on a copy at most this wide (None: full size).
             The cascade's cost grows with the pixel count, so 640 -> 320 is about 4x
             faster, and the smallest face it sees, 24 px, is 48 px in the full frame.
     """
 
-    def __init__(self, min_face=48, scale_factor=1.1, min_neighbors=5, detect_width=320):
+    def __init__(self, min_face=48, scale_factor=1.2, min_neighbors=5, detect_width=320):
         if scale_factor <= 1.0:
             raise ValueError(f"FaceDetector: scale_factor must be > 1, received {scale_factor}")
         self.min_face = min_face
