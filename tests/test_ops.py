@@ -76,14 +76,20 @@ def tf_same_pads(size, k, s):
     return out, total // 2                         # the extra pixel goes after (bottom/right)
 
 
+def naive_geometry(h_in, w_in, kernel_size, strides, padding):
+    """(Ho, Wo, top, left) from the textbook formulas, for the naive loops below."""
+    (kh, kw), (sh, sw) = kernel_size, strides
+    if padding == "same":
+        ho_n, top = tf_same_pads(h_in, kh, sh)
+        wo_n, left = tf_same_pads(w_in, kw, sw)
+        return ho_n, wo_n, top, left
+    return (h_in - kh) // sh + 1, (w_in - kw) // sw + 1, 0, 0
+
+
 def window_cells(case, ho, wo):
     """Real (h, w) cells of window (ho, wo) in row-major order, computed the slow way."""
     (kh, kw), (sh, sw) = case.kernel_size, case.strides
-    if case.padding == "same":
-        _, top = tf_same_pads(case.h, kh, sh)
-        _, left = tf_same_pads(case.w, kw, sw)
-    else:
-        top = left = 0
+    _, _, top, left = naive_geometry(case.h, case.w, case.kernel_size, case.strides, case.padding)
     return [(ho * sh - top + i, wo * sw - left + j) for i in range(kh) for j in range(kw)
             if 0 <= ho * sh - top + i < case.h and 0 <= wo * sw - left + j < case.w]
 
@@ -143,11 +149,7 @@ def naive_conv(x, kernel, strides, padding):
     n_img, h_in, w_in, c_in = x.shape
     kh, kw, _, f_out = kernel.shape
     sh, sw = strides
-    if padding == "same":
-        ho_n, top = tf_same_pads(h_in, kh, sh)
-        wo_n, left = tf_same_pads(w_in, kw, sw)
-    else:
-        ho_n, wo_n, top, left = (h_in - kh) // sh + 1, (w_in - kw) // sw + 1, 0, 0
+    ho_n, wo_n, top, left = naive_geometry(h_in, w_in, (kh, kw), strides, padding)
     y = np.zeros((n_img, ho_n, wo_n, f_out))
     for n in range(n_img):
         for ho in range(ho_n):
@@ -302,11 +304,7 @@ def naive_depthwise(x, kernel, strides, padding):
     n_img, h_in, w_in, c_in = x.shape
     kh, kw, _, m_n = kernel.shape
     sh, sw = strides
-    if padding == "same":
-        ho_n, top = tf_same_pads(h_in, kh, sh)
-        wo_n, left = tf_same_pads(w_in, kw, sw)
-    else:
-        ho_n, wo_n, top, left = (h_in - kh) // sh + 1, (w_in - kw) // sw + 1, 0, 0
+    ho_n, wo_n, top, left = naive_geometry(h_in, w_in, (kh, kw), strides, padding)
     y = np.zeros((n_img, ho_n, wo_n, c_in * m_n))
     for ho in range(ho_n):
         for wo in range(wo_n):

@@ -129,17 +129,23 @@ def _real_counts(x_shape, pool_size, strides, pads, dtype):
 # numba kernels: one thread per image; each window visits only its real cells, C innermost
 # ----------------------------------------------------------------------------------------
 
+@njit(inline="always")          # inlined into each kernel: no call in the loop
+def _real_span(out_index, stride, pad_before, kernel, size):
+    """Real input rows (or columns) [lo, hi) under window `out_index`: the padding clipped off
+    (the one-window form of `_window_starts`: hi - lo is its `real`)."""
+    start = out_index * stride - pad_before
+    return max(start, 0), min(start + kernel, size)
+
+
 @njit(cache=True, parallel=True)
 def _max_pool_kernel(x, y, argmax, kh, kw, sh, sw, top, left):
     n_img, h_in, w_in, c_n = x.shape
     ho_n, wo_n = y.shape[1], y.shape[2]
     for n in prange(n_img):
         for ho in range(ho_n):
-            h_lo = max(ho * sh - top, 0)
-            h_hi = min(ho * sh - top + kh, h_in)
+            h_lo, h_hi = _real_span(ho, sh, top, kh, h_in)
             for wo in range(wo_n):
-                w_lo = max(wo * sw - left, 0)
-                w_hi = min(wo * sw - left + kw, w_in)
+                w_lo, w_hi = _real_span(wo, sw, left, kw, w_in)
                 for c in range(c_n):
                     y[n, ho, wo, c] = -np.inf
                     argmax[n, ho, wo, c] = h_lo * w_in + w_lo   # first real cell
@@ -169,11 +175,9 @@ def _avg_pool_kernel(x, y, kh, kw, sh, sw, top, left):
     ho_n, wo_n = y.shape[1], y.shape[2]
     for n in prange(n_img):
         for ho in range(ho_n):
-            h_lo = max(ho * sh - top, 0)
-            h_hi = min(ho * sh - top + kh, h_in)
+            h_lo, h_hi = _real_span(ho, sh, top, kh, h_in)
             for wo in range(wo_n):
-                w_lo = max(wo * sw - left, 0)
-                w_hi = min(wo * sw - left + kw, w_in)
+                w_lo, w_hi = _real_span(wo, sw, left, kw, w_in)
                 for c in range(c_n):
                     y[n, ho, wo, c] = 0
                 for h in range(h_lo, h_hi):
@@ -193,11 +197,9 @@ def _avg_pool_backward_kernel(g, dx, kh, kw, sh, sw, top, left):
     ho_n, wo_n = g.shape[1], g.shape[2]
     for n in prange(n_img):
         for ho in range(ho_n):
-            h_lo = max(ho * sh - top, 0)
-            h_hi = min(ho * sh - top + kh, h_in)
+            h_lo, h_hi = _real_span(ho, sh, top, kh, h_in)
             for wo in range(wo_n):
-                w_lo = max(wo * sw - left, 0)
-                w_hi = min(wo * sw - left + kw, w_in)
+                w_lo, w_hi = _real_span(wo, sw, left, kw, w_in)
                 for h in range(h_lo, h_hi):
                     for w in range(w_lo, w_hi):
                         for c in range(c_n):
