@@ -247,7 +247,7 @@ def saliency_figure(face, rows, description, of):
         for ax in ax_row:
             ax.set_axis_off()
     score = "class score before softmax" if of == "logit" else "class probability"
-    fig.suptitle(f"|d({score})/d(pixel)|: {description}")
+    fig.suptitle(f"|d({score})/d(pixel)|\n{description}", fontsize=10)   # two lines: fits a 3-panel figure
     return fig
 
 
