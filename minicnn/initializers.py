@@ -54,3 +54,11 @@ def get(identifier):
     if identifier not in _BY_NAME:
         raise ValueError(f"unknown initializer {identifier!r}; known: {', '.join(sorted(_BY_NAME))}")
     return _BY_NAME[identifier]
+
+
+def serialize(identifier):
+    """The name to store in a model config. A custom callable is stored as glorot_uniform: the
+    trained weights are saved anyway, the name only matters for re-initializing a loaded model."""
+    if isinstance(identifier, str):
+        return identifier
+    return next((name for name, fn in _BY_NAME.items() if fn is identifier), "glorot_uniform")

@@ -7,9 +7,10 @@ from . import backend
 class Sequence:
     """What `fit` iterates over: `len(seq)` batches, `seq[i] -> (x, y)` or `(x, y, sample_weight)`.
 
-    As `keras.utils.Sequence`; minicnn also calls `on_epoch_begin()` before each epoch, which
-    is where shuffling and augmentation draw their random numbers (so that a run resumed
-    from an epoch checkpoint draws exactly what the uninterrupted run drew).
+    As `keras.utils.Sequence`; minicnn also calls `on_epoch_begin()` before each epoch, where
+    the batch order is drawn. `fit` reads the batches in order, once each, so a run resumed
+    from an epoch checkpoint (with the generators' states restored) draws exactly what the
+    uninterrupted run drew, including augmentation drawn in `__getitem__`.
     """
 
     def __len__(self):

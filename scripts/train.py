@@ -71,6 +71,10 @@ def main(argv=None):
         config = config_from_args(args)
         if not args.resume and not Path(config.data).exists():
             raise FileNotFoundError(f"{config.data}: no such data file or folder")
+    except (FileNotFoundError, ValueError, TypeError) as e:   # bad arguments or run folder: say so, exit 1
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    try:
         run = train(config, resume_dir=args.resume)
     except TrainingInterrupted as e:
         print(f"\n{e}", file=sys.stderr)
@@ -78,7 +82,7 @@ def main(argv=None):
     except TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
-    except (DataError, FileNotFoundError, ValueError) as e:
+    except (DataError, FileNotFoundError) as e:       # the data: anything else keeps its traceback
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"run folder: {run}")

@@ -320,3 +320,27 @@ def test_separable_conv_ignores_kernel_regularizer_as_keras_does():
     both = SeparableConv2D(4, 3, depthwise_regularizer=minicnn.l2(0.1), pointwise_regularizer=minicnn.l2(0.2))
     both.build((None, 5, 5, 2))
     assert both.depthwise_kernel.regularizer.l2 == 0.1 and both.pointwise_kernel.regularizer.l2 == 0.2
+
+
+def test_freezing_a_layer_after_construction_stops_its_updates():
+    model = Sequential([Dense(4, input_shape=(3,)), Dense(2, activation="softmax")])
+    model.layers[0].trainable = False
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    frozen = model.layers[0].kernel.value.copy()
+    model.train_on_batch(np.ones((2, 3), np.float32), np.array([0, 1]))
+    np.testing.assert_array_equal(model.layers[0].kernel.value, frozen)
+    assert len(model.trainable_weights) == 2 and summary_text(model).count("Non-trainable params: 16") == 1
+
+
+def test_calling_a_layer_twice_is_refused_with_its_name():
+    dense = Dense(3, name="dense_shared")
+    x = Input((3,))
+    with pytest.raises(ValueError, match="dense_shared: already called"):
+        dense(dense(x))
+
+
+def test_fit_refuses_empty_data():
+    model = small_cnn()
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    with pytest.raises(ValueError, match="no training data"):
+        model.fit(np.zeros((0, 12, 12, 1), np.float32), np.zeros(0), verbose=0)

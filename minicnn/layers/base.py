@@ -65,7 +65,7 @@ class Layer:
     # ---- weights -------------------------------------------------------------------------
     def add_weight(self, name, shape, initializer="zeros", trainable=True, regularizer=None):
         value = initializers.get(initializer)(tuple(shape), self.dtype, self.name)
-        weight = Weight(f"{self.name}/{name}", value, trainable and self.trainable, regularizers.get(regularizer))
+        weight = Weight(f"{self.name}/{name}", value, trainable, regularizers.get(regularizer))
         self._weights.append(weight)
         return weight
 
@@ -75,11 +75,12 @@ class Layer:
 
     @property
     def trainable_weights(self):
-        return [w for w in self._weights if w.trainable]
+        """Weights the optimizer updates: none while `layer.trainable = False` (freezing, as Keras)."""
+        return [w for w in self._weights if w.trainable and self.trainable]
 
     @property
     def non_trainable_weights(self):
-        return [w for w in self._weights if not w.trainable]
+        return [w for w in self._weights if not (w.trainable and self.trainable)]
 
     def get_weights(self):
         """Copies of the weight arrays, in Keras order (for BN: gamma, beta, moving_mean, moving_variance)."""
@@ -127,6 +128,9 @@ class Layer:
         tensors = inputs if isinstance(inputs, (list, tuple)) else [inputs]
         if not all(isinstance(t, SymbolicTensor) for t in tensors):
             return self.forward(inputs, training=training)
+        if self.built:
+            raise ValueError(f"{self.name}: already called on inputs of shape {self.input_shape}; "
+                             f"a minicnn layer is used once in a graph (no shared layers)")
         shapes = [t.shape for t in tensors]
         self.build(shapes if isinstance(inputs, (list, tuple)) else shapes[0])
         return SymbolicTensor(self.output_shape, self, tensors)

@@ -10,7 +10,7 @@ import warnings
 
 import numpy as np
 
-from .. import activations, regularizers
+from .. import activations, initializers, regularizers
 from ..ops.depthwise import depthwise_conv, depthwise_conv_backward
 from ..ops.gemm import matmul
 from ..ops.im2col import col2im, im2col
@@ -70,6 +70,8 @@ class _Conv(Layer):
     def get_config(self):
         return {**super().get_config(), "kernel_size": list(self.kernel_size), "strides": list(self.strides),
                 "padding": self.padding, "activation": self.activation.name, "use_bias": self.use_bias,
+                "kernel_initializer": initializers.serialize(self.kernel_initializer),
+                "bias_initializer": initializers.serialize(self.bias_initializer),
                 "kernel_regularizer": regularizers.serialize(self.kernel_regularizer)}
 
 
@@ -99,7 +101,10 @@ class Conv2D(_Conv):
         pads, ho, wo = self.geometry(x)
         n, f = x.shape[0], self.filters
         kh, kw = self.kernel_size
-        cols = self.scratch("cols", (n * ho * wo, kh * kw * x.shape[3]), x.dtype)          # reused: see scratch
+        shape = (n * ho * wo, kh * kw * x.shape[3])
+        # in training the patch matrix is reused from step to step (see scratch): it is borrowed
+        # by self.cache until the next forward; inference allocates, so it holds no batch-256 buffer
+        cols = self.scratch("cols", shape, x.dtype) if training else np.empty(shape, x.dtype)
         im2col(x, self.kernel_size, self.strides, pads, out=cols)                          # (N*Ho*Wo, kh*kw*C)
         z = matmul(cols, self.kernel.value.reshape(-1, f))                                # (N*Ho*Wo, F)
         if self.use_bias:
@@ -178,6 +183,7 @@ class DepthwiseConv2D(_Conv):
 
     def get_config(self):
         return {**super().get_config(), "depth_multiplier": self.depth_multiplier,
+                "depthwise_initializer": initializers.serialize(self.depthwise_initializer),
                 "depthwise_regularizer": regularizers.serialize(self.depthwise_regularizer)}
 
 
@@ -185,8 +191,8 @@ class SeparableConv2D(_Conv):
     """Depthwise convolution, then a 1x1 "pointwise" convolution mixing channels.
 
     d = depthwise(x, Kd);  y = activation(d @ Kp + b)
-    x: (N, H, W, C) -> y: (N, Ho, Wo, filters);  depthwise_kernel: (kh, kw, C, 1),
-    pointwise_kernel: (1, 1, C, filters), bias: (filters,)
+    x: (N, H, W, C) -> y: (N, Ho, Wo, filters);  depthwise_kernel: (kh, kw, C, M),
+    pointwise_kernel: (1, 1, C*M, filters), bias: (filters,)   (M = depth_multiplier, usually 1)
     """
 
     def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", depth_multiplier=1,
@@ -244,6 +250,8 @@ class SeparableConv2D(_Conv):
 
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "depth_multiplier": self.depth_multiplier,
+                "depthwise_initializer": initializers.serialize(self.depthwise_initializer),
+                "pointwise_initializer": initializers.serialize(self.pointwise_initializer),
                 "depthwise_regularizer": regularizers.serialize(self.depthwise_regularizer),
                 "pointwise_regularizer": regularizers.serialize(self.pointwise_regularizer)}
 

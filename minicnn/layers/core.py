@@ -1,7 +1,7 @@
 """Input, Dense, Flatten, Dropout and the activation layers."""
 import numpy as np
 
-from .. import activations, backend, regularizers
+from .. import activations, backend, initializers, regularizers
 from ..ops.elementwise import dropout, dropout_backward
 from ..ops.gemm import matmul
 from .base import Layer, SymbolicTensor
@@ -79,17 +79,13 @@ class Dense(Layer):
         self.kernel.grad = matmul(x.T, dz)                         # (n_in, units)
         if self.use_bias:
             self.bias.grad = dz.sum(axis=0)
-        return matmul(dz, np.ascontiguousarray(self.kernel.value.T))   # (N, n_in); contiguous: faster matmul
+        return matmul(dz, self.kernel.value.T)                     # (N, n_in)
 
     def get_config(self):
         return {**super().get_config(), "units": self.units, "activation": self.activation.name,
-                "use_bias": self.use_bias, "kernel_initializer": _init_name(self.kernel_initializer),
-                "bias_initializer": _init_name(self.bias_initializer),
+                "use_bias": self.use_bias, "kernel_initializer": initializers.serialize(self.kernel_initializer),
+                "bias_initializer": initializers.serialize(self.bias_initializer),
                 "kernel_regularizer": regularizers.serialize(self.kernel_regularizer)}
-
-
-def _init_name(initializer):
-    return initializer if isinstance(initializer, str) else "glorot_uniform"
 
 
 class Flatten(Layer):

@@ -1,4 +1,6 @@
 """Pooling: MaxPooling2D, AveragePooling2D and GlobalAveragePooling2D (channels-last)."""
+import numpy as np
+
 from ..ops.padding import conv_geometry, conv_output_length
 from ..ops.pooling import avg_pool, avg_pool_backward, max_pool, max_pool_backward
 from .base import Layer
@@ -81,4 +83,4 @@ class GlobalAveragePooling2D(Layer):
     def backward(self, dy):
         n, h, w, c = self.cache
         # every cell contributed 1/(H*W) of the mean
-        return (dy / (h * w))[:, None, None, :].repeat(h, axis=1).repeat(w, axis=2)
+        return np.broadcast_to((dy / (h * w))[:, None, None, :], (n, h, w, c)).copy()

@@ -122,7 +122,11 @@ class Model(Network):
 
         Each epoch: for each batch, train_on_batch; then validation; then callbacks.
         """
-        if validation_split and validation_data is None and not isinstance(x, Sequence):
+        if isinstance(x, Sequence) and validation_split:
+            raise ValueError(f"{self.name}: validation_split needs arrays; with a Sequence pass validation_data")
+        if len(x) == 0:
+            raise ValueError(f"{self.name}: fit received no training data")
+        if validation_split and validation_data is None:
             cut = int(len(x) * (1 - validation_split))     # Keras takes the LAST samples, before shuffling
             x, y, validation_data = x[:cut], y[:cut], (x[cut:], y[cut:])
         batches = x if isinstance(x, Sequence) else ArrayBatches(x, y, batch_size, shuffle, sample_weight)
