@@ -130,7 +130,7 @@ class RunCheckpoint(minicnn.callbacks.Callback):
         meta = {"format": io.FORMAT, "weights": [w.name for w in io.all_weights(model)], "epoch": epochs_done,
                 "optimizer": opt_config, "rng": backend.rng().bit_generator.state,
                 "batches": self.batches.get_state(),
-                "callbacks": {type(c).__name__: c.get_state() for c in self.stateful}}
+                "callbacks": {callback_key(i, c): c.get_state() for i, c in enumerate(self.stateful)}}
         io.write_npz(self.path, arrays, meta)
 
     def on_train_begin(self, logs=None):
@@ -141,6 +141,11 @@ class RunCheckpoint(minicnn.callbacks.Callback):
         self.save(epoch + 1)
 
 
+def callback_key(index, callback):
+    """A callback's key in the checkpoint: its position too, so two of one class never collide."""
+    return f"{index}/{type(callback).__name__}"
+
+
 def restore_checkpoint(path, model, batches, stateful_callbacks):
     """Load last.npz into the model, optimizer, generators and callbacks; returns the epochs done."""
     meta, arrays = io.read_npz(path)
@@ -149,8 +154,8 @@ def restore_checkpoint(path, model, batches, stateful_callbacks):
     model.optimizer.set_state(model.trainable_weights, meta["optimizer"], opt_arrays)
     backend.rng().bit_generator.state = meta["rng"]
     batches.set_state(meta["batches"])
-    for c in stateful_callbacks:
-        c.set_state(meta["callbacks"][type(c).__name__])
+    for i, c in enumerate(stateful_callbacks):
+        c.set_state(meta["callbacks"][callback_key(i, c)])
     return int(meta["epoch"])
 
 
