@@ -190,8 +190,12 @@ def make_optimizer(config):
     return optimizers.get({"class_name": config.optimizer, "learning_rate": config.lr})
 
 
-def train(config, resume_dir=None, extra_callbacks=(), verbose=1):
-    """Run (or resume) a training run; returns the run folder. See the module docstring."""
+def train(config, resume_dir=None, extra_callbacks=(), verbose=1, resume_lr=None):
+    """Run (or resume) a training run; returns the run folder. See the module docstring.
+
+    resume_lr: on resume, continue with this learning rate instead of the checkpoint's (a run
+    that diverged would otherwise replay the same batches at the same rate and diverge again).
+    """
     run = Path(resume_dir) if resume_dir else Path(config.out) / f"{config.model}-{time.strftime('%Y%m%d-%H%M%S')}"
     checkpoint_path = run / "checkpoints" / "last.npz"
     backend.set_seed(config.seed)
@@ -222,7 +226,10 @@ def train(config, resume_dir=None, extra_callbacks=(), verbose=1):
     if resume_dir:
         initial_epoch = restore_checkpoint(checkpoint_path, model, batches, stateful)
         _truncate_history(run / "history.csv", initial_epoch)
-        print(f"Resuming {run} after epoch {initial_epoch} of {config.epochs}")
+        if resume_lr is not None:
+            model.optimizer.learning_rate = float(resume_lr)
+        print(f"Resuming {run} after epoch {initial_epoch} of {config.epochs}, "
+              f"learning rate {model.optimizer.learning_rate:.3g}")
     else:
         run.mkdir(parents=True, exist_ok=False)
         evaluation.write_text(run / "config.json", json.dumps(run_description(config, splits), indent=2))

@@ -29,7 +29,8 @@ def parse_args(argv):
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--optimizer", choices=["adam", "sgd", "rmsprop"])
-    p.add_argument("--lr", type=float, help="initial learning rate (halved when val_loss plateaus)")
+    p.add_argument("--lr", type=float, help="initial learning rate (halved when val_loss plateaus); "
+                                            "with --resume, the rate to continue with")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="flip, shift, rotation and zoom augmentation (default on)")
     p.add_argument("--class-weight", choices=["none", "balanced"])
@@ -75,7 +76,7 @@ def main(argv=None):
         print(f"error: {e}", file=sys.stderr)
         return 1
     try:
-        run = train(config, resume_dir=args.resume)
+        run = train(config, resume_dir=args.resume, resume_lr=args.lr if args.resume else None)
     except TrainingInterrupted as e:
         print(f"\n{e}", file=sys.stderr)
         return 130

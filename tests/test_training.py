@@ -133,6 +133,9 @@ def test_diverging_run_stops_naming_epoch_and_batch_and_keeps_last_good_checkpoi
     run = next(tmp_path.glob("mini_xception-*"))
     meta, arrays = io.read_npz(run / "checkpoints" / "last.npz")
     assert all(np.isfinite(a).all() for k, a in arrays.items() if k.startswith("weight_"))
+    resumed = run_script("train.py", "--resume", run, "--lr", "1e-3", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr        # a sane rate gets past the NaN
+    assert "learning rate 0.001" in resumed.stdout
 
 
 def test_smoke_run_on_2000_real_faces(shared_file, tmp_path):
