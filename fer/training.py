@@ -265,7 +265,7 @@ def run_description(config, splits):
             "data_sha256": fer_data.content_hash(config.data) if Path(config.data).is_file() else None,
             "versions": {"python": platform.python_version(), "numpy": np.__version__,
                          "minicnn": minicnn.__version__, "platform": platform.platform()},
-            "command": " ".join(sys.argv)}
+            "command": "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])}
 
 
 def _truncate_history(path, epochs_done):

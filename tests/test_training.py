@@ -146,3 +146,16 @@ def test_smoke_run_on_2000_real_faces(shared_file, tmp_path):
     run = next(tmp_path.glob("mini_xception-*"))
     metrics = json.loads((run / "metrics.json").read_text())
     assert sum(row["support"] for row in metrics["per_class"].values()) > 150   # ~11% of 2000 are PublicTest
+
+
+def test_publish_weights_writes_a_loadable_file_and_a_card(trained_run, tmp_path):
+    run = trained_run[0]
+    result = run_script("publish_weights.py", run, "tiny", "--float16", "--out", tmp_path, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "tiny_confusion.png").is_file()
+    published = minicnn.load_model(tmp_path / "tiny.npz")
+    original = minicnn.load_model(run / "model.npz")
+    assert published.metadata == original.metadata
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert f"accuracy {metrics['accuracy']:.4f}" in result.stdout or "published float32" in result.stderr
+    assert "## `tiny.npz`" in result.stdout and "per-class recall" in result.stdout

@@ -1,0 +1,84 @@
+#!/usr/bin/env python
+"""Publish a finished training run as shipped weights: weights/NAME.npz, its confusion matrix, and
+the model card text for weights/README.md (printed, to paste and edit).
+
+    python scripts/publish_weights.py runs/mini_xception-20261122-013837 mini_xception --float16
+
+--float16 stores the weights as float16 (half the size; they load into float32 layers): the
+script evaluates both versions on the run's test split and refuses if float16 changes the accuracy.
+"""
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+import minicnn  # noqa: E402
+from fer import evaluation  # noqa: E402
+from fer.training import TrainConfig, load_splits, read_history  # noqa: E402
+from fer.preprocess import Preprocessing  # noqa: E402
+from minicnn import io  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_accuracy(model_path, splits):
+    model = minicnn.load_model(model_path)
+    x = Preprocessing.from_dict(model.metadata["preprocessing"]).apply(splits.test[0])
+    return {tta: evaluation.report(splits.test[1], evaluation.predict_probabilities(model, x, tta=tta).argmax(1),
+                                   splits.label_names) for tta in (False, True)}
+
+
+def card(name, run, config, history, result, size_mb, float16):
+    recall = ", ".join(f"{k} {v['recall']:.3f}" for k, v in result[False]["per_class"].items())
+    prep = config["args"]
+    return f"""## `{name}.npz`
+- architecture: `{prep['model']}` (fer/models.py), input {prep['input_size']}x{prep['input_size']} grayscale, scale `{prep['scale']}`, sharpness matching {'on' if prep.get('match_sharpness') else 'off'}; labels {', '.join(result[False]['labels'])}
+- command: `{config.get('command') or 'python scripts/train.py --model ' + prep['model'] + ' --data ' + prep['data']}`
+- epochs: {len(history.get('loss', []))}, wall time {sum(history.get('seconds', [])) / 3600:.2f} h on this 2-core machine; {config['split']}
+- PublicTest (never used for any choice): accuracy {result[False]['accuracy']:.4f} ({result[True]['accuracy']:.4f} with flip averaging, `--tta`), macro-F1 {result[False]['macro_f1']:.4f}
+- per-class recall: {recall}
+- confusion matrix: `{name}_confusion.png`; file {size_mb:.1f} MB{' (float16 weights, same accuracy as float32)' if float16 else ''}
+- limits: FER2013 faces are 48x48 web images; webcam faces differ in light, pose and sharpness
+"""
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", help="a finished run folder from scripts/train.py")
+    p.add_argument("name", help="published as weights/NAME.npz")
+    p.add_argument("--float16", action="store_true", help="store float16 weights if that costs no accuracy")
+    p.add_argument("--out", default=str(ROOT / "weights"), help="destination folder (default weights/)")
+    args = p.parse_args(argv)
+    run, out = Path(args.run), Path(args.out)
+    for needed in ("model.npz", "config.json", "history.csv", "confusion_matrix.png"):
+        if not (run / needed).exists():
+            print(f"error: {run / needed} is missing: is {run} a finished run?", file=sys.stderr)
+            return 1
+    config = json.loads((run / "config.json").read_text())
+    splits = load_splits(TrainConfig(**config["args"]))
+    target = out / f"{args.name}.npz"
+    meta, arrays = io.read_npz(run / "model.npz")
+    if args.float16:
+        arrays = {k: v.astype(np.float16) for k, v in arrays.items()}
+    io.write_npz(target, arrays, meta)
+    result = test_accuracy(target, splits)
+    if args.float16:
+        full = test_accuracy(run / "model.npz", splits)
+        if result[False]["accuracy"] < full[False]["accuracy"]:
+            io.write_npz(target, io.read_npz(run / "model.npz")[1], meta)
+            result = full
+            args.float16 = False
+            print("float16 cost accuracy: published float32 instead", file=sys.stderr)
+    shutil.copyfile(run / "confusion_matrix.png", out / f"{args.name}_confusion.png")
+    print(card(args.name, run, config, read_history(run / "history.csv"), result,
+               target.stat().st_size / 1e6, args.float16))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
