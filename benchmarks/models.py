@@ -13,7 +13,8 @@ For each architecture of `fer.models` it measures, in float32:
   peak MiB   ru_maxrss of a fresh subprocess that builds the model and trains a few
              batches (tracemalloc misses arrays numba allocates, getrusage does not); the
              line also gives the RSS after imports, so the model's own share is visible;
-  layers     a per-layer forward / backward time table of one training step (medians).
+  layers     a per-layer forward / backward time table of one training step (medians),
+             and the time inside matrix products: the floor no other kernel can lower.
 With `--torch` each architecture is rebuilt layer for layer in PyTorch (CPU, channels-last,
 the same batch and thread count; `torch` is only needed for this flag) and timed in the
 same run, interleaved with minicnn so load from other jobs hits both alike; the tables
@@ -39,6 +40,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import numba  # noqa: E402
 
 import minicnn  # noqa: E402
+from minicnn.layers import conv as conv_layers, core as core_layers  # noqa: E402
+from minicnn.ops import gemm  # noqa: E402
 from fer import models as fer_models  # noqa: E402
 
 DEFAULT_MODELS = ("cnn4", "mini_xception", "cnn8")
@@ -101,9 +104,18 @@ class Minicnn:
 
 
 def layer_table(model, x, y, steps):
-    """Median forward and backward ms of every layer over `steps` training steps."""
+    """Median forward and backward ms of every layer over `steps` training steps, the median
+    step, and the ms per step spent inside matrix products (every conv and dense product)."""
     records = {layer: ([], []) for layer in model.nodes}
     saved = []
+    product_seconds = []
+    product_modules = [m for m in (conv_layers, core_layers) if hasattr(m, "matmul")]
+
+    def timed_matmul(a, b, out=None):
+        start = time.perf_counter()
+        result = gemm.matmul(a, b, out=out)
+        product_seconds.append(time.perf_counter() - start)
+        return result
 
     def wrap(layer, method, slot):
         original = getattr(layer, method)
@@ -122,11 +134,15 @@ def layer_table(model, x, y, steps):
         wrap(layer, "backward", 1)
         if hasattr(layer, "backward_from_logits"):
             wrap(layer, "backward_from_logits", 1)
+    for module in product_modules:
+        module.matmul = timed_matmul
     try:
         step_times = timed(lambda: model.train_on_batch(x, y), steps)
     finally:
         for layer, method in saved:
             delattr(layer, method)            # back to the class's method
+        for module in product_modules:
+            module.matmul = gemm.matmul
     rows = []
     for layer in model.nodes:
         fwd, bwd = records[layer]
@@ -134,7 +150,7 @@ def layer_table(model, x, y, steps):
         f = 1e3 * float(np.median(fwd)) * per_step if fwd else 0.0
         b = 1e3 * float(np.median(bwd)) * per_step if bwd else 0.0
         rows.append((layer.name, type(layer).__name__, str(layer.output_shape[1:]), f, b))
-    return rows, 1e3 * float(np.median(step_times))
+    return rows, 1e3 * float(np.median(step_times)), 1e3 * sum(product_seconds) / steps
 
 
 # ----------------------------------------------------------------------------------------
@@ -449,8 +465,11 @@ def main():
         print("ratio = minicnn / torch for throughput, torch / minicnn for latency (> 1: minicnn faster); "
               "memory: minicnn / torch")
 
-    for name, (rows, step_ms) in tables.items():
+    for name, (rows, step_ms, product_ms) in tables.items():
         total = sum(f + b for *_, f, b in rows)
+        floor = args.batch / (product_ms / 1e3)
+        print(f"\n{name}: matrix products {product_ms:.1f} ms of a {step_ms:.1f} ms step ({100 * product_ms / step_ms:.0f}%); "
+              f"products alone would train {floor:.1f} images/s, an epoch in {28709 / floor:.0f} s")
         print(f"\n{name}: one training step {step_ms:.1f} ms; per layer (median ms; layers {total:.1f} ms, "
               f"the rest is loss, regularizers and the optimizer)")
         print(f"{'layer':<28} {'class':<22} {'output':<18} {'forward':>8} {'backward':>8} {'% step':>7}")
