@@ -127,10 +127,15 @@ class RunCheckpoint(minicnn.callbacks.Callback):
         opt_config, opt_arrays = model.optimizer.get_state(model.trainable_weights)
         arrays = {f"weight_{i:04d}": w.value for i, w in enumerate(io.all_weights(model))}
         arrays.update({f"optimizer/{k}": v for k, v in opt_arrays.items()})
+        callback_configs = {}
+        for i, c in enumerate(self.stateful):
+            config, callback_arrays = c.get_state()
+            callback_configs[callback_key(i, c)] = config
+            arrays.update({f"callbacks/{callback_key(i, c)}/{k}": v for k, v in callback_arrays.items()})
         meta = {"format": io.FORMAT, "weights": [w.name for w in io.all_weights(model)], "epoch": epochs_done,
                 "optimizer": opt_config, "rng": backend.rng().bit_generator.state,
                 "batches": self.batches.get_state(),
-                "callbacks": {callback_key(i, c): c.get_state() for i, c in enumerate(self.stateful)}}
+                "callbacks": callback_configs}
         io.write_npz(self.path, arrays, meta)
 
     def on_train_begin(self, logs=None):
@@ -155,7 +160,9 @@ def restore_checkpoint(path, model, batches, stateful_callbacks):
     backend.rng().bit_generator.state = meta["rng"]
     batches.set_state(meta["batches"])
     for i, c in enumerate(stateful_callbacks):
-        c.set_state(meta["callbacks"][callback_key(i, c)])
+        prefix = f"callbacks/{callback_key(i, c)}/"
+        c.set_state(meta["callbacks"][callback_key(i, c)],
+                    {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
     return int(meta["epoch"])
 
 

@@ -3,7 +3,8 @@
 `fit` calls on_train_begin, then per epoch on_epoch_begin, on_batch_end after every batch,
 on_epoch_end with the epoch's logs ({"loss", "accuracy", "val_loss", "val_accuracy", "lr"}),
 and on_train_end. A callback stops training by setting `model.stop_training = True`.
-`get_state` / `set_state` let a checkpoint resume a run exactly.
+`get_state` / `set_state` let a checkpoint resume a run exactly: the state is (config, arrays),
+JSON-able numbers and named arrays, as for optimizers (model files load without pickle).
 """
 import csv
 import math
@@ -25,9 +26,10 @@ class Callback:
     def on_train_end(self, logs=None): pass
 
     def get_state(self):
-        return {}
+        """(config, arrays): JSON-able numbers, and name -> array, that restore this callback."""
+        return {}, {}
 
-    def set_state(self, state):
+    def set_state(self, config, arrays):
         pass
 
 
@@ -43,10 +45,10 @@ class History(Callback):
             self.history.setdefault(key, []).append(value)
 
     def get_state(self):
-        return {"history": self.history, "epoch": self.epoch}
+        return {"history": self.history, "epoch": self.epoch}, {}
 
-    def set_state(self, state):
-        self.history, self.epoch = {k: list(v) for k, v in state["history"].items()}, list(state["epoch"])
+    def set_state(self, config, arrays):
+        self.history, self.epoch = {k: list(v) for k, v in config["history"].items()}, list(config["epoch"])
 
 
 class _Monitor(Callback):
@@ -71,10 +73,10 @@ class _Monitor(Callback):
         return float(logs[self.monitor])
 
     def get_state(self):
-        return {"best": self.best}
+        return {"best": self.best}, {}
 
-    def set_state(self, state):
-        self.best = float(state["best"])
+    def set_state(self, config, arrays):
+        self.best = float(config["best"])
 
 
 class ModelCheckpoint(_Monitor):
@@ -128,11 +130,17 @@ class EarlyStopping(_Monitor):
                 print(f"Epoch {epoch + 1}: early stopping")
 
     def get_state(self):
-        return {**super().get_state(), "wait": self.wait}
+        """best_weights go in the arrays ("best_weights/0000", ... in get_weights() order), so a
+        resumed run can still restore them when it stops."""
+        config, arrays = super().get_state()
+        arrays = {**arrays, **{f"best_weights/{i:04d}": a for i, a in enumerate(self.best_weights or [])}}
+        return {**config, "wait": self.wait}, arrays
 
-    def set_state(self, state):
-        super().set_state(state)
-        self.wait = int(state["wait"])
+    def set_state(self, config, arrays):
+        super().set_state(config, arrays)
+        self.wait = int(config["wait"])
+        keys = sorted(k for k in arrays if k.startswith("best_weights/"))
+        self.best_weights = [np.array(arrays[k]) for k in keys] or None     # None: no improvement yet
 
 
 class ReduceLROnPlateau(_Monitor):
@@ -164,11 +172,12 @@ class ReduceLROnPlateau(_Monitor):
                     print(f"Epoch {epoch + 1}: reducing learning rate to {optimizer.learning_rate:.3g}")
 
     def get_state(self):
-        return {**super().get_state(), "wait": self.wait, "cooldown_counter": self.cooldown_counter}
+        config, arrays = super().get_state()
+        return {**config, "wait": self.wait, "cooldown_counter": self.cooldown_counter}, arrays
 
-    def set_state(self, state):
-        super().set_state(state)
-        self.wait, self.cooldown_counter = int(state["wait"]), int(state["cooldown_counter"])
+    def set_state(self, config, arrays):
+        super().set_state(config, arrays)
+        self.wait, self.cooldown_counter = int(config["wait"]), int(config["cooldown_counter"])
 
 
 class CSVLogger(Callback):

@@ -1,0 +1,62 @@
+"""Callbacks' state through a training checkpoint (fer.training.RunCheckpoint), as --resume uses it."""
+import numpy as np
+
+from fer.training import RunCheckpoint, restore_checkpoint
+from minicnn import BatchNormalization, Dense, Sequential, backend
+from minicnn.callbacks import EarlyStopping
+
+
+class NoBatches:
+    """Stands in for FaceBatches: RunCheckpoint stores its (here empty) generator state."""
+
+    def get_state(self):
+        return {}
+
+    def set_state(self, state):
+        pass
+
+
+def tiny_model(seed):
+    backend.set_seed(seed)
+    model = Sequential([Dense(8, activation="relu", input_shape=(4,)), BatchNormalization(),
+                        Dense(3, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    return model
+
+
+def early_stopping():
+    # The loss falls every epoch, so with mode="max" epoch 1 stays the best: its weights differ
+    # from the last epoch's, and restoring them is visible.
+    return EarlyStopping("loss", mode="max", patience=3, restore_best_weights=True)
+
+
+def test_early_stopping_best_weights_survive_a_checkpoint_and_are_restored_after_resume(tmp_path):
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(32, 4)).astype(np.float32), rng.integers(0, 3, 32)
+    model, stop = tiny_model(0), early_stopping()
+    model.fit(x, y, batch_size=32, epochs=3, shuffle=False, callbacks=[stop], verbose=0)
+    assert stop.wait == 2 and not model.stop_training
+    assert any(not np.array_equal(a, b) for a, b in zip(stop.best_weights, model.get_weights()))
+    checkpoint = RunCheckpoint(tmp_path / "last.npz", NoBatches(), [stop])
+    checkpoint.set_model(model)
+    checkpoint.save(3)
+
+    resumed_model, resumed = tiny_model(1), early_stopping()
+    assert restore_checkpoint(tmp_path / "last.npz", resumed_model, NoBatches(), [resumed]) == 3
+    assert (resumed.best, resumed.wait) == (stop.best, stop.wait)
+    assert len(resumed.best_weights) == len(stop.best_weights)
+    for restored, original in zip(resumed.best_weights, stop.best_weights):
+        np.testing.assert_array_equal(restored, original)
+
+    # Epoch 4 is the third without improvement: the resumed run stops and restores epoch 1's weights.
+    resumed_model.fit(x, y, batch_size=32, epochs=6, initial_epoch=3, shuffle=False, callbacks=[resumed], verbose=0)
+    assert resumed.stopped_epoch == 3
+    for restored, original in zip(resumed_model.get_weights(), stop.best_weights):
+        np.testing.assert_array_equal(restored, original)
+
+
+def test_early_stopping_state_before_any_improvement_has_no_best_weights():
+    config, arrays = EarlyStopping(restore_best_weights=True).get_state()
+    restored = EarlyStopping(restore_best_weights=True)
+    restored.set_state(config, arrays)
+    assert arrays == {} and restored.best_weights is None
