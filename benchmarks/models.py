@@ -160,8 +160,9 @@ def layer_table(model, x, y, steps):
 def torch_model(model):
     """An nn.Module running `model`'s graph in PyTorch (NCHW tensors in channels-last memory).
 
-    Same layers, shapes, "same" padding (asymmetric pads done with F.pad, -inf for max
-    pools), BN epsilon and momentum, dropout rates. A final softmax is left to the loss
+    Same layers, shapes, "same" padding (torch's own padding argument when the pads are
+    symmetric, an F.pad in front when TF's "same" pads more at the bottom/right, -inf for
+    max pools), BN epsilon and momentum, dropout rates. A final softmax is left to the loss
     (CrossEntropyLoss on logits), as minicnn fuses it with the loss too.
     """
     import torch
@@ -179,35 +180,47 @@ def torch_model(model):
             return nn.Identity()
         return {"softmax": nn.Softmax(dim=1), "sigmoid": nn.Sigmoid(), "tanh": nn.Tanh()}[name]
 
+    def pads(layer, kernel_size, strides):
+        h, w = layer.input_shape[1:3]
+        return (pad_amounts(h, kernel_size[0], strides[0], layer.padding),
+                pad_amounts(w, kernel_size[1], strides[1], layer.padding))
+
+    def padded(layer, kernel_size, strides, make, value=0.0):
+        """make(padding) -> the torch module; symmetric pads go to torch's own padding argument
+        (no copy, as a PyTorch user writes it), asymmetric ones to an F.pad in front."""
+        (t, b), (l, r) = pads(layer, kernel_size, strides)
+        if t == b and l == r:
+            return make((t, l))
+        return nn.Sequential(Pad((l, r, t, b), value), make(0))
+
     class Pad(nn.Module):
-        def __init__(self, layer, kernel_size, strides, value=0.0):
+        def __init__(self, amounts, value):
             super().__init__()
-            h, w = layer.input_shape[1:3]
-            (t, b), (l, r) = (pad_amounts(h, kernel_size[0], strides[0], layer.padding),
-                              pad_amounts(w, kernel_size[1], strides[1], layer.padding))
-            self.pads, self.value = (l, r, t, b), value
+            self.amounts, self.value = amounts, value
 
         def forward(self, x):
-            return F.pad(x, self.pads, value=self.value) if any(self.pads) else x
+            return F.pad(x, self.amounts, value=self.value)
 
     def module(layer, is_output):
         c = layer.input_shape[-1] if not isinstance(layer, Add) else None
         if isinstance(layer, InputLayer) or isinstance(layer, Add):
             return nn.Identity()
         if isinstance(layer, Conv2D):
-            return nn.Sequential(Pad(layer, layer.kernel_size, layer.strides),
-                                 nn.Conv2d(c, layer.filters, layer.kernel_size, layer.strides, bias=layer.use_bias),
+            return nn.Sequential(padded(layer, layer.kernel_size, layer.strides,
+                                        lambda p: nn.Conv2d(c, layer.filters, layer.kernel_size, layer.strides, p,
+                                                            bias=layer.use_bias)),
                                  activation(layer.activation.name, is_output))
         if isinstance(layer, SeparableConv2D):
             cm = c * layer.depth_multiplier
-            return nn.Sequential(Pad(layer, layer.kernel_size, layer.strides),
-                                 nn.Conv2d(c, cm, layer.kernel_size, layer.strides, groups=c, bias=False),
+            return nn.Sequential(padded(layer, layer.kernel_size, layer.strides,
+                                        lambda p: nn.Conv2d(c, cm, layer.kernel_size, layer.strides, p, groups=c,
+                                                            bias=False)),
                                  nn.Conv2d(cm, layer.filters, 1, bias=layer.use_bias),
                                  activation(layer.activation.name, is_output))
         if isinstance(layer, DepthwiseConv2D):
-            return nn.Sequential(Pad(layer, layer.kernel_size, layer.strides),
-                                 nn.Conv2d(c, c * layer.depth_multiplier, layer.kernel_size, layer.strides,
-                                           groups=c, bias=layer.use_bias),
+            return nn.Sequential(padded(layer, layer.kernel_size, layer.strides,
+                                        lambda p: nn.Conv2d(c, c * layer.depth_multiplier, layer.kernel_size,
+                                                            layer.strides, p, groups=c, bias=layer.use_bias)),
                                  activation(layer.activation.name, is_output))
         if isinstance(layer, BatchNormalization):
             bn = nn.BatchNorm2d if len(layer.input_shape) == 4 else nn.BatchNorm1d
@@ -215,8 +228,8 @@ def torch_model(model):
         if isinstance(layer, Activation):
             return activation(layer.activation.name, is_output)
         if isinstance(layer, MaxPooling2D):
-            return nn.Sequential(Pad(layer, layer.pool_size, layer.strides, -float("inf")),
-                                 nn.MaxPool2d(layer.pool_size, layer.strides))
+            return padded(layer, layer.pool_size, layer.strides,
+                          lambda p: nn.MaxPool2d(layer.pool_size, layer.strides, p), -float("inf"))
         if isinstance(layer, Dropout):
             return nn.Dropout(layer.rate)
         if isinstance(layer, Flatten):
