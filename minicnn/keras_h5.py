@@ -55,11 +55,20 @@ def load_keras_h5(path):
                 raise ValueError("no model_weights group")
             model = model_from_keras_config(json.loads(text(f.attrs["model_config"])))
             load_keras_weights(model, f["model_weights"])
-        except KeyError as e:                 # a config or group without what Keras 2 always writes
-            raise ValueError(f"{path}: not in the Keras 2 layout (no {e} entry)") from None
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from None
     return model
+
+
+def entry(mapping, key, where):
+    """mapping[key], an entry Keras 2 always writes: without it the file is in another layout.
+
+    Only these lookups say "not in the Keras 2 layout"; a layer's missing option or weight is
+    an error naming the layer.
+    """
+    if not isinstance(mapping, dict) or key not in mapping:
+        raise ValueError(f"not in the Keras 2 layout ({where} has no {key!r} entry)")
+    return mapping[key]
 
 
 def text(value):
@@ -70,11 +79,11 @@ def text(value):
 # ---- architecture ------------------------------------------------------------------------------
 def model_from_keras_config(config):
     """A minicnn model from Keras' `model.get_config()` wrapped as {"class_name", "config"}."""
-    kind = config.get("class_name")
+    kind = entry(config, "class_name", "model_config")
     if kind in ("Model", "Functional"):     # "Functional" is what tf.keras 2.4+ writes
-        return functional_model(config["config"])
+        return functional_model(entry(config, "config", "model_config"))
     if kind == "Sequential":
-        return sequential_model(config["config"])
+        return sequential_model(entry(config, "config", "model_config"))
     raise ValueError(f"model class {kind!r} is not supported (Model, Functional or Sequential)")
 
 
@@ -84,7 +93,7 @@ def functional_model(config):
     Keras lists layers by depth, so every layer's inputs are built before the layer.
     """
     tensors = {}     # layer name -> its output SymbolicTensor
-    for spec in config["layers"]:
+    for spec in entry(config, "layers", "model_config.config"):
         layer = keras_layer(spec)
         nodes = spec.get("inbound_nodes", [])
         if len(nodes) > 1:
@@ -99,12 +108,13 @@ def functional_model(config):
         if len(sources) > 1 and not isinstance(layer, Add):
             raise ValueError(f"{layer.name}: a {type(layer).__name__} reading {len(sources)} tensors")
         tensors[layer.name] = layer(sources if isinstance(layer, Add) else sources[0])
-    inputs = [tensors[source_name("inputs", ref, tensors)] for ref in config["input_layers"]]
-    outputs = config["output_layers"]
+    where = "model_config.config"
+    inputs = [tensors[source_name("inputs", ref, tensors)] for ref in entry(config, "input_layers", where)]
+    outputs, name = entry(config, "output_layers", where), entry(config, "name", where)
     if len(outputs) != 1:
         names = [ref[0] for ref in outputs]
-        raise ValueError(f"{config['name']}: {len(outputs)} outputs {names}; minicnn models have one output")
-    return Model(inputs, tensors[source_name("outputs", outputs[0], tensors)], name=config["name"])
+        raise ValueError(f"{name}: {len(outputs)} outputs {names}; minicnn models have one output")
+    return Model(inputs, tensors[source_name("outputs", outputs[0], tensors)], name=name)
 
 
 def source_name(reader, ref, tensors):
@@ -122,7 +132,10 @@ def source_name(reader, ref, tensors):
 
 def sequential_model(config):
     """Keras 2.0/2.1 store a Sequential as a bare layer list, Keras 2.2+ as {"name", "layers"}."""
-    specs, name = (config, None) if isinstance(config, list) else (config["layers"], config.get("name"))
+    if isinstance(config, list):
+        specs, name = config, None
+    else:
+        specs, name = entry(config, "layers", "model_config.config"), config.get("name")
     model = Sequential(name=name)
     for spec in specs:
         model.add(keras_layer(spec))
@@ -136,11 +149,14 @@ class KerasConfig:
     """One Keras layer config, read option by option; options minicnn cannot honour raise."""
 
     def __init__(self, spec):
-        self.class_name = spec["class_name"]
-        self.config = spec["config"]
+        self.class_name = entry(spec, "class_name", "a layer in model_config")
+        self.config = entry(spec, "config", "a layer in model_config")
         self.name = self.config.get("name") or spec.get("name")
 
     def __getitem__(self, key):
+        """An option the layer cannot be built without (filters, units, ...)."""
+        if key not in self.config:
+            raise ValueError(f"{self.name}: the {self.class_name} config has no {key!r} option")
         return self.config[key]
 
     def get(self, key, default=None):
@@ -313,10 +329,14 @@ def load_keras_weights(model, group):
     """
     layers = {layer.name: layer for layer in model.nodes}
     for name in map(text, group.attrs.get("layer_names", [])):
-        if name not in layers and weight_names(group[name]):
+        if name not in layers and name in group and weight_names(group[name]):
             raise ValueError(f"the file holds weights for layer {name}, which the model does not use")
     for layer in model.nodes:
         names = weight_names(group[layer.name]) if layer.name in group else []
+        for n in names:
+            if n not in group[layer.name]:
+                raise ValueError(f"{layer.name}: its weight_names list {n}, but the file has no dataset "
+                                 f"model_weights/{layer.name}/{n}")
         saved = {n.split("/")[-1].split(":")[0]: group[layer.name][n][()] for n in names}
         wanted = [w.name.split("/")[-1] for w in layer._weights]    # set_weights order
         if sorted(saved) != sorted(wanted):

@@ -320,6 +320,30 @@ def test_weights_of_the_wrong_shape_are_an_error(functional_file, tmp_path):
         load_keras_h5(write_keras_h5(tmp_path / "bad.h5", FUNCTIONAL, weights))
 
 
+def test_a_missing_weight_dataset_is_an_error_naming_the_layer_and_the_dataset(functional_file, tmp_path):
+    path, _ = functional_file
+    with h5py.File(path, "a") as f:      # weight_names still lists it
+        del f["model_weights/conv2d_1/conv2d_1_1/kernel:0"]
+    with pytest.raises(ValueError, match="conv2d_1: .*no dataset model_weights/conv2d_1/conv2d_1_1/kernel:0") as e:
+        load_keras_h5(path)
+    assert "Keras 2 layout" not in str(e.value)
+
+
+def test_only_a_config_without_keras_2_entries_is_not_in_the_keras_2_layout(functional_file, tmp_path):
+    path, weights = functional_file
+    no_layers = copy.deepcopy(FUNCTIONAL)
+    del no_layers["config"]["layers"]
+    with h5py.File(path, "a") as f:
+        f.attrs["model_config"] = json.dumps(no_layers)
+    with pytest.raises(ValueError, match="not in the Keras 2 layout .*model_config.config has no 'layers' entry"):
+        load_keras_h5(path)
+    no_filters = copy.deepcopy(FUNCTIONAL)
+    del next(layer for layer in no_filters["config"]["layers"] if layer["name"] == "conv2d_1")["config"]["filters"]
+    with pytest.raises(ValueError, match="conv2d_1: the Conv2D config has no 'filters' option") as e:
+        load_keras_h5(write_keras_h5(tmp_path / "no_filters.h5", no_filters, weights))
+    assert "Keras 2 layout" not in str(e.value)
+
+
 def test_files_that_are_not_keras_models_are_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such Keras model file"):
         load_keras_h5(tmp_path / "missing.h5")
