@@ -287,31 +287,37 @@ def font_scale(image):
 
 
 def put_text(image, text, origin, scale, color, background=(0, 0, 0)):
-    """Text with its baseline-left corner at `origin`, on a filled box so it reads on any background."""
+    """Text with its baseline-left corner at `origin`, on a filled box so it reads on any background.
+
+    Returns that box as (x, y, w, h).
+    """
     thickness = max(1, round(scale * 2))
     (w, h), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
     x, y = origin
     cv2.rectangle(image, (x, y - h - baseline), (x + w, y + baseline), background, cv2.FILLED)
     cv2.putText(image, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, color, thickness, cv2.LINE_AA)
-    return h + 2 * baseline
+    return x, y - h - baseline, w + 1, h + 2 * baseline + 1      # cv2.rectangle fills both corners
 
 
 def draw_face(image, box, label, score, color, track_id=None):
-    """Box and 'label score' (and '#id') above it, or inside its top edge at the frame's top."""
+    """Box and 'label score' (and '#id') above it, or inside its top edge at the frame's top.
+
+    Returns the label's box (x, y, w, h), so the probability panel can avoid covering it.
+    """
     x, y, w, h = box
     scale = font_scale(image)
     cv2.rectangle(image, (x, y), (x + w - 1, y + h - 1), color, max(2, round(scale * 4)))
     text = f"{label} {score:.0%}" if track_id is None else f"#{track_id} {label} {score:.0%}"
     (_, text_h), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
     text_y = y - baseline - 2 if y - text_h - 2 * baseline - 2 >= 0 else y + text_h + baseline + 2
-    put_text(image, text, (x, text_y), scale, (0, 0, 0), background=color)
+    return put_text(image, text, (x, text_y), scale, (0, 0, 0), background=color)
 
 
 def draw_bars(image, probs, labels, avoid=(), margin=8):
     """One labelled bar per class for a (K,) probability vector, in a panel in a corner.
 
-    The corner is the one whose panel covers least of the `avoid` boxes (the faces):
-    top-left, then top-right, then bottom-right on a tie.
+    The corner is the one whose panel covers least of the `avoid` boxes (the faces and their
+    labels): top-left, then top-right, then bottom-right on a tie.
     """
     scale = font_scale(image) * 0.9
     row = int(26 * scale) + 4
@@ -339,12 +345,14 @@ def overlap(a, b):
 def annotate(frame, tracks, labels, fps=None):
     """Draw every tracked face, probability bars for the largest one, and the frame rate (in place)."""
     labelled = [track for track in tracks if track.probs is not None]
+    avoid = [track.box for track in tracks]
     for track in labelled:
         top = int(np.argmax(track.probs))
-        draw_face(frame, track.box, labels[top], track.probs[top], label_color(labels, labels[top]), track.track_id)
+        avoid.append(draw_face(frame, track.box, labels[top], track.probs[top], label_color(labels, labels[top]),
+                               track.track_id))   # a label sticks out above its box: the panel must not hide it
     if labelled:
         largest = max(labelled, key=lambda track: track.box[2] * track.box[3])
-        draw_bars(frame, largest.probs, labels, avoid=[track.box for track in tracks])
+        draw_bars(frame, largest.probs, labels, avoid=avoid)
     if fps is not None:
         put_text(frame, f"{fps:.1f} fps", (8, frame.shape[0] - 10), font_scale(frame), (255, 255, 255))
     return frame

@@ -15,9 +15,9 @@ import pytest
 
 from fer.faces import FaceDetector, crop, to_gray
 from fer.inference import EmotionClassifier
-from fer.live import FrameSource, run
+from fer.live import FrameSource, annotate, draw_bars, draw_face, label_color, run
 from fer.preprocess import Preprocessing
-from fer.tracking import IoUTracker, iou
+from fer.tracking import IoUTracker, Track, iou
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WEBCAM = REPO_ROOT / "scripts" / "webcam.py"
@@ -241,6 +241,25 @@ def test_webcam_and_evaluation_feed_identical_tensors_for_the_same_face(fer_face
     evaluation = preprocessing.apply(fer_faces[7:8])  # evaluation passes uint8 (N, 48, 48)
     assert webcam.dtype == np.float32 and webcam.shape == (1, 64, 64, 1)
     np.testing.assert_array_equal(webcam, evaluation)
+
+
+# --- drawing -----------------------------------------------------------------------------------
+
+def test_probability_panel_covers_neither_a_face_nor_its_label():
+    # A face just below the top-left panel: its box is clear of the panel, the label above it is not.
+    plain = np.full((HEIGHT, WIDTH, 3), 100, np.uint8)
+    probs = np.array([0.05, 0.05, 0.05, 0.6, 0.1, 0.1, 0.05])
+    track = Track(track_id=0, box=(40, 130, 100, 100), probs=probs)
+    faces_only = plain.copy()
+    draw_face(faces_only, track.box, "Happy", probs[3], label_color(LABELS, "Happy"), track.track_id)
+    drawn = (faces_only != plain).any(axis=2)
+    old_choice = plain.copy()
+    draw_bars(old_choice, probs, LABELS, avoid=[track.box])        # avoiding the face boxes alone
+    assert ((old_choice != plain).any(axis=2) & drawn).any()       # covers part of the label
+
+    annotated = annotate(plain.copy(), [track], LABELS)
+    assert (annotated != faces_only).any()                         # the panel is drawn...
+    np.testing.assert_array_equal(annotated[drawn], faces_only[drawn])   # ...over none of the face's pixels
 
 
 # --- scripts/webcam.py ---------------------------------------------------------------------------
