@@ -394,3 +394,18 @@ def test_minicnn_reference_routes_to_the_reference(monkeypatch, module, name, ar
     monkeypatch.delenv("MINICNN_REFERENCE")
     getattr(module, name)(*args)
     assert calls == ["reference", "numba", "numba"]    # read at call time, numba by default here
+
+
+@pytest.mark.parametrize("kernel_size, channels", [((1, 1), 16), ((3, 3), 1)])
+def test_im2col_keeps_the_reference_where_numba_does_not_pay(monkeypatch, kernel_size, channels):
+    # measured (benchmarks/kernels.py): 1x1 windows and 1-channel 3x3 windows, numba < 1.5x
+    calls = []
+    for name in ("im2col", "col2im"):
+        for kind in ("reference", "numba"):
+            monkeypatch.setattr(im2col, f"{name}_{kind}", lambda *a, n=f"{name}_{kind}": calls.append(n))
+    x = np.zeros((2, 6, 6, channels))
+    pads, _, _ = conv_geometry(6, 6, kernel_size, (2, 2), "same")
+    im2col.im2col(x, kernel_size, (2, 2), pads)
+    im2col.col2im(None, x.shape, kernel_size, (2, 2), pads)
+    im2col.im2col(np.zeros((2, 6, 6, 2)), (3, 3), (2, 2), pads)       # 3x3 on 2 channels: numba
+    assert calls == ["im2col_reference", "col2im_reference", "im2col_numba"]

@@ -22,8 +22,9 @@ The reference makes a full-size temporary for every operator (x - mean, * inv_st
 * gamma, + beta, ...); the kernels read x (and dy) once or twice and write once, summing
 in float64 (on both threads from backend.PARALLEL_MIN_SIZE numbers up, on one below: a
 batch-1 46x46x8 image takes 0.01-0.04 ms, 3-5x faster than the reference). numba is the
-default from NUMBA_MIN_SIZE elements up; below (a dense layer's (64, 256) batch: numba
-0.7-1.2x) the arrays are too small for a kernel call to pay, and the reference runs.
+default from NUMBA_MIN_SIZE (131,072) elements up; below (a dense layer's (64, 256) batch:
+numba 0.6-1.2x; one 12x12x512 image: 1.1-1.3x) a kernel call pays too little (< 1.5x, or
+a few microseconds), and the reference runs.
 """
 import numpy as np
 from numba import njit, prange
@@ -69,7 +70,8 @@ def normalize_backward_reference(dy, x, mean, inv_std, gamma, training):
 # first row), which keeps E[(x-k)^2] - E[x-k]^2 accurate when |mean| >> std.
 
 BLOCKS = 64          # enough for both threads to stay busy; small enough to add up at once
-NUMBA_MIN_SIZE = 1 << 15    # below: the reference (a dense layer's (64, 256) batch: numba 0.7-1.2x)
+NUMBA_MIN_SIZE = 1 << 17    # below: the reference (a dense (64, 256) batch: numba 0.6-1.2x;
+                            # one 12x12x512 image: 1.1-1.3x; 6x6x128 x 64 = 295k numbers: 1.6-1.8x)
 
 
 @njit(inline="always")          # inlined into each kernel: no call in the loop

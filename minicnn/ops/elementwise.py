@@ -15,13 +15,14 @@ one pass, reading each input once and writing each output once, on both threads.
 Speed, measured with benchmarks/kernels.py (batch 64, float32, 2-core VM shared with other
 jobs, so +-30%; "x" = reference time / numba time, summed over the FER shapes):
   relu_backward     6.4x  (2.4-8.7x; 48x48x32: 21 ms -> 2.4 ms)      numba is the default
-  adam_update       4.0x  (3-4.8x; the 3x3x512x512 kernel: 6.8 -> 1.4 ms)   numba
-  dropout_backward  1.7x  (1.5-2.1x)                                  numba
-  relu              1.25x (1.1-2.8x)  reference: both wait on memory, and numba's 1.25x is
-  dropout           1.45x (1.4-1.6x)  reference   not worth a kernel call (1.5x is the bar)
+  adam_update       4.0x  (2.6-4.8x from 1M numbers; 3x3x512x512: 5.8 -> 1.4 ms)  numba there
+  relu              1.25x (1.1-2.8x)  reference: all three wait on memory, and below 1.5x
+  dropout           1.3x  (1.0-1.9x)  reference   a kernel call is not worth its lines
+  dropout_backward  1.2x  (1.1-1.6x)  reference   (quiet machine, 2 threads)
 Arrays below NUMBA_MIN_SIZE elements run the reference: too small for a kernel call to
-pay (a dense layer's (64, 256) batch: numba 0.4-0.7x). Kernels run on one thread below
-backend.PARALLEL_MIN_SIZE numbers, on numba's threads above.
+pay (a dense layer's (64, 256) batch: numba 0.4-0.7x); Adam keeps the reference below
+ADAM_NUMBA_MIN_SIZE (weights under 1M numbers: 1.0-1.2x, < 1 ms a step either way). Kernels
+run on one thread below backend.PARALLEL_MIN_SIZE numbers, on numba's threads above.
 """
 import numpy as np
 from numba import njit, prange
@@ -69,6 +70,7 @@ def adam_update_reference(value, grad, m, v, lr_t, beta_1, beta_2, epsilon):
 
 BLOCK = 1 << 14
 NUMBA_MIN_SIZE = 1 << 15     # below: the reference (a (64, 256) dense batch: numba 0.4-0.7x)
+ADAM_NUMBA_MIN_SIZE = 1 << 20   # below: the reference (5x5x64x128, 3x3x128x512: 1.0-1.2x)
 
 
 # Each task takes one block as slices and runs a plain loop from 0 over it: LLVM
@@ -193,17 +195,18 @@ def relu_backward(dy, y):
 
 def dropout(x, u, rate):
     """Inverted dropout of x given uniform draws u: -> (y, keep mask). Always the reference:
-    the kernel is only 1.45x faster."""
+    the kernel is only 1.3x faster."""
     return dropout_reference(x, u, rate)
 
 
 def dropout_backward(dy, keep, rate):
-    """Gradient of dropout: dy * keep / (1 - rate)."""
-    return dropout_backward_numba(dy, keep, rate) if _numba_pays(dy) else dropout_backward_reference(dy, keep, rate)
+    """Gradient of dropout: dy * keep / (1 - rate). Always the reference: the kernel is only
+    1.2x faster."""
+    return dropout_backward_reference(dy, keep, rate)
 
 
 def adam_update(value, grad, m, v, lr_t, beta_1, beta_2, epsilon):
     """One Adam step on value, m and v in place (see adam_update_reference)."""
-    if _numba_pays(value) and value.flags.c_contiguous and m.flags.c_contiguous and v.flags.c_contiguous:
+    if value.size >= ADAM_NUMBA_MIN_SIZE and _numba_pays(value) and value.flags.c_contiguous and m.flags.c_contiguous and v.flags.c_contiguous:
         return adam_update_numba(value, grad, m, v, lr_t, beta_1, beta_2, epsilon)
     return adam_update_reference(value, grad, m, v, lr_t, beta_1, beta_2, epsilon)

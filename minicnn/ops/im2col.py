@@ -27,9 +27,9 @@ Speed, measured with benchmarks/kernels.py (batch 64, float32, numba on 2 thread
 VM shared with other jobs, so +-30%; "x" = reference time / numba time):
   im2col  numba 1.3-7x faster for 3x3 and 5x5 windows whenever a kernel row holds 4+
           numbers (kw*C), e.g. 24x24x64 5x5 "same" 48-63 ms -> 20-25 ms, 46x46x8 3x3
-          "valid" 11-24 ms -> 2-7 ms; the 1x1 stride-2 shortcuts take < 0.6 ms either way
-          (0.7-4x). For 1-channel 3x3 windows (3 numbers a row) the reference is faster
-          (numba 0.4-0.9x, once 1.2x), so the dispatcher keeps the reference there.
+          "valid" 11-24 ms -> 2-7 ms. The 1x1 stride-2 shortcuts take < 0.6 ms either way
+          (0.7-4x; quiet: im2col 1.3-2.6x, col2im 1.0-1.1x) and keep the reference, as
+          1-channel 3x3 windows (3 numbers a row) do, where numba is 0.4-0.9x.
   col2im  numba 1.9-30x faster, e.g. 24x24x64 5x5 77-114 ms -> 10-21 ms, 46x46x8 3x3
           "valid" 37-68 ms -> 2-5 ms; 1x1 stride 2: 0.5-2.4x, < 0.6 ms either way;
           1-channel 3x3: about a tie (0.35-1.2x), the reference is kept.
@@ -194,8 +194,9 @@ def col2im_numba(cols, x_shape, kernel_size, strides, pads):
 def _numba_pays(kernel_size, channels):
     """Measured: numba copies one kernel row (kw*C numbers) at a time, and for rows of 3
     numbers or fewer (a 3x3 window on a 1-channel image) NumPy's kh*kw long strided
-    copies are faster; from 4 numbers up (5x5 on 1 channel, any kernel on 2+) numba wins."""
-    return kernel_size[1] * channels > 3
+    copies are faster; from 4 numbers up (5x5 on 1 channel, any kernel on 2+) numba wins.
+    A 1x1 window is one strided copy for NumPy too (numba 1.0-1.3x, < 0.3 ms either way)."""
+    return kernel_size[1] * channels > 3 and kernel_size != (1, 1)
 
 
 def im2col(x, kernel_size, strides, pads, out=None):
@@ -203,7 +204,7 @@ def im2col(x, kernel_size, strides, pads, out=None):
     into `out` (C-contiguous, any shape of that size) when given.
 
     MINICNN_REFERENCE=1 runs the NumPy reference; otherwise the numba kernel, except for
-    1-channel 3x3 (or narrower) windows, where the reference is faster.
+    1-channel 3x3 (or narrower) windows and 1x1 windows, where the reference is as fast.
     """
     if backend.use_reference() or not _numba_pays(kernel_size, x.shape[3]):
         return im2col_reference(x, kernel_size, strides, pads, out)
@@ -214,7 +215,7 @@ def col2im(cols, x_shape, kernel_size, strides, pads):
     """Adjoint of im2col: cols with N*Ho*Wo*kh*kw*C entries (any shape) -> (N, H, W, C).
 
     MINICNN_REFERENCE=1 runs the NumPy reference; otherwise the numba kernel, except for
-    1-channel 3x3 (or narrower) windows, where the reference is faster.
+    1-channel 3x3 (or narrower) windows and 1x1 windows, where the reference is as fast.
     """
     if backend.use_reference() or not _numba_pays(kernel_size, x_shape[3]):
         return col2im_reference(cols, x_shape, kernel_size, strides, pads)
