@@ -246,7 +246,7 @@ def train(config, resume_dir=None, extra_callbacks=(), verbose=1, resume_lr=None
                      callbacks.CSVLogger(str(run / "history.csv"), append=True), checkpoint]
     try:
         model.fit(batches, epochs=config.epochs, initial_epoch=initial_epoch, validation_data=(x_val, splits.val[1]),
-                  batch_size=256, callbacks=fit_callbacks, verbose=verbose)
+                  batch_size=64, callbacks=fit_callbacks, verbose=verbose)   # 64: fastest, see evaluation.py
     except KeyboardInterrupt:
         raise TrainingInterrupted(run, checkpoint_path) from None
     if stop_on_nan.message:
@@ -267,11 +267,17 @@ class TrainingDiverged(Exception):
     pass
 
 
+THREAD_AND_BLAS_VARIABLES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS",
+                             "OMP_NUM_THREADS")
+
+
 def run_description(config, splits):
     return {"args": dataclasses.asdict(config), "seed": config.seed, "split": splits.description,
             "data_sha256": fer_data.content_hash(config.data) if Path(config.data).is_file() else None,
             "versions": {"python": platform.python_version(), "numpy": np.__version__,
                          "minicnn": minicnn.__version__, "platform": platform.platform()},
+            # OPENBLAS_CORETYPE=Haswell on an AVX-512 CPU halves float32 matmul speed: say what the run had
+            "environment": {k: os.environ.get(k) for k in THREAD_AND_BLAS_VARIABLES},
             "command": "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])}
 
 

@@ -45,6 +45,7 @@ def test_train_writes_every_file_of_the_run_folder(trained_run):
     config = json.loads((run / "config.json").read_text())
     assert config["args"]["model"] == "mini_xception" and len(config["data_sha256"]) == 64
     assert "stratified 10% of Training" in config["split"]
+    assert config["environment"]["OPENBLAS_CORETYPE"] == os.environ.get("OPENBLAS_CORETYPE")
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["labels"][1] == "Disgust" and sum(map(sum, metrics["confusion"])) == 28
     history = (run / "history.csv").read_text().splitlines()
