@@ -109,7 +109,7 @@ def layer_table(model, x, y, steps):
     records = {layer: ([], []) for layer in model.nodes}
     saved = []
     product_seconds = []
-    product_modules = [m for m in (conv_layers, core_layers) if hasattr(m, "matmul")]
+    product_modules = (conv_layers, core_layers)      # the layer modules that call matmul
 
     def timed_matmul(a, b, out=None):
         start = time.perf_counter()
@@ -180,15 +180,12 @@ def torch_model(model):
             return nn.Identity()
         return {"softmax": nn.Softmax(dim=1), "sigmoid": nn.Sigmoid(), "tanh": nn.Tanh()}[name]
 
-    def pads(layer, kernel_size, strides):
-        h, w = layer.input_shape[1:3]
-        return (pad_amounts(h, kernel_size[0], strides[0], layer.padding),
-                pad_amounts(w, kernel_size[1], strides[1], layer.padding))
-
     def padded(layer, kernel_size, strides, make, value=0.0):
         """make(padding) -> the torch module; symmetric pads go to torch's own padding argument
         (no copy, as a PyTorch user writes it), asymmetric ones to an F.pad in front."""
-        (t, b), (l, r) = pads(layer, kernel_size, strides)
+        h, w = layer.input_shape[1:3]
+        (t, b), (l, r) = (pad_amounts(h, kernel_size[0], strides[0], layer.padding),
+                          pad_amounts(w, kernel_size[1], strides[1], layer.padding))
         if t == b and l == r:
             return make((t, l))
         return nn.Sequential(Pad((l, r, t, b), value), make(0))

@@ -129,9 +129,9 @@ class RunCheckpoint(minicnn.callbacks.Callback):
         arrays.update({f"optimizer/{k}": v for k, v in opt_arrays.items()})
         callback_configs = {}
         for i, c in enumerate(self.stateful):
-            config, callback_arrays = c.get_state()
-            callback_configs[callback_key(i, c)] = config
-            arrays.update({f"callbacks/{callback_key(i, c)}/{k}": v for k, v in callback_arrays.items()})
+            key = callback_key(i, c)
+            callback_configs[key], callback_arrays = c.get_state()
+            arrays.update({f"callbacks/{key}/{k}": v for k, v in callback_arrays.items()})
         meta = {"format": io.FORMAT, "weights": [w.name for w in io.all_weights(model)], "epoch": epochs_done,
                 "optimizer": opt_config, "rng": backend.rng().bit_generator.state,
                 "batches": self.batches.get_state(),
@@ -246,7 +246,7 @@ def train(config, resume_dir=None, extra_callbacks=(), verbose=1, resume_lr=None
                      callbacks.CSVLogger(str(run / "history.csv"), append=True), checkpoint]
     try:
         model.fit(batches, epochs=config.epochs, initial_epoch=initial_epoch, validation_data=(x_val, splits.val[1]),
-                  batch_size=64, callbacks=fit_callbacks, verbose=verbose)   # 64: fastest, see evaluation.py
+                  batch_size=evaluation.PREDICT_BATCH, callbacks=fit_callbacks, verbose=verbose)
     except KeyboardInterrupt:
         raise TrainingInterrupted(run, checkpoint_path) from None
     if stop_on_nan.message:

@@ -179,8 +179,8 @@ def adam_update_numba(value, grad, m, v, lr_t, beta_1, beta_2, epsilon):
 # dispatch: MINICNN_REFERENCE=1 or a small array runs the NumPy reference
 # ----------------------------------------------------------------------------------------
 
-def _numba_pays(a):
-    return not backend.use_reference() and a.size >= NUMBA_MIN_SIZE
+def _numba_pays(a, min_size=NUMBA_MIN_SIZE):
+    return not backend.use_reference() and a.size >= min_size
 
 
 def relu(x):
@@ -207,6 +207,7 @@ def dropout_backward(dy, keep, rate):
 
 def adam_update(value, grad, m, v, lr_t, beta_1, beta_2, epsilon):
     """One Adam step on value, m and v in place (see adam_update_reference)."""
-    if value.size >= ADAM_NUMBA_MIN_SIZE and _numba_pays(value) and value.flags.c_contiguous and m.flags.c_contiguous and v.flags.c_contiguous:
+    in_place = value.flags.c_contiguous and m.flags.c_contiguous and v.flags.c_contiguous
+    if _numba_pays(value, ADAM_NUMBA_MIN_SIZE) and in_place:
         return adam_update_numba(value, grad, m, v, lr_t, beta_1, beta_2, epsilon)
     return adam_update_reference(value, grad, m, v, lr_t, beta_1, beta_2, epsilon)
