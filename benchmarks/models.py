@@ -14,7 +14,8 @@ For each architecture of `fer.models` it measures, in float32:
              batches (tracemalloc misses arrays numba allocates, getrusage does not); the
              line also gives the RSS after imports, so the model's own share is visible;
   layers     a per-layer forward / backward time table of one training step (medians),
-             and the time inside matrix products: the floor no other kernel can lower.
+             the time inside matrix products (the floor no other kernel can lower) and
+             inside im2col and col2im (with the products: the floor of the im2col design).
 With `--torch` each architecture is rebuilt layer for layer in PyTorch (CPU, channels-last,
 the same batch and thread count; `torch` is only needed for this flag) and timed in the
 same run, interleaved with minicnn so load from other jobs hits both alike; the tables
@@ -103,19 +104,27 @@ class Minicnn:
         self.model.predict(self.x256, batch_size=256)
 
 
+# The functions a step spends its time in besides the layers' own loops: (module, name) -> part.
+# Products are the floor no other kernel can lower; products + im2col + col2im are the floor
+# of the im2col design itself (the mission's convolution), whatever the elementwise passes cost.
+TIMED_CALLS = {(conv_layers, "matmul"): "products", (core_layers, "matmul"): "products",
+               (conv_layers, "im2col"): "im2col/col2im", (conv_layers, "col2im"): "im2col/col2im"}
+
+
 def layer_table(model, x, y, steps):
     """Median forward and backward ms of every layer over `steps` training steps, the median
-    step, and the ms per step spent inside matrix products (every conv and dense product)."""
+    step, and the ms per step inside each part of TIMED_CALLS: {"products": ms, ...}."""
     records = {layer: ([], []) for layer in model.nodes}
     saved = []
-    product_seconds = []
-    product_modules = (conv_layers, core_layers)      # the layer modules that call matmul
+    part_seconds = {part: 0.0 for part in TIMED_CALLS.values()}
 
-    def timed_matmul(a, b, out=None):
-        start = time.perf_counter()
-        result = gemm.matmul(a, b, out=out)
-        product_seconds.append(time.perf_counter() - start)
-        return result
+    def timed_function(fn, part):
+        def call(*args, **kwargs):
+            start = time.perf_counter()
+            result = fn(*args, **kwargs)
+            part_seconds[part] += time.perf_counter() - start
+            return result
+        return call
 
     def wrap(layer, method, slot):
         original = getattr(layer, method)
@@ -134,15 +143,16 @@ def layer_table(model, x, y, steps):
         wrap(layer, "backward", 1)
         if hasattr(layer, "backward_from_logits"):
             wrap(layer, "backward_from_logits", 1)
-    for module in product_modules:
-        module.matmul = timed_matmul
+    originals = {key: getattr(*key) for key in TIMED_CALLS}
+    for (module, name), part in TIMED_CALLS.items():
+        setattr(module, name, timed_function(originals[module, name], part))
     try:
         step_times = timed(lambda: model.train_on_batch(x, y), steps)
     finally:
         for layer, method in saved:
             delattr(layer, method)            # back to the class's method
-        for module in product_modules:
-            module.matmul = gemm.matmul
+        for (module, name), fn in originals.items():
+            setattr(module, name, fn)
     rows = []
     for layer in model.nodes:
         fwd, bwd = records[layer]
@@ -150,7 +160,7 @@ def layer_table(model, x, y, steps):
         f = 1e3 * float(np.median(fwd)) * per_step if fwd else 0.0
         b = 1e3 * float(np.median(bwd)) * per_step if bwd else 0.0
         rows.append((layer.name, type(layer).__name__, str(layer.output_shape[1:]), f, b))
-    return rows, 1e3 * float(np.median(step_times)), 1e3 * sum(product_seconds) / steps
+    return rows, 1e3 * float(np.median(step_times)), {part: 1e3 * t / steps for part, t in part_seconds.items()}
 
 
 # ----------------------------------------------------------------------------------------
@@ -475,11 +485,16 @@ def main():
         print("ratio = minicnn / torch for throughput, torch / minicnn for latency (> 1: minicnn faster); "
               "memory: minicnn / torch")
 
-    for name, (rows, step_ms, product_ms) in tables.items():
+    for name, (rows, step_ms, part_ms) in tables.items():
         total = sum(f + b for *_, f, b in rows)
-        floor = args.batch / (product_ms / 1e3)
-        print(f"\n{name}: matrix products {product_ms:.1f} ms of a {step_ms:.1f} ms step ({100 * product_ms / step_ms:.0f}%); "
-              f"products alone would train {floor:.1f} images/s, an epoch in {28709 / floor:.0f} s")
+        floor_ms, parts = 0.0, []
+        print()
+        for part, ms in part_ms.items():
+            floor_ms, parts = floor_ms + ms, parts + [part]
+            floor = args.batch / (floor_ms / 1e3)
+            print(f"{name}: {' + '.join(parts)} {floor_ms:.1f} ms of a {step_ms:.1f} ms step "
+                  f"({100 * floor_ms / step_ms:.0f}%); alone they would train {floor:.1f} images/s, "
+                  f"an epoch in {28709 / floor:.0f} s")
         print(f"\n{name}: one training step {step_ms:.1f} ms; per layer (median ms; layers {total:.1f} ms, "
               f"the rest is loss, regularizers and the optimizer)")
         print(f"{'layer':<28} {'class':<22} {'output':<18} {'forward':>8} {'backward':>8} {'% step':>7}")
