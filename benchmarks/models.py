@@ -111,9 +111,10 @@ TIMED_CALLS = {(conv_layers, "matmul"): "products", (core_layers, "matmul"): "pr
                (conv_layers, "im2col"): "im2col/col2im", (conv_layers, "col2im"): "im2col/col2im"}
 
 
-def layer_table(model, x, y, steps):
+def layer_table(model, x, y, steps, torch_runner=None):
     """Median forward and backward ms of every layer over `steps` training steps, the median
-    step, and the ms per step inside each part of TIMED_CALLS: {"products": ms, ...}."""
+    step, the ms per step inside each part of TIMED_CALLS ({"products": ms, ...}) and, with a
+    torch runner, the median ms of torch's whole step, timed in turns with minicnn's."""
     records = {layer: ([], []) for layer in model.nodes}
     saved = []
     part_seconds = {part: 0.0 for part in TIMED_CALLS.values()}
@@ -146,8 +147,13 @@ def layer_table(model, x, y, steps):
     originals = {key: getattr(*key) for key in TIMED_CALLS}
     for (module, name), part in TIMED_CALLS.items():
         setattr(module, name, timed_function(originals[module, name], part))
+    torch_times = []
     try:
-        step_times = timed(lambda: model.train_on_batch(x, y), steps)
+        step_times = []
+        for _ in range(steps):
+            step_times += timed(lambda: model.train_on_batch(x, y), 1)
+            if torch_runner:
+                torch_times.append(torch_runner.run("train_step", 1))
     finally:
         for layer, method in saved:
             delattr(layer, method)            # back to the class's method
@@ -160,7 +166,8 @@ def layer_table(model, x, y, steps):
         f = 1e3 * float(np.median(fwd)) * per_step if fwd else 0.0
         b = 1e3 * float(np.median(bwd)) * per_step if bwd else 0.0
         rows.append((layer.name, type(layer).__name__, str(layer.output_shape[1:]), f, b))
-    return rows, 1e3 * float(np.median(step_times)), {part: 1e3 * t / steps for part, t in part_seconds.items()}
+    torch_ms = 1e3 * float(np.median(torch_times)) if torch_times else None
+    return rows, 1e3 * float(np.median(step_times)), {part: 1e3 * t / steps for part, t in part_seconds.items()}, torch_ms
 
 
 # ----------------------------------------------------------------------------------------
@@ -459,12 +466,12 @@ def main():
         memory = [None] * len(runners) if args.no_memory else \
             [peak_memory(name, args.batch, f, threads) for f in frameworks]
         results[name] = [(args.batch / t, 1e3 * o, 256 / m, mem) for t, o, m, mem in zip(train, one, many, memory)]
+        if not args.no_layers:
+            r = runners[0]
+            tables[name] = layer_table(r.model, r.x, r.y, max(args.repeats, 3), runners[1] if args.torch else None)
         if args.torch:
             torch_info = runners[1].info
             runners[1].close()
-        if not args.no_layers:
-            r = runners[0]
-            tables[name] = layer_table(r.model, r.x, r.y, max(args.repeats, 3))
         print(f"  {name}: done", file=sys.stderr, flush=True)
 
     for line in thread_report(torch_info):
@@ -485,16 +492,19 @@ def main():
         print("ratio = minicnn / torch for throughput, torch / minicnn for latency (> 1: minicnn faster); "
               "memory: minicnn / torch")
 
-    for name, (rows, step_ms, part_ms) in tables.items():
+    for name, (rows, step_ms, part_ms, torch_ms) in tables.items():
         total = sum(f + b for *_, f, b in rows)
         floor_ms, parts = 0.0, []
         print()
         for part, ms in part_ms.items():
             floor_ms, parts = floor_ms + ms, parts + [part]
             floor = args.batch / (floor_ms / 1e3)
+            versus = f" ({torch_ms / floor_ms:.2f}x torch's whole step)" if torch_ms else ""
             print(f"{name}: {' + '.join(parts)} {floor_ms:.1f} ms of a {step_ms:.1f} ms step "
-                  f"({100 * floor_ms / step_ms:.0f}%); alone they would train {floor:.1f} images/s, "
+                  f"({100 * floor_ms / step_ms:.0f}%); alone they would train {floor:.1f} images/s{versus}, "
                   f"an epoch in {28709 / floor:.0f} s")
+        if torch_ms:
+            print(f"{name}: torch's step {torch_ms:.1f} ms, timed in turns with these minicnn steps")
         print(f"\n{name}: one training step {step_ms:.1f} ms; per layer (median ms; layers {total:.1f} ms, "
               f"the rest is loss, regularizers and the optimizer)")
         print(f"{'layer':<28} {'class':<22} {'output':<18} {'forward':>8} {'backward':>8} {'% step':>7}")
