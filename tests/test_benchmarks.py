@@ -1,0 +1,67 @@
+"""benchmarks/models.py's layer table: it times the parts it claims to, and puts the library back.
+
+The benchmark swaps timing wrappers into minicnn's layer modules; a wrapper left behind
+would slow every later step (and every later test), so the restore is checked here.
+"""
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+
+from minicnn import Conv2D, Dense, Flatten, Sequential
+from minicnn.layers import conv as conv_layers, core as core_layers
+from minicnn.ops import gemm, im2col
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "models.py"
+
+
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location("benchmark_models", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def small_model():
+    model = Sequential([Conv2D(4, 3, padding="same", input_shape=(8, 8, 2)), Flatten(), Dense(3, activation="softmax")])
+    model.compile(optimizer="adam", loss="categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 8, 8, 2)).astype(np.float32)
+    y = np.eye(3, dtype=np.float32)[rng.integers(0, 3, 5)]
+    model.train_on_batch(x, y)          # warm-up, as the benchmark does: numba compiles here
+    return model, x, y
+
+
+class CountingRunner:
+    """Stands in for the torch process: counts the steps it is asked for, each 'taking' 10 ms."""
+
+    def __init__(self):
+        self.calls = []
+
+    def run(self, what, calls):
+        self.calls.append((what, calls))
+        return 0.010
+
+
+def test_layer_table_times_every_layer_and_part():
+    bench = load_benchmark()
+    model, x, y = small_model()
+    rows, step_ms, part_ms, torch_ms = bench.layer_table(model, x, y, steps=3)
+    assert [r[0] for r in rows] == [layer.name for layer in model.nodes]
+    conv_row = rows[[layer.name for layer in model.nodes].index(model.layers[1].name)]
+    assert conv_row[3] > 0 and conv_row[4] > 0                      # forward and backward were timed
+    assert set(part_ms) == {"products", "im2col/col2im"}
+    assert 0 < part_ms["products"] < step_ms and 0 < part_ms["im2col/col2im"] < step_ms
+    assert torch_ms is None
+
+
+def test_layer_table_takes_turns_with_torch_and_restores_the_library():
+    bench = load_benchmark()
+    model, x, y = small_model()
+    runner = CountingRunner()
+    *_, torch_ms = bench.layer_table(model, x, y, steps=4, torch_runner=runner)
+    assert runner.calls == [("train_step", 1)] * 4
+    assert torch_ms == 10.0
+    assert conv_layers.matmul is gemm.matmul and core_layers.matmul is gemm.matmul
+    assert conv_layers.im2col is im2col.im2col and conv_layers.col2im is im2col.col2im
+    assert all("forward" not in vars(layer) and "backward" not in vars(layer) for layer in model.nodes)
