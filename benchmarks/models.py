@@ -16,10 +16,13 @@ For each architecture of `fer.models` it measures, in float32:
   layers     a per-layer forward / backward time table of one training step (medians),
              the time inside matrix products (the floor no other kernel can lower) and
              inside im2col and col2im (with the products: the floor of the im2col design).
-With `--torch` each architecture is rebuilt layer for layer in PyTorch (CPU, channels-last,
-the same batch and thread count; `torch` is only needed for this flag) and timed in the
-same run, interleaved with minicnn so load from other jobs hits both alike; the tables
-then show minicnn / torch ratios (> 1: minicnn is faster).
+With `--torch` each architecture is rebuilt layer for layer in PyTorch (CPU, the same batch
+and thread count; `torch` is only needed for this flag) and timed in the same run,
+interleaved with minicnn so load from other jobs hits both alike, in both memory layouts:
+NCHW (torch's default) and channels-last (NHWC, minicnn's), since neither is faster for
+every model (mini-Xception: NCHW 1.7x channels-last). The tables show minicnn / torch
+ratios against each (> 1: minicnn is faster); the layer table's floors compare with the
+faster one.
 
 The first lines say which OpenBLAS environment the run had (OPENBLAS_CORETYPE=Haswell caps
 float32 matmul near half of what this CPU's AVX-512 kernels reach) and how many threads
@@ -175,7 +178,7 @@ def layer_table(model, x, y, steps, torch_runner=None):
 # ----------------------------------------------------------------------------------------
 
 def torch_model(model):
-    """An nn.Module running `model`'s graph in PyTorch (NCHW tensors in channels-last memory).
+    """An nn.Module running `model`'s graph in PyTorch (NCHW tensors, either memory layout).
 
     Same layers, shapes, "same" padding (torch's own padding argument when the pads are
     symmetric, an F.pad in front when TF's "same" pads more at the bottom/right, -inf for
@@ -282,10 +285,14 @@ def torch_model(model):
     return Graph()
 
 
-class Torch:
-    """The three timings of the PyTorch twin of a minicnn model (run inside `torch_worker`)."""
+TORCH_LAYOUTS = ("nchw", "channels_last")
 
-    def __init__(self, name, batch_size, threads):
+
+class Torch:
+    """The three timings of the PyTorch twin of a minicnn model (run inside `torch_worker`).
+    layout "nchw": contiguous NCHW tensors and weights; "channels_last": NHWC memory."""
+
+    def __init__(self, name, batch_size, threads, layout):
         import torch
 
         torch.set_num_threads(threads)
@@ -294,10 +301,13 @@ class Torch:
         model = build(name)
         x, y = batch(model, batch_size)
         x256, _ = batch(model, 256, seed=1)
-        self.net = torch_model(model).to(memory_format=torch.channels_last)
+        self.net = torch_model(model)
+        if layout == "channels_last":
+            self.net = self.net.to(memory_format=torch.channels_last)
 
-        def nchw(a):   # (N, H, W, C) -> a NCHW tensor stored channels-last: the same bytes
-            return torch.from_numpy(a).permute(0, 3, 1, 2)
+        def nchw(a):   # (N, H, W, C) -> NCHW: channels-last is the same bytes, NCHW a copy
+            t = torch.from_numpy(a).permute(0, 3, 1, 2)
+            return t if layout == "channels_last" else t.contiguous()
 
         self.x, self.x1, self.x256 = nchw(x), nchw(x[:1]), nchw(x256)
         self.labels = torch.from_numpy(y.argmax(axis=1))
@@ -329,9 +339,10 @@ class TorchProcess:
     each framework gets a process and the two take turns, never running at once.
     """
 
-    def __init__(self, name, batch_size, threads):
+    def __init__(self, name, batch_size, threads, layout):
+        self.layout = layout
         cmd = [sys.executable, os.path.abspath(__file__), "--torch-worker", name, "--batch", str(batch_size),
-               "--threads", str(threads)]
+               "--threads", str(threads), "--framework", layout]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         self.info = json.loads(self.proc.stdout.readline())     # torch version and thread count
 
@@ -348,12 +359,12 @@ class TorchProcess:
         self.proc.wait()
 
 
-def torch_worker(name, batch_size, threads):
+def torch_worker(name, batch_size, threads, layout):
     """The subprocess side of TorchProcess: read [what, calls], answer the mean seconds."""
     import torch
 
-    runner = Torch(name, batch_size, threads)
-    print(json.dumps(f"torch {torch.__version__}: {torch.get_num_threads()} threads, channels-last"), flush=True)
+    runner = Torch(name, batch_size, threads, layout)
+    print(json.dumps(f"torch {torch.__version__}: {torch.get_num_threads()} threads"), flush=True)
     for line in sys.stdin:
         what, calls = json.loads(line)
         print(json.dumps(sum(timed(getattr(runner, what), calls)) / calls), flush=True)
@@ -382,7 +393,7 @@ def rss_mib():
 def memory_child(name, batch_size, framework, threads):
     """Run in the subprocess: build, train 3 batches, print the peak RSS as JSON."""
     base = rss_mib()
-    runner = Minicnn(name, batch_size) if framework == "minicnn" else Torch(name, batch_size, threads)
+    runner = Minicnn(name, batch_size) if framework == "minicnn" else Torch(name, batch_size, threads, framework)
     for _ in range(3):
         runner.train_step()
     print(json.dumps({"base_mib": base, "peak_mib": rss_mib()}))
@@ -412,7 +423,7 @@ def thread_report(torch_info):
     lines.append(f"numba {numba.__version__}: {numba.get_num_threads()} threads, threading layer "
                  f"{_numba_layer()}; cpus={os.cpu_count()}, load average {os.getloadavg()[0]:.2f}")
     if torch_info:
-        lines.append(torch_info + " (in its own process)")
+        lines.append(torch_info + f", layouts {' and '.join(TORCH_LAYOUTS)} (each in its own process)")
     return lines
 
 
@@ -451,60 +462,65 @@ def main():
     if args.memory_child:
         return memory_child(args.memory_child, args.batch, args.framework, threads)
     if args.torch_worker:
-        return torch_worker(args.torch_worker, args.batch, threads)
+        return torch_worker(args.torch_worker, args.batch, threads, args.framework)
 
     names = fer_models.names() if args.models == "all" else args.models.split(",")
     print(f"minicnn model benchmark: batch {args.batch}, float32, Adam, median of {args.repeats} "
           f"timings of {args.steps} steps; python {platform.python_version()}, numpy {np.__version__}")
-    frameworks = ["minicnn"] + (["torch"] if args.torch else [])
+    frameworks = ["minicnn"] + ([f"torch {layout}" for layout in TORCH_LAYOUTS] if args.torch else [])
     results, tables, torch_info = {}, {}, None
     for name in names:
-        runners = [Minicnn(name, args.batch)] + ([TorchProcess(name, args.batch, threads)] if args.torch else [])
+        runners = [Minicnn(name, args.batch)] + \
+            ([TorchProcess(name, args.batch, threads, layout) for layout in TORCH_LAYOUTS] if args.torch else [])
         train = measure(runners, "train_step", args.repeats, args.steps)
         one = measure(runners, "infer_one", args.repeats, 20)
         many = measure(runners, "infer_256", args.repeats, 1)
         memory = [None] * len(runners) if args.no_memory else \
-            [peak_memory(name, args.batch, f, threads) for f in frameworks]
+            [peak_memory(name, args.batch, f, threads) for f in ["minicnn", *TORCH_LAYOUTS][:len(runners)]]
         results[name] = [(args.batch / t, 1e3 * o, 256 / m, mem) for t, o, m, mem in zip(train, one, many, memory)]
         if not args.no_layers:
             r = runners[0]
-            tables[name] = layer_table(r.model, r.x, r.y, max(args.repeats, 3), runners[1] if args.torch else None)
-        if args.torch:
-            torch_info = runners[1].info
-            runners[1].close()
+            fastest_torch = min(runners[1:], key=lambda t: train[runners.index(t)], default=None)
+            tables[name] = (*layer_table(r.model, r.x, r.y, max(args.repeats, 3), fastest_torch),
+                            fastest_torch and fastest_torch.layout)
+        for t in runners[1:]:
+            torch_info = t.info
+            t.close()
         print(f"  {name}: done", file=sys.stderr, flush=True)
 
     for line in thread_report(torch_info):
         print(line)
-    header = (f"{'model':<14} {'framework':<9} {'train img/s':>11} {'epoch s':>8} {'infer b=1 ms':>12} "
+    header = (f"{'model':<14} {'framework':<25} {'train img/s':>11} {'epoch s':>8} {'infer b=1 ms':>12} "
               f"{'infer b=256 img/s':>17} {'peak MiB':>9} {'(at start)':>10}")
     print(header)
     print("-" * len(header))
     for name, rows in results.items():
         for framework, (train, one, many, mem) in zip(frameworks, rows):
             peak = f"{mem['peak_mib']:9.0f} {mem['base_mib']:10.0f}" if mem else f"{'-':>9} {'-':>10}"
-            print(f"{name:<14} {framework:<9} {train:11.1f} {28709 / train:8.0f} {one:12.2f} {many:17.1f} {peak}")
-        if args.torch:
-            (t0, o0, m0, mem0), (t1, o1, m1, mem1) = rows
+            print(f"{name:<14} {framework:<25} {train:11.1f} {28709 / train:8.0f} {one:12.2f} {many:17.1f} {peak}")
+        (t0, o0, m0, mem0), *torch_rows = rows
+        for layout, (t1, o1, m1, mem1) in zip(TORCH_LAYOUTS, torch_rows):
             mem_ratio = f"{mem0['peak_mib'] / mem1['peak_mib']:9.2f}" if mem0 else f"{'-':>9}"
-            print(f"{'':<14} {'ratio':<9} {t0 / t1:10.2f}x {'':>8} {o1 / o0:11.2f}x {m0 / m1:16.2f}x {mem_ratio}")
+            print(f"{'':<14} {'ratio vs ' + layout:<25} {t0 / t1:10.2f}x {'':>8} {o1 / o0:11.2f}x {m0 / m1:16.2f}x "
+                  f"{mem_ratio}")
     if args.torch:
         print("ratio = minicnn / torch for throughput, torch / minicnn for latency (> 1: minicnn faster); "
               "memory: minicnn / torch")
 
-    for name, (rows, step_ms, part_ms, torch_ms) in tables.items():
+    for name, (rows, step_ms, part_ms, torch_ms, torch_layout) in tables.items():
         total = sum(f + b for *_, f, b in rows)
         floor_ms, parts = 0.0, []
         print()
         for part, ms in part_ms.items():
             floor_ms, parts = floor_ms + ms, parts + [part]
             floor = args.batch / (floor_ms / 1e3)
-            versus = f" ({torch_ms / floor_ms:.2f}x torch's whole step)" if torch_ms else ""
+            versus = f" ({torch_ms / floor_ms:.2f}x torch {torch_layout}'s whole step)" if torch_ms else ""
             print(f"{name}: {' + '.join(parts)} {floor_ms:.1f} ms of a {step_ms:.1f} ms step "
                   f"({100 * floor_ms / step_ms:.0f}%); alone they would train {floor:.1f} images/s{versus}, "
                   f"an epoch in {28709 / floor:.0f} s")
         if torch_ms:
-            print(f"{name}: torch's step {torch_ms:.1f} ms, timed in turns with these minicnn steps")
+            print(f"{name}: torch's step {torch_ms:.1f} ms ({torch_layout}, its faster layout above), "
+                  "timed in turns with these minicnn steps")
         print(f"\n{name}: one training step {step_ms:.1f} ms; per layer (median ms; layers {total:.1f} ms, "
               f"the rest is loss, regularizers and the optimizer)")
         print(f"{'layer':<28} {'class':<22} {'output':<18} {'forward':>8} {'backward':>8} {'% step':>7}")
