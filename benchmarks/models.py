@@ -45,7 +45,6 @@ import numba  # noqa: E402
 
 import minicnn  # noqa: E402
 from minicnn.layers import conv as conv_layers, core as core_layers  # noqa: E402
-from minicnn.ops import gemm  # noqa: E402
 from fer import models as fer_models  # noqa: E402
 
 DEFAULT_MODELS = ("cnn4", "mini_xception", "cnn8")
@@ -480,7 +479,8 @@ def main():
         results[name] = [(args.batch / t, 1e3 * o, 256 / m, mem) for t, o, m, mem in zip(train, one, many, memory)]
         if not args.no_layers:
             r = runners[0]
-            fastest_torch = min(runners[1:], key=lambda t: train[runners.index(t)], default=None)
+            torch_train = dict(zip(runners[1:], train[1:]))           # seconds a step, per layout
+            fastest_torch = min(torch_train, key=torch_train.get, default=None)
             tables[name] = (*layer_table(r.model, r.x, r.y, max(args.repeats, 3), fastest_torch),
                             fastest_torch and fastest_torch.layout)
         for t in runners[1:]:
