@@ -56,6 +56,18 @@ class TrainConfig:
     skip_bad_rows: bool = False
     match_sharpness: bool = True
 
+    # What a run saved before an option existed did without it: resuming such a run must not
+    # switch the option on halfway (sharpness matching came after the first runs).
+    BEFORE_OPTION_EXISTED = {"match_sharpness": False}
+
+    @classmethod
+    def from_saved(cls, saved_args, where):
+        """The config of config.json's "args" (`where` names the file for errors)."""
+        unknown = set(saved_args) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"{where}: unknown settings {sorted(unknown)} (written by a newer version?)")
+        return cls(**{**cls.BEFORE_OPTION_EXISTED, **saved_args})
+
     @classmethod
     def for_model(cls, model, data, **overrides):
         """The seed's defaults for `model` (fer.models.DEFAULTS), then `overrides` (None = keep)."""
@@ -191,6 +203,33 @@ def load_splits(config):
     return fer_data.split(data, config.classes, config.val_fraction, config.seed)
 
 
+def resume_config(run, epochs=None, data=None):
+    """The TrainConfig to continue the run in folder `run`: its config.json, with a new target
+    `epochs` and a new path `data` to the same data file (checked by its sha256), if given."""
+    config_file = Path(run) / "config.json"
+    if not config_file.exists():
+        raise FileNotFoundError(f"{config_file}: not a run folder (no config.json)")
+    saved = json.loads(config_file.read_text())
+    config = TrainConfig.from_saved(saved["args"], config_file)
+    if epochs is not None:
+        config.epochs = epochs
+    if data is not None:
+        if saved.get("data_sha256") and Path(data).is_file() and fer_data.content_hash(data) != saved["data_sha256"]:
+            raise ValueError(f"{data}: not the file this run trained on (its sha256 differs from {config_file}'s)")
+        config.data = str(data)
+    if not Path(config.data).exists():
+        raise FileNotFoundError(f"{config.data}: the run's data is not there from this folder ({Path.cwd()}); "
+                                f"give its path with --data")
+    return config
+
+
+def check_splits(splits, config):
+    """A run needs faces in all three splits; say which is empty before hours of training."""
+    for name, (images, _) in (("train", splits.train), ("val", splits.val), ("test", splits.test)):
+        if len(images) == 0:
+            raise fer_data.DataError(f"{config.data}: the {name} split is empty ({splits.description})")
+
+
 def make_optimizer(config):
     if config.optimizer == "sgd":     # seed 003's tflearn 'momentum' optimizer
         return optimizers.SGD(config.lr, momentum=0.9)
@@ -205,8 +244,11 @@ def train(config, resume_dir=None, extra_callbacks=(), verbose=1, resume_lr=None
     """
     run = Path(resume_dir) if resume_dir else Path(config.out) / f"{config.model}-{time.strftime('%Y%m%d-%H%M%S')}"
     checkpoint_path = run / "checkpoints" / "last.npz"
+    if resume_dir and not checkpoint_path.exists():
+        raise FileNotFoundError(f"{checkpoint_path}: no checkpoint to resume from")
     backend.set_seed(config.seed)
     splits = load_splits(config)
+    check_splits(splits, config)
     preprocessing = Preprocessing(config.input_size, config.scale, match_sharpness=config.match_sharpness)
     preprocessing = preprocessing.fit(splits.train[0])
     warn_if_sharpness_differs(splits)
@@ -232,6 +274,7 @@ def train(config, resume_dir=None, extra_callbacks=(), verbose=1, resume_lr=None
     initial_epoch = 0
     if resume_dir:
         initial_epoch = restore_checkpoint(checkpoint_path, model, batches, stateful)
+        record_resume(run / "config.json", config, initial_epoch)
         _truncate_history(run / "history.csv", initial_epoch)
         if resume_lr is not None:
             model.optimizer.learning_rate = float(resume_lr)
@@ -278,7 +321,23 @@ def run_description(config, splits):
                          "minicnn": minicnn.__version__, "platform": platform.platform()},
             # OPENBLAS_CORETYPE=Haswell on an AVX-512 CPU halves float32 matmul speed: say what the run had
             "environment": {k: os.environ.get(k) for k in THREAD_AND_BLAS_VARIABLES},
-            "command": "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])}
+            "command": _command()}
+
+
+def record_resume(config_file, config, epochs_done):
+    """config.json takes the settings the run continues with (a new --epochs, --data) and a
+    line in "resumed" with the command and thread environment: a run that changed machines
+    or OpenBLAS settings halfway says so."""
+    saved = json.loads(config_file.read_text())
+    saved["args"] = dataclasses.asdict(config)
+    saved.setdefault("resumed", []).append({
+        "after_epoch": epochs_done, "command": _command(),
+        "environment": {k: os.environ.get(k) for k in THREAD_AND_BLAS_VARIABLES}})
+    evaluation.write_text(config_file, json.dumps(saved, indent=2))
+
+
+def _command():
+    return "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
 
 
 def _truncate_history(path, epochs_done):

@@ -2,13 +2,14 @@
 """Train a facial-expression model on FER2013 with minicnn.
 
     python scripts/train.py --model mini_xception --data ../shared/fer2013/fer2013.csv.gz
-    python scripts/train.py --resume runs/mini_xception-20261122-101500
+    python scripts/train.py --resume runs/mini_xception-20261122-101500 [--epochs 120] [--lr 1e-4] [--data CSV]
 
-Unset options take the defaults of the model's seed (see fer/models.py, DEFAULTS).
+Unset options take the defaults of the model's seed (see fer/models.py, DEFAULTS). A resumed
+run keeps its saved settings; only --epochs, --lr and --data (the same file, found elsewhere)
+can change, and config.json records each resume.
 Exit codes: 0 done, 1 bad input, 3 the loss diverged, 130 interrupted (resumable).
 """
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -16,28 +17,33 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fer import models  # noqa: E402
 from fer.data import DataError  # noqa: E402
-from fer.training import TrainConfig, TrainingDiverged, TrainingInterrupted, train  # noqa: E402
+from fer.training import TrainConfig, TrainingDiverged, TrainingInterrupted, resume_config, train  # noqa: E402
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=models.names(), help="architecture (fer.models)")
     p.add_argument("--data", help="FER2013 CSV (.csv or .csv.gz) or Kaggle image folder")
-    p.add_argument("--classes", choices=["fer7", "fer6", "fer4"])
-    p.add_argument("--input-size", type=int, choices=[48, 64])
-    p.add_argument("--scale", choices=["unit", "symmetric", "standardize"])
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--classes", choices=["fer7", "fer6", "fer4"],
+                   help="fer7: all seven expressions; fer6: without Disgust (seed 004); "
+                        "fer4: Happy, Sad, Neutral, Surprise (seed 001); other faces are dropped")
+    p.add_argument("--input-size", type=int, choices=[48, 64], help="faces are resized to this square")
+    p.add_argument("--scale", choices=["unit", "symmetric", "standardize"],
+                   help="pixels to [0, 1], to [-1, 1], or to zero mean and unit variance")
+    p.add_argument("--epochs", type=positive_int, help="epochs in all (with --resume: the new target)")
+    p.add_argument("--batch-size", type=positive_int)
     p.add_argument("--optimizer", choices=["adam", "sgd", "rmsprop"])
     p.add_argument("--lr", type=float, help="initial learning rate (halved when val_loss plateaus); "
                                             "with --resume, the rate to continue with")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="flip, shift, rotation and zoom augmentation (default on)")
     p.add_argument("--class-weight", choices=["none", "balanced"])
-    p.add_argument("--seed", type=int)
-    p.add_argument("--limit", type=int, help="use a seeded random subset of N faces (quick runs)")
-    p.add_argument("--val-fraction", type=float, help="validation share of Training when there is no PrivateTest")
-    p.add_argument("--lr-patience", type=int, help="epochs without val_loss improvement before halving the lr")
+    p.add_argument("--seed", type=int, help="seeds the split, shuffling, augmentation and weights")
+    p.add_argument("--limit", type=positive_int, help="use a seeded random subset of N faces (quick runs)")
+    p.add_argument("--val-fraction", type=fraction,
+                   help="validation share of Training when the file has no PrivateTest rows (default 0.1)")
+    p.add_argument("--lr-patience", type=positive_int,
+                   help="epochs without val_loss improvement before halving the lr")
     p.add_argument("--skip-bad-rows", action="store_true", default=None, help="skip and count malformed rows")
     p.add_argument("--match-sharpness", action=argparse.BooleanOptionalAction, default=None,
                    help="blur faces sharper than the median training face down to it, everywhere (default on: "
@@ -45,20 +51,38 @@ def parse_args(argv):
     p.add_argument("--out", help="parent folder of the run folder (default runs/)")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from checkpoints/last.npz")
     args = p.parse_args(argv)
-    if not args.resume and not (args.model and args.data):
+    if args.resume:
+        fixed = [option for option in vars(args) if option not in RESUMABLE and getattr(args, option) is not None]
+        if fixed:
+            p.error(f"--resume continues the run with its saved settings; these cannot change: "
+                    f"{', '.join('--' + o.replace('_', '-') for o in fixed)} (start a new run instead)")
+    elif not (args.model and args.data):
         p.error("--model and --data are required (or --resume DIR)")
+    if args.lr is not None and args.lr <= 0:
+        p.error(f"--lr must be positive, received {args.lr}")
     return args
+
+
+RESUMABLE = ("resume", "epochs", "lr", "data")   # what --resume may change
+
+
+def positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, received {text}")
+    return value
+
+
+def fraction(text):
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), received {text}")
+    return value
 
 
 def config_from_args(args):
     if args.resume:
-        config_file = Path(args.resume) / "config.json"
-        if not config_file.exists():
-            raise FileNotFoundError(f"{config_file}: not a run folder (no config.json)")
-        config = TrainConfig(**json.loads(config_file.read_text())["args"])
-        if args.epochs:
-            config.epochs = args.epochs
-        return config
+        return resume_config(args.resume, args.epochs, args.data)
     overrides = {k: getattr(args, k) for k in ("classes", "input_size", "scale", "epochs", "batch_size", "optimizer",
                                                 "lr", "augment", "class_weight", "seed", "limit", "out",
                                                 "val_fraction", "lr_patience", "skip_bad_rows",

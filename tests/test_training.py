@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import minicnn
-from fer.training import TrainConfig, TrainingInterrupted, read_history, train
+from fer.data import DataError
+from fer.training import TrainConfig, TrainingInterrupted, read_history, resume_config, train
 from minicnn import io
 from tests.fer_synthetic import write_csv
 
@@ -137,6 +138,47 @@ def test_diverging_run_stops_naming_epoch_and_batch_and_keeps_last_good_checkpoi
     resumed = run_script("train.py", "--resume", run, "--lr", "1e-3", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr        # a sane rate gets past the NaN
     assert "learning rate 0.001" in resumed.stdout
+
+
+def test_resume_keeps_the_runs_settings_and_records_what_changed(data_csv, tmp_path, monkeypatch):
+    config = TrainConfig.for_model("mini_xception", data_csv, epochs=1, batch_size=16, out=str(tmp_path / "runs"))
+    run = train(config, verbose=0)
+    fixed = run_script("train.py", "--resume", run, "--batch-size", 8, "--no-augment", cwd=tmp_path)
+    assert fixed.returncode == 2 and "cannot change: --batch-size, --augment" in fixed.stderr
+
+    other = write_csv(tmp_path / "other.csv.gz", seed=1)
+    with pytest.raises(ValueError, match="other.csv.gz: not the file this run trained on"):
+        resume_config(run, data=other)
+    monkeypatch.chdir(tmp_path)            # the saved path is absolute here; make it relative and lost
+    saved = json.loads((run / "config.json").read_text())
+    saved["args"]["data"] = "elsewhere/fer.csv.gz"
+    del saved["args"]["match_sharpness"]   # as runs saved before the option existed
+    (run / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(FileNotFoundError, match="elsewhere/fer.csv.gz.*--data"):
+        resume_config(run)
+    legacy = resume_config(run, epochs=2, data=data_csv)
+    assert legacy.match_sharpness is False and legacy.epochs == 2 and legacy.data == str(data_csv)
+
+    resumed = run_script("train.py", "--resume", run, "--epochs", 2, "--data", data_csv, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    recorded = json.loads((run / "config.json").read_text())
+    assert recorded["args"]["epochs"] == 2 and recorded["args"]["match_sharpness"] is False
+    assert [r["after_epoch"] for r in recorded["resumed"]] == [1]
+    assert len(read_history(run / "history.csv")["loss"]) == 2
+
+    (run / "checkpoints" / "last.npz").unlink()
+    lost = run_script("train.py", "--resume", run, "--epochs", 3, cwd=tmp_path)
+    assert lost.returncode == 1 and "last.npz: no checkpoint to resume from" in lost.stderr
+
+
+def test_training_refuses_an_empty_split_before_it_starts(tmp_path):
+    no_test_rows = write_csv(tmp_path / "train_only.csv", n_public=0)
+    config = TrainConfig.for_model("mini_xception", no_test_rows, epochs=1, out=str(tmp_path / "runs"))
+    with pytest.raises(DataError, match="train_only.csv: the test split is empty"):
+        train(config, verbose=0)
+    assert not (tmp_path / "runs").exists()
+    bad = run_script("train.py", "--model", "cnn4", "--data", no_test_rows, "--val-fraction", 0, cwd=tmp_path)
+    assert bad.returncode == 2 and "--val-fraction: must be between 0 and 1" in bad.stderr
 
 
 def test_smoke_run_on_2000_real_faces(shared_file, tmp_path):
