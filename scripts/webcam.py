@@ -72,6 +72,9 @@ def main(argv=None):
                         save=args.save, jsonl=args.jsonl, max_frames=args.max_frames)
         except OSError as error:  # an output file that cannot be written
             return fail(error)
+    if stats.frames == 0:     # a camera that opens but delivers nothing (no permission, in use)
+        source_name = f"video {args.video}" if args.video else f"camera {args.camera}"
+        return fail(f"no frames read from {source_name}: it opened but gave no picture")
     print(stats.format(), file=sys.stderr)
     return 0
 

@@ -3,6 +3,7 @@
 Synthetic clips use real FER2013 faces (the Haar cascade needs real faces), enlarged to
 128 px and moving over a colour gradient, three per frame.
 """
+import importlib.util
 import json
 import subprocess
 import sys
@@ -279,6 +280,31 @@ def test_webcam_script_missing_camera(model_file):
     assert "camera 99" in result.stderr and "--video PATH" in result.stderr and "--camera" in result.stderr
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_webcam_script_fails_when_the_source_gives_no_frames(model_file, monkeypatch, capsys):
+    spec = importlib.util.spec_from_file_location("webcam_script", WEBCAM)
+    webcam = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(webcam)
+
+    class SilentCamera:                       # opens, then every read fails, as a busy camera does
+        fps = 30.0
+
+        def __init__(self, source):
+            pass
+
+        def read(self):
+            return None
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+    monkeypatch.setattr(webcam, "FrameSource", SilentCamera)
+    assert webcam.main(["--camera", "0", "--model", str(model_file), "--no-display"]) == 1
+    assert "no frames read from camera 0" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("missing", ["video", "model"])
