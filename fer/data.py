@@ -396,7 +396,8 @@ def _relabel(labels, name):
 class Splits:
     """Train, validation and test sets, each (images uint8 (n, 48, 48), labels int64 (n,)).
 
-    label_names: the class names, index = label; description: where each set came from.
+    label_names: the class names, index = label; description: where each set came from;
+    test_name: the Usage value of the test rows ("PublicTest" or "PrivateTest").
     """
 
     train: tuple
@@ -404,6 +405,7 @@ class Splits:
     test: tuple
     label_names: tuple
     description: str
+    test_name: str = "PublicTest"
 
 
 def split(data, class_map="fer7", val_fraction=0.1, seed=0) -> Splits:
@@ -426,12 +428,12 @@ def split(data, class_map="fer7", val_fraction=0.1, seed=0) -> Splits:
     if np.any(data.usage == "PrivateTest"):
         train, val, test = training, np.flatnonzero(usage == "PublicTest"), np.flatnonzero(usage == "PrivateTest")
         val_from = "the PublicTest rows"
-        test_from = "the PrivateTest rows"
+        test_from, test_name = "the PrivateTest rows", "PrivateTest"
     else:
         val, train = _stratified_pick(training, labels[training], len(names), val_fraction, seed)
         test = np.flatnonzero(usage == "PublicTest")
         val_from = f"a stratified {val_fraction * 100:g}% of Training (seed {seed})"
-        test_from = "the PublicTest rows (the file has no PrivateTest rows)"
+        test_from, test_name = "the PublicTest rows (the file has no PrivateTest rows)", "PublicTest"
 
     description = (
         f"{class_map} ({len(names)} classes): train = {len(train):,} Training faces; "
@@ -444,6 +446,7 @@ def split(data, class_map="fer7", val_fraction=0.1, seed=0) -> Splits:
         test=(images[test], labels[test]),
         label_names=names,
         description=description,
+        test_name=test_name,
     )
 
 

@@ -4,13 +4,14 @@ the model card text for weights/README.md (printed, to paste and edit).
 
     python scripts/publish_weights.py runs/mini_xception-20261122-013837 mini_xception --float16
 
---float16 stores the weights as float16 (half the size; they load into float32 layers): the
-script evaluates both versions on the run's test split and refuses if float16 changes the accuracy.
+--float16 stores the weights as float16 (half the size; they load into float32 layers) when
+that changes no figure on the run's test split (accuracy and macro-F1, with and without
+flip averaging); otherwise it publishes float32 and says so. Files are written atomically.
 """
 import argparse
 import json
-import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -27,20 +28,28 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_accuracy(model_path, splits):
+    """{tta: evaluation.report(...)} on the test split, for tta False and True."""
     model = minicnn.load_model(model_path)
     x = Preprocessing.from_dict(model.metadata["preprocessing"]).apply(splits.test[0])
     return {tta: evaluation.report(splits.test[1], evaluation.predict_probabilities(model, x, tta=tta).argmax(1),
                                    splits.label_names) for tta in (False, True)}
 
 
-def card(name, run, config, history, result, size_mb, float16):
+def same_figures(a, b):
+    return all(a[tta][key] == b[tta][key] for tta in (False, True) for key in ("accuracy", "macro_f1"))
+
+
+def card(name, run, config, history, result, size_mb, float16, test_name):
     recall = ", ".join(f"{k} {v['recall']:.3f}" for k, v in result[False]["per_class"].items())
     prep = config["args"]
+    val = history.get("val_accuracy", [float("nan")])
+    best = int(np.nanargmax(val))
     return f"""## `{name}.npz`
 - architecture: `{prep['model']}` (fer/models.py), input {prep['input_size']}x{prep['input_size']} grayscale, scale `{prep['scale']}`, sharpness matching {'on' if prep.get('match_sharpness') else 'off'}; labels {', '.join(result[False]['labels'])}
 - command: `{config.get('command') or 'python scripts/train.py --model ' + prep['model'] + ' --data ' + prep['data']}`
-- epochs: {len(history.get('loss', []))}, wall time {sum(history.get('seconds', [])) / 3600:.2f} h on this 2-core machine; {config['split']}
-- PublicTest (never used for any choice): accuracy {result[False]['accuracy']:.4f} ({result[True]['accuracy']:.4f} with flip averaging, `--tta`), macro-F1 {result[False]['macro_f1']:.4f}
+- epochs: {len(history.get('loss', []))}, wall time {sum(history.get('seconds', [])) / 3600:.2f} h on this 2-core machine{f"; resumed {len(config['resumed'])} time(s)" if config.get('resumed') else ''}; {config['split']}
+- best validation accuracy {val[best]:.4f} at epoch {best + 1} (counted from 1): that epoch's weights are the file
+- {test_name} (never used for any choice): accuracy {result[False]['accuracy']:.4f} ({result[True]['accuracy']:.4f} with flip averaging, `--tta`), macro-F1 {result[False]['macro_f1']:.4f} ({result[True]['macro_f1']:.4f})
 - per-class recall: {recall}
 - confusion matrix: `{name}_confusion.png`; file {size_mb:.1f} MB{' (float16 weights, same accuracy as float32)' if float16 else ''}
 - limits: FER2013 faces are 48x48 web images; webcam faces differ in light, pose and sharpness
@@ -60,23 +69,24 @@ def main(argv=None):
             print(f"error: {run / needed} is missing: is {run} a finished run?", file=sys.stderr)
             return 1
     config = json.loads((run / "config.json").read_text())
-    splits = load_splits(TrainConfig(**config["args"]))
-    target = out / f"{args.name}.npz"
+    splits = load_splits(TrainConfig.from_saved(config["args"], run / "config.json"))
     meta, arrays = io.read_npz(run / "model.npz")
+    result = test_accuracy(run / "model.npz", splits)
     if args.float16:
-        arrays = {k: v.astype(np.float16) for k, v in arrays.items()}
+        with tempfile.TemporaryDirectory() as scratch:
+            half = Path(scratch) / "half.npz"
+            io.write_npz(half, {k: v.astype(np.float16) for k, v in arrays.items()}, meta)
+            if same_figures(test_accuracy(half, splits), result):
+                arrays = io.read_npz(half)[1]
+            else:
+                args.float16 = False
+                print("float16 changed the test figures: published float32 instead", file=sys.stderr)
+    target = out / f"{args.name}.npz"
     io.write_npz(target, arrays, meta)
-    result = test_accuracy(target, splits)
-    if args.float16:
-        full = test_accuracy(run / "model.npz", splits)
-        if result[False]["accuracy"] < full[False]["accuracy"]:
-            io.write_npz(target, io.read_npz(run / "model.npz")[1], meta)
-            result = full
-            args.float16 = False
-            print("float16 cost accuracy: published float32 instead", file=sys.stderr)
-    shutil.copyfile(run / "confusion_matrix.png", out / f"{args.name}_confusion.png")
+    png = (run / "confusion_matrix.png").read_bytes()
+    io.atomic_write(out / f"{args.name}_confusion.png", lambda f: f.write(png))
     print(card(args.name, run, config, read_history(run / "history.csv"), result,
-               target.stat().st_size / 1e6, args.float16))
+               target.stat().st_size / 1e6, args.float16, splits.test_name))
     return 0
 
 

@@ -338,6 +338,8 @@ def test_split_with_private_test_uses_the_challenge_split():
     assert row_ids(splits.val[0]).tolist() == [5, 6, 7]
     assert row_ids(splits.test[0]).tolist() == [8, 9]
     assert "PublicTest" in splits.description and "PrivateTest" in splits.description
+    assert splits.test_name == "PrivateTest"
+    assert split(make_data([0, 1, 2], ["Training", "Training", "PublicTest"])).test_name == "PublicTest"
 
     fer6 = split(data, class_map="fer6")
     assert row_ids(fer6.train[0]).tolist() == [0, 2, 3, 4] and fer6.train[1].tolist() == [0, 1, 2, 3]

@@ -202,3 +202,11 @@ def test_publish_weights_writes_a_loadable_file_and_a_card(trained_run, tmp_path
     metrics = json.loads((run / "metrics.json").read_text())
     assert f"accuracy {metrics['accuracy']:.4f}" in result.stdout or "published float32" in result.stderr
     assert "## `tiny.npz`" in result.stdout and "per-class recall" in result.stdout
+    val = read_history(run / "history.csv")["val_accuracy"]
+    best = int(np.argmax(val))
+    assert f"best validation accuracy {val[best]:.4f} at epoch {best + 1}" in result.stdout
+    assert "PublicTest (never used for any choice)" in result.stdout
+    float16 = published.layers[1].get_weights()[0].dtype == np.float32 and \
+        io.read_npz(tmp_path / "tiny.npz")[1]["weight_0000"].dtype == np.float16
+    assert float16 == ("(float16 weights" in result.stdout)
+    assert float16 != ("published float32 instead" in result.stderr)
