@@ -36,6 +36,9 @@ def evaluate(model_path, data_path, split="auto", tta=False, skip_bad_rows=False
     if not rows.any():
         raise ValueError(f"{data_path}: has no {split} rows")
     class_map = meta.get("class_map", "fer7")
+    if class_map is None:    # converted with --labels that are no FER2013 class map
+        raise ValueError(f"{model_path}: its labels {meta['labels']} are not FER2013 classes under any class map "
+                         f"({', '.join(fer_data.CLASS_MAPS)}), so FER2013 rows cannot be scored against them")
     subset = fer_data.FerData(data.images[rows], data.labels[rows], data.usage[rows], data.source)
     images, labels, names = fer_data.apply_class_map(subset, class_map)
     if list(names) != list(meta["labels"]):

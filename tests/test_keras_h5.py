@@ -383,6 +383,12 @@ def test_convert_keras_writes_a_model_file_evaluate_and_predict_accept(functiona
     result = load_script("evaluate").evaluate(out, data, split="PublicTest")
     assert result["faces"] == 8 and result["labels"] == ["Happy", "Sad", "Neutral", "Surprise"]   # 4 classes of 7
 
+    own = tmp_path / "own_labels.npz"            # labels of no FER2013 class map: predict yes, evaluate no
+    assert load_script("convert_keras").main([str(path), str(own), "--labels", "calm,tense,joy,other"]) == 0
+    assert minicnn.load_model(own).metadata["class_map"] is None
+    with pytest.raises(ValueError, match="own_labels.npz: its labels .* are not FER2013 classes"):
+        load_script("evaluate").evaluate(own, data, split="PublicTest")
+
 
 @pytest.mark.parametrize("case", ["missing", "not_hdf5", "unsupported"])
 def test_convert_keras_exits_1_with_a_clear_error(case, functional_file, tmp_path, capsys):
