@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Pictures of what a trained model sees in one face: filters, feature maps, saliency, probabilities.
 
-    python scripts/visualize.py --model weights/mini_xception.npz --image photo.jpg --out viz/
+    python scripts/visualize.py --image photo.jpg --out viz/          # the shipped weights/mini_xception.npz
     python scripts/visualize.py --model run/model.npz --data ../shared/fer2013/fer2013.csv.gz --index 42 \\
         --out viz/ --target Happy --smoothgrad
 
@@ -27,6 +27,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # so the script runs from a checkout without installing
+DEFAULT_MODEL = REPO_ROOT / "weights" / "mini_xception.npz"
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
@@ -50,7 +51,8 @@ class UsageError(Exception):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, required=True, help="minicnn model file (.npz)")
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL,
+                        help="minicnn model file (default: %(default)s, the shipped weights)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--image", type=Path, help="an image file with a face (anything OpenCV reads)")
     source.add_argument("--data", type=Path, metavar="CSV", help="the FER2013 CSV (or image folder); needs --index")

@@ -243,3 +243,9 @@ def test_visualize_fails_clearly_on_missing_files(study, monkeypatch, capsys, tm
     assert script.main(["--model", str(tmp_path / "none.npz"), "--image", str(folder / "face.png"),
                         "--out", str(tmp_path)]) == 1
     assert "model file not found" in capsys.readouterr().err
+
+
+def test_visualize_uses_the_shipped_weights_by_default(study):
+    _, script, _ = study
+    args = script.parse_args(["--image", "face.png", "--out", "viz"])
+    assert args.model == ROOT / "weights" / "mini_xception.npz" and args.model.is_file()
