@@ -344,3 +344,13 @@ def test_fit_refuses_empty_data():
     model.compile("sgd", "sparse_categorical_crossentropy")
     with pytest.raises(ValueError, match="no training data"):
         model.fit(np.zeros((0, 12, 12, 1), np.float32), np.zeros(0), verbose=0)
+
+
+def test_labels_shaped_n_by_1_are_labels_as_in_keras():
+    """CIFAR-style y_train of shape (N, 1): accuracy and class weights read them as labels, not one-hot."""
+    from minicnn.models.model import _sample_weights, accuracy
+    y_pred = np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7]])
+    labels = np.array([0, 1, 0])
+    for y in (labels, labels[:, None], np.eye(2)[labels]):
+        assert accuracy(y, y_pred) == pytest.approx(2 / 3), y.shape
+        np.testing.assert_array_equal(_sample_weights(y, None, {0: 1.0, 1: 5.0}), [1, 5, 1])

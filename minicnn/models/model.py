@@ -186,20 +186,22 @@ class Model(Network):
         io.save_model(self, path, metadata)
 
 
+def class_labels(y):
+    """Targets as class indices (N,): from labels (N,) or (N, 1), as Keras takes them, or one-hot (N, K)."""
+    y = np.asarray(y)
+    return y.argmax(axis=-1) if y.ndim == 2 and y.shape[1] > 1 else y.reshape(-1)
+
+
 def accuracy(y_true, y_pred):
-    """Fraction of rows whose arg-max prediction is the true class (labels or one-hot)."""
-    y_true = np.asarray(y_true)
-    labels = y_true.argmax(axis=-1) if y_true.ndim == 2 else y_true.reshape(-1)
-    return float((y_pred.argmax(axis=-1) == labels).mean())
+    """Fraction of rows whose arg-max prediction is the true class."""
+    return float((y_pred.argmax(axis=-1) == class_labels(y_true)).mean())
 
 
 def _sample_weights(y, sample_weight, class_weight):
     """Per-sample loss weights: sample_weight times class_weight[label] (Keras' combination)."""
     if class_weight is None:
         return sample_weight
-    y = np.asarray(y)
-    labels = y.argmax(axis=-1) if y.ndim == 2 else y.reshape(-1)
-    weights = np.array([class_weight[int(label)] for label in labels], dtype=np.float64)
+    weights = np.array([class_weight[int(label)] for label in class_labels(y)], dtype=np.float64)
     return weights if sample_weight is None else weights * sample_weight
 
 
