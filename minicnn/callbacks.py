@@ -59,7 +59,16 @@ class _Monitor(Callback):
         if mode == "auto":
             mode = "max" if "acc" in monitor else "min"
         self.mode = mode
-        self.best = math.inf if mode == "min" else -math.inf
+        self.best = self.worst()
+        self._restored = False
+
+    def worst(self):
+        return math.inf if self.mode == "min" else -math.inf
+
+    def starts_afresh(self):
+        """True at the start of a fit, except the first one after set_state (a resumed run)."""
+        restored, self._restored = self._restored, False
+        return not restored
 
     def improved(self, value):
         if self.mode == "min":
@@ -77,16 +86,18 @@ class _Monitor(Callback):
 
     def set_state(self, config, arrays):
         self.best = float(config["best"])
+        self._restored = True
 
 
 class ModelCheckpoint(_Monitor):
     """Save the model (or its weights) after each epoch; with save_best_only, only on improvement.
 
-    `filepath` may contain format fields: "weights.{epoch:02d}-{val_loss:.2f}.npz".
+    `filepath` may contain format fields: "weights.{epoch:02d}-{val_loss:.2f}.npz". As in Keras,
+    the best value carries over from one fit to the next. Arguments in Keras' order.
     """
 
-    def __init__(self, filepath, monitor="val_loss", save_best_only=False, save_weights_only=False,
-                 mode="auto", verbose=0):
+    def __init__(self, filepath, monitor="val_loss", verbose=0, save_best_only=False, save_weights_only=False,
+                 mode="auto"):
         super().__init__(monitor, mode)
         self.filepath, self.save_best_only = filepath, save_best_only
         self.save_weights_only, self.verbose = save_weights_only, verbose
@@ -105,13 +116,18 @@ class ModelCheckpoint(_Monitor):
 
 
 class EarlyStopping(_Monitor):
-    """Stop when `monitor` has not improved for `patience` epochs; optionally restore the best weights."""
+    """Stop when `monitor` has not improved for `patience` epochs; optionally restore the best weights.
+    Each fit starts counting afresh, as in Keras. Arguments in Keras' order."""
 
-    def __init__(self, monitor="val_loss", patience=0, min_delta=0.0, mode="auto", restore_best_weights=False,
-                 verbose=0):
+    def __init__(self, monitor="val_loss", min_delta=0.0, patience=0, verbose=0, mode="auto",
+                 restore_best_weights=False):
         super().__init__(monitor, mode, min_delta)
         self.patience, self.restore_best_weights, self.verbose = patience, restore_best_weights, verbose
         self.wait, self.best_weights, self.stopped_epoch = 0, None, None
+
+    def on_train_begin(self, logs=None):
+        if self.starts_afresh():
+            self.best, self.wait, self.best_weights, self.stopped_epoch = self.worst(), 0, None, None
 
     def on_epoch_end(self, epoch, logs=None):
         value = self.current(logs)
@@ -144,16 +160,21 @@ class EarlyStopping(_Monitor):
 
 
 class ReduceLROnPlateau(_Monitor):
-    """lr = max(lr * factor, min_lr) when `monitor` has not improved for `patience` epochs."""
+    """lr = max(lr * factor, min_lr) when `monitor` has not improved for `patience` epochs.
+    Each fit starts counting afresh, as in Keras. Arguments in Keras' order."""
 
-    def __init__(self, monitor="val_loss", factor=0.1, patience=10, min_lr=0.0, min_delta=1e-4, cooldown=0,
-                 mode="auto", verbose=0):
+    def __init__(self, monitor="val_loss", factor=0.1, patience=10, verbose=0, mode="auto", min_delta=1e-4,
+                 cooldown=0, min_lr=0.0):
         super().__init__(monitor, mode, min_delta)
         if factor >= 1.0:
             raise ValueError("ReduceLROnPlateau: factor must be < 1")
         self.factor, self.patience, self.min_lr = factor, patience, min_lr
         self.cooldown, self.verbose = cooldown, verbose
         self.wait, self.cooldown_counter = 0, 0
+
+    def on_train_begin(self, logs=None):
+        if self.starts_afresh():
+            self.best, self.wait, self.cooldown_counter = self.worst(), 0, 0
 
     def on_epoch_end(self, epoch, logs=None):
         value = self.current(logs)

@@ -60,3 +60,30 @@ def test_early_stopping_state_before_any_improvement_has_no_best_weights():
     restored = EarlyStopping(restore_best_weights=True)
     restored.set_state(config, arrays)
     assert arrays == {} and restored.best_weights is None
+
+
+def test_each_fit_starts_the_plateau_callbacks_afresh_as_keras_does():
+    """Fine-tuning with a second fit reuses the callbacks: their patience counts from zero again."""
+    from minicnn.callbacks import ReduceLROnPlateau
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(32, 4)).astype(np.float32), rng.integers(0, 3, 32)
+    model, stop = tiny_model(0), early_stopping()
+    plateau = ReduceLROnPlateau("loss", mode="max", factor=0.5, patience=5)
+    model.fit(x, y, batch_size=32, epochs=3, shuffle=False, callbacks=[stop, plateau], verbose=0)
+    assert stop.wait == 2 and plateau.wait == 2
+    history = model.fit(x, y, batch_size=32, epochs=2, shuffle=False, callbacks=[stop, plateau], verbose=0)
+    assert len(history.history["loss"]) == 2 and not model.stop_training
+    assert stop.wait == 1 and plateau.wait == 1          # the new fit's first epoch set a new best
+
+
+def test_callbacks_take_positional_arguments_in_keras_order(tmp_path):
+    from minicnn.callbacks import ModelCheckpoint, ReduceLROnPlateau
+    stop = EarlyStopping("val_loss", 0.01, 5, 1, "min", True)
+    assert (stop.min_delta, stop.patience, stop.verbose, stop.mode, stop.restore_best_weights) == \
+        (0.01, 5, 1, "min", True)
+    plateau = ReduceLROnPlateau("val_loss", 0.2, 3, 1, "min", 0.01, 2, 1e-5)
+    assert (plateau.factor, plateau.patience, plateau.verbose, plateau.mode, plateau.min_delta, plateau.cooldown,
+            plateau.min_lr) == (0.2, 3, 1, "min", 0.01, 2, 1e-5)
+    checkpoint = ModelCheckpoint(str(tmp_path / "m.npz"), "val_accuracy", 1, True, False, "max")
+    assert (checkpoint.verbose, checkpoint.save_best_only, checkpoint.save_weights_only, checkpoint.mode) == \
+        (1, True, False, "max")
