@@ -74,10 +74,12 @@ def sparse_categorical_crossentropy(y_true, y_pred):
 
 
 def get(identifier):
+    """A loss object from itself, its name, or its function (`losses.categorical_crossentropy`), as Keras takes."""
     if isinstance(identifier, CategoricalCrossentropy):
         return identifier
     known = {"categorical_crossentropy": CategoricalCrossentropy,
              "sparse_categorical_crossentropy": SparseCategoricalCrossentropy}
-    if identifier not in known:
+    name = getattr(identifier, "__name__", identifier) if callable(identifier) else identifier
+    if name not in known:
         raise ValueError(f"unknown loss {identifier!r}; known: {', '.join(known)}")
-    return known[identifier]()
+    return known[name]()

@@ -6,6 +6,8 @@ object and updates `weight.value` in place, so layers keep seeing their own arra
     RMSprop  s = rho * s + (1 - rho) * g**2;  w -= lr * g / (sqrt(s) + eps)
     Adam     m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g**2;
              w -= lr * sqrt(1 - b2**t) / (1 - b1**t) * m / (sqrt(v) + eps)
+Keras 2's spellings work too: `lr=` for learning_rate, and `decay=d`, which trains step t
+with lr / (1 + d * t) (t counted from 0).
 """
 import numpy as np
 
@@ -15,22 +17,25 @@ from .ops.elementwise import adam_update
 class Optimizer:
     slot_names = ()
 
-    def __init__(self, learning_rate):
-        self.learning_rate = float(learning_rate)
+    def __init__(self, learning_rate, lr=None, decay=0.0):
+        self.learning_rate = float(learning_rate if lr is None else lr)
+        self.decay = float(decay)
         self.iterations = 0
         self.slots = {}          # Weight -> {slot name: array}
 
     def apply_gradients(self, weights):
         """One step on every weight with a gradient (weights: the model's trainable_weights)."""
+        lr = self.learning_rate / (1.0 + self.decay * self.iterations)
         self.iterations += 1
         for w in weights:
             if w.grad is None:
                 continue
             if w not in self.slots:
                 self.slots[w] = {name: np.zeros_like(w.value) for name in self.slot_names}
-            self.update(w.value, w.grad.astype(w.value.dtype, copy=False), self.slots[w])
+            self.update(w.value, w.grad.astype(w.value.dtype, copy=False), self.slots[w], lr)
 
-    def update(self, value, grad, slots):
+    def update(self, value, grad, slots, lr):
+        """One step on `value` in place, at learning rate `lr`."""
         raise NotImplementedError
 
     # ---- state, for checkpoints that resume exactly ------------------------------------------
@@ -49,25 +54,25 @@ class Optimizer:
                 self.slots[w] = {name: np.array(arrays[k], dtype=w.value.dtype) for name, k in keys.items()}
 
     def get_config(self):
-        return {"class_name": type(self).__name__, "learning_rate": self.learning_rate}
+        return {"class_name": type(self).__name__, "learning_rate": self.learning_rate, "decay": self.decay}
 
 
 class SGD(Optimizer):
     slot_names = ("velocity",)
 
-    def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False):
-        super().__init__(learning_rate)
+    def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, **keras2):
+        super().__init__(learning_rate, **keras2)
         self.momentum, self.nesterov = float(momentum), bool(nesterov)
 
-    def update(self, value, grad, slots):
+    def update(self, value, grad, slots, lr):
         if self.momentum == 0:
-            value -= self.learning_rate * grad
+            value -= lr * grad
             return
         v = slots["velocity"]
         v *= self.momentum
-        v -= self.learning_rate * grad
+        v -= lr * grad
         if self.nesterov:
-            value += self.momentum * v - self.learning_rate * grad
+            value += self.momentum * v - lr * grad
         else:
             value += v
 
@@ -78,15 +83,15 @@ class SGD(Optimizer):
 class RMSprop(Optimizer):
     slot_names = ("rms",)
 
-    def __init__(self, learning_rate=0.001, rho=0.9, epsilon=1e-7):
-        super().__init__(learning_rate)
+    def __init__(self, learning_rate=0.001, rho=0.9, epsilon=1e-7, **keras2):
+        super().__init__(learning_rate, **keras2)
         self.rho, self.epsilon = float(rho), float(epsilon)
 
-    def update(self, value, grad, slots):
+    def update(self, value, grad, slots, lr):
         s = slots["rms"]
         s *= self.rho
         s += (1 - self.rho) * grad * grad
-        value -= self.learning_rate * grad / (np.sqrt(s) + self.epsilon)
+        value -= lr * grad / (np.sqrt(s) + self.epsilon)
 
     def get_config(self):
         return {**super().get_config(), "rho": self.rho, "epsilon": self.epsilon}
@@ -95,13 +100,13 @@ class RMSprop(Optimizer):
 class Adam(Optimizer):
     slot_names = ("m", "v")
 
-    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
-        super().__init__(learning_rate)
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, **keras2):
+        super().__init__(learning_rate, **keras2)
         self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
 
-    def update(self, value, grad, slots):
+    def update(self, value, grad, slots, lr):
         t = self.iterations
-        lr_t = self.learning_rate * np.sqrt(1 - self.beta_2 ** t) / (1 - self.beta_1 ** t)
+        lr_t = lr * np.sqrt(1 - self.beta_2 ** t) / (1 - self.beta_1 ** t)
         # the update of the docstring, in place; ops/elementwise.py has it as NumPy lines
         adam_update(value, grad, slots["m"], slots["v"], lr_t, self.beta_1, self.beta_2, self.epsilon)
 
@@ -116,7 +121,10 @@ def get(identifier):
         return identifier
     if isinstance(identifier, dict):
         config = dict(identifier)
-        return classes[config.pop("class_name").lower()](**config)
+        name = str(config.pop("class_name", "")).lower()
+        if name not in classes:
+            raise ValueError(f"unknown optimizer class_name {name!r} in {identifier}; known: sgd, adam, rmsprop")
+        return classes[name](**config)
     if str(identifier).lower() not in classes:
         raise ValueError(f"unknown optimizer {identifier!r}; known: sgd, adam, rmsprop")
     return classes[str(identifier).lower()]()

@@ -354,3 +354,24 @@ def test_labels_shaped_n_by_1_are_labels_as_in_keras():
     for y in (labels, labels[:, None], np.eye(2)[labels]):
         assert accuracy(y, y_pred) == pytest.approx(2 / 3), y.shape
         np.testing.assert_array_equal(_sample_weights(y, None, {0: 1.0, 1: 5.0}), [1, 5, 1])
+
+
+def test_keras_2_spellings_lr_decay_and_loss_functions_work():
+    """Seed-era code writes SGD(lr=0.01, decay=1e-6) and compile(loss=losses.categorical_crossentropy)."""
+    from minicnn.layers.base import Weight
+    assert optimizers.Adam(lr=0.01).learning_rate == 0.01 and optimizers.RMSprop(lr=0.02).learning_rate == 0.02
+    sgd = optimizers.SGD(lr=0.1, decay=0.5)
+    w = Weight("w", np.ones(1))
+    for _ in range(2):
+        w.grad = np.ones(1)
+        sgd.apply_gradients([w])
+    np.testing.assert_allclose(w.value, [1 - 0.1 - 0.1 / 1.5])         # lr / (1 + decay * t), t = 0, 1
+    assert optimizers.get(sgd.get_config()).decay == 0.5
+    with pytest.raises(ValueError, match="unknown optimizer class_name 'adamw'"):
+        optimizers.get({"class_name": "AdamW"})
+
+    model = Sequential([Dense(3, activation="softmax", input_shape=(4,))])
+    model.compile(optimizers.SGD(lr=0.1), loss=minicnn.losses.categorical_crossentropy)
+    assert type(model.loss).__name__ == "CategoricalCrossentropy"
+    model.compile("adam", loss=minicnn.losses.sparse_categorical_crossentropy)
+    assert type(model.loss).__name__ == "SparseCategoricalCrossentropy"
