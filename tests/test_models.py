@@ -375,3 +375,21 @@ def test_keras_2_spellings_lr_decay_and_loss_functions_work():
     assert type(model.loss).__name__ == "CategoricalCrossentropy"
     model.compile("adam", loss=minicnn.losses.sparse_categorical_crossentropy)
     assert type(model.loss).__name__ == "SparseCategoricalCrossentropy"
+
+
+def test_a_window_that_does_not_fit_is_an_error_naming_the_layer_when_the_graph_is_built():
+    with pytest.raises(ValueError, match=r"conv_small: a 5x5 window .* does not fit an input of 3x3; "
+                                         r"received input_shape=\(None, 3, 3, 1\)"):
+        Conv2D(2, 5, name="conv_small")(Input((3, 3, 1)))
+    with pytest.raises(ValueError, match=r"pool_small: a 4x4 window .* does not fit an input of 3x3"):
+        Sequential([MaxPooling2D(4, name="pool_small", input_shape=(3, 3, 1))])
+    with pytest.raises(ValueError, match="conv_stride: strides must be a positive int"):
+        Conv2D(2, 3, strides=0, name="conv_stride")
+    same = Conv2D(2, 5, padding="same", name="conv_same")          # "same" fits any input
+    assert same(Input((3, 3, 1))).shape == (None, 3, 3, 2)
+    unknown = Conv2D(2, 5, name="conv_unknown")(Input((None, None, 1)))   # sizes known only at forward
+    assert unknown.shape == (None, None, None, 2)
+    layer = Conv2D(2, 5, name="conv_late")
+    layer.forward(np.zeros((1, 8, 8, 1), np.float32))
+    with pytest.raises(ValueError, match=r"conv_late: a 5x5 window .* does not fit an input of 3x3"):
+        layer.forward(np.zeros((1, 3, 3, 1), np.float32))

@@ -14,16 +14,25 @@ from .. import activations, initializers, regularizers
 from ..ops.depthwise import depthwise_conv, depthwise_conv_backward
 from ..ops.gemm import matmul
 from ..ops.im2col import col2im, im2col
-from ..ops.padding import conv_geometry, conv_output_length
+from ..ops.padding import conv_geometry, output_size
 from .base import Layer
 
 
-def as_pair(value, what="kernel_size"):
+def as_pair(value, what="kernel_size", layer="layer"):
     """3 -> (3, 3); (3, 5) -> (3, 5), as Keras accepts both."""
     pair = (value, value) if isinstance(value, int) else tuple(value)
     if len(pair) != 2 or not all(isinstance(v, int) and v > 0 for v in pair):
-        raise ValueError(f"{what} must be a positive int or a pair of them, received {value!r}")
+        raise ValueError(f"{layer}: {what} must be a positive int or a pair of them, received {value!r}")
     return pair
+
+
+def window_output_size(layer, input_shape, window):
+    """(Ho, Wo) of `layer`'s window (its strides and padding) on input_shape (N, H, W, C);
+    an error naming the layer when no window fits, at build time rather than in forward."""
+    try:
+        return output_size(input_shape[1], input_shape[2], window, layer.strides, layer.padding)
+    except ValueError as error:
+        raise ValueError(f"{layer.name}: {error}; received input_shape={tuple(input_shape)}") from None
 
 
 class _Conv(Layer):
@@ -34,8 +43,8 @@ class _Conv(Layer):
     def __init__(self, kernel_size, strides=(1, 1), padding="valid", activation=None, use_bias=True,
                  kernel_initializer="glorot_uniform", bias_initializer="zeros", kernel_regularizer=None, **kwargs):
         super().__init__(**kwargs)
-        self.kernel_size = as_pair(kernel_size)
-        self.strides = as_pair(strides, "strides")
+        self.kernel_size = as_pair(kernel_size, "kernel_size", self.name)
+        self.strides = as_pair(strides, "strides", self.name)
         if padding not in ("valid", "same"):
             raise ValueError(f"{self.name}: padding must be 'valid' or 'same', received {padding!r}")
         self.padding = padding
@@ -54,12 +63,11 @@ class _Conv(Layer):
         return buffer
 
     def spatial_output_shape(self, input_shape):
-        n, h, w = input_shape[:3]
-        return (n, conv_output_length(h, self.kernel_size[0], self.strides[0], self.padding),
-                conv_output_length(w, self.kernel_size[1], self.strides[1], self.padding))
+        return (input_shape[0], *window_output_size(self, input_shape, self.kernel_size))
 
     def geometry(self, x):
         """((top, bottom), (left, right)) padding and the output size Ho, Wo for x."""
+        window_output_size(self, x.shape, self.kernel_size)
         return conv_geometry(x.shape[1], x.shape[2], self.kernel_size, self.strides, self.padding)
 
     def activate(self, z):

@@ -1,10 +1,10 @@
 """Pooling: MaxPooling2D, AveragePooling2D and GlobalAveragePooling2D (channels-last)."""
 import numpy as np
 
-from ..ops.padding import conv_geometry, conv_output_length
+from ..ops.padding import conv_geometry
 from ..ops.pooling import avg_pool, avg_pool_backward, max_pool, max_pool_backward
 from .base import Layer
-from .conv import as_pair
+from .conv import as_pair, window_output_size
 
 
 class _Pooling2D(Layer):
@@ -12,18 +12,17 @@ class _Pooling2D(Layer):
 
     def __init__(self, pool_size=(2, 2), strides=None, padding="valid", **kwargs):
         super().__init__(**kwargs)
-        self.pool_size = as_pair(pool_size, "pool_size")
-        self.strides = as_pair(strides, "strides") if strides is not None else self.pool_size
+        self.pool_size = as_pair(pool_size, "pool_size", self.name)
+        self.strides = as_pair(strides, "strides", self.name) if strides is not None else self.pool_size
         if padding not in ("valid", "same"):
             raise ValueError(f"{self.name}: padding must be 'valid' or 'same', received {padding!r}")
         self.padding = padding
 
     def compute_output_shape(self, input_shape):
-        n, h, w, c = input_shape
-        return (n, conv_output_length(h, self.pool_size[0], self.strides[0], self.padding),
-                conv_output_length(w, self.pool_size[1], self.strides[1], self.padding), c)
+        return (input_shape[0], *window_output_size(self, input_shape, self.pool_size), input_shape[3])
 
     def geometry(self, x):
+        window_output_size(self, x.shape, self.pool_size)
         pads, _, _ = conv_geometry(x.shape[1], x.shape[2], self.pool_size, self.strides, self.padding)
         return pads
 

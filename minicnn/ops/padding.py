@@ -28,13 +28,19 @@ def pad_amounts(size, kernel, stride, padding):
     return total // 2, total - total // 2
 
 
+def output_size(height, width, kernel_size, strides, padding):
+    """(Ho, Wo) of a 2-D window op, None where the input size is unknown; an error if no window fits."""
+    (kh, kw), (sh, sw) = kernel_size, strides
+    ho, wo = conv_output_length(height, kh, sh, padding), conv_output_length(width, kw, sw, padding)
+    if (ho is not None and ho < 1) or (wo is not None and wo < 1):
+        raise ValueError(f"a {kh}x{kw} window with strides {tuple(strides)} and padding {padding!r} "
+                         f"does not fit an input of {height}x{width}")
+    return ho, wo
+
+
 def conv_geometry(height, width, kernel_size, strides, padding):
     """Everything a 2-D window op needs: ((top, bottom), (left, right)), Ho, Wo."""
-    (kh, kw), (sh, sw) = kernel_size, strides
-    pads = (pad_amounts(height, kh, sh, padding), pad_amounts(width, kw, sw, padding))
-    ho = conv_output_length(height, kh, sh, padding)
-    wo = conv_output_length(width, kw, sw, padding)
-    if ho is not None and wo is not None and (ho < 1 or wo < 1):
-        raise ValueError(f"a {kh}x{kw} window with strides {strides} and padding {padding!r} "
-                         f"does not fit an input of {height}x{width}")
+    ho, wo = output_size(height, width, kernel_size, strides, padding)
+    pads = (pad_amounts(height, kernel_size[0], strides[0], padding),
+            pad_amounts(width, kernel_size[1], strides[1], padding))
     return pads, ho, wo
