@@ -393,3 +393,12 @@ def test_a_window_that_does_not_fit_is_an_error_naming_the_layer_when_the_graph_
     layer.forward(np.zeros((1, 8, 8, 1), np.float32))
     with pytest.raises(ValueError, match=r"conv_late: a 5x5 window .* does not fit an input of 3x3"):
         layer.forward(np.zeros((1, 3, 3, 1), np.float32))
+
+
+def test_batchnorm_moving_variance_is_keras_2s_unbiased_estimate():
+    bn = BatchNormalization(momentum=0.9, epsilon=1e-3)
+    x = np.random.default_rng(0).normal(2.0, 3.0, (4, 5))
+    bn.forward(x.astype(np.float32), training=True)
+    m = 4
+    np.testing.assert_allclose(bn.moving_mean.value, 0.1 * x.mean(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(bn.moving_variance.value, 0.9 + 0.1 * x.var(axis=0) * m / (m - 1 - 1e-3), rtol=1e-5)

@@ -8,8 +8,9 @@ from .base import Layer
 class BatchNormalization(Layer):
     """y = gamma * (x - mean) / sqrt(var + epsilon) + beta, per channel.
 
-    training=True:  mean, var of this batch over every axis but the last, and
-                    moving = moving * momentum + batch * (1 - momentum)   (Keras' update)
+    training=True:  mean, var of this batch over every axis but the last (m = N*H*W values), and
+                    moving = moving * momentum + batch * (1 - momentum)   (Keras' update), where the
+                    moving variance takes Keras 2's unbiased var * m / (m - 1 - epsilon)
     training=False: the moving mean and variance.
     x: (N, H, W, C) or (N, C) -> y: same shape;  gamma, beta, moving_mean, moving_variance: (C,)
     """
@@ -32,9 +33,11 @@ class BatchNormalization(Layer):
         x = self.prepare(x)
         if training:
             mean, var = moments(x)                 # over every axis but the channels
-            m = self.momentum
-            self.moving_mean.value[...] = self.moving_mean.value * m + mean * (1 - m)
-            self.moving_variance.value[...] = self.moving_variance.value * m + var * (1 - m)
+            m = x.size // x.shape[-1]
+            unbiased = var * (m / (m - 1 - self.epsilon)) if m > 1 else var   # estimates the population's
+            r = self.momentum
+            self.moving_mean.value[...] = self.moving_mean.value * r + mean * (1 - r)
+            self.moving_variance.value[...] = self.moving_variance.value * r + unbiased * (1 - r)
         else:
             mean, var = self.moving_mean.value, self.moving_variance.value
         inv_std = 1 / np.sqrt(var + self.epsilon)
