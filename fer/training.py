@@ -168,7 +168,11 @@ def restore_checkpoint(path, model, batches, stateful_callbacks):
     meta, arrays = io.read_npz(path)
     io.assign_weights(model, meta, arrays, path)
     opt_arrays = {k[len("optimizer/"):]: v for k, v in arrays.items() if k.startswith("optimizer/")}
-    model.optimizer.set_state(model.trainable_weights, meta["optimizer"], opt_arrays)
+    # the optimizer's arrays are numbered in the trainable weights' order when saved, which the
+    # file's weight names keep: restore them in that order, whatever the model's order is now
+    trainable = {w.name: w for w in model.trainable_weights}
+    saved_order = [trainable[name] for name in meta["weights"] if name in trainable]
+    model.optimizer.set_state(saved_order, meta["optimizer"], opt_arrays)
     backend.rng().bit_generator.state = meta["rng"]
     batches.set_state(meta["batches"])
     for i, c in enumerate(stateful_callbacks):

@@ -84,13 +84,20 @@ def all_weights(model):
 
 
 def assign_weights(model, meta, arrays, path):
-    """Check every name count and shape against `model`, then copy; the model is unchanged on error."""
+    """Check every name count and shape against `model`, then copy; the model is unchanged on error.
+
+    When the file's weight names are the model's (a model rebuilt from its own file or
+    checkpoint), each array goes to the weight of its name, so no change in layer order can
+    swap two weights of one shape; otherwise by position, as Keras' load_weights does.
+    """
     weights = all_weights(model)
     names = meta.get("weights", [])
     if len(names) != len(weights):
         raise ValueError(f"{path}: the file holds {len(names)} weights, the model {model.name} has {len(weights)}")
+    by_name = {w.name: w for w in weights}
+    targets = [by_name[n] for n in names] if sorted(names) == sorted(by_name) else weights
     values = []
-    for i, (w, saved_name) in enumerate(zip(weights, names)):
+    for i, (w, saved_name) in enumerate(zip(targets, names)):
         array = arrays.get(f"weight_{i:04d}")
         if array is None:
             raise ValueError(f"{path}: weight {saved_name} is missing from the file")
@@ -100,7 +107,7 @@ def assign_weights(model, meta, arrays, path):
         if array.dtype.kind != "f":
             raise ValueError(f"{path}: weight {saved_name} has dtype {array.dtype}, expected floats")
         values.append(array)
-    for w, array in zip(weights, values):
+    for w, array in zip(targets, values):
         w.value[...] = array
 
 

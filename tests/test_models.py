@@ -402,3 +402,29 @@ def test_batchnorm_moving_variance_is_keras_2s_unbiased_estimate():
     m = 4
     np.testing.assert_allclose(bn.moving_mean.value, 0.1 * x.mean(axis=0), rtol=1e-5)
     np.testing.assert_allclose(bn.moving_variance.value, 0.9 + 0.1 * x.var(axis=0) * m / (m - 1 - 1e-3), rtol=1e-5)
+
+
+def test_functional_layers_come_in_keras_order_as_the_seed_prints_them(shared_dir):
+    """Seed 002's summary (Keras): in each residual block the shortcut conv comes after the main
+    branch's last BN, then the pool, the shortcut BN and the add. Rows compared by (shape, params)."""
+    text = next((shared_dir / "seeds").glob("002_*.txt")).read_text()
+    row = re.compile(r"^\S+ \(\w+\)?\s+(\(None[^)]*\))\s+(\d+)", re.M)   # Keras cuts long type names
+    printed = row.findall(text)
+    ours = row.findall(summary_text(fer_models.build("mini_xception")))
+    assert len(printed) == len(ours) > 40
+    assert ours == printed
+
+
+def test_a_weight_file_loads_by_weight_name_whatever_the_order_in_the_file(tmp_path):
+    from minicnn import io
+    model = fer_models.build("mini_xception")
+    rng = np.random.default_rng(0)
+    model.set_weights([rng.standard_normal(w.shape).astype(np.float32) for w in model.get_weights()])
+    model.save(tmp_path / "model.npz")
+    meta, arrays = io.read_npz(tmp_path / "model.npz")
+    order = rng.permutation(len(meta["weights"]))          # as a file written under another layer order
+    io.write_npz(tmp_path / "shuffled.npz", {f"weight_{i:04d}": arrays[f"weight_{j:04d}"] for i, j in enumerate(order)},
+                 {**meta, "weights": [meta["weights"][j] for j in order]})
+    loaded = minicnn.load_model(tmp_path / "shuffled.npz")
+    for a, b in zip(loaded.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(a, b)

@@ -12,19 +12,29 @@ from ..layers.base import Layer, SymbolicTensor
 
 
 def topological_order(output):
-    """Every layer that `output` depends on, each after all of its inputs (depth-first)."""
-    order, seen = [], set()
+    """Every layer that `output` depends on, in the order Keras lists a model's layers: by
+    depth, the longest path to the output, deepest (the inputs) first; layers of one depth in
+    the order a depth-first walk back from the output meets them. A layer's depth is larger
+    than any of its consumers', so each layer still comes after all of its inputs."""
+    met, walk_done, inputs_of = {}, [], {}       # met: layer -> when the walk first met it
 
-    def visit(tensor):
-        if id(tensor.layer) in seen:
+    def walk(tensor):
+        layer = tensor.layer
+        if layer in met:
             return
-        seen.add(id(tensor.layer))
+        met[layer] = len(met)
+        inputs_of[layer] = [t.layer for t in tensor.inputs]
         for t in tensor.inputs:
-            visit(t)
-        order.append(tensor.layer)
+            walk(t)
+        walk_done.append(layer)                  # after all of its inputs
 
-    visit(output)
-    return order
+    walk(output)
+    depth = {}
+    for layer in reversed(walk_done):            # consumers before the layers they read
+        d = depth.setdefault(layer, 0)
+        for source in inputs_of[layer]:
+            depth[source] = max(depth.get(source, 0), d + 1)
+    return sorted(walk_done, key=lambda layer: (-depth[layer], met[layer]))
 
 
 class Network:
