@@ -76,6 +76,8 @@ class _Monitor(Callback):
         return value > self.best + self.min_delta
 
     def current(self, logs):
+        """The monitored value. A metric missing from the logs is an error here, where Keras
+        warns and skips: a checkpoint or early stop that silently never fires loses a run."""
         if self.monitor not in (logs or {}):
             raise KeyError(f"{type(self).__name__}: metric {self.monitor!r} is not in the logs "
                            f"({', '.join(logs or {})}); pass validation data to monitor val_ metrics")

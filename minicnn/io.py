@@ -133,7 +133,10 @@ def load_model(path):
     meta, arrays = read_npz(path)
     if "config" not in meta:
         raise ValueError(f"{path}: holds weights only (save_weights); build the model and call load_weights")
-    model = model_from_config(meta["config"])
+    try:
+        model = model_from_config(meta["config"])
+    except (KeyError, TypeError, ValueError) as error:     # a config this version cannot build
+        raise ValueError(f"{path}: the stored architecture does not build: {error}") from error
     assign_weights(model, meta, arrays, path)
     model.metadata = meta.get("metadata") or {}
     return model

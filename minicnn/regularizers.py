@@ -48,8 +48,11 @@ def get(identifier):
         return identifier
     if isinstance(identifier, dict):
         config = dict(identifier)
-        cls = {"L2": L2, "L1": L1}[config.pop("class_name")]
-        return cls(**config)
+        classes = {"L2": L2, "L1": L1}
+        name = config.pop("class_name", None)
+        if name not in classes:
+            raise ValueError(f"unknown regularizer class_name {name!r} in {identifier}; known: L1, L2")
+        return classes[name](**config)
     raise ValueError(f"unknown regularizer {identifier!r}")
 
 

@@ -291,7 +291,8 @@ def test_terminate_on_nan_stops_and_names_epoch_and_batch(capsys):
 def test_bad_inputs_name_the_layer():
     layer = Conv2D(4, 3, name="conv2d_x")
     layer.forward(np.zeros((1, 5, 5, 8), np.float32))
-    with pytest.raises(ValueError, match=r"conv2d_x: expected 8 input channels, received x.shape=\(2, 5, 5, 3\)"):
+    with pytest.raises(ValueError, match=r"conv2d_x: expected 8 input channels \(the last axis\), "
+                                         r"received x.shape=\(2, 5, 5, 3\)"):
         layer.forward(np.zeros((2, 5, 5, 3), np.float32))
     with pytest.raises(ValueError, match="conv2d_x: expected a 4-D input"):
         layer.forward(np.zeros((5, 5, 8), np.float32))
@@ -428,3 +429,16 @@ def test_a_weight_file_loads_by_weight_name_whatever_the_order_in_the_file(tmp_p
     loaded = minicnn.load_model(tmp_path / "shuffled.npz")
     for a, b in zip(loaded.get_weights(), model.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+def test_bad_configs_in_files_and_dicts_are_errors_naming_them(tmp_path):
+    from minicnn import io, regularizers
+    with pytest.raises(ValueError, match="unknown regularizer class_name 'L3'"):
+        regularizers.get({"class_name": "L3", "l3": 0.1})
+    model = Sequential([Conv2D(2, 3, input_shape=(6, 6, 1)), Flatten(), Dense(2)])
+    model.save(tmp_path / "model.npz")
+    meta, arrays = io.read_npz(tmp_path / "model.npz")
+    del meta["config"]["layers"][1]["config"]["filters"]        # as a file from another version might
+    io.write_npz(tmp_path / "broken.npz", arrays, meta)
+    with pytest.raises(ValueError, match="broken.npz: the stored architecture does not build"):
+        minicnn.load_model(tmp_path / "broken.npz")

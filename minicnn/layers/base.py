@@ -145,7 +145,8 @@ class Layer:
         if not self.built:
             self.build((None,) + x.shape[1:])
         elif self.input_shape[-1] is not None and x.shape[-1] != self.input_shape[-1]:
-            raise ValueError(f"{self.name}: expected {self.input_shape[-1]} input channels, "
+            what = "channels" if x.ndim == 4 else "features"
+            raise ValueError(f"{self.name}: expected {self.input_shape[-1]} input {what} (the last axis), "
                              f"received x.shape={x.shape}")
         return x.astype(self.dtype, copy=False)
 

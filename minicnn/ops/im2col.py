@@ -27,12 +27,10 @@ Speed, measured with benchmarks/kernels.py (batch 64, float32, numba on 2 thread
 VM shared with other jobs, so +-30%; "x" = reference time / numba time):
   im2col  numba 1.3-7x faster for 3x3 and 5x5 windows whenever a kernel row holds 4+
           numbers (kw*C), e.g. 24x24x64 5x5 "same" 48-63 ms -> 20-25 ms, 46x46x8 3x3
-          "valid" 11-24 ms -> 2-7 ms. The 1x1 stride-2 shortcuts take < 0.6 ms either way
-          (0.7-4x; quiet: im2col 1.3-2.6x, col2im 1.0-1.1x) and keep the reference, as
-          1-channel 3x3 windows (3 numbers a row) do, where numba is 0.4-0.9x.
+          "valid" 11-24 ms -> 2-7 ms. The 1x1 stride-2 shortcuts keep the reference (see
+          _numba_pays), as 1-channel 3x3 windows (3 numbers a row) do, where numba is 0.4-0.9x.
   col2im  numba 1.9-30x faster, e.g. 24x24x64 5x5 77-114 ms -> 10-21 ms, 46x46x8 3x3
-          "valid" 37-68 ms -> 2-5 ms; 1x1 stride 2: 0.5-2.4x, < 0.6 ms either way;
-          1-channel 3x3: about a tie (0.35-1.2x), the reference is kept.
+          "valid" 37-68 ms -> 2-5 ms; 1x1 stride 2 and 1-channel 3x3: the reference is kept.
 On a machine whose cores are busy with other processes, OpenMP's spin-waiting can stall
 every parallel numba call by ~8 ms (measured); OMP_WAIT_POLICY=passive or
 NUMBA_NUM_THREADS=1 avoids that.
