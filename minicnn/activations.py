@@ -9,7 +9,7 @@ Each backward is written in terms of the forward's output y, so a layer caches o
 """
 import numpy as np
 
-from .ops.elementwise import relu, relu_backward
+from .ops.elementwise import relu, relu_backward   # noqa: F401  (relu is also activations.relu)
 
 
 def softmax(z):
@@ -18,14 +18,22 @@ def softmax(z):
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def _sigmoid(z):
-    # exp(-|z|) never overflows; pick the algebraically equal form for each sign
+def sigmoid(z):
+    """1 / (1 + exp(-z)); exp(-|z|) never overflows, so each sign takes its own equal form."""
     e = np.exp(-np.abs(z))
     return np.where(z >= 0, 1 / (1 + e), e / (1 + e)).astype(z.dtype, copy=False)
 
 
-class Activation:
-    """A named pair `forward(z) -> y`, `backward(dy, y) -> dz`."""
+def tanh(z):
+    return np.tanh(z)
+
+
+def linear(z):
+    return z
+
+
+class ActivationFunction:
+    """A named pair `forward(z) -> y`, `backward(dy, y) -> dz` (the Activation *layer* is in layers/core.py)."""
 
     def __init__(self, name, forward, backward):
         self.name, self.forward, self.backward = name, forward, backward
@@ -35,19 +43,20 @@ class Activation:
 
 
 _ALL = {
-    "linear": Activation("linear", lambda z: z, lambda dy, y: dy),
-    "relu": Activation("relu", relu, relu_backward),      # the backward is one numba pass: ops/elementwise.py
-    "sigmoid": Activation("sigmoid", _sigmoid, lambda dy, y: dy * y * (1 - y)),
-    "tanh": Activation("tanh", np.tanh, lambda dy, y: dy * (1 - y * y)),
-    "softmax": Activation("softmax", softmax, lambda dy, y: y * (dy - (dy * y).sum(axis=-1, keepdims=True))),
+    "linear": ActivationFunction("linear", linear, lambda dy, y: dy),
+    "relu": ActivationFunction("relu", relu, relu_backward),   # the backward is one numba pass: ops/elementwise.py
+    "sigmoid": ActivationFunction("sigmoid", sigmoid, lambda dy, y: dy * y * (1 - y)),
+    "tanh": ActivationFunction("tanh", tanh, lambda dy, y: dy * (1 - y * y)),
+    "softmax": ActivationFunction("softmax", softmax, lambda dy, y: y * (dy - (dy * y).sum(axis=-1, keepdims=True))),
 }
 
 
-def get(name):
-    """None -> linear; otherwise one of relu, softmax, sigmoid, tanh, linear."""
-    if isinstance(name, Activation):
-        return name
-    name = name or "linear"
+def get(identifier):
+    """None -> linear; a name (relu, softmax, sigmoid, tanh, linear) or, as Keras takes them, the
+    function of that name (`activations.relu`)."""
+    if isinstance(identifier, ActivationFunction):
+        return identifier
+    name = getattr(identifier, "__name__", identifier) if callable(identifier) else (identifier or "linear")
     if name not in _ALL:
-        raise ValueError(f"unknown activation {name!r}; known: {', '.join(sorted(_ALL))}")
+        raise ValueError(f"unknown activation {identifier!r}; known: {', '.join(sorted(_ALL))}")
     return _ALL[name]

@@ -442,3 +442,14 @@ def test_bad_configs_in_files_and_dicts_are_errors_naming_them(tmp_path):
     io.write_npz(tmp_path / "broken.npz", arrays, meta)
     with pytest.raises(ValueError, match="broken.npz: the stored architecture does not build"):
         minicnn.load_model(tmp_path / "broken.npz")
+
+
+def test_activations_by_function_as_keras_takes_them():
+    from minicnn import activations
+    for fn in (activations.relu, activations.sigmoid, activations.tanh, activations.softmax, activations.linear):
+        layer = Dense(3, activation=fn)
+        assert layer.get_config()["activation"] == fn.__name__
+    z = np.array([[-800.0, 0.0, 800.0]])
+    np.testing.assert_array_equal(activations.sigmoid(z), [[0.0, 0.5, 1.0]])    # no overflow warning either way
+    with pytest.raises(ValueError, match="unknown activation 'swish'"):
+        Dense(3, activation="swish")

@@ -116,9 +116,9 @@ def _dropout_backward_kernel(dy, keep, scale, dx):
 
 
 @njit(cache=True, parallel=True)
-def _adam_kernel(value, grad, m, v, lr_t, beta_1, beta_2, epsilon):
-    # scalars come in the arrays' dtype, so float32 weights are updated in float32
-    one_minus_b1, one_minus_b2 = 1 - beta_1, 1 - beta_2
+def _adam_kernel(value, grad, m, v, lr_t, beta_1, beta_2, one_minus_b1, one_minus_b2, epsilon):
+    # scalars come in the arrays' dtype (1 - beta computed here would be float64: numba
+    # promotes int - float32), so float32 weights are updated in float32
     for b in prange((value.size + BLOCK - 1) // BLOCK):
         s = slice(b * BLOCK, (b + 1) * BLOCK)
         wb, gb, mb, vb = value[s], grad[s], m[s], v[s]
@@ -172,7 +172,7 @@ def adam_update_numba(value, grad, m, v, lr_t, beta_1, beta_2, epsilon):
     t = value.dtype.type
     with backend.kernel_threads(value.size):
         _adam_kernel(value.reshape(-1), _flat(grad, value.dtype), m.reshape(-1), v.reshape(-1),
-                     t(lr_t), t(beta_1), t(beta_2), t(epsilon))
+                     t(lr_t), t(beta_1), t(beta_2), t(1 - beta_1), t(1 - beta_2), t(epsilon))
 
 
 # ----------------------------------------------------------------------------------------
