@@ -25,6 +25,7 @@ sys.path.insert(0, str(REPO_ROOT))  # so the script runs from a checkout without
 from fer.faces import FaceDetector, crop, to_gray  # noqa: E402
 from fer.inference import EmotionClassifier, emotion_record  # noqa: E402
 from fer.live import draw_face, label_color  # noqa: E402
+from minicnn.io import atomic_write  # noqa: E402
 
 DEFAULT_MODEL = REPO_ROOT / "weights" / "mini_xception.npz"
 
@@ -37,7 +38,13 @@ def parse_args(argv=None):
                         help="write a copy of each image with boxes and labels to DIR, under the same file name")
     parser.add_argument("--no-detect", action="store_true",
                         help="each image is already an aligned face crop: classify the whole image as one face")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    names = [path.name for path in args.images]
+    clashes = sorted({name for name in names if names.count(name) > 1})
+    if args.annotate and clashes:
+        parser.error(f"--annotate writes each image under its file name, and several images are named "
+                     f"{', '.join(clashes)}: annotate them in separate runs")
+    return args
 
 
 def predict_image(image, classifier, detector):
@@ -85,8 +92,13 @@ def main(argv=None):
         print(json.dumps({"image": str(path), "faces": faces}), flush=True)
         if args.annotate:
             out = args.annotate / path.name
-            if not cv2.imwrite(str(out), annotated(image, faces, classifier.labels)):
-                print(f"predict.py: error: cannot write {out}", file=sys.stderr)
+            try:
+                ok, encoded = cv2.imencode(path.suffix or ".png", annotated(image, faces, classifier.labels))
+                if not ok:
+                    raise OSError(f"cannot encode an image as {path.suffix or '.png'}")
+                atomic_write(out, lambda f: f.write(encoded.tobytes()))     # never a half-written file
+            except (OSError, cv2.error) as error:
+                print(f"predict.py: error: cannot write {out}: {error}", file=sys.stderr)
                 failed += 1
     return 1 if failed else 0
 

@@ -340,6 +340,16 @@ def test_predict_script_json_lines_annotate_and_unreadable_image(faces, model_fi
     assert cv2.imread(str(annotated / "group.png")).shape == (HEIGHT, WIDTH, 3)
 
 
+def test_predict_script_refuses_to_annotate_two_images_of_one_name(faces, model_file, tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        cv2.imwrite(str(tmp_path / folder / "face.png"), background())
+    result = run_script(PREDICT, tmp_path / "a" / "face.png", tmp_path / "b" / "face.png", "--model", model_file,
+                        "--annotate", tmp_path / "out")
+    assert result.returncode == 2 and "several images are named face.png" in result.stderr
+    assert not (tmp_path / "out").exists() and result.stdout == ""
+
+
 def test_predict_script_no_detect_classifies_the_whole_crop(fer_faces, model_file, tmp_path):
     cv2.imwrite(str(tmp_path / "crop.png"), fer_faces[0])
     result = run_script(PREDICT, tmp_path / "crop.png", "--model", model_file, "--no-detect")
