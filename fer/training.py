@@ -144,7 +144,7 @@ class RunCheckpoint(minicnn.callbacks.Callback):
             key = callback_key(i, c)
             callback_configs[key], callback_arrays = c.get_state()
             arrays.update({f"callbacks/{key}/{k}": v for k, v in callback_arrays.items()})
-        meta = {"format": io.FORMAT, "weights": [w.name for w in io.all_weights(model)], "epoch": epochs_done,
+        meta = {**io.weights_meta(model), "epoch": epochs_done,
                 "optimizer": opt_config, "rng": backend.rng().bit_generator.state,
                 "batches": self.batches.get_state(),
                 "callbacks": callback_configs}
@@ -168,11 +168,10 @@ def restore_checkpoint(path, model, batches, stateful_callbacks):
     meta, arrays = io.read_npz(path)
     io.assign_weights(model, meta, arrays, path)
     opt_arrays = {k[len("optimizer/"):]: v for k, v in arrays.items() if k.startswith("optimizer/")}
-    # the optimizer's arrays are numbered in the trainable weights' order when saved, which the
-    # file's weight names keep: restore them in that order, whatever the model's order is now
-    trainable = {w.name: w for w in model.trainable_weights}
-    saved_order = [trainable[name] for name in meta["weights"] if name in trainable]
-    model.optimizer.set_state(saved_order, meta["optimizer"], opt_arrays)
+    # the optimizer's arrays are numbered in the order of the trainable weights when saved:
+    # that order, whatever the model's order is now
+    order = [w for layer in io.file_layer_order(model, meta) for w in layer.trainable_weights]
+    model.optimizer.set_state(order, meta["optimizer"], opt_arrays)
     backend.rng().bit_generator.state = meta["rng"]
     batches.set_state(meta["batches"])
     for i, c in enumerate(stateful_callbacks):
@@ -218,8 +217,10 @@ def resume_config(run, epochs=None, data=None):
     if epochs is not None:
         config.epochs = epochs
     if data is not None:
-        if saved.get("data_sha256") and Path(data).is_file() and fer_data.content_hash(data) != saved["data_sha256"]:
-            raise ValueError(f"{data}: not the file this run trained on (its sha256 differs from {config_file}'s)")
+        if saved.get("data_sha256") and not (Path(data).is_file() and
+                                             fer_data.content_hash(data) == saved["data_sha256"]):
+            raise ValueError(f"{data}: not the file this run trained on (sha256 {saved['data_sha256'][:12]}... "
+                             f"in {config_file})")
         config.data = str(data)
     if not Path(config.data).exists():
         raise FileNotFoundError(f"{config.data}: the run's data is not there from this folder ({Path.cwd()}); "
@@ -278,6 +279,9 @@ def train(config, resume_dir=None, extra_callbacks=(), verbose=1, resume_lr=None
     initial_epoch = 0
     if resume_dir:
         initial_epoch = restore_checkpoint(checkpoint_path, model, batches, stateful)
+        if config.epochs <= initial_epoch:
+            raise ResumeError(f"{run} has trained {initial_epoch} epochs already; to train more, "
+                             f"resume with --epochs above {initial_epoch}")
         record_resume(run / "config.json", config, initial_epoch)
         _truncate_history(run / "history.csv", initial_epoch)
         if resume_lr is not None:
@@ -312,6 +316,10 @@ class TrainingInterrupted(Exception):
 
 class TrainingDiverged(Exception):
     pass
+
+
+class ResumeError(ValueError):
+    """A run folder that cannot continue as asked."""
 
 
 THREAD_AND_BLAS_VARIABLES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS",

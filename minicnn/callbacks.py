@@ -119,13 +119,18 @@ class ModelCheckpoint(_Monitor):
 
 class EarlyStopping(_Monitor):
     """Stop when `monitor` has not improved for `patience` epochs; optionally restore the best weights.
-    Each fit starts counting afresh, as in Keras. Arguments in Keras' order."""
+    `baseline`: a value to beat from the start (Keras' meaning). Each fit starts counting afresh,
+    as in Keras. Arguments in Keras' order."""
 
-    def __init__(self, monitor="val_loss", min_delta=0.0, patience=0, verbose=0, mode="auto",
+    def __init__(self, monitor="val_loss", min_delta=0.0, patience=0, verbose=0, mode="auto", baseline=None,
                  restore_best_weights=False):
+        self.baseline = baseline                 # before super().__init__, whose best is worst()
         super().__init__(monitor, mode, min_delta)
         self.patience, self.restore_best_weights, self.verbose = patience, restore_best_weights, verbose
         self.wait, self.best_weights, self.stopped_epoch = 0, None, None
+
+    def worst(self):
+        return super().worst() if self.baseline is None else float(self.baseline)
 
     def on_train_begin(self, logs=None):
         if self.starts_afresh():

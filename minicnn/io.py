@@ -1,8 +1,10 @@
 """Model files: one `.npz` holding the weights, and JSON for the architecture and metadata.
 
 Layout of a file written by `model.save(path)`:
-    "__minicnn__"      JSON: {"format": 1, "config": architecture, "metadata": {...}, "weights": [names]}
-    "weight_0000" ...  the weight arrays, in `model.weights`-per-layer order (Keras' order)
+    "__minicnn__"      JSON: {"format": 1, "config": architecture, "metadata": {...}, "weights": [names],
+                             "layer_order": "keras"}
+    "weight_0000" ...  the weight arrays, in `model.weights`-per-layer order (Keras' order; files
+                       without "layer_order" used a depth-first order, see `file_layer_order`)
 Everything loads with `allow_pickle=False`, so a file can never run code; files are written
 to a temporary file, fsync'ed and renamed, so a crash never leaves half a file behind.
 """
@@ -15,6 +17,7 @@ import numpy as np
 
 FORMAT = 1
 META_KEY = "__minicnn__"
+LAYER_ORDER = "keras"     # the layer order of the weights in files written now
 
 
 def atomic_write(path, write):
@@ -83,19 +86,47 @@ def all_weights(model):
     return [w for layer in model.nodes for w in layer._weights]
 
 
+def weights_meta(model):
+    """The part of a file's JSON that says which weight is which."""
+    return {"format": FORMAT, "weights": [w.name for w in all_weights(model)], "layer_order": LAYER_ORDER}
+
+
+def file_layer_order(model, meta):
+    """model's layers in the order the file's weights follow. Files written before minicnn listed
+    layers in Keras' order (2026-11-22) have no "layer_order": they used a depth-first walk back
+    from the output, which differs from Keras' order only for graphs with branches."""
+    if meta.get("layer_order") == LAYER_ORDER:
+        return list(model.nodes)
+    order, seen = [], set()
+
+    def walk(layer):
+        if layer not in seen:
+            seen.add(layer)
+            for source in model.inbound[layer]:
+                walk(source)
+            order.append(layer)
+
+    walk(model.output_layer)
+    return order
+
+
 def assign_weights(model, meta, arrays, path):
     """Check every name count and shape against `model`, then copy; the model is unchanged on error.
 
     When the file's weight names are the model's (a model rebuilt from its own file or
     checkpoint), each array goes to the weight of its name, so no change in layer order can
-    swap two weights of one shape; otherwise by position, as Keras' load_weights does.
+    swap two weights of one shape; otherwise by position in the file's layer order, as Keras'
+    load_weights does.
     """
     weights = all_weights(model)
     names = meta.get("weights", [])
     if len(names) != len(weights):
         raise ValueError(f"{path}: the file holds {len(names)} weights, the model {model.name} has {len(weights)}")
     by_name = {w.name: w for w in weights}
-    targets = [by_name[n] for n in names] if sorted(names) == sorted(by_name) else weights
+    if len(by_name) == len(weights) and sorted(names) == sorted(by_name):
+        targets = [by_name[n] for n in names]
+    else:
+        targets = [w for layer in file_layer_order(model, meta) for w in layer._weights]
     values = []
     for i, (w, saved_name) in enumerate(zip(targets, names)):
         array = arrays.get(f"weight_{i:04d}")
@@ -112,7 +143,7 @@ def assign_weights(model, meta, arrays, path):
 
 
 def save_weights(model, path):
-    write_npz(path, weight_arrays(model), {"format": FORMAT, "weights": [w.name for w in all_weights(model)]})
+    write_npz(path, weight_arrays(model), weights_meta(model))
 
 
 def load_weights(model, path):
@@ -121,7 +152,7 @@ def load_weights(model, path):
 
 
 def save_model(model, path, metadata=None):
-    meta = {"format": FORMAT, "config": model.get_config(), "weights": [w.name for w in all_weights(model)],
+    meta = {**weights_meta(model), "config": model.get_config(),
             "metadata": model.metadata if metadata is None else metadata}
     write_npz(path, weight_arrays(model), meta)
 

@@ -51,6 +51,10 @@ class Optimizer:
         for i, w in enumerate(weights):
             keys = {name: f"{i}/{name}" for name in self.slot_names}
             if keys and all(k in arrays for k in keys.values()):
+                for k in keys.values():
+                    if arrays[k].shape != w.shape:
+                        raise ValueError(f"{type(self).__name__} state {k} has shape {arrays[k].shape}, "
+                                         f"but weight {w.name} has shape {w.shape}")
                 self.slots[w] = {name: np.array(arrays[k], dtype=w.value.dtype) for name, k in keys.items()}
 
     def get_config(self):

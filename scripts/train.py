@@ -7,7 +7,8 @@
 Unset options take the defaults of the model's seed (see fer/models.py, DEFAULTS). A resumed
 run keeps its saved settings; only --epochs, --lr and --data (the same file, found elsewhere)
 can change, and config.json records each resume.
-Exit codes: 0 done, 1 bad input, 3 the loss diverged, 130 interrupted (resumable).
+Exit codes: 0 done, 1 bad data or run folder, 2 bad arguments, 3 the loss diverged,
+130 interrupted (resumable).
 """
 import argparse
 import sys
@@ -17,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fer import models  # noqa: E402
 from fer.data import DataError  # noqa: E402
-from fer.training import TrainConfig, TrainingDiverged, TrainingInterrupted, resume_config, train  # noqa: E402
+from fer.training import (ResumeError, TrainConfig, TrainingDiverged, TrainingInterrupted,  # noqa: E402
+                          resume_config, train)
 
 
 def parse_args(argv):
@@ -107,7 +109,7 @@ def main(argv=None):
     except TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
-    except (DataError, FileNotFoundError) as e:       # the data: anything else keeps its traceback
+    except (DataError, FileNotFoundError, ResumeError) as e:   # the data or run: anything else keeps its traceback
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"run folder: {run}")

@@ -48,10 +48,11 @@ def test_layer_table_times_every_layer_and_part():
     model, x, y = small_model()
     rows, step_ms, part_ms, torch_ms = bench.layer_table(model, x, y, steps=3)
     assert [r[0] for r in rows] == [layer.name for layer in model.nodes]
-    conv_row = rows[[layer.name for layer in model.nodes].index(model.layers[1].name)]
+    conv_row = next(row for row in rows if row[1] == "Conv2D")
     assert conv_row[3] > 0 and conv_row[4] > 0                      # forward and backward were timed
-    assert set(part_ms) == {"products", "im2col/col2im"}
-    assert 0 < part_ms["products"] < step_ms and 0 < part_ms["im2col/col2im"] < step_ms
+    assert set(part_ms) == {"products", "im2col/col2im"} and step_ms > 0
+    assert part_ms["products"] > 0 and part_ms["im2col/col2im"] > 0   # (means; steps of < 1 ms vary too much
+                                                                     # to hold them against the median step)
     assert torch_ms is None
 
 

@@ -78,12 +78,21 @@ def test_each_fit_starts_the_plateau_callbacks_afresh_as_keras_does():
 
 def test_callbacks_take_positional_arguments_in_keras_order(tmp_path):
     from minicnn.callbacks import ModelCheckpoint, ReduceLROnPlateau
-    stop = EarlyStopping("val_loss", 0.01, 5, 1, "min", True)
-    assert (stop.min_delta, stop.patience, stop.verbose, stop.mode, stop.restore_best_weights) == \
-        (0.01, 5, 1, "min", True)
+    stop = EarlyStopping("val_loss", 0.01, 5, 1, "min", 0.4, True)
+    assert (stop.min_delta, stop.patience, stop.verbose, stop.mode, stop.baseline, stop.restore_best_weights) == \
+        (0.01, 5, 1, "min", 0.4, True)
     plateau = ReduceLROnPlateau("val_loss", 0.2, 3, 1, "min", 0.01, 2, 1e-5)
     assert (plateau.factor, plateau.patience, plateau.verbose, plateau.mode, plateau.min_delta, plateau.cooldown,
             plateau.min_lr) == (0.2, 3, 1, "min", 0.01, 2, 1e-5)
     checkpoint = ModelCheckpoint(str(tmp_path / "m.npz"), "val_accuracy", 1, True, False, "max")
     assert (checkpoint.verbose, checkpoint.save_best_only, checkpoint.save_weights_only, checkpoint.mode) == \
         (1, True, False, "max")
+
+
+def test_early_stopping_baseline_is_the_value_to_beat_from_the_start():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(32, 4)).astype(np.float32), rng.integers(0, 3, 32)
+    model = tiny_model(0)
+    stop = EarlyStopping("loss", patience=2, baseline=0.0)       # a loss of 0 is never reached
+    history = model.fit(x, y, batch_size=32, epochs=10, shuffle=False, callbacks=[stop], verbose=0)
+    assert len(history.history["loss"]) == 2 and stop.stopped_epoch == 1 and stop.best == 0.0

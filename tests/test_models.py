@@ -453,3 +453,39 @@ def test_activations_by_function_as_keras_takes_them():
     np.testing.assert_array_equal(activations.sigmoid(z), [[0.0, 0.5, 1.0]])    # no overflow warning either way
     with pytest.raises(ValueError, match="unknown activation 'swish'"):
         Dense(3, activation="swish")
+
+
+def test_weight_files_written_before_keras_order_load_by_their_own_order(tmp_path):
+    """A weights-only file from before layers were listed in Keras' order (no "layer_order"),
+    loaded into a model with other layer names: two Dense(4) layers swapped places in the order."""
+    from minicnn import io
+
+    def branched():
+        x = Input((4,))
+        main = Dense(4)(Dense(4)(x))
+        return Model(x, Add()([Dense(4)(x), main]))
+
+    model = branched()
+    rng = np.random.default_rng(1)
+    model.set_weights([rng.standard_normal(w.shape).astype(np.float32) for w in model.get_weights()])
+    old_order = io.file_layer_order(model, {})                   # the depth-first order of old files
+    assert [l.name for l in old_order] != [l.name for l in model.nodes]
+    old_weights = [w for layer in old_order for w in layer._weights]
+    io.write_npz(tmp_path / "old.npz", {f"weight_{i:04d}": w.value for i, w in enumerate(old_weights)},
+                 {"format": io.FORMAT, "weights": [w.name for w in old_weights]})
+    other = branched()                                            # new layer names: dense_4.., not dense_1..
+    other.load_weights(tmp_path / "old.npz")
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    np.testing.assert_array_equal(other.predict(x), model.predict(x))
+    model.save_weights(tmp_path / "new.npz")                      # and a file written now, by position
+    third = branched()
+    third.load_weights(tmp_path / "new.npz")
+    np.testing.assert_array_equal(third.predict(x), model.predict(x))
+
+
+def test_optimizer_state_of_the_wrong_shape_is_an_error_naming_the_weight():
+    from minicnn.layers.base import Weight
+    w = Weight("dense_9/kernel", np.zeros((2, 3)))
+    with pytest.raises(ValueError, match=r"state 0/m has shape \(3, 2\), but weight dense_9/kernel has shape \(2, 3\)"):
+        optimizers.Adam().set_state([w], {"iterations": 1, "learning_rate": 0.1},
+                                    {"0/m": np.zeros((3, 2)), "0/v": np.zeros((3, 2))})

@@ -166,6 +166,12 @@ def test_resume_keeps_the_runs_settings_and_records_what_changed(data_csv, tmp_p
     assert [r["after_epoch"] for r in recorded["resumed"]] == [1]
     assert len(read_history(run / "history.csv")["loss"]) == 2
 
+    done = run_script("train.py", "--resume", run, "--epochs", 2, cwd=tmp_path)
+    assert done.returncode == 1 and "has trained 2 epochs already" in done.stderr
+    assert len(json.loads((run / "config.json").read_text())["resumed"]) == 1     # nothing recorded
+    with pytest.raises(ValueError, match="not the file this run trained on"):
+        resume_config(run, data=tmp_path)                     # a folder cannot be the hashed file
+
     (run / "checkpoints" / "last.npz").unlink()
     lost = run_script("train.py", "--resume", run, "--epochs", 3, cwd=tmp_path)
     assert lost.returncode == 1 and "last.npz: no checkpoint to resume from" in lost.stderr
