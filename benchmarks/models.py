@@ -41,6 +41,11 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+# minicnn sets OMP_WAIT_POLICY=PASSIVE for numba's threads when the user has not set it
+# (minicnn/backend.py). torch's twin runs with what the user has, as a PyTorch user would:
+# passive waits slowed torch's many small parallel ops (mini-Xception) by up to 2x.
+USER_OMP_WAIT_POLICY = os.environ.get("TORCH_TWIN_OMP_WAIT_POLICY", os.environ.get("OMP_WAIT_POLICY", ""))
+
 import numba  # noqa: E402
 
 import minicnn  # noqa: E402
@@ -115,8 +120,8 @@ TIMED_CALLS = {(conv_layers, "matmul"): "products", (core_layers, "matmul"): "pr
 
 def layer_table(model, x, y, steps, torch_runner=None):
     """Median forward and backward ms of every layer over `steps` training steps, the median
-    step, the ms per step inside each part of TIMED_CALLS ({"products": ms, ...}) and, with a
-    torch runner, the median ms of torch's whole step, timed in turns with minicnn's."""
+    step, the median ms per step inside each part of TIMED_CALLS ({"products": ms, ...}) and,
+    with a torch runner, the median ms of torch's whole step, timed in turns with minicnn's."""
     records = {layer: ([], []) for layer in model.nodes}
     saved = []
     part_seconds = {part: 0.0 for part in TIMED_CALLS.values()}
@@ -149,11 +154,14 @@ def layer_table(model, x, y, steps, torch_runner=None):
     originals = {key: getattr(*key) for key in TIMED_CALLS}
     for (module, name), part in TIMED_CALLS.items():
         setattr(module, name, timed_function(originals[module, name], part))
-    torch_times = []
+    torch_times, part_times = [], {part: [] for part in part_seconds}
     try:
         step_times = []
         for _ in range(steps):
+            before = dict(part_seconds)
             step_times += timed(lambda: model.train_on_batch(x, y), 1)
+            for part, seconds in part_seconds.items():
+                part_times[part].append(seconds - before[part])
             if torch_runner:
                 torch_times.append(torch_runner.run("train_step", 1))
     finally:
@@ -169,7 +177,8 @@ def layer_table(model, x, y, steps, torch_runner=None):
         b = 1e3 * float(np.median(bwd)) * per_step if bwd else 0.0
         rows.append((layer.name, type(layer).__name__, str(layer.output_shape[1:]), f, b))
     torch_ms = 1e3 * float(np.median(torch_times)) if torch_times else None
-    return rows, 1e3 * float(np.median(step_times)), {part: 1e3 * t / steps for part, t in part_seconds.items()}, torch_ms
+    part_ms = {part: 1e3 * float(np.median(times)) for part, times in part_times.items()}
+    return rows, 1e3 * float(np.median(step_times)), part_ms, torch_ms
 
 
 # ----------------------------------------------------------------------------------------
@@ -342,7 +351,8 @@ class TorchProcess:
         self.layout = layout
         cmd = [sys.executable, os.path.abspath(__file__), "--torch-worker", name, "--batch", str(batch_size),
                "--threads", str(threads), "--framework", layout]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        env = {**os.environ, "TORCH_TWIN_OMP_WAIT_POLICY": USER_OMP_WAIT_POLICY}
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         self.info = json.loads(self.proc.stdout.readline())     # torch version and thread count
 
     def run(self, what, calls):
@@ -360,10 +370,15 @@ class TorchProcess:
 
 def torch_worker(name, batch_size, threads, layout):
     """The subprocess side of TorchProcess: read [what, calls], answer the mean seconds."""
+    if USER_OMP_WAIT_POLICY:                 # torch's OpenMP reads it when torch is imported
+        os.environ["OMP_WAIT_POLICY"] = USER_OMP_WAIT_POLICY
+    else:
+        os.environ.pop("OMP_WAIT_POLICY", None)
     import torch
 
     runner = Torch(name, batch_size, threads, layout)
-    print(json.dumps(f"torch {torch.__version__}: {torch.get_num_threads()} threads"), flush=True)
+    print(json.dumps(f"torch {torch.__version__}: {torch.get_num_threads()} threads, "
+                     f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}"), flush=True)
     for line in sys.stdin:
         what, calls = json.loads(line)
         print(json.dumps(sum(timed(getattr(runner, what), calls)) / calls), flush=True)
