@@ -240,10 +240,13 @@ def test_small_arrays_relu_and_dropout_run_the_reference(monkeypatch):
     elementwise.dropout_backward(big, big > 0, 0.5)
     one_image = np.ones((1, 12, 12, 512), np.float32)       # batch-1 BN: numba 1.1-1.3x
     batchnorm.moments(one_image)
-    mid_weight = np.ones((5, 5, 64, 128), np.float32)       # Adam under 1M numbers: numba 1.0-1.2x
+    bias = np.ones(512, np.float32)                          # Adam on a bias: too small for a kernel call
+    elementwise.adam_update(bias, bias, bias.copy(), bias.copy(), 1e-3, 0.9, 0.999, 1e-7)
+    mid_weight = np.ones((5, 5, 64, 128), np.float32)       # 205k numbers: numba 2.0-2.9x
     elementwise.adam_update(mid_weight, mid_weight, mid_weight.copy(), mid_weight.copy(), 1e-3, 0.9, 0.999, 1e-7)
     assert calls == ["relu_backward_reference", "moments_reference", "relu_reference", "dropout_reference",
-                     "dropout_backward_reference", "moments_reference", "adam_update_reference"]
+                     "dropout_backward_reference", "moments_reference", "adam_update_reference",
+                     "adam_update_numba"]
 
 
 def test_kernel_threads_uses_one_thread_for_small_work_and_restores():

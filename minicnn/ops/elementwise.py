@@ -15,13 +15,13 @@ one pass, reading each input once and writing each output once, on both threads.
 Speed, measured with benchmarks/kernels.py (batch 64, float32, 2-core VM shared with other
 jobs, so +-30%; "x" = reference time / numba time, summed over the FER shapes):
   relu_backward     6.4x  (2.4-8.7x; 48x48x32: 21 ms -> 2.4 ms)      numba is the default
-  adam_update       4.0x  (2.6-4.8x from 1M numbers; 3x3x512x512: 5.8 -> 1.4 ms)  numba there
+  adam_update       4.0x  (2.0-4.8x; 3x3x512x512: 7.9 -> 1.6 ms)  numba is the default
   relu              1.25x (1.1-2.8x)  reference: all three wait on memory, and below 1.5x
   dropout           1.3x  (1.0-1.9x)  reference   a kernel call is not worth its lines
   dropout_backward  1.2x  (1.1-1.6x)  reference   (quiet machine, 2 threads)
 Arrays below NUMBA_MIN_SIZE elements run the reference: too small for a kernel call to
-pay (a dense layer's (64, 256) batch: numba 0.4-0.7x); Adam keeps the reference below
-ADAM_NUMBA_MIN_SIZE (weights under 1M numbers: 1.0-1.2x, < 1 ms a step either way). Kernels
+pay (a dense layer's (64, 256) batch: numba 0.4-0.7x). (Adam's kernel once computed 1 - beta
+in float64 and gained only 1.0-1.2x under 1M numbers; in the weights' dtype it gains 2.0-3.7x.) Kernels
 run on one thread below backend.PARALLEL_MIN_SIZE numbers, on numba's threads above.
 """
 import numpy as np
@@ -70,7 +70,6 @@ def adam_update_reference(value, grad, m, v, lr_t, beta_1, beta_2, epsilon):
 
 BLOCK = 1 << 14
 NUMBA_MIN_SIZE = 1 << 15     # below: the reference (a (64, 256) dense batch: numba 0.4-0.7x)
-ADAM_NUMBA_MIN_SIZE = 1 << 20   # below: the reference (5x5x64x128, 3x3x128x512: 1.0-1.2x)
 
 
 # Each task takes one block as slices and runs a plain loop from 0 over it: LLVM
@@ -179,8 +178,8 @@ def adam_update_numba(value, grad, m, v, lr_t, beta_1, beta_2, epsilon):
 # dispatch: MINICNN_REFERENCE=1 or a small array runs the NumPy reference
 # ----------------------------------------------------------------------------------------
 
-def _numba_pays(a, min_size=NUMBA_MIN_SIZE):
-    return not backend.use_reference() and a.size >= min_size
+def _numba_pays(a):
+    return not backend.use_reference() and a.size >= NUMBA_MIN_SIZE
 
 
 def relu(x):
@@ -208,6 +207,6 @@ def dropout_backward(dy, keep, rate):
 def adam_update(value, grad, m, v, lr_t, beta_1, beta_2, epsilon):
     """One Adam step on value, m and v in place (see adam_update_reference)."""
     in_place = value.flags.c_contiguous and m.flags.c_contiguous and v.flags.c_contiguous
-    if _numba_pays(value, ADAM_NUMBA_MIN_SIZE) and in_place:
+    if _numba_pays(value) and in_place:
         return adam_update_numba(value, grad, m, v, lr_t, beta_1, beta_2, epsilon)
     return adam_update_reference(value, grad, m, v, lr_t, beta_1, beta_2, epsilon)
