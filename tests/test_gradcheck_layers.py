@@ -121,9 +121,10 @@ def test_dense(n, n_in, units, use_bias, activation, seed):
     rng = np.random.default_rng(seed)
     layer = Dense(units, activation=activation, use_bias=use_bias)
     x = spaced(rng, (n, n_in), gap=0.3) if activation == "relu" else rng.standard_normal((n, n_in))
-    if activation == "relu":   # keep pre-activations away from 0 as well
-        layer.build((None, n_in))
-        layer.kernel.value[...] = np.eye(n_in, units) * 1.0 + 0.01 * rng.standard_normal((n_in, units))
+    if activation == "relu":   # keep pre-activations away from 0 as well: unit j copies input j % n_in
+        layer.build((None, n_in))      # (a unit past n_in with only the small noise sat on the kink)
+        copies = np.eye(n_in)[:, np.arange(units) % n_in]
+        layer.kernel.value[...] = copies + 0.01 * rng.standard_normal((n_in, units))
     assert_gradients(layer, x)
 
 
