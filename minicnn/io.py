@@ -95,19 +95,11 @@ def file_layer_order(model, meta):
     """model's layers in the order the file's weights follow. Files written before minicnn listed
     layers in Keras' order (2026-11-22) have no "layer_order": they used a depth-first walk back
     from the output, which differs from Keras' order only for graphs with branches."""
+    from .models.network import depth_first
+
     if meta.get("layer_order") == LAYER_ORDER:
         return list(model.nodes)
-    order, seen = [], set()
-
-    def walk(layer):
-        if layer not in seen:
-            seen.add(layer)
-            for source in model.inbound[layer]:
-                walk(source)
-            order.append(layer)
-
-    walk(model.output_layer)
-    return order
+    return depth_first(model.output_layer, model.inbound)[1]
 
 
 def assign_weights(model, meta, arrays, path):

@@ -11,30 +11,41 @@ from .. import backend
 from ..layers.base import Layer, SymbolicTensor
 
 
+def depth_first(output_layer, inputs_of):
+    """Walk back from the output: (met, done), the layers in the order the walk meets them and
+    in the order it finishes them, each after all of its inputs. inputs_of: layer -> its sources."""
+    met, done = [], []
+
+    def walk(layer):
+        if layer in met:
+            return
+        met.append(layer)
+        for source in inputs_of[layer]:
+            walk(source)
+        done.append(layer)
+
+    walk(output_layer)
+    return met, done
+
+
 def topological_order(output):
     """Every layer that `output` depends on, in the order Keras lists a model's layers: by
     depth, the longest path to the output, deepest (the inputs) first; layers of one depth in
     the order a depth-first walk back from the output meets them. A layer's depth is larger
     than any of its consumers', so each layer still comes after all of its inputs."""
-    met, walk_done, inputs_of = {}, [], {}       # met: layer -> when the walk first met it
-
-    def walk(tensor):
-        layer = tensor.layer
-        if layer in met:
-            return
-        met[layer] = len(met)
-        inputs_of[layer] = [t.layer for t in tensor.inputs]
-        for t in tensor.inputs:
-            walk(t)
-        walk_done.append(layer)                  # after all of its inputs
-
-    walk(output)
+    inputs_of, pending = {}, [output]
+    while pending:
+        tensor = pending.pop()
+        if tensor.layer not in inputs_of:
+            inputs_of[tensor.layer] = [t.layer for t in tensor.inputs]
+            pending.extend(tensor.inputs)
+    met, done = depth_first(output.layer, inputs_of)
     depth = {}
-    for layer in reversed(walk_done):            # consumers before the layers they read
+    for layer in reversed(done):                 # consumers before the layers they read
         d = depth.setdefault(layer, 0)
         for source in inputs_of[layer]:
             depth[source] = max(depth.get(source, 0), d + 1)
-    return sorted(walk_done, key=lambda layer: (-depth[layer], met[layer]))
+    return sorted(done, key=lambda layer: (-depth[layer], met.index(layer)))
 
 
 class Network:
