@@ -59,10 +59,11 @@ class _Monitor(Callback):
         if mode == "auto":
             mode = "max" if "acc" in monitor else "min"
         self.mode = mode
-        self.best = self.worst()
+        self.best = self.initial_best()
         self._restored = False
 
-    def worst(self):
+    def initial_best(self):
+        """The best value before any epoch: one that every real value improves on."""
         return math.inf if self.mode == "min" else -math.inf
 
     def starts_afresh(self):
@@ -124,17 +125,17 @@ class EarlyStopping(_Monitor):
 
     def __init__(self, monitor="val_loss", min_delta=0.0, patience=0, verbose=0, mode="auto", baseline=None,
                  restore_best_weights=False):
-        self.baseline = baseline                 # before super().__init__, whose best is worst()
+        self.baseline = baseline                 # before super().__init__, which calls initial_best()
         super().__init__(monitor, mode, min_delta)
         self.patience, self.restore_best_weights, self.verbose = patience, restore_best_weights, verbose
         self.wait, self.best_weights, self.stopped_epoch = 0, None, None
 
-    def worst(self):
-        return super().worst() if self.baseline is None else float(self.baseline)
+    def initial_best(self):
+        return super().initial_best() if self.baseline is None else float(self.baseline)
 
     def on_train_begin(self, logs=None):
         if self.starts_afresh():
-            self.best, self.wait, self.best_weights, self.stopped_epoch = self.worst(), 0, None, None
+            self.best, self.wait, self.best_weights, self.stopped_epoch = self.initial_best(), 0, None, None
 
     def on_epoch_end(self, epoch, logs=None):
         value = self.current(logs)
@@ -181,7 +182,7 @@ class ReduceLROnPlateau(_Monitor):
 
     def on_train_begin(self, logs=None):
         if self.starts_afresh():
-            self.best, self.wait, self.cooldown_counter = self.worst(), 0, 0
+            self.best, self.wait, self.cooldown_counter = self.initial_best(), 0, 0
 
     def on_epoch_end(self, epoch, logs=None):
         value = self.current(logs)
