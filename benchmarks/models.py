@@ -20,7 +20,7 @@ With `--torch` each architecture is rebuilt layer for layer in PyTorch (CPU, the
 and thread count; `torch` is only needed for this flag) and timed in the same run,
 interleaved with minicnn so load from other jobs hits both alike, in both memory layouts:
 NCHW (torch's default) and channels-last (NHWC, minicnn's), since neither is faster for
-every model (mini-Xception: NCHW 1.7x channels-last). The tables show minicnn / torch
+every model (measured: cnn4 trains faster in NCHW, cnn8 in channels-last). The tables show minicnn / torch
 ratios against each (> 1: minicnn is faster); the layer table's floors compare with the
 faster one.
 
@@ -43,7 +43,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 # minicnn sets OMP_WAIT_POLICY=PASSIVE for numba's threads when the user has not set it
 # (minicnn/backend.py). torch's twin runs with what the user has, as a PyTorch user would:
-# passive waits slowed torch's many small parallel ops (mini-Xception) by up to 2x.
+# passive waits slowed torch's many small parallel ops (mini-Xception: 460 vs 625 images/s).
 USER_OMP_WAIT_POLICY = os.environ.get("TORCH_TWIN_OMP_WAIT_POLICY", os.environ.get("OMP_WAIT_POLICY", ""))
 
 import numba  # noqa: E402
@@ -124,13 +124,13 @@ def layer_table(model, x, y, steps, torch_runner=None):
     with a torch runner, the median ms of torch's whole step, timed in turns with minicnn's."""
     records = {layer: ([], []) for layer in model.nodes}
     saved = []
-    part_seconds = {part: 0.0 for part in TIMED_CALLS.values()}
+    parts_per_step = []          # one {part: seconds} per step; the wrappers add to the last
 
     def timed_function(fn, part):
         def call(*args, **kwargs):
             start = time.perf_counter()
             result = fn(*args, **kwargs)
-            part_seconds[part] += time.perf_counter() - start
+            parts_per_step[-1][part] += time.perf_counter() - start
             return result
         return call
 
@@ -154,14 +154,11 @@ def layer_table(model, x, y, steps, torch_runner=None):
     originals = {key: getattr(*key) for key in TIMED_CALLS}
     for (module, name), part in TIMED_CALLS.items():
         setattr(module, name, timed_function(originals[module, name], part))
-    torch_times, part_times = [], {part: [] for part in part_seconds}
+    step_times, torch_times = [], []
     try:
-        step_times = []
         for _ in range(steps):
-            before = dict(part_seconds)
+            parts_per_step.append(dict.fromkeys(TIMED_CALLS.values(), 0.0))
             step_times += timed(lambda: model.train_on_batch(x, y), 1)
-            for part, seconds in part_seconds.items():
-                part_times[part].append(seconds - before[part])
             if torch_runner:
                 torch_times.append(torch_runner.run("train_step", 1))
     finally:
@@ -177,7 +174,7 @@ def layer_table(model, x, y, steps, torch_runner=None):
         b = 1e3 * float(np.median(bwd)) * per_step if bwd else 0.0
         rows.append((layer.name, type(layer).__name__, str(layer.output_shape[1:]), f, b))
     torch_ms = 1e3 * float(np.median(torch_times)) if torch_times else None
-    part_ms = {part: 1e3 * float(np.median(times)) for part, times in part_times.items()}
+    part_ms = {part: 1e3 * float(np.median([step[part] for step in parts_per_step])) for part in parts_per_step[0]}
     return rows, 1e3 * float(np.median(step_times)), part_ms, torch_ms
 
 

@@ -332,8 +332,7 @@ def run_description(config, splits):
             "versions": {"python": platform.python_version(), "numpy": np.__version__,
                          "minicnn": minicnn.__version__, "platform": platform.platform()},
             # OPENBLAS_CORETYPE=Haswell on an AVX-512 CPU halves float32 matmul speed: say what the run had
-            "environment": {k: os.environ.get(k) for k in THREAD_AND_BLAS_VARIABLES},
-            "command": _command()}
+            "environment": _environment(), "command": _command()}
 
 
 def record_resume(config_file, config, epochs_done):
@@ -342,10 +341,13 @@ def record_resume(config_file, config, epochs_done):
     or OpenBLAS settings halfway says so."""
     saved = json.loads(config_file.read_text())
     saved["args"] = dataclasses.asdict(config)
-    saved.setdefault("resumed", []).append({
-        "after_epoch": epochs_done, "command": _command(),
-        "environment": {k: os.environ.get(k) for k in THREAD_AND_BLAS_VARIABLES}})
+    saved.setdefault("resumed", []).append({"after_epoch": epochs_done, "command": _command(),
+                                            "environment": _environment()})
     evaluation.write_text(config_file, json.dumps(saved, indent=2))
+
+
+def _environment():
+    return {k: os.environ.get(k) for k in THREAD_AND_BLAS_VARIABLES}
 
 
 def _command():

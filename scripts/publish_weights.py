@@ -73,11 +73,12 @@ def main(argv=None):
     meta, arrays = io.read_npz(run / "model.npz")
     result = test_accuracy(run / "model.npz", splits)
     if args.float16:
+        half_arrays = {k: v.astype(np.float16) for k, v in arrays.items()}
         with tempfile.TemporaryDirectory() as scratch:
             half = Path(scratch) / "half.npz"
-            io.write_npz(half, {k: v.astype(np.float16) for k, v in arrays.items()}, meta)
+            io.write_npz(half, half_arrays, meta)
             if same_figures(test_accuracy(half, splits), result):
-                arrays = io.read_npz(half)[1]
+                arrays = half_arrays
             else:
                 args.float16 = False
                 print("float16 changed the test figures: published float32 instead", file=sys.stderr)

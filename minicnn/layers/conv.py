@@ -14,7 +14,7 @@ from .. import activations, initializers, regularizers
 from ..ops.depthwise import depthwise_conv, depthwise_conv_backward
 from ..ops.gemm import matmul
 from ..ops.im2col import col2im, im2col
-from ..ops.padding import conv_geometry, output_size
+from ..ops.padding import conv_geometry
 from .base import Layer
 
 
@@ -26,11 +26,12 @@ def as_pair(value, what="kernel_size", layer="layer"):
     return pair
 
 
-def window_output_size(layer, input_shape, window):
-    """(Ho, Wo) of `layer`'s window (its strides and padding) on input_shape (N, H, W, C);
-    an error naming the layer when no window fits, at build time rather than in forward."""
+def window_geometry(layer, input_shape, window):
+    """conv_geometry of `layer`'s window (its strides and padding) on input_shape (N, H, W, C):
+    (pads, Ho, Wo); an error naming the layer when no window fits, at build time when the
+    input size is known then, else in forward."""
     try:
-        return output_size(input_shape[1], input_shape[2], window, layer.strides, layer.padding)
+        return conv_geometry(input_shape[1], input_shape[2], window, layer.strides, layer.padding)
     except ValueError as error:
         raise ValueError(f"{layer.name}: {error}; received input_shape={tuple(input_shape)}") from None
 
@@ -63,12 +64,12 @@ class _Conv(Layer):
         return buffer
 
     def spatial_output_shape(self, input_shape):
-        return (input_shape[0], *window_output_size(self, input_shape, self.kernel_size))
+        _, ho, wo = window_geometry(self, input_shape, self.kernel_size)
+        return input_shape[0], ho, wo
 
     def geometry(self, x):
         """((top, bottom), (left, right)) padding and the output size Ho, Wo for x."""
-        window_output_size(self, x.shape, self.kernel_size)
-        return conv_geometry(x.shape[1], x.shape[2], self.kernel_size, self.strides, self.padding)
+        return window_geometry(self, x.shape, self.kernel_size)
 
     def activate(self, z):
         y = self.activation.forward(z)

@@ -1,10 +1,9 @@
 """Pooling: MaxPooling2D, AveragePooling2D and GlobalAveragePooling2D (channels-last)."""
 import numpy as np
 
-from ..ops.padding import conv_geometry
 from ..ops.pooling import avg_pool, avg_pool_backward, max_pool, max_pool_backward
 from .base import Layer
-from .conv import as_pair, window_output_size
+from .conv import as_pair, window_geometry
 
 
 class _Pooling2D(Layer):
@@ -19,11 +18,11 @@ class _Pooling2D(Layer):
         self.padding = padding
 
     def compute_output_shape(self, input_shape):
-        return (input_shape[0], *window_output_size(self, input_shape, self.pool_size), input_shape[3])
+        _, ho, wo = window_geometry(self, input_shape, self.pool_size)
+        return input_shape[0], ho, wo, input_shape[3]
 
     def geometry(self, x):
-        window_output_size(self, x.shape, self.pool_size)
-        pads, _, _ = conv_geometry(x.shape[1], x.shape[2], self.pool_size, self.strides, self.padding)
+        pads, _, _ = window_geometry(self, x.shape, self.pool_size)
         return pads
 
     def get_config(self):

@@ -12,14 +12,15 @@ from ..layers.base import Layer, SymbolicTensor
 
 
 def depth_first(output_layer, inputs_of):
-    """Walk back from the output: (met, done), the layers in the order the walk meets them and
-    in the order it finishes them, each after all of its inputs. inputs_of: layer -> its sources."""
-    met, done = [], []
+    """Walk back from the output: (met, done). met: layer -> when the walk first met it; done:
+    the layers in the order the walk finished them, each after all of its inputs.
+    inputs_of: layer -> the layers it reads."""
+    met, done = {}, []
 
     def walk(layer):
         if layer in met:
             return
-        met.append(layer)
+        met[layer] = len(met)
         for source in inputs_of[layer]:
             walk(source)
         done.append(layer)
@@ -45,7 +46,7 @@ def topological_order(output):
         d = depth.setdefault(layer, 0)
         for source in inputs_of[layer]:
             depth[source] = max(depth.get(source, 0), d + 1)
-    return sorted(done, key=lambda layer: (-depth[layer], met.index(layer)))
+    return sorted(done, key=lambda layer: (-depth[layer], met[layer]))
 
 
 class Network:

@@ -20,27 +20,23 @@ def conv_output_length(size, kernel, stride, padding):
 
 
 def pad_amounts(size, kernel, stride, padding):
-    """(pad_before, pad_after) for one spatial axis."""
+    """(pad_before, pad_after) for one spatial axis; None when "same" meets an unknown size."""
     if padding == "valid":
         return 0, 0
+    if size is None:
+        return None
     out = conv_output_length(size, kernel, stride, padding)
     total = max((out - 1) * stride + kernel - size, 0)
     return total // 2, total - total // 2
 
 
-def output_size(height, width, kernel_size, strides, padding):
-    """(Ho, Wo) of a 2-D window op, None where the input size is unknown; an error if no window fits."""
+def conv_geometry(height, width, kernel_size, strides, padding):
+    """Everything a 2-D window op needs: ((top, bottom), (left, right)), Ho, Wo (None where the
+    input size is unknown, as when a graph is built); an error if no window fits."""
     (kh, kw), (sh, sw) = kernel_size, strides
     ho, wo = conv_output_length(height, kh, sh, padding), conv_output_length(width, kw, sw, padding)
     if (ho is not None and ho < 1) or (wo is not None and wo < 1):
         raise ValueError(f"a {kh}x{kw} window with strides {tuple(strides)} and padding {padding!r} "
                          f"does not fit an input of {height}x{width}")
-    return ho, wo
-
-
-def conv_geometry(height, width, kernel_size, strides, padding):
-    """Everything a 2-D window op needs: ((top, bottom), (left, right)), Ho, Wo."""
-    ho, wo = output_size(height, width, kernel_size, strides, padding)
-    pads = (pad_amounts(height, kernel_size[0], strides[0], padding),
-            pad_amounts(width, kernel_size[1], strides[1], padding))
+    pads = (pad_amounts(height, kh, sh, padding), pad_amounts(width, kw, sw, padding))
     return pads, ho, wo
