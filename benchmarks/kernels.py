@@ -115,6 +115,9 @@ def cases(rng):
         y = np.maximum(x, 0)
         yield "relu", label, elementwise, "relu", (x,)
         yield "relu_backward", label, elementwise, "relu_backward", (dy, y)
+        # BatchNormalization + ReLU in one pass (training): compare with the rows above summed
+        yield "bn_relu", label, batchnorm, "normalize", (x, mean, inv_std, gamma, beta, True)
+        yield "bn_relu_backward", label, batchnorm, "normalize_backward", (dy, x, mean, inv_std, gamma, True, True, beta)
     for shape in DROPPED:
         label = "x".join(map(str, shape))
         x = rng.standard_normal((BATCH,) + shape).astype(np.float32)

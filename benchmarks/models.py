@@ -172,7 +172,8 @@ def layer_table(model, x, y, steps, torch_runner=None):
         per_step = len(fwd) // steps or 1
         f = 1e3 * float(np.median(fwd)) * per_step if fwd else 0.0
         b = 1e3 * float(np.median(bwd)) * per_step if bwd else 0.0
-        rows.append((layer.name, type(layer).__name__, str(layer.output_shape[1:]), f, b))
+        kind = type(layer).__name__ + (" (fused)" if layer in model.fused else "")  # run by its BN
+        rows.append((layer.name, kind, str(layer.output_shape[1:]), f, b))
     torch_ms = 1e3 * float(np.median(torch_times)) if torch_times else None
     part_ms = {part: 1e3 * float(np.median([step[part] for step in parts_per_step])) for part in parts_per_step[0]}
     return rows, 1e3 * float(np.median(step_times)), part_ms, torch_ms

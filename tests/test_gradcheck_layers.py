@@ -187,6 +187,7 @@ def test_mini_xception_residual_module_end_to_end():
     y = Add()([x, residual])
     model = Model(x_in, Dense(3, activation="softmax")(Flatten()(y)))
     model.compile("sgd", "sparse_categorical_crossentropy")
+    assert len(model.relu_fusions) == 1          # training runs BatchNormalization + ReLU as one layer
     x = np.random.default_rng(11).standard_normal((4, 7, 6, 3))
     results = gradcheck.check_model(model, x, np.array([0, 2, 1, 2]), training=True, sample=25)
     assert {w.name for w in model.trainable_weights} <= set(results)

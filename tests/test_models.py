@@ -185,6 +185,42 @@ def test_functional_model_gradchecks_end_to_end_including_the_loss():
         backend.set_floatx("float32")
 
 
+def test_batchnorm_relu_pairs_fuse_in_training_only_and_give_the_same_gradients():
+    backend.set_floatx("float64")
+    try:
+        backend.set_seed(0)
+        x_in = Input((5, 4, 2))
+        h = Conv2D(3, 3, padding="same")(x_in)
+        bn_fused = BatchNormalization()
+        relu_fused = Activation("relu")
+        h = relu_fused(bn_fused(h))
+        shared = BatchNormalization()(Conv2D(3, 1)(h))       # read by a ReLU and by Add: not fused
+        h = Add()([Activation("relu")(shared), shared])
+        tanh_after_bn = Activation("tanh")(BatchNormalization()(h))   # not a ReLU: not fused
+        model = Model(x_in, Dense(3, activation="softmax")(Flatten()(tanh_after_bn)))
+        model.compile("sgd", "sparse_categorical_crossentropy")
+        assert model.relu_fusions == {relu_fused: bn_fused}
+
+        x, y = np.random.default_rng(0).standard_normal((4, 5, 4, 2)), np.array([0, 2, 1, 2])
+        loss, _ = model.compute_gradients(x, y)
+        assert model.fused == {relu_fused: bn_fused}
+        fused_grads = [w.grad.copy() for w in model.trainable_weights]
+        fusions, model.relu_fusions = model.relu_fusions, {}          # every layer on its own
+        unfused_loss, _ = model.compute_gradients(x, y)
+        model.relu_fusions = fusions
+        assert abs(loss - unfused_loss) <= 1e-12 * abs(loss)
+        for w, g in zip(model.trainable_weights, fused_grads):
+            np.testing.assert_allclose(g, w.grad, rtol=1e-12, atol=1e-14, err_msg=w.name)
+
+        # inference runs each layer on its own: BatchNormalization's own output has negative values
+        out = minicnn.get_activations(model, x, [bn_fused.name, relu_fused.name])
+        assert model.fused == {}
+        assert (out[bn_fused.name] < 0).any()
+        np.testing.assert_array_equal(out[relu_fused.name], np.maximum(out[bn_fused.name], 0))
+    finally:
+        backend.set_floatx("float32")
+
+
 def test_fused_softmax_loss_is_finite_for_huge_logits():
     x = Input((2,))
     model = Model(x, Dense(3, activation="softmax", use_bias=False)(x))

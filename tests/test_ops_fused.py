@@ -97,6 +97,36 @@ def test_normalize_backward_numba_equals_reference(spec, training):
     assert np.array_equal(dy, dy_before)                   # dy is never modified
 
 
+@SETTINGS
+@given(arrays())
+def test_normalize_with_relu_is_relu_of_normalize(spec):
+    x, _, mean, inv_std, gamma, beta = bn_inputs(*spec)
+    expected = np.maximum(batchnorm.normalize_reference(x, mean, inv_std, gamma, beta), 0)
+    reference = batchnorm.normalize_reference(x, mean, inv_std, gamma, beta, relu=True)
+    np.testing.assert_array_equal(reference, expected)
+    if x.size >= 50:                                               # then both signs occur
+        assert (reference == 0).any() and (reference > 0).any()
+    # the same operations in the same order: equal to the bit, so the masks agree too
+    np.testing.assert_array_equal(batchnorm.normalize_numba(x, mean, inv_std, gamma, beta, relu=True), reference)
+
+
+@SETTINGS
+@given(arrays(), st.booleans())
+def test_normalize_backward_with_relu_is_the_chain_rule_through_relu(spec, training):
+    x, dy, mean, inv_std, gamma, beta = bn_inputs(*spec)
+    relu_y = batchnorm.normalize_reference(x, mean, inv_std, gamma, beta, relu=True)
+    expected = batchnorm.normalize_backward_reference(elementwise.relu_backward_reference(dy, relu_y), x, mean,
+                                                      inv_std, gamma, training)
+    reference = batchnorm.normalize_backward_reference(dy, x, mean, inv_std, gamma, training, relu=True, beta=beta)
+    numba = batchnorm.normalize_backward_numba(dy, x, mean, inv_std, gamma, training, relu=True, beta=beta)
+    plain = batchnorm.normalize_backward_reference(dy, x, mean, inv_std, gamma, training)
+    for r, e, n in zip(reference, expected, numba):
+        np.testing.assert_array_equal(r, e)
+        assert_sums_close(n, r, spec[1], terms=x.size // x.shape[-1])
+    if x.size >= 50:
+        assert not np.array_equal(reference[0], plain[0])          # the mask mattered
+
+
 def test_normalize_backward_training_is_the_gradient_through_the_batch_statistics():
     # dx from the formula against central differences of L = sum(normalize(x) * G)
     rng = np.random.default_rng(0)

@@ -12,6 +12,8 @@ class BatchNormalization(Layer):
                     moving = moving * momentum + batch * (1 - momentum)   (Keras' update), where the
                     moving variance takes Keras 2's unbiased var * m / (m - 1 - epsilon)
     training=False: the moving mean and variance.
+    relu=True:      y = max(y, 0) in the same pass: how a model runs BatchNormalization followed by
+                    Activation("relu") in training (see models/network.py, `relu_fusions`).
     x: (N, H, W, C) or (N, C) -> y: same shape;  gamma, beta, moving_mean, moving_variance: (C,)
     """
 
@@ -29,7 +31,7 @@ class BatchNormalization(Layer):
         self.moving_variance = self.add_weight("moving_variance", c, "ones", trainable=False)
         super().build(input_shape)
 
-    def forward(self, x, training=False):
+    def forward(self, x, training=False, relu=False):
         x = self.prepare(x)
         if training:
             mean, var = moments(x)                 # over every axis but the channels
@@ -42,16 +44,18 @@ class BatchNormalization(Layer):
             mean, var = self.moving_mean.value, self.moving_variance.value
         inv_std = 1 / np.sqrt(var + self.epsilon)
         # x, not x_hat, is kept: the layer before already holds x, so this costs no memory
-        self.cache = (x, mean, inv_std, training)
-        return normalize(x, mean, inv_std, self.gamma.value, self.beta.value)
+        self.cache = (x, mean, inv_std, training, relu)
+        return normalize(x, mean, inv_std, self.gamma.value, self.beta.value, relu=relu)
 
     def backward(self, dy):
         """Training mode differentiates through the batch mean and variance too:
         dx = inv_std / m * (m * dx_hat - sum(dx_hat) - x_hat * sum(dx_hat * x_hat)),  m = N*H*W
-        (see minicnn/ops/batchnorm.py for the derivation and the NumPy reference).
+        (see minicnn/ops/batchnorm.py for the derivation and the NumPy reference); after a fused
+        ReLU, dy is first zeroed where the output y was not positive.
         """
-        x, mean, inv_std, training = self.cache
-        dx, self.gamma.grad, self.beta.grad = normalize_backward(dy, x, mean, inv_std, self.gamma.value, training)
+        x, mean, inv_std, training, relu = self.cache
+        dx, self.gamma.grad, self.beta.grad = normalize_backward(dy, x, mean, inv_std, self.gamma.value, training,
+                                                                 relu=relu, beta=self.beta.value)
         return dx
 
     def get_config(self):

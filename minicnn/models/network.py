@@ -4,11 +4,18 @@ Backward is micrograd's idea on whole arrays: visit layers from the output back 
 inputs; a layer's output gradient is the SUM of what every consumer sent back, because
 "copy in forward is add in backward" (a tensor that feeds two branches of a residual block
 receives both branches' gradients).
+
+One fusion, in training only: a BatchNormalization whose output goes only to an
+Activation("relu") runs as BatchNormalization(relu=True), one pass over the activations
+instead of two each way, and the Activation passes its input through (`relu_fusions`).
+Inference runs every layer on its own, so each layer's output is what its class computes.
 """
 import numpy as np
 
 from .. import backend
 from ..layers.base import Layer, SymbolicTensor
+from ..layers.core import Activation
+from ..layers.normalization import BatchNormalization
 
 
 def depth_first(output_layer, inputs_of):
@@ -55,6 +62,7 @@ class Network:
     def __init__(self, inputs=None, outputs=None, name=None):
         self.name = name or backend.unique_name(backend.to_snake_case(type(self).__name__))
         self.nodes = []        # every layer, InputLayers included, in topological order
+        self.relu_fusions = self.fused = {}     # see _relu_fusions; fused: those of the last forward
         if inputs is not None:
             self.set_graph(inputs, outputs)
 
@@ -75,6 +83,7 @@ class Network:
         self.inbound = {layer: [] for layer in self.nodes}     # layer -> the layers it reads from
         self.consumers = {layer: [] for layer in self.nodes}   # layer -> the layers that read it
         self._link(outputs, set())
+        self.relu_fusions = self._relu_fusions()
 
     def _link(self, tensor, seen):
         if id(tensor.layer) in seen:
@@ -85,6 +94,17 @@ class Network:
             self.consumers[t.layer].append(tensor.layer)
             self._link(t, seen)
 
+    def _relu_fusions(self):
+        """{Activation("relu") layer: the BatchNormalization it reads}, for each BatchNormalization
+        whose output nothing else reads."""
+        fusions = {}
+        for layer in self.nodes:
+            sources = self.inbound[layer]
+            if (isinstance(layer, Activation) and layer.activation.name == "relu" and len(sources) == 1
+                    and isinstance(sources[0], BatchNormalization) and self.consumers[sources[0]] == [layer]):
+                fusions[layer] = sources[0]
+        return fusions
+
     # ---- the two passes ----------------------------------------------------------------------
     def forward(self, x, training=False):
         """Run every layer in order; x: an array (or a list, one per input). Returns the output."""
@@ -92,10 +112,16 @@ class Network:
         if len(xs) != len(self.input_layers):
             raise ValueError(f"{self.name}: expected {len(self.input_layers)} input array(s), received {len(xs)}")
         values = dict(zip(self.input_layers, xs))
+        self.fused = self.relu_fusions if training else {}
+        relu_after = set(self.fused.values())
         for layer in self.nodes:
             sources = self.inbound[layer]
             if not sources:                       # an InputLayer
                 values[layer] = layer.forward(values[layer], training=training)
+            elif layer in self.fused:             # its BatchNormalization has applied the ReLU
+                values[layer] = values[sources[0]]
+            elif layer in relu_after:
+                values[layer] = layer.forward(values[sources[0]], training=training, relu=True)
             else:
                 args = [values[s] for s in sources]
                 values[layer] = layer.forward(args if len(args) > 1 else args[0], training=training)
@@ -113,7 +139,9 @@ class Network:
             if layer not in grads:                # nothing downstream depends on it
                 continue
             g = grads.pop(layer)
-            if from_logits and layer is self.output_layer:
+            if layer in self.fused:               # its BatchNormalization's backward does the ReLU's
+                dx = g
+            elif from_logits and layer is self.output_layer:
                 dx = layer.backward_from_logits(g)
             else:
                 dx = layer.backward(g)
