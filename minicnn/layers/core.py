@@ -2,7 +2,7 @@
 import numpy as np
 
 from .. import activations, backend, initializers, regularizers
-from ..ops.elementwise import dropout, dropout_backward
+from ..ops.elementwise import dropout, dropout_backward, random_bits
 from ..ops.gemm import matmul
 from .base import Layer, SymbolicTensor
 
@@ -124,7 +124,7 @@ class Dropout(Layer):
             self.cache = None
             return x
         rng = self.rng or backend.rng()
-        y, keep = dropout(x, rng.random(x.shape, dtype=np.float32), self.rate)   # keep = (u >= rate)
+        y, keep = dropout(x, random_bits(rng, x.shape), self.rate)   # keep = (u >= rate), u ~ U[0, 1)
         self.cache = keep
         return y
 

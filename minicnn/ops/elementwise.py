@@ -3,6 +3,7 @@
     relu                 y = max(x, 0)
     relu_backward        dx = dy where y > 0, else 0
     dropout              y = x * keep / (1 - rate),   keep = (u >= rate), u ~ U[0, 1)
+                         drawn as 32-bit integers bits = u * 2**32 (see random_bits)
     dropout_backward     dx = dy * keep / (1 - rate)
     adam_update          m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;
                          w -= lr_t * m / (sqrt(v) + eps)            (all three in place)
@@ -16,9 +17,12 @@ Speed, measured with benchmarks/kernels.py (batch 64, float32, 2-core VM shared 
 jobs, so +-30%; "x" = reference time / numba time, summed over the FER shapes):
   relu_backward     6.4x  (2.4-8.7x; 48x48x32: 21 ms -> 2.4 ms)      numba is the default
   adam_update       4.0x  (2.0-4.8x; 3x3x512x512: 7.9 -> 1.6 ms)  numba is the default
-  relu              1.25x (1.1-2.8x)  reference: all three wait on memory, and below 1.5x
-  dropout           1.3x  (1.0-1.9x)  reference   a kernel call is not worth its lines
-  dropout_backward  1.2x  (1.1-1.6x)  reference   (quiet machine, 2 threads)
+  dropout           1.7-1.9x (two runs; 24x24x64: 2.0-2.2 -> 1.2 ms)  numba is the default
+  dropout_backward  1.6-2.0x (two runs; 24x24x64: 0.8-0.9 -> 0.4-0.5 ms)  numba is the default
+  relu              1.4-1.55x (two runs; 1.25x in an earlier one)  reference: it waits on
+                    memory, and is not reliably over 1.5x
+(Dropout measured 1.2-1.3x in an earlier session, with float32 uniforms instead of uint32
+draws; both runs above were on the same day as the switch.)
 Arrays below NUMBA_MIN_SIZE elements run the reference: too small for a kernel call to
 pay (a dense layer's (64, 256) batch: numba 0.4-0.7x). (Adam's kernel once computed 1 - beta
 in float64 and gained only 1.0-1.2x under 1M numbers; in the weights' dtype it gains 2.0-3.7x.) Kernels
@@ -44,9 +48,23 @@ def relu_backward_reference(dy, y):
     return np.where(y > 0, dy, 0).astype(dy.dtype, copy=False)
 
 
-def dropout_reference(x, u, rate):
-    """Inverted dropout with uniform draws u (the shape of x): -> (y, keep), keep = u >= rate."""
-    keep = u >= rate
+def random_bits(rng, shape):
+    """Uniform uint32 draws of `shape` from a numpy Generator: u * 2**32 for u ~ U[0, 1).
+    The raw 64-bit output of its bit generator, split in two: 2.1x faster than
+    rng.random(dtype=float32) (2.2 vs 4.7 ms for cnn4's first dropout, 2.4M numbers)."""
+    n = int(np.prod(shape))
+    return rng.bit_generator.random_raw((n + 1) // 2).view(np.uint32)[:n].reshape(shape)
+
+
+def keep_threshold(rate):
+    """keep = bits >= this, i.e. u >= rate (exact to 2**-32)."""
+    return np.uint32(rate * 2**32)
+
+
+def dropout_reference(x, bits, rate):
+    """Inverted dropout given uint32 draws `bits` (the shape of x): -> (y, keep),
+    keep = bits >= rate * 2**32."""
+    keep = bits >= keep_threshold(rate)
     return x * (keep * x.dtype.type(1 / (1 - rate))), keep
 
 
@@ -95,12 +113,12 @@ def _relu_backward_kernel(dy, y, dx):
 
 
 @njit(cache=True, parallel=True)
-def _dropout_kernel(x, u, rate, scale, y, keep):
+def _dropout_kernel(x, bits, threshold, scale, y, keep):
     for b in prange((x.size + BLOCK - 1) // BLOCK):
         s = slice(b * BLOCK, (b + 1) * BLOCK)
-        xb, ub, yb, kb = x[s], u[s], y[s], keep[s]
+        xb, ub, yb, kb = x[s], bits[s], y[s], keep[s]
         for i in range(xb.size):
-            k = ub[i] >= rate
+            k = ub[i] >= threshold
             kb[i] = k
             yb[i] = xb[i] * scale if k else 0
 
@@ -148,12 +166,12 @@ def relu_backward_numba(dy, y):
     return dx
 
 
-def dropout_numba(x, u, rate):
+def dropout_numba(x, bits, rate):
     """numba version of `dropout_reference`."""
     y = np.empty(x.shape, dtype=x.dtype)
     keep = np.empty(x.shape, dtype=np.bool_)
     with backend.kernel_threads(x.size):
-        _dropout_kernel(_flat(x), _flat(u), u.dtype.type(rate), x.dtype.type(1 / (1 - rate)), y.reshape(-1),
+        _dropout_kernel(_flat(x), _flat(bits), keep_threshold(rate), x.dtype.type(1 / (1 - rate)), y.reshape(-1),
                         keep.reshape(-1))
     return y, keep
 
@@ -192,16 +210,14 @@ def relu_backward(dy, y):
     return relu_backward_numba(dy, y) if _numba_pays(dy) else relu_backward_reference(dy, y)
 
 
-def dropout(x, u, rate):
-    """Inverted dropout of x given uniform draws u: -> (y, keep mask). Always the reference:
-    the kernel is only 1.3x faster."""
-    return dropout_reference(x, u, rate)
+def dropout(x, bits, rate):
+    """Inverted dropout of x given uint32 draws (random_bits): -> (y, keep mask)."""
+    return dropout_numba(x, bits, rate) if _numba_pays(x) else dropout_reference(x, bits, rate)
 
 
 def dropout_backward(dy, keep, rate):
-    """Gradient of dropout: dy * keep / (1 - rate). Always the reference: the kernel is only
-    1.2x faster."""
-    return dropout_backward_reference(dy, keep, rate)
+    """Gradient of dropout: dy * keep / (1 - rate)."""
+    return dropout_backward_numba(dy, keep, rate) if _numba_pays(dy) else dropout_backward_reference(dy, keep, rate)
 
 
 def adam_update(value, grad, m, v, lr_t, beta_1, beta_2, epsilon):
