@@ -211,6 +211,20 @@ def test_matmul_single_thread_equals_reference(m, k, f, dtype, seed):
     assert_sums_close(gemm.matmul_single_thread(a.T.copy().T, b), a @ b, dtype)   # a transposed view
 
 
+def test_matmul_gives_both_threads_only_to_large_or_wide_products(monkeypatch):
+    monkeypatch.delenv("MINICNN_REFERENCE", raising=False)
+    calls = []
+    monkeypatch.setattr(gemm, "matmul_reference", lambda a, b, out=None: calls.append("all threads"))
+    monkeypatch.setattr(gemm, "matmul_single_thread", lambda a, b, out=None: calls.append("one thread"))
+    for m, k, f in [(36864, 1600, 128),    # cnn4 training, 15 GFLOP
+                    (576, 1600, 128),      # cnn4 batch 1, 0.24 GFLOP, wide
+                    (36, 4608, 512),       # cnn4 batch 1, 0.17 GFLOP, wide
+                    (123904, 72, 8),       # mini-Xception training, 0.14 GFLOP, narrow
+                    (2304, 128, 128)]:     # mini-Xception training, 0.08 GFLOP
+        gemm.matmul(np.empty((m, k), np.float32), np.empty((k, f), np.float32))
+    assert calls == ["all threads", "all threads", "all threads", "one thread", "one thread"]
+
+
 def test_im2col_writes_into_out_and_checks_it():
     x = np.random.default_rng(0).standard_normal((2, 5, 6, 3)).astype(np.float32)
     args = ((3, 3), (1, 1), ((1, 1), (1, 1)))

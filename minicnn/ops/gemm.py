@@ -8,12 +8,20 @@ waits for all of them. On a 2-core machine shared with other jobs, that wait is 
 problem: when the helper thread is not running, a product that takes 0.05 ms alone took a
 scheduler tick, 8 ms, and mini-Xception makes about 30 such small products per step.
 Below PARALLEL_FLOPS the product is run on the calling thread alone
-(`openblas_set_num_threads_local`, OpenBLAS >= 0.3.27, which changes nothing for other
-threads); above it the threads pay for themselves (a 15 GFLOP conv product: 2x on a quiet
-machine). Measured on a busy machine: this was the largest part of taking mini-Xception
-training from 26 to 500-600 images/s (its layer times fell from 8-600 ms to 1-13 ms), and
-raising the threshold from 2e8 to 1e9 took cnn4's batch-1 inference from 10-20 ms to
-5.5 ms (its 0.2-0.5 GFLOP products stay on one thread).
+(`openblas_set_num_threads_local`, OpenBLAS >= 0.3.27; in NumPy's pthreads build it sets
+the count for the whole library, so matmul restores it before returning); above it the
+threads pay for themselves (a 15 GFLOP conv product: 2x on a quiet machine). Measured on a
+busy machine: this was the largest part of taking mini-Xception training from 26 to
+500-600 images/s (its layer times fell from 8-600 ms to 1-13 ms).
+
+Between WIDE_PARALLEL_FLOPS and PARALLEL_FLOPS, a product whose inner and output sizes are
+both at least WIDE_MIN_SIZE also gets both threads: cnn4's batch-1 products (576x1600x128,
+144x1152x512, 36x4608x512; 0.17-0.24 GFLOP) run 1.5-1.9x faster on two, and its batch-1
+inference fell from 6.0 to 5.0 ms (medians of 300, the two rules alternating in one run);
+mini-Xception's and cnn4's training did not change (624-632 and 127-128 images/s). Narrow
+products stay on one thread: with every product from 1e8 FLOP on two threads,
+mini-Xception (whose 123904x72x8 and 123904x8x72 products, 0.14 GFLOP, are the ones that
+moved) trained at 553 instead of 644 images/s.
 
 There is no numba kernel here: no loop written in numba comes near OpenBLAS. "reference"
 is the plain call; MINICNN_REFERENCE=1 makes every product use it.
@@ -24,6 +32,8 @@ import numpy as np
 from .. import backend
 
 PARALLEL_FLOPS = 1e9   # 2*M*K*F: about 5 ms on one thread, less than a lost tick or two
+WIDE_PARALLEL_FLOPS = 1e8
+WIDE_MIN_SIZE = 64     # K and F at least this: see above
 
 
 def matmul_reference(a, b, out=None):
@@ -63,9 +73,14 @@ def matmul_single_thread(a, b, out=None):
         _set_local_threads(before)
 
 
+def on_all_threads(m, k, f):
+    """Whether an (M, K) @ (K, F) product pays for OpenBLAS's threads (see above)."""
+    flops = 2.0 * m * k * f
+    return flops >= PARALLEL_FLOPS or (flops >= WIDE_PARALLEL_FLOPS and min(k, f) >= WIDE_MIN_SIZE)
+
+
 def matmul(a, b, out=None):
     """(M, K) @ (K, F) -> (M, F), written into `out` when given; small products on one thread."""
-    m, k = a.shape
-    if backend.use_reference() or 2.0 * m * k * b.shape[1] >= PARALLEL_FLOPS:
+    if backend.use_reference() or on_all_threads(*a.shape, b.shape[1]):
         return matmul_reference(a, b, out)
     return matmul_single_thread(a, b, out)
