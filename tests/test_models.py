@@ -185,7 +185,7 @@ def test_functional_model_gradchecks_end_to_end_including_the_loss():
         backend.set_floatx("float32")
 
 
-def test_batchnorm_relu_pairs_fuse_in_training_only_and_give_the_same_gradients():
+def test_batchnorm_relu_pairs_fuse_and_give_the_same_outputs_and_gradients():
     backend.set_floatx("float64")
     try:
         backend.set_seed(0)
@@ -212,9 +212,15 @@ def test_batchnorm_relu_pairs_fuse_in_training_only_and_give_the_same_gradients(
         for w, g in zip(model.trainable_weights, fused_grads):
             np.testing.assert_allclose(g, w.grad, rtol=1e-12, atol=1e-14, err_msg=w.name)
 
-        # inference runs each layer on its own: BatchNormalization's own output has negative values
+        # inference fuses too, with the same output
+        fused_out = model.predict(x)
+        assert model.fused == {relu_fused: bn_fused}
+        model.relu_fusions = {}
+        np.testing.assert_allclose(fused_out, model.predict(x), rtol=1e-12, atol=1e-15)
+        model.relu_fusions = fusions
+        # get_activations runs each layer on its own: BatchNormalization's own output has negative values
         out = minicnn.get_activations(model, x, [bn_fused.name, relu_fused.name])
-        assert model.fused == {}
+        assert model.fused == {} and model.relu_fusions == fusions
         assert (out[bn_fused.name] < 0).any()
         np.testing.assert_array_equal(out[relu_fused.name], np.maximum(out[bn_fused.name], 0))
     finally:

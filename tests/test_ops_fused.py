@@ -285,7 +285,8 @@ def test_each_op_runs_the_version_measured_faster(monkeypatch):
     # under the 1.5x that a default kernel must show; dropout (both ways) gains 1.6-1.9x
     calls = []
     for module, name in [(elementwise, "relu"), (elementwise, "relu_backward"), (elementwise, "dropout"),
-                         (elementwise, "dropout_backward"), (elementwise, "adam_update"), (batchnorm, "moments")]:
+                         (elementwise, "dropout_backward"), (elementwise, "adam_update"), (batchnorm, "moments"),
+                         (batchnorm, "normalize")]:
         for kind in ("reference", "numba"):
             monkeypatch.setattr(module, f"{name}_{kind}", lambda *a, n=f"{name}_{kind}": calls.append(n))
     small, big = np.ones((64, 256), np.float32), np.ones((64, 24, 24, 64), np.float32)
@@ -295,14 +296,18 @@ def test_each_op_runs_the_version_measured_faster(monkeypatch):
     elementwise.dropout(big, big, 0.5)
     elementwise.dropout_backward(big, big > 0, 0.5)
     elementwise.dropout(small, small, 0.5)
-    one_image = np.ones((1, 12, 12, 512), np.float32)       # batch-1 BN: numba 1.1-1.3x
+    one_image = np.ones((1, 12, 12, 512), np.float32)       # batch-1 BN statistics: numba 1.0-1.3x
     batchnorm.moments(one_image)
+    ones = np.ones(512, np.float32)
+    batchnorm.normalize(one_image, ones, ones, ones, ones)   # its normalization: 1.55x, BN + ReLU 2.5x
+    batchnorm.normalize(small, ones[:256], ones[:256], ones[:256], ones[:256])   # 64 rows: 0.8-0.95x
     bias = np.ones(512, np.float32)                          # Adam on a bias: too small for a kernel call
     elementwise.adam_update(bias, bias, bias.copy(), bias.copy(), 1e-3, 0.9, 0.999, 1e-7)
     mid_weight = np.ones((5, 5, 64, 128), np.float32)       # 205k numbers: numba 2.0-2.9x
     elementwise.adam_update(mid_weight, mid_weight, mid_weight.copy(), mid_weight.copy(), 1e-3, 0.9, 0.999, 1e-7)
     assert calls == ["relu_backward_reference", "moments_reference", "relu_reference", "dropout_numba",
-                     "dropout_backward_numba", "dropout_reference", "moments_reference", "adam_update_reference",
+                     "dropout_backward_numba", "dropout_reference", "moments_reference", "normalize_numba",
+                     "normalize_reference", "adam_update_reference",
                      "adam_update_numba"]
 
 

@@ -13,7 +13,7 @@ class BatchNormalization(Layer):
                     moving variance takes Keras 2's unbiased var * m / (m - 1 - epsilon)
     training=False: the moving mean and variance.
     relu=True:      y = max(y, 0) in the same pass: how a model runs BatchNormalization followed by
-                    Activation("relu") in training (see models/network.py, `relu_fusions`).
+                    Activation("relu") (see models/network.py, `relu_fusions`).
     x: (N, H, W, C) or (N, C) -> y: same shape;  gamma, beta, moving_mean, moving_variance: (C,)
     """
 

@@ -5,10 +5,11 @@ inputs; a layer's output gradient is the SUM of what every consumer sent back, b
 "copy in forward is add in backward" (a tensor that feeds two branches of a residual block
 receives both branches' gradients).
 
-One fusion, in training only: a BatchNormalization whose output goes only to an
-Activation("relu") runs as BatchNormalization(relu=True), one pass over the activations
-instead of two each way, and the Activation passes its input through (`relu_fusions`).
-Inference runs every layer on its own, so each layer's output is what its class computes.
+One fusion: a BatchNormalization whose output goes only to an Activation("relu") runs as
+BatchNormalization(relu=True), one pass over the activations instead of two each way, and
+the Activation passes its input through (`relu_fusions`). The model's output is the same;
+only that BatchNormalization's own output (before the ReLU) is never made, so
+`explain.get_activations`, which records layer outputs, turns the fusion off while it runs.
 """
 import numpy as np
 
@@ -112,7 +113,7 @@ class Network:
         if len(xs) != len(self.input_layers):
             raise ValueError(f"{self.name}: expected {len(self.input_layers)} input array(s), received {len(xs)}")
         values = dict(zip(self.input_layers, xs))
-        self.fused = self.relu_fusions if training else {}
+        self.fused = self.relu_fusions
         relu_after = set(self.fused.values())
         for layer in self.nodes:
             sources = self.inbound[layer]

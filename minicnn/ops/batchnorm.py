@@ -34,8 +34,13 @@ The reference makes a full-size temporary for every operator (x - mean, * inv_st
 in float64 (on both threads from backend.PARALLEL_MIN_SIZE numbers up, on one below: a
 batch-1 46x46x8 image takes 0.01-0.04 ms, 3-5x faster than the reference). numba is the
 default from NUMBA_MIN_SIZE (131,072) elements up; below (a dense layer's (64, 256) batch:
-numba 0.6-1.2x; one 12x12x512 image: 1.1-1.3x) a kernel call pays too little (< 1.5x, or
-a few microseconds), and the reference runs.
+numba 0.6-1.2x; one 12x12x512 image: 1.0-1.3x) a kernel call pays too little (< 1.5x, or
+a few microseconds), and the reference runs. `normalize`, which inference runs, takes the
+kernel from NORMALIZE_MIN_SIZE (8,192) elements in at least NORMALIZE_MIN_ROWS (128) rows:
+one image's 46x46x8, 22x22x32 and 12x12x512 activations run 2.8-2.9x, 1.2x and 1.55x faster
+(BN + ReLU: 3.2-3.3x, 1.6-2.1x, 2.5-2.6x; two runs), and mini-Xception's batch-1 inference
+fell from 2.37 to 2.23 ms (medians of 400, alternating); a dense (64, 256) batch, 64 rows,
+stays on the reference (numba 0.8-0.95x).
 """
 import numpy as np
 from numba import njit, prange
@@ -85,7 +90,8 @@ def normalize_backward_reference(dy, x, mean, inv_std, gamma, training, relu=Fal
 
 BLOCKS = 64          # enough for both threads to stay busy; small enough to add up at once
 NUMBA_MIN_SIZE = 1 << 17    # below: the reference (a dense (64, 256) batch: numba 0.6-1.2x;
-                            # one 12x12x512 image: 1.1-1.3x; 6x6x128 x 64 = 295k numbers: 1.6-1.8x)
+                            # one 12x12x512 image: 1.0-1.3x; 6x6x128 x 64 = 295k numbers: 1.6-1.8x)
+NORMALIZE_MIN_SIZE, NORMALIZE_MIN_ROWS = 1 << 13, 128      # normalize alone: see the top
 
 
 @njit(inline="always")          # inlined into each kernel: no call in the loop
@@ -230,7 +236,8 @@ def moments(x):
 def normalize(x, mean, inv_std, gamma, beta, relu=False):
     """y = gamma * (x - mean) * inv_std + beta over the last axis, then max(y, 0) if relu;
     x (..., C), the rest (C,)."""
-    if backend.use_reference() or x.size < NUMBA_MIN_SIZE:
+    small = x.size < NORMALIZE_MIN_SIZE or x.size // x.shape[-1] < NORMALIZE_MIN_ROWS
+    if backend.use_reference() or small:
         return normalize_reference(x, mean, inv_std, gamma, beta, relu)
     return normalize_numba(x, mean, inv_std, gamma, beta, relu)
 

@@ -61,7 +61,8 @@ def im2col_reference(x, kernel_size, strides, pads, out=None):
     n, h, w, c = x.shape
     (kh, kw), (sh, sw) = kernel_size, strides
     ho, wo = output_hw(h, w, kernel_size, strides, pads)
-    xp = np.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))          # zeros around the image
+    # zeros around the image (no copy when there are none: a 1x1 stride-2 shortcut's)
+    xp = np.pad(x, ((0, 0), pads[0], pads[1], (0, 0))) if np.any(pads) else x
     cols = _output((n, ho, wo, kh, kw, c), x.dtype, out)
     # One strided slice per kernel offset (i, j): pixel (i, j) of every window at once.
     for i in range(kh):
