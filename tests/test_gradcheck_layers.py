@@ -93,6 +93,9 @@ def test_overlapping_max_pool_3x3_stride_2_same():
 @settings(max_examples=15, deadline=None)
 @given(st.integers(2, 4), st.integers(1, 5), st.integers(1, 5), st.integers(1, 4), st.booleans(), st.integers(0, 999))
 def test_batch_normalization_4d(n, h, w, c, training, seed):
+    # Two values per channel normalize to about -1 and +1 whatever they are: dx is then ~1e-6
+    # of G, below what central differences resolve to 1e-7 (2.4e-7 seen for n=2, h=w=c=1).
+    assume(not training or n * h * w >= 3)
     rng = np.random.default_rng(seed)
     layer = BatchNormalization()
     layer.build((None, h, w, c))
