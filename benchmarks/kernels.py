@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from minicnn.ops import batchnorm, depthwise, elementwise, im2col, pooling  # noqa: E402
+from minicnn.ops import batchnorm, depthwise, elementwise, im2col, pooling, winograd  # noqa: E402
 from minicnn.ops.padding import conv_geometry  # noqa: E402
 
 BATCH = 64
@@ -68,6 +68,8 @@ NORMALIZED = [(48, 48, 64), (24, 24, 128), (12, 12, 512), (6, 6, 512), (256,),
 NORMALIZED_ONE_IMAGE = [(46, 46, 8), (22, 22, 32), (12, 12, 512)]       # batch-1 inference
 DROPPED = [(24, 24, 64), (12, 12, 128), (6, 6, 512), (256,), (24, 24, 32), (64,)]   # after cnn4/cnn8 pools
 ADAM = [(5, 5, 64, 128), (3, 3, 128, 512), (3, 3, 512, 512), (4608, 256), (3, 3, 128, 256)]  # weight shapes
+WINOGRAD = [((12, 12, 128), 512), ((6, 6, 512), 512),                  # cnn4's 3x3 convs
+            ((24, 24, 64), 64), ((12, 12, 128), 128), ((6, 6, 256), 256)]   # cnn8's wide ones
 
 
 def cases(rng):
@@ -124,6 +126,17 @@ def cases(rng):
         bits = elementwise.random_bits(rng, x.shape)
         yield "dropout", label, elementwise, "dropout", (x, bits, 0.25)
         yield "dropout_backward", label, elementwise, "dropout_backward", (x, bits >= 2**30, 0.25)
+    for (h, w, c), f in WINOGRAD:                   # 3x3 "same": tiles start 1 pixel above/left
+        label = f"{h}x{w}x{c}->{f}"
+        th, tw = winograd.tiles_hw(h, w)
+        x = rng.standard_normal((BATCH, h, w, c)).astype(np.float32)
+        m = rng.standard_normal((16, BATCH * th * tw, f)).astype(np.float32)
+        dy = rng.standard_normal((BATCH, h, w, f)).astype(np.float32)
+        dv = rng.standard_normal((16, BATCH * th * tw, c)).astype(np.float32)
+        yield "winograd_input", label, winograd, "input_transform", (x, 1, 1, h, w)
+        yield "winograd_output", label, winograd, "output_transform", (m, BATCH, h, w)
+        yield "winograd_output_adj", label, winograd, "output_adjoint", (dy,)
+        yield "winograd_input_adj", label, winograd, "input_adjoint", (dv, x.shape, 1, 1, h, w)
     for shape in ADAM:
         label = "x".join(map(str, shape)) + " weight"
         w = rng.standard_normal(shape).astype(np.float32)
