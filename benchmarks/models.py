@@ -15,7 +15,8 @@ For each architecture of `fer.models` it measures, in float32:
              line also gives the RSS after imports, so the model's own share is visible;
   layers     a per-layer forward / backward time table of one training step (medians),
              the time inside matrix products (the floor no other kernel can lower) and
-             inside im2col and col2im (with the products: the floor of the im2col design).
+             inside the patch transforms, im2col and col2im and Winograd's four (with the
+             products: the floor of the convolutions' design).
 With `--torch` each architecture is rebuilt layer for layer in PyTorch (CPU, the same batch
 and thread count; `torch` is only needed for this flag) and timed in the same run,
 interleaved with minicnn so load from other jobs hits both alike, in both memory layouts:
@@ -50,6 +51,7 @@ import numba  # noqa: E402
 
 import minicnn  # noqa: E402
 from minicnn.layers import conv as conv_layers, core as core_layers  # noqa: E402
+from minicnn.ops import winograd  # noqa: E402
 from fer import models as fer_models  # noqa: E402
 
 DEFAULT_MODELS = ("cnn4", "mini_xception", "cnn8")
@@ -112,10 +114,13 @@ class Minicnn:
 
 
 # The functions a step spends its time in besides the layers' own loops: (module, name) -> part.
-# Products are the floor no other kernel can lower; products + im2col + col2im are the floor
-# of the im2col design itself (the mission's convolution), whatever the elementwise passes cost.
+# Products are the floor no other kernel can lower; products + the patch transforms (im2col,
+# col2im, Winograd's) are the floor of the convolutions' design, whatever the elementwise passes cost.
 TIMED_CALLS = {(conv_layers, "matmul"): "products", (core_layers, "matmul"): "products",
-               (conv_layers, "im2col"): "im2col/col2im", (conv_layers, "col2im"): "im2col/col2im"}
+               (winograd, "matmul"): "products", (winograd, "batched_matmul"): "products",
+               (conv_layers, "im2col"): "transforms", (conv_layers, "col2im"): "transforms",
+               **{(winograd, name): "transforms" for name in
+                  ("input_transform", "output_transform", "output_adjoint", "input_adjoint")}}
 
 
 def layer_table(model, x, y, steps, torch_runner=None):

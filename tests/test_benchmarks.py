@@ -10,7 +10,7 @@ import numpy as np
 
 from minicnn import Conv2D, Dense, Flatten, Sequential
 from minicnn.layers import conv as conv_layers, core as core_layers
-from minicnn.ops import gemm, im2col
+from minicnn.ops import gemm, im2col, winograd
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "models.py"
 
@@ -50,8 +50,8 @@ def test_layer_table_times_every_layer_and_part():
     assert [r[0] for r in rows] == [layer.name for layer in model.nodes]
     conv_row = next(row for row in rows if row[1] == "Conv2D")
     assert conv_row[3] > 0 and conv_row[4] > 0                      # forward and backward were timed
-    assert set(part_ms) == {"products", "im2col/col2im"} and step_ms > 0
-    assert part_ms["products"] > 0 and part_ms["im2col/col2im"] > 0   # (means; steps of < 1 ms vary too much
+    assert set(part_ms) == {"products", "transforms"} and step_ms > 0
+    assert part_ms["products"] > 0 and part_ms["transforms"] > 0      # (means; steps of < 1 ms vary too much
                                                                      # to hold them against the median step)
     assert torch_ms is None
 
@@ -65,4 +65,6 @@ def test_layer_table_takes_turns_with_torch_and_restores_the_library():
     assert torch_ms == 10.0
     assert conv_layers.matmul is gemm.matmul and core_layers.matmul is gemm.matmul
     assert conv_layers.im2col is im2col.im2col and conv_layers.col2im is im2col.col2im
+    assert winograd.batched_matmul is gemm.batched_matmul and winograd.matmul is gemm.matmul
+    assert winograd.input_transform.__name__ == "input_transform"       # not the timing wrapper
     assert all("forward" not in vars(layer) and "backward" not in vars(layer) for layer in model.nodes)

@@ -26,7 +26,7 @@ import numpy as np
 from numba import njit, prange
 
 from .. import backend
-from .gemm import matmul
+from .gemm import batched_matmul, matmul
 
 BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=np.float64)
 G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=np.float64)
@@ -329,7 +329,7 @@ def conv3x3(x, kernel, top, left, ho, wo, scratch=None):
     buffer = scratch or (lambda name, shape, dtype: None)
     v = input_transform(x, top, left, ho, wo, out=buffer("V", (16, n * th * tw, c), x.dtype))
     u = kernel_transform(kernel)
-    m = np.matmul(v, u, out=buffer("M", (16, n * th * tw, f), x.dtype))     # 16 products (tiles, C) @ (C, F)
+    m = batched_matmul(v, u, out=buffer("M", (16, n * th * tw, f), x.dtype))   # 16 products (tiles, C) @ (C, F)
     return output_transform(m, n, ho, wo), (v, u)
 
 
@@ -340,6 +340,6 @@ def conv3x3_backward(dz, saved, x_shape, top, left, scratch=None):
     th, tw = tiles_hw(ho, wo)
     buffer = scratch or (lambda name, shape, dtype: None)
     dm = output_adjoint(dz, out=buffer("M", (16, n * th * tw, f), dz.dtype))
-    dkernel = kernel_transform_adjoint(np.matmul(v.transpose(0, 2, 1), dm))   # dU = V^T dM
-    dv = np.matmul(dm, u.transpose(0, 2, 1), out=buffer("dV", v.shape, v.dtype))   # dV = dM U^T
+    dkernel = kernel_transform_adjoint(batched_matmul(v.transpose(0, 2, 1), dm))   # dU = V^T dM
+    dv = batched_matmul(dm, u.transpose(0, 2, 1), out=buffer("dV", v.shape, v.dtype))   # dV = dM U^T
     return input_adjoint(dv, x_shape, top, left, ho, wo), dkernel
