@@ -5,6 +5,8 @@ thousand, so blocks end mid-array), float32 and float64. Gathers and single prod
 (ReLU, dropout) must match exactly; sums (the BN statistics and gradients) to rtol 1e-12
 in float64, where only the order of the additions differs.
 """
+import os
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -334,3 +336,25 @@ def test_matmul_runs_small_products_on_one_thread(monkeypatch):
     monkeypatch.setenv("MINICNN_REFERENCE", "1")
     gemm.matmul(small, small)
     assert calls == ["single", "reference", "reference"]
+
+
+def test_big_freed_arrays_are_reused_not_mapped_afresh():
+    # backend.keep_freed_memory (run at import): a 40 MB array allocated again after being freed
+    # reuses the process's memory instead of page-faulting a new mapping
+    import subprocess
+    import sys
+
+    from minicnn import backend
+
+    assert backend.MALLOC_KEEPS_FREED_MEMORY          # Linux with glibc, as CI and this machine
+    code = ("import resource, numpy as np, minicnn\n"
+            "for _ in range(3): a = np.ones(10_000_000, np.float32); del a\n"
+            "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+            "for _ in range(10): a = np.ones(10_000_000, np.float32); del a\n"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n")
+    faults = {}
+    for setting in ("kept", "default"):
+        env = {**os.environ, "MINICNN_MALLOC": setting}
+        faults[setting] = int(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                                             text=True, check=True).stdout)
+    assert faults["kept"] < 100 < faults["default"], faults      # 40 MB: 20 huge or 10,000 small pages
