@@ -6,6 +6,7 @@ import pytest
 
 import minicnn
 from fer import models as fer_models
+from minicnn.layers import conv as conv_layers
 from minicnn import (Activation, Add, BatchNormalization, Conv2D, Dense, Dropout, Flatten, GlobalAveragePooling2D,
                      Input, MaxPooling2D, Model, SeparableConv2D, Sequential, backend, gradcheck, optimizers)
 
@@ -223,6 +224,33 @@ def test_batchnorm_relu_pairs_fuse_and_give_the_same_outputs_and_gradients():
         assert model.fused == {} and model.relu_fusions == fusions
         assert (out[bn_fused.name] < 0).any()
         np.testing.assert_array_equal(out[relu_fused.name], np.maximum(out[bn_fused.name], 0))
+    finally:
+        backend.set_floatx("float32")
+
+
+def test_a_training_step_skips_the_input_gradient_and_gets_the_same_weight_gradients(monkeypatch):
+    from minicnn.ops import im2col
+    backend.set_floatx("float64")
+    try:
+        backend.set_seed(0)
+        model = Sequential([Conv2D(3, 3, padding="same", input_shape=(6, 5, 2)), Activation("relu"),
+                            Conv2D(2, 3), Flatten(), Dense(3, activation="softmax")])
+        model.compile("sgd", "sparse_categorical_crossentropy")
+        x, y = np.random.default_rng(0).standard_normal((4, 6, 5, 2)), np.array([0, 2, 1, 2])
+        model.compute_gradients(x, y)
+        full = [w.grad.copy() for w in model.trainable_weights]
+        assert model.input_grad.shape == x.shape
+        folds = []
+        col2im = im2col.col2im
+        monkeypatch.setattr(conv_layers, "col2im", lambda *a: folds.append(a[1]) or col2im(*a))
+        model.compute_gradients(x, y, input_gradient=False)
+        assert model.input_grad is None
+        assert folds == [(4, 6, 5, 3)]                  # only the second conv folds a dx back, not the first
+        for w, g in zip(model.trainable_weights, full):
+            np.testing.assert_array_equal(w.grad, g, err_msg=w.name)
+        folds.clear()
+        model.train_on_batch(x, y)                      # what fit runs: no input gradient either
+        assert model.input_grad is None and folds == [(4, 6, 5, 3)]
     finally:
         backend.set_floatx("float32")
 

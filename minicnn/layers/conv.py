@@ -137,20 +137,24 @@ class Conv2D(_Conv):
         self.cache = (x.shape, pads, cols, winograd_saved, y)
         return y
 
-    def backward(self, dy):
+    def backward(self, dy, input_gradient=True):
         *_, y = self.cache
-        return self.backward_from_logits(self.activation.backward(dy, y))
+        return self.backward_from_logits(self.activation.backward(dy, y), input_gradient)
 
-    def backward_from_logits(self, dz):
+    def backward_from_logits(self, dz, input_gradient=True):
+        """dz -> dx, setting the kernel's and bias' .grad; input_gradient=False: no dx (None),
+        for a layer that reads the model's input (see Network.backward)."""
         x_shape, pads, cols, winograd_saved, _ = self.cache
         if self.use_bias:
             self.bias.grad = dz.reshape(-1, self.filters).sum(axis=0)
         if winograd_saved is not None:
             dx, self.kernel.grad = winograd.conv3x3_backward(dz, winograd_saved, x_shape, pads[0][0], pads[1][0],
                                                              self.scratch)
-            return dx
+            return dx if input_gradient else None
         dz = dz.reshape(-1, self.filters)                                    # (N*Ho*Wo, F)
         self.kernel.grad = matmul(cols.T, dz).reshape(self.kernel.shape)     # (kh*kw*C, F) -> (kh, kw, C, F)
+        if not input_gradient:
+            return None
         # K.T is a view: OpenBLAS reads it transposed (copying it cost 7 ms a step for a 3x3x512x512 K)
         kernel_t = self.kernel.value.reshape(-1, self.filters).T             # (F, kh*kw*C)
         dcols = matmul(dz, kernel_t, out=self.scratch("dcols", (dz.shape[0], kernel_t.shape[1]), dz.dtype))

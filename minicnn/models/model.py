@@ -56,22 +56,24 @@ class Model(Network):
         """One step: gradients of the loss on (x, y), then the optimizer. Returns [loss, accuracy]."""
         if self.optimizer is None:
             raise ValueError(f"{self.name}: call compile() before training")
-        loss, y_pred = self.compute_gradients(x, y, _sample_weights(y, sample_weight, class_weight))
+        loss, y_pred = self.compute_gradients(x, y, _sample_weights(y, sample_weight, class_weight),
+                                              input_gradient=False)
         self.optimizer.apply_gradients(self.trainable_weights)
         return self._results(loss, y, y_pred)
 
-    def compute_gradients(self, x, y, sample_weight=None, training=True):
-        """Forward, loss, backward: sets every weight's .grad (and self.input_grad). Returns (loss, y_pred)."""
+    def compute_gradients(self, x, y, sample_weight=None, training=True, input_gradient=True):
+        """Forward, loss, backward: sets every weight's .grad and, with input_gradient, self.input_grad
+        (dL/dx; a training step, like Keras', does without it). Returns (loss, y_pred)."""
         if self.loss is None:
             raise ValueError(f"{self.name}: call compile() with a loss first")
         y_pred = self.forward(x, training=training)
         logits = getattr(self.output_layer, "logits", None)
         if logits is not None:      # softmax output: the fused, overflow-free gradient p - y
             loss, dlogits = self.loss.from_logits(y, logits, sample_weight)
-            self.input_grad = self.backward(dlogits, from_logits=True)
+            self.input_grad = self.backward(dlogits, from_logits=True, input_gradient=input_gradient)
         else:
             loss = self.loss(y, y_pred, sample_weight)
-            self.input_grad = self.backward(self.loss.gradient(y, y_pred, sample_weight))
+            self.input_grad = self.backward(self.loss.gradient(y, y_pred, sample_weight), input_gradient=input_gradient)
         return loss + self._add_regularization(), y_pred
 
     def _add_regularization(self):

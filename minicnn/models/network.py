@@ -15,6 +15,7 @@ import numpy as np
 
 from .. import backend
 from ..layers.base import Layer, SymbolicTensor
+from ..layers.conv import Conv2D
 from ..layers.core import Activation
 from ..layers.normalization import BatchNormalization
 
@@ -128,11 +129,13 @@ class Network:
                 values[layer] = layer.forward(args if len(args) > 1 else args[0], training=training)
         return values[self.output_layer]
 
-    def backward(self, dy, from_logits=False):
+    def backward(self, dy, from_logits=False, input_gradient=True):
         """Propagate dL/d(output) back; sets every weight's .grad and returns dL/dx.
 
         from_logits=True: `dy` is the gradient before the output layer's softmax (the fused
         softmax + cross-entropy gradient p - y), so that softmax is skipped.
+        input_gradient=False: dL/dx is not needed (returns None), so a Conv2D that reads the
+        model's input skips computing its dx (cnn4's first conv: a product and a col2im).
         """
         grads = {self.output_layer: dy}
         input_grads = {}
@@ -140,19 +143,22 @@ class Network:
             if layer not in grads:                # nothing downstream depends on it
                 continue
             g = grads.pop(layer)
+            sources = self.inbound[layer]
             if layer in self.fused:               # its BatchNormalization's backward does the ReLU's
                 dx = g
             elif from_logits and layer is self.output_layer:
                 dx = layer.backward_from_logits(g)
+            elif not input_gradient and isinstance(layer, Conv2D) and all(not self.inbound[s] for s in sources):
+                layer.backward(g, input_gradient=False)     # its weights' gradients only
+                continue
             else:
                 dx = layer.backward(g)
-            sources = self.inbound[layer]
             if not sources:
                 input_grads[layer] = dx
             for source, d in zip(sources, dx if isinstance(dx, list) else [dx]):
                 # copy in forward is add in backward; `+` makes a new array, so no dy is modified
                 grads[source] = grads[source] + d if source in grads else d
-        result = [input_grads.get(layer) for layer in self.input_layers]
+        result = [input_grads.get(layer) if input_gradient else None for layer in self.input_layers]
         return result if len(result) > 1 else result[0]
 
     def __call__(self, x, training=False):
