@@ -34,11 +34,13 @@ def keep_freed_memory():
     if os.environ.get("MINICNN_MALLOC") == "default":
         return False
     try:
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3              # from glibc's malloc.h
-        return bool(libc.mallopt(m_mmap_threshold, 1 << 30) and libc.mallopt(m_trim_threshold, 1 << 31))
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):
         return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    m_trim_threshold, m_mmap_threshold = -1, -3                  # from glibc's malloc.h
+    # a glibc that refuses a threshold over 32 MB returns 0: then nothing is changed
+    return bool(mallopt(m_mmap_threshold, 1 << 30) and mallopt(m_trim_threshold, -1))   # -1: never trim
 
 
 MALLOC_KEEPS_FREED_MEMORY = keep_freed_memory()

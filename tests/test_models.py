@@ -228,6 +228,37 @@ def test_batchnorm_relu_pairs_fuse_and_give_the_same_outputs_and_gradients():
         backend.set_floatx("float32")
 
 
+def test_no_fusion_when_the_activation_casts_to_another_dtype():
+    x_in = Input((4, 4, 2))
+    y = Activation("relu", dtype="float64")(BatchNormalization()(x_in))
+    model = Model(x_in, y)
+    assert model.relu_fusions == {}
+    assert model.predict(np.ones((2, 4, 4, 2), np.float32)).dtype == np.float64
+
+
+def test_fusion_gives_the_same_gradients_where_the_numba_kernels_run():
+    # activations of 8 x 32 x 32 x 16 = 131,072 numbers: BatchNormalization takes its numba kernels
+    from minicnn.ops import batchnorm
+    backend.set_floatx("float64")
+    try:
+        backend.set_seed(1)
+        model = Sequential([Conv2D(16, 3, padding="same", input_shape=(32, 32, 2)), BatchNormalization(),
+                            Activation("relu"), Flatten(), Dense(3, activation="softmax")])
+        model.compile("sgd", "sparse_categorical_crossentropy")
+        x, y = np.random.default_rng(1).standard_normal((8, 32, 32, 2)), np.arange(8) % 3
+        assert 8 * 32 * 32 * 16 >= batchnorm.NUMBA_MIN_SIZE and len(model.relu_fusions) == 1
+        fused_loss, _ = model.compute_gradients(x, y)
+        fused = [w.grad.copy() for w in model.trainable_weights]
+        fusions, model.relu_fusions = model.relu_fusions, {}
+        loss, _ = model.compute_gradients(x, y)
+        model.relu_fusions = fusions
+        assert abs(fused_loss - loss) <= 1e-12 * abs(loss)
+        for w, g in zip(model.trainable_weights, fused):
+            np.testing.assert_allclose(g, w.grad, rtol=1e-9, atol=1e-12, err_msg=w.name)
+    finally:
+        backend.set_floatx("float32")
+
+
 def test_a_training_step_skips_the_input_gradient_and_gets_the_same_weight_gradients(monkeypatch):
     from minicnn.ops import im2col
     backend.set_floatx("float64")

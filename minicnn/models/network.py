@@ -6,7 +6,7 @@ inputs; a layer's output gradient is the SUM of what every consumer sent back, b
 receives both branches' gradients).
 
 One fusion: a BatchNormalization whose output goes only to an Activation("relu") runs as
-BatchNormalization(relu=True), one pass over the activations instead of two each way, and
+BatchNormalization(relu=True), one pass over the activations fewer each way, and
 the Activation passes its input through (`relu_fusions`). The model's output is the same;
 only that BatchNormalization's own output (before the ReLU) is never made, so
 `explain.get_activations`, which records layer outputs, turns the fusion off while it runs.
@@ -103,7 +103,8 @@ class Network:
         for layer in self.nodes:
             sources = self.inbound[layer]
             if (isinstance(layer, Activation) and layer.activation.name == "relu" and len(sources) == 1
-                    and isinstance(sources[0], BatchNormalization) and self.consumers[sources[0]] == [layer]):
+                    and isinstance(sources[0], BatchNormalization) and self.consumers[sources[0]] == [layer]
+                    and layer.dtype == sources[0].dtype):             # the Activation would not cast
                 fusions[layer] = sources[0]
         return fusions
 

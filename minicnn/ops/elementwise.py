@@ -201,7 +201,9 @@ def _numba_pays(a):
 
 
 def relu(x):
-    """y = max(x, 0), elementwise. Always the reference: the kernel is only 1.25x faster."""
+    """y = max(x, 0), elementwise. Always the reference: the kernel measured 1.25x, 1.4-1.55x and
+    1.9x in different runs, not reliably over 1.5x (and a ReLU after BatchNormalization is fused
+    into it)."""
     return relu_reference(x)
 
 

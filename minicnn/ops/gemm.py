@@ -75,7 +75,10 @@ def matmul_single_thread(a, b, out=None):
 
 def batched_matmul(a, b, out=None):
     """(B, M, K) @ (B, K, F) -> (B, M, F): B products (Winograd's 16), each one OpenBLAS call
-    on its threads, as NumPy's matmul makes them for stacked matrices."""
+    on its threads, as NumPy's matmul makes them for stacked matrices. Always on all threads,
+    even for products `matmul` would keep on one: sixteen in a row keep the threads busy, and
+    cnn8's (2304x128x128 and the like, 75 MFLOP each) trained at 205 images/s against 172
+    with each on one thread (medians of 36 steps, alternating in one run)."""
     return np.matmul(a, b, out=out)
 
 

@@ -7,7 +7,7 @@ which needs 16 multiplications per channel pair where the direct sum needs 36. O
 channels, the 16 entries xi = (a, b) of the 4x4 become 16 independent matrix products:
     V[xi] = (B^T d B)[xi]      (tiles, C)    input transform   ("im2col" of this method)
     U[xi] = (G g G^T)[xi]      (C, F)        kernel transform  (on the weights: small)
-    M[xi] = V[xi] @ U[xi]      (tiles, F)    16 products of 1/9 the size of im2col's
+    M[xi] = V[xi] @ U[xi]      (tiles, F)    16 products, each 1/36 of im2col's one
     y     = A^T M A            (N, Ho, Wo, F) output transform
 Backward is the same chain read backwards (each transform's adjoint is its transpose):
     dM = A dy A^T  (output_adjoint);  dU[xi] = V[xi]^T @ dM[xi];  dK = G^T dU G
@@ -19,7 +19,7 @@ or Wo makes the last tile's second row/column fall outside, and it is dropped.
 Rows of V and M are tiles in (n, p, q) order: V is (16, N*th*tw, C), M (16, N*th*tw, F).
 
 Each transform has a NumPy reference (one einsum over the 4x4 tile axes) and a numba kernel
-(one thread per image, channels innermost, every tile's 16 values computed in registers),
+(one thread per image, channels innermost, a tile's 16 x C values in a small per-image array),
 which tests hold against each other and against im2col's convolution.
 """
 import numpy as np
@@ -115,7 +115,7 @@ def input_adjoint_reference(dv, x_shape, top, left, ho, wo):
 
 
 # ----------------------------------------------------------------------------------------
-# numba kernels: one thread per image; each tile's 16 values live in locals, C innermost
+# numba kernels: one thread per image; a tile's 16 x C values in a small array, C innermost
 # ----------------------------------------------------------------------------------------
 
 @njit(cache=True, parallel=True)
@@ -336,6 +336,7 @@ def conv3x3(x, kernel, top, left, ho, wo, scratch=None):
 def conv3x3_backward(dz, saved, x_shape, top, left, scratch=None):
     """dz (N, Ho, Wo, F) -> (dx (N, H, W, C), dkernel (3, 3, C, F)) for conv3x3."""
     v, u = saved
+    dz = dz.astype(v.dtype, copy=False)              # dx and dkernel in the layer's dtype, as z was
     n, ho, wo, f = dz.shape
     th, tw = tiles_hw(ho, wo)
     buffer = scratch or (lambda name, shape, dtype: None)
