@@ -42,13 +42,13 @@ def get_activations(model, x, layer_names):
     # (PyTorch calls this a forward hook): the values are exactly those predict() computes.
     # Every layer runs on its own here: a BatchNormalization fused with its ReLU would return
     # the ReLU's output, and the fused Activation would not run at all.
-    recorded, fusions, model.relu_fusions = {}, model.relu_fusions, {}
+    recorded, fuse, model.fuse = {}, model.fuse, False
     for name in names:
         by_name[name].forward = _recorder(by_name[name], recorded)
     try:
         model.forward(x, training=False)
     finally:
-        model.relu_fusions = fusions
+        model.fuse = fuse
         for name in names:
             by_name[name].__dict__.pop("forward", None)   # the class's forward shows through again
     return {name: recorded[name] for name in names}

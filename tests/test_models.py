@@ -206,9 +206,10 @@ def test_batchnorm_relu_pairs_fuse_and_give_the_same_outputs_and_gradients():
         loss, _ = model.compute_gradients(x, y)
         assert model.fused == {relu_fused: bn_fused}
         fused_grads = [w.grad.copy() for w in model.trainable_weights]
-        fusions, model.relu_fusions = model.relu_fusions, {}          # every layer on its own
+        model.fuse = False                                            # every layer on its own
         unfused_loss, _ = model.compute_gradients(x, y)
-        model.relu_fusions = fusions
+        assert model.fused == {}
+        model.fuse = True
         assert abs(loss - unfused_loss) <= 1e-12 * abs(loss)
         for w, g in zip(model.trainable_weights, fused_grads):
             np.testing.assert_allclose(g, w.grad, rtol=1e-12, atol=1e-14, err_msg=w.name)
@@ -216,12 +217,12 @@ def test_batchnorm_relu_pairs_fuse_and_give_the_same_outputs_and_gradients():
         # inference fuses too, with the same output
         fused_out = model.predict(x)
         assert model.fused == {relu_fused: bn_fused}
-        model.relu_fusions = {}
+        model.fuse = False
         np.testing.assert_allclose(fused_out, model.predict(x), rtol=1e-12, atol=1e-15)
-        model.relu_fusions = fusions
+        model.fuse = True
         # get_activations runs each layer on its own: BatchNormalization's own output has negative values
         out = minicnn.get_activations(model, x, [bn_fused.name, relu_fused.name])
-        assert model.fused == {} and model.relu_fusions == fusions
+        assert model.fused == {} and model.fuse
         assert (out[bn_fused.name] < 0).any()
         np.testing.assert_array_equal(out[relu_fused.name], np.maximum(out[bn_fused.name], 0))
     finally:
@@ -249,9 +250,9 @@ def test_fusion_gives_the_same_gradients_where_the_numba_kernels_run():
         assert 8 * 32 * 32 * 16 >= batchnorm.NUMBA_MIN_SIZE and len(model.relu_fusions) == 1
         fused_loss, _ = model.compute_gradients(x, y)
         fused = [w.grad.copy() for w in model.trainable_weights]
-        fusions, model.relu_fusions = model.relu_fusions, {}
+        model.fuse = False
         loss, _ = model.compute_gradients(x, y)
-        model.relu_fusions = fusions
+        model.fuse = True
         assert abs(fused_loss - loss) <= 1e-12 * abs(loss)
         for w, g in zip(model.trainable_weights, fused):
             np.testing.assert_allclose(g, w.grad, rtol=1e-9, atol=1e-12, err_msg=w.name)

@@ -9,7 +9,7 @@ One fusion: a BatchNormalization whose output goes only to an Activation("relu")
 BatchNormalization(relu=True), one pass over the activations fewer each way, and
 the Activation passes its input through (`relu_fusions`). The model's output is the same;
 only that BatchNormalization's own output (before the ReLU) is never made, so
-`explain.get_activations`, which records layer outputs, turns the fusion off while it runs.
+`explain.get_activations`, which records layer outputs, sets `fuse = False` while it runs.
 """
 import numpy as np
 
@@ -65,6 +65,7 @@ class Network:
         self.name = name or backend.unique_name(backend.to_snake_case(type(self).__name__))
         self.nodes = []        # every layer, InputLayers included, in topological order
         self.relu_fusions = self.fused = {}     # see _relu_fusions; fused: those of the last forward
+        self.fuse = True                        # False: every layer runs on its own
         if inputs is not None:
             self.set_graph(inputs, outputs)
 
@@ -115,7 +116,7 @@ class Network:
         if len(xs) != len(self.input_layers):
             raise ValueError(f"{self.name}: expected {len(self.input_layers)} input array(s), received {len(xs)}")
         values = dict(zip(self.input_layers, xs))
-        self.fused = self.relu_fusions
+        self.fused = self.relu_fusions if self.fuse else {}
         relu_after = set(self.fused.values())
         for layer in self.nodes:
             sources = self.inbound[layer]

@@ -137,7 +137,7 @@ def _normalize_kernel(x, mean, scale, beta, relu, y):
 # finite mean the run has diverged either way.
 
 @njit(cache=True, parallel=True)
-def _backward_sums_kernel(dy, x, mean64, mean, scale, beta, floor, sum_dy, sum_dy_xc):
+def _backward_sums_kernel(dy, x, mean, scale, beta, floor, sum_dy, sum_dy_xc):
     # per block: sum of g and of g * (x - mean), in float64
     m, c_n = x.shape
     blocks = sum_dy.shape[0]
@@ -147,7 +147,7 @@ def _backward_sums_kernel(dy, x, mean64, mean, scale, beta, floor, sum_dy, sum_d
             for c in range(c_n):
                 g = np.float64(dy[r, c]) * ((x[r, c] - mean[c]) * scale[c] + beta[c] > floor)
                 sum_dy[b, c] += g
-                sum_dy_xc[b, c] += g * (np.float64(x[r, c]) - mean64[c])
+                sum_dy_xc[b, c] += g * (np.float64(x[r, c]) - np.float64(mean[c]))
 
 
 @njit(cache=True, parallel=True)
@@ -204,13 +204,14 @@ def normalize_backward_numba(dy, x, mean, inv_std, gamma, training, relu=False, 
     """numba version of `normalize_backward_reference` (same arguments, same result up to rounding)."""
     dy2, x2 = _rows(dy.astype(x.dtype, copy=False)), _rows(x)
     m, c = x2.shape
-    floor = x.dtype.type(0 if relu else -np.inf)          # -inf: every g = dy
-    mask = (*_per_channel(x, mean, inv_std, gamma, beta if relu else np.zeros(c)), floor)
+    # the ReLU's mask, recomputed as the forward computed y: y > 0 where (x - mean) * scale + beta > 0
+    mean_x, scale, beta_x = _per_channel(x, mean, inv_std, gamma, beta if relu else np.zeros(c))
+    floor = x.dtype.type(0 if relu else -np.inf)          # -inf: no ReLU, every g = dy
     blocks = min(BLOCKS, m)
     sum_dy, sum_dy_xc = np.zeros((blocks, c)), np.zeros((blocks, c))
-    mean64, inv_std64, gamma64 = (np.asarray(v, dtype=np.float64) for v in (mean, inv_std, gamma))
+    inv_std64, gamma64 = (np.asarray(v, dtype=np.float64) for v in (inv_std, gamma))
     with backend.kernel_threads(x2.size):
-        _backward_sums_kernel(dy2, x2, mean64, *mask, sum_dy, sum_dy_xc)
+        _backward_sums_kernel(dy2, x2, mean_x, scale, beta_x, floor, sum_dy, sum_dy_xc)
     dbeta = sum_dy.sum(axis=0)
     dgamma = sum_dy_xc.sum(axis=0) * inv_std64
     a = gamma64 * inv_std64
@@ -221,7 +222,7 @@ def normalize_backward_numba(dy, x, mean, inv_std, gamma, training, relu=False, 
     dx = np.empty_like(x2)
     a, k, offset = (v.astype(x.dtype) for v in (a, k, offset))
     with backend.kernel_threads(x2.size):
-        _backward_dx_kernel(dy2, x2, *mask, a, k, offset, dx)
+        _backward_dx_kernel(dy2, x2, mean_x, scale, beta_x, floor, a, k, offset, dx)
     return dx.reshape(x.shape), dgamma.astype(x.dtype), dbeta.astype(x.dtype)
 
 
