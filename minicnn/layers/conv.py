@@ -9,10 +9,12 @@ folding the patch gradients back onto the image.
 A 3x3, stride-1 Conv2D between wide layers (64 channels or more on both sides), given a
 batch (256 output tiles of 2x2 or more), computes the same z with Winograd's F(2x2, 3x3)
 instead (ops/winograd.py): 16 products, each 1/36 of im2col's one, 2.25x fewer
-multiplications in all. cnn4's 12x12x128->512 and 6x6x512->512 layers:
-forward 32 -> 20 and 31 -> 20 ms, backward 63 -> 50 and 59 -> 37 ms (batch 64, one run);
-with 32 channels (48x48x32->32) it lost (fwd 26 -> 30, bwd 44 -> 72 ms). MINICNN_REFERENCE=1
-keeps every convolution on im2col.
+multiplications in all. cnn4's 12x12x128->512 and 6x6x512->512 layers, timed alone
+(batch 64, medians): forward 29.6 -> 19.8 and 29.9 -> 18.6 ms, backward 57.4 -> 42.0 and
+59.1 -> 34.6 ms. At 32 channels (48x48x32->32) it was faster alone too (27.7 -> 19.1,
+40.0 -> 34.1 ms), but cnn8, whose largest layer that is, trained no faster with it (253.1 vs
+254.6 ms a step, alternating): the 64-channel threshold stays. MINICNN_REFERENCE=1 keeps
+every convolution on im2col.
 """
 import warnings
 

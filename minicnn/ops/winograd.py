@@ -306,7 +306,7 @@ def input_adjoint(dv, x_shape, top, left, ho, wo):
 # the convolution: what Conv2D runs for a 3x3, stride-1 kernel between wide layers
 # ----------------------------------------------------------------------------------------
 
-MIN_CHANNELS = 64    # C and F at least this; below, im2col wins (measured: see Conv2D's docstring)
+MIN_CHANNELS = 64    # C and F at least this (32 gained nothing in cnn8: see Conv2D's docstring)
 MIN_TILES = 256      # N * th * tw at least this: the kernel transform, paid on every call, must be
                      # shared by enough tiles (cnn4 at batch 1, 9-36 tiles: 4.6 -> 8.7 ms; at batch
                      # 64, 576-2304 tiles: faster; 256 is a round number between, not a measured edge)
