@@ -19,10 +19,10 @@ relu=True fuses a following ReLU (the usual conv, BN, ReLU block) into the same 
                backward), recomputed from x in the kernels' loops: no pass of its own over
                the activations, and no copy of y kept for it. Both versions compute it as
                their forward did, so the mask is exactly the forward's.
-Measured (benchmarks/kernels.py, one run, numba, BN + ReLU as two passes -> fused): cnn4's
-48x48x64 forward 4.7 + 6.7 -> 5.4 ms, backward 8.8 + 6.3 -> 8.7 ms; 24x24x128 and 12x12x512
-each about 3.5 -> 1.7 ms forward and 6.5-6.9 -> 5.5 ms backward (ReLU alone runs NumPy's
-np.maximum, its default).
+Measured (benchmarks/kernels.py, one run on a quiet machine, BN + ReLU as two passes, each
+its default version -> fused): cnn4's 48x48x64 forward 2.75 + 3.75 -> 2.91 ms, backward
+5.92 + 3.67 -> 6.53 ms; 24x24x128 forward 1.45 + 1.84 -> 1.44, backward 3.03 + 1.89 -> 2.91;
+12x12x512 forward 1.06 + 1.69 -> 1.72, backward 4.55 + 1.70 -> 4.13.
 
 Speed, measured with benchmarks/kernels.py (batch 64, float32, 2-core VM shared with other
 jobs, so +-30%; "x" = reference time / numba time, summed over the FER shapes):

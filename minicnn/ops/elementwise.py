@@ -17,16 +17,13 @@ Speed, measured with benchmarks/kernels.py (batch 64, float32, 2-core VM shared 
 jobs, so +-30%; "x" = reference time / numba time, summed over the FER shapes):
   relu_backward     6.4x  (2.4-8.7x; 48x48x32: 21 ms -> 2.4 ms)      numba is the default
   adam_update       4.0x  (2.0-4.8x; 3x3x512x512: 7.9 -> 1.6 ms)  numba is the default
-  dropout           1.7-1.9x (two runs; 24x24x64: 2.0-2.2 -> 1.2 ms)  numba is the default
-  dropout_backward  1.6-2.0x (two runs; 24x24x64: 0.8-0.9 -> 0.4-0.5 ms)  numba is the default
-  relu              1.4-1.55x (two runs; 1.25x in an earlier one)  reference: it waits on
-                    memory, and is not reliably over 1.5x
-(Dropout measured 1.2-1.3x in an earlier session, with float32 uniforms instead of uint32
-draws; both runs above were on the same day as the switch.)
+  dropout           1.53-1.9x (three runs; 24x24x64: 1.3-2.2 -> 0.8-1.2 ms)  numba is the default
+  dropout_backward  1.6-2.0x (three runs; 24x24x64: 0.8-0.9 -> 0.4-0.5 ms)  numba is the default
+  relu              1.25-1.9x in different runs  reference: it waits on memory, and is not
+                    reliably over 1.5x
 Arrays below NUMBA_MIN_SIZE elements run the reference: too small for a kernel call to
-pay (a dense layer's (64, 256) batch: numba 0.4-0.7x). (Adam's kernel once computed 1 - beta
-in float64 and gained only 1.0-1.2x under 1M numbers; in the weights' dtype it gains 2.0-3.7x.) Kernels
-run on one thread below backend.PARALLEL_MIN_SIZE numbers, on numba's threads above.
+pay (a dense layer's (64, 256) batch: numba 0.4-0.7x). Kernels run on one thread below
+backend.PARALLEL_MIN_SIZE numbers, on numba's threads above.
 """
 import numpy as np
 from numba import njit, prange

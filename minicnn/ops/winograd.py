@@ -205,7 +205,8 @@ def _input_adjoint_kernel(dv, dx, top, left, th, tw):
         for p in range(th):
             for q in range(tw):
                 t = (n * th + p) * tw + q
-                for b in range(4):                  # B dV: the rows of B are (1,0,0,0), (0,1,-1,1), (-1,1,1,0), (0,0,0,-1)
+                # B dV: the rows of B are (1, 0, 0, 0), (0, 1, -1, 1), (-1, 1, 1, 0), (0, 0, 0, -1)
+                for b in range(4):
                     for c in range(c_n):
                         v0, v1, v2, v3 = dv[b, t, c], dv[4 + b, t, c], dv[8 + b, t, c], dv[12 + b, t, c]
                         e[0, b, c], e[1, b, c], e[2, b, c], e[3, b, c] = v0, v1 - v2 + v3, v1 + v2 - v0, -v3
