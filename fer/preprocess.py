@@ -21,20 +21,12 @@ class Preprocessing:
     scale "unit": x / 255 in [0, 1]; "symmetric": (x / 255 - 0.5) * 2 in [-1, 1];
     "standardize": (x / 255 - mean) / std, with mean and std of x / 255 over the
     training pixels (seed 003): `Preprocessing(scale="standardize").fit(train_images)`.
-
-    match_sharpness: before scaling, blur every face that is sharper than `sharpness`
-    (the median sharpness of the training faces, found by `fit`) down to it. The shared
-    FER2013 copy needs this: its Training faces are blurred (about a Gaussian of sigma 3)
-    while PublicTest faces and webcam frames are sharp, and a network trained on the blurred
-    faces alone fails on sharp ones (15% on PublicTest, 47% once they are blurred to match).
     """
 
     input_size: int = 48
     scale: str = "unit"
     mean: float | None = None
     std: float | None = None
-    match_sharpness: bool = False
-    sharpness: float | None = None
 
     def __post_init__(self):
         if isinstance(self.input_size, bool) or not isinstance(self.input_size, (int, np.integer)) or self.input_size < 8:
@@ -47,8 +39,6 @@ class Preprocessing:
             raise ValueError("Preprocessing: give both mean and std, or neither (fit finds them)")
         if self.std is not None and not self.std > 0:
             raise ValueError(f"Preprocessing: std must be > 0, received {self.std!r}")
-        if self.sharpness is not None and not self.match_sharpness:
-            raise ValueError("Preprocessing: sharpness is only used with match_sharpness=True")
 
     def fit(self, images) -> Preprocessing:
         """A copy with mean and std of x / 255 over all pixels of uint8 training images.
@@ -59,19 +49,15 @@ class Preprocessing:
         images = np.asarray(images)
         if images.dtype != np.uint8 or images.size == 0:
             raise ValueError(f"Preprocessing.fit: expected non-empty uint8 images, received {images.dtype} {images.shape}")
-        fitted = self
-        if self.match_sharpness:
-            target = float(np.median(sharpness(self.resize(images))))
-            fitted = dataclasses.replace(self, sharpness=target)
         if self.scale != "standardize":
-            return dataclasses.replace(fitted)
+            return dataclasses.replace(self)
         # A histogram of the 256 grey levels gives exact float64 statistics without a
         # float copy of the whole training set.
         counts = np.bincount(images.ravel(), minlength=256)
         levels = np.arange(256) / 255.0
         mean = float(counts @ levels / counts.sum())
         std = float(np.sqrt(counts @ (levels - mean) ** 2 / counts.sum()))
-        return dataclasses.replace(fitted, mean=mean, std=std)
+        return dataclasses.replace(self, mean=mean, std=std)
 
     def apply(self, faces) -> np.ndarray:
         """Faces -> float32 (N, S, S, 1) network input, S = input_size.
@@ -83,13 +69,7 @@ class Preprocessing:
         """
         if self.scale == "standardize" and self.mean is None:
             raise ValueError("Preprocessing: scale 'standardize' needs mean and std: call fit(train_images) first")
-        if self.match_sharpness and self.sharpness is None:
-            raise ValueError("Preprocessing: match_sharpness needs the training sharpness: call fit(train_images) first")
-        pixels = self.resize(faces)
-        if self.match_sharpness:
-            pixels = blur_to_sharpness(pixels, self.sharpness)
-
-        x = pixels.astype(np.float32) / np.float32(255)
+        x = self.resize(faces).astype(np.float32) / np.float32(255)
         if self.scale == "symmetric":
             x = (x - np.float32(0.5)) * np.float32(2)
         elif self.scale == "standardize":
@@ -110,13 +90,20 @@ class Preprocessing:
     def to_dict(self) -> dict:
         """The settings as a JSON-able dict (stored in model files)."""
         mean, std = (None if value is None else float(value) for value in (self.mean, self.std))  # np.float32 -> float
-        sharp = None if self.sharpness is None else float(self.sharpness)
-        return {"input_size": int(self.input_size), "scale": self.scale, "mean": mean, "std": std,
-                "match_sharpness": bool(self.match_sharpness), "sharpness": sharp}
+        return {"input_size": int(self.input_size), "scale": self.scale, "mean": mean, "std": std}
 
     @classmethod
     def from_dict(cls, d) -> Preprocessing:
-        """Rebuild from to_dict(); unknown keys are an error, missing ones take defaults."""
+        """Rebuild from to_dict(); unknown keys are an error, missing ones take defaults.
+
+        A model that was trained to see every face blurred ("match_sharpness": true) cannot be
+        used as it was meant to: it is refused, with the advice to retrain.
+        """
+        d = dict(d)
+        if d.pop("match_sharpness", False):
+            raise ValueError("Preprocessing.from_dict: the model was trained on blurred faces (match_sharpness), "
+                             "which is no longer supported: retrain it with scripts/train.py")
+        d.pop("sharpness", None)
         unknown = set(d) - {field.name for field in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"Preprocessing.from_dict: unknown keys {sorted(unknown)}")
@@ -150,35 +137,3 @@ def _resize(crop, size):
     interpolation = cv2.INTER_AREA if height >= size and width >= size else cv2.INTER_LINEAR
     return cv2.resize(np.ascontiguousarray(crop), (size, size), interpolation=interpolation)
 
-
-# Gaussian blurs tried, mildest first, when bringing a face down to a target sharpness.
-BLUR_SIGMAS = np.arange(0.25, 6.01, 0.25)
-
-
-def sharpness(faces) -> np.ndarray:
-    """Per face: the mean absolute difference of neighbouring pixels (grey levels), (N,).
-
-    uint8 (N, H, W) -> float (N,); a blurred face has small differences, a sharp one large.
-    """
-    f = np.asarray(faces, np.float32)
-    return (np.abs(np.diff(f, axis=1)).mean(axis=(1, 2)) + np.abs(np.diff(f, axis=2)).mean(axis=(1, 2))) / 2
-
-
-def blur_to_sharpness(faces, target) -> np.ndarray:
-    """Blur each face sharper than `target` with the mildest Gaussian of BLUR_SIGMAS that brings
-    it to `target` or below (the strongest one if none does); other faces are left unchanged.
-
-    uint8 (N, H, W) -> a new uint8 (N, H, W). Sharpness falls as sigma grows, so each face's
-    sigma is found by bisection: 5 blurs per sharp face, not one per sigma.
-    """
-    out = np.array(faces, np.uint8, copy=True)
-    for i in np.flatnonzero(sharpness(out) > target):
-        lo, hi = 0, len(BLUR_SIGMAS) - 1
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if sharpness(cv2.GaussianBlur(out[i], (0, 0), BLUR_SIGMAS[mid])[None])[0] <= target:
-                hi = mid
-            else:
-                lo = mid + 1
-        out[i] = cv2.GaussianBlur(out[i], (0, 0), BLUR_SIGMAS[lo])
-    return out

@@ -23,13 +23,13 @@ from pathlib import Path
 import numpy as np
 
 import minicnn
-from minicnn import backend, callbacks, io, optimizers
+from minicnn import backend, callbacks, io, losses, optimizers
 from minicnn.sequence import Sequence
 
 from . import data as fer_data
 from . import evaluation, models
 from .augment import Augmenter
-from .preprocess import Preprocessing, sharpness
+from .preprocess import Preprocessing
 
 
 @dataclass
@@ -54,19 +54,22 @@ class TrainConfig:
     lr_patience: int = 5
     lr_factor: float = 0.5
     skip_bad_rows: bool = False
-    match_sharpness: bool = True
-
-    # What a run saved before an option existed did without it: resuming such a run must not
-    # switch the option on halfway (sharpness matching came after the first runs).
-    BEFORE_OPTION_EXISTED = {"match_sharpness": False}
+    nesterov: bool = False          # with optimizer "sgd": Nesterov momentum
+    weight_decay: float = 0.0       # decoupled: w -= lr * weight_decay * w each step (Keras 3)
+    label_smoothing: float = 0.0    # targets y * (1 - s) + s / K
+    erasing: float = 0.0            # chance of random erasing per face (with augment)
 
     @classmethod
     def from_saved(cls, saved_args, where):
         """The config of config.json's "args" (`where` names the file for errors)."""
-        unknown = set(saved_args) - {f.name for f in dataclasses.fields(cls)}
+        unknown = set(saved_args) - {f.name for f in dataclasses.fields(cls)} - {"match_sharpness"}
         if unknown:
             raise ValueError(f"{where}: unknown settings {sorted(unknown)} (written by a newer version?)")
-        return cls(**{**cls.BEFORE_OPTION_EXISTED, **saved_args})
+        if saved_args.get("match_sharpness"):
+            raise ValueError(f"{where}: this run blurred its faces (match_sharpness), which is no longer "
+                             f"supported; start a new run")
+        saved_args = {k: v for k, v in saved_args.items() if k != "match_sharpness"}
+        return cls(**saved_args)
 
     @classmethod
     def for_model(cls, model, data, **overrides):
@@ -181,16 +184,6 @@ def restore_checkpoint(path, model, batches, stateful_callbacks):
     return int(meta["epoch"])
 
 
-def warn_if_sharpness_differs(splits, ratio=1.5):
-    """Say so when training faces are much blurrier (or sharper) than the test faces: a network
-    learns the blur level it is trained on (see Preprocessing.match_sharpness)."""
-    train, test = (float(np.median(sharpness(images))) for images in (splits.train[0], splits.test[0]))
-    if max(train, test) > ratio * min(train, test):
-        print(f"warning: training faces have median sharpness {train:.1f}, test faces {test:.1f} "
-              f"(mean |difference| of neighbouring pixels); --match-sharpness (the default) blurs "
-              f"sharper faces to the training level in training, evaluation and the webcam alike", file=sys.stderr)
-
-
 def balanced_class_weights(labels, num_classes):
     """w_k = N / (K * N_k): every class contributes equally to the loss."""
     counts = np.bincount(labels, minlength=num_classes).astype(float)
@@ -237,8 +230,9 @@ def check_splits(splits, config):
 
 def make_optimizer(config):
     if config.optimizer == "sgd":     # seed 003's tflearn 'momentum' optimizer
-        return optimizers.SGD(config.lr, momentum=0.9)
-    return optimizers.get({"class_name": config.optimizer, "learning_rate": config.lr})
+        return optimizers.SGD(config.lr, momentum=0.9, nesterov=config.nesterov, weight_decay=config.weight_decay)
+    return optimizers.get({"class_name": config.optimizer, "learning_rate": config.lr,
+                           "weight_decay": config.weight_decay})
 
 
 def train(config, resume_dir=None, extra_callbacks=(), verbose=1, resume_lr=None):
@@ -254,19 +248,18 @@ def train(config, resume_dir=None, extra_callbacks=(), verbose=1, resume_lr=None
     backend.set_seed(config.seed)
     splits = load_splits(config)
     check_splits(splits, config)
-    preprocessing = Preprocessing(config.input_size, config.scale, match_sharpness=config.match_sharpness)
-    preprocessing = preprocessing.fit(splits.train[0])
-    warn_if_sharpness_differs(splits)
+    preprocessing = Preprocessing(config.input_size, config.scale).fit(splits.train[0])
     x_val = preprocessing.apply(splits.val[0])
 
     backend.clear_session()
     model = models.build(config.model, len(splits.label_names), (config.input_size, config.input_size, 1))
-    model.compile(make_optimizer(config), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    loss = losses.SparseCategoricalCrossentropy(label_smoothing=config.label_smoothing)
+    model.compile(make_optimizer(config), loss, metrics=["accuracy"])
     model.metadata = {"labels": list(splits.label_names), "class_map": config.classes,
                       "preprocessing": preprocessing.to_dict(), "architecture": config.model,
                       "trained_with": dataclasses.asdict(config)}
 
-    augmenter = Augmenter(seed=config.seed + 1) if config.augment else None
+    augmenter = Augmenter(erasing_probability=config.erasing, seed=config.seed + 1) if config.augment else None
     weights = balanced_class_weights(splits.train[1], len(splits.label_names)) if config.class_weight == "balanced" else None
     batches = FaceBatches(*splits.train, preprocessing, config.batch_size, augmenter, config.seed + 2, weights)
 

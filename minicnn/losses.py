@@ -11,12 +11,26 @@ EPSILON = 1e-7   # Keras clips probabilities to [eps, 1 - eps] before the log
 
 
 class CategoricalCrossentropy:
-    """y_true one-hot (N, K); with sparse=True, integer labels (N,)."""
+    """y_true one-hot (N, K); with sparse=True, integer labels (N,).
+
+    label_smoothing: s in [0, 1) trains on targets y * (1 - s) + s / K, as Keras: the network
+    is never pushed to infinite logits for one class, which overconfident labels would ask.
+    """
 
     sparse = False
 
-    def __init__(self, name=None):
+    def __init__(self, label_smoothing=0.0, name=None):
+        if not 0 <= label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), received {label_smoothing!r}")
+        self.label_smoothing = float(label_smoothing)
         self.name = name or ("sparse_categorical_crossentropy" if self.sparse else "categorical_crossentropy")
+
+    def targets(self, y_true, num_classes, dtype):
+        """The (N, K) target distribution: one-hot labels, smoothed by label_smoothing."""
+        y = self.one_hot(y_true, num_classes, dtype)
+        if self.label_smoothing:
+            y = y * (1 - self.label_smoothing) + self.label_smoothing / num_classes
+        return y
 
     def one_hot(self, y_true, num_classes, dtype):
         if not self.sparse:
@@ -32,19 +46,19 @@ class CategoricalCrossentropy:
 
     def __call__(self, y_true, y_pred, sample_weight=None):
         """Mean loss from probabilities (clipped to [1e-7, 1 - 1e-7], as Keras)."""
-        y = self.one_hot(y_true, y_pred.shape[-1], y_pred.dtype)
+        y = self.targets(y_true, y_pred.shape[-1], y_pred.dtype)
         per_sample = -(y * np.log(np.clip(y_pred, EPSILON, 1 - EPSILON))).sum(axis=-1)
         return _weighted_mean(per_sample, sample_weight)
 
     def gradient(self, y_true, y_pred, sample_weight=None):
         """dL/dp for outputs that are not a softmax (the clipped form, as the loss)."""
-        y = self.one_hot(y_true, y_pred.shape[-1], y_pred.dtype)
+        y = self.targets(y_true, y_pred.shape[-1], y_pred.dtype)
         w = _weights(sample_weight, len(y), y_pred.dtype)
         return -(y / np.clip(y_pred, EPSILON, 1 - EPSILON)) * (w / len(y))[:, None]
 
     def from_logits(self, y_true, logits, sample_weight=None):
         """(mean loss, dL/dlogits) for a softmax output, fused and overflow-free."""
-        y = self.one_hot(y_true, logits.shape[-1], logits.dtype)
+        y = self.targets(y_true, logits.shape[-1], logits.dtype)
         shifted = logits - logits.max(axis=-1, keepdims=True)
         log_p = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
         per_sample = -(y * log_p).sum(axis=-1)

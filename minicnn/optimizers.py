@@ -6,6 +6,8 @@ object and updates `weight.value` in place, so layers keep seeing their own arra
     RMSprop  s = rho * s + (1 - rho) * g**2;  w -= lr * g / (sqrt(s) + eps)
     Adam     m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g**2;
              w -= lr * sqrt(1 - b2**t) / (1 - b1**t) * m / (sqrt(v) + eps)
+weight_decay=d (Keras 3) shrinks every weight before its step, w -= lr * d * w, apart from the
+gradient ("decoupled", as AdamW): with Adam, an L2 penalty's gradient would be rescaled per weight.
 Keras 2's spellings work too: `lr=` for learning_rate, and `decay=d`, which trains step t
 with lr / (1 + d * t) (t counted from 0).
 """
@@ -17,9 +19,10 @@ from .ops.elementwise import adam_update
 class Optimizer:
     slot_names = ()
 
-    def __init__(self, learning_rate, lr=None, decay=0.0):
+    def __init__(self, learning_rate, lr=None, decay=0.0, weight_decay=None):
         self.learning_rate = float(learning_rate if lr is None else lr)
         self.decay = float(decay)
+        self.weight_decay = float(weight_decay or 0.0)
         self.iterations = 0
         self.slots = {}          # Weight -> {slot name: array}
 
@@ -32,6 +35,8 @@ class Optimizer:
                 continue
             if w not in self.slots:
                 self.slots[w] = {name: np.zeros_like(w.value) for name in self.slot_names}
+            if self.weight_decay:
+                w.value -= (lr * self.weight_decay) * w.value
             self.update(w.value, w.grad.astype(w.value.dtype, copy=False), self.slots[w], lr)
 
     def update(self, value, grad, slots, lr):
@@ -58,7 +63,8 @@ class Optimizer:
                 self.slots[w] = {name: np.array(arrays[k], dtype=w.value.dtype) for name, k in keys.items()}
 
     def get_config(self):
-        return {"class_name": type(self).__name__, "learning_rate": self.learning_rate, "decay": self.decay}
+        return {"class_name": type(self).__name__, "learning_rate": self.learning_rate, "decay": self.decay,
+                "weight_decay": self.weight_decay}
 
 
 class SGD(Optimizer):

@@ -45,7 +45,7 @@ def card(name, run, config, history, result, size_mb, float16, test_name):
     val = history.get("val_accuracy", [float("nan")])
     best = int(np.nanargmax(val))
     return f"""## `{name}.npz`
-- architecture: `{prep['model']}` (fer/models.py), input {prep['input_size']}x{prep['input_size']} grayscale, scale `{prep['scale']}`, sharpness matching {'on' if prep.get('match_sharpness') else 'off'}; labels {', '.join(result[False]['labels'])}
+- architecture: `{prep['model']}` (fer/models.py), input {prep['input_size']}x{prep['input_size']} grayscale, scale `{prep['scale']}`; labels {', '.join(result[False]['labels'])}
 - command: `{config.get('command') or 'python scripts/train.py --model ' + prep['model'] + ' --data ' + prep['data']}`
 - epochs: {len(history.get('loss', []))}, wall time {sum(history.get('seconds', [])) / 3600:.2f} h on this 2-core machine{f"; resumed {len(config['resumed'])} time(s)" if config.get('resumed') else ''}; {config['split']}
 - best validation accuracy {val[best]:.4f} at epoch {best + 1} (counted from 1): that epoch's weights are the file

@@ -47,9 +47,12 @@ def parse_args(argv):
     p.add_argument("--lr-patience", type=positive_int,
                    help="epochs without val_loss improvement before halving the lr")
     p.add_argument("--skip-bad-rows", action="store_true", default=None, help="skip and count malformed rows")
-    p.add_argument("--match-sharpness", action=argparse.BooleanOptionalAction, default=None,
-                   help="blur faces sharper than the median training face down to it, everywhere (default on: "
-                        "the shared FER2013 Training faces are blurred, PublicTest and webcam faces are not)")
+    p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None,
+                   help="Nesterov momentum (with --optimizer sgd)")
+    p.add_argument("--weight-decay", type=non_negative, help="decoupled weight decay per step, times the lr")
+    p.add_argument("--label-smoothing", type=unit_fraction, help="train on targets y * (1 - s) + s / K")
+    p.add_argument("--erasing", type=unit_fraction,
+                   help="probability of random erasing per training face (with --augment)")
     p.add_argument("--out", help="parent folder of the run folder (default runs/)")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from checkpoints/last.npz")
     args = p.parse_args(argv)
@@ -82,13 +85,27 @@ def fraction(text):
     return value
 
 
+def non_negative(text):
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, received {text}")
+    return value
+
+
+def unit_fraction(text):
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), received {text}")
+    return value
+
+
 def config_from_args(args):
     if args.resume:
         return resume_config(args.resume, args.epochs, args.data)
     overrides = {k: getattr(args, k) for k in ("classes", "input_size", "scale", "epochs", "batch_size", "optimizer",
                                                 "lr", "augment", "class_weight", "seed", "limit", "out",
                                                 "val_fraction", "lr_patience", "skip_bad_rows",
-                                                "match_sharpness")}
+                                                "nesterov", "weight_decay", "label_smoothing", "erasing")}
     return TrainConfig.for_model(args.model, args.data, **overrides)
 
 

@@ -370,8 +370,7 @@ def test_convert_keras_writes_a_model_file_evaluate_and_predict_accept(functiona
     assert "Total params: 46" in capsys.readouterr().out      # summary: (18 + 8) + 16 + 4
     model = minicnn.load_model(out)
     assert model.metadata == {"labels": ["Happy", "Sad", "Neutral", "Surprise"], "class_map": "fer4",
-                              "preprocessing": {"input_size": 8, "scale": "symmetric", "mean": None, "std": None,
-                                                "match_sharpness": False, "sharpness": None},
+                              "preprocessing": {"input_size": 8, "scale": "symmetric", "mean": None, "std": None},
                               "architecture": "keras:model_1", "source": str(path)}
     x = np.random.default_rng(5).uniform(-1, 1, (2, 8, 8, 1)).astype(np.float32)
     np.testing.assert_allclose(model.predict(x), functional_by_hand(x, weights), rtol=1e-4, atol=1e-6)

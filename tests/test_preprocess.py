@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from fer.preprocess import Preprocessing, blur_to_sharpness, sharpness
+from fer.preprocess import Preprocessing
 
 LEVELS = np.array([0, 1, 2, 127, 128, 200, 254, 255], np.uint8)
 
@@ -116,37 +116,9 @@ def test_apply_rejects_unfitted_standardize_and_non_uint8_faces():
         Preprocessing().apply([np.zeros((48, 48), np.uint8), np.zeros((48, 48, 3), np.uint8)])
 
 
-def test_sharpness_orders_blurred_below_sharp():
-    rng = np.random.default_rng(0)
-    sharp = rng.integers(0, 256, (4, 48, 48)).astype(np.uint8)
-    blurred = np.stack([cv2.GaussianBlur(face, (0, 0), 2.0) for face in sharp])
-    assert (sharpness(blurred) < sharpness(sharp)).all()
-    flat = np.full((1, 48, 48), 77, np.uint8)
-    assert sharpness(flat)[0] == 0
-
-
-def test_blur_to_sharpness_brings_sharp_faces_down_and_leaves_blurred_ones():
-    rng = np.random.default_rng(1)
-    sharp = rng.integers(0, 256, (3, 48, 48)).astype(np.uint8)
-    soft = np.stack([cv2.GaussianBlur(face, (0, 0), 3.0) for face in sharp])
-    target = float(sharpness(soft).max())
-    out = blur_to_sharpness(np.concatenate([sharp, soft]), target)
-    assert (sharpness(out) <= target).all()
-    np.testing.assert_array_equal(out[3:], soft)          # already at or below target: unchanged
-    assert (sharpness(out[:3]) > 0.5 * target).all()       # the mildest blur that suffices, not a smear
-
-
-def test_match_sharpness_is_fitted_on_training_faces_and_stored():
-    rng = np.random.default_rng(2)
-    train = np.stack([cv2.GaussianBlur(f, (0, 0), 3.0) for f in rng.integers(0, 256, (20, 48, 48)).astype(np.uint8)])
-    prep = Preprocessing(48, "unit", match_sharpness=True)
-    with pytest.raises(ValueError, match="call fit"):
-        prep.apply(train)
-    fitted = prep.fit(train)
-    assert fitted.sharpness == pytest.approx(float(np.median(sharpness(train))))
-    assert Preprocessing.from_dict(fitted.to_dict()) == fitted
-    test = rng.integers(0, 256, (5, 48, 48)).astype(np.uint8)
-    x = fitted.apply(test)
-    assert (sharpness((x[..., 0] * 255).round().astype(np.uint8)) <= fitted.sharpness + 1e-3).all()
-    below = train[sharpness(train) <= fitted.sharpness]          # half the training faces: left as they are
-    np.testing.assert_array_equal(Preprocessing(48, "unit").apply(below), fitted.apply(below))
+def test_a_model_that_blurred_its_faces_is_refused_with_the_advice_to_retrain():
+    old = {"input_size": 48, "scale": "unit", "mean": None, "std": None, "match_sharpness": True, "sharpness": 9.1}
+    with pytest.raises(ValueError, match="blurred faces.*retrain"):
+        Preprocessing.from_dict(old)
+    harmless = {**old, "match_sharpness": False, "sharpness": None}     # the option was off: nothing changes
+    assert Preprocessing.from_dict(harmless) == Preprocessing(48, "unit")

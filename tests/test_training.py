@@ -57,9 +57,7 @@ def test_model_file_carries_labels_and_preprocessing(trained_run):
     model = minicnn.load_model(trained_run[0] / "model.npz")
     assert model.metadata["labels"] == ["Angry", "Disgust", "Fear", "Happy", "Sad", "Surprise", "Neutral"]
     prep = model.metadata["preprocessing"]
-    assert {k: prep[k] for k in ("input_size", "scale", "mean", "std", "match_sharpness")} == \
-        {"input_size": 48, "scale": "symmetric", "mean": None, "std": None, "match_sharpness": True}
-    assert prep["sharpness"] > 0
+    assert prep == {"input_size": 48, "scale": "symmetric", "mean": None, "std": None}
 
 
 def test_evaluate_json_matches_the_runs_test_metrics(trained_run, data_csv, tmp_path):
@@ -152,17 +150,17 @@ def test_resume_keeps_the_runs_settings_and_records_what_changed(data_csv, tmp_p
     monkeypatch.chdir(tmp_path)            # the saved path is absolute here; make it relative and lost
     saved = json.loads((run / "config.json").read_text())
     saved["args"]["data"] = "elsewhere/fer.csv.gz"
-    del saved["args"]["match_sharpness"]   # as runs saved before the option existed
+    del saved["args"]["label_smoothing"]   # as runs saved before the option existed: its default
     (run / "config.json").write_text(json.dumps(saved))
     with pytest.raises(FileNotFoundError, match="elsewhere/fer.csv.gz.*--data"):
         resume_config(run)
     legacy = resume_config(run, epochs=2, data=data_csv)
-    assert legacy.match_sharpness is False and legacy.epochs == 2 and legacy.data == str(data_csv)
+    assert legacy.label_smoothing == 0 and legacy.epochs == 2 and legacy.data == str(data_csv)
 
     resumed = run_script("train.py", "--resume", run, "--epochs", 2, "--data", data_csv, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     recorded = json.loads((run / "config.json").read_text())
-    assert recorded["args"]["epochs"] == 2 and recorded["args"]["match_sharpness"] is False
+    assert recorded["args"]["epochs"] == 2 and recorded["args"]["label_smoothing"] == 0
     assert [r["after_epoch"] for r in recorded["resumed"]] == [1]
     assert len(read_history(run / "history.csv")["loss"]) == 2
 
