@@ -11,6 +11,8 @@ from minicnn import (Activation, Add, BatchNormalization, Conv2D, Dense, Dropout
                      Input, MaxPooling2D, Model, SeparableConv2D, Sequential)
 from minicnn.regularizers import l2
 
+from .data import CLASS_MAPS
+
 
 def cnn4(num_classes=7, input_shape=(48, 48, 1)):
     """Seed 000: 4 conv blocks (conv, BN, ReLU, max pool, dropout) and 2 dense blocks.
@@ -248,8 +250,11 @@ def names():
     return sorted(BUILDERS)
 
 
-def build(name, num_classes=7, input_shape=(48, 48, 1)):
-    """Build architecture `name` for `num_classes` outputs and inputs of `input_shape`."""
+def build(name, num_classes=None, input_shape=(48, 48, 1)):
+    """Build architecture `name` for `num_classes` outputs (default: its seed's own classes,
+    DEFAULTS[name]["classes"]) and inputs of `input_shape`."""
     if name not in BUILDERS:
         raise ValueError(f"unknown model {name!r}; known: {', '.join(names())}")
+    if num_classes is None:
+        num_classes = len(CLASS_MAPS[DEFAULTS[name]["classes"]])
     return BUILDERS[name](num_classes=num_classes, input_shape=tuple(input_shape))

@@ -44,10 +44,12 @@ def test_architectures_have_the_seeds_parameter_counts(name, classes):
         assert printed[1:] == (trainable, non_trainable)
 
 
-def test_every_registered_architecture_builds():
+def test_every_architecture_builds_its_seeds_own_model_by_default():
+    seed_classes = {"cnn8": 4, "seq4": 6, "seq8": 6}          # seed 001: four classes; seed 004: no Disgust
     for name in fer_models.names():
         model = fer_models.build(name)
-        assert model.output_shape == (None, 7)
+        assert model.output_shape == (None, seed_classes.get(name, 7)), name
+    assert fer_models.build("cnn8").count_params() == 1_328_199
     assert fer_models.build("mini_xception", input_shape=(64, 64, 1)).count_params() == 58_423
     with pytest.raises(ValueError, match="unknown model 'nope'"):
         fer_models.build("nope")
