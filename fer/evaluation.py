@@ -20,12 +20,39 @@ from minicnn.io import atomic_write  # noqa: E402
 PREDICT_BATCH = 64
 
 
+TTA_MODES = ("flip", "shift")
+TTA_SHIFT = 3   # pixels a "shift" view moves the face: within the training augmentation's shifts
+
+
 def predict_probabilities(model, x, batch_size=PREDICT_BATCH, tta=False):
-    """Class probabilities (N, K); with tta, averaged with those of the mirrored faces."""
-    probs = model.predict(x, batch_size=batch_size)
-    if tta:
-        probs = (probs + model.predict(np.ascontiguousarray(x[:, :, ::-1]), batch_size=batch_size)) / 2
-    return probs
+    """Class probabilities (N, K), averaged over the test-time views of `tta_views`."""
+    views = tta_views(x, tta)
+    return sum(model.predict(view, batch_size=batch_size) for view in views) / len(views)
+
+
+def tta_views(x, tta):
+    """The copies of a batch x (N, H, W, C) that test-time augmentation averages over.
+
+    tta False: x alone. "flip" (or True): x and its mirror image. "shift": those two, each
+    also moved TTA_SHIFT pixels up, down, left and right (edge pixels repeated), 10 views.
+    """
+    if not tta:
+        return [x]
+    mode = "flip" if tta is True else tta
+    if mode not in TTA_MODES:
+        raise ValueError(f"tta must be False, True or one of {', '.join(TTA_MODES)}, received {tta!r}")
+    flips = [x, np.ascontiguousarray(x[:, :, ::-1])]
+    if mode == "flip":
+        return flips
+    return [moved for view in flips for moved in [view, *shifted_copies(view, TTA_SHIFT)]]
+
+
+def shifted_copies(x, d):
+    """x (N, H, W, C) moved d pixels down, up, right and left, the uncovered edge repeated."""
+    padded = np.pad(x, ((0, 0), (d, d), (d, d), (0, 0)), mode="edge")
+    h, w = x.shape[1:3]
+    corners = [(0, d), (2 * d, d), (d, 0), (d, 2 * d)]   # (top, left) of each window into padded
+    return [np.ascontiguousarray(padded[:, top:top + h, left:left + w]) for top, left in corners]
 
 
 def confusion_matrix(y_true, y_pred, num_classes):

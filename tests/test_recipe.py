@@ -89,3 +89,26 @@ def test_a_saved_run_that_blurred_its_faces_cannot_resume(tmp_path):
     with pytest.raises(ValueError, match="config.json: this run blurred its faces.*new run"):
         TrainConfig.from_saved(args, config_file)
     assert TrainConfig.from_saved({**args, "match_sharpness": False}, config_file).model == "cnn4"
+
+
+def test_shift_tta_views_are_the_mirror_and_edge_repeating_moves():
+    from fer.evaluation import TTA_SHIFT as d, predict_probabilities, tta_views
+
+    x = np.random.default_rng(4).standard_normal((2, 12, 10, 1))
+    views = tta_views(x, "shift")
+    assert len(views) == 10 and len(tta_views(x, True)) == 2 and len(tta_views(x, False)) == 1
+    rows, cols = np.arange(12), np.arange(10)
+    down = x[:, np.clip(rows - d, 0, 11)]                       # output row i shows input row i - d
+    left = x[:, :, np.clip(cols + d, 0, 9)]
+    assert any(np.array_equal(v, down) for v in views) and any(np.array_equal(v, left) for v in views)
+    assert any(np.array_equal(v, x[:, :, ::-1][:, np.clip(rows - d, 0, 11)]) for v in views)   # flipped, moved
+
+    class MeanModel:                                            # probabilities from each view's mean
+        def predict(self, batch, batch_size=None):
+            m = batch.mean(axis=(1, 2, 3))
+            return np.stack([m, 1 - m], axis=1)
+
+    expected = np.mean([MeanModel().predict(v) for v in views], axis=0)
+    np.testing.assert_allclose(predict_probabilities(MeanModel(), x, tta="shift"), expected)
+    with pytest.raises(ValueError, match="tta must be"):
+        tta_views(x, "crop")
