@@ -317,12 +317,25 @@ def load(path, skip_bad_rows=False, cache_dir=None) -> FerData:
 
 
 def content_hash(path) -> str:
-    """The sha256 of a file's bytes, as hex, read in 1 MiB pieces."""
+    """The sha256, as hex, of a file's bytes, or of an image folder's images: each image's path
+    relative to the folder and its bytes, in load order (other files do not count). Read in
+    1 MiB pieces."""
     digest = hashlib.sha256()
+    path = Path(path)
+    if path.is_dir():
+        for image, _, _ in _image_files(path):
+            digest.update(image.relative_to(path).as_posix().encode("utf-8") + b"\0")
+            digest.update(f"{image.stat().st_size}\0".encode())
+            _hash_bytes(image, digest)
+    else:
+        _hash_bytes(path, digest)
+    return digest.hexdigest()
+
+
+def _hash_bytes(path, digest):
     with open(path, "rb") as f:
         for piece in iter(lambda: f.read(1 << 20), b""):
             digest.update(piece)
-    return digest.hexdigest()
 
 
 def _cache_root(cache_dir):

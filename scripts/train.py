@@ -4,22 +4,27 @@
     python scripts/train.py --model mini_xception --data ../shared/fer2013/fer2013.csv.gz
     python scripts/train.py --resume runs/mini_xception-20261122-101500 [--epochs 120] [--lr 1e-4] [--data CSV]
 
+A first try, a couple of minutes: --limit 3000 --epochs 2. After each epoch the run folder
+has history.csv and curves.png, and the estimated time left for the whole run is printed.
+
 Unset options take the defaults of the model's seed (see fer/models.py, DEFAULTS). A resumed
 run keeps its saved settings; only --epochs, --lr and --data (the same file, found elsewhere)
-can change, and config.json records each resume.
-Exit codes: 0 done, 1 bad data or run folder, 2 bad arguments, 3 the loss diverged,
-130 interrupted (resumable).
+can change, and config.json records each resume. Resuming a run whose training is over but
+whose test report was interrupted writes the report. One process at a time trains a run.
+Exit codes: 0 done, 1 bad data or run folder (or in use), or an OS error such as a full disk
+(with the resume command when a checkpoint exists), 2 bad arguments, 3 diverged (a NaN loss
+or non-finite weights: the previous checkpoint is kept), 130 interrupted (resumable).
 """
 import argparse
+import math
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fer import models  # noqa: E402
-from fer.data import DataError  # noqa: E402
-from fer.training import (ResumeError, TrainConfig, TrainingDiverged, TrainingInterrupted,  # noqa: E402
-                          resume_config, train)
+from fer.training import (ResumeError, RunFailed, RunInUse, TrainConfig, TrainingDiverged,  # noqa: E402
+                          TrainingInterrupted, resume_config, train)
 
 
 def parse_args(argv):
@@ -40,12 +45,14 @@ def parse_args(argv):
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="flip, shift, rotation and zoom augmentation (default on)")
     p.add_argument("--class-weight", choices=["none", "balanced"])
-    p.add_argument("--seed", type=int, help="seeds the split, shuffling, augmentation and weights")
+    p.add_argument("--seed", type=non_negative_int, help="seeds the split, shuffling, augmentation and weights")
     p.add_argument("--limit", type=positive_int, help="use a seeded random subset of N faces (quick runs)")
     p.add_argument("--val-fraction", type=fraction,
                    help="validation share of Training when the file has no PrivateTest rows (default 0.1)")
     p.add_argument("--lr-patience", type=positive_int,
                    help="epochs without val_loss improvement before halving the lr")
+    p.add_argument("--patience", type=positive_int,
+                   help="early stopping: end the run after N epochs without a better val_accuracy")
     p.add_argument("--skip-bad-rows", action="store_true", default=None, help="skip and count malformed rows")
     p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None,
                    help="Nesterov momentum (with --optimizer sgd)")
@@ -63,8 +70,8 @@ def parse_args(argv):
                     f"{', '.join('--' + o.replace('_', '-') for o in fixed)} (start a new run instead)")
     elif not (args.model and args.data):
         p.error("--model and --data are required (or --resume DIR)")
-    if args.lr is not None and args.lr <= 0:
-        p.error(f"--lr must be positive, received {args.lr}")
+    if args.lr is not None and not 0 < args.lr < math.inf:      # also refuses nan
+        p.error(f"--lr must be a positive number, received {args.lr}")
     return args
 
 
@@ -75,6 +82,13 @@ def positive_int(text):
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, received {text}")
+    return value
+
+
+def non_negative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, received {text}")
     return value
 
 
@@ -104,7 +118,7 @@ def config_from_args(args):
         return resume_config(args.resume, args.epochs, args.data)
     overrides = {k: getattr(args, k) for k in ("classes", "input_size", "scale", "epochs", "batch_size", "optimizer",
                                                 "lr", "augment", "class_weight", "seed", "limit", "out",
-                                                "val_fraction", "lr_patience", "skip_bad_rows",
+                                                "val_fraction", "lr_patience", "patience", "skip_bad_rows",
                                                 "nesterov", "weight_decay", "label_smoothing", "erasing")}
     return TrainConfig.for_model(args.model, args.data, **overrides)
 
@@ -115,8 +129,8 @@ def main(argv=None):
         config = config_from_args(args)
         if not args.resume and not Path(config.data).exists():
             raise FileNotFoundError(f"{config.data}: no such data file or folder")
-    except (FileNotFoundError, ValueError, TypeError) as e:   # bad arguments or run folder: say so, exit 1
-        print(f"error: {e}", file=sys.stderr)
+    except (OSError, ValueError, TypeError) as e:     # bad arguments or run folder: say so, exit 1
+        print(f"error: {describe(e)}", file=sys.stderr)
         return 1
     try:
         run = train(config, resume_dir=args.resume, resume_lr=args.lr if args.resume else None)
@@ -126,11 +140,19 @@ def main(argv=None):
     except TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
-    except (DataError, FileNotFoundError, ResumeError) as e:   # the data or run: anything else keeps its traceback
-        print(f"error: {e}", file=sys.stderr)
+    except (RunInUse, RunFailed, OSError, ValueError) as e:
+        # the data, run folder or disk (DataError and ResumeError are ValueErrors): one line, exit 1
+        print(f"error: {describe(e)}", file=sys.stderr)
         return 1
     print(f"run folder: {run}")
     return 0
+
+
+def describe(error):
+    """One line for an exception: an OSError's reason and file rather than "[Errno 13] ..."."""
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.strerror}: {error.filename}" if error.filename else error.strerror
+    return str(error)
 
 
 if __name__ == "__main__":
