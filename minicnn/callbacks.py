@@ -1,8 +1,13 @@
 """Callbacks with Keras' names and semantics, called by `Model.fit`.
 
-`fit` calls on_train_begin, then per epoch on_epoch_begin, on_batch_end after every batch,
-on_epoch_end with the epoch's logs ({"loss", "accuracy", "val_loss", "val_accuracy", "lr"}),
-and on_train_end. A callback stops training by setting `model.stop_training = True`.
+The methods are Keras': `fit` calls on_train_begin, then per epoch on_epoch_begin,
+on_train_batch_begin / on_train_batch_end around every batch, the on_test_* methods while it
+validates, on_epoch_end with the epoch's logs ({"loss", "accuracy", "val_loss", "val_accuracy",
+"lr"}), and on_train_end; `evaluate` calls the on_test_* methods, `predict` the on_predict_*
+ones. Keras 2's on_batch_begin / on_batch_end are what the train-batch methods call by default,
+as in Keras. A method whose name starts with "on_" but is none of these is refused when `fit`,
+`evaluate` or `predict` receives the callback: a misspelt hook would otherwise never run.
+A callback stops training by setting `model.stop_training = True`.
 `get_state` / `set_state` let a checkpoint resume a run exactly: the state is (config, arrays),
 JSON-able numbers and named arrays, as for optimizers (model files load without pickle).
 """
@@ -20,10 +25,26 @@ class Callback:
         self.model = model
 
     def on_train_begin(self, logs=None): pass
-    def on_epoch_begin(self, epoch, logs=None): pass
-    def on_batch_end(self, batch, logs=None): pass
-    def on_epoch_end(self, epoch, logs=None): pass
     def on_train_end(self, logs=None): pass
+    def on_epoch_begin(self, epoch, logs=None): pass
+    def on_epoch_end(self, epoch, logs=None): pass
+    def on_batch_begin(self, batch, logs=None): pass
+    def on_batch_end(self, batch, logs=None): pass
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.on_batch_begin(batch, logs)           # Keras 2's name, as Keras keeps it
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.on_batch_end(batch, logs)
+
+    def on_test_begin(self, logs=None): pass
+    def on_test_end(self, logs=None): pass
+    def on_test_batch_begin(self, batch, logs=None): pass
+    def on_test_batch_end(self, batch, logs=None): pass
+    def on_predict_begin(self, logs=None): pass
+    def on_predict_end(self, logs=None): pass
+    def on_predict_batch_begin(self, batch, logs=None): pass
+    def on_predict_batch_end(self, batch, logs=None): pass
 
     def get_state(self):
         """(config, arrays): JSON-able numbers, and name -> array, that restore this callback."""
@@ -31,6 +52,18 @@ class Callback:
 
     def set_state(self, config, arrays):
         pass
+
+
+HOOKS = frozenset(name for name in vars(Callback) if name.startswith("on_"))
+
+
+def check_hooks(callback):
+    """Refuse a callback with an on_* method that no loop calls (a misspelt or unknown hook)."""
+    unknown = sorted(name for name in dir(callback) if name.startswith("on_") and name not in HOOKS
+                     and callable(getattr(callback, name)))
+    if unknown:
+        raise ValueError(f"{type(callback).__name__}: {', '.join(unknown)} is not a callback method minicnn "
+                         f"calls; the methods are {', '.join(sorted(HOOKS))}")
 
 
 class History(Callback):
@@ -101,7 +134,12 @@ class ModelCheckpoint(_Monitor):
 
     def __init__(self, filepath, monitor="val_loss", verbose=0, save_best_only=False, save_weights_only=False,
                  mode="auto"):
+        from . import io      # here: io imports the models, which import this module
+
         super().__init__(monitor, mode)
+        # a name whose extension is no format minicnn writes fails now, not after the first epoch
+        io.writer_for(filepath, io.WEIGHT_FORMATS if save_weights_only else io.MODEL_FORMATS,
+                      "weight" if save_weights_only else "model")
         self.filepath, self.save_best_only = filepath, save_best_only
         self.save_weights_only, self.verbose = save_weights_only, verbose
 
@@ -240,7 +278,7 @@ class TerminateOnNaN(Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
 
-    def on_batch_end(self, batch, logs=None):
+    def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
         if loss is not None and not np.isfinite(loss):
             self.message = f"epoch {self.epoch + 1}, batch {batch + 1}: invalid loss {loss}, terminating training"

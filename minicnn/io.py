@@ -5,6 +5,10 @@ Layout of a file written by `model.save(path)`:
                              "layer_order": "keras"}
     "weight_0000" ...  the weight arrays, in `model.weights`-per-layer order (Keras' order; files
                        without "layer_order" used a depth-first order, see `file_layer_order`)
+    "optimizer/0/m" .. with save(include_optimizer=True): the optimizer's slots, numbered in the
+                       order of the trainable weights, listed in the JSON's "compile" entry
+A compiled model's file also holds "compile": {"optimizer": config, "loss": config, "metrics"},
+which `load_model` restores as Keras does (compile=False skips it).
 Everything loads with `allow_pickle=False`, so a file can never run code; files are written
 to a temporary file, fsync'ed and renamed, so a crash never leaves half a file behind.
 """
@@ -14,6 +18,8 @@ import tempfile
 import zipfile
 
 import numpy as np
+
+from . import losses, optimizers
 
 FORMAT = 1
 META_KEY = "__minicnn__"
@@ -135,6 +141,11 @@ def assign_weights(model, meta, arrays, path):
 
 
 def save_weights(model, path):
+    """Write the weights alone in the format the file name's extension names (WEIGHT_FORMATS)."""
+    writer_for(path, WEIGHT_FORMATS, "weight")(model, path)
+
+
+def save_weights_npz(model, path):
     write_npz(path, weight_arrays(model), weights_meta(model))
 
 
@@ -143,14 +154,68 @@ def load_weights(model, path):
     assign_weights(model, meta, arrays, path)
 
 
-def save_model(model, path, metadata=None):
+def save_model(model, path, metadata=None, include_optimizer=False):
+    """Write `model` in the format its file name's extension names (MODEL_FORMATS)."""
+    writer_for(path, MODEL_FORMATS, "model")(model, path, metadata, include_optimizer)
+
+
+def save_model_npz(model, path, metadata=None, include_optimizer=False):
     meta = {**weights_meta(model), "config": model.get_config(),
             "metadata": model.metadata if metadata is None else metadata}
-    write_npz(path, weight_arrays(model), meta)
+    arrays = weight_arrays(model)
+    if model.optimizer is not None:
+        meta["compile"], optimizer_arrays = compile_state(model, include_optimizer)
+        arrays.update(optimizer_arrays)
+    write_npz(path, arrays, meta)
 
 
-def load_model(path):
-    """Rebuild the architecture stored in `path`, load its weights and metadata."""
+# File name extension -> the function that writes a model in that format (model, path, metadata,
+# include_optimizer). A name with any other extension is refused: it would lie about the format.
+MODEL_FORMATS = {".npz": save_model_npz}
+WEIGHT_FORMATS = {".npz": save_weights_npz}
+
+
+def writer_for(path, formats, what):
+    """formats[extension of path], or an error naming the formats minicnn writes."""
+    stem, extension = os.path.splitext(os.fspath(path))
+    if extension.lower() not in formats:
+        received = f"the extension {extension!r}" if extension else "no extension"
+        raise ValueError(f"{os.fspath(path)}: minicnn writes {what} files as {' or '.join(formats)}, received "
+                         f"{received}; name the file {stem}{next(iter(formats))}")
+    return formats[extension.lower()]
+
+
+def compile_state(model, include_optimizer):
+    """(JSON, arrays) that restore model.compile(...): optimizer, loss and metrics configs, and with
+    include_optimizer the optimizer's iterations and slots (Adam's moments: twice the weights)."""
+    state = {"optimizer": model.optimizer.get_config(), "loss": model.loss.get_config(),
+             "metrics": list(model.metrics)}
+    if not include_optimizer:
+        return state, {}
+    config, slots = model.optimizer.get_state(model.trainable_weights)
+    arrays = {f"optimizer/{name}": array for name, array in slots.items()}
+    return {**state, "optimizer_state": config, "optimizer_arrays": sorted(arrays)}, arrays
+
+
+def restore_compile_state(model, meta, arrays, path):
+    """model.compile(...) as the file's "compile" entry says, with the optimizer's state if saved."""
+    state = meta.get("compile")
+    if not state:
+        return
+    try:
+        model.compile(optimizers.get(state["optimizer"]), losses.get(state["loss"]), state["metrics"])
+        if "optimizer_state" in state:
+            slots = {name[len("optimizer/"):]: arrays[name] for name in state["optimizer_arrays"]}
+            order = [w for layer in file_layer_order(model, meta) for w in layer.trainable_weights]
+            model.optimizer.set_state(order, state["optimizer_state"], slots)
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{path}: the stored compile state does not restore ({type(error).__name__}: {error}); "
+                         f"load_model(path, compile=False) loads the model without it") from None
+
+
+def load_model(path, compile=True):
+    """Rebuild the architecture stored in `path`, load its weights and metadata, and (compile=True,
+    as Keras) compile it with the optimizer, loss and metrics it was saved with."""
     from .models import model_from_config
 
     meta, arrays = read_npz(path)
@@ -162,6 +227,8 @@ def load_model(path):
         raise ValueError(f"{path}: the stored architecture does not build: {error}") from error
     assign_weights(model, meta, arrays, path)
     model.metadata = meta.get("metadata") or {}
+    if compile:
+        restore_compile_state(model, meta, arrays, path)
     return model
 
 

@@ -25,6 +25,10 @@ class CategoricalCrossentropy:
         self.label_smoothing = float(label_smoothing)
         self.name = name or ("sparse_categorical_crossentropy" if self.sparse else "categorical_crossentropy")
 
+    def get_config(self):
+        """What `get` rebuilds this loss from (saved with a compiled model)."""
+        return {"class_name": type(self).__name__, "label_smoothing": self.label_smoothing}
+
     def targets(self, y_true, num_classes, dtype):
         """The (N, K) target distribution: one-hot labels, smoothed by label_smoothing."""
         y = self.one_hot(y_true, num_classes, dtype)
@@ -88,9 +92,17 @@ def sparse_categorical_crossentropy(y_true, y_pred):
 
 
 def get(identifier):
-    """A loss object from itself, its name, or its function (`losses.categorical_crossentropy`), as Keras takes."""
+    """A loss object from itself, its name, its function (`losses.categorical_crossentropy`), as Keras
+    takes, or its get_config() dict."""
     if isinstance(identifier, CategoricalCrossentropy):
         return identifier
+    if isinstance(identifier, dict):
+        config = dict(identifier)
+        classes = {cls.__name__: cls for cls in (CategoricalCrossentropy, SparseCategoricalCrossentropy)}
+        cls = classes.get(config.pop("class_name", None))
+        if cls is None:
+            raise ValueError(f"unknown loss class_name in {identifier}; known: {', '.join(classes)}")
+        return cls(**config)
     known = {"categorical_crossentropy": CategoricalCrossentropy,
              "sparse_categorical_crossentropy": SparseCategoricalCrossentropy}
     name = getattr(identifier, "__name__", identifier) if callable(identifier) else identifier

@@ -35,6 +35,8 @@ class ArrayBatches(Sequence):
     def __init__(self, x, y, batch_size=32, shuffle=True, sample_weight=None):
         if len(x) != len(y):
             raise ValueError(f"x and y must have the same length, received {len(x)} and {len(y)}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, received {batch_size!r}")
         self.x, self.y, self.sample_weight = x, y, sample_weight
         self.batch_size, self.shuffle = int(batch_size), shuffle
         self.order = np.arange(len(x))

@@ -447,7 +447,7 @@ def test_calling_a_layer_twice_is_refused_with_its_name():
 def test_fit_refuses_empty_data():
     model = small_cnn()
     model.compile("sgd", "sparse_categorical_crossentropy")
-    with pytest.raises(ValueError, match="no training data"):
+    with pytest.raises(ValueError, match="fit: received no data"):
         model.fit(np.zeros((0, 12, 12, 1), np.float32), np.zeros(0), verbose=0)
 
 

@@ -11,6 +11,13 @@ import numpy as np
 from .. import backend, initializers, regularizers
 
 
+def positive_int(value, what, layer):
+    """`value` as an int, or an error naming the layer and the argument (Dense(0) would build nothing)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{layer}: {what} must be a positive int, received {value!r}")
+    return int(value)
+
+
 class Weight:
     """A named array (`value`) that a layer reads on every forward, and its gradient (`grad`).
 

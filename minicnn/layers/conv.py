@@ -26,7 +26,7 @@ from ..ops.depthwise import depthwise_conv, depthwise_conv_backward
 from ..ops.gemm import matmul
 from ..ops.im2col import col2im, im2col
 from ..ops.padding import conv_geometry
-from .base import Layer
+from .base import Layer, positive_int
 
 
 def as_pair(value, what="kernel_size", layer="layer"):
@@ -104,7 +104,7 @@ class Conv2D(_Conv):
 
     def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", **kwargs):
         super().__init__(kernel_size, strides, padding, **kwargs)
-        self.filters = int(filters)
+        self.filters = positive_int(filters, "filters", self.name)
 
     def build(self, input_shape):
         kh, kw = self.kernel_size
@@ -177,7 +177,7 @@ class DepthwiseConv2D(_Conv):
     def __init__(self, kernel_size, strides=(1, 1), padding="valid", depth_multiplier=1,
                  depthwise_initializer="glorot_uniform", depthwise_regularizer=None, **kwargs):
         super().__init__(kernel_size, strides, padding, **kwargs)
-        self.depth_multiplier = int(depth_multiplier)
+        self.depth_multiplier = positive_int(depth_multiplier, "depth_multiplier", self.name)
         self.depthwise_initializer = depthwise_initializer
         self.depthwise_regularizer = regularizers.get(depthwise_regularizer)
         _warn_if_kernel_regularizer(self)
@@ -233,8 +233,8 @@ class SeparableConv2D(_Conv):
                  depthwise_initializer="glorot_uniform", pointwise_initializer="glorot_uniform",
                  depthwise_regularizer=None, pointwise_regularizer=None, **kwargs):
         super().__init__(kernel_size, strides, padding, **kwargs)
-        self.filters = int(filters)
-        self.depth_multiplier = int(depth_multiplier)
+        self.filters = positive_int(filters, "filters", self.name)
+        self.depth_multiplier = positive_int(depth_multiplier, "depth_multiplier", self.name)
         self.depthwise_initializer, self.pointwise_initializer = depthwise_initializer, pointwise_initializer
         self.depthwise_regularizer = regularizers.get(depthwise_regularizer)
         self.pointwise_regularizer = regularizers.get(pointwise_regularizer)

@@ -4,7 +4,7 @@ import numpy as np
 from .. import activations, backend, initializers, regularizers
 from ..ops.elementwise import dropout, dropout_backward, random_bits
 from ..ops.gemm import matmul
-from .base import Layer, SymbolicTensor
+from .base import Layer, SymbolicTensor, positive_int
 
 
 class InputLayer(Layer):
@@ -42,7 +42,7 @@ class Dense(Layer):
     def __init__(self, units, activation=None, use_bias=True, kernel_initializer="glorot_uniform",
                  bias_initializer="zeros", kernel_regularizer=None, **kwargs):
         super().__init__(**kwargs)
-        self.units = int(units)
+        self.units = positive_int(units, "units", self.name)
         self.activation = activations.get(activation)
         self.use_bias = use_bias
         self.kernel_initializer, self.bias_initializer = kernel_initializer, bias_initializer

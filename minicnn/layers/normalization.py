@@ -21,6 +21,9 @@ class BatchNormalization(Layer):
         super().__init__(**kwargs)
         if axis not in (-1, 3) or not center or not scale:
             raise ValueError(f"{self.name}: only axis=-1 with center and scale is supported")
+        if not 0 <= momentum <= 1 or not epsilon > 0:
+            raise ValueError(f"{self.name}: momentum must be in [0, 1] and epsilon > 0, "
+                             f"received momentum={momentum!r}, epsilon={epsilon!r}")
         self.momentum, self.epsilon = float(momentum), float(epsilon)
 
     def build(self, input_shape):

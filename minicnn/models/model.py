@@ -3,10 +3,10 @@ import sys
 import time
 
 import numpy as np
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from .. import io, losses, optimizers
-from ..callbacks import Callback, History
+from ..callbacks import History, check_hooks
 from ..layers import LAYER_CLASSES
 from ..layers.base import SymbolicTensor
 from ..sequence import ArrayBatches, Sequence
@@ -52,10 +52,15 @@ class Model(Network):
         if unknown:
             raise ValueError(f"{self.name}: unknown metrics {unknown}; minicnn knows 'accuracy'")
 
+    def _require_compiled(self, what):
+        if self.optimizer is None or self.loss is None:
+            raise ValueError(f"{self.name}: call compile() before {what}()")
+
     def train_on_batch(self, x, y, sample_weight=None, class_weight=None):
         """One step: gradients of the loss on (x, y), then the optimizer. Returns [loss, accuracy]."""
-        if self.optimizer is None:
-            raise ValueError(f"{self.name}: call compile() before training")
+        self._require_compiled("train_on_batch")
+        if class_weight is not None:
+            class_weight = class_weight_vector(class_weight, self.output_shape[-1], self.name)
         loss, y_pred = self.compute_gradients(x, y, _sample_weights(y, sample_weight, class_weight),
                                               input_gradient=False)
         self.optimizer.apply_gradients(self.trainable_weights)
@@ -98,48 +103,72 @@ class Model(Network):
             return float(loss)
         return [float(loss), accuracy(y, y_pred)]
 
-    def predict(self, x, batch_size=32, verbose=0):
+    def predict(self, x, batch_size=32, verbose=0, callbacks=None):
         """Outputs for x in inference mode, batch by batch.  x: (N, ...) -> (N, K).
 
-        On a CPU, big batches are not faster: a batch of 32-64 keeps each layer's arrays in
-        cache (cnn4 on 2,872 faces: 9-10 s at 32 or 64, 19 s at 256).
+        On a CPU, big batches are not faster: a batch of 32-64 keeps each layer's arrays in cache.
         """
-        outputs = [self.forward(x[i:i + batch_size], training=False) for i in range(0, len(x), batch_size)]
+        _require_positive_int(self.name, "predict", batch_size=batch_size)
+        x = self._checked_input(x, "predict")
+        callbacks = self._callbacks(callbacks)
+        _each(callbacks, "on_predict_begin")
+        outputs = []
+        for i, start in enumerate(range(0, len(x), batch_size)):
+            _each(callbacks, "on_predict_batch_begin", i)
+            outputs.append(self.forward(x[start:start + batch_size], training=False))
+            _each(callbacks, "on_predict_batch_end", i, {"outputs": outputs[-1]})
+        _each(callbacks, "on_predict_end")
         return np.concatenate(outputs) if outputs else np.zeros((0,) + self.output_shape[1:])
 
-    def evaluate(self, x, y, batch_size=32, verbose=1):
-        """[loss, accuracy] (or the loss alone without metrics) over all of x, in inference mode."""
-        if self.loss is None:
-            raise ValueError(f"{self.name}: call compile() before evaluate()")
-        y_pred = self.predict(x, batch_size)
-        loss = self.loss(y, y_pred) + self._regularization_penalty()
-        results = self._results(loss, y, y_pred)
+    def evaluate(self, x, y, batch_size=32, verbose=1, callbacks=None):
+        """[loss, accuracy] (or the loss alone without metrics) over all of x, in inference mode,
+        batch by batch: the loss is the mean over every sample, whatever the batch size."""
+        self._require_compiled("evaluate")
+        _require_positive_int(self.name, "evaluate", batch_size=batch_size)
+        x, y = self._checked_data(x, y, "evaluate")
+        callbacks = self._callbacks(callbacks)
+        _each(callbacks, "on_test_begin")
+        totals, seen = np.zeros(2), 0
+        for i, start in enumerate(range(0, len(x), batch_size)):
+            _each(callbacks, "on_test_batch_begin", i)
+            xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+            y_pred = self.forward(xb, training=False)
+            totals += np.array([self.loss(yb, y_pred), accuracy(yb, y_pred)]) * len(xb)
+            seen += len(xb)
+            _each(callbacks, "on_test_batch_end", i, self._logs(totals / seen))
+        results = self._logs(totals / seen + [self._regularization_penalty(), 0.0])
+        _each(callbacks, "on_test_end", results)
         if verbose:
-            print(_format_logs(dict(zip(self.metrics_names, np.atleast_1d(results)))))
-        return results
+            print(_format_logs(results))
+        return list(results.values()) if self.metrics else results["loss"]
+
+    def _logs(self, loss_and_accuracy):
+        return {name: float(v) for name, v in zip(self.metrics_names, loss_and_accuracy)}
 
     @property
     def metrics_names(self):
         return ["loss"] + self.metrics
 
-    def fit(self, x=None, y=None, batch_size=32, epochs=1, verbose=1, callbacks=None, validation_split=0.0,
+    def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose=1, callbacks=None, validation_split=0.0,
             validation_data=None, shuffle=True, class_weight=None, sample_weight=None, initial_epoch=0):
-        """Train for `epochs`; x, y are arrays, or x is a `Sequence` of batches. Returns a History.
+        """Train for `epochs`; x, y are arrays (or lists), or x is a `Sequence` of batches. Returns a History.
 
-        Each epoch: for each batch, train_on_batch; then validation; then callbacks.
+        Each epoch: for each batch, train_on_batch; then validation; then callbacks. Every
+        argument and the whole data are checked before the first batch.
+        class_weight: {class: weight} for every class, or "balanced" (w_k = N / (K * N_k)).
         """
-        if isinstance(x, Sequence) and validation_split:
-            raise ValueError(f"{self.name}: validation_split needs arrays; with a Sequence pass validation_data")
-        if len(x) == 0:
-            raise ValueError(f"{self.name}: fit received no training data")
-        if validation_split and validation_data is None:
-            cut = int(len(x) * (1 - validation_split))     # Keras takes the LAST samples, before shuffling
-            x, y, validation_data = x[:cut], y[:cut], (x[cut:], y[cut:])
-        batches = x if isinstance(x, Sequence) else ArrayBatches(x, y, batch_size, shuffle, sample_weight)
+        self._require_compiled("fit")
+        batch_size = 32 if batch_size is None else batch_size
+        _require_positive_int(self.name, "fit", batch_size=batch_size)
+        _require_positive_int(self.name, "fit", minimum=0, epochs=epochs, initial_epoch=initial_epoch)
+        if not 0 <= validation_split < 1:
+            raise ValueError(f"{self.name}.fit: validation_split must be in [0, 1), received {validation_split!r}")
+        batches, validation_data = self._fit_data(x, y, batch_size, shuffle, sample_weight, validation_split,
+                                                  validation_data)
+        labels = class_labels(batches.y) if isinstance(batches, ArrayBatches) else None
+        class_weight = class_weight_vector(class_weight, self.output_shape[-1], f"{self.name}.fit", labels)
         history = History()
-        callbacks = [c for c in (callbacks or []) if not isinstance(c, History)] + [history]
-        for c in callbacks:
-            c.set_model(self)
+        callbacks = self._callbacks([c for c in (callbacks or []) if not isinstance(c, History)] + [history])
         self.stop_training = False
         _each(callbacks, "on_train_begin")
         for epoch in range(initial_epoch, epochs):
@@ -147,16 +176,18 @@ class Model(Network):
             batches.on_epoch_begin()
             start, totals, seen = time.time(), np.zeros(2), 0
             bar = tqdm(total=len(batches), desc=f"Epoch {epoch + 1}/{epochs}", leave=False,
-                       disable=verbose != 1 or not sys.stdout.isatty())
+                       disable=not show_progress_bar(verbose))
             for i in range(len(batches)):
+                _each(callbacks, "on_train_batch_begin", i)
                 xb, yb, *wb = batches[i]
-                results = np.atleast_1d(self.train_on_batch(xb, yb, wb[0] if wb else None, class_weight))
+                weights = _sample_weights(yb, wb[0] if wb else None, class_weight)
+                results = np.atleast_1d(self.train_on_batch(xb, yb, weights))
                 totals[:len(results)] += results * len(xb)
                 seen += len(xb)
                 logs = dict(zip(self.metrics_names, totals[:len(results)] / seen))
                 bar.update(1)
                 bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items()})
-                _each(callbacks, "on_batch_end", i, {**logs, "loss": float(results[0])})
+                _each(callbacks, "on_train_batch_end", i, {**logs, "loss": float(results[0])})
                 if self.stop_training:
                     break
             bar.close()
@@ -164,7 +195,8 @@ class Model(Network):
             if self.stop_training and not np.isfinite(results[0]):
                 break                                  # a NaN batch: no epoch-end checkpoint of bad weights
             if validation_data is not None:
-                val = np.atleast_1d(self.evaluate(*validation_data[:2], batch_size=batch_size, verbose=0))
+                val = np.atleast_1d(self.evaluate(*validation_data, batch_size=batch_size, verbose=0,
+                                                  callbacks=callbacks))
                 logs.update({f"val_{k}": float(v) for k, v in zip(self.metrics_names, val)})
             logs = {k: float(v) for k, v in logs.items()}
             logs["lr"] = self.optimizer.learning_rate
@@ -176,6 +208,69 @@ class Model(Network):
         _each(callbacks, "on_train_end")
         return history
 
+    # ---- checking what the user passed ---------------------------------------------------------
+    def _fit_data(self, x, y, batch_size, shuffle, sample_weight, validation_split, validation_data):
+        """(batches, validation (x, y) or None), every array checked whole before any batch is drawn."""
+        if isinstance(x, Sequence):
+            if validation_split:
+                raise ValueError(f"{self.name}: validation_split needs arrays; with a Sequence pass validation_data")
+            batches = x
+        else:
+            x, y = self._checked_data(x, y, "fit")
+            if sample_weight is not None:
+                sample_weight = np.asarray(sample_weight, dtype=np.float64)
+                if sample_weight.shape != (len(x),):
+                    raise ValueError(f"{self.name}.fit: sample_weight must have shape ({len(x)},) (one weight "
+                                     f"per sample), received shape {sample_weight.shape}")
+            if validation_split and validation_data is None:
+                cut = int(len(x) * (1 - validation_split))   # Keras takes the LAST samples, before shuffling
+                if cut == 0:
+                    raise ValueError(f"{self.name}.fit: validation_split={validation_split} leaves no training data")
+                x, y, validation_data = x[:cut], y[:cut], (x[cut:], y[cut:])
+                sample_weight = None if sample_weight is None else sample_weight[:cut]
+            batches = ArrayBatches(x, y, batch_size, shuffle, sample_weight)
+        if validation_data is not None:
+            validation_data = self._checked_data(*validation_data[:2], "fit(validation_data)")
+        return batches, validation_data
+
+    def _checked_data(self, x, y, what):
+        """(x, y) as arrays, with x of the model's input shape and y what the loss expects."""
+        if x is None or y is None:
+            raise ValueError(f"{self.name}.{what}: needs inputs x and targets y")
+        x, y = self._checked_input(x, what), np.asarray(y)
+        if len(x) == 0:
+            raise ValueError(f"{self.name}.{what}: received no data (x holds 0 samples)")
+        if y.ndim == 0 or len(y) != len(x):
+            raise ValueError(f"{self.name}.{what}: x and y must have the same length, received x.shape={x.shape} "
+                             f"and y.shape={y.shape}")
+        check_targets(self.loss, y, self.output_shape[-1], f"{self.name}.{what}")
+        return x, y
+
+    def _checked_input(self, x, what):
+        """x as an array (lists are taken as arrays), checked whole against the model's input shape."""
+        if len(getattr(self, "input_layers", ())) > 1:      # several inputs: a list of arrays
+            return x
+        x = x if isinstance(x, np.ndarray) else np.asarray(x)
+        if getattr(self, "pending", None) and x.ndim > 0:   # a Sequential that builds on its first batch
+            self.build((None,) + x.shape[1:])
+        if not hasattr(self, "output_layer"):
+            raise ValueError(f"{self.name}: the model has no layers to run")
+        expected = self.input_shape
+        if _shape_matches(x.shape, expected[1:]):
+            raise ValueError(f"{self.name}.{what}: a batch is expected: add an axis with x[None] (the model's "
+                             f"input shape is {expected}, received x.shape={x.shape})")
+        if x.ndim != len(expected) or not _shape_matches(x.shape[1:], expected[1:]):
+            raise ValueError(f"{self.name}.{what}: expected input of shape {expected}, received x.shape={x.shape}")
+        return x
+
+    def _callbacks(self, callbacks):
+        """The callbacks, each checked for unknown on_* methods and given this model."""
+        callbacks = list(callbacks or [])
+        for c in callbacks:
+            check_hooks(c)
+            c.set_model(self)
+        return callbacks
+
     # ---- files ---------------------------------------------------------------------------------
     def save_weights(self, path):
         io.save_weights(self, path)
@@ -183,9 +278,88 @@ class Model(Network):
     def load_weights(self, path):
         io.load_weights(self, path)
 
-    def save(self, path, metadata=None):
-        """Architecture, weights and `metadata` (default: self.metadata) in one .npz."""
-        io.save_model(self, path, metadata)
+    def save(self, path, metadata=None, include_optimizer=False):
+        """Architecture, weights, `metadata` (default: self.metadata) and the compile() settings in
+        one file; the extension names the format (.npz; any other is refused, see io.MODEL_FORMATS).
+
+        include_optimizer=True also stores the optimizer's state (Adam's moments: the file grows
+        to three times the weights), so training continues exactly after load_model. The default
+        is False, unlike Keras: model files are for inference and publishing, and training runs
+        resume from checkpoints that hold that state already.
+        """
+        io.save_model(self, path, metadata, include_optimizer)
+
+
+def show_progress_bar(verbose):
+    """fit's bar shows with verbose=1 in a terminal or in Jupyter, where tqdm.auto draws a widget
+    (stdout is no terminal there); a log file gets the epoch lines alone."""
+    in_notebook = any(cls.__module__ == "tqdm.notebook" for cls in tqdm.__mro__)
+    return verbose == 1 and (in_notebook or sys.stdout.isatty())
+
+
+def _shape_matches(shape, expected):
+    """True when shape has expected's rank and agrees wherever expected is not None."""
+    return len(shape) == len(expected) and all(e is None or s == e for s, e in zip(shape, expected))
+
+
+def _require_positive_int(model_name, method, minimum=1, **arguments):
+    for name, value in arguments.items():
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+            kind = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+            raise ValueError(f"{model_name}.{method}: {name} must be {kind}, received {value!r}")
+
+
+def check_targets(loss, y, num_classes, where):
+    """y as the loss expects it, checked whole: integer labels in 0..K-1 for the sparse loss,
+    one-hot rows (N, K) for categorical_crossentropy; the error says which one was received."""
+    if loss.sparse:
+        if y.ndim == 2 and y.shape[1] == num_classes > 1:
+            raise ValueError(f"{where}: {loss.name} expects integer labels (N,), received one-hot targets "
+                             f"of shape {y.shape}: use loss='categorical_crossentropy', or pass y.argmax(axis=1)")
+        if y.ndim > 2 or (y.ndim == 2 and y.shape[1] != 1) or y.dtype.kind not in "iuf":
+            raise ValueError(f"{where}: {loss.name} expects integer labels of shape (N,) or (N, 1), "
+                             f"received y.shape={y.shape} with dtype {y.dtype}")
+        labels = y.reshape(-1)
+        if y.dtype.kind == "f" and not np.array_equal(labels, np.round(labels)):
+            raise ValueError(f"{where}: {loss.name} expects integer labels, received non-integer values")
+        if labels.min() < 0 or labels.max() >= num_classes:
+            raise ValueError(f"{where}: labels must be in 0..{num_classes - 1} (the model has {num_classes} "
+                             f"outputs), received {labels.min():g}..{labels.max():g}")
+        return
+    if y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1 and num_classes > 1):
+        raise ValueError(f"{where}: {loss.name} expects one-hot targets (N, {num_classes}), received integer "
+                         f"labels of shape {y.shape}: use loss='sparse_categorical_crossentropy', or pass "
+                         f"np.eye({num_classes})[y]")
+    if y.ndim != 2 or y.shape[1] != num_classes or y.dtype.kind not in "iufb":
+        raise ValueError(f"{where}: {loss.name} expects one-hot targets of shape (N, {num_classes}), "
+                         f"received y.shape={y.shape} with dtype {y.dtype}")
+
+
+def class_weight_vector(class_weight, num_classes, where, labels=None):
+    """Per-class loss weights (K,) from Keras' {class: weight} (every class 0..K-1, as Keras asks),
+    or "balanced": w_k = N / (K * N_k), so every class adds the same total weight to the loss."""
+    if class_weight is None:
+        return None
+    if isinstance(class_weight, str) and class_weight == "balanced":
+        if labels is None:
+            raise ValueError(f"{where}: class_weight='balanced' counts the labels of arrays x, y; "
+                             f"with a Sequence pass a dict {{class: weight}}")
+        counts = np.bincount(labels.astype(np.int64), minlength=num_classes)
+        return len(labels) / (num_classes * np.maximum(counts, 1))
+    if not isinstance(class_weight, dict):
+        raise ValueError(f"{where}: class_weight must be a dict {{class: weight}} or 'balanced', "
+                         f"received {type(class_weight).__name__} {class_weight!r:.60}")
+    keys = set(class_weight)
+    missing, unknown = sorted(set(range(num_classes)) - keys), sorted(map(repr, keys - set(range(num_classes))))
+    if missing or unknown:
+        raise ValueError(f"{where}: class_weight needs a weight for every class 0..{num_classes - 1}, as a dict "
+                         f"{{class: weight}}; " + "; ".join(
+                             part for part in (missing and f"missing: {missing}", unknown and
+                                               f"not a class of the model: {', '.join(unknown)}") if part))
+    weights = np.array([class_weight[k] for k in range(num_classes)], dtype=np.float64)
+    if not np.all(np.isfinite(weights) & (weights >= 0)):
+        raise ValueError(f"{where}: class weights must be finite and >= 0, received {class_weight}")
+    return weights
 
 
 def class_labels(y):
@@ -200,10 +374,15 @@ def accuracy(y_true, y_pred):
 
 
 def _sample_weights(y, sample_weight, class_weight):
-    """Per-sample loss weights: sample_weight times class_weight[label] (Keras' combination)."""
+    """Per-sample loss weights: sample_weight times class_weight[label] (Keras' combination).
+    class_weight: a dict {class: weight} or a vector indexed by class."""
     if class_weight is None:
         return sample_weight
-    weights = np.array([class_weight[int(label)] for label in class_labels(y)], dtype=np.float64)
+    labels = class_labels(y).astype(np.int64)
+    if isinstance(class_weight, dict):
+        weights = np.array([class_weight[label] for label in labels], dtype=np.float64)
+    else:
+        weights = np.asarray(class_weight, dtype=np.float64)[labels]
     return weights if sample_weight is None else weights * sample_weight
 
 
