@@ -6,13 +6,13 @@
 import csv
 import io as _io
 
-import matplotlib
+import numpy as np
+# Figures are drawn on their own Agg canvas, never through pyplot: importing this module leaves
+# matplotlib's global backend alone (a notebook that imports it keeps showing its plots).
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from minicnn.io import atomic_write  # noqa: E402
+from minicnn.io import atomic_write
 
 
 # Faces per forward pass when predicting: a batch of 64 keeps each layer's arrays in cache
@@ -99,9 +99,14 @@ def write_confusion_csv(path, result):
     write_text(path, buffer.getvalue())
 
 
+def _new_figure(figsize):
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig
+
+
 def _save_figure(fig, path):
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100, bbox_inches="tight"))
-    plt.close(fig)
 
 
 def plot_confusion(path, result, title="Confusion matrix (rows: true class, normalized)"):
@@ -109,7 +114,8 @@ def plot_confusion(path, result, title="Confusion matrix (rows: true class, norm
     counts = np.array(result["confusion"], dtype=float)
     normalized = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     labels = result["labels"]
-    fig, ax = plt.subplots(figsize=(1.0 * len(labels) + 2, 1.0 * len(labels) + 1.5))
+    fig = _new_figure((1.0 * len(labels) + 2, 1.0 * len(labels) + 1.5))
+    ax = fig.subplots()
     image = ax.imshow(normalized, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
     ax.set_yticks(range(len(labels)), labels)
@@ -126,7 +132,8 @@ def plot_confusion(path, result, title="Confusion matrix (rows: true class, norm
 
 def plot_curves(path, history):
     """Loss and accuracy per epoch, training vs validation. history: {"loss": [...], "val_loss": [...], ...}."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig = _new_figure((10, 4))
+    axes = fig.subplots(1, 2)
     for ax, metric in zip(axes, ("loss", "accuracy")):
         for key, style in ((metric, "-"), (f"val_{metric}", "--")):
             values = history.get(key, [])

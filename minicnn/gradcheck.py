@@ -9,7 +9,13 @@ float64 only: in float32, rounding error (~1e-7 relative) swamps a difference qu
 h = 1e-5, so a check would neither pass on correct code nor catch small bugs.
 Randomness (dropout masks) is replayed: every evaluation restores the generators' states,
 and BatchNormalization's moving statistics are restored afterwards.
+
+Run `python -m minicnn.gradcheck [--layer NAME] [--seed N]`: one line per layer and mode, PASS or
+FAIL at the tests' threshold, the worst entry of each failure, and exit status 1 on any failure.
 """
+import argparse
+import sys
+
 import numpy as np
 
 from . import backend
@@ -175,17 +181,56 @@ def example_cases():
     }
 
 
-def main():
-    """Print the worst relative error of every layer's gradients, in both training modes."""
+THRESHOLD = 1e-7    # a check passes when the norm-wise relative error is at most this (the tests' bound)
+MODES = {"training": True, "inference": False}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m minicnn.gradcheck",
+        description="Check every layer's backward pass against central differences, in float64. Each layer "
+                    "runs in training mode (batch statistics, dropout masks) and in inference mode; a check "
+                    f"passes when the relative error |a - n| / (|a| + |n|) of every gradient is <= {THRESHOLD:g}.")
+    parser.add_argument("--layer", action="append", choices=sorted(example_cases()), metavar="NAME",
+                        help="check only this layer class (repeat for several); one of: "
+                             + ", ".join(sorted(example_cases())))
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the weights, the inputs and the upstream gradient (default 0)")
+    return parser.parse_args(argv)
+
+
+def check_example(name, training, seed):
+    """The worst CheckResult of layer class `name`'s example case (see example_cases)."""
+    make, shape = example_cases()[name]
+    backend.set_seed(seed)                                  # the weights' initial values
+    x = [spaced_input(s, seed=seed + i) for i, s in enumerate(shape)] if isinstance(shape, list) \
+        else spaced_input(shape, seed=seed)
+    results = check_layer(make(), x, training=training, seed=seed)
+    return max(results.values(), key=lambda r: r.error)
+
+
+def main(argv=None):
+    """Print each layer's worst relative error with PASS or FAIL; return 1 when any check fails."""
+    args = parse_args(argv)
     backend.set_floatx("float64")
-    print(f"{'layer':<24}{'training':>9}  worst relative error (array)")
-    for name, (make, shape) in example_cases().items():
-        for training in (True, False):
-            x = [spaced_input(s, seed=i) for i, s in enumerate(shape)] if isinstance(shape, list) else spaced_input(shape)
-            results = check_layer(make(), x, training=training)
-            worst = max(results.values(), key=lambda r: r.error)
-            print(f"{name:<24}{str(training):>9}  {worst.error:.2e} ({worst.name})")
+    print(f"{'layer':<24}{'mode':<11}{'worst error':>11}  {'result':<6}  array")
+    failures = []
+    names = args.layer or list(example_cases())
+    for name in names:
+        for mode, training in MODES.items():
+            worst = check_example(name, training, args.seed)
+            passed = worst.error <= THRESHOLD
+            print(f"{name:<24}{mode:<11}{worst.error:>11.2e}  {'PASS' if passed else 'FAIL':<6}  {worst.name}")
+            if not passed:
+                failures.append(f"{name} ({mode}) {worst!r}")
+    checks = len(names) * len(MODES)
+    if failures:
+        print(f"\n{len(failures)} of {checks} checks FAILED (threshold {THRESHOLD:g}):")
+        print("\n".join(failures))
+        return 1
+    print(f"\nall {checks} checks passed (relative error <= {THRESHOLD:g}, seed {args.seed})")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

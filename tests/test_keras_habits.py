@@ -1,6 +1,8 @@
 """What Keras users type, and the mistakes they make, on minicnn (issue 19's library items, issue 18's
 argument checks): Keras' callback names, load_model's compile state, honest file names, label shapes
 checked before any batch, class_weight="balanced", single images and lists, argument checks."""
+import re
+
 import numpy as np
 import pytest
 
@@ -284,3 +286,137 @@ def test_evaluate_and_predict_check_their_arguments():
 def test_layer_constructors_name_a_bad_argument(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+# ---- 7. progress bars in notebooks too -----------------------------------------------------------------
+def test_fit_draws_its_bar_with_tqdm_auto_in_a_notebook_and_not_in_a_log(monkeypatch):
+    import tqdm.auto
+    from minicnn.models import model as model_module
+
+    assert model_module.tqdm is tqdm.auto.tqdm          # a widget in Jupyter, text in a terminal
+    monkeypatch.setattr(model_module.sys, "stdout", open("/dev/null", "w"))     # a log file: no terminal
+    assert not model_module.show_progress_bar(1)
+
+    class NotebookBar(tqdm.auto.tqdm):
+        pass
+
+    NotebookBar.__module__ = "tqdm.notebook"            # what tqdm.auto picks in Jupyter
+    monkeypatch.setattr(model_module, "tqdm", NotebookBar)
+    assert model_module.show_progress_bar(1) and not model_module.show_progress_bar(2)
+
+
+# ---- 8. fer.evaluation leaves matplotlib's backend alone ------------------------------------------------
+def test_importing_fer_evaluation_keeps_the_backend_and_still_writes_pngs(tmp_path):
+    import subprocess
+    import sys
+    code = ("import matplotlib; matplotlib.use('svg'); import fer.evaluation as e; "
+            "e.plot_curves(r'{0}/c.png', {{'loss': [1.0, 0.5], 'val_loss': [1.1, 0.7]}}); "
+            "e.plot_confusion(r'{0}/m.png', e.report([0, 1, 1], [0, 1, 0], ['a', 'b'])); "
+            "print(matplotlib.get_backend())").format(tmp_path)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "svg"
+    for name in ("c.png", "m.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---- 9. MINICNN_REFERENCE=1 runs without numba -----------------------------------------------------------
+NO_NUMBA = "import sys; sys.modules['numba'] = None\n"       # makes `import numba` raise ImportError
+TRAIN_A_LITTLE = """
+import re
+
+import numpy as np
+from minicnn import *
+m = Sequential([Conv2D(4, 3, padding="same", input_shape=(8, 8, 1)), BatchNormalization(), Activation("relu"),
+                SeparableConv2D(4, 3, padding="same"), MaxPooling2D(), Dropout(0.3), Flatten(),
+                Dense(3, activation="softmax")])
+m.compile("adam", "sparse_categorical_crossentropy", ["accuracy"])
+x = np.random.default_rng(0).normal(size=(16, 8, 8, 1)).astype("float32")
+history = m.fit(x, np.arange(16) % 3, epochs=2, verbose=0)
+print("numba" if sys.modules.get("numba") else "no numba", np.isfinite(history.history["loss"]).all())
+"""
+
+
+def run_python(code, **env):
+    import os
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **env})
+
+
+def test_minicnn_trains_without_numba_on_its_references():
+    result = run_python(NO_NUMBA + TRAIN_A_LITTLE, MINICNN_REFERENCE="1")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["no", "numba", "True"]
+
+
+def test_without_numba_and_without_the_reference_switch_the_error_says_what_to_do():
+    result = run_python(NO_NUMBA + "import minicnn", MINICNN_REFERENCE="0")
+    assert result.returncode != 0
+    assert "ImportError: minicnn's kernels need numba (pip install numba); with MINICNN_REFERENCE=1" in result.stderr
+
+
+# ---- 14. python -m minicnn.gradcheck can fail, and says so ----------------------------------------------
+def run_gradcheck(*argv):
+    import contextlib
+    import io as text_io
+    from minicnn import gradcheck
+    out = text_io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            status = gradcheck.main(list(argv))
+    finally:
+        backend.set_floatx("float32")
+    return status, out.getvalue()
+
+
+def test_gradcheck_passes_correct_layers_with_a_pass_column_and_the_same_figures_each_run():
+    status, out = run_gradcheck("--layer", "Dense", "--layer", "BatchNormalization", "--seed", "3")
+    assert status == 0
+    rows = [line.split() for line in out.splitlines()[1:] if line.strip() and not line.startswith("all")]
+    assert [(r[0], r[1], r[3]) for r in rows] == [("Dense", "training", "PASS"), ("Dense", "inference", "PASS"),
+                                                  ("BatchNormalization", "training", "PASS"),
+                                                  ("BatchNormalization", "inference", "PASS")]
+    assert "all 4 checks passed" in out
+    assert run_gradcheck("--layer", "Dense", "--layer", "BatchNormalization", "--seed", "3") == (status, out)
+
+
+def test_gradcheck_fails_a_broken_bias_gradient_and_shows_the_worst_entry(monkeypatch):
+    from minicnn.layers import core
+    backward = core.Dense.backward_from_logits
+
+    def broken(self, dz):
+        dx = backward(self, dz)
+        self.bias.grad = self.bias.grad * 1.5                  # a bug a student might write
+        return dx
+
+    monkeypatch.setattr(core.Dense, "backward_from_logits", broken)
+    status, out = run_gradcheck("--layer", "Dense")
+    assert status == 1
+    assert "Dense                   training      2.00e-01  FAIL    bias" in out
+    assert "2 of 2 checks FAILED" in out
+    assert re.search(r"Dense \(training\) bias: relative error 2.00e-01 \(worst entry \d+: analytic \S+, "
+                     r"numeric \S+\)", out)
+
+
+def test_gradcheck_help_and_bad_layer_names_run_no_check(capsys):
+    from minicnn import gradcheck
+    with pytest.raises(SystemExit) as exit_help:
+        gradcheck.main(["--help"])
+    assert exit_help.value.code == 0 and "PASS" not in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_bad:
+        gradcheck.main(["--layer", "Dense2"])
+    assert exit_bad.value.code == 2 and "invalid choice: 'Dense2'" in capsys.readouterr().err
+
+
+def test_python_m_minicnn_gradcheck_exits_non_zero_on_failure():
+    code = ("import sys; from minicnn.layers import core\n"
+            "f = core.Dense.backward_from_logits\n"
+            "def broken(self, dz):\n"
+            "    dx = f(self, dz); self.bias.grad = self.bias.grad * 1.5; return dx\n"
+            "core.Dense.backward_from_logits = broken\n"
+            "import runpy; sys.argv = ['gradcheck', '--layer', 'Dense']\n"
+            "runpy.run_module('minicnn.gradcheck', run_name='__main__')")   # as python -m runs it
+    result = run_python(code)
+    assert result.returncode == 1 and "FAIL" in result.stdout

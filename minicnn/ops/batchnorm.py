@@ -43,7 +43,7 @@ fell from 2.37 to 2.23 ms (medians of 400, alternating); a dense (64, 256) batch
 stays on the reference (numba 0.8-0.95x).
 """
 import numpy as np
-from numba import njit, prange
+from .jit import njit, prange
 
 from .. import backend
 

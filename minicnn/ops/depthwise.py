@@ -20,7 +20,7 @@ threads, 2-core VM shared with other jobs, so +-30%, and see the OpenMP note in 
   depthwise_conv_backward  4-12x faster, e.g. 44x44x16: 29-45 ms -> 3.6-6.9 ms
 """
 import numpy as np
-from numba import njit, prange
+from .jit import njit, prange
 
 from .. import backend
 from .im2col import output_hw

@@ -26,7 +26,7 @@ pay (a dense layer's (64, 256) batch: numba 0.4-0.7x). Kernels run on one thread
 backend.PARALLEL_MIN_SIZE numbers, on numba's threads above.
 """
 import numpy as np
-from numba import njit, prange
+from .jit import njit, prange
 
 from .. import backend
 

@@ -36,7 +36,7 @@ every parallel numba call by ~8 ms (measured); OMP_WAIT_POLICY=passive or
 NUMBA_NUM_THREADS=1 avoids that.
 """
 import numpy as np
-from numba import njit, prange
+from .jit import njit, prange
 
 from .. import backend
 

@@ -27,7 +27,7 @@ time / numba time); numba is the default for all four:
 each window once and touch only its real cells).
 """
 import numpy as np
-from numba import njit, prange
+from .jit import njit, prange
 
 from .. import backend
 from .im2col import output_hw

@@ -23,7 +23,7 @@ Each transform has a NumPy reference (one einsum over the 4x4 tile axes) and a n
 which tests hold against each other and against im2col's convolution.
 """
 import numpy as np
-from numba import njit, prange
+from .jit import njit, prange
 
 from .. import backend
 from .gemm import batched_matmul, matmul

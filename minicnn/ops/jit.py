@@ -1,0 +1,24 @@
+"""numba's `njit` and `prange`, imported once here for every kernel file.
+
+Without numba installed, MINICNN_REFERENCE=1 still runs: every op then takes its NumPy
+reference, so the kernels below each reference are left as plain Python functions that
+nothing calls. Without either, the import error says which to install or set.
+"""
+from .. import backend
+
+try:
+    from numba import njit, prange
+except ImportError:
+    if not backend.use_reference():
+        raise ImportError("minicnn's kernels need numba (pip install numba); with MINICNN_REFERENCE=1 "
+                          "minicnn runs its NumPy references without it") from None
+
+    def njit(*args, **options):
+        """numba.njit's stand-in: the function itself (the references run instead)."""
+        if args and callable(args[0]):
+            return args[0]
+        return lambda function: function
+
+    prange = range
+
+__all__ = ["njit", "prange"]
