@@ -20,5 +20,6 @@ setup(
     extras_require={
         "dev": ["pytest>=7", "hypothesis>=6", "h5py>=3"],
         "keras": ["h5py>=3"],
+        "onnx": ["onnx>=1.14", "onnxruntime>=1.16"],
     },
 )
