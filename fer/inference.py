@@ -25,20 +25,8 @@ class EmotionClassifier:
 
     @classmethod
     def from_file(cls, path):
-        """Load a model saved by minicnn, with the labels and preprocessing in its metadata."""
-        import minicnn  # here, so code that passes its own model object never needs it
-
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"model file not found: {path}")
-        try:
-            model = minicnn.load_model(path)
-            metadata = model.metadata
-            labels = metadata["labels"]
-            preprocessing = Preprocessing.from_dict(metadata["preprocessing"])
-        except Exception as error:  # a corrupt or foreign file fails in many ways; name the file
-            raise ValueError(f"{path} is not a usable minicnn model file ({type(error).__name__}: {error})") from error
-        return cls(model, labels, preprocessing)
+        """Load a model file (or a run folder's model.npz) with `load_fer_model`'s checks."""
+        return cls(*load_fer_model(path))
 
     def prepare(self, crops):
         """The exact tensor fed to the model: float32 (N, S, S, 1) from a list of 2-D uint8 crops."""
@@ -59,6 +47,67 @@ class EmotionClassifier:
                 f"for {len(self.labels)} labels, received {probs.shape}"
             )
         return probs
+
+
+def load_fer_model(path):
+    """(model, labels, Preprocessing) from a minicnn model file with fer's metadata, or from a
+    run folder of scripts/train.py (its model.npz). The one loader every script uses.
+
+    The metadata is checked against the network before any face is fed: one label per
+    output, the preprocessing's face size equal to the model's (S, S, 1) input, and every
+    weight finite (a diverged run's file would predict NaN). FileNotFoundError for a missing
+    file, ValueError naming the file for anything else.
+    """
+    import minicnn  # here, so code that passes its own model object never needs it
+
+    path = model_file(path)
+    try:
+        model = minicnn.load_model(path)
+    except ValueError as error:      # read_npz and load_model name the file and what is wrong
+        raise ValueError(f"{path} is not a usable minicnn model file ({error})") from None
+    labels, preprocessing = _fer_metadata(path, model.metadata)
+    if model.output_shape[-1] != len(labels):
+        raise ValueError(f"{path}: {len(labels)} labels {labels} for a model with {model.output_shape[-1]} outputs")
+    face = (preprocessing.input_size, preprocessing.input_size, 1)
+    if tuple(model.input_shape[1:]) != face:
+        raise ValueError(f"{path}: the preprocessing makes {face[0]}x{face[1]} grayscale faces {face}, "
+                         f"but the model takes inputs {tuple(model.input_shape[1:])}")
+    bad = [w.name for layer in model.nodes for w in layer._weights if not np.isfinite(w.value).all()]
+    if bad:
+        raise ValueError(f"{path}: weights {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} hold inf or NaN "
+                         f"(a diverged training run); the file cannot predict")
+    return model, labels, preprocessing
+
+
+def model_file(path):
+    """`path` itself, or the model.npz of a run folder; FileNotFoundError when there is none."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "model.npz").is_file():
+            raise FileNotFoundError(f"model file not found: {path} is a folder without model.npz "
+                                    f"(give a model file or a run folder of scripts/train.py)")
+        return path / "model.npz"
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    return path
+
+
+def _fer_metadata(path, metadata):
+    """(labels, Preprocessing) from a model file's metadata; ValueError naming the file."""
+    if not isinstance(metadata, dict):
+        raise ValueError(f"{path}: its metadata is not a JSON object")
+    missing = [key for key in ("labels", "preprocessing") if key not in metadata]
+    if missing:
+        raise ValueError(f"{path}: the model file has no {' or '.join(missing)} metadata; train it with "
+                         f"scripts/train.py or convert it with scripts/convert_keras.py")
+    labels = metadata["labels"]
+    if not (isinstance(labels, list) and labels and all(isinstance(label, str) for label in labels)):
+        raise ValueError(f"{path}: its labels metadata is not a list of class names: {labels!r}")
+    try:
+        preprocessing = Preprocessing.from_dict(metadata["preprocessing"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{path}: bad preprocessing metadata ({type(error).__name__}: {error})") from None
+    return list(labels), preprocessing
 
 
 def emotion_record(probs, labels):

@@ -326,23 +326,73 @@ def load_keras_weights(model, group):
 
     Matching "conv2d_1_1/kernel:0" to minicnn's "conv2d_1/kernel" by the last part, rather
     than by position, makes a file whose order differs from minicnn's an error, not a swap.
+    Every dataset is checked (`stored_array`) before a byte of it is read.
     """
     layers = {layer.name: layer for layer in model.nodes}
     for name in map(text, group.attrs.get("layer_names", [])):
-        if name not in layers and name in group and weight_names(group[name]):
+        if name not in layers and local_member(group, name, "model_weights") is not None \
+                and weight_names(group[name]):
             raise ValueError(f"the file holds weights for layer {name}, which the model does not use")
     for layer in model.nodes:
-        names = weight_names(group[layer.name]) if layer.name in group else []
+        layer_group = local_member(group, layer.name, "model_weights")
+        names = weight_names(layer_group) if layer_group is not None else []
+        wanted = {w.name.split("/")[-1]: w for w in layer._weights}
+        saved = {}
         for n in names:
-            if n not in group[layer.name]:
-                raise ValueError(f"{layer.name}: its weight_names list {n}, but the file has no dataset "
-                                 f"model_weights/{layer.name}/{n}")
-        saved = {n.split("/")[-1].split(":")[0]: group[layer.name][n][()] for n in names}
-        wanted = [w.name.split("/")[-1] for w in layer._weights]    # set_weights order
+            key = n.split("/")[-1].split(":")[0]
+            saved[key] = stored_array(layer_group, n, layer.name, wanted.get(key))
         if sorted(saved) != sorted(wanted):
             raise ValueError(f"{layer.name}: the file holds weights {sorted(saved)}, the minicnn "
                              f"{type(layer).__name__} has {sorted(wanted)}")
         layer.set_weights([saved[k] for k in wanted])               # checks every shape
+
+
+def local_member(group, path, where):
+    """group[path] (None if absent), refusing a link that leaves the file on the way.
+
+    An HDF5 external link points into another file; following it would import that
+    file's bytes. Each step of `path` is checked before it is followed.
+    """
+    import h5py
+
+    for part in path.split("/"):
+        link = group.get(part, getlink=True)
+        if link is None:
+            return None
+        where = f"{where}/{part}"
+        if isinstance(link, h5py.ExternalLink):
+            raise ValueError(f"{where} is an external link to {link.filename}: minicnn reads weights stored "
+                             f"in the file itself only")
+        group = group[part]
+    return group
+
+
+def stored_array(group, path, layer_name, weight):
+    """The array of dataset group[path], read only if it lives in the file, whole, with the
+    shape of the minicnn `weight` it is for (None: not checked here).
+
+    HDF5 can keep a dataset's bytes in other files (external storage) or assemble it from
+    other datasets, other files included (a virtual dataset): reading either would copy any
+    readable local file into the weights. Both are refused, naming the dataset.
+    """
+    import h5py
+
+    where = f"model_weights/{layer_name}/{path}"
+    dataset = local_member(group, path, f"model_weights/{layer_name}")
+    if dataset is None:
+        raise ValueError(f"{layer_name}: its weight_names list {path}, but the file has no dataset {where}")
+    if not isinstance(dataset, h5py.Dataset):
+        raise ValueError(f"{where}: a group, expected a dataset")
+    if dataset.is_virtual:
+        raise ValueError(f"{where}: a virtual dataset (mapped from other datasets or files); minicnn reads "
+                         f"weights stored in the file itself only")
+    if dataset.id.get_create_plist().get_external_count() > 0:
+        raise ValueError(f"{where}: external storage (its bytes live in another file); minicnn reads weights "
+                         f"stored in the file itself only")
+    if weight is not None and tuple(dataset.shape) != weight.shape:     # before reading: no huge allocations
+        raise ValueError(f"{layer_name}: weight {weight.name} has shape {weight.shape}, received shape "
+                         f"{tuple(dataset.shape)} ({where})")
+    return dataset[()]
 
 
 def weight_names(layer_group):

@@ -1,12 +1,14 @@
 #!/usr/bin/env python
-"""Convert a Keras 2 HDF5 model file into a minicnn model file with FER labels and preprocessing.
+"""Convert a Keras model file (Keras 2 HDF5, or Keras 3 .keras) into a minicnn model file with FER
+labels and preprocessing. The format is read from the file's content, not its name.
 
     python scripts/convert_keras.py ../shared/reference/mini_xception_keras.hdf5 weights/mini_xception_keras.npz
 
 The output works with evaluate.py, predict.py and webcam.py. Labels default to FER2013's
 seven emotions in dataset order, the input size to the Keras model's, the scaling to
 "symmetric" ((x / 255 - 0.5) * 2, what the published mini-Xception was trained on).
-Exit code 1 on bad input (missing file, not HDF5, a layer minicnn does not have).
+Exit code 1 on bad input (missing file, not HDF5, a layer minicnn does not have, a dataset
+stored outside the file), 2 on bad arguments (an output that is the input).
 """
 import argparse
 import sys
@@ -16,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fer.data import CLASS_MAPS  # noqa: E402
 from fer.preprocess import SCALES, Preprocessing  # noqa: E402
+from minicnn.keras3 import is_keras3_file, load_keras3  # noqa: E402
 from minicnn.keras_h5 import load_keras_h5  # noqa: E402
 
 
@@ -30,7 +33,7 @@ def convert(keras_path, out_path, labels=None, input_size=None, scale="symmetric
     elif list(CLASS_MAPS[class_map]) != labels:
         raise ValueError(f"--labels {labels} are not the classes of --class-map {class_map} "
                          f"({list(CLASS_MAPS[class_map])})")
-    model = load_keras_h5(keras_path)
+    model = load_keras3(keras_path) if is_keras3_file(keras_path) else load_keras_h5(keras_path)
     shape = model.input_shape
     if not isinstance(shape, tuple) or len(shape) != 4 or shape[1] != shape[2] or shape[3] != 1:
         raise ValueError(f"{keras_path}: fer feeds square grayscale faces (None, S, S, 1); "
@@ -51,7 +54,7 @@ def convert(keras_path, out_path, labels=None, input_size=None, scale="symmetric
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("keras_file", help="Keras 2 model file (.h5/.hdf5) written by model.save()")
+    p.add_argument("keras_file", help="Keras model file written by model.save(): Keras 2 .h5/.hdf5 or Keras 3 .keras")
     p.add_argument("out", help="minicnn model file to write (.npz)")
     p.add_argument("--labels", help="comma-separated class names in output order (default: those of --class-map, fer7: "
                    "FER2013's 7 emotions in dataset order)")
@@ -61,11 +64,13 @@ def main(argv=None):
     p.add_argument("--mean", type=float, help="with --scale standardize: mean of x / 255")
     p.add_argument("--std", type=float, help="with --scale standardize: std of x / 255")
     args = p.parse_args(argv)
+    if Path(args.out).resolve() == Path(args.keras_file).resolve():
+        p.error(f"the output {args.out} is the Keras file itself: writing it would destroy the input")
     labels = [name.strip() for name in args.labels.split(",")] if args.labels else None
     try:
         model = convert(args.keras_file, args.out, labels, args.input_size, args.scale, args.mean, args.std,
                         args.class_map)
-    except (FileNotFoundError, ValueError, ImportError) as e:
+    except (OSError, ValueError, ImportError) as e:     # OSError: an unwritable output too
         print(f"error: {e}", file=sys.stderr)
         return 1
     model.summary()

@@ -4,7 +4,8 @@
     python scripts/evaluate.py --model weights/mini_xception.npz --data ../shared/fer2013/fer2013.csv.gz
 
 Architecture, labels and preprocessing come from the model file. --split auto evaluates
-PrivateTest when the file has it, else PublicTest. Exit code 1 on bad input.
+PrivateTest when the file has it, else PublicTest. --model takes a run folder too (its
+model.npz). Exit code 1 on bad input.
 """
 import argparse
 import json
@@ -15,20 +16,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-import minicnn  # noqa: E402
 from fer import data as fer_data  # noqa: E402
 from fer import evaluation  # noqa: E402
-from fer.preprocess import Preprocessing  # noqa: E402
+from fer.inference import load_fer_model  # noqa: E402
 
 
 def evaluate(model_path, data_path, split="auto", tta=False, skip_bad_rows=False):
     """The evaluation report (a dict, see fer.evaluation.report) of a model file on one split."""
-    model = minicnn.load_model(model_path)
+    model, model_labels, preprocessing = load_fer_model(model_path)
     meta = model.metadata
-    for key in ("labels", "preprocessing"):
-        if key not in meta:
-            raise ValueError(f"{model_path}: model file has no {key!r} metadata; train it with scripts/train.py "
-                             f"or convert it with scripts/convert_keras.py")
     data = fer_data.load(data_path, skip_bad_rows=skip_bad_rows)
     if split == "auto":
         split = "PrivateTest" if np.any(data.usage == "PrivateTest") else "PublicTest"
@@ -41,11 +37,9 @@ def evaluate(model_path, data_path, split="auto", tta=False, skip_bad_rows=False
                          f"({', '.join(fer_data.CLASS_MAPS)}), so FER2013 rows cannot be scored against them")
     subset = fer_data.FerData(data.images[rows], data.labels[rows], data.usage[rows], data.source)
     images, labels, names = fer_data.apply_class_map(subset, class_map)
-    if list(names) != list(meta["labels"]):
-        raise ValueError(f"{model_path}: model labels {meta['labels']} do not match class map {class_map} ({list(names)})")
-    x = Preprocessing.from_dict(meta["preprocessing"]).apply(images)
-    if x.shape[1:] != tuple(model.input_shape[1:]):
-        raise ValueError(f"{model_path}: the model expects inputs {model.input_shape}, preprocessing gives {x.shape}")
+    if list(names) != model_labels:
+        raise ValueError(f"{model_path}: model labels {model_labels} do not match class map {class_map} ({list(names)})")
+    x = preprocessing.apply(images)      # load_fer_model checked its size against the model's input
     predicted = evaluation.predict_probabilities(model, x, tta=tta).argmax(axis=1)
     result = evaluation.report(labels, predicted, names)
     result.update({"split": split, "tta": tta, "model": str(model_path), "faces": int(len(labels))})
@@ -54,7 +48,8 @@ def evaluate(model_path, data_path, split="auto", tta=False, skip_bad_rows=False
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="model file (.npz) from train.py or convert_keras.py")
+    p.add_argument("--model", required=True, help="model file (.npz) from train.py or convert_keras.py, "
+                                                  "or a run folder of train.py (its model.npz)")
     p.add_argument("--data", required=True, help="FER2013 CSV (.csv/.csv.gz) or Kaggle image folder")
     p.add_argument("--split", default="auto", choices=["auto", "Training", "PublicTest", "PrivateTest"])
     p.add_argument("--tta", action="store_true", help="average with horizontally flipped faces")
@@ -67,15 +62,15 @@ def main(argv=None):
             if not Path(path).exists():
                 raise FileNotFoundError(f"{path}: no such {what}")
         result = evaluate(args.model, args.data, args.split, args.tta, args.skip_bad_rows)
-    except (FileNotFoundError, ValueError) as e:     # DataError is a ValueError
+        if args.out:
+            evaluation.write_confusion_csv(Path(args.out) / "confusion_matrix.csv", result)
+            evaluation.plot_confusion(Path(args.out) / "confusion_matrix.png", result)
+    except (OSError, ValueError) as e:     # DataError is a ValueError; OSError: an unreadable file or folder
         print(f"error: {e}", file=sys.stderr)
         return 1
-    if args.out:
-        evaluation.write_confusion_csv(Path(args.out) / "confusion_matrix.csv", result)
-        evaluation.plot_confusion(Path(args.out) / "confusion_matrix.png", result)
     if args.json:
         print(json.dumps({k: result[k] for k in ("accuracy", "macro_f1", "per_class", "confusion", "labels",
-                                                 "split", "tta", "faces")}))
+                                                 "split", "tta", "faces")}, allow_nan=False))
     else:
         print(f"{args.model} on {args.split if args.split != 'auto' else result['split']} "
               f"({'with' if args.tta else 'without'} flip averaging)")

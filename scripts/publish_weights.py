@@ -18,10 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-import minicnn  # noqa: E402
 from fer import evaluation  # noqa: E402
-from fer.training import TrainConfig, load_splits, read_history  # noqa: E402
-from fer.preprocess import Preprocessing  # noqa: E402
+from fer.inference import load_fer_model  # noqa: E402
+from fer.training import TrainConfig, load_splits, read_history, read_run_config  # noqa: E402
 from minicnn import io  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,10 +28,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_accuracy(model_path, splits):
     """{tta: evaluation.report(...)} on the test split, for tta False and True."""
-    model = minicnn.load_model(model_path)
-    x = Preprocessing.from_dict(model.metadata["preprocessing"]).apply(splits.test[0])
+    model, _, preprocessing = load_fer_model(model_path)      # refuses non-finite weights
+    x = preprocessing.apply(splits.test[0])
     return {tta: evaluation.report(splits.test[1], evaluation.predict_probabilities(model, x, tta=tta).argmax(1),
                                    splits.label_names) for tta in (False, True)}
+
+
+def half_is_as_good(half, splits, result):
+    """True when the float16 file gives the same test figures (False when float16 overflows to inf)."""
+    try:
+        return same_figures(test_accuracy(half, splits), result)
+    except ValueError:      # a weight beyond float16's range (65504) became inf
+        return False
 
 
 def same_figures(a, b):
@@ -64,25 +71,36 @@ def main(argv=None):
     p.add_argument("--out", default=str(ROOT / "weights"), help="destination folder (default weights/)")
     args = p.parse_args(argv)
     run, out = Path(args.run), Path(args.out)
-    for needed in ("model.npz", "config.json", "history.csv", "confusion_matrix.png"):
+    try:
+        return publish(run, out, args)
+    except (OSError, ValueError) as error:     # a missing, unfinished, diverged or unreadable run
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+def publish(run, out, args):
+    """main's work: write out/NAME.npz and its confusion matrix, print the card."""
+    for needed in ("model.npz", "config.json", "history.csv", "metrics.json", "confusion_matrix.png"):
         if not (run / needed).exists():
-            print(f"error: {run / needed} is missing: is {run} a finished run?", file=sys.stderr)
-            return 1
-    config = json.loads((run / "config.json").read_text())
+            raise FileNotFoundError(f"{run / needed} is missing: {run} is not a finished run (if its training "
+                                    f"or test report was interrupted: python scripts/train.py --resume {run})")
+    target = out / f"{args.name}.npz"
+    if target.resolve() == (run / "model.npz").resolve():
+        raise ValueError(f"{target} is the run's own model file: publish to another folder or name")
+    config = read_run_config(run)
     splits = load_splits(TrainConfig.from_saved(config["args"], run / "config.json"))
-    meta, arrays = io.read_npz(run / "model.npz")
     result = test_accuracy(run / "model.npz", splits)
+    meta, arrays = io.read_npz(run / "model.npz")
     if args.float16:
-        half_arrays = {k: v.astype(np.float16) for k, v in arrays.items()}
+        half_arrays = {k: v.astype(np.float16) if v.dtype.kind == "f" else v for k, v in arrays.items()}
         with tempfile.TemporaryDirectory() as scratch:
             half = Path(scratch) / "half.npz"
             io.write_npz(half, half_arrays, meta)
-            if same_figures(test_accuracy(half, splits), result):
+            if half_is_as_good(half, splits, result):
                 arrays = half_arrays
             else:
                 args.float16 = False
                 print("float16 changed the test figures: published float32 instead", file=sys.stderr)
-    target = out / f"{args.name}.npz"
     io.write_npz(target, arrays, meta)
     png = (run / "confusion_matrix.png").read_bytes()
     io.atomic_write(out / f"{args.name}_confusion.png", lambda f: f.write(png))

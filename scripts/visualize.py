@@ -36,7 +36,7 @@ from matplotlib.figure import Figure  # noqa: E402  (no pyplot: drawn with Agg, 
 import minicnn  # noqa: E402
 from fer import data as fer_data  # noqa: E402
 from fer.faces import FaceDetector, crop  # noqa: E402
-from fer.preprocess import Preprocessing  # noqa: E402
+from fer.inference import load_fer_model  # noqa: E402
 from minicnn.io import atomic_write  # noqa: E402
 from minicnn.layers import Conv2D, DepthwiseConv2D, Dropout, InputLayer, SeparableConv2D  # noqa: E402
 
@@ -72,24 +72,11 @@ def parse_args(argv=None):
 # ---- inputs ------------------------------------------------------------------------------------
 
 def load_model(path):
-    """(model, labels, Preprocessing) from a model file saved with fer's metadata."""
-    if not path.is_file():
-        raise UsageError(f"model file not found: {path}")
+    """(model, labels, Preprocessing) from a model file or run folder, by fer's one loader."""
     try:
-        model = minicnn.load_model(path)
-    except ValueError as error:
+        return load_fer_model(path)
+    except (OSError, ValueError) as error:
         raise UsageError(str(error)) from None
-    missing = [key for key in ("labels", "preprocessing") if key not in model.metadata]
-    if missing:
-        raise UsageError(f"{path}: model file has no {' or '.join(missing)} metadata (train it with scripts/train.py)")
-    labels = list(model.metadata["labels"])
-    if model.output_shape[-1] != len(labels):
-        raise UsageError(f"{path}: {len(labels)} labels for {model.output_shape[-1]} outputs")
-    try:
-        preprocessing = Preprocessing.from_dict(model.metadata["preprocessing"])
-    except (TypeError, ValueError) as error:
-        raise UsageError(f"{path}: bad preprocessing metadata ({error})") from None
-    return model, labels, preprocessing
 
 
 def face_from_image(path):
