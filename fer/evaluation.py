@@ -15,8 +15,8 @@ from matplotlib.figure import Figure
 from minicnn.io import atomic_write
 
 
-# Faces per forward pass when predicting: a batch of 64 keeps each layer's arrays in cache
-# (cnn4 on 2,872 faces: 10 s at 64, 19 s at 256; see Model.predict).
+# Faces per forward pass when predicting: a batch of 64 keeps each layer's arrays in cache, where
+# bigger batches were slower (benchmarks/models.py times inference batches).
 PREDICT_BATCH = 64
 
 

@@ -165,8 +165,9 @@ class Model(Network):
             raise ValueError(f"{self.name}.fit: validation_split must be in [0, 1), received {validation_split!r}")
         batches, validation_data = self._fit_data(x, y, batch_size, shuffle, sample_weight, validation_split,
                                                   validation_data)
-        labels = class_labels(batches.y) if isinstance(batches, ArrayBatches) else None
-        class_weight = class_weight_vector(class_weight, self.output_shape[-1], f"{self.name}.fit", labels)
+        if class_weight is not None:
+            labels = class_labels(batches.y) if isinstance(batches, ArrayBatches) else None
+            class_weight = class_weight_vector(class_weight, self.output_shape[-1], f"{self.name}.fit", labels)
         history = History()
         callbacks = self._callbacks([c for c in (callbacks or []) if not isinstance(c, History)] + [history])
         self.stop_training = False
@@ -174,25 +175,12 @@ class Model(Network):
         for epoch in range(initial_epoch, epochs):
             _each(callbacks, "on_epoch_begin", epoch)
             batches.on_epoch_begin()
-            start, totals, seen = time.time(), np.zeros(2), 0
-            bar = tqdm(total=len(batches), desc=f"Epoch {epoch + 1}/{epochs}", leave=False,
-                       disable=not show_progress_bar(verbose))
-            for i in range(len(batches)):
-                _each(callbacks, "on_train_batch_begin", i)
-                xb, yb, *wb = batches[i]
-                weights = _sample_weights(yb, wb[0] if wb else None, class_weight)
-                results = np.atleast_1d(self.train_on_batch(xb, yb, weights))
-                totals[:len(results)] += results * len(xb)
-                seen += len(xb)
-                logs = dict(zip(self.metrics_names, totals[:len(results)] / seen))
-                bar.update(1)
-                bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items()})
-                _each(callbacks, "on_train_batch_end", i, {**logs, "loss": float(results[0])})
-                if self.stop_training:
-                    break
-            bar.close()
+            start = time.time()
+            with tqdm(total=len(batches), desc=f"Epoch {epoch + 1}/{epochs}", leave=False,
+                      disable=not show_progress_bar(verbose)) as bar:
+                logs, last_loss = self._train_epoch(batches, class_weight, callbacks, bar)
             batches.on_epoch_end()
-            if self.stop_training and not np.isfinite(results[0]):
+            if self.stop_training and not np.isfinite(last_loss):
                 break                                  # a NaN batch: no epoch-end checkpoint of bad weights
             if validation_data is not None:
                 val = np.atleast_1d(self.evaluate(*validation_data, batch_size=batch_size, verbose=0,
@@ -207,6 +195,25 @@ class Model(Network):
                 break
         _each(callbacks, "on_train_end")
         return history
+
+    def _train_epoch(self, batches, class_weight, callbacks, bar):
+        """train_on_batch on each batch in turn, until stop_training. Returns (the epoch's running
+        mean of each metric, the last batch's loss)."""
+        totals, seen = np.zeros(2), 0
+        for i in range(len(batches)):
+            _each(callbacks, "on_train_batch_begin", i)
+            xb, yb, *wb = batches[i]
+            weights = _sample_weights(yb, wb[0] if wb else None, class_weight)
+            results = np.atleast_1d(self.train_on_batch(xb, yb, weights))
+            totals[:len(results)] += results * len(xb)
+            seen += len(xb)
+            logs = dict(zip(self.metrics_names, totals[:len(results)] / seen))
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items()})
+            _each(callbacks, "on_train_batch_end", i, {**logs, "loss": float(results[0])})
+            if self.stop_training:
+                break
+        return logs, float(results[0])
 
     # ---- checking what the user passed ---------------------------------------------------------
     def _fit_data(self, x, y, batch_size, shuffle, sample_weight, validation_split, validation_data):
@@ -280,7 +287,8 @@ class Model(Network):
 
     def save(self, path, metadata=None, include_optimizer=False):
         """Architecture, weights, `metadata` (default: self.metadata) and the compile() settings in
-        one file; the extension names the format (.npz; any other is refused, see io.MODEL_FORMATS).
+        one file; the extension names the format (.npz, or .keras: a Keras 3 file without the compile
+        settings; any other is refused, see io.MODEL_FORMATS).
 
         include_optimizer=True also stores the optimizer's state (Adam's moments: the file grows
         to three times the weights), so training continues exactly after load_model. The default
