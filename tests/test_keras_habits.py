@@ -225,6 +225,23 @@ def test_class_weight_that_misses_a_class_or_is_not_a_dict_is_named():
         model.fit(x, y, class_weight="balance", verbose=0)
 
 
+def test_a_sequence_trains_a_sequential_built_on_its_first_batch_and_balanced_needs_arrays():
+    x, y = data(16)
+
+    class Batches(minicnn.Sequence):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            return x[8 * i:8 * i + 8], y[8 * i:8 * i + 8]
+
+    model = Sequential([Conv2D(2, 3), Flatten(), Dense(K, activation="softmax")])      # no input_shape
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    assert len(model.fit(Batches(), epochs=1, verbose=0, class_weight={0: 1, 1: 2, 2: 1}).history["loss"]) == 1
+    with pytest.raises(ValueError, match="class_weight='balanced' counts the labels of arrays x, y"):
+        model.fit(Batches(), class_weight="balanced", verbose=0)
+
+
 # ---- 6. one image, and lists -------------------------------------------------------------------------
 def test_a_single_image_asks_for_a_batch_axis():
     x, _ = data(4)

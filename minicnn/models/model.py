@@ -167,7 +167,8 @@ class Model(Network):
                                                   validation_data)
         if class_weight is not None:
             labels = class_labels(batches.y) if isinstance(batches, ArrayBatches) else None
-            class_weight = class_weight_vector(class_weight, self.output_shape[-1], f"{self.name}.fit", labels)
+            classes = self.output_shape[-1] if hasattr(self, "output_layer") else None   # None: not built yet
+            class_weight = class_weight_vector(class_weight, classes, f"{self.name}.fit", labels)
         history = History()
         callbacks = self._callbacks([c for c in (callbacks or []) if not isinstance(c, History)] + [history])
         self.stop_training = False
@@ -345,7 +346,8 @@ def check_targets(loss, y, num_classes, where):
 
 def class_weight_vector(class_weight, num_classes, where, labels=None):
     """Per-class loss weights (K,) from Keras' {class: weight} (every class 0..K-1, as Keras asks),
-    or "balanced": w_k = N / (K * N_k), so every class adds the same total weight to the loss."""
+    or "balanced": w_k = N / (K * N_k), so every class adds the same total weight to the loss.
+    num_classes=None (a model not built yet): the dict's keys must be 0..len(class_weight)-1."""
     if class_weight is None:
         return None
     if isinstance(class_weight, str) and class_weight == "balanced":
@@ -357,6 +359,7 @@ def class_weight_vector(class_weight, num_classes, where, labels=None):
     if not isinstance(class_weight, dict):
         raise ValueError(f"{where}: class_weight must be a dict {{class: weight}} or 'balanced', "
                          f"received {type(class_weight).__name__} {class_weight!r:.60}")
+    num_classes = len(class_weight) if num_classes is None else num_classes
     keys = set(class_weight)
     missing, unknown = sorted(set(range(num_classes)) - keys), sorted(map(repr, keys - set(range(num_classes))))
     if missing or unknown:
