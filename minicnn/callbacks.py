@@ -7,7 +7,8 @@ validates, on_epoch_end with the epoch's logs ({"loss", "accuracy", "val_loss", 
 ones. Keras 2's on_batch_begin / on_batch_end are what the train-batch methods call by default,
 as in Keras. A method whose name starts with "on_" but is none of these is refused when `fit`,
 `evaluate` or `predict` receives the callback: a misspelt hook would otherwise never run.
-A callback stops training by setting `model.stop_training = True`.
+on_train_batch_end's logs hold the epoch's running means, except "loss": the batch's own, so a
+NaN shows at once (TerminateOnNaN). A callback stops training by setting `model.stop_training = True`.
 `get_state` / `set_state` let a checkpoint resume a run exactly: the state is (config, arrays),
 JSON-able numbers and named arrays, as for optimizers (model files load without pickle).
 """
