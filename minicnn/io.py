@@ -169,9 +169,15 @@ def save_model_npz(model, path, metadata=None, include_optimizer=False):
     write_npz(path, arrays, meta)
 
 
+def save_model_keras3(model, path, metadata=None, include_optimizer=False):
+    """A Keras 3 .keras file (minicnn/keras3.py), which Keras 3 itself loads."""
+    from .keras3 import save_keras3
+    save_keras3(model, path, metadata, include_optimizer)
+
+
 # File name extension -> the function that writes a model in that format (model, path, metadata,
 # include_optimizer). A name with any other extension is refused: it would lie about the format.
-MODEL_FORMATS = {".npz": save_model_npz}
+MODEL_FORMATS = {".npz": save_model_npz, ".keras": save_model_keras3}
 WEIGHT_FORMATS = {".npz": save_weights_npz}
 
 
@@ -216,8 +222,11 @@ def restore_compile_state(model, meta, arrays, path):
 def load_model(path, compile=True):
     """Rebuild the architecture stored in `path`, load its weights and metadata, and (compile=True,
     as Keras) compile it with the optimizer, loss and metrics it was saved with."""
+    from .keras3 import is_keras3_file, load_keras3
     from .models import model_from_config
 
+    if is_keras3_file(path):        # a Keras 3 .keras archive (config.json, model.weights.h5)
+        return load_keras3(path)
     meta, arrays = read_npz(path)
     if "config" not in meta:
         raise ValueError(f"{path}: holds weights only (save_weights); build the model and call load_weights")
@@ -233,3 +242,4 @@ def load_model(path, compile=True):
 
 
 from .keras_h5 import load_keras_h5  # noqa: E402,F401
+from .onnx import export_onnx  # noqa: E402,F401

@@ -1,0 +1,351 @@
+"""Keras 3 `.keras` model files: read them as minicnn models, and write minicnn models as them.
+
+A `.keras` file is a zip archive of three members:
+    metadata.json      {"keras_version": "3.x.y", "date_saved": ...}
+    config.json        the model's serialized config: {"module", "class_name", "config": {
+                       "layers": [{"class_name", "config", "inbound_nodes"}, ...], ...}}
+    model.weights.h5   layers/<path>/vars/0, 1, ...: each layer's weights in get_weights order, where
+                       <path> is the snake-case class name, numbered in layer order ("conv2d",
+                       "conv2d_1", ...), not the layer's own name
+Reading turns the Keras 3 config into the Keras 2 form and builds it with keras_h5's layer
+builders, so both formats refuse the same layers and options, with the same messages. The
+archive is read in memory (nothing is extracted to disk), each member no larger than its cap.
+
+    model = load_keras3("model.keras");  save_keras3(model, "copy.keras")
+`model.save("m.keras")` and `minicnn.load_model("m.keras")` call these. minicnn's own
+metadata (labels, preprocessing) travels in metadata.json under "minicnn", which Keras ignores.
+"""
+import io
+import json
+import os
+import time
+import zipfile
+
+from . import keras_h5
+from .io import atomic_write
+from .layers import DepthwiseConv2D, InputLayer, SeparableConv2D
+from .models import Sequential
+
+KERAS_VERSION = "3.15.1"        # the Keras version whose files this writer was checked against
+MEMBERS = {"metadata.json": 1 << 20, "config.json": 64 << 20, "model.weights.h5": 4 << 30}    # name -> size cap
+INITIALIZERS = {"GlorotUniform": "glorot_uniform", "HeNormal": "he_normal", "Zeros": "zeros", "Ones": "ones"}
+
+
+# ---- reading -----------------------------------------------------------------------------------
+def load_keras3(path):
+    """The minicnn Model (or Sequential) with the architecture, weights and metadata of a .keras file."""
+    h5py = import_h5py()
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such Keras model file")
+    try:
+        members = read_members(path)
+        metadata = parse_json(members["metadata.json"], "metadata.json")
+        version = str(metadata.get("keras_version", "")) if isinstance(metadata, dict) else ""
+        if not version.startswith("3"):
+            raise ValueError(f"metadata.json says keras_version {version!r}; load_keras3 reads Keras 3 files")
+        config = parse_json(members["config.json"], "config.json")
+        model, specs = model_from_keras3_config(config)
+        with open_weights(h5py, members["model.weights.h5"]) as weights:
+            load_keras3_weights(model, specs, weights)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    model.metadata = metadata.get("minicnn") or {}
+    return model
+
+
+def import_h5py():
+    try:
+        import h5py   # only the Keras formats need it, so minicnn itself works without it
+    except ImportError:
+        raise ImportError(f"reading and writing .keras files needs h5py: {keras_h5.INSTALL_HINT}") from None
+    return h5py
+
+
+def is_keras3_file(path):
+    """True for a zip archive holding config.json and model.weights.h5 (what Keras 3 saves)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return {"config.json", "model.weights.h5"} <= names
+
+
+def read_members(path):
+    """{member name: bytes} of the three members; an error for anything missing, encrypted or too big."""
+    if not zipfile.is_zipfile(path):
+        raise ValueError("not a zip archive (Keras 3 saves .keras files as zip archives)")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+            names = [info.filename for info in infos]
+            for name in MEMBERS:
+                if names.count(name) != 1:
+                    raise ValueError(f"the archive holds {names.count(name)} {name} members, a .keras file one")
+            return {info.filename: read_member(archive, info) for info in infos if info.filename in MEMBERS}
+    except (zipfile.BadZipFile, EOFError, OSError) as e:
+        raise ValueError(f"truncated or corrupt archive ({type(e).__name__}: {e})") from None
+
+
+def read_member(archive, info):
+    """A member's bytes, never more than its cap (the declared size of a hostile archive may lie)."""
+    cap = MEMBERS[info.filename]
+    if info.flag_bits & 0x1:
+        raise ValueError(f"{info.filename} is encrypted")
+    if info.file_size > cap:
+        raise ValueError(f"{info.filename} is {info.file_size} bytes, more than minicnn reads ({cap})")
+    with archive.open(info) as f:
+        data = f.read(cap + 1)
+    if len(data) > cap:
+        raise ValueError(f"{info.filename} holds more than minicnn reads ({cap} bytes)")
+    return data
+
+
+def parse_json(data, name):
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{name} is not valid JSON ({e})") from None
+
+
+def open_weights(h5py, data):
+    """model.weights.h5 opened from memory (the archive is never extracted)."""
+    try:
+        return h5py.File(io.BytesIO(data), "r")
+    except OSError as e:
+        raise ValueError(f"model.weights.h5 is not a readable HDF5 file ({e})") from None
+
+
+# ---- the config: Keras 3 -> Keras 2 form -------------------------------------------------------
+def model_from_keras3_config(config):
+    """(minicnn model, the layer specs in Keras' layer order) from a Keras 3 config.json."""
+    kind = keras_h5.entry(config, "class_name", "config.json")
+    body = keras_h5.entry(config, "config", "config.json")
+    if kind not in ("Functional", "Model", "Sequential") or config.get("registered_name") not in (None, kind):
+        raise ValueError(f"model class {config.get('registered_name') or kind!r} is not supported "
+                         f"(Functional or Sequential)")
+    specs = [keras2_layer(spec) for spec in keras_h5.entry(body, "layers", "config.json's config")]
+    body = {**body, "layers": fold_input_layer(specs) if kind == "Sequential" else specs}
+    if kind != "Sequential":
+        body["input_layers"] = tensor_refs(body.get("input_layers"))
+        body["output_layers"] = tensor_refs(body.get("output_layers"))
+    model = keras_h5.model_from_keras_config({"class_name": kind, "config": body})
+    set_initializers(model, specs)
+    if kind == "Sequential":      # Keras numbers a Sequential's weight paths without its InputLayer
+        specs = [spec for spec in specs if spec["class_name"] != "InputLayer"]
+    return model, specs
+
+
+def fold_input_layer(specs):
+    """A Sequential's InputLayer named "<first layer>_input" becomes the first layer's batch_input_shape:
+    the InputLayer minicnn's Sequential makes for itself, so the model rebuilds as it was saved."""
+    if len(specs) < 2 or specs[0]["class_name"] != "InputLayer":
+        return specs
+    first_input, second = specs[0]["config"], specs[1]["config"]
+    if first_input.get("name") != f"{second.get('name')}_input" or "batch_shape" not in first_input:
+        return specs
+    return [{**specs[1], "config": {**second, "batch_input_shape": first_input["batch_shape"]}}, *specs[2:]]
+
+
+def tensor_refs(refs):
+    """Keras 3 writes one input or output as ["name", 0, 0], several as a list of those."""
+    if not isinstance(refs, list) or not refs:
+        raise ValueError(f"input_layers / output_layers {refs!r} are not in the Keras 3 layout")
+    return [refs] if isinstance(refs[0], str) else refs
+
+
+def keras2_layer(spec):
+    """One Keras 3 layer spec in the form keras_h5 reads: float32 checked, Keras 3 options checked,
+    inbound nodes as [[[layer, node, tensor, kwargs], ...]]."""
+    config = keras_h5.entry(spec, "config", "a layer in config.json")
+    name = config.get("name") or spec.get("name")
+    class_name = spec.get("class_name")
+    if spec.get("registered_name") not in (None, class_name):
+        raise ValueError(f"{name}: custom layer class {spec['registered_name']!r} is not supported")
+    check_dtype(name, config.get("dtype"))
+    for key, allowed in (("groups", 1), ("lora_rank", None), ("quantization_config", None), ("optional", False)):
+        if config.get(key, allowed) != allowed:
+            raise ValueError(f"{name}: {class_name} option {key}={config[key]!r} is not supported "
+                             f"(minicnn supports {allowed!r})")
+    converted = {"class_name": class_name, "config": {**config, "name": name}}
+    if "inbound_nodes" in spec:
+        converted["inbound_nodes"] = [inbound_refs(name, node) for node in spec["inbound_nodes"]]
+    return converted
+
+
+def check_dtype(name, dtype):
+    """A layer's dtype (a string, or a DTypePolicy dict) must be float32: minicnn computes in it."""
+    policy = dtype.get("config", {}).get("name") if isinstance(dtype, dict) else dtype
+    if policy not in (None, "float32"):
+        raise ValueError(f"{name}: dtype {policy!r} is not supported (minicnn imports float32 models)")
+
+
+def inbound_refs(name, node):
+    """{"args": [tensor or [tensors]], "kwargs": {...}} -> [[layer, node_index, tensor_index, {}], ...]."""
+    if not isinstance(node, dict) or not isinstance(node.get("args"), list) or len(node["args"]) != 1:
+        raise ValueError(f"{name}: inbound node {node!r} is not in the Keras 3 layout (one argument)")
+    extra = {k: v for k, v in (node.get("kwargs") or {}).items() if v is not None and k != "training"}
+    if extra:
+        raise ValueError(f"{name}: called with {sorted(extra)}; minicnn layers take one input and no options")
+    tensors = node["args"][0] if isinstance(node["args"][0], list) else [node["args"][0]]
+    refs = []
+    for tensor in tensors:
+        history = tensor.get("config", {}).get("keras_history") if isinstance(tensor, dict) else None
+        if tensor.get("class_name") != "__keras_tensor__" or not isinstance(history, list) or len(history) != 3:
+            raise ValueError(f"{name}: inbound tensor {tensor!r} is not in the Keras 3 layout")
+        refs.append([*history, {}])
+    return refs
+
+
+def set_initializers(model, specs):
+    """Keep the initializers minicnn knows ("glorot_uniform" or Keras 3's {"class_name": "GlorotUniform"}),
+    so that a round trip keeps the config; the weights are loaded either way."""
+    for spec in specs:
+        layer = model.get_layer(spec["config"]["name"]) if spec["class_name"] != "InputLayer" else None
+        for key, value in spec["config"].items():
+            if key.endswith("_initializer") and hasattr(layer, key):
+                name = INITIALIZERS.get(value.get("class_name")) if isinstance(value, dict) else value
+                if name in INITIALIZERS.values():
+                    setattr(layer, key, name)
+
+
+# ---- weights -----------------------------------------------------------------------------------
+def weight_paths(class_names):
+    """Keras' path of each layer in model.weights.h5: the snake-case class name, "_1", "_2", ... for
+    the 2nd, 3rd layer of a class (saving_lib's rule: layer names are not reproducible, class order is)."""
+    from .backend import to_snake_case
+
+    used, paths = {}, []
+    for class_name in class_names:
+        base = to_snake_case(class_name)
+        count = used[base] = used.get(base, -1) + 1
+        paths.append(f"layers/{base}" + (f"_{count}" if count else ""))
+    return paths
+
+
+def load_keras3_weights(model, specs, f):
+    """Copy layers/<path>/vars/<i> into each layer, with keras_h5's checks (no links or datasets that
+    read other files, the layer's shapes) before a byte is read; no weights may be left over."""
+    paths = weight_paths([spec["class_name"] for spec in specs])
+    for spec, path in zip(specs, paths):
+        layer = model.get_layer(spec["config"]["name"])
+        group = keras_h5.local_member(f, f"{path}/vars", "model.weights.h5")
+        names = sorted(group) if group is not None else []
+        if sorted(names) != sorted(map(str, range(len(layer._weights)))):
+            raise ValueError(f"{layer.name}: model.weights.h5 has {path}/vars {names}, the minicnn "
+                             f"{type(layer).__name__} has {len(layer._weights)} weights")
+        arrays = [keras_h5.stored_array(group, str(i), layer.name, w) for i, w in enumerate(layer._weights)]
+        if any(a.dtype.kind != "f" for a in arrays):
+            raise ValueError(f"{layer.name}: {path}/vars holds arrays that are not floats")
+        layer.set_weights(arrays)
+    layers = keras_h5.local_member(f, "layers", "model.weights.h5") or {}
+    extra = [f"layers/{name}" for name in layers if f"layers/{name}" not in paths
+             and len(keras_h5.local_member(layers, f"{name}/vars", "model.weights.h5/layers") or {})]
+    if extra:
+        raise ValueError(f"model.weights.h5 holds weights {extra} for layers the config does not have")
+
+
+# ---- writing -----------------------------------------------------------------------------------
+def save_keras3(model, path, metadata=None, include_optimizer=False):
+    """Write `model` as a Keras 3 .keras file (atomically); Keras 3's keras.saving.load_model reads it.
+
+    The optimizer is not written (include_optimizer=True is refused): Keras' slot layout is its own.
+    """
+    if include_optimizer:
+        raise ValueError(f"{os.fspath(path)}: .keras files are written without the optimizer state; "
+                         f"save to .npz to keep it")
+    h5py = import_h5py()
+    config = keras3_model_config(model)
+    meta = {"keras_version": KERAS_VERSION, "date_saved": time.strftime("%Y-%m-%d@%H:%M:%S"),
+            "minicnn": model.metadata if metadata is None else metadata}
+    weights = weights_h5(h5py, model)
+
+    def write(f):
+        with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as archive:    # Keras stores, never deflates
+            archive.writestr("metadata.json", json.dumps(meta))
+            archive.writestr("config.json", json.dumps(config))
+            archive.writestr("model.weights.h5", weights)
+    atomic_write(path, write)
+
+
+def keras_layers(model):
+    """The layers Keras lists and numbers: a Sequential's without its InputLayer."""
+    return model.layers if isinstance(model, Sequential) else list(model.nodes)
+
+
+def weights_h5(h5py, model):
+    """model.weights.h5 as bytes: layers/<path>/vars/<i> per layer, in Keras' order and naming."""
+    buffer = io.BytesIO()
+    layers = keras_layers(model)
+    with h5py.File(buffer, "w") as f:
+        for layer, path in zip(layers, weight_paths([keras_class(layer) for layer in layers])):
+            group = f.create_group(f"{path}/vars")
+            group.attrs["name"] = layer.name
+            for i, w in enumerate(layer._weights):
+                group.create_dataset(str(i), data=w.value)
+        f.create_group("vars").attrs["name"] = model.name
+    return buffer.getvalue()
+
+
+def keras_class(layer):
+    return "Activation" if type(layer).__name__ in ("ReLU", "Softmax") else type(layer).__name__
+
+
+def keras3_model_config(model):
+    """config.json: a Keras Sequential for minicnn's Sequential, else a Functional graph."""
+    if isinstance(model, Sequential):
+        layers = [keras3_layer(layer, None) for layer in model.nodes]
+        return {"module": "keras", "class_name": "Sequential", "registered_name": None,
+                "config": {"name": model.name, "trainable": True, "dtype": "float32", "layers": layers,
+                           "build_input_shape": list(model.input_shape)},
+                "build_config": {"input_shape": list(model.input_shape)}}
+    layers = [keras3_layer(layer, model.inbound[layer]) for layer in model.nodes]
+    return {"module": "keras.src.models.functional", "class_name": "Functional", "registered_name": "Functional",
+            "config": {"name": model.name, "trainable": True, "layers": layers,
+                       "input_layers": tensor_list([[layer.name, 0, 0] for layer in model.input_layers]),
+                       "output_layers": [model.output_layer.name, 0, 0]},
+            "build_config": {"input_shape": None}}
+
+
+def tensor_list(refs):
+    """As Keras 3 writes them: one tensor as ["name", 0, 0], several as a list of those."""
+    return refs[0] if len(refs) == 1 else refs
+
+
+def keras3_layer(layer, sources):
+    """One layer's Keras 3 spec; `sources` (the layers it reads) for a Functional model, else None."""
+    spec = {"module": "keras.layers", "class_name": keras_class(layer), "config": keras3_config(layer),
+            "registered_name": None}
+    if isinstance(layer, InputLayer):
+        return {**spec, "name": layer.name, "inbound_nodes": []} if sources is not None else spec
+    spec["build_config"] = {"input_shape": list(layer.input_shape) if len(sources or [None]) == 1
+                            else [list(s.output_shape) for s in sources]}
+    if sources is not None:
+        tensors = [{"class_name": "__keras_tensor__", "config": {"shape": list(s.output_shape), "dtype": "float32",
+                                                                "keras_history": [s.name, 0, 0]}} for s in sources]
+        spec.update(name=layer.name, inbound_nodes=[{"args": [tensors if len(tensors) > 1 else tensors[0]],
+                                                     "kwargs": {}}])
+    return spec
+
+
+def keras3_config(layer):
+    """minicnn's get_config as Keras 3 arguments: the same names, plus what Keras 3 asks to be told."""
+    config = dict(layer.get_config())
+    config.pop("input_shape", None)
+    if isinstance(layer, InputLayer):
+        return {"batch_shape": list(layer.input_shape), "dtype": "float32", "sparse": False, "name": layer.name}
+    for key, value in list(config.items()):
+        if key.endswith("_regularizer") and value is not None:
+            kind = value["class_name"]
+            config[key] = {"module": "keras.regularizers", "class_name": kind, "registered_name": None,
+                           "config": {kind.lower(): value[kind.lower()]}}
+    if type(layer).__name__ in ("ReLU", "Softmax"):
+        config["activation"] = layer.activation.name
+    if "kernel_size" in config or "pool_size" in config or type(layer).__name__ in ("Flatten", "GlobalAveragePooling2D"):
+        config["data_format"] = "channels_last"
+    if isinstance(layer, (DepthwiseConv2D, SeparableConv2D)):    # Keras 3 has no kernel arguments here
+        config.pop("kernel_initializer"), config.pop("kernel_regularizer")
+    if type(layer).__name__ == "BatchNormalization":
+        config.update(axis=-1, center=True, scale=True)
+    return config
