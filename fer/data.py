@@ -12,10 +12,14 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
+import itertools
 import os
+import struct
 import tempfile
+import time
 import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,46 +110,62 @@ def _read_rows(path):
 
     lines[i] is the 1-based file line of data row i; problems maps a line to what is
     wrong with it (here: rows without exactly three fields, which get no column entry).
+    The file is read as a stream, a line at a time, so a .gz that inflates to gigabytes
+    costs no more memory than the rows it holds.
     """
-    try:
-        # One read and one decompress of the whole file: several times faster than
-        # pulling 9 kB rows through a gzip stream.
-        data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError) as error:  # a truncated or corrupt .gz lands here
-        raise DataError(f"{path}: cannot be read ({error})") from error
-    # utf-8-sig drops the byte-order mark spreadsheet programs write; bad bytes become
-    # U+FFFD and fail validation on their own line instead of failing the whole file.
-    records = _records(data.decode("utf-8-sig", errors="replace"))
-    del data
-
     lines, emotion, pixels, usage, problems = [], [], [], [], {}
     line = 1
     try:
-        _, header = next(records, (1, None))
-        i_emotion, i_pixels, i_usage = _column_positions(path, header)
-        for line, fields in records:
-            if len(fields) != len(CSV_COLUMNS):
-                problems[line] = "empty line" if not fields else f"{len(fields)} fields, expected 3 (emotion, pixels, Usage)"
-                continue
-            lines.append(line)
-            emotion.append(fields[i_emotion])
-            pixels.append(fields[i_pixels])
-            usage.append(fields[i_usage])
+        with _open_text(path) as text:
+            records = _records(path, text)
+            _, header = next(records, (1, None))
+            i_emotion, i_pixels, i_usage = _column_positions(path, header)
+            for line, fields in records:
+                if len(fields) != len(CSV_COLUMNS):
+                    problems[line] = "empty line" if not fields else f"{len(fields)} fields, expected 3 (emotion, pixels, Usage)"
+                    continue
+                lines.append(line)
+                emotion.append(fields[i_emotion])
+                pixels.append(fields[i_pixels])
+                usage.append(fields[i_usage])
     except csv.Error as error:  # e.g. an unclosed quote running into a huge field
         raise DataError(f"{path} line {line + 1}: {error}") from error
+    except (OSError, EOFError, zlib.error) as error:  # unreadable, or a truncated or corrupt .gz
+        raise DataError(f"{path}: cannot be read ({error})") from error
     return lines, emotion, pixels, usage, problems
 
 
-def _records(text):
-    """Yield (line number, fields) for each record of CSV text; a blank line has no fields."""
-    if '"' not in text:
-        # The usual, unquoted file: str.split is several times faster than the csv module.
-        for number, line in enumerate(text.splitlines(), start=1):
-            yield number, line.split(",") if line else []
-        return
-    reader = csv.reader(text.splitlines(keepends=True))  # quoted fields: csv unquotes them
-    for fields in reader:
-        yield reader.line_num, fields
+def _open_text(path):
+    """The CSV as text: utf-8-sig drops the byte-order mark spreadsheet programs write; bad
+    bytes become U+FFFD and fail validation on their own line, not the whole file."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    return opener(path, "rt", encoding="utf-8-sig", errors="replace", newline="")
+
+
+_MAX_LINE = 1 << 16  # characters: a FER2013 row has about 9,000
+
+
+def _records(path, text):
+    """Yield (line number, fields) for each CSV record of a text stream; a blank line has no fields."""
+    lines = _bounded_lines(path, text)
+    for number, line in enumerate(lines, start=1):
+        if '"' in line:  # quoted fields from here on: csv unquotes them (and joins quoted line breaks)
+            reader = csv.reader(itertools.chain([line], lines))
+            for fields in reader:
+                yield number - 1 + reader.line_num, fields
+            return
+        # the usual, unquoted row: str.split is several times faster than the csv module
+        line = line.rstrip("\r\n")
+        yield number, line.split(",") if line else []
+
+
+def _bounded_lines(path, text):
+    """The stream's lines; DataError at a line longer than _MAX_LINE (a file of zeros has no end of line)."""
+    for number, line in enumerate(iter(lambda: text.readline(_MAX_LINE), ""), start=1):
+        if len(line) == _MAX_LINE and not line.endswith("\n"):
+            raise DataError(f"{path} line {number}: longer than {_MAX_LINE:,} characters "
+                            f"(a FER2013 row has about 9,000): not a FER2013 CSV")
+        yield line
 
 
 def _column_positions(path, header):
@@ -250,14 +270,22 @@ def load_folders(root, skip_bad_rows=False) -> FerData:
     )
 
 
-def _image_files(root):
-    """[(path, label, usage)] for every image under root, in load order."""
+def _image_files(root, warn_ignored=True):
+    """[(path, label, usage)] for every image under root, in load order.
+
+    Files the layout has no place for (in split folders other than train/ and test/, in
+    subfolders of an emotion folder, not .jpg/.jpeg/.png) are counted and, with
+    warn_ignored, named in a warning: never skipped without a word.
+    """
     emotion_index = {name.lower(): label for label, name in enumerate(EMOTIONS)}
     split_dirs = {d.name.lower(): d for d in sorted(root.iterdir()) if d.is_dir()} if root.is_dir() else {}
     if not any(name in split_dirs for name in FOLDER_USAGE):
         raise DataError(f"{root}: no train/ or test/ folder (expected root/train/<emotion>/*.jpg)")
 
-    files = []
+    files, ignored = [], {}
+    for name, folder in split_dirs.items():
+        if name not in FOLDER_USAGE:
+            ignored[f"{folder.name}/ (not train/ or test/)"] = _count_files(folder)
     for split_name, usage in FOLDER_USAGE.items():
         if split_name not in split_dirs:
             continue
@@ -271,7 +299,19 @@ def _image_files(root):
             for path in sorted(emotion_dir.iterdir()):
                 if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
                     files.append((path, label, usage))
+                else:
+                    where = "in subfolders" if path.is_dir() else "not .jpg, .jpeg or .png"
+                    ignored[where] = ignored.get(where, 0) + (_count_files(path) if path.is_dir() else 1)
+    ignored = {where: n for where, n in ignored.items() if n}
+    if ignored and warn_ignored:
+        listed = "; ".join(f"{n} {where}" for where, n in ignored.items())
+        total = sum(ignored.values())
+        warnings.warn(f"{root}: ignored {total} file{'s' * (total > 1)} ({listed})", stacklevel=3)
     return files
+
+
+def _count_files(folder):
+    return sum(1 for path in folder.rglob("*") if path.is_file())
 
 
 def _read_face(path):
@@ -279,15 +319,61 @@ def _read_face(path):
     try:
         # imdecode over the raw bytes instead of cv2.imread: imread cannot open
         # non-ASCII paths on Windows. The decode is the same IMREAD_GRAYSCALE.
-        image = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_GRAYSCALE)
-    except (OSError, cv2.error):
-        image = None
-    if image is None:
-        return None, "cannot be read as an image"
+        image, problem = decode_image(np.fromfile(path, np.uint8), cv2.IMREAD_GRAYSCALE)
+    except OSError as error:
+        return None, f"cannot be read ({error.strerror or error})"
+    if problem:
+        return None, problem
     if image.shape != (IMAGE_SIZE, IMAGE_SIZE):
         height, width = image.shape
         return None, f"image is {width}x{height}, expected {IMAGE_SIZE}x{IMAGE_SIZE}"
     return image, None
+
+
+MAX_IMAGE_PIXELS = 50_000_000  # a 50-megapixel photo; an image claiming more is refused undecoded
+
+
+def decode_image(data, flags=cv2.IMREAD_COLOR, max_pixels=MAX_IMAGE_PIXELS):
+    """cv2.imdecode of an image file's bytes: (image, None), or (None, what is wrong), never raising.
+
+    A PNG or JPEG whose header claims more than max_pixels is refused before any pixel is
+    decoded: a 74-byte PNG can claim 100000x100000 (OpenCV's own limit, 2**30 pixels,
+    still holds for other formats).
+    """
+    data = np.frombuffer(data, np.uint8)
+    size = image_size(data[:1 << 16].tobytes())
+    if size and size[0] * size[1] > max_pixels:
+        return None, f"claims {size[0]}x{size[1]} pixels, more than the {max_pixels:,} read here"
+    try:
+        image = cv2.imdecode(data, flags)
+    except cv2.error as error:
+        return None, f"cannot be decoded ({str(error).strip().splitlines()[-1]})"
+    if image is None:
+        return None, "cannot be read as an image"
+    return image, None
+
+
+_JPEG_FRAMES = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}  # SOFn markers
+
+
+def image_size(head):
+    """(width, height) from the first bytes of a PNG (its IHDR) or JPEG (its frame header),
+    None for other formats or a header that does not parse."""
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR" and len(head) >= 24:
+        return struct.unpack(">II", head[16:24])
+    if head[:2] != b"\xff\xd8":
+        return None
+    i = 2
+    while i + 9 <= len(head) and head[i] == 0xFF:
+        marker = head[i + 1]
+        if marker == 0xFF:                  # fill byte before a marker
+            i += 1
+            continue
+        if marker in _JPEG_FRAMES:          # FF Cn, length, precision, height, width
+            height, width = struct.unpack(">HH", head[i + 5:i + 9])
+            return width, height
+        i += 2 + struct.unpack(">H", head[i + 2:i + 4])[0]
+    return None
 
 
 # --------------------------------------------------------------- load with cache
@@ -299,7 +385,10 @@ def load(path, skip_bad_rows=False, cache_dir=None) -> FerData:
     The cache is an .npz named by the sha256 of the CSV's content, in cache_dir
     (default: $FER_CACHE_DIR, else ~/.cache/minicnn-fer), so an edited file is parsed
     again. Only clean parses are cached: a file with bad rows is parsed (and its bad
-    rows reported) on every load, whatever skip_bad_rows says.
+    rows reported) on every load, whatever skip_bad_rows says. The folder keeps the
+    CACHE_FILES most recently used parses (about 80 MB each for the full FER2013 CSV) and
+    deletes older ones; deleting the folder (rm -r ~/.cache/minicnn-fer) is always safe,
+    it costs one parse per file. The tests point $FER_CACHE_DIR at a temporary folder.
     """
     path = Path(path)
     if path.is_dir():
@@ -313,6 +402,9 @@ def load(path, skip_bad_rows=False, cache_dir=None) -> FerData:
         data = load_csv(path, skip_bad_rows)
         if data.skipped == 0:
             _write_cache(cache_file, data)
+            _prune_cache(cache_file.parent)
+    else:
+        _touch(cache_file)      # most recently used: the last to be pruned
     return data
 
 
@@ -323,7 +415,7 @@ def content_hash(path) -> str:
     digest = hashlib.sha256()
     path = Path(path)
     if path.is_dir():
-        for image, _, _ in _image_files(path):
+        for image, _, _ in _image_files(path, warn_ignored=False):
             digest.update(image.relative_to(path).as_posix().encode("utf-8") + b"\0")
             digest.update(f"{image.stat().st_size}\0".encode())
             _hash_bytes(image, digest)
@@ -354,6 +446,28 @@ def _read_cache(cache_file, source):
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
         warnings.warn(f"ignoring unreadable cache file {cache_file} ({error}); parsing {source} again")
         return None
+
+
+CACHE_FILES = 4  # parses kept in the cache folder, the most recently used
+
+
+def _prune_cache(folder, keep=CACHE_FILES):
+    """Delete all but the `keep` most recently used parse files (and temp files of killed writes
+    older than an hour) in the cache folder."""
+    try:
+        parses = sorted(folder.glob("fer2013-v*.npz"), key=lambda f: f.stat().st_mtime, reverse=True)
+        stale = [f for f in folder.glob("fer2013-v*.npz.tmp*") if time.time() - f.stat().st_mtime > 3600]
+        for old in parses[keep:] + stale:
+            old.unlink()
+    except OSError as error:  # another process pruning at the same time, a read-only folder: not the load's problem
+        warnings.warn(f"could not prune the cache folder {folder} ({error})")
+
+
+def _touch(cache_file):
+    try:
+        os.utime(cache_file)
+    except OSError:
+        pass
 
 
 def _write_cache(cache_file, data):

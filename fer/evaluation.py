@@ -11,6 +11,7 @@ import numpy as np
 # matplotlib's global backend alone (a notebook that imports it keeps showing its plots).
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from minicnn.io import atomic_write
 
@@ -131,14 +132,19 @@ def plot_confusion(path, result, title="Confusion matrix (rows: true class, norm
 
 
 def plot_curves(path, history):
-    """Loss and accuracy per epoch, training vs validation. history: {"loss": [...], "val_loss": [...], ...}."""
+    """Loss and accuracy per epoch, training vs validation. history: {"loss": [...], "val_loss": [...], ...}.
+
+    Markers on every epoch (a one-epoch run is one point, not an empty line), integer epoch ticks.
+    """
     fig = _new_figure((10, 4))
     axes = fig.subplots(1, 2)
     for ax, metric in zip(axes, ("loss", "accuracy")):
-        for key, style in ((metric, "-"), (f"val_{metric}", "--")):
+        for key, style in ((metric, "o-"), (f"val_{metric}", "s--")):
             values = history.get(key, [])
             if values:
-                ax.plot(range(1, len(values) + 1), values, style, label="validation" if key.startswith("val_") else "training")
+                ax.plot(range(1, len(values) + 1), values, style, markersize=3,
+                        label="validation" if key.startswith("val_") else "training")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
