@@ -155,9 +155,11 @@ class TimeLeft(minicnn.callbacks.Callback):
 
 
 def format_duration(seconds):
-    """3725 -> "1 h 02 min"; 95 -> "2 min"."""
+    """3725 -> "1 h 02 min"; 95 -> "2 min"; 40 -> "40 s"."""
     minutes = round(seconds / 60)
-    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{max(minutes, 1)} min"
+    if seconds < 60:
+        return f"{round(seconds)} s"
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
 
 
 class PlotCurves(minicnn.callbacks.Callback):
@@ -214,7 +216,7 @@ class RunCheckpoint(minicnn.callbacks.Callback):
         opt_config, opt_arrays = model.optimizer.get_state(model.trainable_weights)
         arrays = {f"weight_{i:04d}": w.value for i, w in enumerate(io.all_weights(model))}
         arrays.update({f"optimizer/{k}": v for k, v in opt_arrays.items()})
-        bad = nonfinite(arrays)
+        bad = nonfinite({**model_arrays(model), **{f"optimizer/{k}": v for k, v in opt_arrays.items()}})
         if bad:
             raise TrainingDiverged(f"after epoch {epochs_done}: non-finite values in {describe_names(bad)}, "
                                    f"not written to {self.path}")

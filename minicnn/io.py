@@ -12,10 +12,12 @@ which `load_model` restores as Keras does (compile=False skips it).
 Everything loads with `allow_pickle=False`, so a file can never run code; files are written
 to a temporary file, fsync'ed and renamed, so a crash never leaves half a file behind.
 """
+import contextlib
 import json
 import os
 import tempfile
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -55,9 +57,63 @@ def write_npz(path, arrays, meta):
     atomic_write(path, lambda f: np.savez(f, **{META_KEY: np.array(json.dumps(meta))}, **arrays))
 
 
-def read_npz(path):
-    """(meta, arrays) from a file written by `write_npz`; clear errors for anything else."""
+def read_npz(path, members=None):
+    """(meta, arrays) from a file written by `write_npz`; clear errors for anything else.
+
+    members(meta) -> the names of the arrays to read (default: all). Only those are
+    decompressed, so a file's other members cost nothing, however large they claim to be.
+    """
     path = os.fspath(path)
+    with _open_npz(path) as data:
+        meta = _read_meta(path, data)
+        names = [n for n in data.files if n != META_KEY] if members is None else list(members(meta))
+        _check_present(path, data, names)
+        arrays = {name: data[name] for name in names}
+    return meta, arrays
+
+
+class Stored:
+    """An array's shape and dtype as its .npy header in the archive states them."""
+
+    def __init__(self, shape, dtype):
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+
+
+def read_npz_headers(path, members):
+    """(meta, {name: Stored}) for the arrays members(meta) names, from their .npy headers
+    alone: no array is decompressed, so shapes can be checked before anything is allocated."""
+    path = os.fspath(path)
+    with _open_npz(path) as data:
+        meta = _read_meta(path, data)
+        names = list(members(meta))
+        _check_present(path, data, names)
+    headers = {}
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():       # every member's header (its first bytes): no pickles at all
+            name = info.filename[:-len(".npy")]
+            with archive.open(info) as f:
+                headers[name] = _npy_header(path, name, f)
+            if headers[name].dtype.hasobject:
+                raise ValueError(f"{path}: holds an object (pickled) array, which minicnn refuses to load")
+    return meta, {name: headers[name] for name in names}
+
+
+def _npy_header(path, name, f):
+    try:
+        version = np.lib.format.read_magic(f)
+        read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+        shape, _, dtype = read[version](f)
+    except (KeyError, ValueError, EOFError) as error:
+        raise ValueError(f"{path}: array {name} has no readable .npy header ({error})") from None
+    return Stored(shape, dtype)
+
+
+_META_LIMIT = 64 << 20   # characters: a model's JSON is kilobytes; more is not a minicnn file
+
+
+@contextlib.contextmanager
+def _open_npz(path):
+    """`with _open_npz(path) as data:` np.load without pickle; read errors name the file."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such model file")
     with open(path, "rb") as f:
@@ -65,22 +121,40 @@ def read_npz(path):
             raise ValueError(f"{path}: not a minicnn model file (not an .npz archive)")
     try:
         with np.load(path, allow_pickle=False) as data:
-            arrays = {name: data[name] for name in data.files}
+            yield data
     except ValueError as e:
+        if str(e).startswith(path):          # ours, naming the file already
+            raise
         if "allow_pickle" in str(e):
             raise ValueError(f"{path}: holds an object (pickled) array, which minicnn refuses to load") from None
         raise ValueError(f"{path}: not a readable model file ({e})") from None
-    except (zipfile.BadZipFile, EOFError, OSError) as e:
+    except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as e:
         raise ValueError(f"{path}: truncated or corrupt model file ({type(e).__name__}: {e})") from None
-    if META_KEY not in arrays:
+
+
+def _read_meta(path, data):
+    """The JSON entry of an open archive, checked: present, small, JSON, format 1."""
+    if META_KEY not in data.files:
         raise ValueError(f"{path}: not a minicnn model file (no {META_KEY} entry)")
+    with zipfile.ZipFile(path) as archive, archive.open(META_KEY + ".npy") as f:
+        header = _npy_header(path, META_KEY, f)
+    if header.dtype.kind != "U" or header.shape != () or header.dtype.itemsize > 4 * _META_LIMIT:
+        raise ValueError(f"{path}: its {META_KEY} entry is not a JSON text of a model file "
+                         f"({header.dtype}, shape {header.shape})")
     try:
-        meta = json.loads(str(arrays.pop(META_KEY)))
+        meta = json.loads(str(data[META_KEY]))
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: corrupt {META_KEY} entry ({e})") from None
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path}: unsupported minicnn file format {meta.get('format')!r}")
-    return meta, arrays
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ValueError(f"{path}: unsupported minicnn file format "
+                         f"{meta.get('format') if isinstance(meta, dict) else meta!r}")
+    return meta
+
+
+def _check_present(path, data, names):
+    missing = [n for n in names if n not in data.files or n == META_KEY]
+    if missing:
+        raise ValueError(f"{path}: array {missing[0]} is missing from the file")
 
 
 def weight_arrays(model):
@@ -116,6 +190,16 @@ def assign_weights(model, meta, arrays, path):
     swap two weights of one shape; otherwise by position in the file's layer order, as Keras'
     load_weights does.
     """
+    pairs = matched_weights(model, meta, arrays, path)
+    for w, key in pairs:
+        w.value[...] = arrays[key]
+
+
+def matched_weights(model, meta, stored, path):
+    """[(model weight, file key)] after checking each stored shape and dtype against the model.
+
+    stored: key -> anything with .shape and .dtype (the arrays, or their `Stored` headers).
+    """
     weights = all_weights(model)
     names = meta.get("weights", [])
     if len(names) != len(weights):
@@ -125,9 +209,9 @@ def assign_weights(model, meta, arrays, path):
         targets = [by_name[n] for n in names]
     else:
         targets = [w for layer in file_layer_order(model, meta) for w in layer._weights]
-    values = []
+    pairs = []
     for i, (w, saved_name) in enumerate(zip(targets, names)):
-        array = arrays.get(f"weight_{i:04d}")
+        array = stored.get(f"weight_{i:04d}")
         if array is None:
             raise ValueError(f"{path}: weight {saved_name} is missing from the file")
         if array.shape != w.shape:
@@ -135,9 +219,45 @@ def assign_weights(model, meta, arrays, path):
                              f"but the model's {w.name} has shape {w.shape}")
         if array.dtype.kind != "f":
             raise ValueError(f"{path}: weight {saved_name} has dtype {array.dtype}, expected floats")
-        values.append(array)
-    for w, array in zip(targets, values):
-        w.value[...] = array
+        pairs.append((w, f"weight_{i:04d}"))
+    return pairs
+
+
+def stored_members(meta, compile=True):
+    """The arrays a model file's JSON names: its weights, and (compile) the optimizer's slots."""
+    names = [f"weight_{i:04d}" for i in range(len(meta.get("weights", [])))]
+    state = meta.get("compile") or {}
+    if compile and isinstance(state, dict):
+        names += list(state.get("optimizer_arrays", []))
+    return names
+
+
+def with_zeros_initializers(config):
+    """A copy of a model config whose layers initialize every weight with zeros.
+
+    The file's arrays replace the initial values anyway, and np.zeros takes its memory
+    from the OS lazily: an architecture that asks for gigabytes costs nothing until the
+    stored shapes, checked first, match it.
+    """
+    config = json.loads(json.dumps(config))
+    for spec in config.get("layers", []) if isinstance(config, dict) else []:
+        layer_config = spec.get("config") if isinstance(spec, dict) else None
+        if isinstance(layer_config, dict):
+            for key in layer_config:
+                if key.endswith("_initializer"):
+                    layer_config[key] = "zeros"
+    return config
+
+
+def keep_initializers(model, config):
+    """Give the layers of a model built by `with_zeros_initializers(config)` the initializers
+    `config` names, so that get_config() (and a clone trained afresh) is the stored one."""
+    layers = {layer.name: layer for layer in model.nodes}
+    for spec in config["layers"]:
+        layer = layers.get(spec["config"].get("name"))
+        for key, value in spec["config"].items():
+            if key.endswith("_initializer") and layer is not None and hasattr(layer, key):
+                setattr(layer, key, value)
 
 
 def save_weights(model, path):
@@ -150,7 +270,9 @@ def save_weights_npz(model, path):
 
 
 def load_weights(model, path):
-    meta, arrays = read_npz(path)
+    meta, headers = read_npz_headers(path, lambda meta: stored_members(meta, compile=False))
+    matched_weights(model, meta, headers, path)            # shapes first, from the headers
+    _, arrays = read_npz(path, lambda meta: list(headers))
     assign_weights(model, meta, arrays, path)
 
 
@@ -227,13 +349,18 @@ def load_model(path, compile=True):
 
     if is_keras3_file(path):        # a Keras 3 .keras archive (config.json, model.weights.h5)
         return load_keras3(path)
-    meta, arrays = read_npz(path)
+    # only the arrays the JSON names are read, and their shapes (from the .npy headers) are
+    # checked against the architecture before any is decompressed
+    meta, headers = read_npz_headers(path, lambda meta: stored_members(meta, compile))
     if "config" not in meta:
         raise ValueError(f"{path}: holds weights only (save_weights); build the model and call load_weights")
     try:
-        model = model_from_config(meta["config"])
-    except (KeyError, TypeError, ValueError) as error:     # a config this version cannot build
+        model = model_from_config(with_zeros_initializers(meta["config"]))
+    except (KeyError, TypeError, ValueError, AttributeError) as error:     # a config this version cannot build
         raise ValueError(f"{path}: the stored architecture does not build: {error}") from error
+    keep_initializers(model, meta["config"])
+    matched_weights(model, meta, headers, path)
+    _, arrays = read_npz(path, lambda meta: list(headers))
     assign_weights(model, meta, arrays, path)
     model.metadata = meta.get("metadata") or {}
     if compile:

@@ -434,3 +434,73 @@ def test_reference_model_scores_what_keras_scores_on_public_test(shared_file, tm
     result = json.loads(capsys.readouterr().out)
     assert result["faces"] == 3589
     assert abs(result["accuracy"] - 0.652) <= 0.003, result["accuracy"]      # what Keras scores (README)
+
+
+# ---- security: datasets whose bytes live outside the file ----------------------------------------
+KERNEL = "model_weights/conv2d_1/conv2d_1_1/kernel:0"
+
+
+def replace_kernel(path, make):
+    """Delete conv2d_1's kernel dataset and put make(file, name) in its place."""
+    with h5py.File(path, "a") as f:
+        del f[KERNEL]
+        make(f, KERNEL)
+
+
+def secret_file(tmp_path):
+    """A local file an attacker wants copied into the weights: 16 float32-sized bytes."""
+    secret = tmp_path / "api_key.txt"
+    secret.write_bytes(b"SECRET-API-KEY-0")
+    return secret
+
+
+def test_external_storage_is_refused_naming_the_dataset(functional_file, tmp_path):
+    path, _ = functional_file
+    secret = secret_file(tmp_path)
+    replace_kernel(path, lambda f, name: f.create_dataset(name, shape=(1, 1, 1, 4), dtype="<f4",
+                                                          external=[(str(secret), 0, 16)]))
+    with h5py.File(path, "r") as f:            # h5py itself would read the secret's bytes
+        assert f[KERNEL][()].tobytes() == secret.read_bytes()
+    with pytest.raises(ValueError, match=f"{KERNEL}: external storage"):
+        load_keras_h5(path)
+    out = tmp_path / "out.npz"
+    assert load_script("convert_keras").main([str(path), str(out)]) == 1
+    assert not out.exists()
+
+
+def test_virtual_datasets_and_external_links_are_refused(functional_file, tmp_path):
+    path, weights = functional_file
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as f:
+        f["kernel"] = dict(weights["conv2d_1"])["kernel"]
+
+    def virtual(f, name):
+        layout = h5py.VirtualLayout(shape=(1, 1, 1, 4), dtype="<f4")
+        layout[...] = h5py.VirtualSource(str(other), "kernel", shape=(1, 1, 1, 4))
+        f.create_virtual_dataset(name, layout)
+
+    replace_kernel(path, virtual)
+    with pytest.raises(ValueError, match=f"{KERNEL}: a virtual dataset"):
+        load_keras_h5(path)
+    replace_kernel(path, lambda f, name: f.__setitem__(name, h5py.ExternalLink(str(other), "kernel")))
+    with pytest.raises(ValueError, match=f"{KERNEL} is an external link to .*other.h5"):
+        load_keras_h5(path)
+
+
+def test_a_weight_of_a_huge_stated_shape_is_refused_before_it_is_read(functional_file, tmp_path):
+    path, _ = functional_file
+    # 4 GB of float32 as stated, a few kB compressed: the shape is checked before any byte is read
+    replace_kernel(path, lambda f, name: f.create_dataset(name, shape=(1, 1, 1, 1 << 30), dtype="<f4",
+                                                          chunks=(1, 1, 1, 1 << 20), compression="gzip"))
+    with pytest.raises(ValueError, match=r"conv2d_1: weight conv2d_1/kernel has shape \(1, 1, 1, 4\), "
+                                         r"received shape \(1, 1, 1, 1073741824\)"):
+        load_keras_h5(path)
+
+
+def test_convert_keras_refuses_to_overwrite_its_input(functional_file, capsys):
+    path, _ = functional_file
+    before = path.read_bytes()
+    with pytest.raises(SystemExit) as exit_code:
+        load_script("convert_keras").main([str(path), str(path)])
+    assert exit_code.value.code == 2 and "the Keras file itself" in capsys.readouterr().err
+    assert path.read_bytes() == before
