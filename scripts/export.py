@@ -7,8 +7,10 @@
 The format follows OUT's extension. The ONNX model takes minicnn's input as it is, NHWC float32
 (N, S, S, 1) after the file's preprocessing, and returns the class probabilities (N, K); the
 labels and preprocessing are in its metadata_props as JSON ("labels", "preprocessing").
-A model whose preprocessing fer no longer supports is refused: the exported model could not be
-fed as it was trained. Exit code 1 on bad input, with one line `error: ...`.
+MODEL is a model file or a run folder of scripts/train.py, read by fer's one loader (labels,
+preprocessing and finite weights checked; a preprocessing fer no longer supports is refused: the
+exported model could not be fed as it was trained). Exit code 1 on bad input, with one line
+`error: ...`.
 """
 import argparse
 import os
@@ -17,8 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fer.preprocess import Preprocessing  # noqa: E402
-from minicnn.io import load_model  # noqa: E402
+from fer.inference import load_fer_model, model_file  # noqa: E402
 
 FORMATS = (".onnx", ".keras")
 
@@ -28,14 +29,9 @@ def export(model_path, out_path):
     extension = os.path.splitext(str(out_path))[1].lower()
     if extension not in FORMATS:
         raise ValueError(f"{out_path}: name the output .onnx or .keras (the extension picks the format)")
-    if os.path.exists(out_path) and os.path.samefile(model_path, out_path):
+    if os.path.exists(out_path) and os.path.samefile(model_file(model_path), out_path):
         raise ValueError(f"{out_path}: the output would overwrite the input")
-    model = load_model(model_path)
-    if "preprocessing" in model.metadata:
-        try:
-            Preprocessing.from_dict(model.metadata["preprocessing"])
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"{model_path}: {e}") from None
+    model, _, _ = load_fer_model(model_path)
     if extension == ".onnx":
         from minicnn.onnx import export_onnx
         export_onnx(model, out_path)
@@ -46,12 +42,12 @@ def export(model_path, out_path):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", help="minicnn model file (.npz, or a .keras file)")
+    p.add_argument("model", help="minicnn model file (.npz or .keras) or a run folder of scripts/train.py")
     p.add_argument("out", help="file to write: .onnx or .keras")
     args = p.parse_args(argv)
     try:
         model = export(args.model, args.out)
-    except (FileNotFoundError, ValueError, ImportError) as e:
+    except (OSError, ValueError, ImportError) as e:      # OSError: an unwritable output too
         print(f"error: {e}", file=sys.stderr)
         return 1
     labels = model.metadata.get("labels")
