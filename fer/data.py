@@ -285,7 +285,7 @@ def _image_files(root, warn_ignored=True):
     files, ignored = [], {}
     for name, folder in split_dirs.items():
         if name not in FOLDER_USAGE:
-            ignored[f"{folder.name}/ (not train/ or test/)"] = _count_files(folder)
+            ignored[f"in {folder.name}/ (not train/ or test/)"] = _count_files(folder)
     for split_name, usage in FOLDER_USAGE.items():
         if split_name not in split_dirs:
             continue

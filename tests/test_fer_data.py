@@ -2,6 +2,8 @@
 import csv
 import gzip
 import hashlib
+import os
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -174,7 +176,8 @@ def test_folders_round_trip_in_sorted_order(tmp_path):
     counts = {("train", "sad"): 2, ("train", "Happy"): 3, ("test", "ANGRY"): 2, ("test", "neutral"): 1}
     written = write_folders(tmp_path, counts)
     (tmp_path / "train" / "sad" / "notes.txt").write_text("not an image")  # ignored: not .jpg/.png
-    data = load_folders(tmp_path)
+    with pytest.warns(UserWarning, match=r"ignored 1 file \(1 not \.jpg"):
+        data = load_folders(tmp_path)
 
     # train before test, then label order (Happy 3 before Sad 4), then file name.
     expected = [("train", "Happy"), ("train", "sad"), ("test", "ANGRY"), ("test", "neutral")]
@@ -182,7 +185,8 @@ def test_folders_round_trip_in_sorted_order(tmp_path):
     assert data.labels.tolist() == [3, 3, 3, 4, 4, 0, 0, 6]
     assert data.usage.tolist() == ["Training"] * 5 + ["PublicTest"] * 3
     assert data.skipped == 0 and data.source == str(tmp_path)
-    np.testing.assert_array_equal(load(tmp_path).images, data.images)  # load() dispatches on a directory
+    with pytest.warns(UserWarning, match="ignored 1 file"):
+        np.testing.assert_array_equal(load(tmp_path).images, data.images)  # load() dispatches on a directory
 
 
 def test_folders_jpeg_smoke(tmp_path):
@@ -386,3 +390,31 @@ def test_shared_fer2013_file(shared_file, tmp_path):
     splits = split(cached)
     assert len(splits.train[1]) + len(splits.val[1]) == sum(TRAINING_COUNTS)
     assert len(splits.test[1]) == sum(PUBLIC_TEST_COUNTS)
+
+
+# ---- files an image folder ignores, the parse cache's bound ------------------------------------
+
+def test_image_folders_count_and_name_the_files_they_ignore(tmp_path):
+    write_folders(tmp_path, {("train", "happy"): 2, ("val", "happy"): 3})      # val/ is no split here
+    (tmp_path / "train" / "happy" / "more").mkdir()
+    cv2.imwrite(str(tmp_path / "train" / "happy" / "more" / "x.png"), np.zeros((48, 48), np.uint8))
+    (tmp_path / "train" / "happy" / "face.bmp").write_bytes(b"BM")
+    with pytest.warns(UserWarning, match=r"ignored 5 files \(3 in val/ \(not train/ or test/\); "
+                                         r"1 not \.jpg, \.jpeg or \.png; 1 in subfolders\)"):
+        data = load_folders(tmp_path)
+    assert len(data) == 2
+
+
+def test_the_parse_cache_keeps_the_most_recently_used_parses(tmp_path):
+    cache = tmp_path / "cache"
+    paths = [write_csv(tmp_path / f"f{i}.csv", good_rows(seed=i)[3]) for i in range(fer.data.CACHE_FILES + 2)]
+    for path in paths:
+        load(path, cache_dir=cache)
+    kept = sorted(p.name for p in cache.iterdir())
+    assert len(kept) == fer.data.CACHE_FILES
+    assert f"fer2013-v1-{content_hash(paths[-1])}.npz" in kept
+    assert f"fer2013-v1-{content_hash(paths[0])}.npz" not in kept
+
+
+def test_tests_never_write_the_users_cache():
+    assert Path(os.environ["FER_CACHE_DIR"]).resolve() != (Path.home() / ".cache" / "minicnn-fer").resolve()
