@@ -44,14 +44,24 @@ def load_keras3(path):
         version = str(metadata.get("keras_version", "")) if isinstance(metadata, dict) else ""
         if not version.startswith("3"):
             raise ValueError(f"metadata.json says keras_version {version!r}; load_keras3 reads Keras 3 files")
-        config = parse_json(members["config.json"], "config.json")
-        model, specs = model_from_keras3_config(config)
+        if not isinstance(metadata.get("minicnn", {}), dict):
+            raise ValueError("metadata.json's minicnn entry is not a dict")
+        model, specs = build_model(parse_json(members["config.json"], "config.json"))
         with open_weights(h5py, members["model.weights.h5"]) as weights:
             load_keras3_weights(model, specs, weights)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
     model.metadata = metadata.get("minicnn") or {}
     return model
+
+
+def build_model(config):
+    """model_from_keras3_config; a config of the wrong shape anywhere (a list for a dict, a number
+    for a list) is a ValueError like every other refusal."""
+    try:
+        return model_from_keras3_config(config)
+    except (AttributeError, IndexError, KeyError, TypeError) as e:
+        raise ValueError(f"config.json is not in the Keras 3 layout ({type(e).__name__}: {e})") from None
 
 
 def import_h5py():
@@ -231,8 +241,10 @@ def load_keras3_weights(model, specs, f):
     for spec, path in zip(specs, paths):
         layer = model.get_layer(spec["config"]["name"])
         group = keras_h5.local_member(f, f"{path}/vars", "model.weights.h5")
+        if group is not None and not hasattr(group, "keys"):
+            raise ValueError(f"{layer.name}: model.weights.h5's {path}/vars is a dataset, expected a group")
         names = sorted(group) if group is not None else []
-        if sorted(names) != sorted(map(str, range(len(layer._weights)))):
+        if names != sorted(map(str, range(len(layer._weights)))):
             raise ValueError(f"{layer.name}: model.weights.h5 has {path}/vars {names}, the minicnn "
                              f"{type(layer).__name__} has {len(layer._weights)} weights")
         arrays = [keras_h5.stored_array(group, str(i), layer.name, w) for i, w in enumerate(layer._weights)]
