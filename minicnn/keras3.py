@@ -128,14 +128,21 @@ def open_weights(h5py, data):
 
 
 # ---- the config: Keras 3 -> Keras 2 form -------------------------------------------------------
+def entry(mapping, key, where):
+    """mapping[key], an entry Keras 3 always writes: without it the file is in another layout."""
+    if not isinstance(mapping, dict) or key not in mapping:
+        raise ValueError(f"not in the Keras 3 layout ({where} has no {key!r} entry)")
+    return mapping[key]
+
+
 def model_from_keras3_config(config):
     """(minicnn model, the layer specs in Keras' layer order) from a Keras 3 config.json."""
-    kind = keras_h5.entry(config, "class_name", "config.json")
-    body = keras_h5.entry(config, "config", "config.json")
+    kind = entry(config, "class_name", "config.json")
+    body = entry(config, "config", "config.json")
     if kind not in ("Functional", "Model", "Sequential") or config.get("registered_name") not in (None, kind):
         raise ValueError(f"model class {config.get('registered_name') or kind!r} is not supported "
                          f"(Functional or Sequential)")
-    specs = [keras2_layer(spec) for spec in keras_h5.entry(body, "layers", "config.json's config")]
+    specs = [keras2_layer(spec) for spec in entry(body, "layers", "config.json's config")]
     body = {**body, "layers": fold_input_layer(specs) if kind == "Sequential" else specs}
     if kind != "Sequential":
         body["input_layers"] = tensor_refs(body.get("input_layers"))
@@ -168,7 +175,7 @@ def tensor_refs(refs):
 def keras2_layer(spec):
     """One Keras 3 layer spec in the form keras_h5 reads: float32 checked, Keras 3 options checked,
     inbound nodes as [[[layer, node, tensor, kwargs], ...]]."""
-    config = keras_h5.entry(spec, "config", "a layer in config.json")
+    config = entry(spec, "config", "a layer in config.json")
     name = config.get("name") or spec.get("name")
     class_name = spec.get("class_name")
     if spec.get("registered_name") not in (None, class_name):
