@@ -350,6 +350,8 @@ def keras3_layer(layer, sources):
 
 def keras3_config(layer):
     """minicnn's get_config as Keras 3 arguments: the same names, plus what Keras 3 asks to be told."""
+    if layer.dtype != "float32":      # the reader takes float32 models only, as for Keras 2 files
+        raise ValueError(f"{layer.name}: dtype {layer.dtype} cannot be written to .keras (float32 only)")
     config = dict(layer.get_config())
     config.pop("input_shape", None)
     if isinstance(layer, InputLayer):

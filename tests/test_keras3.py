@@ -257,3 +257,11 @@ def test_saving_the_optimizer_to_keras_is_refused(tmp_path):
     with pytest.raises(ValueError, match="without the optimizer state"):
         model.save(tmp_path / "m.keras", include_optimizer=True)
     assert not (tmp_path / "m.keras").exists()
+
+
+def test_a_float64_model_is_refused_by_layer_name_before_writing(tmp_path):
+    inputs = minicnn.Input((4, 4, 1), dtype="float64")
+    model = minicnn.Model(inputs, minicnn.Flatten(name="flat64", dtype="float64")(inputs))
+    with pytest.raises(ValueError, match="float64 cannot be written"):
+        model.save(tmp_path / "m.keras")
+    assert list(tmp_path.iterdir()) == []
