@@ -22,6 +22,7 @@ import cv2
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # so the script runs from a checkout without installing
 
+from fer.data import decode_image  # noqa: E402
 from fer.faces import FaceDetector, crop, to_gray  # noqa: E402
 from fer.inference import EmotionClassifier, emotion_record  # noqa: E402
 from fer.live import draw_face, label_color  # noqa: E402
@@ -45,6 +46,14 @@ def parse_args(argv=None):
         parser.error(f"--annotate writes each image under its file name, and several images are named "
                      f"{', '.join(clashes)}: annotate them in separate runs")
     return args
+
+
+def read_image(path):
+    """(BGR image, None) or (None, what is wrong): each image fails alone, the others go on."""
+    try:
+        return decode_image(path.read_bytes(), cv2.IMREAD_COLOR)     # refuses huge pixel counts undecoded
+    except OSError as error:
+        return None, error.strerror or str(error)
 
 
 def predict_image(image, classifier, detector):
@@ -83,13 +92,13 @@ def main(argv=None):
 
     failed = 0
     for path in args.images:
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is None:  # missing, not an image, or a format this OpenCV cannot decode
-            print(f"predict.py: error: cannot read image {path}", file=sys.stderr)
+        image, problem = read_image(path)
+        if image is None:  # missing, not an image, too many pixels, or a format OpenCV cannot decode
+            print(f"predict.py: error: cannot read image {path}: {problem}", file=sys.stderr)
             failed += 1
             continue
         faces = predict_image(image, classifier, detector)
-        print(json.dumps({"image": str(path), "faces": faces}), flush=True)
+        print(json.dumps({"image": str(path), "faces": faces}, allow_nan=False), flush=True)
         if args.annotate:
             out = args.annotate / path.name
             try:

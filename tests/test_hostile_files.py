@@ -111,3 +111,20 @@ def test_an_image_claiming_huge_dimensions_is_refused_and_the_others_still_load(
     with pytest.warns(UserWarning, match="skipped 1 bad images"):
         data = fer_data.load_folders(tmp_path, skip_bad_rows=True)
     assert data.images.shape == (1, 48, 48) and data.skipped == 1
+
+
+def test_predict_reports_a_huge_image_and_goes_on_with_the_next(tmp_path):
+    from fer.preprocess import Preprocessing
+    from minicnn.layers import Flatten
+
+    model = Sequential([Flatten(input_shape=(48, 48, 1)), Dense(7, activation="softmax")])
+    model.save(tmp_path / "m.npz", metadata={"labels": list(fer_data.EMOTIONS),
+                                             "preprocessing": Preprocessing(48, "unit").to_dict()})
+    (tmp_path / "huge.png").write_bytes(png_claiming(100_000, 100_000))
+    cv2.imwrite(str(tmp_path / "face.png"), np.full((48, 48), 90, np.uint8))
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "predict.py"), "huge.png", "face.png",
+                             "--no-detect", "--model", "m.npz"], capture_output=True, text=True, cwd=tmp_path,
+                            timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "huge.png: claims 100000x100000 pixels" in result.stderr
+    assert [json.loads(line)["image"] for line in result.stdout.splitlines()] == ["face.png"]
