@@ -144,7 +144,7 @@ def plot_curves(path, history):
             if values:
                 ax.plot(range(1, len(values) + 1), values, style, markersize=3,
                         label="validation" if key.startswith("val_") else "training")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)

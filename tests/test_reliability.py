@@ -307,17 +307,31 @@ def test_patience_stops_early_and_the_run_counts_as_done(data_csv, tmp_path, cap
         train(resume_config(run), resume_dir=run, verbose=0)
 
 
-def test_curves_are_drawn_after_every_epoch(data_csv, tmp_path):
-    def stop(model, epoch, logs):
-        if epoch == 0:
+class InterruptAtStart(minicnn.callbacks.Callback):
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
             raise KeyboardInterrupt
+
+
+def test_history_and_curves_are_written_after_every_epoch(data_csv, tmp_path):
     with pytest.raises(TrainingInterrupted):
-        train(config(data_csv, tmp_path, epochs=3), extra_callbacks=[Callback(stop)], verbose=0)
+        train(config(data_csv, tmp_path, epochs=3), extra_callbacks=[InterruptAtStart(1)], verbose=0)
     run = next(tmp_path.glob("mini_xception-*"))
-    # the interruption hit epoch 1's end before its history row: epoch-by-epoch files exist
-    assert (run / "checkpoints" / "last.npz").exists()
-    resumed = train(resume_config(run, epochs=1), resume_dir=run, verbose=0)
-    assert (resumed / "curves.png").exists()
+    assert len(read_history(run / "history.csv")["loss"]) == 1 and (run / "curves.png").stat().st_size > 0
+
+
+def test_a_one_epoch_curve_has_markers_and_integer_ticks(tmp_path, monkeypatch):
+    from fer import evaluation
+    figures = []
+    monkeypatch.setattr(evaluation, "_save_figure", lambda fig, path: figures.append(fig))
+    evaluation.plot_curves(tmp_path / "curves.png", {"loss": [1.2], "val_loss": [1.3], "accuracy": [0.4],
+                                                     "val_accuracy": [0.35]})
+    for ax in figures[0].axes:
+        assert all(line.get_marker() not in (None, "None", "") for line in ax.get_lines())
+        assert all(float(tick).is_integer() for tick in ax.get_xticks())
 
 
 def test_an_os_error_carries_the_resume_command_only_with_a_checkpoint(tmp_path):
