@@ -47,6 +47,7 @@ def export_onnx(model, path, metadata=None):
 
 def to_onnx(model, metadata=None):
     """The onnx.ModelProto for `model`, checked by onnx's checker."""
+    model._require_built("export_onnx")
     onnx = import_onnx()
     graph = GraphBuilder(onnx, model)
     for layer in model.nodes:

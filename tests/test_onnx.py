@@ -155,6 +155,11 @@ def test_a_float64_layer_is_refused_by_name(tmp_path):
         export_onnx(model, tmp_path / "m.onnx")
 
 
+def test_a_model_not_built_yet_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="not built yet"):
+        export_onnx(Sequential([Dense(2)]), tmp_path / "m.onnx")
+
+
 def test_without_onnx_the_error_says_what_to_install(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "onnx", None)
     with pytest.raises(ImportError, match=r"\.\[onnx\]"):
