@@ -454,13 +454,18 @@ def _train_in(run, resume, config, splits, extra_callbacks, verbose, resume_lr):
     except KeyboardInterrupt:
         raise TrainingInterrupted(run, checkpoint_path) from None
     except TrainingDiverged as error:
-        raise TrainingDiverged(f"{error}; the last good checkpoint {checkpoint_path} is kept") from None
+        raise TrainingDiverged(diverged_message(error, run, checkpoint_path, model)) from None
     if stop_on_nan.message:
-        raise TrainingDiverged(f"{stop_on_nan.message}; the last good checkpoint {checkpoint_path} is kept")
+        raise TrainingDiverged(diverged_message(stop_on_nan.message, run, checkpoint_path, model))
     if config.patience and early.stopped_epoch is not None:
         print(f"early stopping: no better val_accuracy in the last {config.patience} epochs; "
               f"stopped after epoch {early.stopped_epoch + 1}")
     return write_report(run, splits, preprocessing, checkpoint_path)
+
+
+def diverged_message(reason, run, checkpoint_path, model):
+    return (f"{reason}; the last good checkpoint {checkpoint_path} is kept. To go on at a lower rate: "
+            f"python scripts/train.py --resume {run} --lr {model.optimizer.learning_rate / 10:.3g}")
 
 
 def finish_done_run(run, restored, config, splits, preprocessing, checkpoint_path):

@@ -87,6 +87,16 @@ def test_non_finite_weights_stop_the_run_and_nothing_non_finite_is_written(data_
     assert "last good checkpoint" in str(error.value)
 
 
+def test_a_huge_learning_rate_with_a_finite_loss_exits_3(data_csv, tmp_path):
+    result = run_script("train.py", "--model", "mini_xception", "--data", data_csv, "--epochs", 2, "--batch-size", 16,
+                        "--lr", "1e6", "--out", tmp_path, cwd=tmp_path)
+    assert result.returncode == 3 and "non-finite values in" in result.stderr, result.stdout + result.stderr
+    run = next(tmp_path.glob("mini_xception-*"))
+    _, arrays = io.read_npz(run / "checkpoints" / "last.npz")
+    assert all(np.isfinite(a).all() for a in arrays.values() if a.dtype.kind == "f")
+    assert not (run / "model.npz").exists() or load_fer_model(run)
+
+
 def test_resume_and_publish_refuse_non_finite_files(data_csv, tmp_path):
     run = train(config(data_csv, tmp_path), verbose=0)
     for name in ("checkpoints/last.npz", "model.npz"):           # as a run from before the check wrote them
