@@ -1,7 +1,10 @@
 """The live loop: read a frame, find faces, classify them, track and smooth, draw, then show / save / log.
 
-    source -> to_gray -> FaceDetector.detect -> crops -> EmotionClassifier.classify (every Nth frame)
-           -> IoUTracker.update (ids + smoothed probabilities) -> annotate -> window / .mp4 / .jsonl
+    source -> to_gray -> FaceDetector.detect (whole frame, every Nth frame)
+                         + FaceDetector.detect_near (around tracks the whole-frame pass did not find)
+           -> crops -> EmotionClassifier.classify (every Nth frame)
+           -> IoUTracker.update (ids, faces carried through misses, smoothed probabilities)
+           -> annotate -> window / .mp4 / .jsonl
 
 Kept apart from argparse (scripts/webcam.py) so tests and the benchmark drive it directly.
 Frames are BGR uint8 (H, W, 3) as OpenCV reads them; boxes are (x, y, w, h).
@@ -133,17 +136,21 @@ class RunStats:
         return "\n".join(lines)
 
 
-def run(source, detector, classifier, tracker, every=1, display=False, save=None, jsonl=None, max_frames=None):
+def run(source, detector, classifier, tracker, every=1, display=False, save=None, jsonl=None, max_frames=None,
+        detect_every=1, mirror=False):
     """Process frames until the source ends, `max_frames` is reached, or the user quits.
 
     source: a FrameSource (or anything with read(), fps, is_camera).
     every: classify faces on every Nth frame; tracks keep their smoothed labels between.
+    detect_every: search the whole frame for faces on every Nth frame; on the frames between,
+        faces are looked for only near their tracks (FaceDetector.detect_near), which is cheaper.
+    mirror: flip each frame left-right first, as a camera preview is expected to look.
     display: show a window if the machine has a GUI (q / Esc quit, space pauses).
     save: path of an .mp4 (mp4v) with the annotated frames. jsonl: path of the per-face log.
     Returns RunStats.
     """
-    if every < 1:
-        raise ValueError(f"run: every must be >= 1, received {every}")
+    if every < 1 or detect_every < 1:
+        raise ValueError(f"run: every and detect_every must be >= 1, received {every} and {detect_every}")
     timer = StageTimer()
     stats = RunStats(stage_seconds=timer.seconds)
     window = None
@@ -162,7 +169,10 @@ def run(source, detector, classifier, tracker, every=1, display=False, save=None
             if frame is None:
                 break
             index = stats.frames
-            tracks = track_faces(frame, detector, classifier, tracker, index % every == 0, timer)
+            if mirror:
+                frame = cv2.flip(frame, 1)
+            tracks = track_faces(frame, detector, classifier, tracker, index % every == 0, timer,
+                                 whole_frame=index % detect_every == 0)
             with timer("draw"):
                 annotate(frame, tracks, classifier.labels, fps)
             with timer("write"):
@@ -204,32 +214,43 @@ def run(source, detector, classifier, tracker, every=1, display=False, save=None
     return stats
 
 
-def track_faces(frame, detector, classifier, tracker, classify_now, timer):
-    """Detect, classify and track the faces of one BGR frame: one labelled Track per face.
+def track_faces(frame, detector, classifier, tracker, classify_now, timer, whole_frame=True):
+    """Detect, classify and track the faces of one BGR frame: the shown Tracks, labelled.
 
-    Faces are classified when classify_now, and a face new since the last classified
-    frame is classified at once, so every track has probabilities.
+    Tracks the whole-frame pass missed (or all tracks, when not whole_frame) get a closer
+    look where they are expected (FaceDetector.detect_near, when the detector's near_step
+    is set). Detected faces are
+    classified when classify_now; a track first shown on another frame is classified at
+    once, so every shown track has probabilities; carried tracks hold theirs.
     """
     with timer("detect"):
         gray = to_gray(frame)
-        boxes = detector.detect(gray)
+        boxes = detector.detect(gray) if whole_frame else []
+        if getattr(detector, "near_step", None):
+            for track in tracker.unmatched(boxes):
+                found = detector.detect_near(gray, track.predicted_box())
+                if found is not None:
+                    boxes.append(found)
     with timer("classify"):
-        crops = [crop(gray, box) for box in boxes]
-        probs = classifier.classify(crops) if classify_now else None
+        probs = classifier.classify([crop(gray, box) for box in boxes]) if classify_now else None
     with timer("track"):
-        tracks = tracker.update(boxes, probs)
-    unlabeled = [i for i, track in enumerate(tracks) if track.probs is None]
+        tracks = tracker.update(boxes, probs, frame_size=(gray.shape[1], gray.shape[0]))
+    unlabeled = [track for track in tracks if track.probs is None]
     if unlabeled:
         with timer("classify"):
-            for i, row in zip(unlabeled, classifier.classify([crops[i] for i in unlabeled])):
-                tracks[i].probs = normalize(row)
+            for track, row in zip(unlabeled, classifier.classify([crop(gray, track.box) for track in unlabeled])):
+                track.probs = normalize(row)
     return tracks
 
 
 def face_records(index, time_s, tracks, labels):
-    """The JSONL records of one frame: frame, time_s, track_id, box, emotions, top_emotion, score."""
+    """The JSONL records of one frame: frame, time_s, track_id, box, detected, emotions, top_emotion, score.
+
+    detected is false for a face carried through a detector miss (its box predicted, its
+    emotions held from earlier frames).
+    """
     return [{"frame": index, "time_s": round(time_s, 4), "track_id": track.track_id, "box": list(track.box),
-             **emotion_record(track.probs, labels)} for track in tracks]
+             "detected": track.detected, **emotion_record(track.probs, labels)} for track in tracks]
 
 
 def open_writer(path, shape, fps):
@@ -313,21 +334,27 @@ def draw_face(image, box, label, score, color, track_id=None):
     return put_text(image, text, (x, text_y), scale, (0, 0, 0), background=color)
 
 
-def draw_bars(image, probs, labels, avoid=(), margin=8):
+def draw_bars(image, probs, labels, avoid=(), margin=8, title=None):
     """One labelled bar per class for a (K,) probability vector, in a panel in a corner.
 
     The corner is the one whose panel covers least of the `avoid` boxes (the faces and their
-    labels): top-left, then top-right, then bottom-right on a tie.
+    labels): top-left, then top-right, then bottom-right on a tie. `title` (e.g. the face's
+    "#id") heads the panel, so it says which face it shows.
     """
     scale = font_scale(image) * 0.9
     row = int(26 * scale) + 4
     name_w = max(cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] for label in labels)
     bar_w = int(200 * scale)
-    panel = (name_w + bar_w + 16, row * len(labels) + 6)
+    rows = len(labels) + (title is not None)
+    panel = (name_w + bar_w + 16, row * rows + 6)
     right, bottom = image.shape[1] - margin - panel[0], image.shape[0] - margin - panel[1]
     corners = [(margin, margin), (right, margin), (right, bottom)]  # bottom-left holds the fps
     x0, y0 = min(corners, key=lambda corner: sum(overlap((*corner, *panel), box) for box in avoid))
     cv2.rectangle(image, (x0, y0), (x0 + panel[0], y0 + panel[1]), (0, 0, 0), cv2.FILLED)
+    if title is not None:
+        cv2.putText(image, title, (x0 + 4, y0 + row - 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1,
+                    cv2.LINE_AA)
+        y0 += row
     for k, (label, p) in enumerate(zip(labels, probs)):
         y = y0 + 4 + row * k
         cv2.putText(image, label, (x0 + 4, y + row - 6), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
@@ -343,7 +370,7 @@ def overlap(a, b):
 
 
 def annotate(frame, tracks, labels, fps=None):
-    """Draw every tracked face, probability bars for the largest one, and the frame rate (in place)."""
+    """Draw every shown face (detected or carried, alike), bars for the largest one, and the frame rate (in place)."""
     labelled = [track for track in tracks if track.probs is not None]
     avoid = [track.box for track in tracks]
     for track in labelled:
@@ -352,7 +379,7 @@ def annotate(frame, tracks, labels, fps=None):
                                track.track_id))   # a label sticks out above its box: the panel must not hide it
     if labelled:
         largest = max(labelled, key=lambda track: track.box[2] * track.box[3])
-        draw_bars(frame, largest.probs, labels, avoid=avoid)
+        draw_bars(frame, largest.probs, labels, avoid=avoid, title=f"#{largest.track_id}")
     if fps is not None:
         put_text(frame, f"{fps:.1f} fps", (8, frame.shape[0] - 10), font_scale(frame), (255, 255, 255))
     return frame

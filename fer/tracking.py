@@ -1,8 +1,12 @@
-"""A light IoU tracker: keeps an id per face across frames and smooths its emotion probabilities.
+"""A light IoU tracker: keeps one id per face across frames, through short detector misses.
 
-Faces move little between two frames, so a box is matched to the track whose last box it
-overlaps most (greedy by IoU). Smoothing the probabilities along a track stops the label
-from flickering between two close emotions from frame to frame.
+Faces move little between two frames, so a box is matched to the track whose predicted box
+it overlaps most (greedy by IoU). A face detector misses a face now and then (a blink of the
+cascade, a hand in front, a change of light); a track that misses a detection is carried for
+a few frames on its last motion, so the face stays on screen with its id and label, and is
+matched again when the detector finds it. A track is shown only from its `min_hits`-th
+detection, so a stray false detection never flashes up. Smoothing the probabilities along
+a track stops the label from flickering between two close emotions from frame to frame.
 """
 from dataclasses import dataclass
 
@@ -13,18 +17,38 @@ import numpy as np
 class Track:
     """One face followed over frames.
 
-    track_id: int, unique for the tracker's life, from 0 in order of appearance.
-    box: (x, y, w, h) of the last matched detection.
+    track_id: int once confirmed (unique for the tracker's life, from 0 in order of
+        confirmation, never reused), None while tentative.
+    box: (x, y, w, h) this frame: the matched detection, or the prediction when missed.
     probs: smoothed class probabilities (K,) summing to 1, or None until first classified.
     age: updates the track has lived through, 1 in the update that created it.
-    missed: updates in a row without a matching box (0 when seen this update).
+    hits: detections matched to it so far.
+    missed: updates in a row without a matching box (0 when detected this update).
+    velocity: smoothed change of (x, y, w, h) per update, from its detections.
     """
 
-    track_id: int
-    box: tuple
+    track_id: int = None
+    box: tuple = (0, 0, 0, 0)
     probs: np.ndarray = None
     age: int = 1
+    hits: int = 1
     missed: int = 0
+    velocity: tuple = (0.0, 0.0, 0.0, 0.0)
+    anchor: tuple = None  # the last detected box, where predictions start from
+
+    @property
+    def detected(self):
+        """True when a detection was matched to the track in the latest update."""
+        return self.missed == 0
+
+    @property
+    def confirmed(self):
+        return self.track_id is not None
+
+    def predicted_box(self, ahead=1):
+        """Where the face should be `ahead` updates after its latest one: last detection plus motion."""
+        steps = self.missed + ahead
+        return tuple(int(round(a + steps * v)) for a, v in zip(self.anchor, self.velocity))
 
 
 def iou(a, b):
@@ -44,70 +68,132 @@ def normalize(probs):
     return probs / probs.sum()
 
 
+def visible_fraction(box, frame_size):
+    """Share of a box's area inside a (width, height) frame."""
+    x, y, w, h = box
+    width, height = frame_size
+    inside = max(0, min(x + w, width) - max(x, 0)) * max(0, min(y + h, height) - max(y, 0))
+    return inside / (w * h) if w * h > 0 else 0.0
+
+
+def clip_box(box, frame_size):
+    """The part of a box inside a (width, height) frame."""
+    x, y, w, h = box
+    x0, y0 = max(0, x), max(0, y)
+    x1, y1 = min(frame_size[0], x + w), min(frame_size[1], y + h)
+    return x0, y0, max(0, x1 - x0), max(0, y1 - y0)
+
+
 class IoUTracker:
-    """Greedy IoU matching of boxes to tracks, with an exponential moving average of probabilities.
+    """Greedy IoU matching of boxes to predicted tracks, with carried misses and smoothed probabilities.
 
     Args:
-        iou_threshold: least IoU between a box and a track's last box for a match.
-        max_missed: a track unmatched for more than this many updates in a row is dropped.
+        iou_threshold: least IoU between a box and a track's predicted box for a match.
+        max_missed: a track is carried (shown on its predicted box) for at most this many
+            updates in a row without a detection, then dropped.
+        min_hits: detections a track needs before it is shown and gets an id (1 shows every
+            detection at once, as a detector alone would).
         smooth: weight of the past in `new = smooth * old + (1 - smooth) * current`;
             0 turns smoothing off (each track shows exactly its latest probabilities).
+        motion: weight of the newest step in the velocity average; 0 carries boxes in place.
     """
 
-    def __init__(self, iou_threshold=0.3, max_missed=5, smooth=0.6):
+    def __init__(self, iou_threshold=0.3, max_missed=15, min_hits=2, smooth=0.6, motion=0.5):
         if not 0.0 <= smooth < 1.0:
             raise ValueError(f"IoUTracker: smooth must be in [0, 1), received {smooth}")
+        if min_hits < 1 or max_missed < 0:
+            raise ValueError(f"IoUTracker: min_hits must be >= 1 and max_missed >= 0, "
+                             f"received {min_hits} and {max_missed}")
         self.iou_threshold = iou_threshold
         self.max_missed = max_missed
+        self.min_hits = min_hits
         self.smooth = smooth
+        self.motion = motion
         self.tracks = []
         self.next_id = 0
 
-    def update(self, boxes, probs=None):
-        """Match this frame's boxes to tracks; returns one Track per box, in the order of `boxes`.
+    def shown(self):
+        """The confirmed tracks, detected this update or carried: what the screen and the log show."""
+        return [track for track in self.tracks if track.confirmed]
+
+    def unmatched(self, boxes):
+        """Live tracks whose predicted box no box in `boxes` matches: where a closer look may pay."""
+        return [track for track in self.tracks
+                if all(iou(track.predicted_box(), box) < self.iou_threshold for box in boxes)]
+
+    def update(self, boxes, probs=None, frame_size=None):
+        """Match this frame's boxes to tracks; returns the shown tracks (see `shown`).
 
         boxes: list of (x, y, w, h). probs: (len(boxes), K) probabilities, or None on a
-        frame that was not classified: matched tracks then keep their smoothed probabilities.
+        frame that was not classified: tracks then keep their smoothed probabilities, as do
+        carried tracks. frame_size: (width, height); a carried track whose predicted box is
+        mostly outside the frame has left it and is dropped.
         """
         boxes = [tuple(int(v) for v in box) for box in boxes]
         if probs is not None and len(probs) != len(boxes):
             raise ValueError(f"IoUTracker.update: {len(boxes)} boxes but {len(probs)} rows of probabilities")
-
-        # Greedy matching: best IoU pair first, each track and each box used at most once.
-        # Ties break by track then box order, so the result never depends on set ordering.
-        pairs = []
-        for t, track in enumerate(self.tracks):
-            for b, box in enumerate(boxes):
-                overlap = iou(track.box, box)
-                if overlap > 0 and overlap >= self.iou_threshold:
-                    pairs.append((-overlap, t, b))
-        pairs.sort()
-        track_of_box = {}
-        used_tracks = set()
-        for _, t, b in pairs:
-            if t not in used_tracks and b not in track_of_box:
-                used_tracks.add(t)
-                track_of_box[b] = self.tracks[t]
-
-        # Every old track ages and counts a miss; the matched ones are reset to 0 below.
-        for track in self.tracks:
-            track.age += 1
-            track.missed += 1
-
-        result = []
+        track_of_box = self.match(boxes)
+        seen = set()
         for b, box in enumerate(boxes):
             track = track_of_box.get(b)
             if track is None:
-                track = Track(track_id=self.next_id, box=box)
-                self.next_id += 1
+                track = Track(box=box, anchor=box, age=0, hits=0)
                 self.tracks.append(track)
-            track.box = box
-            track.missed = 0
+            self.see(track, box)
+            seen.add(id(track))
             if probs is not None:
                 track.probs = self.smoothed(track.probs, probs[b])
-            result.append(track)
-        self.tracks = [track for track in self.tracks if track.missed <= self.max_missed]
-        return result
+        self.carry([track for track in self.tracks if id(track) not in seen], frame_size)
+        return self.shown()
+
+    def match(self, boxes):
+        """Greedy matching, best IoU pair first; each track and each box used at most once.
+
+        Ties break by track then box order, so the result never depends on set ordering.
+        Returns {box index: Track}.
+        """
+        pairs = []
+        for t, track in enumerate(self.tracks):
+            predicted = track.predicted_box()
+            for b, box in enumerate(boxes):
+                overlap = iou(predicted, box)
+                if overlap > 0 and overlap >= self.iou_threshold:
+                    pairs.append((-overlap, t, b))
+        pairs.sort()
+        track_of_box, used = {}, set()
+        for _, t, b in pairs:
+            if t not in used and b not in track_of_box:
+                used.add(t)
+                track_of_box[b] = self.tracks[t]
+        return track_of_box
+
+    def see(self, track, box):
+        """A detection matched to the track: move it there, learn its motion, confirm it at min_hits."""
+        if track.hits > 0:
+            steps = track.missed + 1
+            step = [(new - old) / steps for new, old in zip(box, track.anchor)]
+            track.velocity = tuple(self.motion * s + (1 - self.motion) * v for s, v in zip(step, track.velocity))
+        track.age += 1
+        track.box = track.anchor = box
+        track.hits += 1
+        track.missed = 0
+        if track.track_id is None and track.hits >= self.min_hits:
+            track.track_id = self.next_id
+            self.next_id += 1
+
+    def carry(self, tracks, frame_size):
+        """Tracks without a detection this update move on their motion, or are dropped."""
+        dropped = set()
+        for track in tracks:
+            track.age += 1
+            track.missed += 1
+            track.box = track.predicted_box(ahead=0)
+            gone = frame_size is not None and visible_fraction(track.box, frame_size) < 0.5
+            if frame_size is not None and not gone:
+                track.box = clip_box(track.box, frame_size)
+            if track.missed > self.max_missed or gone:
+                dropped.add(id(track))
+        self.tracks = [track for track in self.tracks if id(track) not in dropped]
 
     def smoothed(self, old, current):
         """EMA step `smooth * old + (1 - smooth) * current`, renormalized; `current` alone when no history."""

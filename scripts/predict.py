@@ -11,9 +11,15 @@ is 1 at the end.
 
     python scripts/predict.py photo.jpg group.png --annotate annotated/
     python scripts/predict.py face_crop.png --no-detect
+
+--annotate DIR writes DIR/<stem>_annotated<ext> for each image; it refuses (exit 2) to
+overwrite an existing file unless --overwrite is given, and an input image in any case.
+Faces are searched at full resolution with the cascade's step 1.1 (a photo gets one look,
+unlike a video frame); the detector flags are those of webcam.py and visualize.py.
 """
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -23,7 +29,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # so the script runs from a checkout without installing
 
 from fer.data import decode_image  # noqa: E402
-from fer.faces import FaceDetector, crop, to_gray  # noqa: E402
+from fer.faces import add_detector_arguments, crop, detector_from_args, to_gray  # noqa: E402
 from fer.inference import EmotionClassifier, emotion_record  # noqa: E402
 from fer.live import draw_face, label_color  # noqa: E402
 from minicnn.io import atomic_write  # noqa: E402
@@ -36,16 +42,36 @@ def parse_args(argv=None):
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files (anything OpenCV reads)")
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="minicnn model file (default: %(default)s)")
     parser.add_argument("--annotate", type=Path, metavar="DIR",
-                        help="write a copy of each image with boxes and labels to DIR, under the same file name")
+                        help="write a copy of each image with boxes and labels to DIR as <stem>_annotated<ext>")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="let --annotate replace existing files (never an input image)")
     parser.add_argument("--no-detect", action="store_true",
                         help="each image is already an aligned face crop: classify the whole image as one face")
+    add_detector_arguments(parser, photos=True)
     args = parser.parse_args(argv)
-    names = [path.name for path in args.images]
-    clashes = sorted({name for name in names if names.count(name) > 1})
-    if args.annotate and clashes:
-        parser.error(f"--annotate writes each image under its file name, and several images are named "
-                     f"{', '.join(clashes)}: annotate them in separate runs")
+    if args.annotate:
+        check_outputs(parser, args)
     return args
+
+
+def annotated_path(folder, image):
+    """Where --annotate writes the copy of `image`: folder/<stem>_annotated<ext>."""
+    return Path(folder) / f"{image.stem}_annotated{image.suffix}"
+
+
+def check_outputs(parser, args):
+    """Exit 2 before any work when two outputs collide, or one would replace an input or an existing file."""
+    outputs = [annotated_path(args.annotate, image) for image in args.images]
+    names = [out.name for out in outputs]
+    clashes = sorted({name for name in names if names.count(name) > 1})
+    if clashes:
+        parser.error(f"--annotate would write several images to {', '.join(clashes)}: annotate them in separate runs")
+    inputs = {os.path.realpath(image) for image in args.images}
+    for out in outputs:
+        if os.path.realpath(out) in inputs:
+            parser.error(f"--annotate would overwrite the input image {out}: choose another folder")
+        if out.exists() and not args.overwrite:
+            parser.error(f"--annotate would overwrite {out}: remove it, choose another folder or pass --overwrite")
 
 
 def read_image(path):
@@ -83,7 +109,7 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         classifier = EmotionClassifier.from_file(args.model)
-        detector = None if args.no_detect else FaceDetector()
+        detector = None if args.no_detect else detector_from_args(args, photos=True)
     except (OSError, ValueError, RuntimeError) as error:
         print(f"predict.py: error: {error}", file=sys.stderr)
         return 1
@@ -100,7 +126,7 @@ def main(argv=None):
         faces = predict_image(image, classifier, detector)
         print(json.dumps({"image": str(path), "faces": faces}, allow_nan=False), flush=True)
         if args.annotate:
-            out = args.annotate / path.name
+            out = annotated_path(args.annotate, path)
             try:
                 ok, encoded = cv2.imencode(path.suffix or ".png", annotated(image, faces, classifier.labels))
                 if not ok:
@@ -112,5 +138,15 @@ def main(argv=None):
     return 1 if failed else 0
 
 
+def main_quiet_on_closed_pipe(argv=None):
+    """main(), ending quietly when stdout's reader goes away (`predict.py *.jpg | head`)."""
+    try:
+        return main(argv)
+    except BrokenPipeError:
+        # Python would report the pipe again when it flushes stdout at exit: point stdout at devnull.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main_quiet_on_closed_pipe())

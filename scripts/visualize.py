@@ -35,7 +35,7 @@ from matplotlib.figure import Figure  # noqa: E402  (no pyplot: drawn with Agg, 
 
 import minicnn  # noqa: E402
 from fer import data as fer_data  # noqa: E402
-from fer.faces import FaceDetector, crop  # noqa: E402
+from fer.faces import add_detector_arguments, crop, detector_from_args  # noqa: E402
 from fer.inference import load_fer_model  # noqa: E402
 from minicnn.io import atomic_write  # noqa: E402
 from minicnn.layers import Conv2D, DepthwiseConv2D, Dropout, InputLayer, SeparableConv2D  # noqa: E402
@@ -63,6 +63,7 @@ def parse_args(argv=None):
     parser.add_argument("--smoothgrad", action="store_true", help="add SmoothGrad maps to saliency.png")
     parser.add_argument("--of", choices=minicnn.explain.SCORES, default="logit",
                         help="differentiate the class score before the softmax (logit, default) or the probability")
+    add_detector_arguments(parser, photos=True)
     args = parser.parse_args(argv)
     if (args.data is None) != (args.index is None):
         parser.error("--index goes with --data (and --data needs --index)")
@@ -79,13 +80,13 @@ def load_model(path):
         raise UsageError(str(error)) from None
 
 
-def face_from_image(path):
+def face_from_image(path, args):
     """(uint8 gray face crop, description): the largest detected face, else the whole image."""
     gray = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
     if gray is None:   # missing, not an image, or a format this OpenCV cannot decode
         raise UsageError(f"cannot read image {path}")
     try:
-        boxes = FaceDetector().detect(gray)
+        boxes = detector_from_args(args, photos=True).detect(gray)
     except RuntimeError as error:   # no Haar cascade in this OpenCV
         raise UsageError(str(error)) from None
     if not boxes:
@@ -275,7 +276,7 @@ def visualize(args):
     model, labels, preprocessing = load_model(args.model)
     layer_names = chosen_layers(model, args.layers)
     target = target_index(labels, args.target)
-    face, description = face_from_image(args.image) if args.image else face_from_data(args.data, args.index)
+    face, description = face_from_image(args.image, args) if args.image else face_from_data(args.data, args.index)
 
     x = preprocessing.apply([face])                           # (1, S, S, 1), as training saw faces
     if x.shape[1:] != tuple(model.input_shape[1:]):

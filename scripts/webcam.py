@@ -3,22 +3,30 @@
     python scripts/webcam.py                           # camera 0, window if there is a display
     python scripts/webcam.py --video clip.mp4 --no-display --save out.mp4 --jsonl out.jsonl
 
-In the window: q or Esc quits, space pauses. Without a display it runs headless.
-Exit code 1, with one line on stderr, when the camera, the video or the model cannot be opened.
+In the window: q or Esc quits, space pauses. Without a display it runs headless; Ctrl+C
+or SIGTERM stops it with the saved video and log closed properly. Each face keeps its id
+while it stays in view: a face the detector misses for a few frames is carried on its
+motion (logged with "detected": false). Exit code 1, with one line on stderr, when the
+camera, the video or the model cannot be opened; 2 for bad arguments (an output that would
+overwrite the input video, a camera index out of range).
 """
 import argparse
+import signal
 import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # so the script runs from a checkout without installing
 
-from fer.faces import FaceDetector  # noqa: E402
+from fer.faces import add_detector_arguments, detector_from_args  # noqa: E402
 from fer.inference import EmotionClassifier  # noqa: E402
 from fer.live import FrameSource, SourceError, run  # noqa: E402
 from fer.tracking import IoUTracker  # noqa: E402
 
 DEFAULT_MODEL = REPO_ROOT / "weights" / "mini_xception.npz"
+
+
+MAX_CAMERA = 9999  # OpenCV crashes on a negative index and overflows past 2**31; real indexes are small
 
 
 def positive_int(text):
@@ -28,15 +36,26 @@ def positive_int(text):
     return value
 
 
+def camera_index(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, received {text!r}") from None
+    if not 0 <= value <= MAX_CAMERA:
+        raise argparse.ArgumentTypeError(f"must be between 0 and {MAX_CAMERA}, received {value}")
+    return value
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--camera", type=int, default=0, help="camera index (default: 0)")
+    source.add_argument("--camera", type=camera_index, default=0, help="camera index (default: 0)")
     source.add_argument("--video", type=Path, help="read this video file instead of a camera")
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="minicnn model file (default: %(default)s)")
-    parser.add_argument("--min-face", type=int, default=48, help="smallest face side in pixels (default: 48)")
-    parser.add_argument("--scale-factor", type=float, default=1.2, help="Haar cascade scale step (default: 1.2; 1.1 is slower)")
-    parser.add_argument("--min-neighbors", type=int, default=5, help="Haar cascade hits per face (default: 5)")
+    add_detector_arguments(parser, photos=False)
+    parser.add_argument("--detect-every", type=positive_int, default=2,
+                        help="search the whole frame every Nth frame, only near known faces between (default: 2)")
+    parser.add_argument("--mirror", action="store_true", help="flip frames left-right, as a mirror (for cameras)")
     parser.add_argument("--smooth", type=float, default=0.6,
                         help="weight of the past in the per-face moving average of probabilities, 0 = off (default: 0.6)")
     parser.add_argument("--every", type=positive_int, default=1, help="classify faces on every Nth frame (default: 1)")
@@ -44,7 +63,35 @@ def parse_args(argv=None):
     parser.add_argument("--save", type=Path, help="write the annotated video here (.mp4, mp4v)")
     parser.add_argument("--jsonl", type=Path, help="write one JSON record per face per frame here")
     parser.add_argument("--max-frames", type=positive_int, help="stop after this many frames")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    refuse_overwrites(parser, args)
+    return args
+
+
+def refuse_overwrites(parser, args):
+    """Exit 2 when --save or --jsonl would overwrite the input video, or each other."""
+    outputs = [(flag, path) for flag, path in (("--save", args.save), ("--jsonl", args.jsonl)) if path]
+    inputs = [("--video", args.video)] if args.video else []
+    for k, (flag, path) in enumerate(outputs):
+        for other_flag, other in inputs + outputs[:k]:
+            if same_file(path, other):
+                parser.error(f"{flag} {path} is the same file as {other_flag} {other}: "
+                             "that would overwrite it; choose another name")
+
+
+def same_file(a, b):
+    """True when two paths name one file (also through links)."""
+    a, b = Path(a), Path(b)
+    if a.exists() and b.exists():
+        return a.samefile(b)
+    return a.resolve() == b.resolve()
+
+
+def stop_on_sigterm():
+    """SIGTERM (kill, docker stop) stops the loop like Ctrl+C, so the saved video is finalized."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def fail(message):
@@ -63,13 +110,15 @@ def main(argv=None):
     with source:
         try:
             classifier = EmotionClassifier.from_file(args.model)
-            detector = FaceDetector(args.min_face, args.scale_factor, args.min_neighbors)
+            detector = detector_from_args(args, photos=False)
             tracker = IoUTracker(smooth=args.smooth)
         except (OSError, ValueError, RuntimeError) as error:
             return fail(error)
+        stop_on_sigterm()
         try:
             stats = run(source, detector, classifier, tracker, every=args.every, display=not args.no_display,
-                        save=args.save, jsonl=args.jsonl, max_frames=args.max_frames)
+                        save=args.save, jsonl=args.jsonl, max_frames=args.max_frames,
+                        detect_every=args.detect_every, mirror=args.mirror)
         except OSError as error:  # an output file that cannot be written
             return fail(error)
     if stats.frames == 0:     # a camera that opens but delivers nothing (no permission, in use)
