@@ -219,8 +219,10 @@ def test_class_weight_that_misses_a_class_or_is_not_a_dict_is_named():
     model = small_model()
     with pytest.raises(ValueError, match=r"class_weight needs a weight for every class 0..2.*missing: \[1, 2\]"):
         model.fit(x, y, class_weight={0: 1.0}, verbose=0)
-    with pytest.raises(ValueError, match="not a class of the model: 7"):
+    with pytest.raises(ValueError, match=r"keys that are not a class of the model \(0..2\): 7"):
         model.fit(x, y, class_weight={0: 1.0, 1: 1.0, 2: 1.0, 7: 2.0}, verbose=0)
+    with pytest.raises(ValueError, match="class weights must be numbers, finite and >= 0"):
+        model.fit(x, y, class_weight={0: 1.0, 1: "e", 2: 1.0}, verbose=0)
     with pytest.raises(ValueError, match="class_weight must be a dict \\{class: weight\\} or 'balanced'"):
         model.fit(x, y, class_weight="balance", verbose=0)
 

@@ -360,16 +360,20 @@ def class_weight_vector(class_weight, num_classes, where, labels=None):
         raise ValueError(f"{where}: class_weight must be a dict {{class: weight}} or 'balanced', "
                          f"received {type(class_weight).__name__} {class_weight!r:.60}")
     num_classes = len(class_weight) if num_classes is None else num_classes
-    keys = set(class_weight)
-    missing, unknown = sorted(set(range(num_classes)) - keys), sorted(map(repr, keys - set(range(num_classes))))
-    if missing or unknown:
-        raise ValueError(f"{where}: class_weight needs a weight for every class 0..{num_classes - 1}, as a dict "
-                         f"{{class: weight}}; " + "; ".join(
-                             part for part in (missing and f"missing: {missing}", unknown and
-                                               f"not a class of the model: {', '.join(unknown)}") if part))
-    weights = np.array([class_weight[k] for k in range(num_classes)], dtype=np.float64)
+    classes = set(range(num_classes))
+    missing, unknown = sorted(classes - set(class_weight)), [k for k in class_weight if k not in classes]
+    if missing:
+        raise ValueError(f"{where}: class_weight needs a weight for every class 0..{num_classes - 1}, as a "
+                         f"dict {{class: weight}}; missing: {missing}")
+    if unknown:
+        raise ValueError(f"{where}: class_weight has keys that are not a class of the model (0..{num_classes - 1}): "
+                         f"{', '.join(map(repr, unknown))}")
+    try:
+        weights = np.array([float(class_weight[k]) for k in range(num_classes)])
+    except (TypeError, ValueError):
+        weights = np.array([np.nan])
     if not np.all(np.isfinite(weights) & (weights >= 0)):
-        raise ValueError(f"{where}: class weights must be finite and >= 0, received {class_weight}")
+        raise ValueError(f"{where}: class weights must be numbers, finite and >= 0, received {class_weight}")
     return weights
 
 
