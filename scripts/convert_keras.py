@@ -11,6 +11,7 @@ Exit code 1 on bad input (missing file, not HDF5, a layer minicnn does not have,
 stored outside the file), 2 on bad arguments (an output that is the input).
 """
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -52,6 +53,13 @@ def convert(keras_path, out_path, labels=None, input_size=None, scale="symmetric
     return model
 
 
+def same_file(a, b):
+    """True when paths a and b name one file (through symbolic or hard links too)."""
+    if Path(a).exists() and Path(b).exists():
+        return os.path.samefile(a, b)
+    return Path(a).resolve() == Path(b).resolve()
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("keras_file", help="Keras model file written by model.save(): Keras 2 .h5/.hdf5 or Keras 3 .keras")
@@ -64,7 +72,7 @@ def main(argv=None):
     p.add_argument("--mean", type=float, help="with --scale standardize: mean of x / 255")
     p.add_argument("--std", type=float, help="with --scale standardize: std of x / 255")
     args = p.parse_args(argv)
-    if Path(args.out).resolve() == Path(args.keras_file).resolve():
+    if same_file(args.out, args.keras_file):
         p.error(f"the output {args.out} is the Keras file itself: writing it would destroy the input")
     labels = [name.strip() for name in args.labels.split(",")] if args.labels else None
     try:
