@@ -52,7 +52,7 @@ class UsageError(Exception):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL,
-                        help="minicnn model file (default: %(default)s, the shipped weights)")
+                        help="minicnn model file or run folder (default: %(default)s, the shipped weights)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--image", type=Path, help="an image file with a face (anything OpenCV reads)")
     source.add_argument("--data", type=Path, metavar="CSV", help="the FER2013 CSV (or image folder); needs --index")
