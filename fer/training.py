@@ -408,14 +408,7 @@ def _train_in(run, resume, config, splits, extra_callbacks, verbose, resume_lr):
     preprocessing = Preprocessing(config.input_size, config.scale).fit(splits.train[0])
     x_val = preprocessing.apply(splits.val[0])
 
-    backend.clear_session()
-    model = models.build(config.model, len(splits.label_names), (config.input_size, config.input_size, 1))
-    loss = losses.SparseCategoricalCrossentropy(label_smoothing=config.label_smoothing)
-    model.compile(make_optimizer(config), loss, metrics=["accuracy"])
-    model.metadata = {"labels": list(splits.label_names), "class_map": config.classes,
-                      "preprocessing": preprocessing.to_dict(), "architecture": config.model,
-                      "trained_with": dataclasses.asdict(config)}
-
+    model = compiled_model(config, splits, preprocessing)
     augmenter = Augmenter(erasing_probability=config.erasing, seed=config.seed + 1) if config.augment else None
     weights = balanced_class_weights(splits.train[1], len(splits.label_names)) if config.class_weight == "balanced" else None
     batches = FaceBatches(*splits.train, preprocessing, config.batch_size, augmenter, config.seed + 2, weights)
@@ -432,15 +425,9 @@ def _train_in(run, resume, config, splits, extra_callbacks, verbose, resume_lr):
     initial_epoch = 0
     if resume:
         restored = restore_run_state(checkpoint_path, model, batches, stateful)
-        initial_epoch = restored.epochs
-        if restored.stopped_early or config.epochs <= initial_epoch:
+        if restored.stopped_early or config.epochs <= restored.epochs:
             return finish_done_run(run, restored, config, splits, preprocessing, checkpoint_path)
-        record_resume(run / "config.json", config, initial_epoch)
-        _truncate_history(run / "history.csv", initial_epoch)
-        if resume_lr is not None:
-            model.optimizer.learning_rate = float(resume_lr)
-        print(f"Resuming {run} after epoch {initial_epoch} of {config.epochs}, "
-              f"learning rate {model.optimizer.learning_rate:.3g}")
+        initial_epoch = continue_run(run, config, restored.epochs, model, resume_lr)
     else:
         evaluation.write_text(run / "config.json", json.dumps(run_description(config, splits), indent=2))
     print(splits.description)
@@ -461,6 +448,30 @@ def _train_in(run, resume, config, splits, extra_callbacks, verbose, resume_lr):
         print(f"early stopping: no better val_accuracy in the last {config.patience} epochs; "
               f"stopped after epoch {early.stopped_epoch + 1}")
     return write_report(run, splits, preprocessing, checkpoint_path)
+
+
+def compiled_model(config, splits, preprocessing):
+    """The run's network, compiled, with the metadata its model file carries."""
+    backend.clear_session()
+    model = models.build(config.model, len(splits.label_names), (config.input_size, config.input_size, 1))
+    loss = losses.SparseCategoricalCrossentropy(label_smoothing=config.label_smoothing)
+    model.compile(make_optimizer(config), loss, metrics=["accuracy"])
+    model.metadata = {"labels": list(splits.label_names), "class_map": config.classes,
+                      "preprocessing": preprocessing.to_dict(), "architecture": config.model,
+                      "trained_with": dataclasses.asdict(config)}
+    return model
+
+
+def continue_run(run, config, epochs_done, model, resume_lr):
+    """Record the resume in config.json, drop history rows past the checkpoint, set the rate;
+    returns the epoch to start from."""
+    record_resume(run / "config.json", config, epochs_done)
+    _truncate_history(run / "history.csv", epochs_done)
+    if resume_lr is not None:
+        model.optimizer.learning_rate = float(resume_lr)
+    print(f"Resuming {run} after epoch {epochs_done} of {config.epochs}, "
+          f"learning rate {model.optimizer.learning_rate:.3g}")
+    return epochs_done
 
 
 def diverged_message(reason, run, checkpoint_path, model):
