@@ -157,6 +157,18 @@ def test_a_locked_run_refuses_a_second_process(data_csv, tmp_path):
     assert len(read_history(run / "history.csv")["loss"]) == 1
 
 
+def test_two_resumes_at_once_one_trains_the_other_is_refused(data_csv, tmp_path):
+    run = train(config(data_csv, tmp_path), verbose=0)
+    command = [sys.executable, str(ROOT / "scripts" / "train.py"), "--resume", str(run), "--epochs", "3"]
+    processes = [subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(2)]
+    results = sorted((p.wait(timeout=600), p.stderr.read()) for p in processes)
+    assert [code for code, _ in results] == [0, 1], results
+    assert "run in use by PID" in results[1][1]
+    assert read_history(run / "history.csv")["loss"] and len(read_history(run / "history.csv")["loss"]) == 3
+    assert [r["after_epoch"] for r in json.loads((run / "config.json").read_text())["resumed"]] == [1]
+
+
 def test_new_run_folders_started_in_one_second_get_distinct_names(tmp_path, monkeypatch):
     monkeypatch.setattr(training.time, "strftime", lambda pattern: "20261205-120000")
     names = [new_run_folder(tmp_path, "cnn4").name for _ in range(3)]     # the name of a run started at noon
