@@ -9,8 +9,10 @@ Layout of a file written by `model.save(path)`:
                        order of the trainable weights, listed in the JSON's "compile" entry
 A compiled model's file also holds "compile": {"optimizer": config, "loss": config, "metrics"},
 which `load_model` restores as Keras does (compile=False skips it).
-Everything loads with `allow_pickle=False`, so a file can never run code; files are written
-to a temporary file, fsync'ed and renamed, so a crash never leaves half a file behind.
+Everything loads with `allow_pickle=False`, so a file can never run code; `load_model` reads only
+the arrays the JSON names, after checking their .npy headers' shapes against the architecture,
+so a small hostile file cannot cost gigabytes. Files are written to a temporary file, fsync'ed
+and renamed, so a crash never leaves half a file behind.
 """
 import contextlib
 import json
@@ -108,7 +110,7 @@ def _npy_header(path, name, f):
     return Stored(shape, dtype)
 
 
-_META_LIMIT = 64 << 20   # characters: a model's JSON is kilobytes; more is not a minicnn file
+_META_LIMIT = 16 << 20   # characters: a model's JSON is kilobytes; more is not a minicnn file
 
 
 @contextlib.contextmanager
