@@ -38,11 +38,15 @@ def load_faces(csv_path, count, seed=0, pool=400):
 
 @dataclass
 class FaceTruth:
-    """Where one face is on one frame. in_view: wholly inside the frame (partly hidden by the bar is still in view)."""
+    """Where one face is on one frame. in_view: wholly inside the frame (partly hidden by the bar is still in view).
+
+    visible: the part of `box` inside the frame (the box itself when in view), what a detector can see.
+    """
 
     face: int
     box: tuple
     in_view: bool
+    visible: tuple = None
 
 
 @dataclass
@@ -108,7 +112,9 @@ class Clip:
             inside = x >= 0 and y >= 0 and x + size <= self.width and y + size <= self.height
             visible = x < self.width and y < self.height and x + size > 0 and y + size > 0
             if visible:
-                truth.append(FaceTruth(k, (x, y, size, size), inside))
+                x0, y0 = max(x, 0), max(y, 0)
+                part = (x0, y0, min(x + size, self.width) - x0, min(y + size, self.height) - y0)
+                truth.append(FaceTruth(k, (x, y, size, size), inside, part))
             if self.bar and self.bar[0] == k and self.bar[1] <= t <= self.bar[2]:
                 cv2.rectangle(frame, (x, y - 10), (x + size // 4, y + size + 10), (90, 110, 120), cv2.FILLED)
         gain = self.gain(t)
@@ -194,13 +200,14 @@ def score(truths, reports):
     """Score per-frame reports against per-frame truth.
 
     truths: one list of FaceTruth per frame. reports: one list of (track_id, box) per frame.
-    Each frame's boxes are matched to faces greedily by IoU (>= MATCH_IOU).
+    Each frame's boxes are matched to faces greedily by IoU (>= MATCH_IOU) with the part of
+    each face inside the frame.
     """
     result = Score(frames=len(truths))
     last_id, in_view, reported = {}, {}, {}
     for truth, report in zip(truths, reports):
-        pairs = sorted((-iou(face.box, box), f, r) for f, face in enumerate(truth)
-                       for r, (_, box) in enumerate(report) if iou(face.box, box) >= MATCH_IOU)
+        pairs = sorted((-iou(face.visible or face.box, box), f, r) for f, face in enumerate(truth)
+                       for r, (_, box) in enumerate(report) if iou(face.visible or face.box, box) >= MATCH_IOU)
         face_of, used = {}, set()
         for _, f, r in pairs:
             if f not in face_of and r not in used:

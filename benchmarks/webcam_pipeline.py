@@ -33,6 +33,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # so the script runs from a checkout without installing
 
 from benchmarks.face_clips import Clip, Score, load_faces, score  # noqa: E402
+from fer import models as fer_models  # noqa: E402
 from fer.faces import FaceDetector  # noqa: E402
 from fer.inference import EmotionClassifier  # noqa: E402
 from fer.live import STAGES, FrameSource, run  # noqa: E402
@@ -114,6 +115,21 @@ def ms_per_frame(runs, stage):
     return 1000 * sum(r.stage_seconds.get(stage, 0.0) for r in runs) / max(sum(r.frames for r in runs), 1)
 
 
+def make_classifier(args):
+    """The classifier the flags ask for: a model file, an untrained architecture, or a stand-in."""
+    if args.no_model:
+        # Real preprocessing (mini_xception's 48 x 48, -1..1): only the network is left out.
+        return EmotionClassifier(UniformModel(), FER_LABELS, Preprocessing(48, "symmetric"))
+    if args.untrained:
+        size, scale = fer_models.DEFAULTS[args.untrained]["input_size"], fer_models.DEFAULTS[args.untrained]["scale"]
+        return EmotionClassifier(fer_models.build(args.untrained, len(FER_LABELS), (size, size, 1)), FER_LABELS,
+                                 Preprocessing(size, scale))
+    try:
+        return EmotionClassifier.from_file(args.model)
+    except (OSError, ValueError) as error:
+        sys.exit(f"error: {error} (--untrained mini_xception times the same network with fresh weights)")
+
+
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, help="FER2013 csv(.gz) (default: FER_SHARED_DIR or ../shared, "
@@ -121,6 +137,8 @@ def parse_args():
     parser.add_argument("--video", type=Path, help="time the pipelines on this video instead (no ground truth)")
     parser.add_argument("--model", type=Path, default=REPO_ROOT / "weights" / "mini_xception.npz")
     parser.add_argument("--no-model", action="store_true", help="time everything but the network")
+    parser.add_argument("--untrained", metavar="ARCH",
+                        help="instead of --model, a fer.models architecture with fresh weights (the same cost)")
     parser.add_argument("--clips", type=int, default=3, help="clips, each with its own faces (default: 3)")
     parser.add_argument("--frames", type=int, default=300, help="frames per clip (default: 300)")
     parser.add_argument("--every", type=int, default=1, help="classify every Nth frame (default: 1)")
@@ -133,11 +151,7 @@ def main():
     args = parse_args()
     shared = Path(os.environ.get("FER_SHARED_DIR", REPO_ROOT.parent / "shared"))
     data = args.data or shared / "fer2013" / "fer2013.csv.gz"
-    if args.no_model:
-        # Real preprocessing (mini_xception's 64 x 64, -1..1): only the network is left out.
-        classifier = EmotionClassifier(UniformModel(), FER_LABELS, Preprocessing(64, "symmetric"))
-    else:
-        classifier = EmotionClassifier.from_file(args.model)
+    classifier = make_classifier(args)
     classifier.classify([np.zeros((48, 48), np.uint8)] * 3)  # warm up: numba compiles on the first call
 
     makers = pipelines(args.detect_every)
@@ -157,6 +171,8 @@ def main():
                     scores[name].add(score(truths, reports))
 
     model = "no model (uniform stand-in)" if args.no_model else args.model
+    if args.untrained:
+        model = f"{args.untrained}, untrained (fresh weights)"
     source = args.video or f"{args.clips} clips x {args.frames} frames, 640x480, 3 PublicTest faces each (seeds 0..)"
     print(f"webcam pipeline: {source}; model: {model}; classify every {args.every} frame(s); "
           f"new pipeline detects the whole frame every {args.detect_every} frame(s)")

@@ -109,7 +109,7 @@ class FaceDetector:
                 boxes.append((x0, y0, x1 - x0, y1 - y0))
         return sorted(boxes)
 
-    def detect_near(self, gray, box, step=1.05, margin=0.5, side=40):
+    def detect_near(self, gray, box, step=1.05, margin=0.5, side=48):
         """The face closest to `box` in a window around it, searched at a fine scale step; None if none.
 
         A face the whole-frame pass missed (its scale fell between two of the pyramid's steps)

@@ -24,7 +24,7 @@ class Track:
     age: updates the track has lived through, 1 in the update that created it.
     hits: detections matched to it so far.
     missed: updates in a row without a matching box (0 when detected this update).
-    velocity: smoothed change of (x, y, w, h) per update, from its detections.
+    velocity: smoothed move of the box's centre (dx, dy) per update, from its detections.
     """
 
     track_id: int = None
@@ -33,7 +33,7 @@ class Track:
     age: int = 1
     hits: int = 1
     missed: int = 0
-    velocity: tuple = (0.0, 0.0, 0.0, 0.0)
+    velocity: tuple = (0.0, 0.0)
     anchor: tuple = None  # the last detected box, where predictions start from
 
     @property
@@ -46,9 +46,14 @@ class Track:
         return self.track_id is not None
 
     def predicted_box(self, ahead=1):
-        """Where the face should be `ahead` updates after its latest one: last detection plus motion."""
+        """Where the face should be `ahead` updates after its latest one: the last detection, moved.
+
+        Only the centre moves: a box's size is the detector's least steady output, and
+        extrapolating it shrinks or swells a carried box within a few frames.
+        """
         steps = self.missed + ahead
-        return tuple(int(round(a + steps * v)) for a, v in zip(self.anchor, self.velocity))
+        x, y, w, h = self.anchor
+        return int(round(x + steps * self.velocity[0])), int(round(y + steps * self.velocity[1])), w, h
 
 
 def iou(a, b):
@@ -74,6 +79,11 @@ def visible_fraction(box, frame_size):
     width, height = frame_size
     inside = max(0, min(x + w, width) - max(x, 0)) * max(0, min(y + h, height) - max(y, 0))
     return inside / (w * h) if w * h > 0 else 0.0
+
+
+def centre(box):
+    x, y, w, h = box
+    return x + w / 2, y + h / 2
 
 
 def clip_box(box, frame_size):
@@ -144,6 +154,10 @@ class IoUTracker:
             if probs is not None:
                 track.probs = self.smoothed(track.probs, probs[b])
         self.carry([track for track in self.tracks if id(track) not in seen], frame_size)
+        for track in self.tracks:  # in order of first detection, so ids follow the order faces appeared
+            if track.track_id is None and track.hits >= self.min_hits:
+                track.track_id = self.next_id
+                self.next_id += 1
         return self.shown()
 
     def match(self, boxes):
@@ -168,18 +182,15 @@ class IoUTracker:
         return track_of_box
 
     def see(self, track, box):
-        """A detection matched to the track: move it there, learn its motion, confirm it at min_hits."""
+        """A detection matched to the track: move it there and learn its motion."""
         if track.hits > 0:
             steps = track.missed + 1
-            step = [(new - old) / steps for new, old in zip(box, track.anchor)]
+            step = [(centre(box)[i] - centre(track.anchor)[i]) / steps for i in (0, 1)]
             track.velocity = tuple(self.motion * s + (1 - self.motion) * v for s, v in zip(step, track.velocity))
         track.age += 1
         track.box = track.anchor = box
         track.hits += 1
         track.missed = 0
-        if track.track_id is None and track.hits >= self.min_hits:
-            track.track_id = self.next_id
-            self.next_id += 1
 
     def carry(self, tracks, frame_size):
         """Tracks without a detection this update move on their motion, or are dropped."""

@@ -1,4 +1,4 @@
-"""IoU tracker: box overlap, stable ids, new and dropped tracks, probability smoothing."""
+"""IoU tracker: box overlap, stable ids, confirmation, carrying through misses, probability smoothing."""
 import numpy as np
 import pytest
 
@@ -32,57 +32,114 @@ def moving_boxes(n_frames, step=6):
         yield [left, right] if t % 2 == 0 else [right, left]
 
 
+def ids_by_y(tracks):
+    return {track.box[1]: track.track_id for track in tracks}
+
+
 def test_ids_stay_with_moving_faces():
     tracker = IoUTracker()
-    for boxes in moving_boxes(20):
+    for t, boxes in enumerate(moving_boxes(20)):
         tracks = tracker.update(boxes)
-        # Returned in the order of the boxes given, whatever that order is.
-        assert [track.box for track in tracks] == boxes
-        # The left face (y = 100) came first: id 0 on every frame; the right one (y = 120) keeps 1.
-        assert {box[1]: track.track_id for box, track in zip(boxes, tracks)} == {100: 0, 120: 1}
+        if t == 0:
+            assert tracks == []          # one detection is not yet a face
+            continue
+        assert sorted(track.box for track in tracks) == sorted(boxes)
+        assert all(track.detected for track in tracks)
+        # The left face (y = 100) was confirmed first: id 0 on every frame; the right one (y = 120) keeps 1.
+        assert ids_by_y(tracks) == {100: 0, 120: 1}
     assert len(tracker.tracks) == 2
 
 
-def test_new_face_gets_the_next_id_and_old_ids_are_kept():
-    tracker = IoUTracker()
+def test_a_single_stray_detection_is_never_shown_and_takes_no_id():
+    tracker = IoUTracker(min_hits=2)
+    tracker.update([(0, 0, 50, 50), (300, 300, 40, 40)])       # the second box is a one-frame false face
+    for step in range(1, 6):
+        tracks = tracker.update([(step, 0, 50, 50)])
+        assert [track.track_id for track in tracks] == [0]
+    # A new real face gets the next id: the stray detection used none.
+    tracker.update([(5, 0, 50, 50), (200, 200, 60, 60)])
+    tracks = tracker.update([(5, 0, 50, 50), (200, 200, 60, 60)])
+    assert sorted(track.track_id for track in tracks) == [0, 1]
+
+
+def test_min_hits_one_shows_every_detection_at_once():
+    tracker = IoUTracker(min_hits=1)
     assert [t.track_id for t in tracker.update([(0, 0, 50, 50)])] == [0]
     tracks = tracker.update([(2, 0, 50, 50), (200, 200, 50, 50)])
-    assert [t.track_id for t in tracks] == [0, 1]
-    tracks = tracker.update([(300, 0, 50, 50), (4, 0, 50, 50), (202, 200, 50, 50)])
-    assert [t.track_id for t in tracks] == [2, 0, 1]
-    assert [t.age for t in tracks] == [1, 3, 2]
+    assert sorted(t.track_id for t in tracks) == [0, 1]
 
 
-def test_track_is_dropped_after_max_missed_updates():
+def test_a_missed_face_is_carried_on_its_motion_and_keeps_its_id():
+    tracker = IoUTracker(max_missed=5, motion=1.0)
+    for t in range(4):                                      # moving right at 10 px per frame
+        tracker.update([(100 + 10 * t, 50, 60, 60)])
+    for t in range(4, 7):                                   # three frames without a detection
+        (track,) = tracker.update([])
+        assert not track.detected and track.track_id == 0
+        assert track.box == (100 + 10 * t, 50, 60, 60)     # predicted where it is going
+    (track,) = tracker.update([(170, 50, 60, 60)])        # found again where the prediction put it
+    assert track.detected and track.track_id == 0 and track.missed == 0
+
+
+def test_carried_tracks_hold_their_probabilities():
+    tracker = IoUTracker(smooth=0.0)
+    probs = np.array([[0.2, 0.8]])
+    tracker.update([(0, 0, 50, 50)], probs)
+    tracker.update([(0, 0, 50, 50)], probs)
+    (track,) = tracker.update([], np.zeros((0, 2)))
+    assert not track.detected
+    np.testing.assert_allclose(track.probs, probs[0])
+
+
+def test_track_is_dropped_after_max_missed_updates_and_its_id_is_never_reused():
     tracker = IoUTracker(max_missed=2)
     tracker.update([(0, 0, 50, 50)])
-    tracker.update([])
-    tracker.update([])  # missed twice: still kept, so it can come back
-    assert [t.missed for t in tracker.tracks] == [2]
+    tracker.update([(0, 0, 50, 50)])
+    assert len(tracker.update([])) == 1
+    assert len(tracker.update([])) == 1   # missed twice: still shown, so it can come back
     assert tracker.update([(1, 0, 50, 50)])[0].track_id == 0
-    for _ in range(3):  # missed three times: gone
+    for _ in range(3):                    # missed three times: gone
         tracker.update([])
     assert tracker.tracks == []
+    tracker.update([(1, 0, 50, 50)])
     assert tracker.update([(1, 0, 50, 50)])[0].track_id == 1
 
 
+def test_a_track_leaving_the_frame_is_dropped_not_carried_off_screen():
+    tracker = IoUTracker(max_missed=20, motion=1.0)
+    for t in range(5):                                      # moving left at 20 px per frame
+        tracker.update([(100 - 20 * t, 50, 60, 60)], frame_size=(640, 480))
+    shown = [[track.box for track in tracker.update([], frame_size=(640, 480))] for _ in range(4)]
+    # Predicted x: 0, -20, -40 ...: kept (clipped to the frame) while at least half inside.
+    assert shown == [[(0, 50, 60, 60)], [(0, 50, 40, 60)], [], []]
+    assert tracker.tracks == []
+
+
+def test_unmatched_lists_tracks_no_box_overlaps():
+    tracker = IoUTracker(min_hits=1)
+    tracker.update([(0, 0, 50, 50), (200, 0, 50, 50)])
+    assert [t.box for t in tracker.unmatched([(2, 0, 50, 50)])] == [(200, 0, 50, 50)]
+    assert len(tracker.unmatched([])) == 2
+
+
 def test_low_overlap_starts_a_new_track():
-    tracker = IoUTracker(iou_threshold=0.3)
+    tracker = IoUTracker(iou_threshold=0.3, min_hits=1)
     tracker.update([(0, 0, 100, 100)])
     # IoU 0.25 < 0.3: a different face, even though the boxes overlap.
-    assert tracker.update([(0, 60, 100, 100)])[0].track_id == 1
+    ids = sorted(t.track_id for t in tracker.update([(0, 60, 100, 100)]))
+    assert ids == [0, 1]  # the old one carried, the new one shown at once (min_hits=1)
 
 
 def test_greedy_matching_gives_each_track_its_best_box():
-    tracker = IoUTracker(iou_threshold=0.1)
+    tracker = IoUTracker(iou_threshold=0.1, min_hits=1)
     tracker.update([(0, 0, 100, 100), (90, 0, 100, 100)])
     # Both boxes overlap both old tracks; the best pairs win.
     tracks = tracker.update([(85, 0, 100, 100), (5, 0, 100, 100)])
-    assert [t.track_id for t in tracks] == [1, 0]
+    assert {t.box: t.track_id for t in tracks} == {(5, 0, 100, 100): 0, (85, 0, 100, 100): 1}
 
 
 def test_smoothing_is_an_exponential_moving_average():
-    tracker = IoUTracker(smooth=0.6)
+    tracker = IoUTracker(smooth=0.6, min_hits=1)
     first, second = np.array([0.7, 0.2, 0.1]), np.array([0.1, 0.1, 0.8])
     np.testing.assert_allclose(tracker.update([(0, 0, 50, 50)], [first])[0].probs, first)
     probs = tracker.update([(1, 0, 50, 50)], [second])[0].probs
@@ -91,14 +148,14 @@ def test_smoothing_is_an_exponential_moving_average():
 
 
 def test_smoothing_renormalizes():
-    tracker = IoUTracker(smooth=0.5)
+    tracker = IoUTracker(smooth=0.5, min_hits=1)
     tracker.update([(0, 0, 50, 50)], [np.array([1.0, 1.0])])  # not normalized on input
     probs = tracker.update([(0, 0, 50, 50)], [np.array([0.0, 4.0])])[0].probs
     np.testing.assert_allclose(probs, [0.25, 0.75])
 
 
 def test_smooth_zero_shows_exactly_the_current_probabilities():
-    tracker = IoUTracker(smooth=0.0)
+    tracker = IoUTracker(smooth=0.0, min_hits=1)
     rng = np.random.default_rng(1)
     for _ in range(5):
         current = rng.dirichlet(np.ones(7))
@@ -106,19 +163,21 @@ def test_smooth_zero_shows_exactly_the_current_probabilities():
 
 
 def test_unclassified_frames_keep_the_smoothed_labels():
-    tracker = IoUTracker(smooth=0.6)
+    tracker = IoUTracker(smooth=0.6, min_hits=1)
     probs = np.array([[0.9, 0.1], [0.2, 0.8]])
     tracker.update([(0, 0, 50, 50), (200, 0, 50, 50)], probs)
     for step in range(1, 4):
         tracks = tracker.update([(step, 0, 50, 50), (200 + step, 0, 50, 50)])  # probs=None
-        np.testing.assert_allclose([t.probs for t in tracks], probs)
+        np.testing.assert_allclose([t.probs for t in sorted(tracks, key=lambda t: t.track_id)], probs)
     # A face first seen on an unclassified frame has no label until it is classified.
     tracks = tracker.update([(3, 0, 50, 50), (400, 0, 50, 50)])
-    assert tracks[1].probs is None
+    assert [t.probs is None for t in sorted(tracks, key=lambda t: t.track_id)] == [False, False, True]
 
 
-def test_mismatched_probs_are_rejected():
+def test_bad_arguments_are_rejected():
     with pytest.raises(ValueError, match="2 boxes but 1 rows"):
         IoUTracker().update([(0, 0, 5, 5), (9, 9, 5, 5)], np.ones((1, 7)) / 7)
     with pytest.raises(ValueError, match="smooth"):
         IoUTracker(smooth=1.0)
+    with pytest.raises(ValueError, match="min_hits"):
+        IoUTracker(min_hits=0)
