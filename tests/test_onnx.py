@@ -46,8 +46,8 @@ def randomize(model, seed=0):
             w.value[...] = rng.normal(0, 0.2, w.shape)
         elif w.name.endswith("gamma"):
             w.value[...] = rng.uniform(0.5, 1.5, w.shape)
-        else:
-            w.value[...] *= rng.uniform(1.0, 2.0)     # glorot's scale, a little larger: clearer classes
+        else:                                          # kernels: unit-variance outputs for unit inputs
+            w.value[...] = rng.normal(0, 1 / np.sqrt(np.prod(w.shape[:-1])), w.shape)
     return model
 
 
