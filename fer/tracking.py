@@ -12,6 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# Share of its motion a carried track keeps at each further missed update. A velocity learnt from
+# a few jittery boxes could otherwise walk a still face's box away from it within a dozen frames.
+COAST = 0.8
+
 
 @dataclass(eq=False)  # compared by identity: a track is one object, probs an array
 class Track:
@@ -52,8 +56,10 @@ class Track:
         extrapolating it shrinks or swells a carried box within a few frames.
         """
         steps = self.missed + ahead
+        # 1 + d + d^2 + ... over `steps` updates: the carried face slows down (see COAST).
+        travel = steps if COAST == 1.0 else (1.0 - COAST ** steps) / (1.0 - COAST)
         x, y, w, h = self.anchor
-        return int(round(x + steps * self.velocity[0])), int(round(y + steps * self.velocity[1])), w, h
+        return int(round(x + travel * self.velocity[0])), int(round(y + travel * self.velocity[1])), w, h
 
 
 def iou(a, b):
@@ -108,7 +114,7 @@ class IoUTracker:
         motion: weight of the newest step in the velocity average; 0 carries boxes in place.
     """
 
-    def __init__(self, iou_threshold=0.3, max_missed=15, min_hits=2, smooth=0.6, motion=0.5):
+    def __init__(self, iou_threshold=0.3, max_missed=15, min_hits=2, smooth=0.6, motion=0.3):
         if not 0.0 <= smooth < 1.0:
             raise ValueError(f"IoUTracker: smooth must be in [0, 1), received {smooth}")
         if min_hits < 1 or max_missed < 0:

@@ -73,11 +73,17 @@ def test_a_missed_face_is_carried_on_its_motion_and_keeps_its_id():
     tracker = IoUTracker(max_missed=5, motion=1.0)
     for t in range(4):                                      # moving right at 10 px per frame
         tracker.update([(100 + 10 * t, 50, 60, 60)])
-    for t in range(4, 7):                                   # three frames without a detection
+    xs = []
+    for _ in range(4, 8):                                   # four frames without a detection
         (track,) = tracker.update([])
         assert not track.detected and track.track_id == 0
-        assert track.box == (100 + 10 * t, 50, 60, 60)     # predicted where it is going
-    (track,) = tracker.update([(170, 50, 60, 60)])        # found again where the prediction put it
+        xs.append(track.box[0])
+        assert track.box[1:] == (50, 60, 60)
+    # Predicted on its way, slowing down (COAST): each step shorter, none past the straight line.
+    steps = np.diff([130] + xs)
+    assert steps[0] == 10 and all(0 < later <= earlier for earlier, later in zip(steps, steps[1:]))
+    assert xs[-1] < 130 + 10 * len(xs)
+    (track,) = tracker.update([(165, 50, 60, 60)])        # found again, near where it was carried
     assert track.detected and track.track_id == 0 and track.missed == 0
 
 
@@ -109,9 +115,10 @@ def test_a_track_leaving_the_frame_is_dropped_not_carried_off_screen():
     tracker = IoUTracker(max_missed=20, motion=1.0)
     for t in range(5):                                      # moving left at 20 px per frame
         tracker.update([(100 - 20 * t, 50, 60, 60)], frame_size=(640, 480))
-    shown = [[track.box for track in tracker.update([], frame_size=(640, 480))] for _ in range(4)]
-    # Predicted x: 0, -20, -40 ...: kept (clipped to the frame) while at least half inside.
-    assert shown == [[(0, 50, 60, 60)], [(0, 50, 40, 60)], [], []]
+    shown = [[track.box for track in tracker.update([], frame_size=(640, 480))] for _ in range(5)]
+    # Predicted x, slowing by COAST = 0.8: 20 - 20 * (1, 1.8, 2.44, 2.95) = 0, -16, -29, -39; kept
+    # (clipped to the frame) while at least half inside, so 60, 44 and 31 of its 60 px are shown.
+    assert shown == [[(0, 50, 60, 60)], [(0, 50, 44, 60)], [(0, 50, 31, 60)], [], []]
     assert tracker.tracks == []
 
 
