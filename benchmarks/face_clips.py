@@ -166,7 +166,9 @@ class Score:
     id_switches: times a face's reported id differs from the id it was last reported with.
     never_found: faces in view on some frame but never reported; never_found_frames: their
     face-frames in view. `found_recall` leaves them out: the share a pipeline keeps of the
-    faces its detector can see at all.
+    faces its detector can see at all. before_found: face-frames in view before a face's first
+    report (the detector's latency); `kept_recall` leaves those out too: the share reported
+    once a face has been found, which is the tracker's part.
     """
 
     face_frames: int = 0
@@ -176,6 +178,7 @@ class Score:
     id_switches: int = 0
     never_found: int = 0
     never_found_frames: int = 0
+    before_found: int = 0
 
     @property
     def recall(self):
@@ -186,12 +189,16 @@ class Score:
         return self.reported / max(self.face_frames - self.never_found_frames, 1)
 
     @property
+    def kept_recall(self):
+        return self.reported / max(self.face_frames - self.never_found_frames - self.before_found, 1)
+
+    @property
     def false_per_frame(self):
         return self.false_faces / max(self.frames, 1)
 
     def add(self, other):
         for name in ("face_frames", "reported", "false_faces", "frames", "id_switches", "never_found",
-                     "never_found_frames"):
+                     "never_found_frames", "before_found"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         return self
 
@@ -218,6 +225,7 @@ def score(truths, reports):
             result.face_frames += face.in_view
             in_view[face.face] = in_view.get(face.face, 0) + face.in_view
             if f not in face_of:
+                result.before_found += face.in_view and face.face not in reported
                 continue
             result.reported += face.in_view
             reported[face.face] = reported.get(face.face, 0) + face.in_view
@@ -228,6 +236,7 @@ def score(truths, reports):
     unseen = [face for face, count in in_view.items() if count and not reported.get(face)]
     result.never_found = len(unseen)
     result.never_found_frames = sum(in_view[face] for face in unseen)
+    result.before_found -= result.never_found_frames
     return result
 
 
