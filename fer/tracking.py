@@ -15,6 +15,7 @@ import numpy as np
 # Share of its motion a carried track keeps at each further missed update. A velocity learnt from
 # a few jittery boxes could otherwise walk a still face's box away from it within a dozen frames.
 COAST = 0.8
+DUPLICATE_IOU = 0.5  # two boxes detected in one frame that overlap this much show the same face
 
 
 @dataclass(eq=False)  # compared by identity: a track is one object, probs an array
@@ -160,6 +161,7 @@ class IoUTracker:
             if probs is not None:
                 track.probs = self.smoothed(track.probs, probs[b])
         self.carry([track for track in self.tracks if id(track) not in seen], frame_size)
+        self.drop_duplicates()
         for track in self.tracks:  # in order of first detection, so ids follow the order faces appeared
             if track.track_id is None and track.hits >= self.min_hits:
                 track.track_id = self.next_id
@@ -197,6 +199,19 @@ class IoUTracker:
         track.box = track.anchor = box
         track.hits += 1
         track.missed = 0
+
+    def drop_duplicates(self):
+        """Two tracks detected on one face this update (boxes overlapping by DUPLICATE_IOU): the younger goes.
+
+        The detector can report one face twice (the whole-frame pass and the look near a
+        track, or two scales); two faces never overlap that much.
+        """
+        kept = []
+        for track in self.tracks:  # oldest first: tracks are appended as they start
+            if track.detected and any(other.detected and iou(other.box, track.box) >= DUPLICATE_IOU for other in kept):
+                continue
+            kept.append(track)
+        self.tracks = kept
 
     def carry(self, tracks, frame_size):
         """Tracks without a detection this update move on their motion, or are dropped."""

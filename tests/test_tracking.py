@@ -122,6 +122,20 @@ def test_a_track_leaving_the_frame_is_dropped_not_carried_off_screen():
     assert tracker.tracks == []
 
 
+def test_two_boxes_on_one_face_keep_the_older_track_only():
+    tracker = IoUTracker()
+    tracker.update([(100, 100, 80, 80)])
+    tracker.update([(102, 100, 80, 80)])
+    # The face is now reported twice (say, by the whole-frame pass and by the look near its track).
+    for step in range(3):
+        tracks = tracker.update([(104 + step, 100, 80, 80), (98 + step, 96, 84, 84)])
+        assert [t.track_id for t in tracks] == [0]
+    assert len(tracker.tracks) == 1
+    # Two faces side by side, overlapping a little, stay two.
+    tracker.update([(104, 100, 80, 80), (170, 100, 80, 80)])
+    assert len(tracker.update([(104, 100, 80, 80), (170, 100, 80, 80)])) == 2
+
+
 def test_unmatched_lists_tracks_no_box_overlaps():
     tracker = IoUTracker(min_hits=1)
     tracker.update([(0, 0, 50, 50), (200, 0, 50, 50)])
