@@ -109,11 +109,12 @@ class FaceDetector:
                 boxes.append((x0, y0, x1 - x0, y1 - y0))
         return sorted(boxes)
 
-    def detect_near(self, gray, box, step=1.05, margin=0.5, side=48):
+    def detect_near(self, gray, box, step=None, margin=0.5, side=48):
         """The face closest to `box` in a window around it, searched at a fine scale step; None if none.
 
         A face the whole-frame pass missed (its scale fell between two of the pyramid's steps)
-        is looked for where a track expects it: the window is `margin` of the box's side wider
+        is looked for where a track expects it, at scale step `step` (default: near_step): the
+        window is `margin` of the box's side wider
         on each side, resized so the box is `side` px, and only faces of 0.7-1.4 times the box's
         size are tried, so the fine step stays cheap.
         """
@@ -132,7 +133,7 @@ class FaceDetector:
         lo, hi = max(24, round(0.7 * max(w, h) * scale)), round(1.4 * max(w, h) * scale)
         if hi < lo:
             return None
-        found = self.cascade.detectMultiScale(window, scaleFactor=step, minNeighbors=self.min_neighbors,
+        found = self.cascade.detectMultiScale(window, scaleFactor=step or self.near_step, minNeighbors=self.min_neighbors,
                                               minSize=(lo, lo), maxSize=(hi, hi))
         boxes = [(int(round(x0 + fx / scale)), int(round(y0 + fy / scale)), int(round(fw / scale)),
                   int(round(fh / scale))) for fx, fy, fw, fh in np.asarray(found).reshape(-1, 4)]

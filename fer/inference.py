@@ -62,7 +62,7 @@ def load_fer_model(path):
 
     path = model_file(path)
     try:
-        model = minicnn.load_model(path)
+        model = minicnn.load_model(path, compile=False)     # inference needs no optimizer
     except ValueError as error:      # read_npz and load_model name the file and what is wrong
         raise ValueError(f"{path} is not a usable minicnn model file ({error})") from None
     labels, preprocessing = _fer_metadata(path, model.metadata)

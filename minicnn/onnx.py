@@ -119,9 +119,11 @@ class GraphBuilder:
 
     def activation(self, layer, name, layout):
         """The layer's activation after `name` (linear: nothing). Softmax runs over the channels."""
-        op = ACTIVATIONS.get(layer.activation.name)
-        if op is None:
+        if layer.activation.name == "linear":
             return name, layout
+        if layer.activation.name not in ACTIVATIONS:
+            raise ValueError(f"{layer.name}: activation {layer.activation.name!r} has no ONNX export")
+        op = ACTIVATIONS[layer.activation.name]
         attributes = {"axis": 1 if layout == "NCHW" else -1} if op == "Softmax" else {}
         return self.node(op, [name], f"{layer.name}/{layer.activation.name}", **attributes), layout
 

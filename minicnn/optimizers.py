@@ -36,7 +36,7 @@ class Optimizer:
             if w not in self.slots:
                 self.slots[w] = {name: np.zeros_like(w.value) for name in self.slot_names}
             if self.weight_decay:
-                w.value -= (lr * self.weight_decay) * w.value
+                w.value *= 1 - lr * self.weight_decay        # in place: no temporary per step
             self.update(w.value, w.grad.astype(w.value.dtype, copy=False), self.slots[w], lr)
 
     def update(self, value, grad, slots, lr):

@@ -112,3 +112,30 @@ def test_shift_tta_views_are_the_mirror_and_edge_repeating_moves():
     np.testing.assert_allclose(predict_probabilities(MeanModel(), x, tta="shift"), expected)
     with pytest.raises(ValueError, match="tta must be"):
         tta_views(x, "crop")
+
+
+def test_fit_on_an_empty_sequence_says_so():
+    import minicnn
+
+    class NoBatches(minicnn.Sequence):
+        def __len__(self):
+            return 0
+
+        def __getitem__(self, index):
+            raise IndexError(index)
+
+    model = minicnn.Sequential([minicnn.Dense(2, activation="softmax", input_shape=(3,))])
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    with pytest.raises(ValueError, match="0 batches"):
+        model.fit(NoBatches())
+
+
+def test_the_near_search_uses_the_detectors_own_step(monkeypatch):
+    from fer.faces import FaceDetector
+
+    detector = FaceDetector(near_step=1.3)
+    steps = []
+    monkeypatch.setattr(detector, "cascade", type("Spy", (), {
+        "detectMultiScale": lambda self, image, scaleFactor, **kw: steps.append(scaleFactor) or ()})())
+    detector.detect_near(np.zeros((240, 320), np.uint8), (100, 80, 60, 60))
+    assert steps == [1.3]

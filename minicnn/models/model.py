@@ -222,6 +222,8 @@ class Model(Network):
         if isinstance(x, Sequence):
             if validation_split:
                 raise ValueError(f"{self.name}: validation_split needs arrays; with a Sequence pass validation_data")
+            if len(x) == 0:
+                raise ValueError(f"{self.name}.fit: received no data (the Sequence holds 0 batches)")
             batches = x
         else:
             x, y = self._checked_data(x, y, "fit")
