@@ -53,10 +53,11 @@ class Augmenter:
             ("width_shift_range", width_shift_range, 1),
             ("height_shift_range", height_shift_range, 1),
             ("zoom_range", zoom_range, 1),
-            ("erasing_probability", erasing_probability, 1.0000001),
         ]:
             if not 0 <= value < limit:
                 raise ValueError(f"Augmenter: {name} must be in [0, {limit}), received {value!r}")
+        if not 0 <= erasing_probability <= 1:
+            raise ValueError(f"Augmenter: erasing_probability must be in [0, 1], received {erasing_probability!r}")
         if fill_mode not in BORDERS:
             raise ValueError(f"Augmenter: fill_mode must be one of {', '.join(BORDERS)}, received {fill_mode!r}")
         self.rotation_range = float(rotation_range)

@@ -386,7 +386,7 @@ def load(path, skip_bad_rows=False, cache_dir=None) -> FerData:
     (default: $FER_CACHE_DIR, else ~/.cache/minicnn-fer), so an edited file is parsed
     again. Only clean parses are cached: a file with bad rows is parsed (and its bad
     rows reported) on every load, whatever skip_bad_rows says. The folder keeps the
-    CACHE_FILES most recently used parses (about 80 MB each for the full FER2013 CSV) and
+    CACHE_FILES most recently used parses (each about the size of the decoded pixels) and
     deletes older ones; deleting the folder (rm -r ~/.cache/minicnn-fer) is always safe,
     it costs one parse per file. The tests point $FER_CACHE_DIR at a temporary folder.
     """
