@@ -289,12 +289,6 @@ def restore_run_state(path, model, batches, stateful_callbacks):
         raise ResumeError(f"not a checkpoint of this run ({detail})") from None
 
 
-def balanced_class_weights(labels, num_classes):
-    """w_k = N / (K * N_k): every class contributes equally to the loss."""
-    counts = np.bincount(labels, minlength=num_classes).astype(float)
-    return (len(labels) / (num_classes * np.maximum(counts, 1))).astype(np.float32)
-
-
 def load_splits(config):
     """FerData -> (optional --limit subset) -> Splits, as config says."""
     data = fer_data.load(config.data, skip_bad_rows=config.skip_bad_rows)
@@ -410,7 +404,8 @@ def _train_in(run, resume, config, splits, extra_callbacks, verbose, resume_lr):
 
     model = compiled_model(config, splits, preprocessing)
     augmenter = Augmenter(erasing_probability=config.erasing, seed=config.seed + 1) if config.augment else None
-    weights = balanced_class_weights(splits.train[1], len(splits.label_names)) if config.class_weight == "balanced" else None
+    weights = (losses.balanced_class_weights(splits.train[1], len(splits.label_names))
+               if config.class_weight == "balanced" else None)
     batches = FaceBatches(*splits.train, preprocessing, config.batch_size, augmenter, config.seed + 2, weights)
 
     best = callbacks.ModelCheckpoint(str(run / "model.npz"), monitor="val_accuracy", save_best_only=True)

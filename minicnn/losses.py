@@ -83,6 +83,12 @@ def _weighted_mean(per_sample, sample_weight):
     return float((per_sample * _weights(sample_weight, len(per_sample), per_sample.dtype)).mean())
 
 
+def balanced_class_weights(labels, num_classes):
+    """w_k = N / (K * N_k) for integer labels (N,): every class adds the same total weight to the loss."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)
+    return len(labels) / (num_classes * np.maximum(counts, 1))
+
+
 def categorical_crossentropy(y_true, y_pred):
     return CategoricalCrossentropy()(y_true, y_pred)
 

@@ -139,3 +139,11 @@ def test_the_near_search_uses_the_detectors_own_step(monkeypatch):
         "detectMultiScale": lambda self, image, scaleFactor, **kw: steps.append(scaleFactor) or ()})())
     detector.detect_near(np.zeros((240, 320), np.uint8), (100, 80, 60, 60))
     assert steps == [1.3]
+
+
+def test_balanced_class_weights_give_every_present_class_the_same_total():
+    from minicnn.losses import balanced_class_weights
+
+    weights = balanced_class_weights(np.array([0, 0, 0, 1]), 3)
+    np.testing.assert_allclose(weights, [4 / 9, 4 / 3, 4 / 3])     # N / (K * N_k), an absent class as N_k = 1
+    assert 3 * weights[0] == pytest.approx(1 * weights[1])

@@ -356,8 +356,7 @@ def class_weight_vector(class_weight, num_classes, where, labels=None):
         if labels is None:
             raise ValueError(f"{where}: class_weight='balanced' counts the labels of arrays x, y; "
                              f"with a Sequence pass a dict {{class: weight}}")
-        counts = np.bincount(labels.astype(np.int64), minlength=num_classes)
-        return len(labels) / (num_classes * np.maximum(counts, 1))
+        return losses.balanced_class_weights(labels, num_classes)
     if not isinstance(class_weight, dict):
         raise ValueError(f"{where}: class_weight must be a dict {{class: weight}} or 'balanced', "
                          f"received {type(class_weight).__name__} {class_weight!r:.60}")
