@@ -67,7 +67,7 @@ def build(name, seed=0):
     minicnn.backend.set_seed(seed)
     model = fer_models.BUILDERS[name]()
     model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
-    return model
+    return minicnn.models.fuse_batchnorm_relu(model)         # as scripts/train.py trains it
 
 
 def batch(model, n, seed=0):
@@ -127,7 +127,8 @@ def layer_table(model, x, y, steps, torch_runner=None):
     """Median forward and backward ms of every layer over `steps` training steps, the median
     step, the median ms per step inside each part of TIMED_CALLS ({"products": ms, ...}) and,
     with a torch runner, the median ms of torch's whole step, timed in turns with minicnn's."""
-    records = {layer: ([], []) for layer in model.nodes}
+    running = model.input_layers + [layer for layer, _ in model.steps]    # a fused pair is one step
+    records = {layer: ([], []) for layer in running}
     saved = []
     parts_per_step = []          # one {part: seconds} per step; the wrappers add to the last
 
@@ -151,7 +152,7 @@ def layer_table(model, x, y, steps, torch_runner=None):
         saved.append((layer, method))
         setattr(layer, method, timed_call)
 
-    for layer in model.nodes:
+    for layer in running:
         wrap(layer, "forward", 0)
         wrap(layer, "backward", 1)
         if hasattr(layer, "backward_from_logits"):
@@ -172,12 +173,12 @@ def layer_table(model, x, y, steps, torch_runner=None):
         for (module, name), fn in originals.items():
             setattr(module, name, fn)
     rows = []
-    for layer in model.nodes:
+    for layer in running:
         fwd, bwd = records[layer]
         per_step = len(fwd) // steps or 1
         f = 1e3 * float(np.median(fwd)) * per_step if fwd else 0.0
         b = 1e3 * float(np.median(bwd)) * per_step if bwd else 0.0
-        kind = type(layer).__name__ + (" (fused)" if layer in model.fused else "")  # run by its BN
+        kind = type(layer).__name__
         rows.append((layer.name, kind, str(layer.output_shape[1:]), f, b))
     torch_ms = 1e3 * float(np.median(torch_times)) if torch_times else None
     part_ms = {part: 1e3 * float(np.median([step[part] for step in parts_per_step])) for part in parts_per_step[0]}

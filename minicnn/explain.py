@@ -37,32 +37,8 @@ def get_activations(model, x, layer_names):
     if unknown:
         raise ValueError(f"{model.name}: no layer named {', '.join(map(repr, unknown))}; "
                          f"layers: {', '.join(by_name)}")
-    # Network.forward keeps intermediate values to itself. Rather than a second copy of its
-    # graph walk, record what the named layers return while the model runs its own forward
-    # (PyTorch calls this a forward hook): the values are exactly those predict() computes.
-    # Every layer runs on its own here: a BatchNormalization fused with its ReLU would return
-    # the ReLU's output, and the fused Activation would not run at all.
-    recorded, fuse, model.fuse = {}, model.fuse, False
-    for name in names:
-        by_name[name].forward = _recorder(by_name[name], recorded)
-    try:
-        model.forward(x, training=False)
-    finally:
-        model.fuse = fuse
-        for name in names:
-            by_name[name].__dict__.pop("forward", None)   # the class's forward shows through again
-    return {name: recorded[name] for name in names}
-
-
-def _recorder(layer, recorded):
-    """layer.forward, plus: store its output in recorded[layer.name]."""
-    forward = layer.forward                       # the bound method of the layer's class
-
-    def record(x, training=False):
-        recorded[layer.name] = y = forward(x, training=training)
-        return y
-
-    return record
+    outputs = model.layer_outputs(x, training=False)      # every layer on its own, as predict() runs them
+    return {name: outputs[by_name[name]] for name in names}
 
 
 def input_gradient(model, x, class_index=None, of="probability"):
@@ -105,7 +81,7 @@ def smoothgrad(model, x, class_index=None, n=25, noise=0.15, seed=0, of="probabi
     copies = np.repeat(x, n, axis=0)                                        # (N*n, H, W, C): x_n n times
     rng = np.random.default_rng(seed)
     copies = (copies + rng.standard_normal(copies.shape) * noise * np.repeat(spread, n, axis=0)).astype(x.dtype)
-    # Batches of copies, not one copy at a time: a batch of 25 costs about as much as 3 single images.
+    # batches of copies, not one copy at a time: each layer's fixed cost is paid once a batch
     grads = np.concatenate([input_gradient(model, copies[i:i + batch_size], classes[i:i + batch_size], of)
                             for i in range(0, len(copies), batch_size)])
     if magnitude:

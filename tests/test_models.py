@@ -188,7 +188,13 @@ def test_functional_model_gradchecks_end_to_end_including_the_loss():
         backend.set_floatx("float32")
 
 
+def fused_steps(model):
+    from minicnn.models.fusion import BatchNormalizationReLU
+    return [layer for layer, _ in model.steps if isinstance(layer, BatchNormalizationReLU)]
+
+
 def test_batchnorm_relu_pairs_fuse_and_give_the_same_outputs_and_gradients():
+    from minicnn.models.fusion import fuse_batchnorm_relu, relu_pairs
     backend.set_floatx("float64")
     try:
         backend.set_seed(0)
@@ -202,45 +208,75 @@ def test_batchnorm_relu_pairs_fuse_and_give_the_same_outputs_and_gradients():
         tanh_after_bn = Activation("tanh")(BatchNormalization()(h))   # not a ReLU: not fused
         model = Model(x_in, Dense(3, activation="softmax")(Flatten()(tanh_after_bn)))
         model.compile("sgd", "sparse_categorical_crossentropy")
-        assert model.relu_fusions == {relu_fused: bn_fused}
+        assert relu_pairs(model) == {relu_fused: bn_fused} and fused_steps(model) == []
 
         x, y = np.random.default_rng(0).standard_normal((4, 5, 4, 2)), np.array([0, 2, 1, 2])
+        unfused_loss, _ = model.compute_gradients(x, y)               # every layer on its own
+        unfused_grads = [w.grad.copy() for w in model.trainable_weights]
+        unfused_out, config, nodes = model.predict(x), model.get_config(), list(model.nodes)
+        assert fuse_batchnorm_relu(model) is model
+        assert [step.batchnorm for step in fused_steps(model)] == [bn_fused]
+        assert not {bn_fused, relu_fused} & {layer for layer, _ in model.steps}
+        np.testing.assert_allclose(model.predict(x), unfused_out, rtol=1e-12, atol=1e-15)   # inference fuses too
         loss, _ = model.compute_gradients(x, y)
-        assert model.fused == {relu_fused: bn_fused}
-        fused_grads = [w.grad.copy() for w in model.trainable_weights]
-        model.fuse = False                                            # every layer on its own
-        unfused_loss, _ = model.compute_gradients(x, y)
-        assert model.fused == {}
-        model.fuse = True
         assert abs(loss - unfused_loss) <= 1e-12 * abs(loss)
-        for w, g in zip(model.trainable_weights, fused_grads):
-            np.testing.assert_allclose(g, w.grad, rtol=1e-12, atol=1e-14, err_msg=w.name)
-
-        # inference fuses too, with the same output
-        fused_out = model.predict(x)
-        assert model.fused == {relu_fused: bn_fused}
-        model.fuse = False
-        np.testing.assert_allclose(fused_out, model.predict(x), rtol=1e-12, atol=1e-15)
-        model.fuse = True
+        for w, g in zip(model.trainable_weights, unfused_grads):
+            np.testing.assert_allclose(w.grad, g, rtol=1e-12, atol=1e-14, err_msg=w.name)
+        assert model.get_config() == config and model.nodes == nodes      # the architecture is the plain one
         # get_activations runs each layer on its own: BatchNormalization's own output has negative values
         out = minicnn.get_activations(model, x, [bn_fused.name, relu_fused.name])
-        assert model.fused == {} and model.fuse
         assert (out[bn_fused.name] < 0).any()
         np.testing.assert_array_equal(out[relu_fused.name], np.maximum(out[bn_fused.name], 0))
+        assert all("forward" not in vars(layer) for layer in model.nodes)   # no layer patched
     finally:
         backend.set_floatx("float32")
 
 
+def test_a_fused_model_saves_and_loads_as_the_plain_model(tmp_path):
+    from minicnn.models.fusion import fuse_batchnorm_relu
+    model = Sequential([Conv2D(4, 3, input_shape=(6, 6, 1)), BatchNormalization(), Activation("relu"),
+                        Flatten(), Dense(2, activation="softmax")])
+    model.save(tmp_path / "plain.npz")
+    fuse_batchnorm_relu(model).save(tmp_path / "fused.npz")
+    with np.load(tmp_path / "plain.npz") as plain, np.load(tmp_path / "fused.npz") as fused:
+        assert plain.files == fused.files
+        for name in plain.files:
+            np.testing.assert_array_equal(plain[name], fused[name], err_msg=name)
+    loaded = minicnn.load_model(tmp_path / "fused.npz")
+    assert fused_steps(loaded) == [] and [l.name for l in loaded.layers] == [l.name for l in model.layers]
+
+
+def test_unfused_training_runs_the_relu_layer_and_fused_training_does_not(monkeypatch):
+    from minicnn.layers import core
+    from minicnn.models.fusion import fuse_batchnorm_relu
+    calls = []
+    forward = core.Activation.forward
+    monkeypatch.setattr(core.Activation, "forward", lambda self, x, training=False: calls.append(self.name)
+                        or forward(self, x, training))
+    relu = Activation("relu")
+    model = Sequential([Conv2D(4, 3, input_shape=(6, 6, 1)), BatchNormalization(), relu, Flatten(),
+                        Dense(2, activation="softmax")])
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    x, y = np.random.default_rng(0).standard_normal((3, 6, 6, 1)).astype(np.float32), np.array([0, 1, 1])
+    model.train_on_batch(x, y)
+    assert calls == [relu.name]                     # where a breakpoint in Activation.forward stops
+    calls.clear()
+    fuse_batchnorm_relu(model).train_on_batch(x, y)
+    assert calls == []
+
+
 def test_no_fusion_when_the_activation_casts_to_another_dtype():
+    from minicnn.models.fusion import fuse_batchnorm_relu, relu_pairs
     x_in = Input((4, 4, 2))
     y = Activation("relu", dtype="float64")(BatchNormalization()(x_in))
     model = Model(x_in, y)
-    assert model.relu_fusions == {}
+    assert relu_pairs(model) == {} and fused_steps(fuse_batchnorm_relu(model)) == []
     assert model.predict(np.ones((2, 4, 4, 2), np.float32)).dtype == np.float64
 
 
 def test_fusion_gives_the_same_gradients_where_the_numba_kernels_run():
     # activations of 8 x 32 x 32 x 16 = 131,072 numbers: BatchNormalization takes its numba kernels
+    from minicnn.models.fusion import fuse_batchnorm_relu
     from minicnn.ops import batchnorm
     backend.set_floatx("float64")
     try:
@@ -249,15 +285,14 @@ def test_fusion_gives_the_same_gradients_where_the_numba_kernels_run():
                             Activation("relu"), Flatten(), Dense(3, activation="softmax")])
         model.compile("sgd", "sparse_categorical_crossentropy")
         x, y = np.random.default_rng(1).standard_normal((8, 32, 32, 2)), np.arange(8) % 3
-        assert 8 * 32 * 32 * 16 >= batchnorm.NUMBA_MIN_SIZE and len(model.relu_fusions) == 1
-        fused_loss, _ = model.compute_gradients(x, y)
-        fused = [w.grad.copy() for w in model.trainable_weights]
-        model.fuse = False
+        assert 8 * 32 * 32 * 16 >= batchnorm.NUMBA_MIN_SIZE
         loss, _ = model.compute_gradients(x, y)
-        model.fuse = True
+        unfused = [w.grad.copy() for w in model.trainable_weights]
+        assert len(fused_steps(fuse_batchnorm_relu(model))) == 1
+        fused_loss, _ = model.compute_gradients(x, y)
         assert abs(fused_loss - loss) <= 1e-12 * abs(loss)
-        for w, g in zip(model.trainable_weights, fused):
-            np.testing.assert_allclose(g, w.grad, rtol=1e-9, atol=1e-12, err_msg=w.name)
+        for w, g in zip(model.trainable_weights, unfused):
+            np.testing.assert_allclose(w.grad, g, rtol=1e-9, atol=1e-12, err_msg=w.name)
     finally:
         backend.set_floatx("float32")
 

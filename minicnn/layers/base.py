@@ -39,6 +39,25 @@ class Weight:
         return f"<Weight {self.name} shape={self.shape} trainable={self.trainable}>"
 
 
+def check_shape(weight, shape, where, detail=""):
+    """An error naming `where` unless `shape` (of an array, or as a file states it) is weight's."""
+    if tuple(shape) != weight.shape:
+        raise ValueError(f"{where}: weight {weight.name} has shape {weight.shape}, received shape {tuple(shape)}{detail}")
+
+
+def set_weight_values(weights, arrays, where):
+    """Copy each array into its weight in place, after checking the count and every shape, so
+    that on an error no weight has changed: the one routine every setter and loader ends in."""
+    arrays = list(arrays)
+    if len(arrays) != len(weights):
+        raise ValueError(f"{where}: expected {len(weights)} weight arrays "
+                         f"({', '.join(w.name for w in weights)}), received {len(arrays)}")
+    for w, a in zip(weights, arrays):
+        check_shape(w, np.shape(a), where)
+    for w, a in zip(weights, arrays):
+        w.value[...] = a
+
+
 class SymbolicTensor:
     """A placeholder for the output of `layer`: its shape with `None` for the batch."""
 
@@ -55,6 +74,7 @@ class Layer:
     """Base class. Subclasses set `input_ndim` and write build, forward, backward, get_config."""
 
     input_ndim = None   # rank of x including the batch axis, checked on every forward
+    needs_input_gradient = True   # False: backward may skip dx (the model's first layers in a training step)
 
     def __init__(self, name=None, dtype=None, trainable=True, input_shape=None, batch_input_shape=None):
         self.name = name or backend.unique_name(backend.to_snake_case(type(self).__name__))
@@ -95,15 +115,7 @@ class Layer:
 
     def set_weights(self, arrays):
         """Copy `arrays` into the weights in place, checking count and every shape first."""
-        arrays = list(arrays)
-        if len(arrays) != len(self._weights):
-            raise ValueError(f"{self.name}: expected {len(self._weights)} weight arrays "
-                             f"({', '.join(w.name for w in self._weights)}), received {len(arrays)}")
-        for w, a in zip(self._weights, arrays):
-            if tuple(np.shape(a)) != w.shape:
-                raise ValueError(f"{self.name}: weight {w.name} has shape {w.shape}, received shape {np.shape(a)}")
-        for w, a in zip(self._weights, arrays):
-            w.value[...] = a
+        set_weight_values(self._weights, arrays, self.name)
 
     def count_params(self):
         return int(sum(w.value.size for w in self._weights))

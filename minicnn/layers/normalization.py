@@ -12,9 +12,8 @@ class BatchNormalization(Layer):
                     moving = moving * momentum + batch * (1 - momentum)   (Keras' update), where the
                     moving variance takes Keras 2's unbiased var * m / (m - 1 - epsilon)
     training=False: the moving mean and variance.
-    relu=True:      y = max(y, 0) in the same pass: how a model runs BatchNormalization followed by
-                    Activation("relu") (see models/network.py, `relu_fusions`).
     x: (N, H, W, C) or (N, C) -> y: same shape;  gamma, beta, moving_mean, moving_variance: (C,)
+    Derivation: docs/backprop.md, "BatchNormalization".
     """
 
     def __init__(self, axis=-1, momentum=0.99, epsilon=1e-3, center=True, scale=True, **kwargs):
@@ -34,8 +33,8 @@ class BatchNormalization(Layer):
         self.moving_variance = self.add_weight("moving_variance", c, "ones", trainable=False)
         super().build(input_shape)
 
-    def forward(self, x, training=False, relu=False):
-        x = self.prepare(x)
+    def statistics(self, x, training):
+        """(mean, inv_std) per channel: this batch's, updating the moving ones (training), or the moving ones."""
         if training:
             mean, var = moments(x)                 # over every axis but the channels
             m = x.size // x.shape[-1]
@@ -45,20 +44,21 @@ class BatchNormalization(Layer):
             self.moving_variance.value[...] = self.moving_variance.value * r + unbiased * (1 - r)
         else:
             mean, var = self.moving_mean.value, self.moving_variance.value
-        inv_std = 1 / np.sqrt(var + self.epsilon)
+        return mean, 1 / np.sqrt(var + self.epsilon)
+
+    def forward(self, x, training=False):
+        x = self.prepare(x)
+        mean, inv_std = self.statistics(x, training)
         # x, not x_hat, is kept: the layer before already holds x, so this costs no memory
-        self.cache = (x, mean, inv_std, training, relu)
-        return normalize(x, mean, inv_std, self.gamma.value, self.beta.value, relu=relu)
+        self.cache = (x, mean, inv_std, training)
+        return normalize(x, mean, inv_std, self.gamma.value, self.beta.value)     # gamma * x_hat + beta
 
     def backward(self, dy):
-        """Training mode differentiates through the batch mean and variance too:
-        dx = inv_std / m * (m * dx_hat - sum(dx_hat) - x_hat * sum(dx_hat * x_hat)),  m = N*H*W
-        (see minicnn/ops/batchnorm.py for the derivation and the NumPy reference); after a fused
-        ReLU, dy is first zeroed where the output y was not positive.
-        """
-        x, mean, inv_std, training, relu = self.cache
-        dx, self.gamma.grad, self.beta.grad = normalize_backward(dy, x, mean, inv_std, self.gamma.value, training,
-                                                                 relu=relu, beta=self.beta.value)
+        """dgamma = sum dy * x_hat, dbeta = sum dy; dx = inv_std / m * (m * dx_hat - sum dx_hat -
+        x_hat * sum(dx_hat * x_hat)) in training (through the batch statistics), dx_hat * inv_std in
+        inference; dx_hat = dy * gamma, m = N*H*W. docs/backprop.md, "BatchNormalization"."""
+        x, mean, inv_std, training = self.cache
+        dx, self.gamma.grad, self.beta.grad = normalize_backward(dy, x, mean, inv_std, self.gamma.value, training)
         return dx
 
     def get_config(self):

@@ -73,12 +73,11 @@ class Model(Network):
             raise ValueError(f"{self.name}: call compile() with a loss first")
         y_pred = self.forward(x, training=training)
         logits = getattr(self.output_layer, "logits", None)
-        if logits is not None:      # softmax output: the fused, overflow-free gradient p - y
-            loss, dlogits = self.loss.from_logits(y, logits, sample_weight)
-            self.input_grad = self.backward(dlogits, from_logits=True, input_gradient=input_gradient)
+        if logits is not None:      # softmax output: the fused, overflow-free gradient p - y, before the softmax
+            loss, dy = self.loss.from_logits(y, logits, sample_weight)
         else:
-            loss = self.loss(y, y_pred, sample_weight)
-            self.input_grad = self.backward(self.loss.gradient(y, y_pred, sample_weight), input_gradient=input_gradient)
+            loss, dy = self.loss(y, y_pred, sample_weight), self.loss.gradient(y, y_pred, sample_weight)
+        self.input_grad = self.backward(dy, from_logits=logits is not None, input_gradient=input_gradient)
         return loss + self._add_regularization(), y_pred
 
     def _add_regularization(self):

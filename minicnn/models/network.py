@@ -1,23 +1,18 @@
 """The computation graph: layers in topological order, forward through them, backward in reverse.
 
-Backward is micrograd's idea on whole arrays: visit layers from the output back to the
-inputs; a layer's output gradient is the SUM of what every consumer sent back, because
-"copy in forward is add in backward" (a tensor that feeds two branches of a residual block
-receives both branches' gradients).
+The graph (`nodes`, `inbound`) is the architecture: what summary(), get_config(), the weights and
+model files read. What runs is `steps`: [(layer, the layers whose outputs it reads)], in order,
+the last computing the output. For a plain model the steps are the graph's own layers; a graph
+pass may replace some (models/fusion.py runs BatchNormalization + ReLU as one step), and the
+architecture stays as it was.
 
-One fusion: a BatchNormalization whose output goes only to an Activation("relu") runs as
-BatchNormalization(relu=True), one pass over the activations fewer each way, and
-the Activation passes its input through (`relu_fusions`). The model's output is the same;
-only that BatchNormalization's own output (before the ReLU) is never made, so
-`explain.get_activations`, which records layer outputs, sets `fuse = False` while it runs.
+Forward runs each step on its sources' outputs. Backward is micrograd's idea on whole arrays:
+visit the steps from the output back to the inputs; a layer's output gradient is the SUM of what
+every reader sent back, because "copy in forward is add in backward" (a tensor that feeds two
+branches of a residual block receives both branches' gradients).
 """
-import numpy as np
-
 from .. import backend
-from ..layers.base import Layer, SymbolicTensor
-from ..layers.conv import Conv2D
-from ..layers.core import Activation
-from ..layers.normalization import BatchNormalization
+from ..layers.base import SymbolicTensor, set_weight_values
 
 
 def depth_first(output_layer, inputs_of):
@@ -58,18 +53,28 @@ def topological_order(output):
     return sorted(done, key=lambda layer: (-depth[layer], met[layer]))
 
 
+def send_back(sources, dx, grads):
+    """Add each source's part of dx (a list for several sources; None: not computed) to grads.
+
+    Copy in forward is add in backward: `+` makes a new array, so no layer's dy is modified.
+    """
+    for source, d in zip(sources, dx if isinstance(dx, list) else [dx]):
+        if d is not None:
+            grads[source] = grads[source] + d if source in grads else d
+
+
 class Network:
     """A graph of layers from `inputs` (SymbolicTensors made by `Input`) to one `outputs` tensor."""
 
     def __init__(self, inputs=None, outputs=None, name=None):
         self.name = name or backend.unique_name(backend.to_snake_case(type(self).__name__))
         self.nodes = []        # every layer, InputLayers included, in topological order
-        self.relu_fusions = self.fused = {}     # see _relu_fusions; fused: those of the last forward
-        self.fuse = True                        # False: every layer runs on its own
+        self.steps = []        # what forward runs: see the module docstring
         if inputs is not None:
             self.set_graph(inputs, outputs)
 
     def set_graph(self, inputs, outputs):
+        """Build the graph from the input tensors to `outputs`; the steps are its own layers."""
         inputs = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
         if isinstance(outputs, (list, tuple)):
             if len(outputs) != 1:
@@ -79,14 +84,23 @@ class Network:
             raise ValueError(f"{self.name}: inputs and outputs must be tensors made by Input() and layer calls")
         self.nodes = topological_order(outputs)
         self.input_layers = [t.layer for t in inputs]
-        missing = [layer.name for layer in self.input_layers if layer not in self.nodes]
-        if missing:
-            raise ValueError(f"{self.name}: the output does not depend on input(s) {missing}")
         self.output_layer = outputs.layer
         self.inbound = {layer: [] for layer in self.nodes}     # layer -> the layers it reads from
         self.consumers = {layer: [] for layer in self.nodes}   # layer -> the layers that read it
         self._link(outputs, set())
-        self.relu_fusions = self._relu_fusions()
+        self._check_inputs()
+        if self.output_layer in self.input_layers:
+            raise ValueError(f"{self.name}: the output is an input; a model needs a layer between them")
+        self.set_steps(self.graph_steps())
+
+    def _check_inputs(self):
+        """The layers that read nothing are exactly the model's inputs (as Keras' 'Graph disconnected')."""
+        missing = [layer.name for layer in self.input_layers if layer not in self.nodes]
+        if missing:
+            raise ValueError(f"{self.name}: the output does not depend on input(s) {missing}")
+        unlisted = [layer.name for layer in self.nodes if not self.inbound[layer] and layer not in self.input_layers]
+        if unlisted:
+            raise ValueError(f"{self.name}: the output depends on input(s) {unlisted} that are not in the model's inputs")
 
     def _link(self, tensor, seen):
         if id(tensor.layer) in seen:
@@ -97,70 +111,53 @@ class Network:
             self.consumers[t.layer].append(tensor.layer)
             self._link(t, seen)
 
-    def _relu_fusions(self):
-        """{Activation("relu") layer: the BatchNormalization it reads}, for each BatchNormalization
-        whose output nothing else reads."""
-        fusions = {}
-        for layer in self.nodes:
-            sources = self.inbound[layer]
-            if (isinstance(layer, Activation) and layer.activation.name == "relu" and len(sources) == 1
-                    and isinstance(sources[0], BatchNormalization) and self.consumers[sources[0]] == [layer]
-                    and layer.dtype == sources[0].dtype):             # the Activation would not cast
-                fusions[layer] = sources[0]
-        return fusions
+    def graph_steps(self):
+        """Every layer of the graph on its own, reading what it was called on (InputLayers run first)."""
+        return [(layer, self.inbound[layer]) for layer in self.nodes if self.inbound[layer]]
+
+    def set_steps(self, steps):
+        """Run the model as `steps`, [(layer, the layers whose outputs it reads)] in order, the last
+        computing the output; `first_layers` are those reading only the model's inputs."""
+        self.steps = list(steps)
+        self.first_layers = [layer for layer, sources in self.steps if set(sources) <= set(self.input_layers)]
 
     # ---- the two passes ----------------------------------------------------------------------
     def forward(self, x, training=False):
-        """Run every layer in order; x: an array (or a list, one per input). Returns the output."""
+        """Run every step in order; x: an array (or a list, one per input). Returns the output."""
+        return self.run(self.steps, x, training)[self.steps[-1][0]]      # the last step computes the output
+
+    def layer_outputs(self, x, training=False):
+        """{layer: its output for x}, every layer of the graph run on its own, whatever pass has
+        replaced steps (what explain.get_activations shows)."""
+        return self.run(self.graph_steps(), x, training)
+
+    def run(self, steps, x, training):
+        """{layer: output} after running the InputLayers on x (they check and cast it), then `steps`."""
         xs = x if isinstance(x, (list, tuple)) else [x]
         if len(xs) != len(self.input_layers):
             raise ValueError(f"{self.name}: expected {len(self.input_layers)} input array(s), received {len(xs)}")
-        values = dict(zip(self.input_layers, xs))
-        self.fused = self.relu_fusions if self.fuse else {}
-        relu_after = set(self.fused.values())
-        for layer in self.nodes:
-            sources = self.inbound[layer]
-            if not sources:                       # an InputLayer
-                values[layer] = layer.forward(values[layer], training=training)
-            elif layer in self.fused:             # its BatchNormalization has applied the ReLU
-                values[layer] = values[sources[0]]
-            elif layer in relu_after:
-                values[layer] = layer.forward(values[sources[0]], training=training, relu=True)
-            else:
-                args = [values[s] for s in sources]
-                values[layer] = layer.forward(args if len(args) > 1 else args[0], training=training)
-        return values[self.output_layer]
+        values = {layer: layer.forward(a, training=training) for layer, a in zip(self.input_layers, xs)}
+        for layer, sources in steps:
+            args = [values[s] for s in sources]
+            values[layer] = layer.forward(args if len(args) > 1 else args[0], training=training)
+        return values
 
     def backward(self, dy, from_logits=False, input_gradient=True):
-        """Propagate dL/d(output) back; sets every weight's .grad and returns dL/dx.
+        """Propagate dy = dL/d(output) back; sets every weight's .grad and returns dL/dx (a list
+        for several inputs; None with input_gradient=False, a training step's choice).
 
-        from_logits=True: `dy` is the gradient before the output layer's softmax (the fused
-        softmax + cross-entropy gradient p - y), so that softmax is skipped.
-        input_gradient=False: dL/dx is not needed (returns None), so a Conv2D that reads the
-        model's input skips computing its dx (cnn4's first conv: a product and a col2im).
+        from_logits=True: dy is dL/dz, the gradient before the output layer's softmax (the fused
+        softmax + cross-entropy gradient p - y): the loss hands it to the output layer's
+        backward_from_logits, every other layer receives the sum of its readers' gradients.
         """
-        grads = {self.output_layer: dy}
-        input_grads = {}
-        for layer in reversed(self.nodes):
-            if layer not in grads:                # nothing downstream depends on it
-                continue
-            g = grads.pop(layer)
-            sources = self.inbound[layer]
-            if layer in self.fused:               # its BatchNormalization's backward does the ReLU's
-                dx = g
-            elif from_logits and layer is self.output_layer:
-                dx = layer.backward_from_logits(g)
-            elif not input_gradient and isinstance(layer, Conv2D) and all(not self.inbound[s] for s in sources):
-                layer.backward(g, input_gradient=False)     # its weights' gradients only
-                continue
-            else:
-                dx = layer.backward(g)
-            if not sources:
-                input_grads[layer] = dx
-            for source, d in zip(sources, dx if isinstance(dx, list) else [dx]):
-                # copy in forward is add in backward; `+` makes a new array, so no dy is modified
-                grads[source] = grads[source] + d if source in grads else d
-        result = [input_grads.get(layer) if input_gradient else None for layer in self.input_layers]
+        for layer in self.first_layers:           # their dx would be the input gradient alone
+            layer.needs_input_gradient = input_gradient
+        output, sources = self.steps[-1]
+        grads = {}                                # layer -> dL/d(its output), summed over its readers
+        send_back(sources, (output.backward_from_logits if from_logits else output.backward)(dy), grads)
+        for layer, sources in reversed(self.steps[:-1]):
+            send_back(sources, layer.backward(grads.pop(layer)), grads)
+        result = [grads.get(layer) if input_gradient else None for layer in self.input_layers]
         return result if len(result) > 1 else result[0]
 
     def __call__(self, x, training=False):
@@ -188,15 +185,8 @@ class Network:
         return [a for layer in self.nodes for a in layer.get_weights()]
 
     def set_weights(self, arrays):
-        """Inverse of get_weights: checks every shape before changing anything."""
-        arrays, expected = list(arrays), [w for layer in self.nodes for w in layer._weights]
-        if len(arrays) != len(expected):
-            raise ValueError(f"{self.name}: expected {len(expected)} weight arrays, received {len(arrays)}")
-        for w, a in zip(expected, arrays):
-            if tuple(np.shape(a)) != w.shape:
-                raise ValueError(f"{self.name}: weight {w.name} has shape {w.shape}, received shape {np.shape(a)}")
-        for w, a in zip(expected, arrays):
-            w.value[...] = a
+        """Inverse of get_weights: checks the count and every shape before changing anything."""
+        set_weight_values([w for layer in self.nodes for w in layer._weights], arrays, self.name)
 
     def count_params(self):
         return sum(layer.count_params() for layer in self.nodes)
