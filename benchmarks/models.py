@@ -42,8 +42,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-# minicnn sets OMP_WAIT_POLICY=PASSIVE for numba's threads when the user has not set it
-# (minicnn/backend.py). torch's twin runs with what the user has, as a PyTorch user would:
+# minicnn.perf.enable() (first thing in main) sets OMP_WAIT_POLICY=PASSIVE for numba's threads
+# when the user has not set it. torch's twin runs with what the user has, as a PyTorch user would:
 # passive waits slowed torch's many small parallel ops (mini-Xception: 460 vs 625 images/s).
 USER_OMP_WAIT_POLICY = os.environ.get("TORCH_TWIN_OMP_WAIT_POLICY", os.environ.get("OMP_WAIT_POLICY", ""))
 
@@ -51,7 +51,7 @@ import numba  # noqa: E402
 
 import minicnn  # noqa: E402
 from minicnn.layers import conv as conv_layers, core as core_layers  # noqa: E402
-from minicnn.ops import winograd  # noqa: E402
+from minicnn.ops import conv as conv_ops, winograd  # noqa: E402
 from fer import models as fer_models  # noqa: E402
 
 DEFAULT_MODELS = ("cnn4", "mini_xception", "cnn8")
@@ -116,9 +116,10 @@ class Minicnn:
 # The functions a step spends its time in besides the layers' own loops: (module, name) -> part.
 # Products are the floor no other kernel can lower; products + the patch transforms (im2col,
 # col2im, Winograd's) are the floor of the convolutions' design, whatever the elementwise passes cost.
-TIMED_CALLS = {(conv_layers, "matmul"): "products", (core_layers, "matmul"): "products",
+TIMED_CALLS = {(conv_ops, "matmul"): "products", (conv_layers, "matmul"): "products",
+               (core_layers, "matmul"): "products",
                (winograd, "matmul"): "products", (winograd, "batched_matmul"): "products",
-               (conv_layers, "im2col"): "transforms", (conv_layers, "col2im"): "transforms",
+               (conv_ops, "im2col"): "transforms", (conv_ops, "col2im"): "transforms",
                **{(winograd, name): "transforms" for name in
                   ("input_transform", "output_transform", "output_adjoint", "input_adjoint")}}
 
@@ -461,6 +462,7 @@ def measure(runners, what, repeats, calls):
 
 
 def main():
+    minicnn.perf.enable()                    # threads, allocator and OpenMP tuned, as the scripts run
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS),
                         help=f"comma-separated names, or 'all' ({', '.join(fer_models.names())})")

@@ -3,7 +3,7 @@
 Keras' names and behaviour (channels-last (N, H, W, C), `padding="same"`, `summary()`,
 `fit`/`evaluate`/`predict`), with every layer's forward and backward on one screen.
 """
-from . import activations, backend, callbacks, initializers, losses, optimizers, regularizers
+from . import activations, backend, callbacks, initializers, losses, optimizers, perf, regularizers
 from .explain import get_activations, input_gradient, smoothgrad
 from .io import load_model
 from .layers import (Activation, Add, AveragePooling2D, BatchNormalization, Conv2D, Dense, DepthwiseConv2D,

@@ -10,10 +10,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from hypothesis import example, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from minicnn.ops import depthwise, im2col, pooling
+from minicnn import perf
+from minicnn.ops import conv, depthwise, im2col, pooling
 from minicnn.ops.padding import conv_geometry
 
 
@@ -74,6 +75,18 @@ def tf_same_pads(size, k, s):
     out = -(-size // s)
     total = max((out - 1) * s + k - size, 0)
     return out, total // 2                         # the extra pixel goes after (bottom/right)
+
+
+def naive_pads(case):
+    """((top, bottom), (left, right)) from the textbook formulas, for the naive loops in minicnn.ops."""
+    if case.padding == "valid":
+        return (0, 0), (0, 0)
+    pads = []
+    for size, k, s in zip((case.h, case.w), case.kernel_size, case.strides):
+        out = -(-size // s)
+        total = max((out - 1) * s + k - size, 0)
+        pads.append((total // 2, total - total // 2))    # the extra pixel goes after (bottom/right)
+    return tuple(pads)
 
 
 def naive_geometry(h_in, w_in, kernel_size, strides, padding):
@@ -144,22 +157,23 @@ def test_col2im_is_the_adjoint_of_im2col(impl, case):
     assert np.isclose(lhs, rhs, rtol=1e-12, atol=1e-12 * np.abs(cols).sum() * np.abs(g).max())
 
 
+@settings(max_examples=25, deadline=None)
+@given(cases(max_n=2, max_hw=7, max_c=3))
+def test_im2col_and_col2im_references_equal_the_naive_loops(case):
+    rng = case.rng()
+    x = case.random(case.x_shape, rng)
+    cols = im2col.im2col_naive(x, case.kernel_size, case.strides, naive_pads(case))
+    assert np.array_equal(im2col.im2col_reference(x, case.kernel_size, case.strides, case.pads), cols)
+    g = case.random(cols.shape, rng)
+    assert_sums_close(im2col.col2im_reference(g, x.shape, case.kernel_size, case.strides, case.pads),
+                      im2col.col2im_naive(g, x.shape, case.kernel_size, case.strides, naive_pads(case)), case.dtype)
+
+
 def naive_conv(x, kernel, strides, padding):
-    """Textbook convolution: four nested loops, TensorFlow padding done by index checks."""
-    n_img, h_in, w_in, c_in = x.shape
-    kh, kw, _, f_out = kernel.shape
-    sh, sw = strides
-    ho_n, wo_n, top, left = naive_geometry(h_in, w_in, (kh, kw), strides, padding)
-    y = np.zeros((n_img, ho_n, wo_n, f_out))
-    for n in range(n_img):
-        for ho in range(ho_n):
-            for wo in range(wo_n):
-                for i in range(kh):
-                    for j in range(kw):
-                        h, w = ho * sh - top + i, wo * sw - left + j
-                        if 0 <= h < h_in and 0 <= w < w_in:      # outside: zero padding
-                            y[n, ho, wo] += x[n, h, w] @ kernel[i, j]
-    return y
+    """minicnn.ops.conv.conv2d_naive with the padding from the textbook formulas."""
+    h, w = x.shape[1:3]
+    case = Case(1, h, w, 1, kernel.shape[:2], strides, padding, np.float64, 0)
+    return conv.conv2d_naive(x, kernel, strides, naive_pads(case))
 
 
 @pytest.mark.parametrize("impl", ["reference", "numba"])
@@ -177,6 +191,54 @@ def test_conv_via_im2col_equals_naive_conv(impl, case, filters):
     y = (cols.reshape(n * ho * wo, -1) @ kernel.reshape(-1, filters)).reshape(n, ho, wo, filters)
     np.testing.assert_allclose(y, naive_conv(x, kernel, case.strides, case.padding),
                                rtol=1e-12, atol=1e-12)
+
+
+def conv_case(case, filters):
+    rng = case.rng()
+    x = case.random(case.x_shape, rng)
+    kernel = case.random(case.kernel_size + (case.c, filters), rng)
+    return x, kernel, rng
+
+
+@settings(max_examples=25, deadline=None)
+@given(case=cases(max_n=2, max_hw=7, max_c=3, max_k=3), filters=st.integers(1, 3))
+def test_conv2d_reference_equals_the_naive_loops(case, filters):
+    x, kernel, _ = conv_case(case, filters)
+    z, cols = conv.conv2d_reference(x, kernel, case.strides, case.pads)
+    assert_sums_close(z, conv.conv2d_naive(x, kernel, case.strides, naive_pads(case)), case.dtype)
+    assert cols.shape == (z.size // filters, kernel.size // filters)
+
+
+def expected_method(path, case):
+    if path == "winograd" and case.kernel_size == (3, 3) and case.strides == (1, 1):
+        return "winograd"
+    return "im2col" if path != "reference" else "reference"
+
+
+@pytest.mark.parametrize("path", ["reference", "im2col", "winograd"])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=cases(max_n=3, max_hw=8, max_c=4), filters=st.integers(1, 4), need_dx=st.booleans())
+@example(case=Case(2, 5, 6, 3, (3, 3), (1, 1), "same", np.float64, 0), filters=2, need_dx=True)
+def test_conv2d_and_its_backward_equal_the_reference(monkeypatch, path, case, filters, need_dx):
+    # the dispatcher (numba im2col or Winograd, a reused workspace) against im2col + product
+    monkeypatch.setenv("MINICNN_REFERENCE", "1" if path == "reference" else "0")
+    monkeypatch.setattr(perf, "WINOGRAD_MIN_CHANNELS", 1 if path == "winograd" else 10**9)
+    monkeypatch.setattr(perf, "WINOGRAD_MIN_TILES", 1)
+    x, kernel, rng = conv_case(case, filters)
+    z_ref, cols = conv.conv2d_reference(x, kernel, case.strides, case.pads)
+    dz = case.random(z_ref.shape, rng)
+    dk_ref, dx_ref = conv.conv2d_backward_reference(dz, cols, kernel, x.shape, case.strides, case.pads)
+    workspace = conv.Workspace()
+    for _ in range(2):                                  # the second call reuses the workspace's arrays
+        z, saved = conv.conv2d(x, kernel, case.strides, case.pads, workspace)
+        dk, dx = conv.conv2d_backward(dz, saved, kernel, need_dx)
+        assert saved.method == expected_method(path, case)
+        assert_sums_close(z, z_ref, case.dtype)
+        assert_sums_close(dk, dk_ref, case.dtype)
+        if need_dx:
+            assert_sums_close(dx, dx_ref, case.dtype)
+        else:
+            assert dx is None
 
 
 # ----------------------------------------------------------------------------------------
@@ -237,6 +299,23 @@ def test_max_pool_equals_naive_and_padding_never_wins(impl, case, ties, sign):
                     assert arg[n, ho, wo, c] == h * case.w + w
                     dx_naive[n, h, w, c] += dy[n, ho, wo, c]
     assert_sums_close(dx, dx_naive, case.dtype)
+
+
+@settings(max_examples=25, deadline=None)
+@given(cases(max_n=2, max_hw=7, max_c=3), st.booleans())
+def test_pool_references_equal_the_naive_loops(case, ties):
+    rng = case.rng()
+    x = pool_input(case, rng, ties)
+    args, naive_args = (case.kernel_size, case.strides, case.pads), (case.kernel_size, case.strides, naive_pads(case))
+    y, arg = pooling.max_pool_reference(x, *args)
+    y_naive, arg_naive = pooling.max_pool_naive(x, *naive_args)
+    assert np.array_equal(y, y_naive) and np.array_equal(arg, arg_naive)
+    dy = case.random(y.shape, rng)
+    assert_sums_close(pooling.max_pool_backward_reference(dy, arg, x.shape, *args),
+                      pooling.max_pool_backward_naive(dy, arg_naive, x.shape), case.dtype)
+    assert_sums_close(pooling.avg_pool_reference(x, *args), pooling.avg_pool_naive(x, *naive_args), case.dtype)
+    assert_sums_close(pooling.avg_pool_backward_reference(dy, x.shape, *args),
+                      pooling.avg_pool_backward_naive(dy, x.shape, *naive_args), case.dtype)
 
 
 @SETTINGS
@@ -300,22 +379,10 @@ def test_avg_pool_same_border_divides_by_real_cells(impl):
 # ----------------------------------------------------------------------------------------
 
 def naive_depthwise(x, kernel, strides, padding):
-    """y[n, ho, wo, c*M + m] by nested loops, TensorFlow padding by index checks."""
-    n_img, h_in, w_in, c_in = x.shape
-    kh, kw, _, m_n = kernel.shape
-    sh, sw = strides
-    ho_n, wo_n, top, left = naive_geometry(h_in, w_in, (kh, kw), strides, padding)
-    y = np.zeros((n_img, ho_n, wo_n, c_in * m_n))
-    for ho in range(ho_n):
-        for wo in range(wo_n):
-            for i in range(kh):
-                for j in range(kw):
-                    h, w = ho * sh - top + i, wo * sw - left + j
-                    if 0 <= h < h_in and 0 <= w < w_in:
-                        for c in range(c_in):
-                            for m in range(m_n):
-                                y[:, ho, wo, c * m_n + m] += x[:, h, w, c] * kernel[i, j, c, m]
-    return y
+    """minicnn.ops.depthwise.depthwise_conv_naive with the padding from the textbook formulas."""
+    h, w = x.shape[1:3]
+    case = Case(1, h, w, 1, kernel.shape[:2], strides, padding, np.float64, 0)
+    return depthwise.depthwise_conv_naive(x, kernel, strides, naive_pads(case))
 
 
 @SETTINGS

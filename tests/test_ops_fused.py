@@ -5,6 +5,7 @@ thousand, so blocks end mid-array), float32 and float64. Gathers and single prod
 (ReLU, dropout) must match exactly; sums (the BN statistics and gradients) to rtol 1e-12
 in float64, where only the order of the additions differs.
 """
+import json
 import os
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from minicnn import perf
 from minicnn.ops import batchnorm, elementwise, gemm, im2col
 
 SETTINGS = settings(max_examples=40, deadline=None)
@@ -127,6 +129,18 @@ def test_normalize_backward_with_relu_is_the_chain_rule_through_relu(spec, train
         assert not all(np.array_equal(r, p) for r, p in zip(reference, plain))   # one value's dx is 0 anyway)
 
 
+@settings(max_examples=20, deadline=None)
+@given(arrays(max_rank=3), st.booleans())
+def test_batchnorm_references_equal_the_naive_loops(spec, training):
+    x, dy, mean, inv_std, gamma, beta = bn_inputs(*spec)
+    assert_sums_close(batchnorm.normalize_reference(x, mean, inv_std, gamma, beta),
+                      batchnorm.normalize_naive(x, mean, inv_std, gamma, beta), spec[1])
+    naive = batchnorm.normalize_backward_naive(dy, x, mean, inv_std, gamma, training)
+    for actual, expected in zip(batchnorm.normalize_backward_reference(dy, x, mean, inv_std, gamma, training), naive):
+        np.testing.assert_allclose(actual, expected, rtol=1e-4 if spec[1] == np.float32 else 1e-10,
+                                   atol=1e-3 if spec[1] == np.float32 else 1e-10)
+
+
 def test_normalize_backward_training_is_the_gradient_through_the_batch_statistics():
     # dx from the formula against central differences of L = sum(normalize(x) * G)
     rng = np.random.default_rng(0)
@@ -167,6 +181,24 @@ def test_relu_numba_equals_reference(spec):
     y = elementwise.relu_reference(x)
     dy = random(shape, dtype, np.random.default_rng(seed + 1))
     assert_exact(elementwise.relu_backward_numba(dy, y), elementwise.relu_backward_reference(dy, y))
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(1, 300), st.sampled_from([0.1, 0.5]), DTYPES, st.integers(0, 2**32 - 1))
+def test_elementwise_references_equal_the_naive_loops(size, rate, dtype, seed):
+    rng = np.random.default_rng(seed)
+    x, grad = random((size,), dtype, rng), random((size,), dtype, rng, 0.0, 1e-2)
+    assert_exact(elementwise.relu_reference(x), elementwise.relu_naive(x))
+    bits = elementwise.random_bits(rng, x.shape)
+    (y, keep), (y_naive, keep_naive) = elementwise.dropout_reference(x, bits, rate), elementwise.dropout_naive(x, bits, rate)
+    assert np.array_equal(keep, keep_naive)
+    np.testing.assert_allclose(y, y_naive, rtol=1e-6)
+    state = [random((size,), dtype, rng), random((size,), dtype, rng, 0.0, 1e-3), np.abs(random((size,), dtype, rng))]
+    naive = [a.copy() for a in state]
+    elementwise.adam_update_reference(state[0], grad, *state[1:], 1e-3, 0.9, 0.999, 1e-7)
+    elementwise.adam_update_naive(naive[0], grad, *naive[1:], 1e-3, 0.9, 0.999, 1e-7)
+    for a, e in zip(state, naive):
+        np.testing.assert_allclose(a, e, rtol=1e-5 if dtype == np.float32 else 1e-12)
 
 
 @SETTINGS
@@ -211,6 +243,9 @@ def test_matmul_single_thread_equals_reference(m, k, f, dtype, seed):
     assert gemm.matmul_single_thread(a, b, out=out) is out
     assert_sums_close(out, gemm.matmul_reference(a, b), dtype)
     assert_sums_close(gemm.matmul_single_thread(a.T.copy().T, b), a @ b, dtype)   # a transposed view
+    if m * k * f <= 2000:
+        np.testing.assert_allclose(gemm.matmul_naive(a, b), a @ b, rtol=1e-4 if dtype == np.float32 else 1e-12,
+                                   atol=1e-4 if dtype == np.float32 else 1e-12)
 
 
 def test_matmul_gives_both_threads_only_to_large_or_wide_products(monkeypatch):
@@ -231,12 +266,12 @@ def test_im2col_writes_into_out_and_checks_it():
     x = np.random.default_rng(0).standard_normal((2, 5, 6, 3)).astype(np.float32)
     args = ((3, 3), (1, 1), ((1, 1), (1, 1)))
     expected = im2col.im2col_reference(x, *args)
-    for impl in (im2col.im2col_reference, im2col.im2col_numba):
-        out = np.full((2 * 5 * 6, 27), np.nan, np.float32)
-        impl(x, *args, out=out)
-        assert np.array_equal(out, expected.reshape(out.shape))
-        with pytest.raises(ValueError, match="out must be"):
-            impl(x, *args, out=np.empty((2 * 5 * 6, 26), np.float32))
+    out = np.full((2 * 5 * 6, 27), np.nan, np.float32)
+    im2col.im2col_numba(x, *args, out=out)
+    assert np.array_equal(out, expected.reshape(out.shape))
+    assert np.array_equal(im2col.im2col(x, *args, out=out), expected)      # the dispatcher returns its result
+    with pytest.raises(ValueError, match="out must be"):
+        im2col.im2col_numba(x, *args, out=np.empty((2 * 5 * 6, 26), np.float32))
 
 
 # ----------------------------------------------------------------------------------------
@@ -316,13 +351,11 @@ def test_each_op_runs_the_version_measured_faster(monkeypatch):
 def test_kernel_threads_uses_one_thread_for_small_work_and_restores():
     import numba
 
-    from minicnn import backend
-
     before = numba.get_num_threads()
-    with backend.kernel_threads(backend.PARALLEL_MIN_SIZE - 1):
+    with perf.kernel_threads(perf.PARALLEL_MIN_SIZE - 1):
         assert numba.get_num_threads() == 1
     assert numba.get_num_threads() == before
-    with backend.kernel_threads(backend.PARALLEL_MIN_SIZE):
+    with perf.kernel_threads(perf.PARALLEL_MIN_SIZE):
         assert numba.get_num_threads() == before
 
 
@@ -339,23 +372,43 @@ def test_matmul_runs_small_products_on_one_thread(monkeypatch):
 
 
 def test_big_freed_arrays_are_reused_not_mapped_afresh():
-    # backend.keep_freed_memory (run at import): a 40 MB array allocated again after being freed
-    # reuses the process's memory instead of page-faulting a new mapping
+    # perf.enable() keeps freed memory: a 40 MB array allocated again after being freed reuses
+    # the process's memory instead of page-faulting a new mapping
     import subprocess
     import sys
 
-    from minicnn import backend
-
-    if not backend.MALLOC_KEEPS_FREED_MEMORY:
-        pytest.skip("no glibc, or a glibc that refuses a 1 GB mmap threshold: malloc keeps its own settings")
-    code = ("import resource, numpy as np, minicnn\n"
+    code = ("import json, resource, numpy as np, minicnn.perf\n"
+            "done = minicnn.perf.enable()\n"
             "for _ in range(3): a = np.ones(10_000_000, np.float32); del a\n"
             "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
             "for _ in range(10): a = np.ones(10_000_000, np.float32); del a\n"
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n")
-    faults = {}
+            "print(json.dumps([done, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before]))\n")
+    runs = {}
     for setting in ("kept", "default"):
         env = {**os.environ, "MINICNN_MALLOC": setting}
-        faults[setting] = int(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                                             text=True, check=True).stdout)
+        runs[setting] = json.loads(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                                                  text=True, check=True).stdout)
+    if not runs["kept"][0]["malloc_keeps_freed_memory"]:
+        pytest.skip("no glibc, or a glibc that refuses a 1 GB mmap threshold: malloc keeps its own settings")
+    assert not runs["default"][0]["malloc_keeps_freed_memory"]
+    faults = {setting: run[1] for setting, run in runs.items()}
     assert faults["kept"] < 100 < faults["default"], faults      # 40 MB: 20 huge or 10,000 small pages
+
+
+def test_perf_enable_sets_the_process_up_once_and_says_what_it_did():
+    import subprocess
+    import sys
+
+    code = ("import json, os, minicnn, minicnn.perf as perf\n"
+            "before = os.environ.get('OMP_WAIT_POLICY')\n"
+            "first, again = perf.enable(), perf.enable()\n"
+            "print(json.dumps([before, os.environ.get('OMP_WAIT_POLICY'), first == again, first,\n"
+            "                  perf.openblas_set_num_threads_local is not None]))\n")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    before, after, same, done, found = json.loads(subprocess.run([sys.executable, "-c", code], env=env,
+                                                                 capture_output=True, text=True, check=True).stdout)
+    assert before is None and after == "PASSIVE" == done["omp_wait_policy"] and same
+    assert done["openblas_local_threads"] == found
+    env["OMP_WAIT_POLICY"] = "ACTIVE"                                 # a value the user set wins
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert json.loads(out)[1] == "ACTIVE"

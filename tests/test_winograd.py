@@ -5,7 +5,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from minicnn import backend, gradcheck
+from minicnn import backend, gradcheck, perf
 from minicnn.layers import Conv2D
 from minicnn.ops import winograd
 from minicnn.ops.im2col import col2im_reference, im2col_reference
@@ -84,12 +84,14 @@ def test_conv3x3_and_its_backward_equal_the_im2col_convolution(k):
         assert_close(actual, expected, k["dtype"])
     dx_again, _ = winograd.conv3x3_backward(dz, saved, x.shape, top, left)   # backward leaves `saved` intact
     np.testing.assert_array_equal(dx_again, dx)
+    z_naive = winograd.conv3x3_naive(x, kernel, top, left, ho, wo)            # the formula, tile by tile
+    assert_close(z_naive.astype(k["dtype"]), z_expected, k["dtype"])
 
 
 @pytest.fixture
 def every_conv3x3_on_winograd(monkeypatch):
-    monkeypatch.setattr(winograd, "MIN_CHANNELS", 1)
-    monkeypatch.setattr(winograd, "MIN_TILES", 1)
+    monkeypatch.setattr(perf, "WINOGRAD_MIN_CHANNELS", 1)
+    monkeypatch.setattr(perf, "WINOGRAD_MIN_TILES", 1)
     monkeypatch.delenv("MINICNN_REFERENCE", raising=False)
     backend.set_floatx("float64")
     yield

@@ -4,27 +4,16 @@ Conv2D is a matrix product on im2col's patch matrix:
     cols = im2col(x)                  (N*Ho*Wo, kh*kw*C)   every receptive field as a row
     z    = cols @ K + b               (N*Ho*Wo, F)         K reshaped to (kh*kw*C, F)
 and its backward is the same product transposed, with col2im (the adjoint of im2col)
-folding the patch gradients back onto the image.
-
-A 3x3, stride-1 Conv2D between wide layers (64 channels or more on both sides), given a
-batch (256 output tiles of 2x2 or more), computes the same z with Winograd's F(2x2, 3x3)
-instead (ops/winograd.py): 16 products, each 1/36 of im2col's one, 2.25x fewer
-multiplications in all. cnn4's 12x12x128->512 and 6x6x512->512 layers, timed alone
-(batch 64, medians): forward 29.6 -> 19.8 and 29.9 -> 18.6 ms, backward 57.4 -> 42.0 and
-59.1 -> 34.6 ms. At 32 channels (48x48x32->32) it was faster alone too (27.7 -> 19.1,
-40.0 -> 34.1 ms), but cnn8, whose largest layer that is, trained no faster with it (253.1 vs
-254.6 ms a step, alternating): the 64-channel threshold stays. MINICNN_REFERENCE=1 keeps
-every convolution on im2col.
+folding the patch gradients back onto the image. `ops.conv` computes exactly that
+(MINICNN_REFERENCE=1 runs those lines in NumPy), or the same numbers faster by default.
+Derivations: docs/backprop.md.
 """
 import warnings
 
-import numpy as np
-
 from .. import activations, initializers, regularizers
-from ..ops import winograd
+from ..ops.conv import Workspace, conv2d, conv2d_backward
 from ..ops.depthwise import depthwise_conv, depthwise_conv_backward
 from ..ops.gemm import matmul
-from ..ops.im2col import col2im, im2col
 from ..ops.padding import conv_geometry
 from .base import Layer, positive_int
 
@@ -64,15 +53,6 @@ class _Conv(Layer):
         self.use_bias = use_bias
         self.kernel_initializer, self.bias_initializer = kernel_initializer, bias_initializer
         self.kernel_regularizer = regularizers.get(kernel_regularizer)
-        self._scratch = {}
-
-    def scratch(self, name, shape, dtype):
-        """An array kept from one step to the next, for temporaries that never leave the layer.
-        A fresh 200 MB array (the 5x5 conv's patch matrix) costs ~25 ms of page faults a step."""
-        buffer = self._scratch.get(name)
-        if buffer is None or buffer.shape != shape or buffer.dtype != dtype:
-            buffer = self._scratch[name] = np.empty(shape, dtype)
-        return buffer
 
     def spatial_output_shape(self, input_shape):
         _, ho, wo = window_geometry(self, input_shape, self.kernel_size)
@@ -105,6 +85,7 @@ class Conv2D(_Conv):
     def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", **kwargs):
         super().__init__(kernel_size, strides, padding, **kwargs)
         self.filters = positive_int(filters, "filters", self.name)
+        self.workspace = Workspace()     # training's big temporaries, reused from step to step
 
     def build(self, input_shape):
         kh, kw = self.kernel_size
@@ -117,51 +98,31 @@ class Conv2D(_Conv):
         return self.spatial_output_shape(input_shape) + (self.filters,)
 
     def forward(self, x, training=False):
+        """z = im2col(x) @ K + b, y = activation(z):  (N, H, W, C) -> (N, Ho, Wo, F)."""
         x = self.prepare(x)
-        pads, ho, wo = self.geometry(x)
-        n, f = x.shape[0], self.filters
-        kh, kw = self.kernel_size
-        # in training, big temporaries are reused from step to step (see scratch): they are
-        # borrowed by self.cache until the next forward; inference allocates, so it holds no
-        # batch-256 buffer
-        scratch = self.scratch if training else None
-        cols = winograd_saved = None
-        if winograd.pays(self.kernel_size, self.strides, n, ho, wo, x.shape[3], f):   # same z, fewer multiplications
-            z, winograd_saved = winograd.conv3x3(x, self.kernel.value, pads[0][0], pads[1][0], ho, wo, scratch)
-        else:
-            shape = (n * ho * wo, kh * kw * x.shape[3])
-            cols = scratch("cols", shape, x.dtype) if training else np.empty(shape, x.dtype)
-            im2col(x, self.kernel_size, self.strides, pads, out=cols)                      # (N*Ho*Wo, kh*kw*C)
-            z = matmul(cols, self.kernel.value.reshape(-1, f))                            # (N*Ho*Wo, F)
+        pads, _, _ = self.geometry(x)
+        z, saved = conv2d(x, self.kernel.value, self.strides, pads,               # (N, Ho, Wo, F)
+                          self.workspace if training else None)                   # inference keeps no buffer
         if self.use_bias:
             z += self.bias.value
-        y = self.activate(z.reshape(n, ho, wo, f))
-        self.cache = (x.shape, pads, cols, winograd_saved, y)
+        y = self.activate(z)
+        self.cache = (saved, y)
         return y
 
-    def backward(self, dy, input_gradient=True):
-        *_, y = self.cache
-        return self.backward_from_logits(self.activation.backward(dy, y), input_gradient)
+    def backward(self, dy):
+        """dK = colsᵀ·dz, db = Σ dz, dx = col2im(dz·Kᵀ), with dz = dy through the activation
+        (docs/backprop.md, "Conv2D"). dy (N, Ho, Wo, F) -> dx (N, H, W, C), or None when
+        needs_input_gradient is False (the graph's choice for a layer reading the model's input)."""
+        _, y = self.cache
+        return self.backward_from_logits(self.activation.backward(dy, y))
 
-    def backward_from_logits(self, dz, input_gradient=True):
-        """dz -> dx, setting the kernel's and bias' .grad; input_gradient=False: no dx (None),
-        for a layer that reads the model's input (see Network.backward)."""
-        x_shape, pads, cols, winograd_saved, _ = self.cache
+    def backward_from_logits(self, dz):
+        """backward's rule from dz, the gradient before the activation (what a fused softmax loss gives)."""
+        saved, _ = self.cache
         if self.use_bias:
-            self.bias.grad = dz.reshape(-1, self.filters).sum(axis=0)
-        if winograd_saved is not None:
-            dx, self.kernel.grad = winograd.conv3x3_backward(dz, winograd_saved, x_shape, pads[0][0], pads[1][0],
-                                                             self.scratch)
-            return dx if input_gradient else None
-        dz = dz.reshape(-1, self.filters)                                    # (N*Ho*Wo, F)
-        self.kernel.grad = matmul(cols.T, dz).reshape(self.kernel.shape)     # (kh*kw*C, F) -> (kh, kw, C, F)
-        if not input_gradient:
-            return None
-        # K.T is a view: OpenBLAS reads it transposed (copying it cost 7 ms a step for a 3x3x512x512 K)
-        kernel_t = self.kernel.value.reshape(-1, self.filters).T             # (F, kh*kw*C)
-        dcols = matmul(dz, kernel_t, out=self.scratch("dcols", (dz.shape[0], kernel_t.shape[1]), dz.dtype))
-                                                                             # (N*Ho*Wo, kh*kw*C)
-        return col2im(dcols, x_shape, self.kernel_size, self.strides, pads)  # (N, H, W, C)
+            self.bias.grad = dz.sum(axis=(0, 1, 2))                                # (F,)
+        self.kernel.grad, dx = conv2d_backward(dz, saved, self.kernel.value, self.needs_input_gradient)
+        return dx
 
     def get_config(self):
         return {**super().get_config(), "filters": self.filters}
@@ -194,6 +155,7 @@ class DepthwiseConv2D(_Conv):
         return self.spatial_output_shape(input_shape) + (input_shape[-1] * self.depth_multiplier,)
 
     def forward(self, x, training=False):
+        """z = depthwise(x, K) + b, y = activation(z):  (N, H, W, C) -> (N, Ho, Wo, C*M)."""
         x = self.prepare(x)
         pads, _, _ = self.geometry(x)
         z = depthwise_conv(x, self.depthwise_kernel.value, self.strides, pads)   # (N, Ho, Wo, C*M)
@@ -204,10 +166,14 @@ class DepthwiseConv2D(_Conv):
         return y
 
     def backward(self, dy):
+        """dK[i, j, c, m] = Σ xp[.., c]·dz[.., cM+m], db = Σ dz, dxp[.., c] += Σ_m K[i, j, c, m]·dz[.., cM+m],
+        with dz = dy through the activation (docs/backprop.md, "DepthwiseConv2D").
+        dy (N, Ho, Wo, C*M) -> dx (N, H, W, C)."""
         *_, y = self.cache
         return self.backward_from_logits(self.activation.backward(dy, y))
 
     def backward_from_logits(self, dz):
+        """backward's rule from dz, the gradient before the activation (what a fused softmax loss gives)."""
         x, pads, _ = self.cache
         if self.use_bias:
             self.bias.grad = dz.sum(axis=(0, 1, 2))
@@ -254,6 +220,7 @@ class SeparableConv2D(_Conv):
         return self.spatial_output_shape(input_shape) + (self.filters,)
 
     def forward(self, x, training=False):
+        """d = depthwise(x, Kd), z = d @ Kp + b, y = activation(z):  (N, H, W, C) -> (N, Ho, Wo, F)."""
         x = self.prepare(x)
         pads, ho, wo = self.geometry(x)
         n, f = x.shape[0], self.filters
@@ -267,10 +234,14 @@ class SeparableConv2D(_Conv):
         return y
 
     def backward(self, dy):
+        """dKp = dᵀ·dz, db = Σ dz, dd = dz·Kpᵀ, then the depthwise rule takes dd to dx and dKd, with
+        dz = dy through the activation (docs/backprop.md, "SeparableConv2D").
+        dy (N, Ho, Wo, F) -> dx (N, H, W, C)."""
         *_, y = self.cache
         return self.backward_from_logits(self.activation.backward(dy, y))
 
     def backward_from_logits(self, dz):
+        """backward's rule from dz, the gradient before the activation (what a fused softmax loss gives)."""
         x, pads, d2, _ = self.cache
         dz2 = dz.reshape(-1, self.filters)                                       # (N*Ho*Wo, F)
         pointwise = self.pointwise_kernel.value.reshape(-1, self.filters)        # (C*M, F)

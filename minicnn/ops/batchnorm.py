@@ -19,33 +19,44 @@ relu=True fuses a following ReLU (the usual conv, BN, ReLU block) into the same 
                backward), recomputed from x in the kernels' loops: no pass of its own over
                the activations, and no copy of y kept for it. Both versions compute it as
                their forward did, so the mask is exactly the forward's.
-Measured (benchmarks/kernels.py, one run on a quiet machine, BN + ReLU as two passes, each
-its default version -> fused): cnn4's 48x48x64 forward 2.75 + 3.75 -> 2.91 ms, backward
-5.92 + 3.67 -> 6.53 ms; 24x24x128 forward 1.45 + 1.84 -> 1.44, backward 3.03 + 1.89 -> 2.91;
-12x12x512 forward 1.06 + 1.69 -> 1.72, backward 4.55 + 1.70 -> 4.13.
 
-Speed, measured with benchmarks/kernels.py (batch 64, float32, 2-core VM shared with other
-jobs, so +-30%; "x" = reference time / numba time, summed over the FER shapes):
-  moments             5.8x  (1.9-11x; 48x48x32: 12 ms -> 2.2 ms)
-  normalize           4.2x  (3.4-10x; 48x48x32: 9.7 ms -> 2.0 ms)
-  normalize_backward  3.9x  (2-6.9x;  48x48x32: 24 ms -> 5.0 ms)
-The reference makes a full-size temporary for every operator (x - mean, * inv_std,
-* gamma, + beta, ...); the kernels read x (and dy) once or twice and write once, summing
-in float64 (on both threads from backend.PARALLEL_MIN_SIZE numbers up, on one below: a
-batch-1 46x46x8 image takes 0.01-0.04 ms, 3-5x faster than the reference). numba is the
-default from NUMBA_MIN_SIZE (131,072) elements up; below (a dense layer's (64, 256) batch:
-numba 0.6-1.2x; one 12x12x512 image: 1.0-1.3x) a kernel call pays too little (< 1.5x, or
-a few microseconds), and the reference runs. `normalize`, which inference runs, takes the
-kernel from NORMALIZE_MIN_SIZE (8,192) elements in at least NORMALIZE_MIN_ROWS (128) rows:
-one image's 46x46x8, 22x22x32 and 12x12x512 activations run 2.8-2.9x, 1.2x and 1.55x faster
-(BN + ReLU: 3.2-3.3x, 1.6-2.1x, 2.5-2.6x; two runs), and mini-Xception's batch-1 inference
-fell from 2.37 to 2.23 ms (medians of 400, alternating); a dense (64, 256) batch, 64 rows,
-stays on the reference (numba 0.8-0.95x).
+The reference makes a full-size temporary for every operator (x - mean, * inv_std, * gamma,
++ beta, ...); the kernels read x (and dy) once or twice and write once, summing in float64.
+numba by default; the NumPy reference below perf.BATCHNORM_NUMBA_MIN_SIZE numbers, where a
+kernel call gains too little. `normalize`, which inference runs, takes the kernel from
+perf.NORMALIZE_MIN_SIZE numbers in at least perf.NORMALIZE_MIN_ROWS rows, so one image's
+activations take it but a dense batch does not. Each rule was chosen with
+benchmarks/kernels.py.
 """
 import numpy as np
-from .jit import njit, prange
 
-from .. import backend
+from .. import perf
+from .jit import njit, pick, prange
+
+
+# ----------------------------------------------------------------------------------------
+# naive loops: the definitions, one channel at a time
+# ----------------------------------------------------------------------------------------
+
+def normalize_naive(x, mean, inv_std, gamma, beta):
+    """y = gamma * (x - mean) * inv_std + beta, channel by channel (the last axis)."""
+    y = np.empty_like(x)
+    for c in range(x.shape[-1]):
+        y[..., c] = gamma[c] * (x[..., c] - mean[c]) * inv_std[c] + beta[c]
+    return y
+
+
+def normalize_backward_naive(dy, x, mean, inv_std, gamma, training):
+    """(dx, dgamma, dbeta) channel by channel, from the formulas at the top."""
+    dx, dgamma, dbeta = np.empty_like(x), np.empty(x.shape[-1]), np.empty(x.shape[-1])
+    for c in range(x.shape[-1]):
+        g, x_hat = dy[..., c], (x[..., c] - mean[c]) * inv_std[c]
+        m = g.size                                        # N*H*W values of this channel
+        dbeta[c], dgamma[c] = g.sum(), (g * x_hat).sum()
+        dx[..., c] = gamma[c] * inv_std[c] * g
+        if training:                                      # mean and var depend on x too
+            dx[..., c] = gamma[c] * inv_std[c] / m * (m * g - dbeta[c] - x_hat * dgamma[c])
+    return dx, dgamma, dbeta
 
 
 # ----------------------------------------------------------------------------------------
@@ -88,10 +99,7 @@ def normalize_backward_reference(dy, x, mean, inv_std, gamma, training, relu=Fal
 # and the few block sums are added at the end. The moments are taken about a shift (the
 # first row), which keeps E[(x-k)^2] - E[x-k]^2 accurate when |mean| >> std.
 
-BLOCKS = 64          # enough for both threads to stay busy; small enough to add up at once
-NUMBA_MIN_SIZE = 1 << 17    # below: the reference (a dense (64, 256) batch: numba 0.6-1.2x;
-                            # one 12x12x512 image: 1.0-1.3x; 6x6x128 x 64 = 295k numbers: 1.6-1.8x)
-NORMALIZE_MIN_SIZE, NORMALIZE_MIN_ROWS = 1 << 13, 128      # normalize alone: see the top
+BLOCKS = perf.BATCHNORM_BLOCKS    # row blocks (a constant to the kernels: read when they compile)
 
 
 @njit(inline="always")          # inlined into each kernel: no call in the loop
@@ -131,8 +139,8 @@ def _normalize_kernel(x, mean, scale, beta, relu, y):
 
 # The backward kernels take g = dy where the forward's (x - mean) * scale + beta > floor, else
 # 0: floor = 0 after a fused ReLU, -inf without one (every g = dy). g is dy times the
-# comparison: a branch (or `if relu`) here stops LLVM vectorizing the loop (2-3x slower), and
-# a select measured 20-100% slower. The one difference it makes: an inf or NaN in dy where the
+# comparison: a branch (or `if relu`) here stops LLVM vectorizing the loop, and a select
+# measured slower too (benchmarks/kernels.py, bn_relu_backward). The one difference it makes: an inf or NaN in dy where the
 # ReLU was off gives NaN (inf * 0), where ReLU's own backward gives 0; gradients that are not
 # finite mean the run has diverged either way.
 
@@ -179,7 +187,7 @@ def moments_numba(x):
     blocks = min(BLOCKS, m)
     sums = np.zeros((blocks, c))
     squares = np.zeros((blocks, c))
-    with backend.kernel_threads(x2.size):
+    with perf.kernel_threads(x2.size):
         _moments_kernel(x2, shift, sums, squares)
     mean_shifted = sums.sum(axis=0) / m
     var = squares.sum(axis=0) / m - mean_shifted ** 2
@@ -195,7 +203,7 @@ def normalize_numba(x, mean, inv_std, gamma, beta, relu=False):
     """numba version of `normalize_reference` (same arguments, same result up to rounding)."""
     x2 = _rows(x)
     y = np.empty_like(x2)
-    with backend.kernel_threads(x2.size):
+    with perf.kernel_threads(x2.size):
         _normalize_kernel(x2, *_per_channel(x, mean, inv_std, gamma, beta), relu, y)
     return y.reshape(x.shape)
 
@@ -210,7 +218,7 @@ def normalize_backward_numba(dy, x, mean, inv_std, gamma, training, relu=False, 
     blocks = min(BLOCKS, m)
     sum_dy, sum_dy_xc = np.zeros((blocks, c)), np.zeros((blocks, c))
     inv_std64, gamma64 = (np.asarray(v, dtype=np.float64) for v in (inv_std, gamma))
-    with backend.kernel_threads(x2.size):
+    with perf.kernel_threads(x2.size):
         _backward_sums_kernel(dy2, x2, mean_x, scale, beta_x, floor, sum_dy, sum_dy_xc)
     dbeta = sum_dy.sum(axis=0)
     dgamma = sum_dy_xc.sum(axis=0) * inv_std64
@@ -221,7 +229,7 @@ def normalize_backward_numba(dy, x, mean, inv_std, gamma, training, relu=False, 
         k, offset = np.zeros(c), np.zeros(c)
     dx = np.empty_like(x2)
     a, k, offset = (v.astype(x.dtype) for v in (a, k, offset))
-    with backend.kernel_threads(x2.size):
+    with perf.kernel_threads(x2.size):
         _backward_dx_kernel(dy2, x2, mean_x, scale, beta_x, floor, a, k, offset, dx)
     return dx.reshape(x.shape), dgamma.astype(x.dtype), dbeta.astype(x.dtype)
 
@@ -232,23 +240,18 @@ def normalize_backward_numba(dy, x, mean, inv_std, gamma, training, relu=False, 
 
 def moments(x):
     """Per-channel mean and variance of x (..., C) over every other axis -> (C,), (C,)."""
-    if backend.use_reference() or x.size < NUMBA_MIN_SIZE:
-        return moments_reference(x)
-    return moments_numba(x)
+    return pick(moments_reference, moments_numba, x.size >= perf.BATCHNORM_NUMBA_MIN_SIZE)(x)
 
 
 def normalize(x, mean, inv_std, gamma, beta, relu=False):
     """y = gamma * (x - mean) * inv_std + beta over the last axis, then max(y, 0) if relu;
     x (..., C), the rest (C,)."""
-    small = x.size < NORMALIZE_MIN_SIZE or x.size // x.shape[-1] < NORMALIZE_MIN_ROWS
-    if backend.use_reference() or small:
-        return normalize_reference(x, mean, inv_std, gamma, beta, relu)
-    return normalize_numba(x, mean, inv_std, gamma, beta, relu)
+    pays = x.size >= perf.NORMALIZE_MIN_SIZE and x.size // x.shape[-1] >= perf.NORMALIZE_MIN_ROWS
+    return pick(normalize_reference, normalize_numba, pays)(x, mean, inv_std, gamma, beta, relu)
 
 
 def normalize_backward(dy, x, mean, inv_std, gamma, training, relu=False, beta=None):
     """dy (..., C) -> (dx (..., C), dgamma (C,), dbeta (C,)) for `normalize`; relu=True (with
     beta) for a relu=True forward."""
-    if backend.use_reference() or x.size < NUMBA_MIN_SIZE:
-        return normalize_backward_reference(dy, x, mean, inv_std, gamma, training, relu, beta)
-    return normalize_backward_numba(dy, x, mean, inv_std, gamma, training, relu, beta)
+    backward = pick(normalize_backward_reference, normalize_backward_numba, x.size >= perf.BATCHNORM_NUMBA_MIN_SIZE)
+    return backward(dy, x, mean, inv_std, gamma, training, relu, beta)

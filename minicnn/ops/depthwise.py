@@ -13,17 +13,33 @@ Backward, with g = dy seen as (N, Ho, Wo, C, M):
     dx_padded[n, ho*sh + i, wo*sw + j, c] += sum_m kernel[i, j, c, m] * g[n, ho, wo, c, m]
 (the second line is the adjoint of the forward, so it is a scatter-add, as in col2im).
 
-Speed, measured with benchmarks/kernels.py (batch 64, float32, 3x3 "same", M = 1, numba on 2
-threads, 2-core VM shared with other jobs, so +-30%, and see the OpenMP note in im2col.py;
-"x" = reference time / numba time); numba is the default:
-  depthwise_conv           4-9x faster,  e.g. 44x44x16: 27-31 ms -> 3.4-4.7 ms
-  depthwise_conv_backward  4-12x faster, e.g. 44x44x16: 29-45 ms -> 3.6-6.9 ms
+numba by default (one thread per image, real cells only): the reference's broadcasts
+write a full-size temporary per kernel offset (see benchmarks/kernels.py).
 """
 import numpy as np
-from .jit import njit, prange
 
-from .. import backend
+from .. import perf
 from .im2col import output_hw
+from .jit import njit, pick, prange
+
+
+# ----------------------------------------------------------------------------------------
+# naive loops: the definition, one multiply-add at a time
+# ----------------------------------------------------------------------------------------
+
+def depthwise_conv_naive(x, kernel, strides, pads):
+    """y[n, ho, wo, c*M + m] = sum_ij x[n, ho*sh - top + i, wo*sw - left + j, c] * kernel[i, j, c, m]."""
+    n_img, h_in, w_in, c_n = x.shape
+    kh, kw, _, m_n = kernel.shape
+    (sh, sw), (top, left) = strides, (pads[0][0], pads[1][0])
+    ho_n, wo_n = output_hw(h_in, w_in, (kh, kw), strides, pads)
+    y = np.zeros((n_img, ho_n, wo_n, c_n * m_n), dtype=np.result_type(x, kernel))
+    for n, ho, wo, i, j in np.ndindex(n_img, ho_n, wo_n, kh, kw):
+        h, w = ho * sh - top + i, wo * sw - left + j
+        if 0 <= h < h_in and 0 <= w < w_in:                  # outside: zero padding
+            for c, m in np.ndindex(c_n, m_n):
+                y[n, ho, wo, c * m_n + m] += x[n, h, w, c] * kernel[i, j, c, m]
+    return y
 
 
 # ----------------------------------------------------------------------------------------
@@ -141,7 +157,7 @@ def depthwise_conv_numba(x, kernel, strides, pads):
     kh, kw, _, m = kernel.shape
     ho, wo = output_hw(h, w, (kh, kw), strides, pads)
     y = np.zeros((n, ho, wo, c * m), dtype=x.dtype)
-    with backend.kernel_threads(x.size * kh * kw):       # one thread for a small batch
+    with perf.kernel_threads(x.size * kh * kw):       # one thread for a small batch
         _depthwise_kernel(x, kernel.reshape(kh, kw, c * m), y, m, *strides, pads[0][0], pads[1][0])
     return y
 
@@ -155,25 +171,21 @@ def depthwise_conv_backward_numba(dy, x, kernel, strides, pads):
     kh, kw, c, m = kernel.shape
     dx = np.zeros_like(x)
     dk_per_image = np.zeros((n, kh, kw, c * m), dtype=x.dtype)
-    with backend.kernel_threads(x.size * kh * kw):
+    with perf.kernel_threads(x.size * kh * kw):
         _depthwise_backward_kernel(dy, x, kernel.reshape(kh, kw, c * m), dx, dk_per_image, m,
                                    *strides, pads[0][0], pads[1][0])
     return dx, dk_per_image.sum(axis=0).reshape(kh, kw, c, m)
 
 
 # ----------------------------------------------------------------------------------------
-# dispatch: MINICNN_REFERENCE=1 runs the NumPy reference, otherwise the measured winner
+# dispatch: the numba kernels (MINICNN_REFERENCE=1: the NumPy references)
 # ----------------------------------------------------------------------------------------
 
 def depthwise_conv(x, kernel, strides, pads):
     """Depthwise convolution, zero padding: (N, H, W, C), (kh, kw, C, M) -> (N, Ho, Wo, C*M)."""
-    if backend.use_reference():
-        return depthwise_conv_reference(x, kernel, strides, pads)
-    return depthwise_conv_numba(x, kernel, strides, pads)
+    return pick(depthwise_conv_reference, depthwise_conv_numba)(x, kernel, strides, pads)
 
 
 def depthwise_conv_backward(dy, x, kernel, strides, pads):
     """dy (N, Ho, Wo, C*M) -> (dx (N, H, W, C), dkernel (kh, kw, C, M))."""
-    if backend.use_reference():
-        return depthwise_conv_backward_reference(dy, x, kernel, strides, pads)
-    return depthwise_conv_backward_numba(dy, x, kernel, strides, pads)
+    return pick(depthwise_conv_backward_reference, depthwise_conv_backward_numba)(dy, x, kernel, strides, pads)

@@ -9,26 +9,47 @@
                          w -= lr_t * m / (sqrt(v) + eps)            (all three in place)
 
 Each is one line of NumPy, but NumPy makes a full-size temporary for every operator (the
-Adam line makes six, and np.where on a scalar is slow): at the FER sizes (a 48x48x64 batch
-of 64 is 38 MB) the time goes into writing and re-reading those. The numba kernels make
-one pass, reading each input once and writing each output once, on both threads.
-
-Speed, measured with benchmarks/kernels.py (batch 64, float32, 2-core VM shared with other
-jobs, so +-30%; "x" = reference time / numba time, summed over the FER shapes):
-  relu_backward     6.4x  (2.4-8.7x; 48x48x32: 21 ms -> 2.4 ms)      numba is the default
-  adam_update       4.0x  (2.0-4.8x; 3x3x512x512: 7.9 -> 1.6 ms)  numba is the default
-  dropout           1.53-1.9x (three runs; 24x24x64: 1.3-2.2 -> 0.8-1.2 ms)  numba is the default
-  dropout_backward  1.6-2.0x (three runs; 24x24x64: 0.8-0.9 -> 0.4-0.5 ms)  numba is the default
-  relu              1.25-1.9x in different runs  reference: it waits on memory, and is not
-                    reliably over 1.5x
-Arrays below NUMBA_MIN_SIZE elements run the reference: too small for a kernel call to
-pay (a dense layer's (64, 256) batch: numba 0.4-0.7x). Kernels run on one thread below
-backend.PARALLEL_MIN_SIZE numbers, on numba's threads above.
+Adam line makes six): at the FER sizes the time goes into writing and re-reading those.
+The numba kernels make one pass, reading each input once and writing each output once.
+numba by default (ReLU's forward excepted: it waits on memory, and its kernel did not pay
+reliably); the NumPy reference below perf.ELEMENTWISE_NUMBA_MIN_SIZE numbers, where a
+kernel call costs more than it saves: see benchmarks/kernels.py.
 """
 import numpy as np
-from .jit import njit, prange
 
-from .. import backend
+from .. import perf
+from .jit import njit, pick, prange
+
+
+# ----------------------------------------------------------------------------------------
+# naive loops: the definitions, one number at a time
+# ----------------------------------------------------------------------------------------
+
+def relu_naive(x):
+    """y = x where x > 0, else 0."""
+    y = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        if x[i] > 0:
+            y[i] = x[i]
+    return y
+
+
+def dropout_naive(x, bits, rate):
+    """Keep each unit whose draw u = bits / 2**32 is at least `rate`, scaled by 1 / (1 - rate)."""
+    y, keep = np.zeros_like(x), np.zeros(x.shape, dtype=bool)
+    for i in np.ndindex(x.shape):
+        if bits[i] / 2**32 >= rate:
+            keep[i] = True
+            y[i] = x[i] / x.dtype.type(1 - rate)
+    return y, keep
+
+
+def adam_update_naive(value, grad, m, v, lr_t, beta_1, beta_2, epsilon):
+    """One Adam step, one weight at a time, in place on value, m and v."""
+    for i in np.ndindex(value.shape):
+        m[i] = beta_1 * m[i] + (1 - beta_1) * grad[i]
+        v[i] = beta_2 * v[i] + (1 - beta_2) * grad[i] ** 2
+        value[i] -= lr_t * m[i] / (np.sqrt(v[i]) + epsilon)
 
 
 # ----------------------------------------------------------------------------------------
@@ -47,8 +68,7 @@ def relu_backward_reference(dy, y):
 
 def random_bits(rng, shape):
     """Uniform uint32 draws of `shape` from a numpy Generator: u * 2**32 for u ~ U[0, 1).
-    The raw 64-bit output of its bit generator, split in two: 2.1x faster than
-    rng.random(dtype=float32) (2.2 vs 4.7 ms for cnn4's first dropout, 2.4M numbers)."""
+    The raw 64-bit output of its bit generator, split in two: cheaper than drawing floats."""
     n = int(np.prod(shape))
     return rng.bit_generator.random_raw((n + 1) // 2).view(np.uint32)[:n].reshape(shape)
 
@@ -83,13 +103,12 @@ def adam_update_reference(value, grad, m, v, lr_t, beta_1, beta_2, epsilon):
 # numba kernels: flat arrays cut into blocks, one block per task
 # ----------------------------------------------------------------------------------------
 
-BLOCK = 1 << 14
-NUMBA_MIN_SIZE = 1 << 15     # below: the reference (a (64, 256) dense batch: numba 0.4-0.7x)
+BLOCK = perf.ELEMENTWISE_BLOCK     # numbers per task (a constant to the kernels: read when they compile)
 
 
 # Each task takes one block as slices and runs a plain loop from 0 over it: LLVM
 # vectorizes that. (Indexing the whole array from b * BLOCK instead leaves numba's
-# negative-index check in the loop, which blocks vectorizing: measured 4-5x slower.)
+# negative-index check in the loop, which keeps LLVM from vectorizing it.)
 
 @njit(cache=True, parallel=True)
 def _relu_kernel(x, y):
@@ -150,7 +169,7 @@ def _flat(a, dtype=None):
 def relu_numba(x):
     """numba version of `relu_reference`."""
     y = np.empty(x.shape, dtype=x.dtype)
-    with backend.kernel_threads(x.size):
+    with perf.kernel_threads(x.size):
         _relu_kernel(_flat(x), y.reshape(-1))
     return y
 
@@ -158,7 +177,7 @@ def relu_numba(x):
 def relu_backward_numba(dy, y):
     """numba version of `relu_backward_reference`."""
     dx = np.empty(dy.shape, dtype=dy.dtype)
-    with backend.kernel_threads(dy.size):
+    with perf.kernel_threads(dy.size):
         _relu_backward_kernel(_flat(dy), _flat(y, dy.dtype), dx.reshape(-1))
     return dx
 
@@ -167,7 +186,7 @@ def dropout_numba(x, bits, rate):
     """numba version of `dropout_reference`."""
     y = np.empty(x.shape, dtype=x.dtype)
     keep = np.empty(x.shape, dtype=np.bool_)
-    with backend.kernel_threads(x.size):
+    with perf.kernel_threads(x.size):
         _dropout_kernel(_flat(x), _flat(bits), keep_threshold(rate), x.dtype.type(1 / (1 - rate)), y.reshape(-1),
                         keep.reshape(-1))
     return y, keep
@@ -176,7 +195,7 @@ def dropout_numba(x, bits, rate):
 def dropout_backward_numba(dy, keep, rate):
     """numba version of `dropout_backward_reference`."""
     dx = np.empty(dy.shape, dtype=dy.dtype)
-    with backend.kernel_threads(dy.size):
+    with perf.kernel_threads(dy.size):
         _dropout_backward_kernel(_flat(dy), _flat(keep), dy.dtype.type(1 / (1 - rate)), dx.reshape(-1))
     return dx
 
@@ -184,44 +203,43 @@ def dropout_backward_numba(dy, keep, rate):
 def adam_update_numba(value, grad, m, v, lr_t, beta_1, beta_2, epsilon):
     """numba version of `adam_update_reference` (value, m, v: C-contiguous, updated in place)."""
     t = value.dtype.type
-    with backend.kernel_threads(value.size):
+    with perf.kernel_threads(value.size):
         _adam_kernel(value.reshape(-1), _flat(grad, value.dtype), m.reshape(-1), v.reshape(-1),
                      t(lr_t), t(beta_1), t(beta_2), t(1 - beta_1), t(1 - beta_2), t(epsilon))
 
 
 # ----------------------------------------------------------------------------------------
-# dispatch: MINICNN_REFERENCE=1 or a small array runs the NumPy reference
+# dispatch: the numba kernel where it pays, the reference below perf.ELEMENTWISE_NUMBA_MIN_SIZE
 # ----------------------------------------------------------------------------------------
 
 def _numba_pays(a):
-    return not backend.use_reference() and a.size >= NUMBA_MIN_SIZE
+    return a.size >= perf.ELEMENTWISE_NUMBA_MIN_SIZE
 
 
 def relu(x):
-    """y = max(x, 0), elementwise. Always the reference: the kernel measured 1.25x, 1.4-1.55x and
-    1.9x in different runs, not reliably over 1.5x (and a ReLU after BatchNormalization is fused
-    into it)."""
+    """y = max(x, 0), elementwise. Always the reference: it waits on memory, and the kernel
+    did not pay reliably (benchmarks/kernels.py)."""
     return relu_reference(x)
 
 
 def relu_backward(dy, y):
     """dx = dy * (y > 0), from the forward's output y."""
-    return relu_backward_numba(dy, y) if _numba_pays(dy) else relu_backward_reference(dy, y)
+    return pick(relu_backward_reference, relu_backward_numba, _numba_pays(dy))(dy, y)
 
 
 def dropout(x, bits, rate):
     """Inverted dropout of x given uint32 draws (random_bits): -> (y, keep mask)."""
-    return dropout_numba(x, bits, rate) if _numba_pays(x) else dropout_reference(x, bits, rate)
+    return pick(dropout_reference, dropout_numba, _numba_pays(x))(x, bits, rate)
 
 
 def dropout_backward(dy, keep, rate):
     """Gradient of dropout: dy * keep / (1 - rate)."""
-    return dropout_backward_numba(dy, keep, rate) if _numba_pays(dy) else dropout_backward_reference(dy, keep, rate)
+    return pick(dropout_backward_reference, dropout_backward_numba, _numba_pays(dy))(dy, keep, rate)
 
 
 def adam_update(value, grad, m, v, lr_t, beta_1, beta_2, epsilon):
-    """One Adam step on value, m and v in place (see adam_update_reference)."""
+    """One Adam step on value, m and v in place (see adam_update_reference); the kernel needs
+    them C-contiguous."""
     in_place = value.flags.c_contiguous and m.flags.c_contiguous and v.flags.c_contiguous
-    if _numba_pays(value) and in_place:
-        return adam_update_numba(value, grad, m, v, lr_t, beta_1, beta_2, epsilon)
-    return adam_update_reference(value, grad, m, v, lr_t, beta_1, beta_2, epsilon)
+    update = pick(adam_update_reference, adam_update_numba, _numba_pays(value) and in_place)
+    return update(value, grad, m, v, lr_t, beta_1, beta_2, epsilon)

@@ -1,39 +1,34 @@
-"""Matrix products for the layers: NumPy's matmul, with OpenBLAS held to one thread for small ones.
+"""Matrix products for the layers: NumPy's matmul, with small products kept on one thread.
 
     matmul(a, b, out=None)  ==  np.matmul(a, b, out=out)        (M, K) @ (K, F) -> (M, F)
 
 Every convolution and dense layer ends in one of these (forward, kernel gradient, input
 gradient), and NumPy hands them to OpenBLAS, which splits a product over its threads and
-waits for all of them. On a 2-core machine shared with other jobs, that wait is the
-problem: when the helper thread is not running, a product that takes 0.05 ms alone took a
-scheduler tick, 8 ms, and mini-Xception makes about 30 such small products per step.
-Below PARALLEL_FLOPS the product is run on the calling thread alone
-(`openblas_set_num_threads_local`, OpenBLAS >= 0.3.27; in NumPy's pthreads build it sets
-the count for the whole library, so matmul restores it before returning); above it the
-threads pay for themselves (a 15 GFLOP conv product: 2x on a quiet machine). Measured on a
-busy machine: this was the largest part of taking mini-Xception training from 26 to
-500-600 images/s (its layer times fell from 8-600 ms to 1-13 ms).
+waits for all of them. On a machine shared with other jobs that wait can cost a scheduler
+tick, far more than a small product takes on one thread. So, once `minicnn.perf.enable()`
+has found OpenBLAS's per-call thread setting, a product runs on the calling thread alone
+unless it is large (perf.BLAS_PARALLEL_FLOPS) or large-ish and wide (perf.BLAS_WIDE_*),
+where the threads pay for themselves. In NumPy's pthreads build of OpenBLAS the setting
+is library-wide, so matmul restores it before returning.
 
-Between WIDE_PARALLEL_FLOPS and PARALLEL_FLOPS, a product whose inner and output sizes are
-both at least WIDE_MIN_SIZE also gets both threads: cnn4's batch-1 products (576x1600x128,
-144x1152x512, 36x4608x512; 0.17-0.24 GFLOP) run 1.5-1.9x faster on two, and its batch-1
-inference fell from 6.0 to 5.0 ms (medians of 300, the two rules alternating in one run);
-mini-Xception's and cnn4's training did not change (624-632 and 127-128 images/s). Narrow
-products stay on one thread: with every product from 1e8 FLOP on two threads,
-mini-Xception (whose 123904x72x8 and 123904x8x72 products, 0.14 GFLOP, are the ones that
-moved) trained at 553 instead of 644 images/s.
-
-There is no numba kernel here: no loop written in numba comes near OpenBLAS. "reference"
-is the plain call; MINICNN_REFERENCE=1 makes every product use it.
+There is no numba kernel here: no loop written in numba comes near OpenBLAS. The
+"reference" is the plain call; MINICNN_REFERENCE=1 makes every product use it.
 """
-import ctypes
 import numpy as np
 
-from .. import backend
+from .. import perf
+from .jit import pick
 
-PARALLEL_FLOPS = 1e9   # 2*M*K*F: about 5 ms on one thread, less than a lost tick or two
-WIDE_PARALLEL_FLOPS = 1e8
-WIDE_MIN_SIZE = 64     # K and F at least this: see above
+
+def matmul_naive(a, b):
+    """The definition: out[m, f] = sum_k a[m, k] * b[k, f], one multiply-add at a time."""
+    m_n, k_n = a.shape
+    out = np.zeros((m_n, b.shape[1]), dtype=np.result_type(a, b))
+    for m in range(m_n):
+        for f in range(b.shape[1]):
+            for k in range(k_n):
+                out[m, f] += a[m, k] * b[k, f]
+    return out
 
 
 def matmul_reference(a, b, out=None):
@@ -41,55 +36,32 @@ def matmul_reference(a, b, out=None):
     return np.matmul(a, b, out=out)
 
 
-def _find_openblas_local_threads():
-    """OpenBLAS's `openblas_set_num_threads_local` from the library NumPy loaded, or None."""
-    try:
-        with open("/proc/self/maps") as maps:
-            paths = {line.split()[-1] for line in maps if "openblas" in line and ".so" in line}
-    except OSError:                  # not Linux: products keep OpenBLAS's own choice
-        return None
-    for path in sorted(paths):
-        try:
-            fn = ctypes.CDLL(path).openblas_set_num_threads_local
-        except (OSError, AttributeError):
-            continue
-        fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
-        return fn
-    return None
-
-
-np.ones((2, 2)) @ np.ones((2, 2))    # make sure NumPy has loaded its BLAS before we look
-_set_local_threads = _find_openblas_local_threads()
-
-
 def matmul_single_thread(a, b, out=None):
-    """a @ b on the calling thread only (falls back to the plain call without OpenBLAS)."""
-    if _set_local_threads is None:
+    """a @ b on the calling thread only (the plain call until perf.enable() has found OpenBLAS)."""
+    set_local_threads = perf.openblas_set_num_threads_local
+    if set_local_threads is None:
         return np.matmul(a, b, out=out)
-    before = _set_local_threads(1)
+    before = set_local_threads(1)
     try:
         return np.matmul(a, b, out=out)
     finally:
-        _set_local_threads(before)
+        set_local_threads(before)
 
 
 def batched_matmul(a, b, out=None):
     """(B, M, K) @ (B, K, F) -> (B, M, F): B products (Winograd's 16), each one OpenBLAS call
-    on its threads, as NumPy's matmul makes them for stacked matrices. Always on all threads,
-    even for products `matmul` would keep on one: sixteen in a row keep the threads busy, and
-    cnn8's (2304x128x128 and the like, 75 MFLOP each) trained at 205 images/s against 172
-    with each on one thread (medians of 36 steps, alternating in one run)."""
+    on all its threads, even where `matmul` would keep one product on one thread: sixteen in
+    a row keep the threads busy (measured on cnn8 by benchmarks/models.py)."""
     return np.matmul(a, b, out=out)
 
 
 def on_all_threads(m, k, f):
-    """Whether an (M, K) @ (K, F) product pays for OpenBLAS's threads (see above)."""
+    """Whether an (M, K) @ (K, F) product pays for OpenBLAS's threads (see the top)."""
     flops = 2.0 * m * k * f
-    return flops >= PARALLEL_FLOPS or (flops >= WIDE_PARALLEL_FLOPS and min(k, f) >= WIDE_MIN_SIZE)
+    return flops >= perf.BLAS_PARALLEL_FLOPS or (flops >= perf.BLAS_WIDE_PARALLEL_FLOPS
+                                                 and min(k, f) >= perf.BLAS_WIDE_MIN_SIZE)
 
 
 def matmul(a, b, out=None):
     """(M, K) @ (K, F) -> (M, F), written into `out` when given; small products on one thread."""
-    if backend.use_reference() or on_all_threads(*a.shape, b.shape[1]):
-        return matmul_reference(a, b, out)
-    return matmul_single_thread(a, b, out)
+    return pick(matmul_reference, matmul_single_thread, not on_all_threads(*a.shape, b.shape[1]))(a, b, out)

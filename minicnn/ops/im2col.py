@@ -23,22 +23,15 @@ im2col is linear, y = A x for a 0/1 matrix A, so the gradient of the loss with r
 x is A^T (dL/dcols), and A^T is exactly col2im. That is why conv backward computes
 dcols = dy @ K.reshape(-1, F).T and then dx = col2im(dcols).
 
-Speed, measured with benchmarks/kernels.py (batch 64, float32, numba on 2 threads, 2-core
-VM shared with other jobs, so +-30%; "x" = reference time / numba time):
-  im2col  numba 1.3-7x faster for 3x3 and 5x5 windows whenever a kernel row holds 4+
-          numbers (kw*C), e.g. 24x24x64 5x5 "same" 48-63 ms -> 20-25 ms, 46x46x8 3x3
-          "valid" 11-24 ms -> 2-7 ms. The 1x1 stride-2 shortcuts keep the reference (see
-          _numba_pays), as 1-channel 3x3 windows (3 numbers a row) do, where numba is 0.4-0.9x.
-  col2im  numba 1.9-30x faster, e.g. 24x24x64 5x5 77-114 ms -> 10-21 ms, 46x46x8 3x3
-          "valid" 37-68 ms -> 2-5 ms; 1x1 stride 2 and 1-channel 3x3: the reference is kept.
-On a machine whose cores are busy with other processes, OpenMP's spin-waiting can stall
-every parallel numba call by ~8 ms (measured); OMP_WAIT_POLICY=passive or
-NUMBA_NUM_THREADS=1 avoids that.
+The numba kernels copy one kernel row (kw*C contiguous numbers) at a time and are the
+default; NumPy's offset loop stays for windows whose rows hold perf.IM2COL_NUMPY_MAX_ROW
+numbers or fewer (a 3x3 window on one channel) and for 1x1 windows, one strided copy
+for NumPy too: see benchmarks/kernels.py.
 """
 import numpy as np
-from .jit import njit, prange
 
-from .. import backend
+from .. import backend, perf
+from .jit import njit, pick, prange
 
 
 def output_hw(height, width, kernel_size, strides, pads):
@@ -49,36 +42,53 @@ def output_hw(height, width, kernel_size, strides, pads):
 
 
 # ----------------------------------------------------------------------------------------
+# naive loops: the definition, one window cell at a time
+# ----------------------------------------------------------------------------------------
+
+def im2col_naive(x, kernel_size, strides, pads):
+    """cols[n, ho, wo, i, j] = x[n, ho*sh - top + i, wo*sw - left + j], zeros outside x."""
+    n_img, h_in, w_in, c = x.shape
+    (kh, kw), (sh, sw), (top, left) = kernel_size, strides, (pads[0][0], pads[1][0])
+    ho_n, wo_n = output_hw(h_in, w_in, kernel_size, strides, pads)
+    cols = np.zeros((n_img, ho_n, wo_n, kh, kw, c), dtype=x.dtype)
+    for n, ho, wo, i, j in np.ndindex(n_img, ho_n, wo_n, kh, kw):
+        h, w = ho * sh - top + i, wo * sw - left + j
+        if 0 <= h < h_in and 0 <= w < w_in:                  # outside: zero padding
+            cols[n, ho, wo, i, j] = x[n, h, w]
+    return cols
+
+
+def col2im_naive(cols, x_shape, kernel_size, strides, pads):
+    """dx[n, h, w] = the sum of every cols entry im2col copied from pixel (h, w)."""
+    n_img, h_in, w_in, c = x_shape
+    (kh, kw), (sh, sw), (top, left) = kernel_size, strides, (pads[0][0], pads[1][0])
+    ho_n, wo_n = output_hw(h_in, w_in, kernel_size, strides, pads)
+    cols = cols.reshape(n_img, ho_n, wo_n, kh, kw, c)
+    dx = np.zeros(x_shape, dtype=cols.dtype)
+    for n, ho, wo, i, j in np.ndindex(n_img, ho_n, wo_n, kh, kw):
+        h, w = ho * sh - top + i, wo * sw - left + j
+        if 0 <= h < h_in and 0 <= w < w_in:                  # entries from padding are dropped
+            dx[n, h, w] += cols[n, ho, wo, i, j]
+    return dx
+
+
+# ----------------------------------------------------------------------------------------
 # NumPy reference: the DLFS offset loop, in NHWC
 # ----------------------------------------------------------------------------------------
 
-def im2col_reference(x, kernel_size, strides, pads, out=None):
-    """Windows of x as rows of a matrix: (N, H, W, C) -> (N, Ho, Wo, kh, kw, C).
-
-    `out`: a C-contiguous array of that many elements to write into (a layer reuses one
-    from step to step rather than page-faulting hundreds of MB afresh); None: a new array.
-    """
+def im2col_reference(x, kernel_size, strides, pads):
+    """Windows of x as rows of a matrix: (N, H, W, C) -> (N, Ho, Wo, kh, kw, C)."""
     n, h, w, c = x.shape
     (kh, kw), (sh, sw) = kernel_size, strides
     ho, wo = output_hw(h, w, kernel_size, strides, pads)
     # zeros around the image (no copy when there are none: a 1x1 stride-2 shortcut's)
     xp = np.pad(x, ((0, 0), pads[0], pads[1], (0, 0))) if np.any(pads) else x
-    cols = _output((n, ho, wo, kh, kw, c), x.dtype, out)
+    cols = np.empty((n, ho, wo, kh, kw, c), dtype=x.dtype)
     # One strided slice per kernel offset (i, j): pixel (i, j) of every window at once.
     for i in range(kh):
         for j in range(kw):
             cols[:, :, :, i, j, :] = xp[:, i:i + sh * ho:sh, j:j + sw * wo:sw, :]
     return cols
-
-
-def _output(shape, dtype, out):
-    """A new array of `shape`, or `out` seen with that shape (same dtype and size, C-contiguous)."""
-    if out is None:
-        return np.empty(shape, dtype=dtype)
-    if out.dtype != dtype or out.size != np.prod(shape) or not out.flags.c_contiguous:
-        raise ValueError(f"im2col: out must be a C-contiguous {np.dtype(dtype).name} array of "
-                         f"{int(np.prod(shape))} elements, received {out.dtype} {out.shape}")
-    return out.reshape(shape)
 
 
 def col2im_reference(cols, x_shape, kernel_size, strides, pads):
@@ -107,8 +117,7 @@ def col2im_reference(cols, x_shape, kernel_size, strides, pads):
 # few hundred KB) stays in cache. col2im is the same loop with the copy turned into +=.
 #
 # Indices are cast to unsigned (np.uint64) in the copy loops: numba then skips its
-# negative-index wraparound check, which otherwise keeps LLVM from vectorizing the copy
-# (measured 2-4x slower without the cast).
+# negative-index wraparound check, which otherwise keeps LLVM from vectorizing the copy.
 
 @njit(cache=True, parallel=True)
 def _im2col_kernel(x, cols, kh, kw, c, sh, sw, top, left, h_in, w_in, ho_n, wo_n):
@@ -160,14 +169,26 @@ def _col2im_kernel(cols, dx, kh, kw, c, sh, sw, top, left, h_in, w_in, ho_n, wo_
                     p += row
 
 
+def _output(shape, dtype, out):
+    """A new array of `shape`, or `out` (a layer's reused buffer) seen with that shape: same
+    dtype and size, C-contiguous."""
+    if out is None:
+        return np.empty(shape, dtype=dtype)
+    if out.dtype != dtype or out.size != np.prod(shape) or not out.flags.c_contiguous:
+        raise ValueError(f"im2col: out must be a C-contiguous {np.dtype(dtype).name} array of "
+                         f"{int(np.prod(shape))} elements, received {out.dtype} {out.shape}")
+    return out.reshape(shape)
+
+
 def im2col_numba(x, kernel_size, strides, pads, out=None):
-    """numba version of `im2col_reference` (same arguments, same result)."""
+    """numba version of `im2col_reference` (same arguments, same result), written into `out`
+    (C-contiguous, any shape of that size) when given."""
     x = np.ascontiguousarray(x)
     n, h, w, c = x.shape
     (kh, kw), (sh, sw) = kernel_size, strides
     ho, wo = output_hw(h, w, kernel_size, strides, pads)
     cols = _output((n, ho, wo, kh, kw, c), x.dtype, out)
-    with backend.kernel_threads(cols.size):              # one thread for a small batch
+    with perf.kernel_threads(cols.size):              # one thread for a small batch
         _im2col_kernel(x.reshape(n, -1), cols.reshape(n, -1), kh, kw, c, sh, sw,
                        pads[0][0], pads[1][0], h, w, ho, wo)
     return cols
@@ -180,7 +201,7 @@ def col2im_numba(cols, x_shape, kernel_size, strides, pads):
     ho, wo = output_hw(h, w, kernel_size, strides, pads)
     cols = np.ascontiguousarray(cols).reshape(n, -1)              # (N, Ho*Wo*kh*kw*C)
     dx = np.zeros((n, h, w, c), dtype=cols.dtype)
-    with backend.kernel_threads(cols.size):
+    with perf.kernel_threads(cols.size):
         _col2im_kernel(cols, dx.reshape(n, -1), kh, kw, c, sh, sw,
                        pads[0][0], pads[1][0], h, w, ho, wo)
     return dx
@@ -190,32 +211,22 @@ def col2im_numba(cols, x_shape, kernel_size, strides, pads):
 # dispatch
 # ----------------------------------------------------------------------------------------
 
-def _numba_pays(kernel_size, channels):
-    """Measured: numba copies one kernel row (kw*C numbers) at a time, and for rows of 3
-    numbers or fewer (a 3x3 window on a 1-channel image) NumPy's kh*kw long strided
-    copies are faster; from 4 numbers up (5x5 on 1 channel, any kernel on 2+) numba wins.
-    A 1x1 window is one strided copy for NumPy too (numba 1.0-1.3x, < 0.3 ms either way)."""
-    return kernel_size[1] * channels > 3 and kernel_size != (1, 1)
+def numba_pays(kernel_size, channels):
+    """numba for windows whose rows hold more than perf.IM2COL_NUMPY_MAX_ROW numbers, except
+    1x1 windows (one strided copy for NumPy too): see the top."""
+    return kernel_size[1] * channels > perf.IM2COL_NUMPY_MAX_ROW and tuple(kernel_size) != (1, 1)
 
 
 def im2col(x, kernel_size, strides, pads, out=None):
-    """Windows of x as rows: (N, H, W, C) -> (N, Ho, Wo, kh, kw, C), zero padding; written
-    into `out` (C-contiguous, any shape of that size) when given.
-
-    MINICNN_REFERENCE=1 runs the NumPy reference; otherwise the numba kernel, except for
-    1-channel 3x3 (or narrower) windows and 1x1 windows, where the reference is as fast.
-    """
-    if backend.use_reference() or not _numba_pays(kernel_size, x.shape[3]):
-        return im2col_reference(x, kernel_size, strides, pads, out)
+    """Windows of x as rows: (N, H, W, C) -> (N, Ho, Wo, kh, kw, C), zero padding. `out`: a
+    buffer the numba kernel writes into (C-contiguous, any shape of that size); the
+    reference makes its own array, so use the result, not `out`."""
+    if backend.use_reference() or not numba_pays(kernel_size, x.shape[3]):
+        return im2col_reference(x, kernel_size, strides, pads)
     return im2col_numba(x, kernel_size, strides, pads, out)
 
 
 def col2im(cols, x_shape, kernel_size, strides, pads):
-    """Adjoint of im2col: cols with N*Ho*Wo*kh*kw*C entries (any shape) -> (N, H, W, C).
-
-    MINICNN_REFERENCE=1 runs the NumPy reference; otherwise the numba kernel, except for
-    1-channel 3x3 (or narrower) windows and 1x1 windows, where the reference is as fast.
-    """
-    if backend.use_reference() or not _numba_pays(kernel_size, x_shape[3]):
-        return col2im_reference(cols, x_shape, kernel_size, strides, pads)
-    return col2im_numba(cols, x_shape, kernel_size, strides, pads)
+    """Adjoint of im2col: cols with N*Ho*Wo*kh*kw*C entries (any shape) -> (N, H, W, C)."""
+    return pick(col2im_reference, col2im_numba, numba_pays(kernel_size, x_shape[3]))(
+        cols, x_shape, kernel_size, strides, pads)

@@ -1,4 +1,5 @@
-"""numba's `njit` and `prange`, imported once here for every kernel file.
+"""numba's `njit` and `prange`, imported once here for every kernel file, and `pick`, the one
+rule every op's dispatcher follows.
 
 Without numba installed, MINICNN_REFERENCE=1 still runs: every op then takes its NumPy
 reference, so the kernels below each reference are left as plain Python functions that
@@ -21,4 +22,12 @@ except ImportError:
 
     prange = range
 
-__all__ = ["njit", "prange"]
+
+def pick(reference, kernel, kernel_pays=True):
+    """The version of an op to run: the numba `kernel` where it pays (a threshold in
+    minicnn.perf, measured by benchmarks/kernels.py), else the NumPy `reference`; always the
+    reference under MINICNN_REFERENCE=1, read at every call."""
+    return kernel if kernel_pays and not backend.use_reference() else reference
+
+
+__all__ = ["njit", "pick", "prange"]

@@ -16,77 +16,105 @@ stride 2): in backward, a pixel that is the max of two windows gets both gradien
 unpadded image of the winning cell; ties go to the first max in row-major window order.
 Backward sends dy[n, ho, wo, c] to exactly that cell.
 
-Speed, measured with benchmarks/kernels.py (batch 64, float32, numba on 2 threads, 2-core VM
-shared with other jobs, so +-30%, and see the OpenMP note in im2col.py; "x" = reference
-time / numba time); numba is the default for all four:
-  max_pool           11-25x faster, e.g. 48x48x64 2x2: 80 ms -> 4-5 ms
-  max_pool_backward  5-27x faster,  e.g. 48x48x64 2x2: 44 ms -> 4-10 ms
-  avg_pool           1.8-5.7x faster, e.g. 48x48x64 2x2: 11-18 ms -> 3-5 ms
-  avg_pool_backward  1.5-5.5x faster, e.g. 48x48x64 2x2: 14-17 ms -> 5-11 ms
-(the reference builds a padded copy and kh*kw full-size temporaries; the kernels visit
-each window once and touch only its real cells).
+numba by default for all four: the references build a padded copy and full-size
+temporaries, the kernels visit each window once and touch only its real cells (see
+benchmarks/kernels.py).
 """
 import numpy as np
-from .jit import njit, prange
 
-from .. import backend
+from .. import perf
 from .im2col import output_hw
+from .jit import njit, pick, prange
 
 
-def _window_starts(size, kernel, stride, pad_before, out):
-    """First input row (or column) of each window, and how many of its cells are real."""
-    start = np.arange(out) * stride - pad_before               # may be negative (padding)
-    real = np.minimum(start + kernel, size) - np.maximum(start, 0)
-    return start, real
+def window_cells(h, w, pool_size, strides, pads):
+    """Position h*W + w of every cell of every window, (Ho, Wo, kh*kw) in row-major window
+    order; -1 where the cell is padding."""
+    (kh, kw), (sh, sw) = pool_size, strides
+    ho, wo = output_hw(h, w, pool_size, strides, pads)
+    rows = (np.arange(ho) * sh - pads[0][0])[:, None] + np.arange(kh)        # (Ho, kh)
+    cols = (np.arange(wo) * sw - pads[1][0])[:, None] + np.arange(kw)        # (Wo, kw)
+    real = ((rows >= 0) & (rows < h))[:, None, :, None] & ((cols >= 0) & (cols < w))[None, :, None, :]
+    cells = rows[:, None, :, None] * w + cols[None, :, None, :]              # (Ho, Wo, kh, kw)
+    return np.where(real, cells, -1).reshape(ho, wo, kh * kw)
 
 
 # ----------------------------------------------------------------------------------------
-# NumPy reference: the offset loop (one strided slice per window offset (i, j))
+# naive loops: the definitions, one window at a time
+# ----------------------------------------------------------------------------------------
+
+def max_pool_naive(x, pool_size, strides, pads):
+    """y = the largest real cell of each window, argmax = its h*W + w (the first on ties)."""
+    n_img, h, w, c_n = x.shape
+    cells = window_cells(h, w, pool_size, strides, pads)
+    y = np.empty((n_img,) + cells.shape[:2] + (c_n,), dtype=x.dtype)
+    argmax = np.empty(y.shape, dtype=np.int64)
+    flat = x.reshape(n_img, h * w, c_n)
+    for n, ho, wo, c in np.ndindex(y.shape):
+        real = [p for p in cells[ho, wo] if p >= 0]
+        values = [flat[n, p, c] for p in real]
+        first = int(np.argmax(values))                   # np.argmax: the first max on ties
+        y[n, ho, wo, c], argmax[n, ho, wo, c] = values[first], real[first]
+    return y, argmax
+
+
+def max_pool_backward_naive(dy, argmax, x_shape):
+    """dx[argmax of each window] += dy of that window."""
+    n_img, h, w, c_n = x_shape
+    dx = np.zeros((n_img, h * w, c_n), dtype=dy.dtype)
+    for n, ho, wo, c in np.ndindex(dy.shape):
+        dx[n, argmax[n, ho, wo, c], c] += dy[n, ho, wo, c]
+    return dx.reshape(x_shape)
+
+
+def avg_pool_naive(x, pool_size, strides, pads):
+    """y = the mean of the real cells of each window."""
+    n_img, h, w, c_n = x.shape
+    cells = window_cells(h, w, pool_size, strides, pads)
+    y = np.empty((n_img,) + cells.shape[:2] + (c_n,), dtype=x.dtype)
+    flat = x.reshape(n_img, h * w, c_n)
+    for n, ho, wo in np.ndindex(y.shape[:3]):
+        real = [p for p in cells[ho, wo] if p >= 0]
+        y[n, ho, wo] = sum(flat[n, p] for p in real) / len(real)
+    return y
+
+
+def avg_pool_backward_naive(dy, x_shape, pool_size, strides, pads):
+    """dx[cell] += dy / count for every real cell of each window."""
+    n_img, h, w, c_n = x_shape
+    cells = window_cells(h, w, pool_size, strides, pads)
+    dx = np.zeros((n_img, h * w, c_n), dtype=dy.dtype)
+    for n, ho, wo in np.ndindex(dy.shape[:3]):
+        real = [p for p in cells[ho, wo] if p >= 0]
+        for p in real:
+            dx[n, p] += dy[n, ho, wo] / len(real)
+    return dx.reshape(x_shape)
+
+
+# ----------------------------------------------------------------------------------------
+# NumPy reference: every window's cells gathered at once
 # ----------------------------------------------------------------------------------------
 
 def max_pool_reference(x, pool_size, strides, pads):
     """Max over each window, -inf padding: (N, H, W, C) -> (y (N, Ho, Wo, C), argmax)."""
     n, h, w, c = x.shape
-    (kh, kw), (sh, sw) = pool_size, strides
-    (top, _), (left, _) = pads
-    ho, wo = output_hw(h, w, pool_size, strides, pads)
-    xp = np.pad(x, ((0, 0), pads[0], pads[1], (0, 0)), constant_values=-np.inf)
-    row0, _ = _window_starts(h, kh, sh, top, ho)
-    col0, _ = _window_starts(w, kw, sw, left, wo)
-    y = np.full((n, ho, wo, c), -np.inf, dtype=x.dtype)
-    # Start argmax at the first real cell of each window, so that a window of -inf values
-    # still points at a real pixel, never at the padding.
-    first = np.maximum(row0, 0)[:, None] * w + np.maximum(col0, 0)[None, :]      # (Ho, Wo)
-    argmax = np.broadcast_to(first[None, :, :, None], (n, ho, wo, c)).astype(np.int64)
-    for i in range(kh):
-        for j in range(kw):
-            win = xp[:, i:i + sh * ho:sh, j:j + sw * wo:sw, :]     # cell (i, j) of every window
-            better = win > y                # strict: on a tie the earlier cell keeps the max
-            y = np.where(better, win, y)
-            pos = (row0 + i)[:, None] * w + (col0 + j)[None, :]    # (Ho, Wo), h*W + w
-            argmax = np.where(better, pos[None, :, :, None], argmax)
-    return y, argmax
+    cells = window_cells(h, w, pool_size, strides, pads)                    # (Ho, Wo, kh*kw)
+    real = cells >= 0
+    values = np.where(real[..., None], x.reshape(n, h * w, c)[:, cells], -np.inf)   # (N, Ho, Wo, kh*kw, C)
+    y = values.max(axis=3)
+    # the first REAL cell holding the max: padding never wins, even in a window of -inf values
+    first = np.argmax((values == y[:, :, :, None]) & real[..., None], axis=3)       # (N, Ho, Wo, C)
+    ho, wo = np.ogrid[:cells.shape[0], :cells.shape[1]]
+    return y, cells[ho[..., None], wo[..., None], first]                           # h*W + w of that cell
 
 
 def max_pool_backward_reference(dy, argmax, x_shape, pool_size, strides, pads):
-    """Gradient of max pooling: each dy goes to its window's argmax cell -> (N, H, W, C)."""
+    """Gradient of max pooling: each dy added to its window's argmax cell -> (N, H, W, C)."""
     n, h, w, c = x_shape
-    (kh, kw), (sh, sw) = pool_size, strides
-    (top, bottom), (left, right) = pads
-    ho, wo = output_hw(h, w, pool_size, strides, pads)
-    row0, _ = _window_starts(h, kh, sh, top, ho)
-    col0, _ = _window_starts(w, kw, sw, left, wo)
-    dxp = np.zeros((n, h + top + bottom, w + left + right, c), dtype=dy.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            rows, cols = row0 + i, col0 + j
-            pos = rows[:, None] * w + cols[None, :]                 # (Ho, Wo), h*W + w
-            # A padded cell never wins; mark it -1 so that its h*W + w cannot alias a real one.
-            inside = ((rows >= 0) & (rows < h))[:, None] & ((cols >= 0) & (cols < w))[None, :]
-            pos = np.where(inside, pos, -1)
-            won = argmax == pos[None, :, :, None]                   # (N, Ho, Wo, C)
-            dxp[:, i:i + sh * ho:sh, j:j + sw * wo:sw, :] += np.where(won, dy, 0)
-    return np.ascontiguousarray(dxp[:, top:top + h, left:left + w, :])
+    dx = np.zeros((n, h * w, c), dtype=dy.dtype)
+    images, channels = np.arange(n)[:, None, None, None], np.arange(c)
+    np.add.at(dx, (images, argmax, channels), dy)          # adds up where windows overlap
+    return dx.reshape(x_shape)
 
 
 def avg_pool_reference(x, pool_size, strides, pads):
@@ -118,11 +146,8 @@ def avg_pool_backward_reference(dy, x_shape, pool_size, strides, pads):
 
 def _real_counts(x_shape, pool_size, strides, pads, dtype):
     """Number of real (non-padded) cells in each window, shaped (Ho, Wo, 1) to broadcast."""
-    _, h, w, _ = x_shape
-    ho, wo = output_hw(h, w, pool_size, strides, pads)
-    _, rows = _window_starts(h, pool_size[0], strides[0], pads[0][0], ho)
-    _, cols = _window_starts(w, pool_size[1], strides[1], pads[1][0], wo)
-    return (rows[:, None] * cols[None, :]).astype(dtype)[:, :, None]
+    cells = window_cells(x_shape[1], x_shape[2], pool_size, strides, pads)
+    return (cells >= 0).sum(axis=2).astype(dtype)[:, :, None]
 
 
 # ----------------------------------------------------------------------------------------
@@ -132,7 +157,7 @@ def _real_counts(x_shape, pool_size, strides, pads, dtype):
 @njit(inline="always")          # inlined into each kernel: no call in the loop
 def _real_span(out_index, stride, pad_before, kernel, size):
     """Real input rows (or columns) [lo, hi) under window `out_index`: the padding clipped off
-    (the one-window form of `_window_starts`: hi - lo is its `real`)."""
+    (what `window_cells` marks real, for one window)."""
     start = out_index * stride - pad_before
     return max(start, 0), min(start + kernel, size)
 
@@ -213,7 +238,7 @@ def max_pool_numba(x, pool_size, strides, pads):
     ho, wo = output_hw(h, w, pool_size, strides, pads)
     y = np.empty((n, ho, wo, c), dtype=x.dtype)
     argmax = np.empty((n, ho, wo, c), dtype=np.int64)
-    with backend.kernel_threads(x.size):                 # one thread for a small batch
+    with perf.kernel_threads(x.size):                 # one thread for a small batch
         _max_pool_kernel(x, y, argmax, *pool_size, *strides, pads[0][0], pads[1][0])
     return y, argmax
 
@@ -222,7 +247,7 @@ def max_pool_backward_numba(dy, argmax, x_shape, pool_size, strides, pads):
     """numba version of `max_pool_backward_reference` (same arguments, same result)."""
     n, h, w, c = x_shape
     dx = np.zeros((n, h * w, c), dtype=dy.dtype)
-    with backend.kernel_threads(dx.size):
+    with perf.kernel_threads(dx.size):
         _max_pool_backward_kernel(np.ascontiguousarray(dy), np.ascontiguousarray(argmax), dx)
     return dx.reshape(n, h, w, c)
 
@@ -233,7 +258,7 @@ def avg_pool_numba(x, pool_size, strides, pads):
     n, h, w, c = x.shape
     ho, wo = output_hw(h, w, pool_size, strides, pads)
     y = np.empty((n, ho, wo, c), dtype=x.dtype)
-    with backend.kernel_threads(x.size):
+    with perf.kernel_threads(x.size):
         _avg_pool_kernel(x, y, *pool_size, *strides, pads[0][0], pads[1][0])
     return y
 
@@ -242,38 +267,30 @@ def avg_pool_backward_numba(dy, x_shape, pool_size, strides, pads):
     """numba version of `avg_pool_backward_reference` (same arguments, same result)."""
     g = dy / _real_counts(x_shape, pool_size, strides, pads, dy.dtype)   # (N, Ho, Wo, C)
     dx = np.zeros(x_shape, dtype=dy.dtype)
-    with backend.kernel_threads(dx.size):
+    with perf.kernel_threads(dx.size):
         _avg_pool_backward_kernel(g, dx, *pool_size, *strides, pads[0][0], pads[1][0])
     return dx
 
 
 # ----------------------------------------------------------------------------------------
-# dispatch: MINICNN_REFERENCE=1 runs the NumPy reference, otherwise the measured winner
+# dispatch: the numba kernels (MINICNN_REFERENCE=1: the NumPy references)
 # ----------------------------------------------------------------------------------------
 
 def max_pool(x, pool_size, strides, pads):
     """Max pooling with -inf padding: (N, H, W, C) -> (y (N, Ho, Wo, C), argmax int64)."""
-    if backend.use_reference():
-        return max_pool_reference(x, pool_size, strides, pads)
-    return max_pool_numba(x, pool_size, strides, pads)
+    return pick(max_pool_reference, max_pool_numba)(x, pool_size, strides, pads)
 
 
 def max_pool_backward(dy, argmax, x_shape, pool_size, strides, pads):
     """dy (N, Ho, Wo, C) -> dx (N, H, W, C): each dy added to its window's argmax cell."""
-    if backend.use_reference():
-        return max_pool_backward_reference(dy, argmax, x_shape, pool_size, strides, pads)
-    return max_pool_backward_numba(dy, argmax, x_shape, pool_size, strides, pads)
+    return pick(max_pool_backward_reference, max_pool_backward_numba)(dy, argmax, x_shape, pool_size, strides, pads)
 
 
 def avg_pool(x, pool_size, strides, pads):
     """Average pooling over real cells: (N, H, W, C) -> (N, Ho, Wo, C)."""
-    if backend.use_reference():
-        return avg_pool_reference(x, pool_size, strides, pads)
-    return avg_pool_numba(x, pool_size, strides, pads)
+    return pick(avg_pool_reference, avg_pool_numba)(x, pool_size, strides, pads)
 
 
 def avg_pool_backward(dy, x_shape, pool_size, strides, pads):
     """dy (N, Ho, Wo, C) -> dx (N, H, W, C): dy / count spread over each window's real cells."""
-    if backend.use_reference():
-        return avg_pool_backward_reference(dy, x_shape, pool_size, strides, pads)
-    return avg_pool_backward_numba(dy, x_shape, pool_size, strides, pads)
+    return pick(avg_pool_backward_reference, avg_pool_backward_numba)(dy, x_shape, pool_size, strides, pads)

@@ -18,15 +18,18 @@ rows 2p - top .. 2p - top + 3 (and columns likewise), zeros outside the image; a
 or Wo makes the last tile's second row/column fall outside, and it is dropped.
 Rows of V and M are tiles in (n, p, q) order: V is (16, N*th*tw, C), M (16, N*th*tw, F).
 
-Each transform has a NumPy reference (one einsum over the 4x4 tile axes) and a numba kernel
-(one thread per image, channels innermost, a tile's 16 x C values in a small per-image array),
-which tests hold against each other and against im2col's convolution.
+`conv3x3_naive` is the formula above, one tile and one channel pair at a time. Each
+transform has a NumPy reference (one einsum over the 4x4 tile axes) and a numba kernel
+(one thread per image, channels innermost, a tile's 16 x C values in a small per-image
+array), which tests hold against each other and against im2col's convolution. Conv2D
+takes this method where `pays` says so (thresholds in minicnn.perf, chosen with
+benchmarks/models.py); MINICNN_REFERENCE=1 keeps every convolution on im2col.
 """
 import numpy as np
-from .jit import njit, prange
 
-from .. import backend
+from .. import backend, perf
 from .gemm import batched_matmul, matmul
+from .jit import njit, pick, prange
 
 BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=np.float64)
 G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=np.float64)
@@ -36,6 +39,23 @@ AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=np.float64)
 def tiles_hw(ho, wo):
     """Tiles per image along H and W for an Ho x Wo output."""
     return (ho + 1) // 2, (wo + 1) // 2
+
+
+# ----------------------------------------------------------------------------------------
+# naive loops: the formula, one tile and one channel pair at a time
+# ----------------------------------------------------------------------------------------
+
+def conv3x3_naive(x, kernel, top, left, ho, wo):
+    """z = conv(x, kernel), no bias, each 2x2 tile as A^T [(G g G^T) * (B^T d B)] A."""
+    n_img, c_n, f_n = x.shape[0], x.shape[3], kernel.shape[3]
+    th, tw = tiles_hw(ho, wo)
+    xp = _padded(x, top, left, th, tw)
+    z = np.zeros((n_img, 2 * th, 2 * tw, f_n), dtype=np.result_type(x, kernel))
+    for n, p, q, c, f in np.ndindex(n_img, th, tw, c_n, f_n):
+        d = xp[n, 2 * p:2 * p + 4, 2 * q:2 * q + 4, c]            # the 4x4 input patch under tile (p, q)
+        u = G @ kernel[:, :, c, f] @ G.T                          # 4x4
+        z[n, 2 * p:2 * p + 2, 2 * q:2 * q + 2, f] += AT @ (u * (BT @ d @ BT.T)) @ AT.T
+    return z[:, :ho, :wo]                                         # an odd Ho or Wo drops the last row/column
 
 
 # ----------------------------------------------------------------------------------------
@@ -238,7 +258,7 @@ def input_transform_numba(x, top, left, ho, wo, out=None):
     th, tw = tiles_hw(ho, wo)
     x = np.ascontiguousarray(x)
     v = _buffer(out, (16, x.shape[0] * th * tw, x.shape[3]), x.dtype)
-    with backend.kernel_threads(v.size):
+    with perf.kernel_threads(v.size):
         _input_transform_kernel(x, v, top, left, th, tw)
     return v
 
@@ -247,7 +267,7 @@ def output_transform_numba(m, n, ho, wo):
     """numba version of `output_transform_reference`."""
     th, tw = tiles_hw(ho, wo)
     y = np.empty((n, ho, wo, m.shape[2]), dtype=m.dtype)
-    with backend.kernel_threads(m.size):
+    with perf.kernel_threads(m.size):
         _output_transform_kernel(np.ascontiguousarray(m), y, th, tw)
     return y
 
@@ -257,7 +277,7 @@ def output_adjoint_numba(dy, out=None):
     n, ho, wo, f = dy.shape
     th, tw = tiles_hw(ho, wo)
     dm = _buffer(out, (16, n * th * tw, f), dy.dtype)
-    with backend.kernel_threads(dm.size):
+    with perf.kernel_threads(dm.size):
         _output_adjoint_kernel(np.ascontiguousarray(dy), dm, th, tw)
     return dm
 
@@ -266,7 +286,7 @@ def input_adjoint_numba(dv, x_shape, top, left, ho, wo):
     """numba version of `input_adjoint_reference`."""
     th, tw = tiles_hw(ho, wo)
     dx = np.zeros(x_shape, dtype=dv.dtype)
-    with backend.kernel_threads(dv.size):
+    with perf.kernel_threads(dv.size):
         _input_adjoint_kernel(np.ascontiguousarray(dv), dx, top, left, th, tw)
     return dx
 
@@ -276,7 +296,8 @@ def input_adjoint_numba(dv, x_shape, top, left, ho, wo):
 # ----------------------------------------------------------------------------------------
 
 def input_transform(x, top, left, ho, wo, out=None):
-    """V = B^T d B for every 4x4 input patch: (N, H, W, C) -> (16, N*th*tw, C)."""
+    """V = B^T d B for every 4x4 input patch: (N, H, W, C) -> (16, N*th*tw, C); `out`: a
+    buffer the numba kernel writes into (use the result)."""
     if backend.use_reference():
         return input_transform_reference(x, top, left, ho, wo)
     return input_transform_numba(x, top, left, ho, wo, out)
@@ -284,13 +305,11 @@ def input_transform(x, top, left, ho, wo, out=None):
 
 def output_transform(m, n, ho, wo):
     """y = A^T M A per tile: (16, N*th*tw, F) -> (N, Ho, Wo, F)."""
-    if backend.use_reference():
-        return output_transform_reference(m, n, ho, wo)
-    return output_transform_numba(m, n, ho, wo)
+    return pick(output_transform_reference, output_transform_numba)(m, n, ho, wo)
 
 
 def output_adjoint(dy, out=None):
-    """dM = A dy A^T per tile: (N, Ho, Wo, F) -> (16, N*th*tw, F)."""
+    """dM = A dy A^T per tile: (N, Ho, Wo, F) -> (16, N*th*tw, F); `out` as in input_transform."""
     if backend.use_reference():
         return output_adjoint_reference(dy)
     return output_adjoint_numba(dy, out)
@@ -298,27 +317,22 @@ def output_adjoint(dy, out=None):
 
 def input_adjoint(dv, x_shape, top, left, ho, wo):
     """dx = B dV B^T added onto each tile's patch: (16, N*th*tw, C) -> (N, H, W, C)."""
-    if backend.use_reference():
-        return input_adjoint_reference(dv, x_shape, top, left, ho, wo)
-    return input_adjoint_numba(dv, x_shape, top, left, ho, wo)
+    return pick(input_adjoint_reference, input_adjoint_numba)(dv, x_shape, top, left, ho, wo)
 
 
 # ----------------------------------------------------------------------------------------
 # the convolution: what Conv2D runs for a 3x3, stride-1 kernel between wide layers
 # ----------------------------------------------------------------------------------------
 
-MIN_CHANNELS = 64    # C and F at least this (32 gained nothing in cnn8: see Conv2D's docstring)
-MIN_TILES = 256      # N * th * tw at least this: the kernel transform, paid on every call, must be
-                     # shared by enough tiles (cnn4 at batch 1, 9-36 tiles: 4.6 -> 8.7 ms; at batch
-                     # 64, 576-2304 tiles: faster; 256 is a round number between, not a measured edge)
-
-
 def pays(kernel_size, strides, n, ho, wo, channels, filters):
-    """Whether Conv2D should use this method for N images, an Ho x Wo output, C -> F channels.
-    MINICNN_REFERENCE=1: never (the direct im2col convolution is the reference)."""
+    """Whether Conv2D should use this method for N images, an Ho x Wo output, C -> F channels:
+    3x3, stride 1, wide layers (perf.WINOGRAD_MIN_CHANNELS) and enough tiles to share the
+    kernel transform (perf.WINOGRAD_MIN_TILES). MINICNN_REFERENCE=1: never (the direct im2col
+    convolution is the reference)."""
     th, tw = tiles_hw(ho, wo)
-    return (tuple(kernel_size) == (3, 3) and tuple(strides) == (1, 1) and channels >= MIN_CHANNELS
-            and filters >= MIN_CHANNELS and n * th * tw >= MIN_TILES and not backend.use_reference())
+    wide = min(channels, filters) >= perf.WINOGRAD_MIN_CHANNELS
+    return (tuple(kernel_size) == (3, 3) and tuple(strides) == (1, 1) and wide
+            and n * th * tw >= perf.WINOGRAD_MIN_TILES and not backend.use_reference())
 
 
 def conv3x3(x, kernel, top, left, ho, wo, scratch=None):
@@ -334,8 +348,9 @@ def conv3x3(x, kernel, top, left, ho, wo, scratch=None):
     return output_transform(m, n, ho, wo), (v, u)
 
 
-def conv3x3_backward(dz, saved, x_shape, top, left, scratch=None):
-    """dz (N, Ho, Wo, F) -> (dx (N, H, W, C), dkernel (3, 3, C, F)) for conv3x3."""
+def conv3x3_backward(dz, saved, x_shape, top, left, scratch=None, need_input_gradient=True):
+    """dz (N, Ho, Wo, F) -> (dx (N, H, W, C), dkernel (3, 3, C, F)) for conv3x3; dx is None
+    when need_input_gradient is False."""
     v, u = saved
     dz = dz.astype(v.dtype, copy=False)              # dx and dkernel in the layer's dtype, as z was
     n, ho, wo, f = dz.shape
@@ -343,5 +358,7 @@ def conv3x3_backward(dz, saved, x_shape, top, left, scratch=None):
     buffer = scratch or (lambda name, shape, dtype: None)
     dm = output_adjoint(dz, out=buffer("M", (16, n * th * tw, f), dz.dtype))
     dkernel = kernel_transform_adjoint(batched_matmul(v.transpose(0, 2, 1), dm))   # dU = V^T dM
+    if not need_input_gradient:
+        return None, dkernel
     dv = batched_matmul(dm, u.transpose(0, 2, 1), out=buffer("dV", v.shape, v.dtype))   # dV = dM U^T
     return input_adjoint(dv, x_shape, top, left, ho, wo), dkernel

@@ -1,0 +1,141 @@
+"""Speed settings in one place: the thresholds the ops choose their version by, and the
+process tuning that `enable()` switches on.
+
+`import minicnn` changes nothing in the process. `minicnn.perf.enable()`, which the scripts
+and benchmarks call first, makes three process-wide changes for training on a small
+machine shared with other jobs:
+
+1. OMP_WAIT_POLICY=PASSIVE (unless already set): numba's OpenMP threads sleep between
+   parallel kernels instead of spinning; a spinning or descheduled thread on a busy
+   machine makes every parallel kernel wait for a scheduler tick. OpenMP reads the
+   setting once, when its threads start: call enable() before the first numba kernel.
+2. glibc's malloc keeps freed big arrays for reuse (mmap threshold 1 GB, no trimming), so
+   each step's activations reuse memory instead of page-faulting it afresh; freed memory
+   then stays with the process until it exits. MINICNN_MALLOC=default skips this.
+3. OpenBLAS's per-call thread count is looked up (in the library NumPy loaded), so that
+   `ops.gemm.matmul` runs small products on the calling thread alone.
+
+The effect of each is measured by benchmarks/models.py and recorded in benchmarks/RESULTS.md.
+This module imports only the standard library and numpy (numba when a kernel asks).
+"""
+import ctypes
+import os
+import warnings
+from contextlib import contextmanager
+
+import numpy as np
+
+# ---- thresholds: each op's default version, chosen by benchmarks/kernels.py and models.py ----
+
+# numba kernels: below this many numbers, one thread (waking the second costs more than the work)
+PARALLEL_MIN_SIZE = 1 << 17
+# BatchNormalization's moments and backward: the NumPy reference below this many numbers,
+# where a kernel call gains too little over it
+BATCHNORM_NUMBA_MIN_SIZE = 1 << 17
+# BatchNormalization's normalize (what inference runs): the kernel from this many numbers in
+# at least this many rows, so that one image's activations take it but a dense batch does not
+NORMALIZE_MIN_SIZE, NORMALIZE_MIN_ROWS = 1 << 13, 128
+# ReLU's backward, dropout and Adam: the NumPy reference below this many numbers
+ELEMENTWISE_NUMBA_MIN_SIZE = 1 << 15
+# im2col / col2im: numba copies one kernel row (kw*C numbers) at a time; for rows this
+# short or shorter, NumPy's kh*kw long strided copies are faster (1x1 windows too)
+IM2COL_NUMPY_MAX_ROW = 3
+# matrix products: on OpenBLAS's threads from this many FLOP (2*M*K*F), on one below
+BLAS_PARALLEL_FLOPS = 1e9
+# ... or from this many FLOP when both K and F are at least BLAS_WIDE_MIN_SIZE (wide products)
+BLAS_WIDE_PARALLEL_FLOPS, BLAS_WIDE_MIN_SIZE = 1e8, 64
+# Winograd's F(2x2, 3x3) for a 3x3 stride-1 Conv2D with C and F at least this many channels
+# (narrower layers trained no faster with it)
+WINOGRAD_MIN_CHANNELS = 64
+# ... and at least this many 2x2 output tiles (N * th * tw): the kernel transform, paid on
+# every call, must be shared by enough tiles (a round number between batch 1 and batch 64)
+WINOGRAD_MIN_TILES = 256
+# work split of the one-pass kernels: BatchNormalization's row blocks (enough for both threads,
+# few enough to add up at once) and the elementwise kernels' block of numbers per task
+BATCHNORM_BLOCKS = 64
+ELEMENTWISE_BLOCK = 1 << 14
+
+
+@contextmanager
+def kernel_threads(size):
+    """Run the numba kernels inside on one thread when they touch fewer than PARALLEL_MIN_SIZE
+    numbers (batch-1 inference); larger work keeps numba's thread count. numba's setting is
+    per calling thread and is restored on exit."""
+    if size >= PARALLEL_MIN_SIZE:
+        yield
+        return
+    import numba
+
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(before)
+
+
+# ---- process tuning: off until enable() ------------------------------------------------------
+
+openblas_set_num_threads_local = None   # found by enable(); ops.gemm keeps small products on one thread with it
+_enabled = None                          # what enable() did, once it has run
+
+
+def enable():
+    """Switch on the process tuning described at the top; idempotent. Returns what it did:
+    {"omp_wait_policy": value, "malloc_keeps_freed_memory": bool, "openblas_local_threads": bool}.
+    Call it at the start of a program, before the first numba kernel runs."""
+    global _enabled, openblas_set_num_threads_local
+    if _enabled is not None:
+        return dict(_enabled)
+    if _numba_threads_started():
+        warnings.warn("minicnn.perf.enable(): numba's threads have started, so OMP_WAIT_POLICY "
+                      "no longer applies; call enable() before the first kernel", stacklevel=2)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    openblas_set_num_threads_local = find_openblas_local_threads()
+    _enabled = {"omp_wait_policy": os.environ["OMP_WAIT_POLICY"],
+                "malloc_keeps_freed_memory": keep_freed_memory(),
+                "openblas_local_threads": openblas_set_num_threads_local is not None}
+    return dict(_enabled)
+
+
+def _numba_threads_started():
+    """Whether numba has launched its parallel threads (read only; False without numba)."""
+    import sys
+
+    parallel = sys.modules.get("numba.np.ufunc.parallel")
+    return bool(getattr(parallel, "_is_initialized", False))
+
+
+def keep_freed_memory():
+    """Ask glibc's malloc to serve big arrays from memory this process already holds: the
+    mmap threshold at 1 GB and no trimming. False where there is no glibc, where glibc
+    refuses the threshold, or with MINICNN_MALLOC=default (glibc's own settings kept)."""
+    if os.environ.get("MINICNN_MALLOC") == "default":
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    m_trim_threshold, m_mmap_threshold = -1, -3                  # from glibc's malloc.h
+    # a glibc that refuses a threshold over 32 MB returns 0: then nothing is changed
+    return bool(mallopt(m_mmap_threshold, 1 << 30) and mallopt(m_trim_threshold, -1))   # -1: never trim
+
+
+def find_openblas_local_threads():
+    """OpenBLAS's `openblas_set_num_threads_local` (OpenBLAS >= 0.3.27) from the library NumPy
+    loaded, found in /proc/self/maps; None elsewhere."""
+    np.ones((2, 2)) @ np.ones((2, 2))    # make sure NumPy has loaded its BLAS before we look
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "openblas" in line and ".so" in line}
+    except OSError:                  # not Linux: products keep OpenBLAS's own choice
+        return None
+    for path in sorted(paths):
+        try:
+            fn = ctypes.CDLL(path).openblas_set_num_threads_local
+        except (OSError, AttributeError):
+            continue
+        fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
+        return fn
+    return None
