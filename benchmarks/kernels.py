@@ -31,6 +31,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from minicnn import perf  # noqa: E402
 from minicnn.ops import batchnorm, depthwise, elementwise, im2col, pooling, winograd  # noqa: E402
 from minicnn.ops.padding import conv_geometry  # noqa: E402
 
@@ -173,6 +174,7 @@ def median_ms(fns, repeats):
 
 
 def main():
+    perf.enable()                  # as the scripts run minicnn (minicnn/perf.py)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ops", default="", help="comma-separated op names (default: all)")
     parser.add_argument("--repeats", type=int, default=9)

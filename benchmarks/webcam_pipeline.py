@@ -47,6 +47,7 @@ from fer.inference import EmotionClassifier  # noqa: E402
 from fer.live import STAGES, FrameSource, run  # noqa: E402
 from fer.preprocess import Preprocessing  # noqa: E402
 from fer.tracking import IoUTracker  # noqa: E402
+from minicnn import perf  # noqa: E402
 
 FER_LABELS = ["Angry", "Disgust", "Fear", "Happy", "Sad", "Surprise", "Neutral"]
 
@@ -165,6 +166,7 @@ def parse_args():
 
 
 def main():
+    perf.enable()                  # as the scripts run minicnn (minicnn/perf.py)
     args = parse_args()
     shared = Path(os.environ.get("FER_SHARED_DIR", REPO_ROOT.parent / "shared"))
     data = args.data or shared / "fer2013" / "fer2013.csv.gz"

@@ -19,6 +19,7 @@ import numpy as np  # noqa: E402
 from fer import data as fer_data  # noqa: E402
 from fer import evaluation  # noqa: E402
 from fer.inference import load_fer_model  # noqa: E402
+from minicnn import perf  # noqa: E402
 
 
 def evaluate(model_path, data_path, split="auto", tta=False, skip_bad_rows=False):
@@ -47,6 +48,7 @@ def evaluate(model_path, data_path, split="auto", tta=False, skip_bad_rows=False
 
 
 def main(argv=None):
+    perf.enable()                  # threads, allocator and OpenMP tuned (minicnn/perf.py)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="model file (.npz) from train.py or convert_keras.py, "
                                                   "or a run folder of train.py (its model.npz)")

@@ -32,6 +32,7 @@ from fer.data import decode_image  # noqa: E402
 from fer.faces import add_detector_arguments, crop, detector_from_args, to_gray  # noqa: E402
 from fer.inference import EmotionClassifier, emotion_record  # noqa: E402
 from fer.live import draw_face, label_color  # noqa: E402
+from minicnn import perf  # noqa: E402
 from minicnn.io import atomic_write  # noqa: E402
 
 DEFAULT_MODEL = REPO_ROOT / "weights" / "mini_xception.npz"
@@ -106,6 +107,7 @@ def annotated(image, faces, labels, min_width=320):
 
 
 def main(argv=None):
+    perf.enable()                  # threads, allocator and OpenMP tuned (minicnn/perf.py)
     args = parse_args(argv)
     try:
         classifier = EmotionClassifier.from_file(args.model)

@@ -23,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fer import models  # noqa: E402
+from minicnn import perf  # noqa: E402
 from fer.training import (ResumeError, RunFailed, RunInUse, TrainConfig, TrainingDiverged,  # noqa: E402
                           TrainingInterrupted, resume_config, train)
 
@@ -124,6 +125,7 @@ def config_from_args(args):
 
 
 def main(argv=None):
+    perf.enable()                  # threads, allocator and OpenMP tuned for training (minicnn/perf.py)
     args = parse_args(argv)
     try:
         config = config_from_args(args)

@@ -22,6 +22,7 @@ from fer.faces import add_detector_arguments, detector_from_args  # noqa: E402
 from fer.inference import EmotionClassifier  # noqa: E402
 from fer.live import FrameSource, SourceError, run  # noqa: E402
 from fer.tracking import IoUTracker  # noqa: E402
+from minicnn import perf  # noqa: E402
 
 DEFAULT_MODEL = REPO_ROOT / "weights" / "mini_xception.npz"
 
@@ -101,6 +102,7 @@ def fail(message):
 
 
 def main(argv=None):
+    perf.enable()                  # threads, allocator and OpenMP tuned (minicnn/perf.py)
     args = parse_args(argv)
     # The source first: a camera that will not open is the commonest problem, and the cheapest to find.
     try:
