@@ -13,7 +13,8 @@ setup(
         "numba>=0.57",
         # OpenCV 5.0 dropped CascadeClassifier and the bundled Haar cascades the webcam demo uses.
         "opencv-python>=4.8,<5",
-        "pandas>=1.5",
+        # fer.data reads the rows read_csv skips from its ParserWarnings, a Python warning since 2.2
+        "pandas>=2.2",
         "matplotlib>=3.5",
         "tqdm>=4.60",
     ],

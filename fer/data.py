@@ -1,4 +1,4 @@
-"""FER2013 in, NumPy arrays out: loaders, a parse cache, class maps and splits.
+"""FER2013 in, NumPy arrays out: loaders, class maps and splits.
 
 Both sources of the data set, the Kaggle challenge CSV and the Kaggle image folders,
 load into the same `FerData` (uint8 faces, labels 0..6 in `EMOTIONS` order, the Usage
@@ -9,22 +9,19 @@ silently.
 """
 from __future__ import annotations
 
-import csv
 import gzip
 import hashlib
-import itertools
-import os
+import io
+import re
 import struct
-import tempfile
-import time
 import warnings
-import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 
 EMOTIONS = ("Angry", "Disgust", "Fear", "Happy", "Sad", "Surprise", "Neutral")
 USAGES = ("Training", "PublicTest", "PrivateTest")
@@ -36,10 +33,6 @@ CSV_COLUMNS = ("emotion", "pixels", "Usage")
 FOLDER_USAGE = {"train": "Training", "test": "PublicTest"}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
-# The parser hands this many rows at a time to np.loadtxt; only a block that fails is
-# walked row by row, so a clean file never pays for the per-row diagnosis.
-_BLOCK_ROWS = 2048
-_CACHE_VERSION = 1  # bump when the parse changes, so old cache files are not reused
 _SHOWN_PROBLEMS = 5  # how many bad rows a skip warning quotes
 
 
@@ -75,127 +68,139 @@ def load_csv(path, skip_bad_rows=False) -> FerData:
     Columns are found by header name, in any order. Every row needs a label 0-6,
     2304 space-separated integers 0-255 (a 48x48 face, row-major) and a Usage from
     USAGES. A bad row raises DataError ("fer2013.csv line 17: 2303 pixels, expected
-    2304"; the header is line 1); with skip_bad_rows=True it is left out, counted in
-    `skipped` and reported in a warning.
+    2304"; the header is line 1, and a row is a line: FER2013 has no quoted line breaks);
+    with skip_bad_rows=True it is left out, counted in `skipped` and reported in a warning.
     """
     path = Path(path)
-    lines, emotion, pixels, usage, problems = _read_rows(path)
-
-    # Labels and Usage are short strings: check all rows at once.
-    good = np.isin(emotion, [str(label) for label in range(len(EMOTIONS))])
-    for i in np.flatnonzero(~good):
-        problems[lines[i]] = f"label {emotion[i]!r}, expected an integer 0-6"
-    usage_ok = np.isin(usage, USAGES)
-    for i in np.flatnonzero(good & ~usage_ok):
-        problems[lines[i]] = f"Usage {usage[i]!r}, expected one of {', '.join(USAGES)}"
-    good &= usage_ok
-
+    table, lines, problems = _read_table(path)
+    good = _check_fields(table, lines, problems)
     rows = np.flatnonzero(good)
-    images, parsed = _parse_pixels([pixels[i] for i in rows], [lines[i] for i in rows], problems)
-    rows = rows[parsed]
-
+    images, bad_pixels = _parse_pixels(table["pixels"].to_numpy()[rows])
+    problems.update({lines[rows[i]]: problem for i, problem in bad_pixels.items()})
+    rows = np.delete(rows, list(bad_pixels))
     if problems:
         _report(path, problems, skip_bad_rows)
     return FerData(
-        images=images[parsed].reshape(-1, IMAGE_SIZE, IMAGE_SIZE),
-        labels=np.array([emotion[i] for i in rows], dtype=np.int64),
-        usage=np.array([usage[i] for i in rows], dtype="<U11"),
+        images=images.reshape(-1, IMAGE_SIZE, IMAGE_SIZE),
+        labels=table["emotion"].to_numpy()[rows].astype(np.int64),
+        usage=table["Usage"].to_numpy()[rows].astype("<U11"),
         source=str(path),
         skipped=len(problems),
     )
 
 
-def _read_rows(path):
-    """Split the CSV into columns: (lines, emotion, pixels, usage, problems).
+def _read_table(path):
+    """(table, lines, problems): the CSV as a DataFrame of strings by pandas' C parser, the file
+    line of each of its rows, and {line: problem} for the rows pandas left out (too many fields).
 
-    lines[i] is the 1-based file line of data row i; problems maps a line to what is
-    wrong with it (here: rows without exactly three fields, which get no column entry).
-    The file is read as a stream, a line at a time, so a .gz that inflates to gigabytes
-    costs no more memory than the rows it holds.
+    Missing fields read as "" and a blank line as a row of "" (so it can be reported).
     """
-    lines, emotion, pixels, usage, problems = [], [], [], [], {}
-    line = 1
     try:
-        with _open_text(path) as text:
-            records = _records(path, text)
-            _, header = next(records, (1, None))
-            i_emotion, i_pixels, i_usage = _column_positions(path, header)
-            for line, fields in records:
-                if len(fields) != len(CSV_COLUMNS):
-                    problems[line] = "empty line" if not fields else f"{len(fields)} fields, expected 3 (emotion, pixels, Usage)"
-                    continue
-                lines.append(line)
-                emotion.append(fields[i_emotion])
-                pixels.append(fields[i_pixels])
-                usage.append(fields[i_usage])
-    except csv.Error as error:  # e.g. an unclosed quote running into a huge field
-        raise DataError(f"{path} line {line + 1}: {error}") from error
+        with _open_capped(path) as stream, warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", pd.errors.ParserWarning)
+            table = pd.read_csv(stream, dtype=str, keep_default_na=False, skip_blank_lines=False, index_col=False,
+                                on_bad_lines="warn", encoding="utf-8-sig", encoding_errors="replace")
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path} line 1: empty file, expected the header emotion,pixels,Usage") from None
+    except pd.errors.ParserError as error:
+        quote = re.search(r"EOF inside string starting at row (\d+)", str(error))  # rows counted from 0
+        if quote:
+            raise DataError(f"{path} line {int(quote[1]) + 1}: a quote opened here is never closed") from None
+        raise DataError(f"{path}: not a CSV pandas can parse ({str(error).strip()})") from None
     except (OSError, EOFError, zlib.error) as error:  # unreadable, or a truncated or corrupt .gz
         raise DataError(f"{path}: cannot be read ({error})") from error
-    return lines, emotion, pixels, usage, problems
-
-
-def _open_text(path):
-    """The CSV as text: utf-8-sig drops the byte-order mark spreadsheet programs write; bad
-    bytes become U+FFFD and fail validation on their own line, not the whole file."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    return opener(path, "rt", encoding="utf-8-sig", errors="replace", newline="")
-
-
-_MAX_LINE = 1 << 16  # characters: a FER2013 row has about 9,000
-
-
-def _records(path, text):
-    """Yield (line number, fields) for each CSV record of a text stream; a blank line has no fields."""
-    lines = _bounded_lines(path, text)
-    for number, line in enumerate(lines, start=1):
-        if '"' in line:  # quoted fields from here on: csv unquotes them (and joins quoted line breaks)
-            reader = csv.reader(itertools.chain([line], lines))
-            for fields in reader:
-                yield number - 1 + reader.line_num, fields
-            return
-        # the usual, unquoted row: str.split is several times faster than the csv module
-        line = line.rstrip("\r\n")
-        yield number, line.split(",") if line else []
-
-
-def _bounded_lines(path, text):
-    """The stream's lines; DataError at a line longer than _MAX_LINE (a file of zeros has no end of line)."""
-    for number, line in enumerate(iter(lambda: text.readline(_MAX_LINE), ""), start=1):
-        if len(line) == _MAX_LINE and not line.endswith("\n"):
-            raise DataError(f"{path} line {number}: longer than {_MAX_LINE:,} characters "
-                            f"(a FER2013 row has about 9,000): not a FER2013 CSV")
-        yield line
-
-
-def _column_positions(path, header):
-    """Indices of emotion, pixels and Usage in the header row; DataError if it is not exactly those."""
-    if header is None:
-        raise DataError(f"{path} line 1: empty file, expected the header emotion,pixels,Usage")
+    header = list(table.columns)
     if sorted(header) != sorted(CSV_COLUMNS):
         raise DataError(f"{path} line 1: header {','.join(header)!r}, expected emotion,pixels,Usage (in any order)")
-    return [header.index(name) for name in CSV_COLUMNS]
+    problems = dict(_skipped_lines(caught))
+    lines = np.setdiff1d(np.arange(2, 2 + len(table) + len(problems)), list(problems))
+    return table, lines, problems
 
 
-def _parse_pixels(texts, lines, problems):
-    """Pixel strings -> (uint8 (n, 2304), parsed bool (n,)); rows that fail go into problems."""
-    images = np.zeros((len(texts), N_PIXELS), np.uint8)
-    parsed = np.ones(len(texts), bool)
-    for start in range(0, len(texts), _BLOCK_ROWS):
-        stop = min(start + _BLOCK_ROWS, len(texts))
+def _skipped_lines(caught):
+    """(line, problem) for each row pandas skipped with a ParserWarning; other warnings go on."""
+    for warning in caught:
+        found = re.search(r"line (\d+): expected \d+ fields, saw (\d+)", str(warning.message))
+        if found and issubclass(warning.category, pd.errors.ParserWarning):
+            yield int(found[1]), f"{found[2]} fields, expected 3 (emotion, pixels, Usage)"
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+
+
+def _check_fields(table, lines, problems):
+    """True for the rows whose fields are all there, with a label 0-6 and a known Usage;
+    each other row goes into problems. An empty last field counts as missing."""
+    filled = (table != "").to_numpy()          # (n, 3), in the file's column order
+    # a row's fields run to its last non-empty one (pandas reads a missing field as "")
+    count = np.where(filled.any(axis=1), filled.shape[1] - filled[:, ::-1].argmax(axis=1), 0)
+    emotion, usage = table["emotion"].to_numpy(), table["Usage"].to_numpy()
+    complete = count == len(CSV_COLUMNS)
+    label_ok = complete & np.isin(emotion, [str(label) for label in range(len(EMOTIONS))])
+    usage_ok = label_ok & np.isin(usage, USAGES)
+    for i in np.flatnonzero(~complete):
+        problems[lines[i]] = "empty line" if count[i] == 0 else f"{count[i]} fields, expected 3 (emotion, pixels, Usage)"
+    for i in np.flatnonzero(complete & ~label_ok):
+        problems[lines[i]] = f"label {emotion[i]!r}, expected an integer 0-6"
+    for i in np.flatnonzero(label_ok & ~usage_ok):
+        problems[lines[i]] = f"Usage {usage[i]!r}, expected one of {', '.join(USAGES)}"
+    return usage_ok
+
+
+MAX_LINE = 1 << 16  # bytes: a FER2013 row has about 9,000
+
+
+def _open_capped(path):
+    """The file's bytes (inflated for .gz), refusing any line longer than MAX_LINE as they are read."""
+    raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+    return io.BufferedReader(_LineCap(raw, path))
+
+
+class _LineCap(io.RawIOBase):
+    """A byte stream that raises DataError at a line longer than MAX_LINE, so a file without line
+    ends (a .gz of zeros inflating to gigabytes) is refused before the parser buffers it."""
+
+    def __init__(self, raw, path):
+        self.raw, self.path = raw, path
+        self.line, self.run = 1, 0      # the current line's number and its length so far
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        n = self.raw.readinto(buffer)
+        ends = np.flatnonzero(np.frombuffer(buffer, np.uint8, n) == ord("\n"))
+        lengths = np.append(np.diff(ends, prepend=-1 - self.run) - 1, n - 1 - ends[-1] if len(ends) else self.run + n)
+        if lengths.max() > MAX_LINE:
+            raise DataError(f"{self.path} line {self.line + int(np.argmax(lengths > MAX_LINE))}: longer than "
+                            f"{MAX_LINE:,} characters (a FER2013 row has about 9,000): not a FER2013 CSV")
+        self.line, self.run = self.line + len(ends), int(lengths[-1])
+        return n
+
+    def close(self):
+        self.raw.close()
+        super().close()
+
+
+def _parse_pixels(texts):
+    """Pixel strings -> (uint8 (n, 2304) of the good rows, {row: problem} for the others).
+
+    The whole column is parsed in one np.loadtxt call; only when that fails is each row
+    parsed alone, to name the bad ones.
+    """
+    try:
+        return _pixel_rows(texts), {}
+    except ValueError:
+        pass
+    images, problems = [], {}
+    for i, text in enumerate(texts):
         try:
-            images[start:stop] = _pixel_block(texts[start:stop])
-        except ValueError:  # something in this block is wrong: go row by row to find it
-            for i in range(start, stop):
-                try:
-                    images[i] = _pixel_block(texts[i : i + 1])
-                except ValueError:
-                    problems[lines[i]] = _pixel_problem(texts[i])
-                    parsed[i] = False
-    return images, parsed
+            images.append(_pixel_rows([text]))
+        except ValueError:
+            problems[i] = _pixel_problem(text)
+    return np.concatenate(images) if images else np.zeros((0, N_PIXELS), np.uint8), problems
 
 
-def _pixel_block(texts):
+def _pixel_rows(texts):
     """Pixel strings -> uint8 (n, 2304), or ValueError unless each is 2304 integers 0-255."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # loadtxt warns on empty text; the shape check below rejects it
@@ -376,36 +381,17 @@ def image_size(head):
     return None
 
 
-# --------------------------------------------------------------- load with cache
+# ----------------------------------------------------------------------- either
 
 
-def load(path, skip_bad_rows=False, cache_dir=None) -> FerData:
-    """Load FER2013 from a directory (image folders) or a CSV file, caching parsed CSVs.
-
-    The cache is an .npz named by the sha256 of the CSV's content, in cache_dir
-    (default: $FER_CACHE_DIR, else ~/.cache/minicnn-fer), so an edited file is parsed
-    again. Only clean parses are cached: a file with bad rows is parsed (and its bad
-    rows reported) on every load, whatever skip_bad_rows says. The folder keeps the
-    CACHE_FILES most recently used parses (each about the size of the decoded pixels) and
-    deletes older ones; deleting the folder (rm -r ~/.cache/minicnn-fer) is always safe,
-    it costs one parse per file. The tests point $FER_CACHE_DIR at a temporary folder.
-    """
+def load(path, skip_bad_rows=False) -> FerData:
+    """Load FER2013 from a directory (the Kaggle image folders) or a CSV file."""
     path = Path(path)
     if path.is_dir():
         return load_folders(path, skip_bad_rows)
     if not path.is_file():
         raise FileNotFoundError(f"no FER2013 CSV file or image folder at {path}")
-
-    cache_file = _cache_root(cache_dir) / f"fer2013-v{_CACHE_VERSION}-{content_hash(path)}.npz"
-    data = _read_cache(cache_file, path)
-    if data is None:
-        data = load_csv(path, skip_bad_rows)
-        if data.skipped == 0:
-            _write_cache(cache_file, data)
-            _prune_cache(cache_file.parent)
-    else:
-        _touch(cache_file)      # most recently used: the last to be pruned
-    return data
+    return load_csv(path, skip_bad_rows)
 
 
 def content_hash(path) -> str:
@@ -428,64 +414,6 @@ def _hash_bytes(path, digest):
     with open(path, "rb") as f:
         for piece in iter(lambda: f.read(1 << 20), b""):
             digest.update(piece)
-
-
-def _cache_root(cache_dir):
-    if cache_dir is not None:
-        return Path(cache_dir)
-    return Path(os.environ.get("FER_CACHE_DIR", Path.home() / ".cache" / "minicnn-fer"))
-
-
-def _read_cache(cache_file, source):
-    """The FerData stored in cache_file, or None if there is none (or it cannot be read)."""
-    if not cache_file.exists():
-        return None
-    try:
-        with np.load(cache_file, allow_pickle=False) as stored:
-            return FerData(stored["images"], stored["labels"], stored["usage"], str(source), 0)
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
-        warnings.warn(f"ignoring unreadable cache file {cache_file} ({error}); parsing {source} again")
-        return None
-
-
-CACHE_FILES = 4  # parses kept in the cache folder, the most recently used
-
-
-def _prune_cache(folder, keep=CACHE_FILES):
-    """Delete all but the `keep` most recently used parse files (and temp files of killed writes
-    older than an hour) in the cache folder."""
-    try:
-        parses = sorted(folder.glob("fer2013-v*.npz"), key=lambda f: f.stat().st_mtime, reverse=True)
-        stale = [f for f in folder.glob("fer2013-v*.npz.tmp*") if time.time() - f.stat().st_mtime > 3600]
-        for old in parses[keep:] + stale:
-            old.unlink()
-    except OSError as error:  # another process pruning at the same time, a read-only folder: not the load's problem
-        warnings.warn(f"could not prune the cache folder {folder} ({error})")
-
-
-def _touch(cache_file):
-    try:
-        os.utime(cache_file)
-    except OSError:
-        pass
-
-
-def _write_cache(cache_file, data):
-    """Store data in cache_file atomically: a reader sees the old file or the whole new one."""
-    temp_name = None
-    try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        # The temporary file sits in the same folder, so os.replace is a rename, not a copy.
-        with tempfile.NamedTemporaryFile(dir=cache_file.parent, prefix=cache_file.name + ".tmp", delete=False) as f:
-            temp_name = f.name
-            np.savez(f, images=data.images, labels=data.labels, usage=data.usage)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp_name, cache_file)
-    except OSError as error:  # a read-only or full disk costs speed, not the load
-        warnings.warn(f"could not write cache file {cache_file} ({error})")
-        if temp_name is not None and os.path.exists(temp_name):
-            os.remove(temp_name)
 
 
 # ------------------------------------------------------------ class maps and splits

@@ -17,19 +17,6 @@ if os.environ.get("CI"):
     settings.load_profile("ci")
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _private_parse_cache(tmp_path_factory):
-    """Every test's CSV parses go to a temporary folder, never the user's ~/.cache/minicnn-fer
-    (scripts run by the tests inherit it through the environment)."""
-    saved = os.environ.get("FER_CACHE_DIR")
-    os.environ["FER_CACHE_DIR"] = str(tmp_path_factory.mktemp("fer-cache"))
-    yield
-    if saved is None:
-        del os.environ["FER_CACHE_DIR"]
-    else:
-        os.environ["FER_CACHE_DIR"] = saved
-
-
 def _missing(what):
     message = f"{what} not found: set FER_SHARED_DIR to the shared data folder"
     if os.environ.get("FER_REQUIRE_SHARED") == "1":

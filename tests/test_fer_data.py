@@ -1,9 +1,7 @@
-"""fer.data: CSV and folder loaders, their error messages, the cache, class maps, splits."""
+"""fer.data: CSV and folder loaders, their error messages, class maps, splits."""
 import csv
 import gzip
 import hashlib
-import os
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -11,7 +9,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import fer.data
 from fer.data import (
     CLASS_MAPS,
     EMOTIONS,
@@ -104,6 +101,7 @@ BAD_ROWS = {  # name: (a function of one good row's fields -> bad line, expected
     "label text": (lambda lab, px, use: f"happy,{px},{use}", "label 'happy'"),
     "unknown Usage": (lambda lab, px, use: f"{lab},{px},Validation", "Usage 'Validation', expected one of"),
     "missing field": (lambda lab, px, use: f"{lab},{px}", "2 fields, expected 3"),
+    "extra field": (lambda lab, px, use: f"{lab},{px},{use},x", "4 fields, expected 3"),
     "empty line": (lambda lab, px, use: "", "empty line"),
 }
 
@@ -138,8 +136,7 @@ def test_empty_file_and_corrupt_gzip(tmp_path):
         load_csv(tmp_path / "broken.csv.gz")
 
 
-def test_skip_bad_rows_counts_and_warns(tmp_path, monkeypatch):
-    monkeypatch.setattr(fer.data, "_BLOCK_ROWS", 4)  # several parse blocks, some clean, some not
+def test_skip_bad_rows_counts_and_warns(tmp_path):
     faces, labels, usages, lines = good_rows(14)
     bad = {2: "label 7", 5: "value 256", 6: "2303 pixels", 11: "empty line"}
     for i, kind in bad.items():
@@ -155,6 +152,35 @@ def test_skip_bad_rows_counts_and_warns(tmp_path, monkeypatch):
     np.testing.assert_array_equal(data.images, faces[kept])
     assert data.labels.tolist() == [labels[i] for i in kept]
     assert data.usage.tolist() == [usages[i] for i in kept]
+
+
+def test_lines_are_counted_past_rows_the_parser_left_out(tmp_path):
+    faces, labels, usages, lines = good_rows(8)
+    lines[1] += ",extra"                                     # line 3: pandas leaves it out of the table
+    lines[5] = "9," + lines[5].split(",", 1)[1]              # line 7
+    path = write_csv(tmp_path / "fer2013.csv", lines)
+    with pytest.warns(UserWarning, match=r"skipped 2 bad rows \(line 3: 4 fields, expected 3 .*; line 7: label '9'"):
+        data = load_csv(path, skip_bad_rows=True)
+    kept = [0, 2, 3, 4, 6, 7]
+    np.testing.assert_array_equal(data.images, faces[kept])
+    assert data.labels.tolist() == [labels[i] for i in kept]
+
+
+def test_byte_order_mark_crlf_gzip(tmp_path):
+    faces, labels, usages, lines = good_rows(4)
+    path = tmp_path / "excel.csv.gz"
+    path.write_bytes(gzip.compress(("\ufeff" + "\r\n".join([HEADER, *lines]) + "\r\n").encode("utf-8")))
+    data = load_csv(path)
+    np.testing.assert_array_equal(data.images, faces)
+    assert data.usage.tolist() == usages
+
+
+def test_an_unclosed_quote_names_the_file(tmp_path):
+    _, _, _, lines = good_rows(3)
+    lines[1] = '"' + lines[1]
+    path = write_csv(tmp_path / "fer2013.csv", lines)
+    with pytest.raises(DataError, match=r"fer2013\.csv line 3: a quote opened here is never closed"):
+        load_csv(path)
 
 
 # ------------------------------------------------------------------ image folders
@@ -221,62 +247,36 @@ def test_folder_layout_errors(tmp_path):
         load_folders(tmp_path)
 
 
-# -------------------------------------------------------------------------- cache
+# ------------------------------------------------------------------- load, content_hash
 
 
-def test_cache_is_written_once_and_reused(tmp_path, monkeypatch):
-    faces, labels, usages, lines = good_rows(5)
-    path = write_csv(tmp_path / "fer2013.csv.gz", lines)
-    cache = tmp_path / "cache"
-    first = load(path, cache_dir=cache)
-    assert [p.name for p in cache.iterdir()] == [f"fer2013-v1-{content_hash(path)}.npz"]  # no temp files left
-
-    def no_parse(*args, **kwargs):
-        raise AssertionError("the cached file was parsed again")
-
-    monkeypatch.setattr(fer.data, "load_csv", no_parse)
-    second = load(path, cache_dir=cache)
-    for name in ("images", "labels", "usage"):
-        np.testing.assert_array_equal(getattr(second, name), getattr(first, name))
-        assert getattr(second, name).dtype == getattr(first, name).dtype
-    assert second.source == str(path) and second.skipped == 0
-
-
-def test_changed_content_is_parsed_again(tmp_path):
+def test_content_hash_follows_the_bytes(tmp_path):
     path = tmp_path / "fer2013.csv"
     write_csv(path, good_rows(3, seed=1)[3])
     old_hash = content_hash(path)
     assert old_hash == hashlib.sha256(path.read_bytes()).hexdigest()
-    load(path, cache_dir=tmp_path / "cache")
+    load(path)
 
     faces, _, _, lines = good_rows(3, seed=2)
     write_csv(path, lines)
     assert content_hash(path) != old_hash
-    np.testing.assert_array_equal(load(path, cache_dir=tmp_path / "cache").images, faces)
-    assert len(list((tmp_path / "cache").iterdir())) == 2
+    np.testing.assert_array_equal(load(path).images, faces)
 
 
-def test_files_with_bad_rows_are_not_cached(tmp_path):
+def test_bad_rows_are_reported_on_every_load(tmp_path):
     faces, labels, usages, lines = good_rows(4)
     lines[1] = "9," + lines[1].split(",", 1)[1]
     path = write_csv(tmp_path / "fer2013.csv", lines)
-    for _ in range(2):  # reported on every load, never hidden behind a cache
+    for _ in range(2):
         with pytest.warns(UserWarning, match="skipped 1 bad rows"):
-            assert load(path, skip_bad_rows=True, cache_dir=tmp_path / "cache").skipped == 1
+            assert load(path, skip_bad_rows=True).skipped == 1
     with pytest.raises(DataError, match="line 3: label '9'"):
-        load(path, cache_dir=tmp_path / "cache")
-    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").iterdir())
+        load(path)
 
 
-def test_cache_dir_from_environment_and_corrupt_cache(tmp_path, monkeypatch):
-    path = write_csv(tmp_path / "fer2013.csv", good_rows(2)[3])
-    monkeypatch.setenv("FER_CACHE_DIR", str(tmp_path / "env-cache"))
-    load(path)
-    (cache_file,) = (tmp_path / "env-cache").iterdir()
-    cache_file.write_bytes(b"garbage")
-    with pytest.warns(UserWarning, match="ignoring unreadable cache file"):
-        data = load(path)
-    np.testing.assert_array_equal(data.images, good_rows(2)[0])
+def test_load_says_when_there_is_nothing_at_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no FER2013 CSV file or image folder at"):
+        load(tmp_path / "missing.csv")
 
 
 # ------------------------------------------------------------ class maps and splits
@@ -380,19 +380,16 @@ PUBLIC_TEST_COUNTS = [467, 56, 496, 895, 653, 415, 607]
 
 def test_shared_fer2013_file(shared_file, tmp_path):
     path = shared_file("fer2013/fer2013.csv.gz")
-    data = load(path, cache_dir=tmp_path)
+    data = load(path)
     assert data.images.shape == (32298, 48, 48) and data.skipped == 0
     assert np.bincount(data.labels[data.usage == "Training"], minlength=7).tolist() == TRAINING_COUNTS
     assert np.bincount(data.labels[data.usage == "PublicTest"], minlength=7).tolist() == PUBLIC_TEST_COUNTS
-
-    cached = load(path, cache_dir=tmp_path)
-    np.testing.assert_array_equal(cached.images, data.images)
-    splits = split(cached)
+    splits = split(data)
     assert len(splits.train[1]) + len(splits.val[1]) == sum(TRAINING_COUNTS)
     assert len(splits.test[1]) == sum(PUBLIC_TEST_COUNTS)
 
 
-# ---- files an image folder ignores, the parse cache's bound ------------------------------------
+# ---- files an image folder ignores ------------------------------------------------------
 
 def test_image_folders_count_and_name_the_files_they_ignore(tmp_path):
     write_folders(tmp_path, {("train", "happy"): 2, ("val", "happy"): 3})      # val/ is no split here
@@ -403,18 +400,3 @@ def test_image_folders_count_and_name_the_files_they_ignore(tmp_path):
                                          r"1 not \.jpg, \.jpeg or \.png; 1 in subfolders\)"):
         data = load_folders(tmp_path)
     assert len(data) == 2
-
-
-def test_the_parse_cache_keeps_the_most_recently_used_parses(tmp_path):
-    cache = tmp_path / "cache"
-    paths = [write_csv(tmp_path / f"f{i}.csv", good_rows(seed=i)[3]) for i in range(fer.data.CACHE_FILES + 2)]
-    for path in paths:
-        load(path, cache_dir=cache)
-    kept = sorted(p.name for p in cache.iterdir())
-    assert len(kept) == fer.data.CACHE_FILES
-    assert f"fer2013-v1-{content_hash(paths[-1])}.npz" in kept
-    assert f"fer2013-v1-{content_hash(paths[0])}.npz" not in kept
-
-
-def test_tests_never_write_the_users_cache():
-    assert Path(os.environ["FER_CACHE_DIR"]).resolve() != (Path.home() / ".cache" / "minicnn-fer").resolve()

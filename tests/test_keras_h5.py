@@ -377,7 +377,6 @@ def test_convert_keras_writes_a_model_file_evaluate_and_predict_accept(functiona
 
     probs = EmotionClassifier.from_file(out).classify([np.full((30, 20), 128, np.uint8)])   # predict.py, webcam.py
     assert probs.shape == (1, 4)
-    monkeypatch.setenv("FER_CACHE_DIR", str(tmp_path / "cache"))
     data = write_csv(tmp_path / "fer.csv", n_train=0, n_public=14)
     result = load_script("evaluate").evaluate(out, data, split="PublicTest")
     assert result["faces"] == 8 and result["labels"] == ["Happy", "Sad", "Neutral", "Surprise"]   # 4 classes of 7

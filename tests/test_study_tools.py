@@ -187,7 +187,6 @@ def study(tmp_path_factory):
 
 def run(study, monkeypatch, capsys, *args):
     folder, script, _ = study
-    monkeypatch.setenv("FER_CACHE_DIR", str(folder / "cache"))
     code = script.main(["--model", str(folder / "model.npz"), *map(str, args)])
     out, err = capsys.readouterr()
     return code, out, err

@@ -18,9 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_script(name, *args, cwd=None):
-    env = {**os.environ, "FER_CACHE_DIR": str(Path(cwd or ROOT) / ".cache")}
     return subprocess.run([sys.executable, str(ROOT / "scripts" / name), *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd, env=env, timeout=600)
+                          text=True, cwd=cwd, timeout=600)
 
 
 @pytest.fixture(scope="module")
