@@ -120,7 +120,7 @@ class Conv2D(_Conv):
         """backward's rule from dz, the gradient before the activation (what a fused softmax loss gives)."""
         saved, _ = self.cache
         if self.use_bias:
-            self.bias.grad = dz.sum(axis=(0, 1, 2))                                # (F,)
+            self.bias.grad = dz.reshape(-1, self.filters).sum(axis=0)              # Σ over N, Ho, Wo: (F,)
         self.kernel.grad, dx = conv2d_backward(dz, saved, self.kernel.value, self.needs_input_gradient)
         return dx
 

@@ -37,6 +37,7 @@ class MaxPooling2D(_Pooling2D):
     """
 
     def forward(self, x, training=False):
+        """y = max over each window, argmax = where it was:  (N, H, W, C) -> (N, Ho, Wo, C)."""
         x = self.prepare(x)
         pads = self.geometry(x)
         y, argmax = max_pool(x, self.pool_size, self.strides, pads)
@@ -44,6 +45,7 @@ class MaxPooling2D(_Pooling2D):
         return y
 
     def backward(self, dy):
+        """dx[argmax] += dy, zero elsewhere (docs/backprop.md, "MaxPooling2D"): (N, Ho, Wo, C) -> (N, H, W, C)."""
         x_shape, pads, argmax = self.cache
         return max_pool_backward(dy, argmax, x_shape, self.pool_size, self.strides, pads)
 
@@ -55,12 +57,14 @@ class AveragePooling2D(_Pooling2D):
     """
 
     def forward(self, x, training=False):
+        """y = mean of each window's real cells:  (N, H, W, C) -> (N, Ho, Wo, C)."""
         x = self.prepare(x)
         pads = self.geometry(x)
         self.cache = (x.shape, pads)
         return avg_pool(x, self.pool_size, self.strides, pads)
 
     def backward(self, dy):
+        """dx[cell] += dy / count for every real cell of each window (docs/backprop.md, "AveragePooling2D")."""
         x_shape, pads = self.cache
         return avg_pool_backward(dy, x_shape, self.pool_size, self.strides, pads)
 
@@ -74,11 +78,13 @@ class GlobalAveragePooling2D(Layer):
         return (input_shape[0], input_shape[-1])
 
     def forward(self, x, training=False):
+        """y[n, c] = mean over H, W of x[n, :, :, c]:  (N, H, W, C) -> (N, C)."""
         x = self.prepare(x)
         self.cache = x.shape
         return x.mean(axis=(1, 2))
 
     def backward(self, dy):
+        """dx[n, h, w, c] = dy[n, c] / (H*W): every cell contributed 1/(H*W) of the mean
+        (docs/backprop.md, "GlobalAveragePooling2D")."""
         n, h, w, c = self.cache
-        # every cell contributed 1/(H*W) of the mean
         return np.broadcast_to((dy / (h * w))[:, None, None, :], (n, h, w, c)).copy()

@@ -92,7 +92,8 @@ def avg_pool_backward_naive(dy, x_shape, pool_size, strides, pads):
 
 
 # ----------------------------------------------------------------------------------------
-# NumPy reference: every window's cells gathered at once
+# NumPy reference: max pooling gathers every window's cells at once, average pooling
+# adds one strided slice per window offset (i, j)
 # ----------------------------------------------------------------------------------------
 
 def max_pool_reference(x, pool_size, strides, pads):
