@@ -6,12 +6,13 @@
 For every (op, shape) it runs both versions once to warm up (numba compiles or loads its
 cache), then alternates them `--repeats` times and prints the median of each, the ratio
 reference / numba (> 1: numba is faster) and which one the dispatcher in minicnn/ops
-uses by default for that call. This table is what the "Speed" lines in the op modules
-quote, and what picked each default.
+uses by default for that call. This table is what picked each default and the thresholds
+in minicnn/perf.py; the figures it gave are in benchmarks/RESULTS.md.
 
-Timings on a machine shared with other busy processes are noisy, and numba's OpenMP
-threads may spin-wait and stall each parallel call by ~8 ms; compare runs with
-`OMP_WAIT_POLICY=passive` and `--threads 1` before trusting a small ratio.
+It runs with `minicnn.perf.enable()`, as the scripts do (OMP_WAIT_POLICY=PASSIVE unless
+set: numba's OpenMP threads sleep between calls instead of spinning). Timings on a machine
+shared with other busy processes are noisy; compare with `--threads 1` before trusting a
+small ratio.
 
 The shapes are the ones the FER models meet: the 4-conv seed (48x48x1 3x3, 24x24x64 5x5,
 12x12x128 3x3, 6x6x512 3x3, 2x2 max pools), mini-Xception (48x48x1 and 46x46x8 3x3 valid,
