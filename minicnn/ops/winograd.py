@@ -244,7 +244,7 @@ def _input_adjoint_kernel(dv, dx, top, left, th, tw):
 
 
 def _buffer(out, shape, dtype):
-    """`out` (a layer's scratch array of this shape and dtype), or a new array."""
+    """`out` (a buffer from the layer's workspace, of this shape and dtype), or a new array."""
     if out is None:
         return np.empty(shape, dtype)
     if out.shape != shape or out.dtype != dtype:
@@ -335,27 +335,27 @@ def pays(kernel_size, strides, n, ho, wo, channels, filters):
             and n * th * tw >= perf.WINOGRAD_MIN_TILES and not backend.use_reference())
 
 
-def conv3x3(x, kernel, top, left, ho, wo, scratch=None):
+def conv3x3(x, kernel, top, left, ho, wo, workspace=None):
     """z = conv(x, kernel), no bias: (N, H, W, C), (3, 3, C, F) -> (z (N, Ho, Wo, F), saved),
-    saved = (V, U) for conv3x3_backward. scratch(name, shape, dtype): a layer's reusable
-    arrays for V and M (None: new ones)."""
+    saved = (V, U) for conv3x3_backward. workspace(name, shape, dtype): a layer's reusable
+    arrays for V and M (ops.conv.Workspace; None: new ones)."""
     n, c, f = x.shape[0], x.shape[3], kernel.shape[3]
     th, tw = tiles_hw(ho, wo)
-    buffer = scratch or (lambda name, shape, dtype: None)
+    buffer = workspace or (lambda name, shape, dtype: None)
     v = input_transform(x, top, left, ho, wo, out=buffer("V", (16, n * th * tw, c), x.dtype))
     u = kernel_transform(kernel)
     m = batched_matmul(v, u, out=buffer("M", (16, n * th * tw, f), x.dtype))   # 16 products (tiles, C) @ (C, F)
     return output_transform(m, n, ho, wo), (v, u)
 
 
-def conv3x3_backward(dz, saved, x_shape, top, left, scratch=None, need_input_gradient=True):
+def conv3x3_backward(dz, saved, x_shape, top, left, workspace=None, need_input_gradient=True):
     """dz (N, Ho, Wo, F) -> (dx (N, H, W, C), dkernel (3, 3, C, F)) for conv3x3; dx is None
     when need_input_gradient is False."""
     v, u = saved
     dz = dz.astype(v.dtype, copy=False)              # dx and dkernel in the layer's dtype, as z was
     n, ho, wo, f = dz.shape
     th, tw = tiles_hw(ho, wo)
-    buffer = scratch or (lambda name, shape, dtype: None)
+    buffer = workspace or (lambda name, shape, dtype: None)
     dm = output_adjoint(dz, out=buffer("M", (16, n * th * tw, f), dz.dtype))
     dkernel = kernel_transform_adjoint(batched_matmul(v.transpose(0, 2, 1), dm))   # dU = V^T dM
     if not need_input_gradient:
