@@ -18,6 +18,8 @@ import os
 
 import numpy as np
 
+from . import saving
+
 
 class Callback:
     model = None
@@ -135,12 +137,10 @@ class ModelCheckpoint(_Monitor):
 
     def __init__(self, filepath, monitor="val_loss", verbose=0, save_best_only=False, save_weights_only=False,
                  mode="auto"):
-        from . import io      # here: io imports the models, which import this module
-
         super().__init__(monitor, mode)
         # a name whose extension is no format minicnn writes fails now, not after the first epoch
-        io.writer_for(filepath, io.WEIGHT_FORMATS if save_weights_only else io.MODEL_FORMATS,
-                      "weight" if save_weights_only else "model")
+        saving.writer_for(filepath, saving.WEIGHT_FORMATS if save_weights_only else saving.MODEL_FORMATS,
+                          "weight" if save_weights_only else "model")
         self.filepath, self.save_best_only = filepath, save_best_only
         self.save_weights_only, self.verbose = save_weights_only, verbose
 

@@ -1,4 +1,4 @@
-"""Keras 3 `.keras` model files: read them as minicnn models, and write minicnn models as them.
+"""Keras 3 `.keras` model files read as minicnn models (minicnn/keras3_save.py writes them).
 
 A `.keras` file is a zip archive of three members:
     metadata.json      {"keras_version": "3.x.y", "date_saved": ...}
@@ -18,15 +18,12 @@ metadata (labels, preprocessing) travels in metadata.json under "minicnn", which
 import io
 import json
 import os
-import time
 import zipfile
 
 from . import keras_h5
-from .io import atomic_write
-from .layers import DepthwiseConv2D, InputLayer, SeparableConv2D
-from .models import Sequential
+from .files import import_h5py
+from .keras3_save import save_keras3, weight_paths  # noqa: F401  (save_keras3: this format's writer)
 
-KERAS_VERSION = "3.15.1"        # the Keras version whose files this writer was checked against
 MEMBERS = {"metadata.json": 1 << 20, "config.json": 64 << 20, "model.weights.h5": 4 << 30}    # name -> size cap
 INITIALIZERS = {"GlorotUniform": "glorot_uniform", "HeNormal": "he_normal", "Zeros": "zeros", "Ones": "ones"}
 
@@ -34,7 +31,7 @@ INITIALIZERS = {"GlorotUniform": "glorot_uniform", "HeNormal": "he_normal", "Zer
 # ---- reading -----------------------------------------------------------------------------------
 def load_keras3(path):
     """The minicnn Model (or Sequential) with the architecture, weights and metadata of a .keras file."""
-    h5py = import_h5py()
+    h5py = import_h5py("reading .keras files")
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such Keras model file")
@@ -64,22 +61,18 @@ def build_model(config):
         raise ValueError(f"config.json is not in the Keras 3 layout ({type(e).__name__}: {e})") from None
 
 
-def import_h5py():
-    try:
-        import h5py   # only the Keras formats need it, so minicnn itself works without it
-    except ImportError:
-        raise ImportError(f"reading and writing .keras files needs h5py: {keras_h5.INSTALL_HINT}") from None
-    return h5py
-
-
 def is_keras3_file(path):
     """True for a zip archive holding config.json and model.weights.h5 (what Keras 3 saves)."""
     try:
         with zipfile.ZipFile(path) as archive:
-            names = set(archive.namelist())
+            return is_keras3_archive(archive)
     except (zipfile.BadZipFile, OSError):
         return False
-    return {"config.json", "model.weights.h5"} <= names
+
+
+def is_keras3_archive(archive):
+    """is_keras3_file for an open zipfile.ZipFile."""
+    return {"config.json", "model.weights.h5"} <= set(archive.namelist())
 
 
 def read_members(path):
@@ -263,110 +256,3 @@ def load_keras3_weights(model, specs, f):
              and len(keras_h5.local_member(layers, f"{name}/vars", "model.weights.h5/layers") or {})]
     if extra:
         raise ValueError(f"model.weights.h5 holds weights {extra} for layers the config does not have")
-
-
-# ---- writing -----------------------------------------------------------------------------------
-def save_keras3(model, path, metadata=None, include_optimizer=False):
-    """Write `model` as a Keras 3 .keras file (atomically); Keras 3's keras.saving.load_model reads it.
-
-    The optimizer is not written (include_optimizer=True is refused): Keras' slot layout is its own.
-    """
-    if include_optimizer:
-        raise ValueError(f"{os.fspath(path)}: .keras files are written without the optimizer state; "
-                         f"save to .npz to keep it")
-    h5py = import_h5py()
-    config = keras3_model_config(model)
-    meta = {"keras_version": KERAS_VERSION, "date_saved": time.strftime("%Y-%m-%d@%H:%M:%S"),
-            "minicnn": model.metadata if metadata is None else metadata}
-    weights = weights_h5(h5py, model)
-
-    def write(f):
-        with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as archive:    # Keras stores, never deflates
-            archive.writestr("metadata.json", json.dumps(meta))
-            archive.writestr("config.json", json.dumps(config))
-            archive.writestr("model.weights.h5", weights)
-    atomic_write(path, write)
-
-
-def keras_layers(model):
-    """The layers Keras lists and numbers: a Sequential's without its InputLayer."""
-    return model.layers if isinstance(model, Sequential) else list(model.nodes)
-
-
-def weights_h5(h5py, model):
-    """model.weights.h5 as bytes: layers/<path>/vars/<i> per layer, in Keras' order and naming."""
-    buffer = io.BytesIO()
-    layers = keras_layers(model)
-    with h5py.File(buffer, "w") as f:
-        for layer, path in zip(layers, weight_paths([keras_class(layer) for layer in layers])):
-            group = f.create_group(f"{path}/vars")
-            group.attrs["name"] = layer.name
-            for i, w in enumerate(layer._weights):
-                group.create_dataset(str(i), data=w.value)
-        f.create_group("vars").attrs["name"] = model.name
-    return buffer.getvalue()
-
-
-def keras_class(layer):
-    return "Activation" if type(layer).__name__ in ("ReLU", "Softmax") else type(layer).__name__
-
-
-def keras3_model_config(model):
-    """config.json: a Keras Sequential for minicnn's Sequential, else a Functional graph."""
-    if isinstance(model, Sequential):
-        layers = [keras3_layer(layer, None) for layer in model.nodes]
-        return {"module": "keras", "class_name": "Sequential", "registered_name": None,
-                "config": {"name": model.name, "trainable": True, "dtype": "float32", "layers": layers,
-                           "build_input_shape": list(model.input_shape)},
-                "build_config": {"input_shape": list(model.input_shape)}}
-    layers = [keras3_layer(layer, model.inbound[layer]) for layer in model.nodes]
-    return {"module": "keras.src.models.functional", "class_name": "Functional", "registered_name": "Functional",
-            "config": {"name": model.name, "trainable": True, "layers": layers,
-                       "input_layers": tensor_list([[layer.name, 0, 0] for layer in model.input_layers]),
-                       "output_layers": [model.output_layer.name, 0, 0]},
-            "build_config": {"input_shape": None}}
-
-
-def tensor_list(refs):
-    """As Keras 3 writes them: one tensor as ["name", 0, 0], several as a list of those."""
-    return refs[0] if len(refs) == 1 else refs
-
-
-def keras3_layer(layer, sources):
-    """One layer's Keras 3 spec; `sources` (the layers it reads) for a Functional model, else None."""
-    spec = {"module": "keras.layers", "class_name": keras_class(layer), "config": keras3_config(layer),
-            "registered_name": None}
-    if isinstance(layer, InputLayer):
-        return {**spec, "name": layer.name, "inbound_nodes": []} if sources is not None else spec
-    spec["build_config"] = {"input_shape": list(layer.input_shape) if len(sources or [None]) == 1
-                            else [list(s.output_shape) for s in sources]}
-    if sources is not None:
-        tensors = [{"class_name": "__keras_tensor__", "config": {"shape": list(s.output_shape), "dtype": "float32",
-                                                                "keras_history": [s.name, 0, 0]}} for s in sources]
-        spec.update(name=layer.name, inbound_nodes=[{"args": [tensors if len(tensors) > 1 else tensors[0]],
-                                                     "kwargs": {}}])
-    return spec
-
-
-def keras3_config(layer):
-    """minicnn's get_config as Keras 3 arguments: the same names, plus what Keras 3 asks to be told."""
-    if layer.dtype != "float32":      # the reader takes float32 models only, as for Keras 2 files
-        raise ValueError(f"{layer.name}: dtype {layer.dtype} cannot be written to .keras (float32 only)")
-    config = dict(layer.get_config())
-    config.pop("input_shape", None)
-    if isinstance(layer, InputLayer):
-        return {"batch_shape": list(layer.input_shape), "dtype": "float32", "sparse": False, "name": layer.name}
-    for key, value in list(config.items()):
-        if key.endswith("_regularizer") and value is not None:
-            kind = value["class_name"]
-            config[key] = {"module": "keras.regularizers", "class_name": kind, "registered_name": None,
-                           "config": {kind.lower(): value[kind.lower()]}}
-    if type(layer).__name__ in ("ReLU", "Softmax"):
-        config["activation"] = layer.activation.name
-    if "kernel_size" in config or "pool_size" in config or type(layer).__name__ in ("Flatten", "GlobalAveragePooling2D"):
-        config["data_format"] = "channels_last"
-    if isinstance(layer, (DepthwiseConv2D, SeparableConv2D)):    # Keras 3 has no kernel arguments here
-        config.pop("kernel_initializer"), config.pop("kernel_regularizer")
-    if type(layer).__name__ == "BatchNormalization":
-        config.update(axis=-1, center=True, scale=True)
-    return config

@@ -23,7 +23,7 @@ import json
 
 import numpy as np
 
-from .io import atomic_write
+from .files import atomic_write
 from .layers import (Activation, Add, AveragePooling2D, BatchNormalization, Conv2D, Dense, DepthwiseConv2D, Dropout,
                      Flatten, GlobalAveragePooling2D, InputLayer, MaxPooling2D, ReLU, SeparableConv2D, Softmax)
 from .layers.conv import window_geometry

@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 
 import minicnn
-from fer import training
+from fer import runs, training
 from fer.inference import load_fer_model
-from fer.training import (ResumeError, RunFailed, TrainConfig, TrainingDiverged, TrainingInterrupted, lock_run,
-                          new_run_folder, read_history, resume_config, train)
+from fer.runs import (ResumeError, RunFailed, TrainingDiverged, TrainingInterrupted, lock_run, new_run_folder,
+                      read_history)
+from fer.training import TrainConfig, resume_config, train
 from minicnn import io
 from tests.fer_synthetic import faces, write_csv
 
@@ -170,7 +171,7 @@ def test_two_resumes_at_once_one_trains_the_other_is_refused(data_csv, tmp_path)
 
 
 def test_new_run_folders_started_in_one_second_get_distinct_names(tmp_path, monkeypatch):
-    monkeypatch.setattr(training.time, "strftime", lambda pattern: "20261205-120000")
+    monkeypatch.setattr(runs.time, "strftime", lambda pattern: "20261205-120000")
     names = [new_run_folder(tmp_path, "cnn4").name for _ in range(3)]     # the name of a run started at noon
     assert names == ["cnn4-20261205-120000", "cnn4-20261205-120000-2", "cnn4-20261205-120000-3"]
 
@@ -250,7 +251,7 @@ def test_a_read_only_run_folder_fails_before_the_first_epoch(data_csv, tmp_path)
 def test_probe_writable_fails_on_a_folder_that_is_a_file(tmp_path):
     (tmp_path / "checkpoints").write_text("")
     with pytest.raises(OSError):
-        training.probe_writable(tmp_path, tmp_path / "checkpoints")
+        runs.probe_writable(tmp_path, tmp_path / "checkpoints")
 
 
 # ---- 7: the one loader -------------------------------------------------------------------------
@@ -286,14 +287,14 @@ def test_stale_temporary_files_of_a_killed_write_are_removed(data_csv, tmp_path)
 def test_a_checkpoint_write_killed_midway_leaves_a_resumable_run(data_csv, tmp_path):
     """SIGKILL while last.npz is written: the old checkpoint is whole, the temp file goes at resume."""
     code = ("import os, signal, sys\n"
-            "from minicnn import io\n"
+            "from minicnn import files\n"
             "from fer.training import TrainConfig, train\n"
             "def killed(f):\n"
             "    f.write(b'partial')\n"
             "    f.flush()\n"
             "    os.kill(os.getpid(), signal.SIGKILL)\n"
-            "write = io.atomic_write\n"
-            "io.atomic_write = lambda path, w: write(path, killed if str(path).endswith('last.npz') and "
+            "write = files.atomic_write\n"
+            "files.atomic_write = lambda path, w: write(path, killed if str(path).endswith('last.npz') and "
             "os.path.exists(path) else w)\n"
             f"train(TrainConfig.for_model('mini_xception', {str(data_csv)!r}, epochs=2, batch_size=16, "
             f"out={str(tmp_path)!r}), verbose=0)\n")

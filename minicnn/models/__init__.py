@@ -1,4 +1,5 @@
 from .fusion import fuse_batchnorm_relu
-from .model import Model, model_from_config
+from .config import model_from_config
+from .model import Model
 from .network import Network
 from .sequential import Sequential

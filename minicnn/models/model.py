@@ -5,10 +5,8 @@ import time
 import numpy as np
 from tqdm.auto import tqdm
 
-from .. import io, losses, optimizers
+from .. import losses, optimizers, saving
 from ..callbacks import History, check_hooks
-from ..layers import LAYER_CLASSES
-from ..layers.base import SymbolicTensor
 from ..sequence import ArrayBatches, Sequence
 from .network import Network
 from .summary import summary_lines
@@ -282,22 +280,22 @@ class Model(Network):
 
     # ---- files ---------------------------------------------------------------------------------
     def save_weights(self, path):
-        io.save_weights(self, path)
+        saving.save_weights(self, path)
 
     def load_weights(self, path):
-        io.load_weights(self, path)
+        saving.load_weights(self, path)
 
     def save(self, path, metadata=None, include_optimizer=False):
         """Architecture, weights, `metadata` (default: self.metadata) and the compile() settings in
         one file; the extension names the format (.npz, or .keras: a Keras 3 file without the compile
-        settings; any other is refused, see io.MODEL_FORMATS).
+        settings; any other is refused, see saving.MODEL_FORMATS).
 
         include_optimizer=True also stores the optimizer's state (Adam's moments: the file grows
         to three times the weights), so training continues exactly after load_model. The default
         is False, unlike Keras: model files are for inference and publishing, and training runs
         resume from checkpoints that hold that state already.
         """
-        io.save_model(self, path, metadata, include_optimizer)
+        saving.save_model(self, path, metadata, include_optimizer)
 
 
 def show_progress_bar(verbose):
@@ -408,28 +406,3 @@ def _each(callbacks, method, *args):
 
 def _format_logs(logs):
     return " - ".join(f"{k}: {v:.4g}" if k == "lr" else f"{k}: {v:.4f}" for k, v in logs.items())
-
-
-def model_from_config(config):
-    """Rebuild a Model or Sequential from `get_config()` output (as stored in model files)."""
-    from .sequential import Sequential
-
-    layers, tensors = {}, {}
-    for spec in config["layers"]:
-        cls = LAYER_CLASSES.get(spec["class_name"])
-        if cls is None:
-            raise ValueError(f"unknown layer class {spec['class_name']!r} in model config")
-        layer = cls.from_config(dict(spec["config"]))
-        layers[layer.name] = layer
-        if spec["inbound"]:
-            inputs = [tensors[name] for name in spec["inbound"]]
-            tensors[layer.name] = layer(inputs if len(inputs) > 1 else inputs[0])
-        else:
-            tensors[layer.name] = SymbolicTensor(layer.output_shape, layer)
-    inputs = [tensors[name] for name in config["input_layers"]]
-    outputs = tensors[config["output_layer"]]
-    if config["class_name"] == "Sequential":
-        model = Sequential(name=config["name"])
-        model.set_graph(inputs, outputs)
-        return model
-    return Model(inputs, outputs, name=config["name"])

@@ -206,6 +206,11 @@ class Network:
                 return layer
         raise ValueError(f"{self.name}: no layer named {name!r}; layers: {', '.join(l.name for l in self.nodes)}")
 
+    def depth_first_order(self):
+        """The layers in the order a depth-first walk back from the output finishes them (each after
+        its inputs): the weight order of model files without a "layer_order" entry."""
+        return depth_first(self.output_layer, self.inbound)[1]
+
     def is_chain(self):
         """True when every layer reads one layer and feeds at most one (Keras' 'sequential-like')."""
         return all(len(self.inbound[l]) <= 1 and len(self.consumers[l]) <= 1 for l in self.nodes)
