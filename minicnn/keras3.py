@@ -25,7 +25,6 @@ from .files import import_h5py
 from .keras3_save import save_keras3, weight_paths  # noqa: F401  (save_keras3: this format's writer)
 
 MEMBERS = {"metadata.json": 1 << 20, "config.json": 64 << 20, "model.weights.h5": 4 << 30}    # name -> size cap
-INITIALIZERS = {"GlorotUniform": "glorot_uniform", "HeNormal": "he_normal", "Zeros": "zeros", "Ones": "ones"}
 
 
 # ---- reading -----------------------------------------------------------------------------------
@@ -141,7 +140,6 @@ def model_from_keras3_config(config):
         body["input_layers"] = tensor_refs(body.get("input_layers"))
         body["output_layers"] = tensor_refs(body.get("output_layers"))
     model = keras_h5.model_from_keras_config({"class_name": kind, "config": body})
-    set_initializers(model, specs)
     if kind == "Sequential":      # Keras numbers a Sequential's weight paths without its InputLayer
         specs = [spec for spec in specs if spec["class_name"] != "InputLayer"]
     return model, specs
@@ -208,18 +206,6 @@ def inbound_refs(name, node):
     return refs
 
 
-def set_initializers(model, specs):
-    """Keep the initializers minicnn knows ("glorot_uniform" or Keras 3's {"class_name": "GlorotUniform"}),
-    so that a round trip keeps the config; the weights are loaded either way."""
-    for spec in specs:
-        layer = model.get_layer(spec["config"]["name"]) if spec["class_name"] != "InputLayer" else None
-        for key, value in spec["config"].items():
-            if key.endswith("_initializer") and hasattr(layer, key):
-                name = INITIALIZERS.get(value.get("class_name")) if isinstance(value, dict) else value
-                if name in INITIALIZERS.values():
-                    setattr(layer, key, name)
-
-
 # ---- weights -----------------------------------------------------------------------------------
 def weight_paths(class_names):
     """Keras' path of each layer in model.weights.h5: the snake-case class name, "_1", "_2", ... for
@@ -236,23 +222,18 @@ def weight_paths(class_names):
 
 def load_keras3_weights(model, specs, f):
     """Copy layers/<path>/vars/<i> into each layer, with keras_h5's checks (no links or datasets that
-    read other files, the layer's shapes) before a byte is read; no weights may be left over."""
+    read other files, the layer's shapes, floats) before a byte is read; no weights may be left over."""
     paths = weight_paths([spec["class_name"] for spec in specs])
     for spec, path in zip(specs, paths):
         layer = model.get_layer(spec["config"]["name"])
-        group = keras_h5.local_member(f, f"{path}/vars", "model.weights.h5")
-        if group is not None and not hasattr(group, "keys"):
-            raise ValueError(f"{layer.name}: model.weights.h5's {path}/vars is a dataset, expected a group")
+        group = keras_h5.local_group(f, f"{path}/vars", "model.weights.h5")
         names = sorted(group) if group is not None else []
         if names != sorted(map(str, range(len(layer._weights)))):
             raise ValueError(f"{layer.name}: model.weights.h5 has {path}/vars {names}, the minicnn "
                              f"{type(layer).__name__} has {len(layer._weights)} weights")
-        arrays = [keras_h5.stored_array(group, str(i), layer.name, w) for i, w in enumerate(layer._weights)]
-        if any(a.dtype.kind != "f" for a in arrays):
-            raise ValueError(f"{layer.name}: {path}/vars holds arrays that are not floats")
-        layer.set_weights(arrays)
-    layers = keras_h5.local_member(f, "layers", "model.weights.h5") or {}
+        layer.set_weights([keras_h5.stored_array(group, str(i), layer.name, w) for i, w in enumerate(layer._weights)])
+    layers = keras_h5.local_group(f, "layers", "model.weights.h5") or {}
     extra = [f"layers/{name}" for name in layers if f"layers/{name}" not in paths
-             and len(keras_h5.local_member(layers, f"{name}/vars", "model.weights.h5/layers") or {})]
+             and len(keras_h5.local_group(layers, f"{name}/vars", "model.weights.h5/layers") or {})]
     if extra:
         raise ValueError(f"model.weights.h5 holds weights {extra} for layers the config does not have")

@@ -22,18 +22,15 @@ import numpy as np
 from . import activations, regularizers
 from .layers import (Activation, Add, AveragePooling2D, BatchNormalization, Conv2D, Dense, DepthwiseConv2D, Dropout,
                      Flatten, GlobalAveragePooling2D, InputLayer, MaxPooling2D, SeparableConv2D)
-from .layers.base import SymbolicTensor
+from .files import import_h5py
+from .layers.base import SymbolicTensor, check_shape
 from .models import Model, Sequential
 
-INSTALL_HINT = 'pip install -e ".[keras]" (or pip install h5py)'
 
 
 def load_keras_h5(path):
     """The minicnn Model (or Sequential) with the architecture and weights of a Keras 2 HDF5 file."""
-    try:
-        import h5py   # only this importer needs it, so minicnn itself works without it
-    except ImportError:
-        raise ImportError(f"reading Keras HDF5 files needs h5py: {INSTALL_HINT}") from None
+    h5py = import_h5py("reading Keras HDF5 files")
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such Keras model file")
@@ -51,10 +48,11 @@ def load_keras_h5(path):
             version = text(f.attrs.get("keras_version", "2"))
             if not version.startswith("2"):
                 raise ValueError(f"written by Keras {version}; load_keras_h5 reads Keras 2 files")
-            if "model_weights" not in f:
+            weights = local_group(f, "model_weights", "")
+            if weights is None:
                 raise ValueError("no model_weights group")
             model = model_from_keras_config(json.loads(text(f.attrs["model_config"])))
-            load_keras_weights(model, f["model_weights"])
+            load_keras_weights(model, weights)
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from None
     return model
@@ -114,7 +112,9 @@ def functional_model(config):
     if len(outputs) != 1:
         names = [ref[0] for ref in outputs]
         raise ValueError(f"{name}: {len(outputs)} outputs {names}; minicnn models have one output")
-    return Model(inputs, tensors[source_name("outputs", outputs[0], tensors)], name=name)
+    model = Model(inputs, tensors[source_name("outputs", outputs[0], tensors)], name=name)
+    keep_keras_initializers(model, entry(config, "layers", where))
+    return model
 
 
 def source_name(reader, ref, tensors):
@@ -141,7 +141,25 @@ def sequential_model(config):
         model.add(keras_layer(spec))
     if model.pending:
         raise ValueError(f"{model.name}: no input shape (the first layer has no batch_input_shape)")
+    keep_keras_initializers(model, specs)
     return model
+
+
+INITIALIZERS = {"GlorotUniform": "glorot_uniform", "HeNormal": "he_normal", "Zeros": "zeros", "Ones": "ones"}
+
+
+def keep_keras_initializers(model, specs):
+    """Give each layer, built with zeros, the initializer its Keras config names if minicnn knows
+    it (Keras 2's "glorot_uniform" or Keras 3's {"class_name": "GlorotUniform"}), else Keras'
+    default, so that get_config() trains the architecture afresh as Keras would."""
+    layers = {layer.name: layer for layer in model.nodes}
+    for spec in specs:
+        layer = layers.get(KerasConfig(spec).name)
+        for key in [k for k in vars(layer) if k.endswith("_initializer")] if layer is not None else []:
+            value = spec["config"].get(key)
+            name = INITIALIZERS.get(value.get("class_name")) if isinstance(value, dict) else value
+            default = "zeros" if key == "bias_initializer" else "glorot_uniform"
+            setattr(layer, key, name if name in INITIALIZERS.values() else default)
 
 
 # ---- layers ------------------------------------------------------------------------------------
@@ -184,6 +202,11 @@ class KerasConfig:
             args["batch_input_shape"] = self.input_shape("batch_input_shape")
         return args
 
+    def zeros(self, *weights):
+        """Those weights initialized with zeros: the file's arrays replace them, and np.zeros costs
+        no memory until the stored shapes, checked first, match (see keep_keras_initializers)."""
+        return {f"{weight}_initializer": "zeros" for weight in weights}
+
     def input_shape(self, key):
         shape = tuple(self[key])
         if None in shape[1:]:
@@ -220,7 +243,8 @@ def conv_args(c):
     c.require("dilation_rate", (1, 1), 1)
     c.ignore("bias_regularizer", "activity_regularizer", "kernel_constraint", "bias_constraint")
     return {"kernel_size": c["kernel_size"], "strides": c.get("strides", (1, 1)), "padding": c.get("padding", "valid"),
-            "activation": c.activation(), "use_bias": c.get("use_bias", True), **c.common()}
+            "activation": c.activation(), "use_bias": c.get("use_bias", True), **c.zeros("kernel", "bias"),
+            **c.common()}
 
 
 def input_layer(c):
@@ -237,14 +261,16 @@ def conv2d(c):
 def depthwise_conv2d(c):
     c.ignore("depthwise_constraint")
     return DepthwiseConv2D(depth_multiplier=c.get("depth_multiplier", 1),
-                           depthwise_regularizer=c.regularizer("depthwise_regularizer"), **conv_args(c))
+                           depthwise_regularizer=c.regularizer("depthwise_regularizer"), **c.zeros("depthwise"),
+                           **conv_args(c))
 
 
 def separable_conv2d(c):
     c.ignore("depthwise_constraint", "pointwise_constraint")
     return SeparableConv2D(c["filters"], depth_multiplier=c.get("depth_multiplier", 1),
                            depthwise_regularizer=c.regularizer("depthwise_regularizer"),
-                           pointwise_regularizer=c.regularizer("pointwise_regularizer"), **conv_args(c))
+                           pointwise_regularizer=c.regularizer("pointwise_regularizer"),
+                           **c.zeros("depthwise", "pointwise"), **conv_args(c))
 
 
 def batch_normalization(c):
@@ -280,7 +306,7 @@ def global_average_pooling2d(c):
 def dense(c):
     c.ignore("bias_regularizer", "activity_regularizer", "kernel_constraint", "bias_constraint")
     return Dense(c["units"], activation=c.activation(), use_bias=c.get("use_bias", True),
-                 kernel_regularizer=c.regularizer("kernel_regularizer"), **c.common())
+                 kernel_regularizer=c.regularizer("kernel_regularizer"), **c.zeros("kernel", "bias"), **c.common())
 
 
 def flatten(c):
@@ -334,17 +360,14 @@ def load_keras_weights(model, group):
                 and weight_names(group[name]):
             raise ValueError(f"the file holds weights for layer {name}, which the model does not use")
     for layer in model.nodes:
-        layer_group = local_member(group, layer.name, "model_weights")
+        layer_group = local_group(group, layer.name, "model_weights")
         names = weight_names(layer_group) if layer_group is not None else []
+        stored = {n.split("/")[-1].split(":")[0]: n for n in names}
         wanted = {w.name.split("/")[-1]: w for w in layer._weights}
-        saved = {}
-        for n in names:
-            key = n.split("/")[-1].split(":")[0]
-            saved[key] = stored_array(layer_group, n, layer.name, wanted.get(key))
-        if sorted(saved) != sorted(wanted):
-            raise ValueError(f"{layer.name}: the file holds weights {sorted(saved)}, the minicnn "
+        if sorted(stored) != sorted(wanted):
+            raise ValueError(f"{layer.name}: the file holds weights {sorted(stored)}, the minicnn "
                              f"{type(layer).__name__} has {sorted(wanted)}")
-        layer.set_weights([saved[k] for k in wanted])               # checks every shape
+        layer.set_weights([stored_array(layer_group, stored[key], layer.name, w) for key, w in wanted.items()])
 
 
 def local_member(group, path, where):
@@ -353,9 +376,10 @@ def local_member(group, path, where):
     An HDF5 external link points into another file; following it would import that
     file's bytes. Each step of `path` is checked before it is followed.
     """
-    import h5py
-
+    h5py = import_h5py("reading Keras files")
     for part in path.split("/"):
+        if not hasattr(group, "keys"):
+            raise ValueError(f"{where} is a dataset, expected a group")
         link = group.get(part, getlink=True)
         if link is None:
             return None
@@ -367,18 +391,25 @@ def local_member(group, path, where):
     return group
 
 
+def local_group(group, path, where):
+    """local_member(group, path, where), which must be a group (None if absent)."""
+    member = local_member(group, path, where)
+    if member is not None and not hasattr(member, "keys"):
+        raise ValueError(f"{where}/{path} is a dataset, expected a group")
+    return member
+
+
 def stored_array(group, path, layer_name, weight):
-    """The array of dataset group[path], read only if it lives in the file, whole, with the
-    shape of the minicnn `weight` it is for (None: not checked here).
+    """The array of dataset group[path], read only if it lives in the file, whole, holds floats,
+    and has the shape of the minicnn `weight` it is for.
 
     HDF5 can keep a dataset's bytes in other files (external storage) or assemble it from
     other datasets, other files included (a virtual dataset): reading either would copy any
     readable local file into the weights. Both are refused, naming the dataset.
     """
-    import h5py
-
-    where = f"model_weights/{layer_name}/{path}"
-    dataset = local_member(group, path, f"model_weights/{layer_name}")
+    h5py = import_h5py("reading Keras files")
+    where = f"{group.name.strip('/')}/{path}"                  # the dataset's path in the file
+    dataset = local_member(group, path, group.name.strip("/"))
     if dataset is None:
         raise ValueError(f"{layer_name}: its weight_names list {path}, but the file has no dataset {where}")
     if not isinstance(dataset, h5py.Dataset):
@@ -389,9 +420,9 @@ def stored_array(group, path, layer_name, weight):
     if dataset.id.get_create_plist().get_external_count() > 0:
         raise ValueError(f"{where}: external storage (its bytes live in another file); minicnn reads weights "
                          f"stored in the file itself only")
-    if weight is not None and tuple(dataset.shape) != weight.shape:     # before reading: no huge allocations
-        raise ValueError(f"{layer_name}: weight {weight.name} has shape {weight.shape}, received shape "
-                         f"{tuple(dataset.shape)} ({where})")
+    check_shape(weight, dataset.shape, layer_name, f" ({where})")      # before reading: no huge allocations
+    if dataset.dtype.kind != "f":
+        raise ValueError(f"{where}: holds {dataset.dtype} values, expected floats")
     return dataset[()]
 
 

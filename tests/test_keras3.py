@@ -65,6 +65,15 @@ def test_files_written_by_keras_3_predict_what_keras_predicted(name):
     assert model.metadata == {}
 
 
+def test_a_keras_3_file_builds_without_random_initial_values(monkeypatch):
+    def no_draws():
+        raise AssertionError("random initial values drawn while loading")
+    monkeypatch.setattr(minicnn.backend, "rng", no_draws)
+    model = load_keras3(DATA / "keras3_functional.keras")
+    assert {layer.kernel_initializer for layer in model.nodes if hasattr(layer, "kernel_initializer")} \
+        == {"glorot_uniform"}
+
+
 def test_a_keras_3_functional_file_keeps_names_classes_and_options():
     model = load_keras3(DATA / "keras3_functional.keras")
     assert model.name == "small_functional"
@@ -209,6 +218,17 @@ CASES = {
     "external storage": (lambda m: {**m, "model.weights.h5": weights_with(external_storage)}, "external storage"),
     "missing weights": (lambda m: {**m, "model.weights.h5": weights_with(lambda f: f.create_group("layers"))},
                         "conv2d_2: model.weights.h5 has layers/conv2d/vars []"),
+    "a scalar for the layers": (lambda m: {**m, "model.weights.h5": weights_with(
+        lambda f: f.create_dataset("layers", data=1.0))}, "model.weights.h5/layers is a dataset, expected a group"),
+    "a scalar for a layer's weights": (lambda m: {**m, "model.weights.h5": weights_with(
+        lambda f: f.create_dataset("layers/conv2d/vars", data=1.0))},
+        "model.weights.h5/layers/conv2d/vars is a dataset, expected a group"),
+    "a scalar for a weight": (lambda m: {**m, "model.weights.h5": weights_with(
+        lambda f: conv_vars(f).create_dataset("0", data=1.0))},
+        "conv2d_2: weight conv2d_2/kernel has shape (3, 3, 1, 4), received shape ()"),
+    "a string for a weight": (lambda m: {**m, "model.weights.h5": weights_with(
+        lambda f: conv_vars(f).create_dataset("0", data=np.full((3, 3, 1, 4), b"x")))},
+        "layers/conv2d/vars/0: holds |S1 values, expected floats"),
 }
 
 

@@ -313,6 +313,19 @@ def test_unsupported_layers_and_options_are_errors_naming_them(make_config, mess
         load_keras_h5(path)
 
 
+def test_the_architecture_is_built_without_random_initial_values(functional_file, monkeypatch):
+    """The file's arrays replace the initial values: drawing them would only cost memory, before the
+    stored shapes are checked. The config still names the initializers minicnn would train with."""
+    path, _ = functional_file
+
+    def no_draws():
+        raise AssertionError("random initial values drawn while loading")
+    monkeypatch.setattr(minicnn.backend, "rng", no_draws)
+    model = load_keras_h5(path)
+    conv = next(layer for layer in model.nodes if isinstance(layer, minicnn.Conv2D))
+    assert (conv.kernel_initializer, conv.bias_initializer) == ("glorot_uniform", "zeros")
+
+
 def test_weights_of_the_wrong_shape_are_an_error(functional_file, tmp_path):
     _, weights = functional_file
     weights = {**weights, "conv2d_1": [("kernel", np.zeros((1, 1, 1, 3), np.float32))]}
