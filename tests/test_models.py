@@ -285,7 +285,7 @@ def test_fusion_gives_the_same_gradients_where_the_numba_kernels_run():
                             Activation("relu"), Flatten(), Dense(3, activation="softmax")])
         model.compile("sgd", "sparse_categorical_crossentropy")
         x, y = np.random.default_rng(1).standard_normal((8, 32, 32, 2)), np.arange(8) % 3
-        assert 8 * 32 * 32 * 16 >= batchnorm.NUMBA_MIN_SIZE
+        assert 8 * 32 * 32 * 16 >= minicnn.perf.BATCHNORM_NUMBA_MIN_SIZE
         loss, _ = model.compute_gradients(x, y)
         unfused = [w.grad.copy() for w in model.trainable_weights]
         assert len(fused_steps(fuse_batchnorm_relu(model))) == 1
@@ -298,7 +298,7 @@ def test_fusion_gives_the_same_gradients_where_the_numba_kernels_run():
 
 
 def test_a_training_step_skips_the_input_gradient_and_gets_the_same_weight_gradients(monkeypatch):
-    from minicnn.ops import im2col
+    from minicnn.ops import conv as conv_ops, im2col
     backend.set_floatx("float64")
     try:
         backend.set_seed(0)
@@ -311,7 +311,7 @@ def test_a_training_step_skips_the_input_gradient_and_gets_the_same_weight_gradi
         assert model.input_grad.shape == x.shape
         folds = []
         col2im = im2col.col2im
-        monkeypatch.setattr(conv_layers, "col2im", lambda *a: folds.append(a[1]) or col2im(*a))
+        monkeypatch.setattr(conv_ops, "col2im", lambda *a: folds.append(a[1]) or col2im(*a))
         model.compute_gradients(x, y, input_gradient=False)
         assert model.input_grad is None
         assert folds == [(4, 6, 5, 3)]                  # only the second conv folds a dx back, not the first
@@ -322,6 +322,40 @@ def test_a_training_step_skips_the_input_gradient_and_gets_the_same_weight_gradi
         assert model.input_grad is None and folds == [(4, 6, 5, 3)]
     finally:
         backend.set_floatx("float32")
+
+
+def test_a_model_of_two_inputs_predicts_evaluates_and_fits_on_a_list_of_arrays():
+    backend.set_seed(0)
+    a, b = Input((3,)), Input((3,))
+    model = Model([a, b], Dense(2, activation="softmax")(Add()([Dense(4)(a), Dense(4)(b)])))
+    model.compile("sgd", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    rng = np.random.default_rng(0)
+    xa, xb = rng.standard_normal((10, 3)).astype(np.float32), rng.standard_normal((10, 3)).astype(np.float32)
+    y = np.arange(10) % 2
+    whole = model.forward([xa, xb])
+    np.testing.assert_allclose(model.predict([xa, xb], batch_size=1), whole, rtol=1e-6)
+    loss, _ = model.evaluate([xa, xb], y, batch_size=4, verbose=0)
+    assert abs(loss - model.loss(y, whole)) <= 1e-5
+    history = model.fit([xa, xb], y, batch_size=4, epochs=2, verbose=0, validation_split=0.2)
+    assert len(history.history["val_loss"]) == 2
+    with pytest.raises(ValueError, match=r"the model has 2 inputs \(.*\): pass a list of 2 arrays, received ndarray"):
+        model.predict(xa)
+    with pytest.raises(ValueError, match="the input arrays must hold one number of samples"):
+        model.predict([xa, xb[:5]])
+    with pytest.raises(ValueError, match=r"evaluate \(input_\d+\): expected input of shape \(None, 3\)"):
+        model.evaluate([xa, xb[:, :2]], y)
+
+
+def test_fit_checks_the_validation_data_once(monkeypatch):
+    from minicnn.models import model as model_module
+    checked = []
+    check = model_module.check_targets
+    monkeypatch.setattr(model_module, "check_targets", lambda *a: checked.append(a[-1]) or check(*a))
+    model = Sequential([Dense(2, activation="softmax", input_shape=(3,))])
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    x, y = np.zeros((6, 3), np.float32), np.arange(6) % 2
+    model.fit(x, y, epochs=3, verbose=0, validation_data=(x, y))
+    assert checked.count(f"{model.name}.fit(validation_data)") == 1
 
 
 def test_fused_softmax_loss_is_finite_for_huge_logits():

@@ -7,7 +7,7 @@ from tqdm.auto import tqdm
 
 from .. import losses, optimizers, saving
 from ..callbacks import History, check_hooks
-from ..sequence import ArrayBatches, Sequence
+from ..sequence import ArrayBatches, Sequence, count, take
 from .network import Network
 from .summary import summary_lines
 
@@ -101,7 +101,8 @@ class Model(Network):
         return [float(loss), accuracy(y, y_pred)]
 
     def predict(self, x, batch_size=32, verbose=0, callbacks=None):
-        """Outputs for x in inference mode, batch by batch.  x: (N, ...) -> (N, K).
+        """Outputs for x in inference mode, batch by batch.  x: (N, ...) -> (N, K); for a model of
+        several inputs, x is a list of arrays, one per input, each of N samples.
 
         On a CPU, big batches are not faster: a batch of 32-64 keeps each layer's arrays in cache.
         """
@@ -110,9 +111,9 @@ class Model(Network):
         callbacks = self._callbacks(callbacks)
         _each(callbacks, "on_predict_begin")
         outputs = []
-        for i, start in enumerate(range(0, len(x), batch_size)):
+        for i, start in enumerate(range(0, count(x), batch_size)):
             _each(callbacks, "on_predict_batch_begin", i)
-            outputs.append(self.forward(x[start:start + batch_size], training=False))
+            outputs.append(self.forward(take(x, slice(start, start + batch_size)), training=False))
             _each(callbacks, "on_predict_batch_end", i, {"outputs": outputs[-1]})
         _each(callbacks, "on_predict_end")
         return np.concatenate(outputs) if outputs else np.zeros((0,) + self.output_shape[1:])
@@ -123,21 +124,25 @@ class Model(Network):
         self._require_compiled("evaluate")
         _require_positive_int(self.name, "evaluate", batch_size=batch_size)
         x, y = self._checked_data(x, y, "evaluate")
-        callbacks = self._callbacks(callbacks)
-        _each(callbacks, "on_test_begin")
-        totals, seen = np.zeros(2), 0
-        for i, start in enumerate(range(0, len(x), batch_size)):
-            _each(callbacks, "on_test_batch_begin", i)
-            xb, yb = x[start:start + batch_size], y[start:start + batch_size]
-            y_pred = self.forward(xb, training=False)
-            totals += np.array([self.loss(yb, y_pred), accuracy(yb, y_pred)]) * len(xb)
-            seen += len(xb)
-            _each(callbacks, "on_test_batch_end", i, self._logs(totals / seen))
-        results = self._logs(totals / seen + [self._regularization_penalty(), 0.0])
-        _each(callbacks, "on_test_end", results)
+        results = self._evaluate_checked(x, y, batch_size, self._callbacks(callbacks))
         if verbose:
             print(_format_logs(results))
         return list(results.values()) if self.metrics else results["loss"]
+
+    def _evaluate_checked(self, x, y, batch_size, callbacks):
+        """evaluate's loop over data already checked: {metric name: value}."""
+        _each(callbacks, "on_test_begin")
+        totals, seen = np.zeros(2), 0
+        for i, start in enumerate(range(0, len(y), batch_size)):
+            _each(callbacks, "on_test_batch_begin", i)
+            xb, yb = take(x, slice(start, start + batch_size)), y[start:start + batch_size]
+            y_pred = self.forward(xb, training=False)
+            totals += np.array([self.loss(yb, y_pred), accuracy(yb, y_pred)]) * len(yb)
+            seen += len(yb)
+            _each(callbacks, "on_test_batch_end", i, self._logs(totals / seen))
+        results = self._logs(totals / seen + [self._regularization_penalty(), 0.0])
+        _each(callbacks, "on_test_end", results)
+        return results
 
     def _logs(self, loss_and_accuracy):
         return {name: float(v) for name, v in zip(self.metrics_names, loss_and_accuracy)}
@@ -162,29 +167,19 @@ class Model(Network):
             raise ValueError(f"{self.name}.fit: validation_split must be in [0, 1), received {validation_split!r}")
         batches, validation_data = self._fit_data(x, y, batch_size, shuffle, sample_weight, validation_split,
                                                   validation_data)
-        if class_weight is not None:
-            labels = class_labels(batches.y) if isinstance(batches, ArrayBatches) else None
-            classes = self.output_shape[-1] if hasattr(self, "output_layer") else None   # None: not built yet
-            class_weight = class_weight_vector(class_weight, classes, f"{self.name}.fit", labels)
+        class_weight = self._fit_class_weight(class_weight, batches)
         history = History()
         callbacks = self._callbacks([c for c in (callbacks or []) if not isinstance(c, History)] + [history])
         self.stop_training = False
         _each(callbacks, "on_train_begin")
         for epoch in range(initial_epoch, epochs):
-            _each(callbacks, "on_epoch_begin", epoch)
-            batches.on_epoch_begin()
             start = time.time()
-            with tqdm(total=len(batches), desc=f"Epoch {epoch + 1}/{epochs}", leave=False,
-                      disable=not show_progress_bar(verbose)) as bar:
-                logs, last_loss = self._train_epoch(batches, class_weight, callbacks, bar)
-            batches.on_epoch_end()
-            if self.stop_training and not np.isfinite(last_loss):
+            logs = self._fit_epoch(epoch, epochs, batches, class_weight, callbacks, verbose)
+            if logs is None:
                 break                                  # a NaN batch: no epoch-end checkpoint of bad weights
-            if validation_data is not None:
-                val = np.atleast_1d(self.evaluate(*validation_data, batch_size=batch_size, verbose=0,
-                                                  callbacks=callbacks))
-                logs.update({f"val_{k}": float(v) for k, v in zip(self.metrics_names, val)})
-            logs = {k: float(v) for k, v in logs.items()}
+            if validation_data is not None:            # checked once, before the first epoch
+                val = self._evaluate_checked(*validation_data, batch_size, callbacks)
+                logs.update({f"val_{k}": v for k, v in val.items()})
             logs["lr"] = self.optimizer.learning_rate
             if verbose:
                 print(f"Epoch {epoch + 1}/{epochs} - {time.time() - start:.1f}s - {_format_logs(logs)}", flush=True)
@@ -193,6 +188,27 @@ class Model(Network):
                 break
         _each(callbacks, "on_train_end")
         return history
+
+    def _fit_class_weight(self, class_weight, batches):
+        """fit's class_weight as a vector by class (or None); "balanced" counts the labels of arrays."""
+        if class_weight is None:
+            return None
+        labels = class_labels(batches.y) if isinstance(batches, ArrayBatches) else None
+        classes = self.output_shape[-1] if hasattr(self, "output_layer") else None   # None: not built yet
+        return class_weight_vector(class_weight, classes, f"{self.name}.fit", labels)
+
+    def _fit_epoch(self, epoch, epochs, batches, class_weight, callbacks, verbose):
+        """One epoch of training with its progress bar: the epoch's logs, or None when a batch's
+        loss was not finite and stopped training."""
+        _each(callbacks, "on_epoch_begin", epoch)
+        batches.on_epoch_begin()
+        with tqdm(total=len(batches), desc=f"Epoch {epoch + 1}/{epochs}", leave=False,
+                  disable=not show_progress_bar(verbose)) as bar:
+            logs, last_loss = self._train_epoch(batches, class_weight, callbacks, bar)
+        batches.on_epoch_end()
+        if self.stop_training and not np.isfinite(last_loss):
+            return None
+        return {k: float(v) for k, v in logs.items()}
 
     def _train_epoch(self, batches, class_weight, callbacks, bar):
         """train_on_batch on each batch in turn, until stop_training. Returns (the epoch's running
@@ -203,8 +219,8 @@ class Model(Network):
             xb, yb, *wb = batches[i]
             weights = _sample_weights(yb, wb[0] if wb else None, class_weight)
             results = np.atleast_1d(self.train_on_batch(xb, yb, weights))
-            totals[:len(results)] += results * len(xb)
-            seen += len(xb)
+            totals[:len(results)] += results * len(yb)
+            seen += len(yb)
             logs = dict(zip(self.metrics_names, totals[:len(results)] / seen))
             bar.update(1)
             bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items()})
@@ -226,14 +242,15 @@ class Model(Network):
             x, y = self._checked_data(x, y, "fit")
             if sample_weight is not None:
                 sample_weight = np.asarray(sample_weight, dtype=np.float64)
-                if sample_weight.shape != (len(x),):
-                    raise ValueError(f"{self.name}.fit: sample_weight must have shape ({len(x)},) (one weight "
+                if sample_weight.shape != (len(y),):
+                    raise ValueError(f"{self.name}.fit: sample_weight must have shape ({len(y)},) (one weight "
                                      f"per sample), received shape {sample_weight.shape}")
             if validation_split and validation_data is None:
-                cut = int(len(x) * (1 - validation_split))   # Keras takes the LAST samples, before shuffling
+                cut = int(len(y) * (1 - validation_split))   # Keras takes the LAST samples, before shuffling
                 if cut == 0:
                     raise ValueError(f"{self.name}.fit: validation_split={validation_split} leaves no training data")
-                x, y, validation_data = x[:cut], y[:cut], (x[cut:], y[cut:])
+                validation_data = (take(x, slice(cut, None)), y[cut:])
+                x, y = take(x, slice(None, cut)), y[:cut]
                 sample_weight = None if sample_weight is None else sample_weight[:cut]
             batches = ArrayBatches(x, y, batch_size, shuffle, sample_weight)
         if validation_data is not None:
@@ -245,30 +262,39 @@ class Model(Network):
         if x is None or y is None:
             raise ValueError(f"{self.name}.{what}: needs inputs x and targets y")
         x, y = self._checked_input(x, what), np.asarray(y)
-        if len(x) == 0:
+        if count(x) == 0:
             raise ValueError(f"{self.name}.{what}: received no data (x holds 0 samples)")
-        if y.ndim == 0 or len(y) != len(x):
-            raise ValueError(f"{self.name}.{what}: x and y must have the same length, received x.shape={x.shape} "
+        if y.ndim == 0 or len(y) != count(x):
+            shapes = [a.shape for a in x] if isinstance(x, list) else x.shape
+            raise ValueError(f"{self.name}.{what}: x and y must have the same length, received x.shape={shapes} "
                              f"and y.shape={y.shape}")
         check_targets(self.loss, y, self.output_shape[-1], f"{self.name}.{what}")
         return x, y
 
     def _checked_input(self, x, what):
-        """x as an array (lists are taken as arrays), checked whole against the model's input shape."""
-        if len(getattr(self, "input_layers", ())) > 1:      # several inputs: a list of arrays
-            return x
+        """x as an array (lists are taken as arrays), checked whole against the model's input shape;
+        for a model of several inputs, a list of such arrays, one per input, of one length."""
+        if len(getattr(self, "input_layers", ())) > 1:
+            return self._checked_inputs(x, what)
         x = x if isinstance(x, np.ndarray) else np.asarray(x)
         if getattr(self, "pending", None) and x.ndim > 0:   # a Sequential that builds on its first batch
             self.build((None,) + x.shape[1:])
         if not hasattr(self, "output_layer"):
             raise ValueError(f"{self.name}: the model has no layers to run")
-        expected = self.input_shape
-        if _shape_matches(x.shape, expected[1:]):
-            raise ValueError(f"{self.name}.{what}: a batch is expected: add an axis with x[None] (the model's "
-                             f"input shape is {expected}, received x.shape={x.shape})")
-        if x.ndim != len(expected) or not _shape_matches(x.shape[1:], expected[1:]):
-            raise ValueError(f"{self.name}.{what}: expected input of shape {expected}, received x.shape={x.shape}")
-        return x
+        return _checked_array(x, self.input_shape, f"{self.name}.{what}")
+
+    def _checked_inputs(self, xs, what):
+        """One array per input layer, each of its shape, all of one length."""
+        if not isinstance(xs, (list, tuple)) or len(xs) != len(self.input_layers):
+            raise ValueError(f"{self.name}.{what}: the model has {len(self.input_layers)} inputs "
+                             f"({', '.join(layer.name for layer in self.input_layers)}): pass a list of "
+                             f"{len(self.input_layers)} arrays, received {type(xs).__name__}")
+        xs = [_checked_array(np.asarray(x), layer.input_shape, f"{self.name}.{what} ({layer.name})")
+              for x, layer in zip(xs, self.input_layers)]
+        if len({len(x) for x in xs}) > 1:
+            raise ValueError(f"{self.name}.{what}: the input arrays must hold one number of samples, received "
+                             f"shapes {[x.shape for x in xs]}")
+        return xs
 
     def _callbacks(self, callbacks):
         """The callbacks, each checked for unknown on_* methods and given this model."""
@@ -303,6 +329,16 @@ def show_progress_bar(verbose):
     (stdout is no terminal there); a log file gets the epoch lines alone."""
     in_notebook = any(cls.__module__ == "tqdm.notebook" for cls in tqdm.__mro__)
     return verbose == 1 and (in_notebook or sys.stdout.isatty())
+
+
+def _checked_array(x, expected, where):
+    """x, or an error naming `where` unless it is a batch of the input shape `expected` (None: any size)."""
+    if _shape_matches(x.shape, expected[1:]):
+        raise ValueError(f"{where}: a batch is expected: add an axis with x[None] (the model's "
+                         f"input shape is {expected}, received x.shape={x.shape})")
+    if x.ndim != len(expected) or not _shape_matches(x.shape[1:], expected[1:]):
+        raise ValueError(f"{where}: expected input of shape {expected}, received x.shape={x.shape}")
+    return x
 
 
 def _shape_matches(shape, expected):
