@@ -22,6 +22,7 @@ class InputLayer(Layer):
         return x
 
     def backward(self, dy):
+        """dx = dy: the input passes through unchanged."""
         return dy
 
 
@@ -70,11 +71,13 @@ class Dense(Layer):
         return y
 
     def backward(self, dy):
+        """dz = the activation's backward of dy, then backward_from_logits(dz)."""
         x, y = self.cache
         return self.backward_from_logits(self.activation.backward(dy, y))
 
     def backward_from_logits(self, dz):
-        """Backward from dL/dz, the gradient before the activation."""
+        """dW = x.T @ dz, db = sum_n dz, dx = dz @ W.T, from dz = dL/dz (before the activation).
+        docs/backprop.md, "Dense"."""
         x, _ = self.cache
         self.kernel.grad = matmul(x.T, dz)                         # (n_in, units)
         if self.use_bias:
@@ -101,6 +104,7 @@ class Flatten(Layer):
         return x.reshape(x.shape[0], -1)
 
     def backward(self, dy):
+        """dx = dy.reshape(N, H, W, C): a reshape moves no value. docs/backprop.md, "Flatten"."""
         return dy.reshape(self.cache)
 
 
@@ -129,6 +133,8 @@ class Dropout(Layer):
         return y
 
     def backward(self, dy):
+        """dx = dy * mask / (1 - rate) in training (the forward's mask), dy otherwise.
+        docs/backprop.md, "Dropout"."""
         keep = self.cache
         return dy if keep is None else dropout_backward(dy, keep, self.rate)
 
@@ -151,9 +157,12 @@ class Activation(Layer):
         return y
 
     def backward(self, dy):
+        """dx from the output y alone (relu: dy * (y > 0); softmax: y * (dy - sum(dy * y)); ...).
+        docs/backprop.md, "Activations"."""
         return self.activation.backward(dy, self.cache)
 
     def backward_from_logits(self, dz):
+        """dx = dz: given the gradient before the activation, nothing is left to do."""
         return dz
 
     def get_config(self):

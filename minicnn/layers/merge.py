@@ -37,5 +37,5 @@ class Add(Layer):
         return x.astype(self.dtype, copy=False)
 
     def backward(self, dy):
-        """One gradient per input, all equal to dy (callers never modify it in place)."""
+        """dx_i = dy for every input i (callers never modify it in place). docs/backprop.md, "Add"."""
         return [dy] * self.cache
