@@ -1,19 +1,13 @@
-"""Keras 3 `.keras` model files read as minicnn models (minicnn/keras3_save.py writes them).
+"""Keras 3 `.keras` model files read as minicnn models (their layout: minicnn/keras3_save.py, which
+writes them).
 
-A `.keras` file is a zip archive of three members:
-    metadata.json      {"keras_version": "3.x.y", "date_saved": ...}
-    config.json        the model's serialized config: {"module", "class_name", "config": {
-                       "layers": [{"class_name", "config", "inbound_nodes"}, ...], ...}}
-    model.weights.h5   layers/<path>/vars/0, 1, ...: each layer's weights in get_weights order, where
-                       <path> is the snake-case class name, numbered in layer order ("conv2d",
-                       "conv2d_1", ...), not the layer's own name
 Reading turns the Keras 3 config into the Keras 2 form and builds it with keras_h5's layer
 builders, so both formats refuse the same layers and options, with the same messages. The
 archive is read in memory (nothing is extracted to disk), each member no larger than its cap.
 
     model = load_keras3("model.keras");  save_keras3(model, "copy.keras")
-`model.save("m.keras")` and `minicnn.load_model("m.keras")` call these. minicnn's own
-metadata (labels, preprocessing) travels in metadata.json under "minicnn", which Keras ignores.
+`minicnn.load_model("m.keras")` calls load_keras3. minicnn's own metadata (labels,
+preprocessing) travels in metadata.json under "minicnn", which Keras ignores.
 """
 import io
 import json

@@ -385,6 +385,34 @@ def test_save_load_predict_identical(tmp_path):
     np.testing.assert_array_equal(other.predict(x), model.predict(x))
 
 
+def test_load_model_opens_the_archive_once(tmp_path, monkeypatch):
+    import zipfile
+    model = residual_model()
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.save(tmp_path / "m.npz", include_optimizer=True)
+    opened = []
+    init = zipfile.ZipFile.__init__
+    monkeypatch.setattr(zipfile.ZipFile, "__init__", lambda self, *a, **k: opened.append(a[0]) or init(self, *a, **k))
+    loaded = minicnn.load_model(tmp_path / "m.npz")
+    assert len(opened) == 1
+    np.testing.assert_array_equal(loaded.get_weights()[0], model.get_weights()[0])
+
+
+def test_read_npz_lets_the_callers_own_errors_through(tmp_path):
+    from minicnn import io
+
+    class Refused(ValueError):
+        pass
+
+    def members(meta):
+        raise Refused(f"{tmp_path / 'a.npz'}: the caller's own reason")
+    io.write_npz(tmp_path / "a.npz", {"a": np.zeros(2)}, {"format": io.FORMAT})
+    with pytest.raises(Refused, match="the caller's own reason$"):
+        io.read_npz(tmp_path / "a.npz", members)
+    with pytest.raises(Refused):
+        io.read_npz(tmp_path / "a.npz", lambda meta: (_ for _ in ()).throw(Refused("no file name first")))
+
+
 def test_bad_model_files_fail_clearly_and_leave_the_model_unchanged(tmp_path):
     model = residual_model()
     model.predict(np.zeros((1, 6, 5, 2), np.float32))
