@@ -152,9 +152,10 @@ class Network:
         """
         for layer in self.first_layers:           # their dx would be the input gradient alone
             layer.needs_input_gradient = input_gradient
-        output, sources = self.steps[-1]
+        output, sources = self.steps[-1]          # the loss hands the output layer its gradient
+        dx = output.backward_from_logits(dy) if from_logits else output.backward(dy)
         grads = {}                                # layer -> dL/d(its output), summed over its readers
-        send_back(sources, (output.backward_from_logits if from_logits else output.backward)(dy), grads)
+        send_back(sources, dx, grads)
         for layer, sources in reversed(self.steps[:-1]):
             send_back(sources, layer.backward(grads.pop(layer)), grads)
         result = [grads.get(layer) if input_gradient else None for layer in self.input_layers]
