@@ -49,6 +49,8 @@ from fer.preprocess import Preprocessing  # noqa: E402
 from fer.tracking import IoUTracker  # noqa: E402
 from minicnn import perf  # noqa: E402
 
+ALT2 = "haarcascade_frontalface_alt2.xml"
+TILTS = (-30, 30)
 FER_LABELS = ["Angry", "Disgust", "Fear", "Happy", "Sad", "Surprise", "Neutral"]
 
 
@@ -73,6 +75,16 @@ def pipelines(detect_every):
         "step1.2": lambda: (FaceDetector(scale_factor=1.2, near_step=1.05), IoUTracker(), 1),
         "every1": lambda: (FaceDetector(scale_factor=1.1, near_step=1.05), IoUTracker(), 1),
         "no-near": lambda: (FaceDetector(scale_factor=1.1, near_step=None), IoUTracker(), detect_every),
+        # Detector settings for the faces the default cascade never finds, all with the new pipeline's
+        # cadence and tracker: fewer neighbours (the tracker's second detection keeps a one-frame
+        # false face off screen), the alt2 cascade, both cascades taking turns, and a tilted search.
+        "mn3": lambda: (FaceDetector(min_neighbors=3), IoUTracker(), detect_every),
+        "alt2": lambda: (FaceDetector(cascade=ALT2), IoUTracker(), detect_every),
+        "alt2-mn3": lambda: (FaceDetector(min_neighbors=3, cascade=ALT2), IoUTracker(), detect_every),
+        "both-mn3": lambda: (FaceDetector(min_neighbors=3, second_cascade=ALT2), IoUTracker(), detect_every),
+        "alt2-tilt": lambda: (FaceDetector(min_neighbors=3, cascade=ALT2, tilts=TILTS), IoUTracker(), detect_every),
+        "both-tilt": lambda: (FaceDetector(min_neighbors=3, second_cascade=ALT2, tilts=TILTS), IoUTracker(),
+                              detect_every),
     }
 
 

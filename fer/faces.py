@@ -1,4 +1,4 @@
-"""Face detection with OpenCV's Haar cascade, and the small image helpers around it.
+"""Face detection with OpenCV's Haar cascades, and the small image helpers around it.
 
 Boxes are `(x, y, w, h)` tuples of ints in full-frame pixel coordinates, the layout
 OpenCV's `detectMultiScale` returns. Frames are NumPy arrays as OpenCV reads them: BGR
@@ -48,7 +48,7 @@ def load_cascade(name=CASCADE_FILE):
 
 
 class FaceDetector:
-    """Frontal faces in a gray frame, found by the Haar cascade on a downscaled copy.
+    """Frontal faces in a gray frame, found by Haar cascades on a downscaled copy.
 
     Args:
         min_face: smallest face side to report, in full-frame pixels.
@@ -61,12 +61,21 @@ class FaceDetector:
             faster, and the smallest face it sees, 24 px, is 48 px in the full frame.
         near_step: the finer scale step of `detect_near`, the look around a track's expected
             box that the live loop takes when the whole-frame pass missed it; None: never.
+        cascade: the main cascade's file (one of opencv-python's cv2.data.haarcascades).
+        second_cascade: another cascade's file, or None. Cascades trained apart miss different
+            faces (a dark face, glasses, a squint), so a face either one finds is found.
+        tilts: angles in degrees (e.g. (-30, 30)) at which the frame is also searched turned, for
+            heads tilted sideways: a frontal cascade finds faces upright to within about 15 degrees.
+        take_turns: each `detect` call runs one of the searches (each cascade upright, then the main
+            cascade at each tilt) in turn, so extra searches cost no time per frame, only delay;
+            False runs them all on every call (still photos get one look only).
 
     The defaults suit video, where a tracker covers a frame's miss; still photos get one look
     only, so `FaceDetector.for_photos()` searches the full-size image.
     """
 
-    def __init__(self, min_face=48, scale_factor=1.1, min_neighbors=5, detect_width=320, near_step=1.05):
+    def __init__(self, min_face=48, scale_factor=1.1, min_neighbors=5, detect_width=320, near_step=1.05,
+                 cascade=CASCADE_FILE, second_cascade=None, tilts=(), take_turns=True):
         if scale_factor <= 1.0 or (near_step is not None and near_step <= 1.0):
             raise ValueError(f"FaceDetector: scale_factor and near_step must be > 1, "
                              f"received {scale_factor} and {near_step}")
@@ -75,12 +84,21 @@ class FaceDetector:
         self.scale_factor = scale_factor
         self.min_neighbors = min_neighbors
         self.detect_width = detect_width
-        self.cascade = load_cascade()
+        self.cascade = load_cascade(cascade)
+        self.second_cascade = load_cascade(second_cascade) if second_cascade else None
+        self.tilts = tuple(tilts)
+        self.take_turns = take_turns
+        self.turn = 0  # the search the next `detect` call runs, when take_turns
 
     @classmethod
-    def for_photos(cls, min_face=48, scale_factor=1.1, min_neighbors=5, detect_width=None):
-        """A detector for still images: full resolution by default, no tracking to lean on."""
-        return cls(min_face, scale_factor, min_neighbors, detect_width, near_step=None)
+    def for_photos(cls, min_face=48, scale_factor=1.1, min_neighbors=5, detect_width=None, **searches):
+        """A detector for still images: full resolution by default, every search at once, no tracking to lean on."""
+        return cls(min_face, scale_factor, min_neighbors, detect_width, near_step=None, take_turns=False, **searches)
+
+    def searches(self):
+        """(cascade, tilt in degrees) pairs: each cascade upright, then the main cascade at each tilt."""
+        upright = [(cascade, 0) for cascade in (self.cascade, self.second_cascade) if cascade is not None]
+        return upright + [(self.cascade, tilt) for tilt in self.tilts]
 
     def detect(self, gray):
         """Faces in a 2-D uint8 frame (H, W): a list of (x, y, w, h), sorted by x, then y."""
@@ -96,27 +114,23 @@ class FaceDetector:
             size = (max(1, round(width * scale)), max(1, round(height * scale)))
             small = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
         min_side = max(1, round(self.min_face * scale))
-        found = self.cascade.detectMultiScale(
-            small, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors, minSize=(min_side, min_side)
-        )
-
-        boxes = []
-        for x, y, w, h in np.asarray(found, dtype=float).reshape(-1, 4) / scale:
-            # Back to full-frame pixels, clamped: the cascade may report a box that runs off the edge.
-            x0, y0 = max(0, int(round(x))), max(0, int(round(y)))
-            x1, y1 = min(width, int(round(x + w))), min(height, int(round(y + h)))
-            if x1 > x0 and y1 > y0:
-                boxes.append((x0, y0, x1 - x0, y1 - y0))
-        return sorted(boxes)
+        searches = self.searches()
+        if self.take_turns:
+            searches, self.turn = [searches[self.turn % len(searches)]], self.turn + 1
+        found = np.concatenate([search(cascade, small, tilt, scaleFactor=self.scale_factor,
+                                       minNeighbors=self.min_neighbors, minSize=(min_side, min_side))
+                                for cascade, tilt in searches])
+        return sorted(distinct(in_frame(found, scale, (0, 0), gray.shape)))
 
     def detect_near(self, gray, box, step=None, margin=0.5, side=48):
         """The face closest to `box` in a window around it, searched at a fine scale step; None if none.
 
         A face the whole-frame pass missed (its scale fell between two of the pyramid's steps)
         is looked for where a track expects it, at scale step `step` (default: near_step): the
-        window is `margin` of the box's side wider
-        on each side, resized so the box is `side` px, and only faces of 0.7-1.4 times the box's
-        size are tried, so the fine step stays cheap.
+        window is `margin` of the box's side wider on each side, resized so the box is `side` px,
+        and only faces of 0.7-1.4 times the box's size are tried, so the fine step stays cheap.
+        The searches are tried in order until one finds a face: a track keeps the face whichever
+        search first found it.
         """
         height, width = gray.shape
         x, y, w, h = box
@@ -133,11 +147,55 @@ class FaceDetector:
         lo, hi = max(24, round(0.7 * max(w, h) * scale)), round(1.4 * max(w, h) * scale)
         if hi < lo:
             return None
-        found = self.cascade.detectMultiScale(window, scaleFactor=step or self.near_step, minNeighbors=self.min_neighbors,
-                                              minSize=(lo, lo), maxSize=(hi, hi))
-        boxes = [(int(round(x0 + fx / scale)), int(round(y0 + fy / scale)), int(round(fw / scale)),
-                  int(round(fh / scale))) for fx, fy, fw, fh in np.asarray(found).reshape(-1, 4)]
-        return max(boxes, key=lambda found_box: iou(found_box, box), default=None)
+        for cascade, tilt in self.searches():
+            found = search(cascade, window, tilt, scaleFactor=step or self.near_step,
+                           minNeighbors=self.min_neighbors, minSize=(lo, lo), maxSize=(hi, hi))
+            boxes = in_frame(found, scale, (x0, y0), gray.shape)
+            if boxes:
+                return max(boxes, key=lambda found_box: iou(found_box, box))
+        return None
+
+
+def search(cascade, image, tilt, **options):
+    """The cascade's boxes in `image`, as float (n, 4) (x, y, w, h) in its pixels.
+
+    With a tilt, the image is turned by -tilt degrees about its centre first, so a face tilted
+    by `tilt` stands upright for the cascade; each box found is turned back about its centre
+    and reported upright, at the same size.
+    """
+    if not tilt:
+        return np.asarray(cascade.detectMultiScale(image, **options), dtype=float).reshape(-1, 4)
+    height, width = image.shape
+    turn = cv2.getRotationMatrix2D((width / 2, height / 2), -tilt, 1.0)
+    turned = cv2.warpAffine(image, turn, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    found = np.asarray(cascade.detectMultiScale(turned, **options), dtype=float).reshape(-1, 4)
+    back = cv2.invertAffineTransform(turn)  # (2, 3)
+    centres = (found[:, :2] + found[:, 2:] / 2) @ back[:, :2].T + back[:, 2]  # (n, 2)
+    return np.column_stack([centres - found[:, 2:] / 2, found[:, 2:]])
+
+
+def in_frame(found, scale, origin, shape):
+    """Boxes found in a copy scaled by `scale` of the part of the frame from `origin` (x, y) on,
+    as int (x, y, w, h) in full-frame pixels, clamped to the frame of `shape` (H, W): a box
+    the cascade reports running off the edge (or a tilted search turns out of it) is cut to it."""
+    height, width = shape
+    boxes = []
+    for x, y, w, h in np.asarray(found, dtype=float).reshape(-1, 4) / scale:
+        x0, y0 = max(0, int(round(origin[0] + x))), max(0, int(round(origin[1] + y)))
+        x1, y1 = min(width, int(round(origin[0] + x + w))), min(height, int(round(origin[1] + y + h)))
+        if x1 > x0 and y1 > y0:
+            boxes.append((x0, y0, x1 - x0, y1 - y0))
+    return boxes
+
+
+def distinct(boxes):
+    """The boxes less any whose centre lies in a box kept before it: two searches that found one face."""
+    kept = []
+    for box in boxes:
+        cx, cy = box[0] + box[2] / 2, box[1] + box[3] / 2
+        if not any(x <= cx < x + w and y <= cy < y + h for x, y, w, h in kept):
+            kept.append(box)
+    return kept
 
 
 

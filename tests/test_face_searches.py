@@ -1,0 +1,110 @@
+"""FaceDetector's extra searches (a second cascade, tilted frames): which search runs when, and where
+its boxes land. Spy cascades stand in for OpenCV's, so nothing here depends on which faces a cascade
+happens to like."""
+import cv2
+import numpy as np
+
+from fer.faces import FaceDetector, distinct, search
+
+ALT2 = "haarcascade_frontalface_alt2.xml"
+
+
+class SpyCascade:
+    """Records each call (its name, the image's shape) and returns fixed boxes in the image's pixels."""
+
+    def __init__(self, name, calls, boxes=()):
+        self.name, self.calls, self.boxes = name, calls, boxes
+
+    def detectMultiScale(self, image, **options):
+        self.calls.append((self.name, image.shape))
+        return np.array(self.boxes, dtype=np.int32).reshape(-1, 4)
+
+
+class BrightSpotCascade:
+    """Finds the one bright square of an image: a cascade whose 'face' is known wherever the image is turned."""
+
+    def detectMultiScale(self, image, **options):
+        ys, xs = np.nonzero(image > 128)
+        side = 20
+        return np.array([[xs.mean() - side / 2, ys.mean() - side / 2, side, side]])
+
+
+def spied(detector, main_boxes=(), second_boxes=()):
+    calls = []
+    detector.cascade = SpyCascade("main", calls, main_boxes)
+    if detector.second_cascade is not None:
+        detector.second_cascade = SpyCascade("second", calls, second_boxes)
+    return calls
+
+
+def test_video_detector_runs_one_search_per_pass_in_turn_and_photos_run_all():
+    video = FaceDetector(second_cascade=ALT2, tilts=(-30, 30), detect_width=None)
+    calls = spied(video)
+    frame = np.zeros((120, 160), np.uint8)
+    for _ in range(5):
+        video.detect(frame)
+    # upright main, upright second, main turned each way, then main again
+    assert [name for name, _ in calls] == ["main", "second", "main", "main", "main"]
+    assert [tilt for _, tilt in video.searches()] == [0, 0, -30, 30]
+
+    photo = FaceDetector.for_photos(second_cascade=ALT2, tilts=(-30, 30))
+    calls = spied(photo)
+    photo.detect(frame)
+    assert [name for name, _ in calls] == ["main", "second", "main", "main"]
+
+
+def test_the_default_detector_runs_only_its_main_cascade_upright():
+    detector = FaceDetector()
+    calls = spied(detector)
+    for _ in range(3):
+        detector.detect(np.zeros((240, 320), np.uint8))
+    assert [name for name, _ in calls] == ["main"] * 3
+
+
+def test_a_tilted_search_reports_the_face_where_it_is_in_the_upright_frame():
+    image = np.zeros((200, 300), np.uint8)
+    image[50:70, 200:220] = 255  # a bright 20 x 20 'face' centred at (210, 60)
+    for tilt in (-30, 30, 45):
+        (x, y, w, h), = search(BrightSpotCascade(), image, tilt)
+        assert (w, h) == (20, 20)
+        assert abs(x + w / 2 - 210) < 1.5 and abs(y + h / 2 - 60) < 1.5, (tilt, x, y)
+
+
+def test_the_tilted_search_turns_the_image_by_minus_the_tilt():
+    seen = []
+
+    class Recorder:
+        def detectMultiScale(self, image, **options):
+            seen.append(image.copy())
+            return ()
+
+    image = np.zeros((101, 101), np.uint8)
+    image[50, 80] = 255  # a dot right of the centre
+    search(Recorder(), image, 90)
+    ys, xs = np.nonzero(seen[0] > 64)
+    # a head tilted by +90 degrees (counter-clockwise on screen) stands up when the frame is turned clockwise
+    expected = cv2.warpAffine(image, cv2.getRotationMatrix2D((50.5, 50.5), -90, 1.0), (101, 101))
+    assert ys.mean() > 70 and abs(xs.mean() - 50) < 2
+    assert np.array_equal(seen[0] > 64, expected > 64)
+
+
+def test_detect_near_tries_the_searches_in_order_and_stops_at_the_first_face():
+    detector = FaceDetector(second_cascade=ALT2, tilts=(30,))
+    gray = np.zeros((480, 640), np.uint8)
+    box = (200, 150, 96, 96)   # window of 192 px, resized by 0.5 to 96 px: the track's box is 48 px
+    calls = spied(detector, main_boxes=(), second_boxes=[(24, 24, 48, 48)])
+    found = detector.detect_near(gray, box)
+    assert [name for name, _ in calls] == ["main", "second"]       # the tilted search never ran
+    assert found == (200, 150, 96, 96)
+    calls = spied(detector, main_boxes=[(24, 24, 48, 48)], second_boxes=[(0, 0, 48, 48)])
+    assert detector.detect_near(gray, box) == (200, 150, 96, 96) and [name for name, _ in calls] == ["main"]
+    calls = spied(detector)
+    assert detector.detect_near(gray, box) is None and [name for name, _ in calls] == ["main", "second", "main"]
+
+
+def test_one_face_found_by_two_searches_is_reported_once():
+    assert distinct([(100, 100, 80, 80), (110, 95, 70, 70), (300, 100, 80, 80)]) == [(100, 100, 80, 80),
+                                                                                     (300, 100, 80, 80)]
+    photo = FaceDetector.for_photos(second_cascade=ALT2)
+    spied(photo, main_boxes=[(100, 100, 80, 80)], second_boxes=[(110, 95, 70, 70), (300, 100, 80, 80)])
+    assert photo.detect(np.zeros((480, 640), np.uint8)) == [(100, 100, 80, 80), (300, 100, 80, 80)]
