@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from fer import models
-from fer.training import model_arrays, nonfinite
+from fer.runs import model_arrays, nonfinite
 from minicnn import losses, optimizers
 
 

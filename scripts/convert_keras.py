@@ -11,16 +11,13 @@ Exit code 1 on bad input (missing file, not HDF5, a layer minicnn does not have,
 stored outside the file), 2 on bad arguments (an output that is the input).
 """
 import argparse
-import os
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from fer.data import CLASS_MAPS  # noqa: E402
-from fer.preprocess import SCALES, Preprocessing  # noqa: E402
-from minicnn.keras3 import is_keras3_file, load_keras3  # noqa: E402
-from minicnn.keras_h5 import load_keras_h5  # noqa: E402
+from fer.cli import same_file
+from fer.data import CLASS_MAPS
+from fer.preprocess import SCALES, Preprocessing
+from minicnn.keras3 import is_keras3_file, load_keras3
+from minicnn.keras_h5 import load_keras_h5
 
 
 def convert(keras_path, out_path, labels=None, input_size=None, scale="symmetric", mean=None, std=None,
@@ -51,13 +48,6 @@ def convert(keras_path, out_path, labels=None, input_size=None, scale="symmetric
                       "architecture": f"keras:{model.name}", "source": str(keras_path)}
     model.save(out_path)
     return model
-
-
-def same_file(a, b):
-    """True when paths a and b name one file (through symbolic or hard links too)."""
-    if Path(a).exists() and Path(b).exists():
-        return os.path.samefile(a, b)
-    return Path(a).resolve() == Path(b).resolve()
 
 
 def main(argv=None):

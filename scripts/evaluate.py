@@ -12,14 +12,12 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from fer import data as fer_data  # noqa: E402
-from fer import evaluation  # noqa: E402
-from fer.inference import load_fer_model  # noqa: E402
-from minicnn import perf  # noqa: E402
+from fer import data as fer_data
+from fer import evaluation
+from fer.inference import load_fer_model
+from minicnn import perf
 
 
 def evaluate(model_path, data_path, split="auto", tta=False, skip_bad_rows=False):

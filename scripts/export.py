@@ -15,11 +15,9 @@ exported model could not be fed as it was trained). Exit code 1 on bad input, wi
 import argparse
 import os
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from fer.inference import load_fer_model, model_file  # noqa: E402
+from fer.cli import same_file
+from fer.inference import load_fer_model, model_file
 
 FORMATS = (".onnx", ".keras")
 
@@ -29,7 +27,7 @@ def export(model_path, out_path):
     extension = os.path.splitext(str(out_path))[1].lower()
     if extension not in FORMATS:
         raise ValueError(f"{out_path}: name the output .onnx or .keras (the extension picks the format)")
-    if os.path.exists(out_path) and os.path.samefile(model_file(model_path), out_path):
+    if same_file(model_file(model_path), out_path):
         raise ValueError(f"{out_path}: the output would overwrite the input")
     model, _, _ = load_fer_model(model_path)
     if extension == ".onnx":

@@ -25,17 +25,15 @@ from pathlib import Path
 
 import cv2
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))  # so the script runs from a checkout without installing
+from fer.cli import same_file
+from fer.data import decode_image
+from fer.faces import add_detector_arguments, crop, detector_from_args, to_gray
+from fer.inference import EmotionClassifier, emotion_record
+from fer.live import draw_face, label_color
+from minicnn import perf
+from minicnn.io import atomic_write
 
-from fer.data import decode_image  # noqa: E402
-from fer.faces import add_detector_arguments, crop, detector_from_args, to_gray  # noqa: E402
-from fer.inference import EmotionClassifier, emotion_record  # noqa: E402
-from fer.live import draw_face, label_color  # noqa: E402
-from minicnn import perf  # noqa: E402
-from minicnn.io import atomic_write  # noqa: E402
-
-DEFAULT_MODEL = REPO_ROOT / "weights" / "mini_xception.npz"
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "weights" / "mini_xception.npz"
 
 
 def parse_args(argv=None):
@@ -67,9 +65,8 @@ def check_outputs(parser, args):
     clashes = sorted({name for name in names if names.count(name) > 1})
     if clashes:
         parser.error(f"--annotate would write several images to {', '.join(clashes)}: annotate them in separate runs")
-    inputs = {os.path.realpath(image) for image in args.images}
     for out in outputs:
-        if os.path.realpath(out) in inputs:
+        if any(same_file(out, image) for image in args.images):
             parser.error(f"--annotate would overwrite the input image {out}: choose another folder")
         if out.exists() and not args.overwrite:
             parser.error(f"--annotate would overwrite {out}: remove it, choose another folder or pass --overwrite")

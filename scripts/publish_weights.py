@@ -9,19 +9,18 @@ that changes no figure on the run's test split (accuracy and macro-F1, with and 
 flip averaging); otherwise it publishes float32 and says so. Files are written atomically.
 """
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from fer import evaluation  # noqa: E402
-from fer.inference import load_fer_model  # noqa: E402
-from fer.training import TrainConfig, load_splits, read_history, read_run_config  # noqa: E402
-from minicnn import io  # noqa: E402
+from fer import evaluation
+from fer.cli import same_file
+from fer.inference import load_fer_model
+from fer.runs import read_history, read_run_config
+from fer.training import TrainConfig, load_splits
+from minicnn import io
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,7 +84,7 @@ def publish(run, out, args):
             raise FileNotFoundError(f"{run / needed} is missing: {run} is not a finished run (if its training "
                                     f"or test report was interrupted: python scripts/train.py --resume {run})")
     target = out / f"{args.name}.npz"
-    if target.resolve() == (run / "model.npz").resolve():
+    if same_file(target, run / "model.npz"):
         raise ValueError(f"{target} is the run's own model file: publish to another folder or name")
     config = read_run_config(run)
     splits = load_splits(TrainConfig.from_saved(config["args"], run / "config.json"))

@@ -20,12 +20,11 @@ import math
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from fer import models  # noqa: E402
-from minicnn import perf  # noqa: E402
-from fer.training import (ResumeError, RunFailed, RunInUse, TrainConfig, TrainingDiverged,  # noqa: E402
-                          TrainingInterrupted, resume_config, train)
+from fer import models
+from fer.cli import non_negative_int, positive_int
+from fer.runs import RunFailed, RunInUse, TrainingDiverged, TrainingInterrupted
+from fer.training import TrainConfig, resume_config, train
+from minicnn import perf
 
 
 def parse_args(argv):
@@ -77,20 +76,6 @@ def parse_args(argv):
 
 
 RESUMABLE = ("resume", "epochs", "lr", "data")   # what --resume may change
-
-
-def positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, received {text}")
-    return value
-
-
-def non_negative_int(text):
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, received {text}")
-    return value
 
 
 def fraction(text):

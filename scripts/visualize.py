@@ -25,20 +25,18 @@ import argparse
 import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))  # so the script runs from a checkout without installing
-DEFAULT_MODEL = REPO_ROOT / "weights" / "mini_xception.npz"
+import cv2
+import numpy as np
+from matplotlib.figure import Figure  # no pyplot: drawn with Agg, no GUI, no global state
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402  (no pyplot: drawn with Agg, no GUI, no global state)
+import minicnn
+from fer import data as fer_data
+from fer.faces import add_detector_arguments, crop, detector_from_args
+from fer.inference import load_fer_model
+from minicnn.io import atomic_write
+from minicnn.layers import Conv2D, DepthwiseConv2D, Dropout, InputLayer, SeparableConv2D
 
-import minicnn  # noqa: E402
-from fer import data as fer_data  # noqa: E402
-from fer.faces import add_detector_arguments, crop, detector_from_args  # noqa: E402
-from fer.inference import load_fer_model  # noqa: E402
-from minicnn.io import atomic_write  # noqa: E402
-from minicnn.layers import Conv2D, DepthwiseConv2D, Dropout, InputLayer, SeparableConv2D  # noqa: E402
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "weights" / "mini_xception.npz"
 
 MAX_CHANNELS = 16     # feature maps shown per layer
 MAX_KERNELS = 256     # filter panels shown

@@ -15,26 +15,17 @@ import signal
 import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))  # so the script runs from a checkout without installing
+from fer.cli import positive_int, same_file
+from fer.faces import add_detector_arguments, detector_from_args
+from fer.inference import EmotionClassifier
+from fer.live import FrameSource, SourceError, run
+from fer.tracking import IoUTracker
+from minicnn import perf
 
-from fer.faces import add_detector_arguments, detector_from_args  # noqa: E402
-from fer.inference import EmotionClassifier  # noqa: E402
-from fer.live import FrameSource, SourceError, run  # noqa: E402
-from fer.tracking import IoUTracker  # noqa: E402
-from minicnn import perf  # noqa: E402
-
-DEFAULT_MODEL = REPO_ROOT / "weights" / "mini_xception.npz"
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "weights" / "mini_xception.npz"
 
 
 MAX_CAMERA = 9999  # OpenCV crashes on a negative index and overflows past 2**31; real indexes are small
-
-
-def positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, received {value}")
-    return value
 
 
 def camera_index(text):
@@ -78,14 +69,6 @@ def refuse_overwrites(parser, args):
             if same_file(path, other):
                 parser.error(f"{flag} {path} is the same file as {other_flag} {other}: "
                              "that would overwrite it; choose another name")
-
-
-def same_file(a, b):
-    """True when two paths name one file (also through links)."""
-    a, b = Path(a), Path(b)
-    if a.exists() and b.exists():
-        return a.samefile(b)
-    return a.resolve() == b.resolve()
 
 
 def stop_on_sigterm():

@@ -1,7 +1,7 @@
-"""Callbacks' state through a training checkpoint (fer.training.RunCheckpoint), as --resume uses it."""
+"""Callbacks' state through a training checkpoint (fer.runs.RunCheckpoint), as --resume uses it."""
 import numpy as np
 
-from fer.training import RunCheckpoint, restore_checkpoint
+from fer.runs import RunCheckpoint, restore_checkpoint
 from minicnn import BatchNormalization, Dense, Sequential, backend
 from minicnn.callbacks import EarlyStopping
 

@@ -10,7 +10,8 @@ import pytest
 
 import minicnn
 from fer.data import DataError
-from fer.training import TrainConfig, TrainingInterrupted, read_history, resume_config, train
+from fer.runs import TrainingInterrupted, read_history
+from fer.training import TrainConfig, resume_config, train
 from minicnn import io
 from tests.fer_synthetic import write_csv
 
