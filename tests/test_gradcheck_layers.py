@@ -118,6 +118,22 @@ def test_batch_normalization_2d(training):
     assert_gradients(layer, rng.standard_normal((6, 5)), training=training)
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_the_fused_batch_normalization_relu_step(training):
+    """fuse_batchnorm_relu's step: gamma, beta and dx through max(BN(x), 0), its ReLU on both sides of 0."""
+    from minicnn.models.fusion import BatchNormalizationReLU
+    rng = np.random.default_rng(3)
+    batchnorm = BatchNormalization()
+    batchnorm.build((None, 3, 3, 4))
+    batchnorm.gamma.value[...] = rng.uniform(0.5, 2, 4)
+    batchnorm.moving_variance.value[...] = rng.uniform(0.5, 2, 4)
+    step = BatchNormalizationReLU(batchnorm, Activation("relu"))
+    x = spaced(rng, (3, 3, 3, 4), gap=0.1)
+    y = step.forward(x, training=training)
+    assert (y == 0).any() and (y > 0).any()
+    assert {name for name in assert_gradients(step, x, training=training)} == {"x", "gamma", "beta"}
+
+
 @settings(max_examples=15, deadline=None)
 @given(st.integers(1, 4), st.integers(1, 6), st.integers(1, 4), st.booleans(), st.sampled_from([None, "relu", "softmax", "tanh", "sigmoid"]), st.integers(0, 999))
 def test_dense(n, n_in, units, use_bias, activation, seed):

@@ -25,6 +25,7 @@ class BatchNormalizationReLU(Layer):
     def __init__(self, batchnorm, relu):
         super().__init__(name=f"{batchnorm.name}+{relu.name}", dtype=batchnorm.dtype)
         self.batchnorm = batchnorm
+        self._weights = batchnorm._weights      # the same Weight objects: a model lists them once, by its nodes
         self.build(batchnorm.input_shape)
 
     def forward(self, x, training=False):
