@@ -320,6 +320,8 @@ def test_a_training_step_skips_the_input_gradient_and_gets_the_same_weight_gradi
         folds.clear()
         model.train_on_batch(x, y)                      # what fit runs: no input gradient either
         assert model.input_grad is None and folds == [(4, 6, 5, 3)]
+        saliency = minicnn.input_gradient(model, x)     # asked for again after training steps: computed
+        assert saliency.shape == x.shape and np.abs(saliency).sum() > 0
     finally:
         backend.set_floatx("float32")
 
