@@ -412,3 +412,26 @@ def test_perf_enable_sets_the_process_up_once_and_says_what_it_did():
     env["OMP_WAIT_POLICY"] = "ACTIVE"                                 # a value the user set wins
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert json.loads(out)[1] == "ACTIVE"
+
+
+def test_import_leaves_the_tuning_off_until_enable():
+    import subprocess
+    import sys
+
+    code = ("import json, minicnn, minicnn.models, minicnn.perf as perf\n"
+            "print(json.dumps([perf._enabled, perf.openblas_set_num_threads_local is None]))\n")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert json.loads(out) == [None, True]          # no OpenBLAS probe, no malloc or OpenMP setting
+
+
+def test_the_ops_read_their_thresholds_from_perf_at_call_time(monkeypatch):
+    monkeypatch.delenv("MINICNN_REFERENCE", raising=False)
+    calls = []
+    for kind in ("reference", "numba"):
+        monkeypatch.setattr(elementwise, f"relu_backward_{kind}", lambda *a, kind=kind: calls.append(kind))
+    big = np.ones((64, 24, 24, 64), np.float32)
+    elementwise.relu_backward(big, big)
+    monkeypatch.setattr(perf, "ELEMENTWISE_NUMBA_MIN_SIZE", big.size + 1)
+    elementwise.relu_backward(big, big)
+    assert calls == ["numba", "reference"]
