@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from fer.cli import non_negative_int, positive_int
 from fer.tracking import iou
 
 CASCADE_FILE = "haarcascade_frontalface_default.xml"
@@ -208,13 +209,13 @@ def add_detector_arguments(parser, photos):
     """
     width = "full size" if photos else "320"
     group = parser.add_argument_group("face detection (OpenCV Haar cascade)")
-    group.add_argument("--min-face", type=_at_least(1, int), default=48,
+    group.add_argument("--min-face", type=positive_int, default=48,
                        help="smallest face side in pixels (default: 48)")
     group.add_argument("--scale-factor", type=_above_one, default=1.1,
                        help="step between the cascade's scales, > 1; larger is faster and misses more (default: 1.1)")
-    group.add_argument("--min-neighbors", type=_at_least(0, int), default=5,
+    group.add_argument("--min-neighbors", type=non_negative_int, default=5,
                        help="hits a face needs; higher drops more false faces (default: 5)")
-    group.add_argument("--detect-width", type=_at_least(0, int), default=None if photos else 320,
+    group.add_argument("--detect-width", type=non_negative_int, default=None if photos else 320,
                        help=f"detect on a copy at most this wide, 0 = full size (default: {width})")
 
 
@@ -224,15 +225,6 @@ def detector_from_args(args, photos):
     if photos:
         return FaceDetector.for_photos(args.min_face, args.scale_factor, args.min_neighbors, width)
     return FaceDetector(args.min_face, args.scale_factor, args.min_neighbors, width)
-
-
-def _at_least(low, kind):
-    def parse(text):
-        value = kind(text)
-        if value < low:
-            raise ArgumentTypeError(f"must be >= {low}, received {value}")
-        return value
-    return parse
 
 
 def _above_one(text):

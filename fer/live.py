@@ -151,15 +151,10 @@ def run(source, detector, classifier, tracker, every=1, display=False, save=None
     """
     if every < 1 or detect_every < 1:
         raise ValueError(f"run: every and detect_every must be >= 1, received {every} and {detect_every}")
+    step = FrameStep(detector, classifier, tracker, every, detect_every, mirror)
     timer = StageTimer()
     stats = RunStats(stage_seconds=timer.seconds)
-    window = None
-    if display and gui_available():
-        window = Window("fer: q quits, space pauses")
-    elif display:
-        print("no display found (DISPLAY is not set): running without a window", file=sys.stderr)
-    writer = None
-    log = open(jsonl, "w", encoding="utf-8") if jsonl else None
+    outputs = Outputs(source, classifier.labels, display, save, jsonl)
     start = last = time.perf_counter()
     fps = None
     try:
@@ -168,50 +163,100 @@ def run(source, detector, classifier, tracker, every=1, display=False, save=None
                 frame = source.read()
             if frame is None:
                 break
-            index = stats.frames
-            if mirror:
-                frame = cv2.flip(frame, 1)
-            tracks = track_faces(frame, detector, classifier, tracker, index % every == 0, timer,
-                                 whole_frame=index % detect_every == 0)
-            with timer("draw"):
-                annotate(frame, tracks, classifier.labels, fps)
+            frame, tracks = step(frame, stats.frames, timer, fps)
             with timer("write"):
-                if save:
-                    writer = writer or open_writer(save, frame.shape, source.fps)
-                    writer.write(frame)
-                if log:
-                    # Video time for files, so records line up with the clip; wall time for cameras.
-                    time_s = time.perf_counter() - start if source.is_camera else index / source.fps
-                    for record in face_records(index, time_s, tracks, classifier.labels):
-                        log.write(json.dumps(record) + "\n")
+                outputs.write(frame, stats.frames, tracks)
             stats.frames += 1
             stats.faces += len(tracks)
-
-            if window is not None:
+            if outputs.window is not None:
                 with timer("show"):
-                    try:
-                        keep_going = window.show(frame)
-                    except cv2.error:  # e.g. opencv-python-headless: carry on without a window
-                        print("this OpenCV build has no GUI: running without a window", file=sys.stderr)
-                        window, keep_going = None, True
-                if not keep_going:
-                    break
-            # Frames per second on screen: a moving average, so the number is readable.
+                    if not outputs.show(frame):
+                        break
             now = time.perf_counter()
-            rate = 1.0 / max(now - last, 1e-6)
-            fps = rate if fps is None else 0.9 * fps + 0.1 * rate
-            last = now
+            fps, last = smoothed_rate(fps, now - last), now
     except KeyboardInterrupt:  # Ctrl+C stops like q, and the files below are still closed properly
         print("interrupted", file=sys.stderr)
     finally:
         stats.seconds = time.perf_counter() - start
-        if writer is not None:
-            writer.release()
-        if log is not None:
-            log.close()
-        if window is not None:
-            cv2.destroyAllWindows()
+        outputs.close()
     return stats
+
+
+def smoothed_rate(fps, seconds):
+    """Frames per second on screen after a frame of `seconds`: a moving average, so the number is readable."""
+    rate = 1.0 / max(seconds, 1e-6)
+    return rate if fps is None else 0.9 * fps + 0.1 * rate
+
+
+@dataclass
+class FrameStep:
+    """The work on one frame, outputs apart: mirror, detect, classify, track, draw."""
+
+    detector: object
+    classifier: object
+    tracker: object
+    every: int = 1          # classify on every Nth frame
+    detect_every: int = 1   # search the whole frame on every Nth frame
+    mirror: bool = False
+
+    def __call__(self, frame, index, timer, fps=None):
+        """(the annotated frame, its shown tracks) for frame number `index`."""
+        if self.mirror:
+            frame = cv2.flip(frame, 1)
+        tracks = track_faces(frame, self.detector, self.classifier, self.tracker, index % self.every == 0, timer,
+                             whole_frame=index % self.detect_every == 0)
+        with timer("draw"):
+            annotate(frame, tracks, self.classifier.labels, fps)
+        return frame, tracks
+
+
+class Outputs:
+    """Where annotated frames go, each optional: a window, an .mp4 writer (opened at the first
+    frame, which gives its size) and a JSONL log of the faces."""
+
+    def __init__(self, source, labels, display=False, save=None, jsonl=None):
+        self.window = open_window(display)
+        self.source, self.labels, self.save = source, labels, save
+        self.writer = None
+        self.log = open(jsonl, "w", encoding="utf-8") if jsonl else None
+        self.start = time.perf_counter()
+
+    def write(self, frame, index, tracks):
+        """Frame `index` to the video and its faces to the log."""
+        if self.save:
+            self.writer = self.writer or open_writer(self.save, frame.shape, self.source.fps)
+            self.writer.write(frame)
+        if self.log:
+            # Video time for files, so records line up with the clip; wall time for cameras.
+            time_s = time.perf_counter() - self.start if self.source.is_camera else index / self.source.fps
+            for record in face_records(index, time_s, tracks, self.labels):
+                self.log.write(json.dumps(record) + "\n")
+
+    def show(self, frame):
+        """Show the frame in the window; False when the user quits."""
+        try:
+            return self.window.show(frame)
+        except cv2.error:  # e.g. opencv-python-headless: carry on without a window
+            print("this OpenCV build has no GUI: running without a window", file=sys.stderr)
+            self.window = None
+            return True
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.release()
+        if self.log is not None:
+            self.log.close()
+        if self.window is not None:
+            cv2.destroyAllWindows()
+
+
+def open_window(display):
+    """The demo's Window when asked for and the machine has a display, else None (saying why)."""
+    if display and gui_available():
+        return Window("fer: q quits, space pauses")
+    if display:
+        print("no display found (DISPLAY is not set): running without a window", file=sys.stderr)
+    return None
 
 
 def track_faces(frame, detector, classifier, tracker, classify_now, timer, whole_frame=True):
