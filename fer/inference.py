@@ -59,6 +59,7 @@ def load_fer_model(path):
     file, ValueError naming the file for anything else.
     """
     import minicnn  # here, so code that passes its own model object never needs it
+    from minicnn import io
 
     path = model_file(path)
     try:
@@ -72,7 +73,7 @@ def load_fer_model(path):
     if tuple(model.input_shape[1:]) != face:
         raise ValueError(f"{path}: the preprocessing makes {face[0]}x{face[1]} grayscale faces {face}, "
                          f"but the model takes inputs {tuple(model.input_shape[1:])}")
-    bad = [w.name for layer in model.nodes for w in layer._weights if not np.isfinite(w.value).all()]
+    bad = [w.name for w in io.all_weights(model) if not np.isfinite(w.value).all()]
     if bad:
         raise ValueError(f"{path}: weights {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} hold inf or NaN "
                          f"(a diverged training run); the file cannot predict")
