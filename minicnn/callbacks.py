@@ -19,6 +19,7 @@ import os
 import numpy as np
 
 from . import saving
+from .layers import BatchNormalization, Dropout
 
 
 class Callback:
@@ -285,3 +286,57 @@ class TerminateOnNaN(Callback):
             self.message = f"epoch {self.epoch + 1}, batch {batch + 1}: invalid loss {loss}, terminating training"
             print(self.message)
             self.model.stop_training = True
+
+
+def recompute_batchnorm_statistics(model, x, batch_size=64):
+    """Sets every BatchNormalization's moving mean and variance to the plain average of its batch
+    statistics over `x` (whole batches only), with Dropout off, for the weights as they are now.
+
+    Why: the moving averages trail the weights by ~1 / (1 - momentum) steps, and a Dropout in front
+    of a BatchNormalization makes them measure inputs wider than inference sees ("precise BN":
+    Wu & Johnson 2021, "Rethinking 'Batch' in BatchNorm"; Li et al. 2019 on dropout's variance
+    shift). Weights and random generators are untouched.
+    """
+    norms = [layer for layer in model.layers if isinstance(layer, BatchNormalization)]
+    dropouts = [layer for layer in model.layers if isinstance(layer, Dropout)]
+    momenta, rates = [n.momentum for n in norms], [d.rate for d in dropouts]
+    try:
+        for d in dropouts:
+            d.rate = 0.0                                     # identity, and no random draw
+        for i, start in enumerate(range(0, len(x) - batch_size + 1, batch_size)):
+            for n in norms:
+                n.momentum = i / (i + 1)                     # moving = the mean of the i + 1 batches
+            model.forward(x[start:start + batch_size], training=True)
+    finally:
+        for n, momentum in zip(norms, momenta):
+            n.momentum = momentum
+        for d, rate in zip(dropouts, rates):
+            d.rate = rate
+
+
+class PreciseBatchNorm(Callback):
+    """Before each validation in `fit` (or at the epoch's end without one), recompute_batchnorm_statistics
+    on `x`, so validation, checkpoints and the saved model use statistics of the final weights.
+
+    x: inputs as the model receives them at inference (e.g. a fixed sample of training images).
+    """
+
+    def __init__(self, x, batch_size=64):
+        if len(x) < batch_size:
+            raise ValueError(f"PreciseBatchNorm: needs at least one batch of {batch_size} inputs, received {len(x)}")
+        self.x, self.batch_size, self.pending = x, batch_size, False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.pending = True
+
+    def on_test_begin(self, logs=None):
+        if self.pending:                                    # fit's validation, not a separate evaluate
+            self.recompute()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.pending:
+            self.recompute()
+
+    def recompute(self):
+        recompute_batchnorm_statistics(self.model, self.x, self.batch_size)
+        self.pending = False
