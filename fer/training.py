@@ -19,6 +19,7 @@ from typing import Optional
 import numpy as np
 
 from minicnn import backend, callbacks, losses, optimizers
+from minicnn.models import fuse_batchnorm_relu
 from minicnn.sequence import ArrayBatches
 
 from . import data as fer_data
@@ -59,6 +60,7 @@ class TrainConfig:
     label_smoothing: float = 0.0    # targets y * (1 - s) + s / K
     erasing: float = 0.0            # chance of random erasing per face (with augment)
     patience: int = 0               # stop after this many epochs without a better val_accuracy (0: never)
+    precise_bn: int = 8192          # training faces that re-estimate BN statistics before each validation (0: off)
 
     @classmethod
     def from_saved(cls, saved_args, where):
@@ -338,6 +340,7 @@ def compiled_model(config, splits, preprocessing):
     model = models.build(config.model, len(splits.label_names), (config.input_size, config.input_size, 1))
     loss = losses.SparseCategoricalCrossentropy(label_smoothing=config.label_smoothing)
     model.compile(make_optimizer(config), loss, metrics=["accuracy"])
+    fuse_batchnorm_relu(model)         # the same model, with each BatchNormalization + ReLU run in one pass
     model.metadata = {"labels": list(splits.label_names), "class_map": config.classes,
                       "preprocessing": preprocessing.to_dict(), "architecture": config.model,
                       "trained_with": dataclasses.asdict(config)}
@@ -370,7 +373,7 @@ def fit(session, extra_callbacks=(), verbose=1):
     run, config, model, splits = session.run, session.config, session.model, session.splits
     print(splits.description)
     stop_on_nan = callbacks.TerminateOnNaN()
-    fit_callbacks = [FiniteWeights(), stop_on_nan, EpochTimer(), TimeLeft(config.epochs, config.patience),
+    fit_callbacks = [*precise_batchnorm(session), FiniteWeights(), stop_on_nan, EpochTimer(), TimeLeft(config.epochs, config.patience),
                      *extra_callbacks, *session.stateful, callbacks.CSVLogger(str(run / "history.csv"), append=True),
                      PlotCurves(run), session.checkpoint]
     x_val = session.preprocessing.apply(splits.val[0])
@@ -388,6 +391,17 @@ def fit(session, extra_callbacks=(), verbose=1):
     if early is not None and early.stopped_epoch is not None:
         print(f"early stopping: no better val_accuracy in the last {config.patience} epochs; "
               f"stopped after epoch {early.stopped_epoch + 1}")
+
+
+def precise_batchnorm(session):
+    """[PreciseBatchNorm] on a seeded sample of `precise_bn` training faces, as inference sees them
+    (no augmentation), or [] when the option is off: see minicnn.callbacks.PreciseBatchNorm."""
+    config, faces = session.config, session.splits.train[0]
+    count = min(config.precise_bn, len(faces)) // config.batch_size * config.batch_size
+    if count == 0:
+        return []
+    sample = np.random.default_rng(config.seed + 3).choice(len(faces), count, replace=False)
+    return [callbacks.PreciseBatchNorm(session.preprocessing.apply(faces[np.sort(sample)]), config.batch_size)]
 
 
 def diverged_message(reason, session):

@@ -298,6 +298,8 @@ def recompute_batchnorm_statistics(model, x, batch_size=64):
     shift). Weights and random generators are untouched.
     """
     norms = [layer for layer in model.layers if isinstance(layer, BatchNormalization)]
+    if not norms:
+        return
     dropouts = [layer for layer in model.layers if isinstance(layer, Dropout)]
     momenta, rates = [n.momentum for n in norms], [d.rate for d in dropouts]
     try:

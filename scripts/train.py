@@ -60,6 +60,9 @@ def parse_args(argv):
     p.add_argument("--label-smoothing", type=unit_fraction, help="train on targets y * (1 - s) + s / K")
     p.add_argument("--erasing", type=unit_fraction,
                    help="probability of random erasing per training face (with --augment)")
+    p.add_argument("--precise-bn", type=non_negative_int, metavar="N",
+                   help="re-estimate BatchNormalization statistics on N training faces before each validation "
+                        "(default 8192; 0: off)")
     p.add_argument("--out", help="parent folder of the run folder (default runs/)")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from checkpoints/last.npz")
     args = p.parse_args(argv)
@@ -105,7 +108,7 @@ def config_from_args(args):
     overrides = {k: getattr(args, k) for k in ("classes", "input_size", "scale", "epochs", "batch_size", "optimizer",
                                                 "lr", "augment", "class_weight", "seed", "limit", "out",
                                                 "val_fraction", "lr_patience", "patience", "skip_bad_rows",
-                                                "nesterov", "weight_decay", "label_smoothing", "erasing")}
+                                                "nesterov", "weight_decay", "label_smoothing", "erasing", "precise_bn")}
     return TrainConfig.for_model(args.model, args.data, **overrides)
 
 

@@ -214,3 +214,18 @@ def test_publish_weights_writes_a_loadable_file_and_a_card(trained_run, tmp_path
         io.read_npz(tmp_path / "tiny.npz")[1]["weight_0000"].dtype == np.float16
     assert float16 == ("(float16 weights" in result.stdout)
     assert float16 != ("published float32 instead" in result.stderr)
+
+
+def test_precise_batchnorm_changes_the_statistics_and_not_the_weights(data_csv, tmp_path):
+    def weights(run_dir, trainable):
+        model = minicnn.load_model(run_dir / "model.npz", compile=False)
+        return [w.value for w in (model.trainable_weights if trainable else model.non_trainable_weights)]
+
+    off = train(TrainConfig.for_model("cnn4", data_csv, epochs=1, batch_size=16, seed=3, precise_bn=0,
+                                      out=str(tmp_path / "off")), verbose=0)
+    on = train(TrainConfig.for_model("cnn4", data_csv, epochs=1, batch_size=16, seed=3,
+                                     out=str(tmp_path / "on")), verbose=0)
+    for a, b in zip(weights(off, True), weights(on, True)):
+        np.testing.assert_array_equal(a, b)                 # the same training: statistics only
+    assert any(not np.allclose(a, b) for a, b in zip(weights(off, False), weights(on, False)))
+    assert json.loads((on / "config.json").read_text())["args"]["precise_bn"] == 8192
