@@ -8,16 +8,19 @@
 It builds 640x480 clips of FER2013 PublicTest faces with known boxes (benchmarks/face_clips.py:
 faces of 80-200 px that move, one entering and one leaving, a brightness dip, a bar passing
 over a face; the faces of clip k are drawn with seed k, never chosen by a detector), and runs
-two pipelines on each, alternating which goes first:
+the pipelines on each, alternating which goes first:
 
-    today: the Haar cascade at step 1.2 on a 320-px copy every frame; a face is reported
-           only on frames where it is detected; one detection shows a face.
-    new:   step 1.1 on the 320-px copy every `--detect-every` frames, a finer look near each
-           track the whole-frame pass missed (or between passes), tracks carried through
-           misses and shown from their second detection (the defaults of scripts/webcam.py).
+    today: the default Haar cascade at step 1.2 on a 320-px copy every frame; a face is
+           reported only on frames where it is detected; one detection shows a face.
+    new:   the defaults of scripts/webcam.py: step 1.1 on the 320-px copy every `--detect-every`
+           frames, the alt2 cascade at 3 neighbours, upright and on the frame turned by -30 and
+           +30 degrees taking turns, a finer look near each track the whole-frame pass missed
+           (or between passes), tracks carried through misses and shown from their second detection.
 
-`--pipelines today,new,step1.2,every1,no-near` adds the settings the new one was chosen
-against: step 1.2 with the tracker, step 1.1 on every frame, and no look near the tracks.
+`--pipelines today,new,step1.2,every1,no-near` adds the cadences the new one was chosen
+against (step 1.2 with the tracker, step 1.1 on every frame, no look near the tracks), and
+`--pipelines default5,mn3,alt2,alt2-mn3,both-mn3,alt2-tilt,both-tilt,alt2-def5,alt2-def5-tilt`
+the detector settings (see `pipelines`). `--seed S` draws clip k's faces with seed S + k.
 
 Per pipeline it prints recall (face-frames reported / face-frames wholly in view), the
 recall over the faces it found at least once, and over the frames after a face was first
@@ -49,7 +52,7 @@ from fer.preprocess import Preprocessing  # noqa: E402
 from fer.tracking import IoUTracker  # noqa: E402
 from minicnn import perf  # noqa: E402
 
-ALT2 = "haarcascade_frontalface_alt2.xml"
+ALT2, DEFAULT = "haarcascade_frontalface_alt2.xml", "haarcascade_frontalface_default.xml"
 TILTS = (-30, 30)
 FER_LABELS = ["Angry", "Disgust", "Fear", "Happy", "Sad", "Surprise", "Neutral"]
 
@@ -65,26 +68,40 @@ class DetectionsOnly(IoUTracker):
         return [track for track in self.tracks if track.confirmed and track.detected]
 
 
+def haar(**settings):
+    """A FaceDetector with every detector setting spelt out, so a column keeps its meaning when defaults move.
+
+    Unless given: the default cascade alone, upright, at 5 neighbours (the detector before the sweep).
+    """
+    return FaceDetector(**{"cascade": DEFAULT, "min_neighbors": 5, "tilts": (), **settings})
+
+
 def pipelines(detect_every):
     """name -> (detector, tracker, detect_every) factories: each run gets fresh state."""
     return {
-        "today": lambda: (FaceDetector(scale_factor=1.2, near_step=None), DetectionsOnly(), 1),
-        "new": lambda: (FaceDetector(scale_factor=1.1, near_step=1.05), IoUTracker(), detect_every),
-        # The settings the new pipeline was chosen against: the coarse step with tracking, the
-        # fine step searched on every frame, and the fine step with no look near the tracks.
-        "step1.2": lambda: (FaceDetector(scale_factor=1.2, near_step=1.05), IoUTracker(), 1),
-        "every1": lambda: (FaceDetector(scale_factor=1.1, near_step=1.05), IoUTracker(), 1),
-        "no-near": lambda: (FaceDetector(scale_factor=1.1, near_step=None), IoUTracker(), detect_every),
-        # Detector settings for the faces the default cascade never finds, all with the new pipeline's
-        # cadence and tracker: fewer neighbours (the tracker's second detection keeps a one-frame
-        # false face off screen), the alt2 cascade, both cascades taking turns, and a tilted search.
-        "mn3": lambda: (FaceDetector(min_neighbors=3), IoUTracker(), detect_every),
-        "alt2": lambda: (FaceDetector(cascade=ALT2), IoUTracker(), detect_every),
-        "alt2-mn3": lambda: (FaceDetector(min_neighbors=3, cascade=ALT2), IoUTracker(), detect_every),
-        "both-mn3": lambda: (FaceDetector(min_neighbors=3, second_cascade=ALT2), IoUTracker(), detect_every),
-        "alt2-tilt": lambda: (FaceDetector(min_neighbors=3, cascade=ALT2, tilts=TILTS), IoUTracker(), detect_every),
-        "both-tilt": lambda: (FaceDetector(min_neighbors=3, second_cascade=ALT2, tilts=TILTS), IoUTracker(),
-                              detect_every),
+        "today": lambda: (haar(scale_factor=1.2, near_step=None), DetectionsOnly(), 1),
+        "new": lambda: (FaceDetector(), IoUTracker(), detect_every),
+        # The cadence and tracker the new pipeline was chosen against (with the default cascade):
+        # the coarse step with tracking, the fine step searched on every frame, no look near the tracks.
+        "step1.2": lambda: (haar(scale_factor=1.2), IoUTracker(), 1),
+        "every1": lambda: (haar(), IoUTracker(), 1),
+        "no-near": lambda: (haar(near_step=None), IoUTracker(), detect_every),
+        # The detector sweep, all with the new cadence and tracker. default5: the default cascade at
+        # 5 neighbours (the detector before the sweep); mn3: at 3 (the tracker's second detection
+        # keeps a one-frame false face off screen); alt2, alt2-mn3: the alt2 cascade instead; both-mn3:
+        # the two taking turns; -tilt: also the main cascade on the frame turned by -30 and +30 degrees;
+        # alt2-def5: alt2 at 3 neighbours, the default cascade second at 5.
+        "default5": lambda: (haar(), IoUTracker(), detect_every),
+        "mn3": lambda: (haar(min_neighbors=3), IoUTracker(), detect_every),
+        "alt2": lambda: (haar(cascade=ALT2), IoUTracker(), detect_every),
+        "alt2-mn3": lambda: (haar(cascade=ALT2, min_neighbors=3), IoUTracker(), detect_every),
+        "both-mn3": lambda: (haar(min_neighbors=3, second_cascade=ALT2), IoUTracker(), detect_every),
+        "alt2-tilt": lambda: (haar(cascade=ALT2, min_neighbors=3, tilts=TILTS), IoUTracker(), detect_every),
+        "both-tilt": lambda: (haar(min_neighbors=3, second_cascade=ALT2, tilts=TILTS), IoUTracker(), detect_every),
+        "alt2-def5": lambda: (haar(cascade=ALT2, min_neighbors=3, second_cascade=DEFAULT, second_neighbors=5),
+                              IoUTracker(), detect_every),
+        "alt2-def5-tilt": lambda: (haar(cascade=ALT2, min_neighbors=3, second_cascade=DEFAULT, second_neighbors=5,
+                                        tilts=TILTS), IoUTracker(), detect_every),
     }
 
 
@@ -130,8 +147,9 @@ def format_table(scores, stats):
     rows += [(f"{stage} ms/frame", lambda n, s=stage: f"{ms_per_frame(stats[n], s):.2f}") for stage in STAGES
              if any(run.stage_seconds.get(stage, 0) > 0 for n in names for run in stats[n])]
     rows.append(("all ms/frame", lambda n: f"{1000 / max(frames_per_second(stats[n]), 1e-9):.2f}"))
-    lines = [f"{'':<22}" + "".join(f"{n:>12}" for n in names)]
-    lines += [f"{label:<22}" + "".join(f"{cell(n):>12}" for n in names) for label, cell in rows]
+    width = max(12, *(len(n) + 2 for n in names))
+    lines = [f"{'':<22}" + "".join(f"{n:>{width}}" for n in names)]
+    lines += [f"{label:<22}" + "".join(f"{cell(n):>{width}}" for n in names) for label, cell in rows]
     return "\n".join(lines)
 
 
@@ -168,12 +186,14 @@ def parse_args():
     parser.add_argument("--untrained", metavar="ARCH",
                         help="instead of --model, a fer.models architecture with fresh weights (the same cost)")
     parser.add_argument("--clips", type=int, default=3, help="clips, each with its own faces (default: 3)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="clip k draws its faces and scene with seed SEED + k (default: 0)")
     parser.add_argument("--frames", type=int, default=300, help="frames per clip (default: 300)")
     parser.add_argument("--every", type=int, default=1, help="classify every Nth frame (default: 1)")
     parser.add_argument("--detect-every", type=int, default=2,
                         help="the new pipeline's whole-frame detection cadence (default: 2)")
     parser.add_argument("--pipelines", default="today,new",
-                        help="columns, from today,new,step1.2,every1,no-near (default: today,new)")
+                        help="columns, comma-separated, from the names in `pipelines` (default: today,new)")
     return parser.parse_args()
 
 
@@ -197,7 +217,8 @@ def main():
             video, truths = args.video, None
             if video is None:
                 video = Path(tmp) / f"clip{k}.mp4"
-                truths = Clip.standard(load_faces(data, 3, seed=k), args.frames, seed=k).write(video)
+                seed = args.seed + k
+                truths = Clip.standard(load_faces(data, 3, seed=seed), args.frames, seed=seed).write(video)
             order = list(makers) if k % 2 == 0 else list(makers)[::-1]  # none always runs on a cold cache
             for name in order:
                 run_stats, reports = run_one(video, makers[name], classifier, args.every, tmp)
@@ -208,7 +229,8 @@ def main():
     model = "no model (uniform stand-in)" if args.no_model else args.model
     if args.untrained:
         model = f"{args.untrained}, untrained (fresh weights)"
-    source = args.video or f"{args.clips} clips x {args.frames} frames, 640x480, 3 PublicTest faces each (seeds 0..)"
+    source = args.video or (f"{args.clips} clips x {args.frames} frames, 640x480, 3 PublicTest faces each "
+                            f"(seeds {args.seed}..)")
     print(f"webcam pipeline: {source}; model: {model}; classify every {args.every} frame(s); "
           f"new pipeline detects the whole frame every {args.detect_every} frame(s)")
     print(format_table(scores, stats))

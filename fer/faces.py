@@ -13,7 +13,13 @@ import numpy as np
 from fer.cli import non_negative_int, positive_int
 from fer.tracking import iou
 
-CASCADE_FILE = "haarcascade_frontalface_default.xml"
+# The alt2 cascade (Gentle AdaBoost on tree stumps) finds more faces than the default one at the same
+# cost and without its false faces around a large face, at 3 neighbours (see FaceDetector's min_neighbors).
+CASCADE_FILE = "haarcascade_frontalface_alt2.xml"
+MIN_NEIGHBORS = 3
+# A frontal cascade finds a face upright to within about 15 degrees; searching the frame turned by
+# 30 degrees each way as well covers heads tilted up to about 45 degrees, as people lean at a webcam.
+TILTS = (-30, 30)
 
 
 def to_gray(frame):
@@ -56,7 +62,10 @@ class FaceDetector:
         scale_factor: step between the cascade's image scales (1.1 = 10%). A coarser step is
             faster but skips face sizes that fall between two steps: the cascade then misses
             a face for frames on end (benchmarks/webcam_pipeline.py measures both).
-        min_neighbors: overlapping hits a face needs; higher drops more false faces.
+        min_neighbors: overlapping hits a face needs; higher drops more false faces. alt2's
+            stricter stages leave fewer hits on a face than the default cascade does (OpenCV's own
+            face detection sample runs the alt cascades at 2), and the live tracker shows a face
+            only from its second detection, so a one-frame false hit never reaches the screen.
         detect_width: run the cascade on a copy at most this wide (None: full size).
             The cascade's cost grows with the pixel count, so 640 -> 320 is about 4x
             faster, and the smallest face it sees, 24 px, is 48 px in the full frame.
@@ -65,18 +74,21 @@ class FaceDetector:
         cascade: the main cascade's file (one of opencv-python's cv2.data.haarcascades).
         second_cascade: another cascade's file, or None. Cascades trained apart miss different
             faces (a dark face, glasses, a squint), so a face either one finds is found.
+        second_neighbors: min_neighbors of the second cascade (None: min_neighbors). Cascades
+            differ in how many overlapping hits a face collects, so each gets its own threshold.
         tilts: angles in degrees (e.g. (-30, 30)) at which the frame is also searched turned, for
             heads tilted sideways: a frontal cascade finds faces upright to within about 15 degrees.
-        take_turns: each `detect` call runs one of the searches (each cascade upright, then the main
-            cascade at each tilt) in turn, so extra searches cost no time per frame, only delay;
-            False runs them all on every call (still photos get one look only).
+        take_turns: each `detect` call runs one of the searches (see `search_in_turn`), so extra
+            searches cost no time per frame, only delay; False runs them all on every call (still
+            photos get one look only).
 
     The defaults suit video, where a tracker covers a frame's miss; still photos get one look
     only, so `FaceDetector.for_photos()` searches the full-size image.
     """
 
-    def __init__(self, min_face=48, scale_factor=1.1, min_neighbors=5, detect_width=320, near_step=1.05,
-                 cascade=CASCADE_FILE, second_cascade=None, tilts=(), take_turns=True):
+    def __init__(self, min_face=48, scale_factor=1.1, min_neighbors=MIN_NEIGHBORS, detect_width=320,
+                 near_step=1.05, cascade=CASCADE_FILE, second_cascade=None, second_neighbors=None, tilts=TILTS,
+                 take_turns=True):
         if scale_factor <= 1.0 or (near_step is not None and near_step <= 1.0):
             raise ValueError(f"FaceDetector: scale_factor and near_step must be > 1, "
                              f"received {scale_factor} and {near_step}")
@@ -87,19 +99,30 @@ class FaceDetector:
         self.detect_width = detect_width
         self.cascade = load_cascade(cascade)
         self.second_cascade = load_cascade(second_cascade) if second_cascade else None
+        self.second_neighbors = min_neighbors if second_neighbors is None else second_neighbors
         self.tilts = tuple(tilts)
         self.take_turns = take_turns
         self.turn = 0  # the search the next `detect` call runs, when take_turns
 
     @classmethod
-    def for_photos(cls, min_face=48, scale_factor=1.1, min_neighbors=5, detect_width=None, **searches):
+    def for_photos(cls, min_face=48, scale_factor=1.1, min_neighbors=MIN_NEIGHBORS, detect_width=None, **searches):
         """A detector for still images: full resolution by default, every search at once, no tracking to lean on."""
         return cls(min_face, scale_factor, min_neighbors, detect_width, near_step=None, take_turns=False, **searches)
 
     def searches(self):
-        """(cascade, tilt in degrees) pairs: each cascade upright, then the main cascade at each tilt."""
-        upright = [(cascade, 0) for cascade in (self.cascade, self.second_cascade) if cascade is not None]
-        return upright + [(self.cascade, tilt) for tilt in self.tilts]
+        """(cascade, tilt in degrees, min_neighbors): each cascade upright, then the main cascade at each tilt."""
+        upright = [(self.cascade, 0, self.min_neighbors)]
+        if self.second_cascade is not None:
+            upright.append((self.second_cascade, 0, self.second_neighbors))
+        return upright + [(self.cascade, tilt, self.min_neighbors) for tilt in self.tilts]
+
+    def search_in_turn(self, searches):
+        """The search of this turn: the main cascade upright on every other turn, where most faces are
+        found, and the other searches in turn between (with no other search, the main one every turn)."""
+        others = searches[1:]
+        if not others or self.turn % 2 == 0:
+            return searches[0]
+        return others[(self.turn // 2) % len(others)]
 
     def detect(self, gray):
         """Faces in a 2-D uint8 frame (H, W): a list of (x, y, w, h), sorted by x, then y."""
@@ -117,10 +140,10 @@ class FaceDetector:
         min_side = max(1, round(self.min_face * scale))
         searches = self.searches()
         if self.take_turns:
-            searches, self.turn = [searches[self.turn % len(searches)]], self.turn + 1
+            searches, self.turn = [self.search_in_turn(searches)], self.turn + 1
         found = np.concatenate([search(cascade, small, tilt, scaleFactor=self.scale_factor,
-                                       minNeighbors=self.min_neighbors, minSize=(min_side, min_side))
-                                for cascade, tilt in searches])
+                                       minNeighbors=neighbors, minSize=(min_side, min_side))
+                                for cascade, tilt, neighbors in searches])
         return sorted(distinct(in_frame(found, scale, (0, 0), gray.shape)))
 
     def detect_near(self, gray, box, step=None, margin=0.5, side=48):
@@ -148,9 +171,9 @@ class FaceDetector:
         lo, hi = max(24, round(0.7 * max(w, h) * scale)), round(1.4 * max(w, h) * scale)
         if hi < lo:
             return None
-        for cascade, tilt in self.searches():
+        for cascade, tilt, neighbors in self.searches():
             found = search(cascade, window, tilt, scaleFactor=step or self.near_step,
-                           minNeighbors=self.min_neighbors, minSize=(lo, lo), maxSize=(hi, hi))
+                           minNeighbors=neighbors, minSize=(lo, lo), maxSize=(hi, hi))
             boxes = in_frame(found, scale, (x0, y0), gray.shape)
             if boxes:
                 return max(boxes, key=lambda found_box: iou(found_box, box))
@@ -213,8 +236,8 @@ def add_detector_arguments(parser, photos):
                        help="smallest face side in pixels (default: 48)")
     group.add_argument("--scale-factor", type=_above_one, default=1.1,
                        help="step between the cascade's scales, > 1; larger is faster and misses more (default: 1.1)")
-    group.add_argument("--min-neighbors", type=non_negative_int, default=5,
-                       help="hits a face needs; higher drops more false faces (default: 5)")
+    group.add_argument("--min-neighbors", type=non_negative_int, default=MIN_NEIGHBORS,
+                       help=f"hits a face needs; higher drops more false faces (default: {MIN_NEIGHBORS})")
     group.add_argument("--detect-width", type=non_negative_int, default=None if photos else 320,
                        help=f"detect on a copy at most this wide, 0 = full size (default: {width})")
 

@@ -41,11 +41,12 @@ def test_video_detector_runs_one_search_per_pass_in_turn_and_photos_run_all():
     video = FaceDetector(second_cascade=ALT2, tilts=(-30, 30), detect_width=None)
     calls = spied(video)
     frame = np.zeros((120, 160), np.uint8)
-    for _ in range(5):
+    for _ in range(8):
         video.detect(frame)
-    # upright main, upright second, main turned each way, then main again
-    assert [name for name, _ in calls] == ["main", "second", "main", "main", "main"]
-    assert [tilt for _, tilt in video.searches()] == [0, 0, -30, 30]
+    # the main cascade upright on every other pass; upright second, then main turned each way, between
+    assert [name for name, _ in calls] == ["main", "second", "main", "main", "main", "main", "main", "second"]
+    assert [shape for _, shape in calls] == [(120, 160)] * 8
+    assert [tilt for _, tilt, _ in video.searches()] == [0, 0, -30, 30]
 
     photo = FaceDetector.for_photos(second_cascade=ALT2, tilts=(-30, 30))
     calls = spied(photo)
@@ -53,12 +54,17 @@ def test_video_detector_runs_one_search_per_pass_in_turn_and_photos_run_all():
     assert [name for name, _ in calls] == ["main", "second", "main", "main"]
 
 
-def test_the_default_detector_runs_only_its_main_cascade_upright():
+def test_the_default_detector_takes_turns_upright_and_tilted_each_way():
     detector = FaceDetector()
     calls = spied(detector)
-    for _ in range(3):
+    turns = []
+    for _ in range(4):
+        turns.append(detector.search_in_turn(detector.searches())[1])
         detector.detect(np.zeros((240, 320), np.uint8))
-    assert [name for name, _ in calls] == ["main"] * 3
+    assert [name for name, _ in calls] == ["main"] * 4 and detector.second_cascade is None
+    assert turns == [0, -30, 0, 30]
+    assert [tilt for _, tilt, _ in detector.searches()] == [0, -30, 30]
+    assert [tilt for _, tilt, _ in FaceDetector(tilts=()).searches()] == [0]
 
 
 def test_a_tilted_search_reports_the_face_where_it_is_in_the_upright_frame():
@@ -105,6 +111,25 @@ def test_detect_near_tries_the_searches_in_order_and_stops_at_the_first_face():
 def test_one_face_found_by_two_searches_is_reported_once():
     assert distinct([(100, 100, 80, 80), (110, 95, 70, 70), (300, 100, 80, 80)]) == [(100, 100, 80, 80),
                                                                                      (300, 100, 80, 80)]
-    photo = FaceDetector.for_photos(second_cascade=ALT2)
+    photo = FaceDetector.for_photos(second_cascade=ALT2, tilts=())
     spied(photo, main_boxes=[(100, 100, 80, 80)], second_boxes=[(110, 95, 70, 70), (300, 100, 80, 80)])
     assert photo.detect(np.zeros((480, 640), np.uint8)) == [(100, 100, 80, 80), (300, 100, 80, 80)]
+
+
+def test_each_cascade_gets_its_own_neighbours_in_the_whole_frame_pass_and_near_a_track():
+    seen = []
+
+    class Neighbours:
+        def __init__(self, name):
+            self.name = name
+
+        def detectMultiScale(self, image, minNeighbors, **options):
+            seen.append((self.name, minNeighbors))
+            return ()
+
+    detector = FaceDetector.for_photos(min_neighbors=3, second_cascade=ALT2, second_neighbors=5, tilts=(30,))
+    detector.cascade, detector.second_cascade = Neighbours("main"), Neighbours("second")
+    detector.detect(np.zeros((240, 320), np.uint8))
+    detector.near_step = 1.05
+    detector.detect_near(np.zeros((240, 320), np.uint8), (100, 80, 60, 60))
+    assert seen == [("main", 3), ("second", 5), ("main", 3)] * 2
