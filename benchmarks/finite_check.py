@@ -16,8 +16,7 @@ import time
 import numpy as np
 
 from fer import models
-from fer.runs import model_arrays, nonfinite
-from minicnn import losses, optimizers
+from minicnn import io, losses, optimizers
 
 
 def time_once(work):
@@ -39,9 +38,9 @@ def measure(name, repeats, train_faces):
         model.train_on_batch(x, y)
 
     def checks():
-        nonfinite(model_arrays(model))                   # FiniteWeights
+        io.nonfinite(io.named_weights(model))            # FiniteWeights
         _, slots = model.optimizer.get_state(model.trainable_weights)
-        nonfinite({**model_arrays(model), **slots})      # RunCheckpoint.save
+        io.nonfinite({**io.named_weights(model), **slots})  # RunCheckpoint.save
 
     check_times, step_times = [], []
     for _ in range(repeats):

@@ -220,16 +220,6 @@ def plot_history(run):
 
 # ---- checkpoints ---------------------------------------------------------------------------------
 
-def model_arrays(model):
-    """name -> array of every weight (trainable or not)."""
-    return {w.name: w.value for w in io.all_weights(model)}
-
-
-def nonfinite(arrays):
-    """The names of the float arrays holding an inf or NaN."""
-    return [name for name, a in arrays.items() if a.dtype.kind == "f" and not np.isfinite(a).all()]
-
-
 def describe_names(names, shown=3):
     return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
@@ -253,11 +243,11 @@ class RunCheckpoint(callbacks.Callback):
         model = self.model
         opt_config, opt_arrays = model.optimizer.get_state(model.trainable_weights)
         opt_arrays = {f"optimizer/{k}": v for k, v in opt_arrays.items()}
-        bad = nonfinite({**model_arrays(model), **opt_arrays})
+        bad = io.nonfinite({**io.named_weights(model), **opt_arrays})
         if bad:
             raise TrainingDiverged(f"after epoch {epochs_done}: non-finite values in {describe_names(bad)}, "
                                    f"not written to {self.path}")
-        arrays = {f"weight_{i:04d}": w.value for i, w in enumerate(io.all_weights(model))}
+        arrays = io.weight_arrays(model)
         arrays.update(opt_arrays)
         callback_configs = {}
         for i, c in enumerate(self.stateful):
@@ -321,7 +311,7 @@ def _read_checkpoint(path):
         meta, arrays = io.read_npz(path)
     except ValueError as error:
         raise ResumeError(f"{error}; it cannot be resumed (its run folder still has model.npz)") from None
-    bad = nonfinite({k: v for k, v in arrays.items() if k.startswith(("weight_", "optimizer/"))})
+    bad = io.nonfinite({k: v for k, v in arrays.items() if k.startswith(("weight_", "optimizer/"))})
     if bad:
         raise ResumeError(f"{path}: holds non-finite values ({describe_names(bad)}): the run diverged; "
                           f"start a new run with a lower --lr")

@@ -18,7 +18,7 @@ from typing import Optional
 
 import numpy as np
 
-from minicnn import backend, callbacks, losses, optimizers
+from minicnn import backend, callbacks, io, losses, optimizers
 from minicnn.models import fuse_batchnorm_relu
 from minicnn.sequence import ArrayBatches
 
@@ -28,7 +28,7 @@ from .augment import Augmenter
 from .inference import load_fer_model
 from .preprocess import Preprocessing
 from .runs import (ResumeError, Restored, RunCheckpoint, RunFailed, TrainingDiverged, TrainingInterrupted,
-                   checkpoint_file, describe_names, lock_run, model_arrays, new_run_folder, nonfinite, plot_history,
+                   checkpoint_file, describe_names, lock_run, new_run_folder, plot_history,
                    probe_writable, read_run_config, record_resume, remove_stale_temporary_files, restore_run_state,
                    truncate_history, write_run_description)
 
@@ -172,7 +172,7 @@ class FiniteWeights(callbacks.Callback):
     """
 
     def on_epoch_end(self, epoch, logs=None):
-        bad = nonfinite(model_arrays(self.model))
+        bad = io.nonfinite(io.named_weights(self.model))
         if bad:
             raise TrainingDiverged(f"epoch {epoch + 1}: non-finite values in {describe_names(bad)} "
                                    f"(the loss was {logs.get('loss')}), terminating training")
