@@ -182,7 +182,7 @@ def record_resume(config_file, config, epochs_done):
     or OpenBLAS settings halfway says so."""
     saved = json.loads(config_file.read_text())
     saved["args"] = dataclasses.asdict(config)
-    if saved.get("data_sha256") is None:       # runs on folders from before folders were hashed
+    if saved.get("data_sha256") is None:       # no hash recorded yet: record this data's from now on
         saved["data_sha256"] = fer_data.content_hash(config.data)
     saved.setdefault("resumed", []).append({"after_epoch": epochs_done, "command": _command(),
                                             "environment": _environment()})
