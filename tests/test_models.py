@@ -326,6 +326,23 @@ def test_a_training_step_skips_the_input_gradient_and_gets_the_same_weight_gradi
         backend.set_floatx("float32")
 
 
+def test_after_a_training_step_a_first_layers_own_backward_still_returns_dx():
+    # the skip belongs to the training step's pass: gradcheck (or a student) calling the layer gets dx
+    backend.set_floatx("float64")
+    try:
+        backend.set_seed(0)
+        model = Sequential([Conv2D(3, 3, input_shape=(6, 5, 2)), Flatten(), Dense(2, activation="softmax")])
+        model.compile("sgd", "sparse_categorical_crossentropy")
+        x = np.random.default_rng(0).standard_normal((4, 6, 5, 2))
+        model.train_on_batch(x, np.array([0, 1, 1, 0]))
+        conv = model.layers[0]
+        dy = np.ones_like(conv.forward(x, training=True))
+        assert conv.backward(dy).shape == x.shape
+        assert gradcheck.check_layer(conv, x)["x"].error < 1e-7
+    finally:
+        backend.set_floatx("float32")
+
+
 def test_a_model_of_two_inputs_predicts_evaluates_and_fits_on_a_list_of_arrays():
     backend.set_seed(0)
     a, b = Input((3,)), Input((3,))

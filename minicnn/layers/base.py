@@ -74,7 +74,7 @@ class Layer:
     """Base class. Subclasses set `input_ndim` and write build, forward, backward, get_config."""
 
     input_ndim = None   # rank of x including the batch axis, checked on every forward
-    needs_input_gradient = True   # False: backward may skip dx (the model's first layers in a training step)
+    needs_input_gradient = True   # False: backward may skip dx (a model's first layers, in a training step's pass)
 
     def __init__(self, name=None, dtype=None, trainable=True, input_shape=None, batch_input_shape=None):
         self.name = name or backend.unique_name(backend.to_snake_case(type(self).__name__))

@@ -11,6 +11,8 @@ visit the steps from the output back to the inputs; a layer's output gradient is
 every reader sent back, because "copy in forward is add in backward" (a tensor that feeds two
 branches of a residual block receives both branches' gradients).
 """
+from contextlib import contextmanager
+
 from .. import backend
 from ..layers.base import SymbolicTensor, set_weight_values
 
@@ -61,6 +63,19 @@ def send_back(sources, dx, grads):
     for source, d in zip(sources, dx if isinstance(dx, list) else [dx]):
         if d is not None:
             grads[source] = grads[source] + d if source in grads else d
+
+
+@contextmanager
+def skipping_input_gradient(first_layers, skip):
+    """Inside: the model's first layers skip their dx when `skip` (it would be the input gradient
+    alone). After: each computes dx again, so a layer's own backward (gradcheck's) returns it."""
+    for layer in first_layers:
+        layer.needs_input_gradient = not skip
+    try:
+        yield
+    finally:
+        for layer in first_layers:
+            layer.needs_input_gradient = True
 
 
 class Network:
@@ -150,14 +165,13 @@ class Network:
         softmax + cross-entropy gradient p - y): the loss hands it to the output layer's
         backward_from_logits, every other layer receives the sum of its readers' gradients.
         """
-        for layer in self.first_layers:           # their dx would be the input gradient alone
-            layer.needs_input_gradient = input_gradient
         output, sources = self.steps[-1]          # the loss hands the output layer its gradient
-        dx = output.backward_from_logits(dy) if from_logits else output.backward(dy)
         grads = {}                                # layer -> dL/d(its output), summed over its readers
-        send_back(sources, dx, grads)
-        for layer, sources in reversed(self.steps[:-1]):
-            send_back(sources, layer.backward(grads.pop(layer)), grads)
+        with skipping_input_gradient(self.first_layers, skip=not input_gradient):
+            dx = output.backward_from_logits(dy) if from_logits else output.backward(dy)
+            send_back(sources, dx, grads)
+            for layer, sources in reversed(self.steps[:-1]):
+                send_back(sources, layer.backward(grads.pop(layer)), grads)
         result = [grads.get(layer) if input_gradient else None for layer in self.input_layers]
         return result if len(result) > 1 else result[0]
 
