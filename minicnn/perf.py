@@ -35,14 +35,17 @@ BATCHNORM_NUMBA_MIN_SIZE = 1 << 17
 # BatchNormalization's normalize (what inference runs): the kernel from this many numbers in
 # at least this many rows, so that one image's activations take it but a dense batch does not
 NORMALIZE_MIN_SIZE, NORMALIZE_MIN_ROWS = 1 << 13, 128
-# ReLU's backward, dropout and Adam: the NumPy reference below this many numbers
+# ReLU's backward, dropout and Adam: the NumPy reference below this many numbers, where a
+# kernel call costs more than the temporaries it saves
 ELEMENTWISE_NUMBA_MIN_SIZE = 1 << 15
 # im2col / col2im: numba copies one kernel row (kw*C numbers) at a time; for rows this
 # short or shorter, NumPy's kh*kw long strided copies are faster (1x1 windows too)
 IM2COL_NUMPY_MAX_ROW = 3
-# matrix products: on OpenBLAS's threads from this many FLOP (2*M*K*F), on one below
+# matrix products: on OpenBLAS's threads from this many FLOP (2*M*K*F), on one below, where
+# waiting for the other threads can cost more than the product (ops/gemm.py)
 BLAS_PARALLEL_FLOPS = 1e9
-# ... or from this many FLOP when both K and F are at least BLAS_WIDE_MIN_SIZE (wide products)
+# ... or from this many FLOP when both K and F are at least BLAS_WIDE_MIN_SIZE: wide products
+# gain from the threads at this size, narrow ones (a few channels) lose
 BLAS_WIDE_PARALLEL_FLOPS, BLAS_WIDE_MIN_SIZE = 1e8, 64
 # Winograd's F(2x2, 3x3) for a 3x3 stride-1 Conv2D with C and F at least this many channels
 # (narrower layers trained no faster with it)
