@@ -140,9 +140,9 @@ def _normalize_kernel(x, mean, scale, beta, relu, y):
 # The backward kernels take g = dy where the forward's (x - mean) * scale + beta > floor, else
 # 0: floor = 0 after a fused ReLU, -inf without one (every g = dy). g is dy times the
 # comparison: a branch (or `if relu`) here stops LLVM vectorizing the loop, and a select
-# measured slower too (benchmarks/kernels.py, bn_relu_backward). The one difference it makes: an inf or NaN in dy where the
-# ReLU was off gives NaN (inf * 0), where ReLU's own backward gives 0; gradients that are not
-# finite mean the run has diverged either way.
+# measured slower too (benchmarks/kernels.py, bn_relu_backward). The one difference it
+# makes: an inf or NaN in dy where the ReLU was off gives NaN (inf * 0), where ReLU's own
+# backward gives 0; gradients that are not finite mean the run has diverged either way.
 
 @njit(cache=True, parallel=True)
 def _backward_sums_kernel(dy, x, mean, scale, beta, floor, sum_dy, sum_dy_xc):
