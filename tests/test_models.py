@@ -265,6 +265,13 @@ def test_unfused_training_runs_the_relu_layer_and_fused_training_does_not(monkey
     assert calls == []
 
 
+def test_fusing_a_model_not_built_yet_is_an_error_not_a_silent_no_op():
+    from minicnn.models.fusion import fuse_batchnorm_relu
+    model = Sequential([Conv2D(4, 3), BatchNormalization(), Activation("relu")])     # builds on its first batch
+    with pytest.raises(ValueError, match=f"{model.name}: fuse_batchnorm_relu needs a built model"):
+        fuse_batchnorm_relu(model)
+
+
 def test_no_fusion_when_the_activation_casts_to_another_dtype():
     from minicnn.models.fusion import fuse_batchnorm_relu, relu_pairs
     x_in = Input((4, 4, 2))

@@ -60,7 +60,11 @@ def relu_pairs(model):
 def fuse_batchnorm_relu(model):
     """Run each BatchNormalization + ReLU pair of `model` as one BatchNormalizationReLU step (in
     the ReLU's place, reading what the BatchNormalization read). Returns the model. Apply it to a
-    built model; building again (Sequential.add) starts from the plain steps."""
+    built model (an unbuilt one is an error, not a silent no-op); building again (Sequential.add)
+    starts from the plain steps."""
+    if not model.steps:
+        raise ValueError(f"{model.name}: fuse_batchnorm_relu needs a built model; give the first layer an "
+                         f"input_shape or call the model on data first")
     pairs = relu_pairs(model)
     fused = {relu: BatchNormalizationReLU(bn, relu) for relu, bn in pairs.items()}
     sources_of, batchnorms = dict(model.steps), set(pairs.values())
