@@ -17,6 +17,7 @@ the pipelines on each, alternating which goes first:
            +30 degrees taking turns, a finer look near each track the whole-frame pass missed
            (or between passes), tracks carried through misses and shown from their second detection.
 
+`--pipelines tracker15,new` sets the tracker before longer carries beside the new one;
 `--pipelines today,new,step1.2,every1,no-near` adds the cadences the new one was chosen
 against (step 1.2 with the tracker, step 1.1 on every frame, no look near the tracks), and
 `--pipelines default5,mn3,alt2,alt2-mn3,both-mn3,alt2-tilt,both-tilt,alt2-def5,alt2-def5-tilt`
@@ -62,7 +63,7 @@ class DetectionsOnly(IoUTracker):
     and only the faces detected in this frame reported."""
 
     def __init__(self, smooth=0.6):
-        super().__init__(max_missed=5, min_hits=1, smooth=smooth, motion=0.0)
+        super().__init__(max_missed=5, min_hits=1, smooth=smooth, motion=0.0, merge_parts=False)
 
     def shown(self):
         return [track for track in self.tracks if track.confirmed and track.detected]
@@ -81,6 +82,10 @@ def pipelines(detect_every):
     return {
         "today": lambda: (haar(scale_factor=1.2, near_step=None), DetectionsOnly(), 1),
         "new": lambda: (FaceDetector(), IoUTracker(), detect_every),
+        # The new detector with the tracker before longer carries and merged parts: every track carried
+        # for at most 15 missed updates, new boxes inside a shown face's box kept as new faces.
+        "tracker15": lambda: (FaceDetector(), IoUTracker(max_missed=15, short_missed=15, merge_parts=False),
+                              detect_every),
         # The cadence and tracker the new pipeline was chosen against (with the default cascade):
         # the coarse step with tracking, the fine step searched on every frame, no look near the tracks.
         "step1.2": lambda: (haar(scale_factor=1.2), IoUTracker(), 1),

@@ -2,10 +2,12 @@
 
 Faces move little between two frames, so a box is matched to the track whose predicted box
 it overlaps most (greedy by IoU). A face detector misses a face now and then (a blink of the
-cascade, a hand in front, a change of light); a track that misses a detection is carried for
-a few frames on its last motion, so the face stays on screen with its id and label, and is
-matched again when the detector finds it. A track is shown only from its `min_hits`-th
-detection, so a stray false detection never flashes up. Smoothing the probabilities along
+cascade, a hand in front, a change of light); a track that misses a detection is carried on
+its last motion, so the face stays on screen with its id and label, and is matched again when
+the detector finds it: a face seen long is carried through an occlusion, one seen briefly or
+cut by the frame's edge (leaving it) ends soon. A box centred inside a shown face's box is that
+face, never a new one. A track is shown only from its `min_hits`-th detection, so a stray false
+detection never flashes up. Smoothing the probabilities along
 a track stops the label from flickering between two close emotions from frame to frame.
 """
 from dataclasses import dataclass
@@ -16,6 +18,9 @@ import numpy as np
 # a few jittery boxes could otherwise walk a still face's box away from it within a dozen frames.
 COAST = 0.8
 DUPLICATE_IOU = 0.5  # two boxes detected in one frame that overlap this much show the same face
+# Least ratio of the narrower to the wider of two boxes on one face: the detector's scale steps and
+# jitter change a face's box by less; a box on part of the face (an eye, a half cut by the edge) is narrower.
+SAME_SIZE = 0.7
 
 
 @dataclass(eq=False)  # compared by identity: a track is one object, probs an array
@@ -93,6 +98,21 @@ def centre(box):
     return x + w / 2, y + h / 2
 
 
+def inside(point, box):
+    """True when an (x, y) point lies inside an (x, y, w, h) box."""
+    x, y, w, h = box
+    return x <= point[0] < x + w and y <= point[1] < y + h
+
+
+def same_face(a, b):
+    """Two boxes of about one size (SAME_SIZE), each centred inside the other: one face, moved or re-found."""
+    return (min(a[2], b[2]) >= SAME_SIZE * max(a[2], b[2]) and inside(centre(a), b) and inside(centre(b), a))
+
+
+def distance(a, b):
+    return float(np.hypot(a[0] - b[0], a[1] - b[1]))
+
+
 def clip_box(box, frame_size):
     """The part of a box inside a (width, height) frame."""
     x, y, w, h = box
@@ -107,7 +127,14 @@ class IoUTracker:
     Args:
         iou_threshold: least IoU between a box and a track's predicted box for a match.
         max_missed: a track is carried (shown on its predicted box) for at most this many
-            updates in a row without a detection, then dropped.
+            updates in a row without a detection, then dropped; a track carries at most as many
+            updates as it has detections, so a face seen long outlasts an occlusion while a
+            briefly seen one (a likely false face) ends soon.
+        short_missed: the carry of a track seen briefly, or whose predicted box is no longer
+            wholly inside the frame (a face leaving it: the detector loses faces cut by the edge).
+        merge_parts: a box whose centre lies inside a shown track's box without matching it is
+            that face: re-associated to the track when of about its size with the track's centre
+            inside it too (the face moved while carried), otherwise dropped (a part of it).
         min_hits: detections a track needs before it is shown and gets an id (1 shows every
             detection at once, as a detector alone would).
         smooth: weight of the past in `new = smooth * old + (1 - smooth) * current`;
@@ -115,14 +142,17 @@ class IoUTracker:
         motion: weight of the newest step in the velocity average; 0 carries boxes in place.
     """
 
-    def __init__(self, iou_threshold=0.3, max_missed=15, min_hits=2, smooth=0.6, motion=0.3):
+    def __init__(self, iou_threshold=0.3, max_missed=45, min_hits=2, smooth=0.6, motion=0.3, short_missed=5,
+                 merge_parts=True):
         if not 0.0 <= smooth < 1.0:
             raise ValueError(f"IoUTracker: smooth must be in [0, 1), received {smooth}")
-        if min_hits < 1 or max_missed < 0:
-            raise ValueError(f"IoUTracker: min_hits must be >= 1 and max_missed >= 0, "
-                             f"received {min_hits} and {max_missed}")
+        if min_hits < 1 or max_missed < 0 or short_missed < 0:
+            raise ValueError(f"IoUTracker: min_hits must be >= 1, max_missed and short_missed >= 0, "
+                             f"received {min_hits}, {max_missed} and {short_missed}")
         self.iou_threshold = iou_threshold
         self.max_missed = max_missed
+        self.short_missed = short_missed
+        self.merge_parts = merge_parts
         self.min_hits = min_hits
         self.smooth = smooth
         self.motion = motion
@@ -150,8 +180,11 @@ class IoUTracker:
         if probs is not None and len(probs) != len(boxes):
             raise ValueError(f"IoUTracker.update: {len(boxes)} boxes but {len(probs)} rows of probabilities")
         track_of_box = self.match(boxes)
+        parts = self.merge_parts_of_faces(boxes, track_of_box) if self.merge_parts else set()
         seen = set()
         for b, box in enumerate(boxes):
+            if b in parts:
+                continue
             track = track_of_box.get(b)
             if track is None:
                 track = Track(box=box, anchor=box, age=0, hits=0)
@@ -189,6 +222,26 @@ class IoUTracker:
                 track_of_box[b] = self.tracks[t]
         return track_of_box
 
+    def merge_parts_of_faces(self, boxes, track_of_box):
+        """Unmatched boxes centred inside a shown track's predicted box: the same face, or a part of it.
+
+        Re-associates a box to an unmatched shown track it shows (`same_face`; nearest centres
+        first, into track_of_box); returns the indices of the other boxes
+        centred inside a shown track's box: parts of a face already on screen, to drop.
+        """
+        predicted = {id(track): track.predicted_box() for track in self.tracks if track.confirmed}
+        taken = {id(track) for track in track_of_box.values()}
+        pairs = sorted((distance(centre(box), centre(predicted[id(track)])), b, t)
+                       for t, track in enumerate(self.tracks) if id(track) in predicted and id(track) not in taken
+                       for b, box in enumerate(boxes) if b not in track_of_box
+                       and same_face(box, predicted[id(track)]))
+        for _, b, t in pairs:
+            if b not in track_of_box and id(self.tracks[t]) not in taken:
+                taken.add(id(self.tracks[t]))
+                track_of_box[b] = self.tracks[t]
+        return {b for b, box in enumerate(boxes) if b not in track_of_box
+                and any(inside(centre(box), other) for other in predicted.values())}
+
     def see(self, track, box):
         """A detection matched to the track: move it there and learn its motion."""
         if track.hits > 0:
@@ -220,12 +273,23 @@ class IoUTracker:
             track.age += 1
             track.missed += 1
             track.box = track.predicted_box(ahead=0)
-            gone = frame_size is not None and visible_fraction(track.box, frame_size) < 0.5
-            if frame_size is not None and not gone:
+            visible = 1.0 if frame_size is None else visible_fraction(track.box, frame_size)
+            if frame_size is not None and visible >= 0.5:
                 track.box = clip_box(track.box, frame_size)
-            if track.missed > self.max_missed or gone:
+            if visible < 0.5 or track.missed > self.missed_limit(track, visible):
                 dropped.add(id(track))
         self.tracks = [track for track in self.tracks if id(track) not in dropped]
+
+    def missed_limit(self, track, visible):
+        """Updates in a row a track may go undetected: as many as its detections, within the limits.
+
+        A long-seen face is worth carrying through an occlusion; a briefly seen box may have
+        been a false face, and a box cut by the frame's edge is a face leaving, which the
+        detector will not find again there.
+        """
+        if visible < 1.0:
+            return min(self.short_missed, self.max_missed)
+        return min(self.max_missed, max(self.short_missed, track.hits))
 
     def smoothed(self, old, current):
         """EMA step `smooth * old + (1 - smooth) * current`, renormalized; `current` alone when no history."""

@@ -202,3 +202,63 @@ def test_bad_arguments_are_rejected():
         IoUTracker(smooth=1.0)
     with pytest.raises(ValueError, match="min_hits"):
         IoUTracker(min_hits=0)
+
+
+FRAME = (640, 480)
+
+
+def seen_for(tracker, box, frames):
+    """A still face detected on `frames` updates in a row; returns its track."""
+    for _ in range(frames):
+        tracks = tracker.update([box], frame_size=FRAME)
+    (track,) = tracks
+    return track
+
+
+def test_a_long_seen_face_keeps_its_id_through_an_occlusion_longer_than_a_few_frames():
+    tracker = IoUTracker()
+    face = (200, 150, 120, 120)
+    assert seen_for(tracker, face, 60).track_id == 0
+    for _ in range(40):                                   # hidden (a hand, a bar) for 40 frames, in view
+        (track,) = tracker.update([], frame_size=FRAME)
+        assert track.track_id == 0 and not track.detected and track.box == face
+    (track,) = tracker.update([(204, 152, 120, 120)], frame_size=FRAME)
+    assert track.track_id == 0 and track.detected
+
+
+def test_a_briefly_seen_face_is_carried_only_a_few_frames():
+    tracker = IoUTracker()
+    seen_for(tracker, (200, 150, 120, 120), 2)            # shown from its second detection
+    shown = [len(tracker.update([], frame_size=FRAME)) for _ in range(12)]
+    assert shown[0] == 1 and shown[-1] == 0 and sum(shown) <= tracker.short_missed
+    assert tracker.tracks == []
+
+
+def test_a_face_cut_by_the_frame_edge_ends_within_a_few_frames_of_its_last_detection():
+    tracker = IoUTracker()
+    seen_for(tracker, (-30, 150, 120, 120), 60)           # a long-seen face, a quarter past the left edge
+    shown = [len(tracker.update([], frame_size=FRAME)) for _ in range(12)]
+    assert sum(shown) <= tracker.short_missed and tracker.tracks == []
+
+
+def test_a_box_on_part_of_a_shown_face_is_not_a_new_face():
+    tracker = IoUTracker()
+    face, part = (200, 150, 120, 120), (250, 200, 45, 45)  # the part: centre inside the face, IoU 0.14
+    seen_for(tracker, face, 5)
+    for _ in range(5):                                    # found with the face
+        assert [t.track_id for t in tracker.update([face, part], frame_size=FRAME)] == [0]
+    for _ in range(5):                                    # found alone while the face is missed
+        (track,) = tracker.update([part], frame_size=FRAME)
+        assert track.track_id == 0 and track.box == face
+    assert len(tracker.tracks) == 1
+
+
+def test_a_carried_face_found_again_off_its_box_is_the_same_face():
+    tracker = IoUTracker()
+    seen_for(tracker, (200, 150, 100, 100), 20)
+    for _ in range(10):
+        tracker.update([], frame_size=FRAME)
+    # Found again shifted and smaller (IoU 0.27, below the match threshold), each centre inside the other's box.
+    (track,) = tracker.update([(245, 180, 90, 90)], frame_size=FRAME)
+    assert track.track_id == 0 and track.detected and track.box == (245, 180, 90, 90)
+    assert len(tracker.tracks) == 1
