@@ -5,8 +5,8 @@ it overlaps most (greedy by IoU). A face detector misses a face now and then (a 
 cascade, a hand in front, a change of light); a track that misses a detection is carried on
 its last motion, so the face stays on screen with its id and label, and is matched again when
 the detector finds it: a face seen long is carried through an occlusion, one seen briefly or
-cut by the frame's edge (leaving it) ends soon. A box centred inside a shown face's box is that
-face, never a new one. A track is shown only from its `min_hits`-th detection, so a stray false
+cut by the frame's edge (leaving it) ends soon. A box centred inside a shown face's box, or
+where a face just went out of the frame, is (part of) that face, never a new one. A track is shown only from its `min_hits`-th detection, so a stray false
 detection never flashes up. Smoothing the probabilities along
 a track stops the label from flickering between two close emotions from frame to frame.
 """
@@ -127,9 +127,10 @@ class IoUTracker:
     Args:
         iou_threshold: least IoU between a box and a track's predicted box for a match.
         max_missed: a track is carried (shown on its predicted box) for at most this many
-            updates in a row without a detection, then dropped; a track carries at most as many
-            updates as it has detections, so a face seen long outlasts an occlusion while a
-            briefly seen one (a likely false face) ends soon.
+            updates in a row without a detection, then dropped: the default spans a hand or a
+            passer-by in front of a face at webcam rates. A track carries at most as many updates
+            as it has detections, so a face seen long outlasts an occlusion while a briefly seen
+            one (a likely false face) ends soon.
         short_missed: the carry of a track seen briefly, or whose predicted box is no longer
             wholly inside the frame (a face leaving it: the detector loses faces cut by the edge).
         merge_parts: a box whose centre lies inside a shown track's box without matching it is
@@ -142,7 +143,7 @@ class IoUTracker:
         motion: weight of the newest step in the velocity average; 0 carries boxes in place.
     """
 
-    def __init__(self, iou_threshold=0.3, max_missed=45, min_hits=2, smooth=0.6, motion=0.3, short_missed=5,
+    def __init__(self, iou_threshold=0.3, max_missed=60, min_hits=2, smooth=0.6, motion=0.3, short_missed=5,
                  merge_parts=True):
         if not 0.0 <= smooth < 1.0:
             raise ValueError(f"IoUTracker: smooth must be in [0, 1), received {smooth}")
@@ -157,6 +158,7 @@ class IoUTracker:
         self.smooth = smooth
         self.motion = motion
         self.tracks = []
+        self.exits = []  # shown tracks that ended cut by the frame's edge, still moving out (see `carry`)
         self.next_id = 0
 
     def shown(self):
@@ -194,6 +196,7 @@ class IoUTracker:
             if probs is not None:
                 track.probs = self.smoothed(track.probs, probs[b])
         self.carry([track for track in self.tracks if id(track) not in seen], frame_size)
+        self.move_exits()
         self.drop_duplicates()
         for track in self.tracks:  # in order of first detection, so ids follow the order faces appeared
             if track.track_id is None and track.hits >= self.min_hits:
@@ -227,9 +230,11 @@ class IoUTracker:
 
         Re-associates a box to an unmatched shown track it shows (`same_face`; nearest centres
         first, into track_of_box); returns the indices of the other boxes
-        centred inside a shown track's box: parts of a face already on screen, to drop.
+        centred inside a shown track's box or where a face is leaving the frame (`exits`):
+        parts of a face, to drop.
         """
         predicted = {id(track): track.predicted_box() for track in self.tracks if track.confirmed}
+        exits = [track.predicted_box() for track in self.exits]
         taken = {id(track) for track in track_of_box.values()}
         pairs = sorted((distance(centre(box), centre(predicted[id(track)])), b, t)
                        for t, track in enumerate(self.tracks) if id(track) in predicted and id(track) not in taken
@@ -240,7 +245,7 @@ class IoUTracker:
                 taken.add(id(self.tracks[t]))
                 track_of_box[b] = self.tracks[t]
         return {b for b, box in enumerate(boxes) if b not in track_of_box
-                and any(inside(centre(box), other) for other in predicted.values())}
+                and any(inside(centre(box), other) for other in [*predicted.values(), *exits])}
 
     def see(self, track, box):
         """A detection matched to the track: move it there and learn its motion."""
@@ -278,7 +283,15 @@ class IoUTracker:
                 track.box = clip_box(track.box, frame_size)
             if visible < 0.5 or track.missed > self.missed_limit(track, visible):
                 dropped.add(id(track))
+                if track.confirmed and visible < 1.0:  # the detector finds parts of a face going out
+                    self.exits.append(track)
         self.tracks = [track for track in self.tracks if id(track) not in dropped]
+
+    def move_exits(self):
+        """Faces that left through the frame's edge move on, unseen, for up to max_missed updates."""
+        for track in self.exits:
+            track.missed += 1
+        self.exits = [track for track in self.exits if track.missed <= self.max_missed]
 
     def missed_limit(self, track, visible):
         """Updates in a row a track may go undetected: as many as its detections, within the limits.

@@ -262,3 +262,15 @@ def test_a_carried_face_found_again_off_its_box_is_the_same_face():
     (track,) = tracker.update([(245, 180, 90, 90)], frame_size=FRAME)
     assert track.track_id == 0 and track.detected and track.box == (245, 180, 90, 90)
     assert len(tracker.tracks) == 1
+
+
+def test_a_box_where_a_face_just_left_the_frame_is_a_part_of_it_not_a_new_face():
+    tracker = IoUTracker()
+    seen_for(tracker, (-30, 150, 120, 120), 60)           # going out through the left edge
+    for _ in range(8):                                    # lost by the detector, ended
+        tracker.update([], frame_size=FRAME)
+    assert tracker.tracks == []
+    for _ in range(5):                                    # the detector finds an eye of what is left in view
+        assert tracker.update([(0, 200, 40, 40)], frame_size=FRAME) == []
+    tracker.update([(300, 200, 100, 100)], frame_size=FRAME)
+    assert [t.track_id for t in tracker.update([(300, 200, 100, 100)], frame_size=FRAME)] == [1]
