@@ -5,8 +5,9 @@
 
 In the window: q or Esc quits, space pauses. Without a display it runs headless; Ctrl+C
 or SIGTERM stops it with the saved video and log closed properly. Each face keeps its id
-while it stays in view: a face the detector misses for a few frames is carried on its
-motion (logged with "detected": false). Exit code 1, with one line on stderr, when the
+while it stays in view: a face the detector misses is carried on its motion (logged with
+"detected": false), for longer the longer it has been seen, and ends soon once it leaves
+the frame (fer/tracking.py). Exit code 1, with one line on stderr, when the
 camera, the video or the model cannot be opened; 2 for bad arguments (an output that would
 overwrite the input video, a camera index out of range).
 """
