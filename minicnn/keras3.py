@@ -201,19 +201,6 @@ def inbound_refs(name, node):
 
 
 # ---- weights -----------------------------------------------------------------------------------
-def weight_paths(class_names):
-    """Keras' path of each layer in model.weights.h5: the snake-case class name, "_1", "_2", ... for
-    the 2nd, 3rd layer of a class (saving_lib's rule: layer names are not reproducible, class order is)."""
-    from .backend import to_snake_case
-
-    used, paths = {}, []
-    for class_name in class_names:
-        base = to_snake_case(class_name)
-        count = used[base] = used.get(base, -1) + 1
-        paths.append(f"layers/{base}" + (f"_{count}" if count else ""))
-    return paths
-
-
 def load_keras3_weights(model, specs, f):
     """Copy layers/<path>/vars/<i> into each layer, with keras_h5's checks (no links or datasets that
     read other files, the layer's shapes, floats) before a byte is read; no weights may be left over."""
