@@ -262,6 +262,25 @@ def test_matmul_gives_both_threads_only_to_large_or_wide_products(monkeypatch):
     assert calls == ["all threads", "all threads", "all threads", "one thread", "one thread"]
 
 
+def test_no_reference_takes_out_and_matmul_keeps_the_callers_buffer(monkeypatch):
+    # references read as the math (no out= plumbing); the dispatcher writes into a caller's buffer
+    import inspect
+    from minicnn.ops import conv, depthwise, pooling, winograd
+    references = [(module.__name__, name) for module in (batchnorm, conv, depthwise, elementwise, gemm, im2col,
+                                                         pooling, winograd)
+                  for name, function in vars(module).items()
+                  if name.endswith("_reference") and "out" in inspect.signature(function).parameters]
+    assert references == []
+    monkeypatch.delenv("MINICNN_REFERENCE", raising=False)
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((30, 20)), rng.standard_normal((20, 10))
+    for all_threads in (True, False):
+        monkeypatch.setattr(gemm, "on_all_threads", lambda m, k, f: all_threads)
+        out = np.full((30, 10), np.nan)
+        assert gemm.matmul(a, b, out=out) is out
+        np.testing.assert_allclose(out, a @ b, rtol=1e-12)
+        np.testing.assert_allclose(gemm.matmul(a, b), a @ b, rtol=1e-12)
+
 def test_im2col_writes_into_out_and_checks_it():
     x = np.random.default_rng(0).standard_normal((2, 5, 6, 3)).astype(np.float32)
     args = ((3, 3), (1, 1), ((1, 1), (1, 1)))
