@@ -7,8 +7,9 @@ import pytest
 import minicnn
 from fer import models as fer_models
 from minicnn.layers import conv as conv_layers
-from minicnn import (Activation, Add, BatchNormalization, Conv2D, Dense, Dropout, Flatten, GlobalAveragePooling2D,
-                     Input, MaxPooling2D, Model, SeparableConv2D, Sequential, backend, gradcheck, optimizers)
+from minicnn import (Activation, Add, BatchNormalization, Conv2D, Dense, DepthwiseConv2D, Dropout, Flatten,
+                     GlobalAveragePooling2D, Input, MaxPooling2D, Model, SeparableConv2D, Sequential, backend, gradcheck,
+                     optimizers)
 
 # (total, trainable, non-trainable) as printed in the seeds and in the issues
 SEED_TOTALS = {
@@ -349,6 +350,49 @@ def test_after_a_training_step_a_first_layers_own_backward_still_returns_dx():
     finally:
         backend.set_floatx("float32")
 
+
+def separable_first_model():
+    """A mini-Xception-like model whose first layer is separable: a residual block of
+    separable convolutions beside a strided 1x1 Conv2D, then global pooling."""
+    x = Input((8, 7, 2))
+    h = BatchNormalization()(SeparableConv2D(4, 3, padding="same", activation="relu")(x))
+    branch = MaxPooling2D(3, strides=2, padding="same")(SeparableConv2D(4, 3, padding="same")(h))
+    h = Add()([branch, Conv2D(4, 1, strides=2, padding="same")(h)])
+    model = Model(x, Dense(3, activation="softmax")(GlobalAveragePooling2D()(DepthwiseConv2D(3)(h))))
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    return model
+
+
+@pytest.mark.parametrize("build", ["separable", "depthwise"])
+def test_a_training_step_skips_the_input_gradient_of_a_separable_or_depthwise_first_layer(monkeypatch, build):
+    backend.set_floatx("float64")
+    try:
+        backend.set_seed(0)
+        if build == "separable":
+            model = separable_first_model()
+        else:
+            model = Sequential([DepthwiseConv2D(3, depth_multiplier=2, input_shape=(8, 7, 2)), Activation("relu"),
+                                DepthwiseConv2D(3), Flatten(), Dense(3, activation="softmax")])
+            model.compile("sgd", "sparse_categorical_crossentropy")
+        first = model.first_layers[0]
+        assert type(first).__name__ == {"separable": "SeparableConv2D", "depthwise": "DepthwiseConv2D"}[build]
+        returned = []
+        backward = first.backward
+        monkeypatch.setattr(first, "backward", lambda dy: returned.append(backward(dy)) or returned[-1])
+        x, y = np.random.default_rng(0).standard_normal((4, 8, 7, 2)), np.array([0, 2, 1, 2])
+        model.compute_gradients(x, y)
+        full = [w.grad.copy() for w in model.trainable_weights]
+        assert returned.pop().shape == x.shape and model.input_grad.shape == x.shape
+        model.compute_gradients(x, y, input_gradient=False)
+        assert returned.pop() is None and model.input_grad is None
+        for w, g in zip(model.trainable_weights, full):
+            np.testing.assert_array_equal(w.grad, g, err_msg=w.name)
+        model.train_on_batch(x, y)                      # what fit runs: no input gradient either
+        assert returned.pop() is None
+        assert first.backward(np.ones_like(first.forward(x, training=True))).shape == x.shape   # its own call: dx
+        assert gradcheck.check_layer(first, x[:2])["x"].error < 1e-7
+    finally:
+        backend.set_floatx("float32")
 
 def test_a_model_of_two_inputs_predicts_evaluates_and_fits_on_a_list_of_arrays():
     backend.set_seed(0)

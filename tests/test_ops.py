@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from minicnn import perf
-from minicnn.ops import conv, depthwise, im2col, pooling
+from minicnn.ops import batchnorm, conv, depthwise, im2col, pooling, winograd
 from minicnn.ops.padding import conv_geometry
 
 
@@ -229,9 +229,9 @@ def test_conv2d_and_its_backward_equal_the_reference(monkeypatch, path, case, fi
     for x in (x, case.random(x.shape, rng)):   # the second call reuses the workspace's arrays, on new numbers
         z_ref, cols = conv.conv2d_reference(x, kernel, case.strides, case.pads)
         dz = case.random(z_ref.shape, rng)
-        dk_ref, dx_ref = conv.conv2d_backward_reference(dz, cols, kernel, x.shape, case.strides, case.pads)
+        dx_ref, dk_ref = conv.conv2d_backward_reference(dz, cols, kernel, x.shape, case.strides, case.pads)
         z, saved = conv.conv2d(x, kernel, case.strides, case.pads, workspace)
-        dk, dx = conv.conv2d_backward(dz, saved, kernel, need_dx)
+        dx, dk = conv.conv2d_backward(dz, saved, kernel, need_dx)
         assert saved.method == expected_method(path, case)
         assert_sums_close(z, z_ref, case.dtype)
         assert_sums_close(dk, dk_ref, case.dtype)
@@ -240,6 +240,60 @@ def test_conv2d_and_its_backward_equal_the_reference(monkeypatch, path, case, fi
         else:
             assert dx is None
 
+
+
+@pytest.mark.parametrize("channels, uses_buffer", [(1, False), (3, True)])
+def test_conv2d_takes_a_cols_buffer_only_for_the_numba_im2col(monkeypatch, channels, uses_buffer):
+    # a 3x3 window on one channel runs NumPy's im2col, which makes its own array: no buffer for it
+    monkeypatch.setenv("MINICNN_REFERENCE", "0")
+    rng = np.random.default_rng(0)
+    x, kernel = rng.standard_normal((2, 5, 6, channels)), rng.standard_normal((3, 3, channels, 2))
+    pads = conv_geometry(5, 6, (3, 3), (1, 1), "same")[0]
+    assert im2col.numba_pays((3, 3), channels) == uses_buffer
+    workspace = conv.Workspace()
+    z, saved = conv.conv2d(x, kernel, (1, 1), pads, workspace)
+    assert saved.method == "im2col" and ("cols" in workspace.arrays) == uses_buffer
+    assert_sums_close(z, conv.conv2d_reference(x, kernel, (1, 1), pads)[0], np.float64)
+
+
+def backward_ops(monkeypatch, x, need_dx):
+    """(name, the op's gradients) for every backward op with a kernel, on x (2, 5, 6, 3): (dx, dK...)."""
+    rng = np.random.default_rng(1)
+    kernel, dkernel = rng.standard_normal((3, 3, 3, 4)), rng.standard_normal((3, 3, 3, 2))
+    pads = conv_geometry(5, 6, (3, 3), (1, 1), "same")[0]
+    z, cols = conv.conv2d_reference(x, kernel, (1, 1), pads)
+    dz, ddz = rng.standard_normal(z.shape), rng.standard_normal((2, 5, 6, 6))
+    monkeypatch.setattr(perf, "WINOGRAD_MIN_CHANNELS", 1)
+    monkeypatch.setattr(perf, "WINOGRAD_MIN_TILES", 1)
+    _, by_winograd = winograd.conv3x3(x, kernel, 1, 1, 5, 6)
+    results = {"conv2d_backward_reference": conv.conv2d_backward_reference(dz, cols, kernel, x.shape, (1, 1),
+                                                                           pads, need_dx),
+               "winograd.conv3x3_backward": winograd.conv3x3_backward(dz, by_winograd, x.shape, 1, 1, None, need_dx)}
+    for method in ("winograd", "im2col"):
+        monkeypatch.setattr(perf, "WINOGRAD_MIN_CHANNELS", 1 if method == "winograd" else 10**9)
+        _, saved = conv.conv2d(x, kernel, (1, 1), pads)
+        assert saved.method == method
+        results[f"conv2d_backward ({method})"] = conv.conv2d_backward(dz, saved, kernel, need_dx)
+    for impl in ("reference", "numba"):
+        results[f"depthwise_conv_backward_{impl}"] = getattr(depthwise, f"depthwise_conv_backward_{impl}")(
+            ddz, x, dkernel, (1, 1), pads, need_dx)
+    return results, {"conv": kernel.shape, "depthwise": dkernel.shape}
+
+
+def test_every_backward_op_with_a_kernel_returns_dx_first_then_the_kernel_gradient(monkeypatch):
+    # one order in ops/, as normalize_backward's (dx, dgamma, dbeta); dx None when not needed
+    monkeypatch.setenv("MINICNN_REFERENCE", "0")
+    x = np.random.default_rng(0).standard_normal((2, 5, 6, 3))
+    full, shapes = backward_ops(monkeypatch, x, need_dx=True)
+    skipped, _ = backward_ops(monkeypatch, x, need_dx=False)
+    for name, (dx, dk) in full.items():
+        assert dx.shape == x.shape, name
+        assert dk.shape == shapes["depthwise" if "depthwise" in name else "conv"], name
+        assert skipped[name][0] is None, name
+        np.testing.assert_array_equal(skipped[name][1], dk, err_msg=name)
+    stats = np.zeros(3), np.ones(3), np.ones(3)
+    dx, dgamma, _ = batchnorm.normalize_backward(x, x, *stats, training=True)
+    assert dx.shape == x.shape and dgamma.shape == (3,)
 
 # ----------------------------------------------------------------------------------------
 # pooling

@@ -121,7 +121,7 @@ class Conv2D(_Conv):
         saved, _ = self.cache
         if self.use_bias:
             self.bias.grad = dz.reshape(-1, self.filters).sum(axis=0)              # Σ over N, Ho, Wo: (F,)
-        self.kernel.grad, dx = conv2d_backward(dz, saved, self.kernel.value, self.needs_input_gradient)
+        dx, self.kernel.grad = conv2d_backward(dz, saved, self.kernel.value, self.needs_input_gradient)
         return dx
 
     def get_config(self):
@@ -168,7 +168,7 @@ class DepthwiseConv2D(_Conv):
     def backward(self, dy):
         """dK[i, j, c, m] = Σ xp[.., c]·dz[.., cM+m], db = Σ dz, dxp[.., c] += Σ_m K[i, j, c, m]·dz[.., cM+m],
         with dz = dy through the activation (docs/backprop.md, "DepthwiseConv2D").
-        dy (N, Ho, Wo, C*M) -> dx (N, H, W, C)."""
+        dy (N, Ho, Wo, C*M) -> dx (N, H, W, C), or None when needs_input_gradient is False."""
         *_, y = self.cache
         return self.backward_from_logits(self.activation.backward(dy, y))
 
@@ -178,7 +178,7 @@ class DepthwiseConv2D(_Conv):
         if self.use_bias:
             self.bias.grad = dz.sum(axis=(0, 1, 2))
         dx, self.depthwise_kernel.grad = depthwise_conv_backward(dz, x, self.depthwise_kernel.value,
-                                                                 self.strides, pads)
+                                                                 self.strides, pads, self.needs_input_gradient)
         return dx
 
     def get_config(self):
@@ -236,7 +236,7 @@ class SeparableConv2D(_Conv):
     def backward(self, dy):
         """dKp = dᵀ·dz, db = Σ dz, dd = dz·Kpᵀ, then the depthwise rule takes dd to dx and dKd, with
         dz = dy through the activation (docs/backprop.md, "SeparableConv2D").
-        dy (N, Ho, Wo, F) -> dx (N, H, W, C)."""
+        dy (N, Ho, Wo, F) -> dx (N, H, W, C), or None when needs_input_gradient is False."""
         *_, y = self.cache
         return self.backward_from_logits(self.activation.backward(dy, y))
 
@@ -250,7 +250,7 @@ class SeparableConv2D(_Conv):
             self.bias.grad = dz2.sum(axis=0)
         dd = matmul(dz2, pointwise.T).reshape(dz.shape[:3] + (-1,))  # (N, Ho, Wo, C*M)
         dx, self.depthwise_kernel.grad = depthwise_conv_backward(dd, x, self.depthwise_kernel.value,
-                                                                 self.strides, pads)
+                                                                 self.strides, pads, self.needs_input_gradient)
         return dx
 
     def get_config(self):

@@ -1,4 +1,4 @@
-"""2-D convolution as Conv2D calls it: z = conv(x, K) forward, (dK, dx) backward, no bias.
+"""2-D convolution as Conv2D calls it: z = conv(x, K) forward, (dx, dK) backward, no bias.
 
     cols = im2col(x)              (N*Ho*Wo, kh*kw*C)   every receptive field as a row
     z    = cols @ K2              (N*Ho*Wo, F)         K2 = K.reshape(kh*kw*C, F)
@@ -23,7 +23,7 @@ import numpy as np
 from .. import backend
 from . import winograd
 from .gemm import matmul
-from .im2col import col2im, col2im_reference, im2col, im2col_reference, output_hw
+from .im2col import col2im, col2im_reference, im2col, im2col_reference, numba_pays, output_hw
 
 
 # ----------------------------------------------------------------------------------------
@@ -59,14 +59,14 @@ def conv2d_reference(x, kernel, strides, pads):
 
 
 def conv2d_backward_reference(dz, cols, kernel, x_shape, strides, pads, need_input_gradient=True):
-    """dK = cols.T @ dz, dx = col2im(dz @ K2.T) -> (dK (kh, kw, C, F), dx (N, H, W, C) or None)."""
+    """dK = cols.T @ dz, dx = col2im(dz @ K2.T) -> (dx (N, H, W, C) or None, dK (kh, kw, C, F))."""
     f = kernel.shape[3]
     dz = dz.reshape(-1, f)                                          # (N*Ho*Wo, F)
     dkernel = (cols.T @ dz).reshape(kernel.shape)                   # (kh*kw*C, F) -> (kh, kw, C, F)
     if not need_input_gradient:
-        return dkernel, None
+        return None, dkernel
     dcols = dz @ kernel.reshape(-1, f).T                            # (N*Ho*Wo, kh*kw*C)
-    return dkernel, col2im_reference(dcols, x_shape, kernel.shape[:2], strides, pads)
+    return col2im_reference(dcols, x_shape, kernel.shape[:2], strides, pads), dkernel
 
 
 # ----------------------------------------------------------------------------------------
@@ -110,22 +110,22 @@ def conv2d(x, kernel, strides, pads, workspace=None):
     if winograd.pays((kh, kw), strides, n, ho, wo, c, f):
         z, v_u = winograd.conv3x3(x, kernel, pads[0][0], pads[1][0], ho, wo, workspace)
         return z, Saved("winograd", v_u, x.shape, strides, pads, workspace)
-    buffer = workspace("cols", (n * ho * wo, kh * kw * c), x.dtype) if workspace else None
+    in_workspace = workspace is not None and numba_pays((kh, kw), c)   # NumPy's im2col makes its own array
+    buffer = workspace("cols", (n * ho * wo, kh * kw * c), x.dtype) if in_workspace else None
     cols = im2col(x, (kh, kw), strides, pads, out=buffer).reshape(n * ho * wo, -1)   # (N*Ho*Wo, kh*kw*C)
     z = matmul(cols, kernel.reshape(-1, f))                                          # (N*Ho*Wo, F)
     return z.reshape(n, ho, wo, f), Saved("im2col", (cols,), x.shape, strides, pads, workspace)
 
 
 def conv2d_backward(dz, saved, kernel, need_input_gradient=True):
-    """dz (N, Ho, Wo, F) -> (dK (kh, kw, C, F), dx (N, H, W, C)); dx is None when
+    """dz (N, Ho, Wo, F) -> (dx (N, H, W, C), dK (kh, kw, C, F)); dx is None when
     need_input_gradient is False."""
     if saved.method == "reference":
         return conv2d_backward_reference(dz, saved.arrays[0], kernel, saved.x_shape, saved.strides, saved.pads,
                                          need_input_gradient)
     if saved.method == "winograd":
-        dx, dkernel = winograd.conv3x3_backward(dz, saved.arrays, saved.x_shape, saved.pads[0][0],
-                                                saved.pads[1][0], saved.workspace, need_input_gradient)
-        return dkernel, dx
+        return winograd.conv3x3_backward(dz, saved.arrays, saved.x_shape, saved.pads[0][0],
+                                         saved.pads[1][0], saved.workspace, need_input_gradient)
     return _im2col_backward(dz, saved, kernel, need_input_gradient)
 
 
@@ -135,9 +135,9 @@ def _im2col_backward(dz, saved, kernel, need_input_gradient):
     dz = dz.reshape(-1, f)                                          # (N*Ho*Wo, F)
     dkernel = matmul(cols.T, dz).reshape(kernel.shape)              # (kh, kw, C, F)
     if not need_input_gradient:
-        return dkernel, None
+        return None, dkernel
     kernel_t = kernel.reshape(-1, f).T          # (F, kh*kw*C), a view: OpenBLAS reads it transposed
     workspace = saved.workspace
     buffer = workspace("dcols", (dz.shape[0], kernel_t.shape[1]), dz.dtype) if workspace else None
     dcols = matmul(dz, kernel_t, out=buffer)                        # (N*Ho*Wo, kh*kw*C)
-    return dkernel, col2im(dcols, saved.x_shape, kernel.shape[:2], saved.strides, saved.pads)
+    return col2im(dcols, saved.x_shape, kernel.shape[:2], saved.strides, saved.pads), dkernel

@@ -11,7 +11,9 @@ output, done as one broadcast per kernel offset (i, j).
 Backward, with g = dy seen as (N, Ho, Wo, C, M):
     dkernel[i, j, c, m] = sum_{n, ho, wo} x_padded[n, ho*sh + i, wo*sw + j, c] * g[n, ho, wo, c, m]
     dx_padded[n, ho*sh + i, wo*sw + j, c] += sum_m kernel[i, j, c, m] * g[n, ho, wo, c, m]
-(the second line is the adjoint of the forward, so it is a scatter-add, as in col2im).
+(the second line is the adjoint of the forward, so it is a scatter-add, as in col2im);
+with need_input_gradient=False (a layer reading the model's input, in training) dx is
+skipped and returned as None.
 
 numba by default (one thread per image, real cells only): the reference's broadcasts
 write a full-size temporary per kernel offset (see benchmarks/kernels.py).
@@ -62,8 +64,8 @@ def depthwise_conv_reference(x, kernel, strides, pads):
     return y.reshape(n, ho, wo, c * m)                              # channel c*M + m
 
 
-def depthwise_conv_backward_reference(dy, x, kernel, strides, pads):
-    """Gradients of depthwise_conv: dy (N, Ho, Wo, C*M) -> (dx (N, H, W, C), dkernel)."""
+def depthwise_conv_backward_reference(dy, x, kernel, strides, pads, need_input_gradient=True):
+    """Gradients of depthwise_conv: dy (N, Ho, Wo, C*M) -> (dx (N, H, W, C) or None, dkernel)."""
     n, h, w, c = x.shape
     kh, kw, _, m = kernel.shape
     sh, sw = strides
@@ -72,13 +74,16 @@ def depthwise_conv_backward_reference(dy, x, kernel, strides, pads):
     kernel = kernel.astype(x.dtype, copy=False)
     g = dy.reshape(n, ho, wo, c, m)
     xp = np.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
-    dxp = np.zeros_like(xp)
+    dxp = np.zeros_like(xp) if need_input_gradient else None
     dkernel = np.empty((kh, kw, c, m), dtype=x.dtype)
     for i in range(kh):
         for j in range(kw):
             win = xp[:, i:i + sh * ho:sh, j:j + sw * wo:sw, :]     # (N, Ho, Wo, C)
             dkernel[i, j] = np.einsum("nhwc,nhwcm->cm", win, g)
-            dxp[:, i:i + sh * ho:sh, j:j + sw * wo:sw, :] += np.einsum("nhwcm,cm->nhwc", g, kernel[i, j])
+            if need_input_gradient:
+                dxp[:, i:i + sh * ho:sh, j:j + sw * wo:sw, :] += np.einsum("nhwcm,cm->nhwc", g, kernel[i, j])
+    if not need_input_gradient:
+        return None, dkernel
     return np.ascontiguousarray(dxp[:, top:top + h, left:left + w, :]), dkernel
 
 
@@ -118,9 +123,10 @@ def _depthwise_kernel(x, kernel, y, m_n, sh, sw, top, left):
 
 @njit(cache=True, parallel=True)
 def _depthwise_backward_kernel(dy, x, kernel, dx, dk_per_image, m_n, sh, sw, top, left):
-    # dy (N, Ho, Wo, C*M); kernel (kh, kw, C*M); dx (N, H, W, C) zeros; dk_per_image
-    # (N, kh, kw, C*M) zeros. dkernel sums over the batch, so each image gets its own
-    # partial sum (no races); the caller adds the N partial sums.
+    # dy (N, Ho, Wo, C*M); kernel (kh, kw, C*M); dx (N, H, W, C) zeros, or None for no dx
+    # (numba compiles each case apart, `dx is not None` settled at compile time);
+    # dk_per_image (N, kh, kw, C*M) zeros. dkernel sums over the batch, so each image gets
+    # its own partial sum (no races); the caller adds the N partial sums.
     n_img, h_in, w_in, c_n = x.shape
     kh, kw = kernel.shape[0], kernel.shape[1]
     ho_n, wo_n = dy.shape[1], dy.shape[2]
@@ -139,14 +145,16 @@ def _depthwise_backward_kernel(dy, x, kernel, dx, dk_per_image, m_n, sh, sw, top
                             for c in range(c_n):
                                 g = dy[n, ho, wo, c]
                                 dk_per_image[n, i, j, c] += x[n, h, w, c] * g
-                                dx[n, h, w, c] += kernel[i, j, c] * g
+                                if dx is not None:
+                                    dx[n, h, w, c] += kernel[i, j, c] * g
                         else:
                             for c in range(c_n):
                                 for m in range(m_n):
                                     o = c * m_n + m
                                     g = dy[n, ho, wo, o]
                                     dk_per_image[n, i, j, o] += x[n, h, w, c] * g
-                                    dx[n, h, w, c] += kernel[i, j, o] * g
+                                    if dx is not None:
+                                        dx[n, h, w, c] += kernel[i, j, o] * g
 
 
 def depthwise_conv_numba(x, kernel, strides, pads):
@@ -162,14 +170,14 @@ def depthwise_conv_numba(x, kernel, strides, pads):
     return y
 
 
-def depthwise_conv_backward_numba(dy, x, kernel, strides, pads):
+def depthwise_conv_backward_numba(dy, x, kernel, strides, pads, need_input_gradient=True):
     """numba version of `depthwise_conv_backward_reference` (same arguments, same result)."""
     x = np.ascontiguousarray(x)
     kernel = np.ascontiguousarray(kernel, dtype=x.dtype)
     dy = np.ascontiguousarray(dy, dtype=x.dtype)
     n = x.shape[0]
     kh, kw, c, m = kernel.shape
-    dx = np.zeros_like(x)
+    dx = np.zeros_like(x) if need_input_gradient else None
     dk_per_image = np.zeros((n, kh, kw, c * m), dtype=x.dtype)
     with perf.kernel_threads(x.size * kh * kw):
         _depthwise_backward_kernel(dy, x, kernel.reshape(kh, kw, c * m), dx, dk_per_image, m,
@@ -186,6 +194,8 @@ def depthwise_conv(x, kernel, strides, pads):
     return pick(depthwise_conv_reference, depthwise_conv_numba)(x, kernel, strides, pads)
 
 
-def depthwise_conv_backward(dy, x, kernel, strides, pads):
-    """dy (N, Ho, Wo, C*M) -> (dx (N, H, W, C), dkernel (kh, kw, C, M))."""
-    return pick(depthwise_conv_backward_reference, depthwise_conv_backward_numba)(dy, x, kernel, strides, pads)
+def depthwise_conv_backward(dy, x, kernel, strides, pads, need_input_gradient=True):
+    """dy (N, Ho, Wo, C*M) -> (dx (N, H, W, C), dkernel (kh, kw, C, M)); dx is None when
+    need_input_gradient is False."""
+    return pick(depthwise_conv_backward_reference, depthwise_conv_backward_numba)(dy, x, kernel, strides, pads,
+                                                                                  need_input_gradient)
