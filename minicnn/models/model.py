@@ -5,8 +5,9 @@ import time
 import numpy as np
 from tqdm.auto import tqdm
 
-from .. import losses, optimizers, saving
+from .. import backend, losses, optimizers, saving
 from ..callbacks import History, check_hooks
+from ..compiler import compile_model
 from ..sequence import ArrayBatches, Sequence, count, take
 from .network import Network
 from .summary import summary_lines
@@ -18,6 +19,7 @@ class Model(Network):
     def __init__(self, inputs=None, outputs=None, name=None):
         super().__init__(inputs, outputs, name)
         self.optimizer, self.loss, self.metrics = None, None, []
+        self.jit_compile = False
         self.metadata = {}
         self.stop_training = False
 
@@ -42,13 +44,31 @@ class Model(Network):
                              f"or call the model on data before {what}()")
 
     # ---- training ------------------------------------------------------------------------------
-    def compile(self, optimizer="rmsprop", loss=None, metrics=None):
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None, jit_compile=False):
+        """Keras' compile. jit_compile=True (or "auto"): the model runs as the compiler's fused steps
+        (minicnn/compiler/), compiled the first time it runs; the same numbers, graph and files."""
+        if jit_compile not in (True, False, "auto"):
+            raise ValueError(f"{self.name}: jit_compile must be True, False or 'auto', received {jit_compile!r}")
+        self.jit_compile = jit_compile in (True, "auto")
         self.optimizer = optimizers.get(optimizer)
         self.loss = losses.get(loss)
         self.metrics = ["accuracy" if m in ("acc", "accuracy") else m for m in (metrics or [])]
         unknown = [m for m in self.metrics if m != "accuracy"]
         if unknown:
             raise ValueError(f"{self.name}: unknown metrics {unknown}; minicnn knows 'accuracy'")
+
+    def forward(self, x, training=False):
+        """Network.forward on the steps to run: the graph's own layers under MINICNN_REFERENCE=1,
+        else the compiled steps once jit_compile asks for them (compiled here, on first use)."""
+        self._choose_steps()
+        return super().forward(x, training)
+
+    def _choose_steps(self):
+        if backend.use_reference():
+            if self.steps_compiled:
+                self.set_steps(self.graph_steps())
+        elif self.jit_compile and self.steps and not self.steps_compiled:
+            compile_model(self)
 
     def _require_compiled(self, what):
         if self.optimizer is None or self.loss is None:

@@ -2,9 +2,9 @@
 
 The graph (`nodes`, `inbound`) is the architecture: what summary(), get_config(), the weights and
 model files read. What runs is `steps`: [(layer, the layers whose outputs it reads)], in order,
-the last computing the output. For a plain model the steps are the graph's own layers; a graph
-pass may replace some (models/fusion.py runs BatchNormalization + ReLU as one step), and the
-architecture stays as it was.
+the last computing the output. For a plain model the steps are the graph's own layers; the
+compiler (minicnn/compiler/) may replace chains of them by fused steps, and the architecture
+stays as it was.
 
 Forward runs each step on its sources' outputs. Backward is micrograd's idea on whole arrays:
 visit the steps from the output back to the inputs; a layer's output gradient is the SUM of what
@@ -85,6 +85,7 @@ class Network:
         self.name = name or backend.unique_name(backend.to_snake_case(type(self).__name__))
         self.nodes = []        # every layer, InputLayers included, in topological order
         self.steps = []        # what forward runs: see the module docstring
+        self.steps_compiled = False
         if inputs is not None:
             self.set_graph(inputs, outputs)
 
@@ -130,10 +131,11 @@ class Network:
         """Every layer of the graph on its own, reading what it was called on (InputLayers run first)."""
         return [(layer, self.inbound[layer]) for layer in self.nodes if self.inbound[layer]]
 
-    def set_steps(self, steps):
+    def set_steps(self, steps, compiled=False):
         """Run the model as `steps`, [(layer, the layers whose outputs it reads)] in order, the last
-        computing the output; `first_layers` are those reading only the model's inputs."""
-        self.steps = list(steps)
+        computing the output; `first_layers` are those reading only the model's inputs.
+        compiled: the steps are the compiler's, not the graph's own layers."""
+        self.steps, self.steps_compiled = list(steps), compiled
         self.first_layers = [layer for layer, sources in self.steps if set(sources) <= set(self.input_layers)]
 
     # ---- the two passes ----------------------------------------------------------------------

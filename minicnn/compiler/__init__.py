@@ -1,0 +1,15 @@
+"""The compiled fast path: a graph pass that runs a built model as fused steps.
+
+    model.compile("adam", "sparse_categorical_crossentropy", jit_compile=True)   # Keras' name
+    minicnn.compiler.compile_model(model)                                        # the pass itself
+
+The layers stay the textbook; the pass (passes.py) finds chains such as Conv2D ->
+BatchNormalization -> ReLU -> MaxPooling2D -> Dropout and runs each as one step (step.py) whose
+stages (stages.py) choose each convolution's method by its shape and reuse their temporaries
+(buffers.py). Only `model.steps` changes: graph, layers, weights, names, summary(), save() and
+get_activations are the plain model's, and MINICNN_REFERENCE=1 runs the plain steps.
+"""
+from .passes import compile_model, find_chains
+from .step import FusedStep
+
+__all__ = ["FusedStep", "compile_model", "find_chains"]

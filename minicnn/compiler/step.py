@@ -1,0 +1,45 @@
+"""`FusedStep`: a chain of layers run as one step of a compiled model.
+
+    forward(x, training) -> y        x: the chain's input, or [x, residual] when it ends in Add
+    backward(dy) -> dx               dx, or [dx, dy] (Add in forward is copy in backward)
+
+It has the step interface models/network.py runs (forward, backward, needs_input_gradient),
+sets the weight gradients of the layers it runs, and is never saved: a model's file, summary
+and layers are its graph's.
+"""
+
+
+class FusedStep:
+    """`stages` in order (see stages.py), then `add`, an Add layer joining the chain's output
+    with a second input (the residual), or None."""
+
+    def __init__(self, stages, add=None):
+        self.stages, self.add = list(stages), add
+        self.layers = [layer for stage in self.stages for layer in stage.layers] + ([add] if add else [])
+        self.name = "+".join(layer.name for layer in self.layers)
+
+    @property
+    def needs_input_gradient(self):
+        """The chain's first layer's flag (the graph sets it on a model's first steps)."""
+        return self.stages[0].layers[0].needs_input_gradient
+
+    @needs_input_gradient.setter
+    def needs_input_gradient(self, value):
+        self.stages[0].layers[0].needs_input_gradient = value
+
+    def forward(self, inputs, training=False):
+        x, residual = inputs if self.add is not None else (inputs, None)
+        for stage in self.stages:
+            x = stage.forward(x, training)
+        if self.add is not None:
+            x = self.add.forward([x, residual], training=training)      # y = chain(x) + residual
+        return x
+
+    def backward(self, dy):
+        dx = dy
+        for stage in reversed(self.stages):
+            dx = stage.backward(dx)
+        return [dx, dy] if self.add is not None else dx
+
+    def __repr__(self):
+        return f"<FusedStep {self.name}>"
