@@ -1,0 +1,535 @@
+"""The epilogue of a product: BatchNormalization, ReLU, max pooling, dropout and a residual
+Add in one pass each way, for the compiled path (the layers stay the textbook).
+
+An `Epilogue` names the block, in the seed models' orders; per channel c of z (N, H, W, C)
+((M, C) without pooling):
+    v = max(z, 0)                       if relu == "before"  (cnn8: ReLU, then BN)
+    u = (v - mean) * scale + beta,      scale = gamma * inv_std    (BatchNormalization)
+    u = max(u, 0)                       if relu == "after"   (cnn4, mini-Xception: BN, then ReLU)
+    p = max of u over each pool window  (-inf padding, the first max on ties)
+    y = p * keep / (1 - rate)  [+ residual],   keep = bits >= rate * 2**32  (Dropout's rule)
+mean and inv_std are the batch's (training; `moments` gives them in one pass over z, or
+max(z, 0), without writing v) or the moving ones (inference). mean = 0, inv_std = gamma = 1,
+beta = 0 leave u = v exactly: an epilogue without BatchNormalization.
+
+Forward writes y, the window offset of each max (uint8, i * kw + j from the window's top-left
+corner, padding counted) and the dropout mask, never u: backward recomputes u from z where it
+needs it. Backward from dy (the residual's gradient is dy itself, left to the caller):
+    g = dy * keep / (1 - rate);  du = g at each window's max cell, 0 elsewhere;  du *= (u > 0) (after)
+    dbeta = sum du,   dgamma = sum du * (v - mean) * inv_std        (over every axis but the last)
+    dv = a * du + k * (v - mean) + offset   training: a = gamma * inv_std,
+                                            k = -a * inv_std * dgamma / M, offset = -a * dbeta / M
+    dv = a * du                             inference;   dz = dv * (z > 0)  (before)
+du is non-zero only at the max cells, so the sums take one pass over the pooled cells (reading
+z at each max), and dz one pass over z that writes k * (v - mean) + offset and adds a * du at
+the max cells: BatchNormalization's two passes, the first over the pooled cells alone.
+The reference composes the textbook ops (ops/batchnorm, elementwise, pooling); numba where
+`numba_pays` (perf.EPILOGUE_NUMBA_MIN_SIZE, from benchmarks/kernels_epilogue.py).
+"""
+from typing import NamedTuple, Optional
+
+import numpy as np
+
+from .. import perf
+from . import batchnorm, elementwise, pooling
+from .im2col import output_hw
+from .jit import njit, pick, prange
+
+RELU_MODES = {None: 0, "before": 1, "after": 2}      # the kernels' codes
+BEFORE, AFTER = 1, 2
+
+
+class Epilogue(NamedTuple):
+    """The block after a product: relu None, "before" or "after" BatchNormalization; pool
+    (pool_size, strides, pads) of a max pooling (pads as padding.conv_geometry gives them) or
+    None; rate, the dropout rate used when forward is given draws (training)."""
+    relu: Optional[str] = None
+    pool: Optional[tuple] = None
+    rate: float = 0.0
+
+    def check(self, z):
+        """An error naming the problem when this block cannot follow z."""
+        if self.relu not in RELU_MODES:
+            raise ValueError(f"epilogue: relu must be None, 'before' or 'after', received {self.relu!r}")
+        if not 0 <= self.rate < 1:
+            raise ValueError(f"epilogue: rate must be in [0, 1), received {self.rate!r}")
+        if self.pool is not None and (z.ndim != 4 or self.pool[0][0] * self.pool[0][1] > 256):
+            raise ValueError(f"epilogue: pooling needs (N, H, W, C) input and at most 256 window cells, "
+                             f"received z.shape={z.shape}, pool_size={self.pool[0]}")
+
+    def output_shape(self, z_shape):
+        """y's shape: z's, pooled when there is a pool."""
+        if self.pool is None:
+            return tuple(z_shape)
+        n, h, w, c = z_shape
+        return (n,) + output_hw(h, w, self.pool[0], self.pool[1], self.pool[2]) + (c,)
+
+
+def window_cell(ho, wo, offset, pool):
+    """(h, w) in z of window (ho, wo)'s cell `offset` (i * kw + j); arrays broadcast."""
+    (kh, kw), (sh, sw), ((top, _), (left, _)) = pool
+    return ho * sh - top + offset // kw, wo * sw - left + offset % kw
+
+
+def offsets_of(argmax, width, pool):
+    """pooling.max_pool's argmax (h * W + w) -> window offsets i * kw + j (uint8)."""
+    (kh, kw), (sh, sw), ((top, _), (left, _)) = pool
+    ho, wo = np.arange(argmax.shape[1])[:, None, None], np.arange(argmax.shape[2])[None, :, None]
+    i, j = argmax // width - (ho * sh - top), argmax % width - (wo * sw - left)
+    return (i * kw + j).astype(np.uint8)
+
+
+def argmax_of(offsets, width, pool):
+    """Window offsets -> pooling.max_pool's argmax h * W + w (int64): offsets_of's inverse."""
+    ho, wo = np.arange(offsets.shape[1])[:, None, None], np.arange(offsets.shape[2])[None, :, None]
+    h, w = window_cell(ho, wo, offsets.astype(np.int64), pool)
+    return h * width + w
+
+
+# ----------------------------------------------------------------------------------------
+# naive loops: the definitions, one number, then one window, at a time
+# ----------------------------------------------------------------------------------------
+
+def _normalized_naive(spec, z, mean, inv_std, gamma, beta):
+    """u for every cell of z, one number at a time (the block's first three lines)."""
+    u = np.empty_like(z)
+    for i in np.ndindex(z.shape):
+        c = i[-1]
+        v = max(z[i], 0) if spec.relu == "before" else z[i]
+        u[i] = (v - mean[c]) * (gamma[c] * inv_std[c]) + beta[c]
+        if spec.relu == "after":
+            u[i] = max(u[i], 0)
+    return u
+
+
+def _pool_naive(u, pool):
+    """Max of each window's real cells and its offset (the first max on ties)."""
+    (kh, kw), (sh, sw), ((top, _), (left, _)) = pool
+    n_img, h_in, w_in, c_n = u.shape
+    p = np.empty((n_img,) + output_hw(h_in, w_in, *pool) + (c_n,), dtype=u.dtype)
+    offsets = np.empty(p.shape, dtype=np.uint8)
+    for n, ho, wo, c in np.ndindex(p.shape):
+        best, where = -np.inf, None
+        for offset in range(kh * kw):
+            h, w = window_cell(ho, wo, offset, pool)
+            if 0 <= h < h_in and 0 <= w < w_in and (where is None or u[n, h, w, c] > best):
+                best, where = u[n, h, w, c], offset
+        p[n, ho, wo, c], offsets[n, ho, wo, c] = best, where
+    return p, offsets
+
+
+def forward_naive(spec, z, mean, inv_std, gamma, beta, bits=None, residual=None):
+    """(y, offsets, keep) from the definition at the top."""
+    y = _normalized_naive(spec, z, mean, inv_std, gamma, beta)
+    offsets = keep = None
+    if spec.pool is not None:
+        y, offsets = _pool_naive(y, spec.pool)
+    if bits is not None:
+        keep = bits / 2**32 >= spec.rate
+        y = np.where(keep, y / y.dtype.type(1 - spec.rate), 0).astype(y.dtype)
+    return (y if residual is None else y + residual), offsets, keep
+
+
+def _unpool_naive(g, z_shape, offsets, pool):
+    """du: each window's g added at its max cell, zeros elsewhere."""
+    du = np.zeros(z_shape, dtype=g.dtype)
+    for n, ho, wo, c in np.ndindex(g.shape):
+        h, w = window_cell(ho, wo, int(offsets[n, ho, wo, c]), pool)
+        du[n, h, w, c] += g[n, ho, wo, c]
+    return du
+
+
+def backward_naive(spec, dy, z, offsets, keep, mean, inv_std, gamma, beta, training):
+    """(dz, dgamma, dbeta) from the definition at the top."""
+    g = dy if keep is None else np.where(keep, dy / dy.dtype.type(1 - spec.rate), 0).astype(dy.dtype)
+    du = g if spec.pool is None else _unpool_naive(g, z.shape, offsets, spec.pool)
+    v = np.maximum(z, 0) if spec.relu == "before" else z
+    if spec.relu == "after":
+        u = _normalized_naive(spec._replace(relu=None), z, mean, inv_std, gamma, beta)
+        du = np.where(u > 0, du, 0).astype(du.dtype)
+    dz, dgamma, dbeta = batchnorm.normalize_backward_naive(du, v, mean, inv_std, gamma, training)
+    if spec.relu == "before":
+        dz = np.where(z > 0, dz, 0).astype(dz.dtype)
+    return dz, dgamma.astype(z.dtype), dbeta.astype(z.dtype)
+
+
+# ----------------------------------------------------------------------------------------
+# NumPy reference: the textbook ops, one after another
+# ----------------------------------------------------------------------------------------
+
+def moments_reference(z, relu_first=False):
+    """Mean and (biased) variance per channel of z, or of max(z, 0): (..., C) -> (C,), (C,)."""
+    return batchnorm.moments_reference(elementwise.relu_reference(z) if relu_first else z)
+
+
+def forward_reference(spec, z, mean, inv_std, gamma, beta, bits=None, residual=None):
+    """(y, offsets, keep): BatchNormalization, ReLU, MaxPooling2D, Dropout and Add's ops in turn."""
+    v = elementwise.relu_reference(z) if spec.relu == "before" else z
+    y = batchnorm.normalize_reference(v, mean, inv_std, gamma, beta, relu=spec.relu == "after")
+    offsets = keep = None
+    if spec.pool is not None:
+        y, argmax = pooling.max_pool_reference(y, *spec.pool)
+        offsets = offsets_of(argmax, z.shape[2], spec.pool)
+    if bits is not None:
+        y, keep = elementwise.dropout_reference(y, bits, spec.rate)
+    return (y if residual is None else y + residual), offsets, keep
+
+
+def backward_reference(spec, dy, z, offsets, keep, mean, inv_std, gamma, beta, training):
+    """(dz, dgamma, dbeta): the textbook ops' backward passes in reverse order."""
+    g = dy if keep is None else elementwise.dropout_backward_reference(dy, keep, spec.rate)
+    if spec.pool is not None:
+        g = pooling.max_pool_backward_reference(g, argmax_of(offsets, z.shape[2], spec.pool), z.shape, *spec.pool)
+    v = elementwise.relu_reference(z) if spec.relu == "before" else z
+    dv, dgamma, dbeta = batchnorm.normalize_backward_reference(g, v, mean, inv_std, gamma, training,
+                                                               relu=spec.relu == "after", beta=beta)
+    return (elementwise.relu_backward_reference(dv, v) if spec.relu == "before" else dv), dgamma, dbeta
+
+
+# ----------------------------------------------------------------------------------------
+# numba kernels: channels innermost; per-channel sums in float64, one row per block of rows
+# ----------------------------------------------------------------------------------------
+# Absent inputs (no dropout draws, no residual) come as empty arrays and a flag: one compiled
+# kernel for every block, its branches loop-invariant.
+
+BLOCKS = perf.BATCHNORM_BLOCKS    # row blocks of the sums (a constant to the kernels: read when they compile)
+
+
+@njit(inline="always")
+def _span(b, blocks, m):
+    """Rows [lo, hi) of block b of m rows cut into `blocks` blocks (the last may be short)."""
+    step = (m + blocks - 1) // blocks
+    return b * step, min(m, (b + 1) * step)
+
+
+@njit(inline="always")
+def _normalized(z, mean, scale, beta, relu, zero):
+    """u of one number, in z's dtype and the textbook's order of operations (so ties in a
+    pool window break as there); also returns v - mean."""
+    v = z
+    if relu == BEFORE and v < zero:       # NaN passes, as in np.maximum
+        v = zero
+    vc = v - mean
+    u = vc * scale + beta
+    if relu == AFTER and u < zero:
+        u = zero
+    return u, vc
+
+
+@njit(inline="always")
+def _gradient(dy, keep, dropout, drop_scale, z, mean, scale, beta, relu, zero):
+    """g = du at one cell (dropout's and an after-ReLU's rules), v - mean in float64, and
+    whether a before-ReLU passes it (z > 0)."""
+    g = dy
+    if dropout:
+        g = dy * drop_scale if keep else zero
+    v = z
+    if relu == BEFORE and v < zero:
+        v = zero
+    vc = v - mean
+    if relu == AFTER and not vc * scale + beta > zero:
+        g = zero
+    return g, np.float64(v) - np.float64(mean), relu != BEFORE or z > zero
+
+
+@njit(inline="always")
+def _finish(p, dropout, bits, threshold, drop_scale, add, residual, zero):
+    """Dropout (keep = bits >= threshold) and the residual, on one pooled number -> (y, keep)."""
+    keep = True
+    if dropout:
+        keep = bits >= threshold
+        p = p * drop_scale if keep else zero
+    if add:
+        p += residual
+    return p, keep
+
+
+@njit(cache=True, parallel=True)
+def _pooled_forward_kernel(z, mean, scale, beta, relu, kh, kw, sh, sw, top, left,
+                           bits, threshold, drop_scale, residual, y, offsets, keep):
+    # one task per output row (n, ho): it alone writes y, offsets and keep there
+    n_img, h_in, w_in, c_n = z.shape
+    ho_n, wo_n = y.shape[1], y.shape[2]
+    dropout, add, zero = bits.size > 0, residual.size > 0, y.dtype.type(0)
+    for t in prange(n_img * ho_n):
+        n, ho = t // ho_n, t % ho_n
+        h0 = ho * sh - top
+        for wo in range(wo_n):
+            w0 = wo * sw - left
+            h_lo, h_hi, w_lo, w_hi = max(h0, 0), min(h0 + kh, h_in), max(w0, 0), min(w0 + kw, w_in)
+            for c in range(c_n):
+                y[n, ho, wo, c] = -np.inf
+                offsets[n, ho, wo, c] = (h_lo - h0) * kw + (w_lo - w0)      # the first real cell
+            for h in range(h_lo, h_hi):                                     # row-major window order
+                for w in range(w_lo, w_hi):
+                    cell = (h - h0) * kw + (w - w0)
+                    for c in range(c_n):
+                        u, _ = _normalized(z[n, h, w, c], mean[c], scale[c], beta[c], relu, zero)
+                        if u > y[n, ho, wo, c]:                             # strict: first max wins ties
+                            y[n, ho, wo, c] = u
+                            offsets[n, ho, wo, c] = cell
+            for c in range(c_n):
+                y[n, ho, wo, c], k = _finish(y[n, ho, wo, c], dropout, bits[n, ho, wo, c] if dropout else 0,
+                                             threshold, drop_scale, add,
+                                             residual[n, ho, wo, c] if add else zero, zero)
+                if dropout:
+                    keep[n, ho, wo, c] = k
+
+
+@njit(cache=True, parallel=True)
+def _rows_forward_kernel(z, mean, scale, beta, relu, bits, threshold, drop_scale, residual, y, keep):
+    # z, y (M, C); bits, residual, keep (M, C) or empty
+    m, c_n = z.shape
+    dropout, add, zero = bits.size > 0, residual.size > 0, y.dtype.type(0)
+    blocks = min(BLOCKS, m)
+    for b in prange(blocks):
+        lo, hi = _span(b, blocks, m)
+        for r in range(lo, hi):
+            for c in range(c_n):
+                u, _ = _normalized(z[r, c], mean[c], scale[c], beta[c], relu, zero)
+                y[r, c], k = _finish(u, dropout, bits[r, c] if dropout else 0, threshold, drop_scale, add,
+                                     residual[r, c] if add else zero, zero)
+                if dropout:
+                    keep[r, c] = k
+
+
+@njit(cache=True, parallel=True)
+def _pooled_sums_kernel(dy, z, offsets, keep, mean, scale, beta, relu, kh, kw, sh, sw, top, left, drop_scale,
+                        sum_g, sum_g_vc):
+    # per block of pooled rows (n, ho): sum of g and of g * (v - mean) at each window's max cell
+    n_img, ho_n, wo_n, c_n = dy.shape
+    dropout, zero = keep.size > 0, dy.dtype.type(0)
+    blocks = sum_g.shape[0]
+    for b in prange(blocks):
+        lo, hi = _span(b, blocks, n_img * ho_n)
+        for t in range(lo, hi):
+            n, ho = t // ho_n, t % ho_n
+            for wo in range(wo_n):
+                for c in range(c_n):
+                    cell = np.int64(offsets[n, ho, wo, c])
+                    h, w = ho * sh - top + cell // kw, wo * sw - left + cell % kw
+                    g, vc, _ = _gradient(dy[n, ho, wo, c], keep[n, ho, wo, c] if dropout else True, dropout,
+                                         drop_scale, z[n, h, w, c], mean[c], scale[c], beta[c], relu, zero)
+                    sum_g[b, c] += g
+                    sum_g_vc[b, c] += np.float64(g) * vc
+
+
+@njit(cache=True, parallel=True)
+def _pooled_dz_kernel(dy, z, offsets, keep, mean, scale, beta, relu, kh, kw, sh, sw, top, left, drop_scale,
+                      a, k, offset, dz):
+    # one task per image (windows overlap: only its owner adds into it): dz = k * (v - mean) + offset
+    # everywhere (0 where a before-ReLU is off), then a * du added at each window's max cell
+    n_img, h_in, w_in, c_n = z.shape
+    ho_n, wo_n = dy.shape[1], dy.shape[2]
+    dropout, zero = keep.size > 0, dz.dtype.type(0)
+    for n in prange(n_img):
+        for h in range(h_in):
+            for w in range(w_in):
+                for c in range(c_n):
+                    _, vc = _normalized(z[n, h, w, c], mean[c], scale[c], beta[c], relu, zero)
+                    passes = relu != BEFORE or z[n, h, w, c] > zero
+                    dz[n, h, w, c] = k[c] * vc + offset[c] if passes else zero
+        for ho in range(ho_n):
+            for wo in range(wo_n):
+                for c in range(c_n):
+                    cell = np.int64(offsets[n, ho, wo, c])
+                    h, w = ho * sh - top + cell // kw, wo * sw - left + cell % kw
+                    g, _, passes = _gradient(dy[n, ho, wo, c], keep[n, ho, wo, c] if dropout else True, dropout,
+                                             drop_scale, z[n, h, w, c], mean[c], scale[c], beta[c], relu, zero)
+                    if passes:
+                        dz[n, h, w, c] += a[c] * g
+
+
+@njit(cache=True, parallel=True)
+def _rows_sums_kernel(dy, z, keep, mean, scale, beta, relu, drop_scale, sum_g, sum_g_vc):
+    # dy, z (M, C): per block of rows, sum of g and of g * (v - mean)
+    m, c_n = z.shape
+    dropout, zero = keep.size > 0, dy.dtype.type(0)
+    blocks = sum_g.shape[0]
+    for b in prange(blocks):
+        lo, hi = _span(b, blocks, m)
+        for r in range(lo, hi):
+            for c in range(c_n):
+                g, vc, _ = _gradient(dy[r, c], keep[r, c] if dropout else True, dropout, drop_scale, z[r, c],
+                                     mean[c], scale[c], beta[c], relu, zero)
+                sum_g[b, c] += g
+                sum_g_vc[b, c] += np.float64(g) * vc
+
+
+@njit(cache=True, parallel=True)
+def _rows_dz_kernel(dy, z, keep, mean, scale, beta, relu, drop_scale, a, k, offset, dz):
+    # dz = a * g + k * (v - mean) + offset, 0 where a before-ReLU is off
+    m, c_n = z.shape
+    dropout, zero = keep.size > 0, dz.dtype.type(0)
+    blocks = min(BLOCKS, m)
+    for b in prange(blocks):
+        lo, hi = _span(b, blocks, m)
+        for r in range(lo, hi):
+            for c in range(c_n):
+                g, _, passes = _gradient(dy[r, c], keep[r, c] if dropout else True, dropout, drop_scale, z[r, c],
+                                         mean[c], scale[c], beta[c], relu, zero)
+                _, vc = _normalized(z[r, c], mean[c], scale[c], beta[c], relu, zero)
+                dz[r, c] = a[c] * g + k[c] * vc + offset[c] if passes else zero
+
+
+@njit(cache=True, parallel=True)
+def _moments_kernel(x, relu_first, shift, sums, squares):
+    # x (M, C); sums, squares (blocks, C) float64 zeros; moments of max(x, 0) if relu_first,
+    # taken about a shift as in ops/batchnorm.py
+    m, c_n = x.shape
+    blocks = sums.shape[0]
+    zero = x.dtype.type(0)
+    for b in prange(blocks):
+        lo, hi = _span(b, blocks, m)
+        for r in range(lo, hi):
+            for c in range(c_n):
+                v = x[r, c]
+                if relu_first and v < zero:
+                    v = zero
+                d = np.float64(v) - shift[c]
+                sums[b, c] += d
+                squares[b, c] += d * d
+
+
+def _channel_args(z, mean, inv_std, gamma, beta):
+    """mean, scale = gamma * inv_std and beta in z's dtype, as the reference computes them."""
+    return tuple(np.ascontiguousarray(np.asarray(v).astype(z.dtype)) for v in (mean, gamma * inv_std, beta))
+
+
+def _buffer(out, shape, dtype, name):
+    """`out` when it fits (C-contiguous, this shape and dtype), a new array when None."""
+    if out is None:
+        return np.empty(shape, dtype=dtype)
+    if tuple(out.shape) != tuple(shape) or out.dtype != dtype or not out.flags.c_contiguous:
+        raise ValueError(f"epilogue: {name} must be a C-contiguous {np.dtype(dtype).name} array of shape "
+                         f"{tuple(shape)}, received {out.dtype} {out.shape}")
+    return out
+
+
+def _optional(a, shape, dtype, name):
+    """A present input as a C-contiguous array of `shape` (an error otherwise); an absent one empty."""
+    if a is None:
+        return np.empty((0,) * len(shape), dtype=dtype)
+    if tuple(a.shape) != tuple(shape):
+        raise ValueError(f"epilogue: {name} must have the output's shape {tuple(shape)}, received {a.shape}")
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
+def _rows(a):
+    """The (M, C) view of a (..., C) array (empty arrays stay empty)."""
+    return a.reshape(-1, a.shape[-1]) if a.size else a.reshape(0, 0)
+
+
+def forward_numba(spec, z, mean, inv_std, gamma, beta, bits=None, residual=None, out=None, offsets_out=None,
+                  keep_out=None):
+    """numba version of `forward_reference` (same result); writes into the buffers given (out
+    may be the residual itself)."""
+    z = np.ascontiguousarray(z)
+    shape = spec.output_shape(z.shape)
+    y = _buffer(out, shape, z.dtype, "out")
+    keep = _buffer(keep_out, shape, np.bool_, "keep_out") if bits is not None else np.empty((0,) * y.ndim, np.bool_)
+    bits_in = _optional(bits, shape, np.uint32, "bits")
+    residual_in = _optional(residual, shape, z.dtype, "residual")
+    dropout = (elementwise.keep_threshold(spec.rate), z.dtype.type(1 / (1 - spec.rate)))
+    channel = _channel_args(z, mean, inv_std, gamma, beta) + (RELU_MODES[spec.relu],)
+    with perf.kernel_threads(z.size):
+        if spec.pool is None:
+            _rows_forward_kernel(_rows(z), *channel, _rows(bits_in), *dropout, _rows(residual_in), _rows(y),
+                                 _rows(keep))
+            return y, None, (keep if bits is not None else None)
+        offsets = _buffer(offsets_out, shape, np.uint8, "offsets_out")
+        (kh, kw), (sh, sw), ((top, _), (left, _)) = spec.pool
+        _pooled_forward_kernel(z, *channel, kh, kw, sh, sw, top, left, bits_in, *dropout, residual_in, y, offsets,
+                               keep)
+    return y, offsets, (keep if bits is not None else None)
+
+
+def _coefficients(sum_g, sum_g_vc, inv_std, gamma, m, training, dtype):
+    """(dgamma, dbeta, a, k, offset) from the block sums: the formulas at the top."""
+    inv_std64, gamma64 = (np.asarray(v, dtype=np.float64) for v in (inv_std, gamma))
+    dbeta, dgamma = sum_g.sum(axis=0), sum_g_vc.sum(axis=0) * inv_std64
+    a = gamma64 * inv_std64
+    k, offset = (-a * inv_std64 * dgamma / m, -a * dbeta / m) if training else (0 * a, 0 * a)
+    return dgamma.astype(dtype), dbeta.astype(dtype), *(v.astype(dtype) for v in (a, k, offset))
+
+
+def backward_numba(spec, dy, z, offsets, keep, mean, inv_std, gamma, beta, training, out=None):
+    """numba version of `backward_reference` (same result up to rounding); dz written into out if given."""
+    z, dy = np.ascontiguousarray(z), np.ascontiguousarray(dy, dtype=z.dtype)
+    keep_in = _optional(keep, dy.shape, np.bool_, "keep")
+    channel = _channel_args(z, mean, inv_std, gamma, beta) + (RELU_MODES[spec.relu],)
+    drop_scale = z.dtype.type(1 / (1 - spec.rate))
+    c = z.shape[-1]
+    blocks = max(1, min(BLOCKS, dy.size // c // (dy.shape[2] if spec.pool else 1)))
+    sum_g, sum_g_vc = np.zeros((blocks, c)), np.zeros((blocks, c))
+    dz = _buffer(out, z.shape, z.dtype, "out")
+    if spec.pool is None:
+        args = (_rows(dy), _rows(z), _rows(keep_in), *channel, drop_scale)
+        sums_kernel, dz_kernel, dz_out = _rows_sums_kernel, _rows_dz_kernel, _rows(dz)
+    else:
+        (kh, kw), (sh, sw), ((top, _), (left, _)) = spec.pool
+        args = (dy, z, np.ascontiguousarray(offsets), keep_in, *channel, kh, kw, sh, sw, top, left, drop_scale)
+        sums_kernel, dz_kernel, dz_out = _pooled_sums_kernel, _pooled_dz_kernel, dz
+    with perf.kernel_threads(z.size):
+        sums_kernel(*args, sum_g, sum_g_vc)
+        dgamma, dbeta, a, k, offset = _coefficients(sum_g, sum_g_vc, inv_std, gamma, z.size // c, training, z.dtype)
+        dz_kernel(*args, a, k, offset, dz_out)
+    return dz, dgamma, dbeta
+
+
+def moments_numba(z, relu_first=False):
+    """numba version of `moments_reference` (same result up to rounding), one pass over z."""
+    x = _rows(np.ascontiguousarray(z))
+    m, c = x.shape
+    shift = (np.maximum(x[0], 0) if relu_first else x[0]).astype(np.float64)
+    blocks = min(BLOCKS, m)
+    sums, squares = np.zeros((blocks, c)), np.zeros((blocks, c))
+    with perf.kernel_threads(x.size):
+        _moments_kernel(x, relu_first, shift, sums, squares)
+    mean_shifted = sums.sum(axis=0) / m
+    var = squares.sum(axis=0) / m - mean_shifted ** 2
+    return (mean_shifted + shift).astype(z.dtype), np.maximum(var, 0).astype(z.dtype)
+
+
+# ----------------------------------------------------------------------------------------
+# dispatch: numba from perf.EPILOGUE_NUMBA_MIN_SIZE numbers of z; MINICNN_REFERENCE=1: the reference
+# ----------------------------------------------------------------------------------------
+
+def numba_pays(z):
+    """Whether the kernels beat the textbook ops' composition on z (benchmarks/kernels_epilogue.py)."""
+    return z.size >= perf.EPILOGUE_NUMBA_MIN_SIZE
+
+
+def _into(result, buffer):
+    """`result`, copied into the caller's buffer when one was given (the reference makes its own)."""
+    if buffer is None or result is None:
+        return result
+    buffer[...] = result
+    return buffer
+
+
+def moments(z, relu_first=False):
+    """Per-channel mean and variance of z (or of max(z, 0), cnn8's ReLU before BN): (..., C) -> (C,), (C,)."""
+    return pick(moments_reference, moments_numba, numba_pays(z))(z, relu_first)
+
+
+def forward(spec, z, mean, inv_std, gamma, beta, bits=None, residual=None, out=None, offsets_out=None,
+            keep_out=None):
+    """y = [dropout](pool(act(BN(z)))) [+ residual] for the block `spec` -> (y, offsets or None,
+    keep or None). bits: Dropout's uint32 draws of y's shape (elementwise.random_bits), None in
+    inference; out, offsets_out, keep_out: buffers to write into (out may be the residual)."""
+    spec.check(z)
+    if pick(forward_reference, forward_numba, numba_pays(z)) is forward_reference:
+        y, offsets, keep = forward_reference(spec, z, mean, inv_std, gamma, beta, bits, residual)
+        return _into(y, out), _into(offsets, offsets_out), _into(keep, keep_out)
+    return forward_numba(spec, z, mean, inv_std, gamma, beta, bits, residual, out, offsets_out, keep_out)
+
+
+def backward(spec, dy, z, offsets, keep, mean, inv_std, gamma, beta, training, out=None):
+    """dy (y's shape) -> (dz (z's shape), dgamma (C,), dbeta (C,)) for `forward`; training=True
+    differentiates through the batch statistics. The residual's gradient is dy itself."""
+    spec.check(z)
+    if pick(backward_reference, backward_numba, numba_pays(z)) is backward_reference:
+        dz, dgamma, dbeta = backward_reference(spec, dy, z, offsets, keep, mean, inv_std, gamma, beta, training)
+        return _into(dz, out), dgamma, dbeta
+    return backward_numba(spec, dy, z, offsets, keep, mean, inv_std, gamma, beta, training, out)
