@@ -142,3 +142,7 @@ def find_openblas_local_threads():
         fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
         return fn
     return None
+
+# the fused epilogue (BatchNormalization, ReLU, max pool, dropout, Add: ops/epilogue.py): its kernels
+# from this many numbers of the product, below which the textbook ops' composition is as quick
+EPILOGUE_NUMBA_MIN_SIZE = 1 << 12
