@@ -146,3 +146,13 @@ def find_openblas_local_threads():
 # the fused epilogue (BatchNormalization, ReLU, max pool, dropout, Add: ops/epilogue.py): its kernels
 # from this many numbers of the product, below which the textbook ops' composition is as quick
 EPILOGUE_NUMBA_MIN_SIZE = 1 << 12
+
+
+# Winograd's F(4x4, 3x3) (ops.winograd.winograd_tile, measured by benchmarks/kernels_winograd.py):
+# its 36 products of (tiles, C) @ (C, F) need C and F at least this wide to run near OpenBLAS's rate,
+WINOGRAD4_MIN_CHANNELS = 32
+# ... at least this many 4x4 tiles (N * th * tw) to share the kernel transform, as for F(2x2),
+WINOGRAD4_MIN_TILES = 256
+# ... and at least this share of the 4x4 tiles' outputs inside the image (6x6 takes four 4x4 tiles,
+# 8x8 outputs for 6x6: no fewer multiplications than F(2x2), with larger transforms)
+WINOGRAD4_MIN_KEPT = 0.75

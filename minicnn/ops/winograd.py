@@ -1,250 +1,354 @@
-"""Winograd's F(2x2, 3x3): a 3x3, stride-1 convolution with 2.25x fewer multiplications.
+"""Winograd's F(m x m, 3x3): a 3x3, stride-1 convolution with fewer multiplications.
 
 Lavin & Gray (2015), "Fast Algorithms for Convolutional Neural Networks". Cut the output into
-2x2 tiles; the 4x4 input patch d under a tile and the 3x3 kernel g give the tile as
-    y = A^T [ (G g G^T) * (B^T d B) ] A          (* elementwise, 4x4)
-which needs 16 multiplications per channel pair where the direct sum needs 36. Over
-channels, the 16 entries xi = (a, b) of the 4x4 become 16 independent matrix products:
+m x m tiles; the a x a input patch d under a tile (a = m + 2) and the 3x3 kernel g give the tile as
+    y = A^T [ (G g G^T) * (B^T d B) ] A          (* elementwise, a x a)
+which needs a^2 multiplications per channel pair where the direct sum needs 9 m^2:
+F(2x2) 16 for 36 (2.25x fewer), F(4x4) 36 for 144 (4x fewer). Over channels, the a^2 entries
+xi = (i, j) of the a x a become a^2 independent matrix products:
     V[xi] = (B^T d B)[xi]      (tiles, C)    input transform   ("im2col" of this method)
     U[xi] = (G g G^T)[xi]      (C, F)        kernel transform  (on the weights: small)
-    M[xi] = V[xi] @ U[xi]      (tiles, F)    16 products, each 1/36 of im2col's one
+    M[xi] = V[xi] @ U[xi]      (tiles, F)    a^2 products, together 1/(9 m^2 / a^2) of im2col's one
     y     = A^T M A            (N, Ho, Wo, F) output transform
 Backward is the same chain read backwards (each transform's adjoint is its transpose):
     dM = A dy A^T  (output_adjoint);  dU[xi] = V[xi]^T @ dM[xi];  dK = G^T dU G
     dV[xi] = dM[xi] @ U[xi]^T;  dx = B dV B^T added back onto the overlapping input patches
     (input_adjoint: tiles overlap by 2 pixels, as im2col's windows do).
-Tiles: `tiles_hw` gives th x tw = ceil(Ho/2) x ceil(Wo/2) per image; tile (p, q) reads input
-rows 2p - top .. 2p - top + 3 (and columns likewise), zeros outside the image; an odd Ho
-or Wo makes the last tile's second row/column fall outside, and it is dropped.
-Rows of V and M are tiles in (n, p, q) order: V is (16, N*th*tw, C), M (16, N*th*tw, F).
+Tiles: `tiles_hw` gives th x tw = ceil(Ho/m) x ceil(Wo/m) per image; tile (p, q) reads input
+rows m*p - top .. m*p - top + a - 1 (and columns likewise), zeros outside the image; where m
+does not divide Ho or Wo, the last tile's rows/columns past the output are dropped.
+Rows of V and M are tiles in (n, p, q) order: V is (a^2, N*th*tw, C), M (a^2, N*th*tw, F).
+Every function takes the Tiling (F2 or F4; F2 by default); nothing but `winograd_tile` and
+`Saved.tiling` depends on r = 3, so F(m x m, 5x5) is a `toom_cook` call away.
 
-`conv3x3_naive` is the formula above, one tile and one channel pair at a time. Each
-transform has a NumPy reference (one einsum over the 4x4 tile axes) and a numba kernel
-(one thread per image, channels innermost, a tile's 16 x C values in a small per-image
-array), which tests hold against each other and against im2col's convolution. Conv2D
-takes this method where `pays` says so (thresholds in minicnn.perf, chosen with
-benchmarks/models.py); MINICNN_REFERENCE=1 keeps every convolution on im2col.
+The matrices come from Toom-Cook interpolation at a - 1 points and infinity (`toom_cook`): a
+larger tile saves more multiplications but its matrices hold larger numbers, so float32
+rounding grows with m; benchmarks/kernels_winograd.py measures both the error and the speed,
+and `winograd_tile` picks im2col, F(2x2) or F(4x4) per layer shape from those measurements.
+
+`conv3x3_naive` is the formula above, one tile and one channel pair at a time. Each transform
+has a NumPy reference (one einsum over the a x a tile axes) and a numba kernel (one thread per
+image; a tile's a x a x C values in a small per-image array, channels innermost, the small
+matrices applied by `_rows` / `_cols`), which tests hold against each other and against
+im2col's convolution. MINICNN_REFERENCE=1 runs the references (and Conv2D uses im2col).
 """
+from fractions import Fraction
+from typing import NamedTuple
+
 import numpy as np
 
 from .. import backend, perf
 from .gemm import batched_matmul, matmul
 from .jit import njit, pick, prange
 
-BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=np.float64)
-G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=np.float64)
-AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=np.float64)
+
+# ----------------------------------------------------------------------------------------
+# the transforms' matrices
+# ----------------------------------------------------------------------------------------
+
+class Tiling(NamedTuple):
+    """F(m x m, r x r): m x m output tiles of an r x r kernel from a x a input patches, a = m + r - 1."""
+    m: int
+    r: int
+    BT: np.ndarray       # (a, a)  input transform B^T
+    G: np.ndarray        # (a, r)  kernel transform
+    AT: np.ndarray       # (m, a)  output transform A^T
+
+    @property
+    def a(self):
+        return self.m + self.r - 1
+
+    def __repr__(self):
+        return f"F({self.m}x{self.m}, {self.r}x{self.r})"
 
 
-def tiles_hw(ho, wo):
-    """Tiles per image along H and W for an Ho x Wo output."""
-    return (ho + 1) // 2, (wo + 1) // 2
+def _times_root(poly, root):
+    """The coefficients (lowest power first) of poly(x) * (x - root)."""
+    return [shifted - root * c for shifted, c in zip([0] + poly, poly + [0])]
+
+
+def toom_cook(m, points, r=3):
+    """F(m, r)'s B^T, G, A^T from a - 1 finite points and infinity, in exact fractions.
+
+    The 1-D correlation y_i = sum_j d[i + j] g[j] is the transpose of multiplying polynomials
+    g(x) d(x): evaluate both at the points (G: g's values; A: d's), multiply, interpolate
+    (B^T: row k holds the Lagrange polynomial prod_{l != k} (x - p_l), its 1 / prod (p_k - p_l)
+    moved into G; the last row, for infinity, M(x) = prod_l (x - p_l))."""
+    points = [Fraction(p) for p in points]
+    a = m + r - 1
+    if len(points) != a - 1 or len(set(points)) != len(points):
+        raise ValueError(f"toom_cook: F({m}, {r}) needs {a - 1} distinct points, received {points}")
+    bt, g, at = np.zeros((a, a), object), np.zeros((a, r), object), np.zeros((m, a), object)
+    for k, p in enumerate(points):
+        lagrange, scale = [Fraction(1)], Fraction(1)
+        for q in points[:k] + points[k + 1:]:
+            lagrange, scale = _times_root(lagrange, q), scale * (p - q)
+        sign = 1 if scale > 0 else -1                                   # keep G's 1/scale positive
+        bt[k] = [sign * c for c in lagrange] + [0]
+        g[k] = [p ** j / abs(scale) for j in range(r)]
+        at[:, k] = [p ** i for i in range(m)]
+    everywhere = [Fraction(1)]
+    for q in points:
+        everywhere = _times_root(everywhere, q)
+    bt[a - 1], g[a - 1], at[:, a - 1] = everywhere, [0] * (r - 1) + [1], [0] * (m - 1) + [1]
+    return Tiling(m, r, bt.astype(np.float64), g.astype(np.float64), at.astype(np.float64))
+
+
+# F(2x2, 3x3): Lavin & Gray's points. F(4x4, 3x3): 0, +-1, 1/2, -2 rather than their 0, +-1,
+# +-2: the same multiplications with less float32 rounding (benchmarks/kernels_winograd.py).
+F2 = toom_cook(2, (0, 1, -1))
+F4 = toom_cook(4, (0, 1, -1, Fraction(1, 2), -2))
+TILINGS = {(t.m, t.r): t for t in (F2, F4)}
+
+
+def tiling(m, r=3):
+    """The Tiling of F(m x m, r x r), one of TILINGS."""
+    if (m, r) not in TILINGS:
+        raise ValueError(f"winograd: no F({m}x{m}, {r}x{r}); there are {list(TILINGS.values())}")
+    return TILINGS[m, r]
+
+
+def tiles_hw(ho, wo, tile=2):
+    """Tiles per image along H and W for an Ho x Wo output in tile x tile tiles."""
+    return -(-ho // tile), -(-wo // tile)
 
 
 # ----------------------------------------------------------------------------------------
 # naive loops: the formula, one tile and one channel pair at a time
 # ----------------------------------------------------------------------------------------
 
-def conv3x3_naive(x, kernel, top, left, ho, wo):
-    """z = conv(x, kernel), no bias, each 2x2 tile as A^T [(G g G^T) * (B^T d B)] A."""
-    n_img, c_n, f_n = x.shape[0], x.shape[3], kernel.shape[3]
-    th, tw = tiles_hw(ho, wo)
-    xp = _padded(x, top, left, th, tw)
-    z = np.zeros((n_img, 2 * th, 2 * tw, f_n), dtype=np.result_type(x, kernel))
+def conv_naive(x, kernel, top, left, ho, wo, tiling=F2):
+    """z = conv(x, kernel), no bias, each m x m tile as A^T [(G g G^T) * (B^T d B)] A."""
+    t, (n_img, c_n, f_n) = tiling, (x.shape[0], x.shape[3], kernel.shape[3])
+    th, tw = tiles_hw(ho, wo, t.m)
+    xp = _padded(x, top, left, th, tw, t)
+    z = np.zeros((n_img, t.m * th, t.m * tw, f_n), dtype=np.result_type(x, kernel))
     for n, p, q, c, f in np.ndindex(n_img, th, tw, c_n, f_n):
-        d = xp[n, 2 * p:2 * p + 4, 2 * q:2 * q + 4, c]            # the 4x4 input patch under tile (p, q)
-        u = G @ kernel[:, :, c, f] @ G.T                          # 4x4
-        z[n, 2 * p:2 * p + 2, 2 * q:2 * q + 2, f] += AT @ (u * (BT @ d @ BT.T)) @ AT.T
-    return z[:, :ho, :wo]                                         # an odd Ho or Wo drops the last row/column
+        d = xp[n, t.m * p:t.m * p + t.a, t.m * q:t.m * q + t.a, c]      # the a x a input patch under tile (p, q)
+        u = t.G @ kernel[:, :, c, f] @ t.G.T                          # a x a
+        z[n, t.m * p:t.m * (p + 1), t.m * q:t.m * (q + 1), f] += t.AT @ (u * (t.BT @ d @ t.BT.T)) @ t.AT.T
+    return z[:, :ho, :wo]                                             # drop rows/columns past the output
 
 
 # ----------------------------------------------------------------------------------------
 # kernel transforms (on the weights: small, NumPy only)
 # ----------------------------------------------------------------------------------------
 
-# G g G^T for every (c, f) at once: entry (a, b) is sum_ij G[a, i] g[i, j] G[b, j], so with
-# GG = kron(G, G) (16 x 9, row 4a + b, column 3i + j) it is one product over all C*F pairs.
-GG = np.kron(G, G)
+def _gg(t, dtype):
+    """kron(G, G) (a^2 x r^2, row a*i + j, column r*k + l): G g G^T of all C*F kernels in one product."""
+    return np.kron(t.G, t.G).astype(dtype)
 
 
-def kernel_transform(kernel):
-    """U = G g G^T for every (c, f): (3, 3, C, F) -> (16, C, F)."""
-    c, f = kernel.shape[2:]
-    return matmul(GG.astype(kernel.dtype), kernel.reshape(9, c * f)).reshape(16, c, f)
+def kernel_transform(kernel, tiling=F2):
+    """U = G g G^T for every (c, f): (r, r, C, F) -> (a^2, C, F)."""
+    t, (c, f) = tiling, kernel.shape[2:]
+    return matmul(_gg(t, kernel.dtype), kernel.reshape(t.r * t.r, c * f)).reshape(t.a * t.a, c, f)
 
 
-def kernel_transform_adjoint(du):
-    """dK = G^T dU G: (16, C, F) -> (3, 3, C, F), the gradient of kernel_transform."""
-    c, f = du.shape[1:]
-    return matmul(GG.T.astype(du.dtype), du.reshape(16, c * f)).reshape(3, 3, c, f)
+def kernel_transform_adjoint(du, tiling=F2):
+    """dK = G^T dU G: (a^2, C, F) -> (r, r, C, F), the gradient of kernel_transform."""
+    t, (c, f) = tiling, du.shape[1:]
+    return matmul(_gg(t, du.dtype).T, du.reshape(t.a * t.a, c * f)).reshape(t.r, t.r, c, f)
 
 
 # ----------------------------------------------------------------------------------------
-# NumPy reference: gather the 16 cells of every tile with strided slices, then einsum
+# NumPy reference: gather the a x a cells of every tile with strided slices, then einsum
 # ----------------------------------------------------------------------------------------
 
-def _padded(x, top, left, th, tw):
+def _padded(x, top, left, th, tw, t):
     """x with `top`/`left` zero rows/columns before and enough after for th x tw tiles."""
     n, h, w, c = x.shape
-    bottom, right = max(2 * th + 2 - h - top, 0), max(2 * tw + 2 - w - left, 0)
+    bottom, right = max(t.m * th + t.r - 1 - h - top, 0), max(t.m * tw + t.r - 1 - w - left, 0)
     return np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
 
 
-def input_transform_reference(x, top, left, ho, wo):
-    """V = B^T d B for every 4x4 input patch d: (N, H, W, C) -> (16, N*th*tw, C)."""
-    th, tw = tiles_hw(ho, wo)
-    xp = _padded(x, top, left, th, tw)
-    # d[i, j] = cell (i, j) of every tile at once: (4, 4, N, th, tw, C)
-    d = np.stack([np.stack([xp[:, i:i + 2 * th:2, j:j + 2 * tw:2, :] for j in range(4)]) for i in range(4)])
-    bt = BT.astype(x.dtype)
+def input_transform_reference(x, top, left, ho, wo, tiling=F2):
+    """V = B^T d B for every a x a input patch d: (N, H, W, C) -> (a^2, N*th*tw, C)."""
+    t = tiling
+    th, tw = tiles_hw(ho, wo, t.m)
+    xp = _padded(x, top, left, th, tw, t)
+    # d[i, j] = cell (i, j) of every tile at once: (a, a, N, th, tw, C)
+    d = np.stack([np.stack([xp[:, i:i + t.m * th:t.m, j:j + t.m * tw:t.m, :] for j in range(t.a)])
+                  for i in range(t.a)])
+    bt = t.BT.astype(x.dtype)
     v = np.einsum("ai,ijntwc,bj->abntwc", bt, d, bt)
-    return v.reshape(16, -1, x.shape[3])
+    return v.reshape(t.a * t.a, -1, x.shape[3])
 
 
-def output_transform_reference(m, n, ho, wo):
-    """y = A^T M A per tile, cropped: (16, N*th*tw, F) -> (N, Ho, Wo, F)."""
-    th, tw = tiles_hw(ho, wo)
-    at = AT.astype(m.dtype)
-    y = np.einsum("ua,abntwf,vb->ntuwvf", at, m.reshape(4, 4, n, th, tw, -1), at)   # (N, th, 2, tw, 2, F)
-    return np.ascontiguousarray(y.reshape(n, 2 * th, 2 * tw, -1)[:, :ho, :wo, :])
+def output_transform_reference(m, n, ho, wo, tiling=F2):
+    """y = A^T M A per tile, cropped: (a^2, N*th*tw, F) -> (N, Ho, Wo, F)."""
+    t = tiling
+    th, tw = tiles_hw(ho, wo, t.m)
+    at = t.AT.astype(m.dtype)
+    y = np.einsum("ua,abntwf,vb->ntuwvf", at, m.reshape(t.a, t.a, n, th, tw, -1), at)   # (N, th, m, tw, m, F)
+    return np.ascontiguousarray(y.reshape(n, t.m * th, t.m * tw, -1)[:, :ho, :wo, :])
 
 
-def output_adjoint_reference(dy):
-    """dM = A dy A^T per 2x2 tile of dy (the output transform's transpose):
-    (N, Ho, Wo, F) -> (16, N*th*tw, F)."""
-    n, ho, wo, f = dy.shape
-    th, tw = tiles_hw(ho, wo)
-    dyp = np.pad(dy, ((0, 0), (0, 2 * th - ho), (0, 2 * tw - wo), (0, 0))).reshape(n, th, 2, tw, 2, f)
-    at = AT.astype(dy.dtype)
+def output_adjoint_reference(dy, tiling=F2):
+    """dM = A dy A^T per m x m tile of dy (the output transform's transpose):
+    (N, Ho, Wo, F) -> (a^2, N*th*tw, F)."""
+    t, (n, ho, wo, f) = tiling, dy.shape
+    th, tw = tiles_hw(ho, wo, t.m)
+    dyp = np.pad(dy, ((0, 0), (0, t.m * th - ho), (0, t.m * tw - wo), (0, 0))).reshape(n, th, t.m, tw, t.m, f)
+    at = t.AT.astype(dy.dtype)
     dm = np.einsum("ua,ntuwvf,vb->abntwf", at, dyp, at)
-    return dm.reshape(16, -1, f)
+    return dm.reshape(t.a * t.a, -1, f)
 
 
-def input_adjoint_reference(dv, x_shape, top, left, ho, wo):
-    """dx: B dV B^T per tile, added onto its 4x4 input patch (the input transform's
-    transpose): (16, N*th*tw, C) -> (N, H, W, C)."""
-    n, h, w, c = x_shape
-    th, tw = tiles_hw(ho, wo)
-    bt = BT.astype(dv.dtype)
-    dd = np.einsum("ai,abntwc,bj->ijntwc", bt, dv.reshape(4, 4, n, th, tw, c), bt)
-    dxp = np.zeros((n, top + max(2 * th + 2 - top, h), left + max(2 * tw + 2 - left, w), c), dtype=dv.dtype)
-    for i in range(4):                              # the same slices as the input transform, with +=
-        for j in range(4):
-            dxp[:, i:i + 2 * th:2, j:j + 2 * tw:2, :] += dd[i, j]
+def input_adjoint_reference(dv, x_shape, top, left, ho, wo, tiling=F2):
+    """dx: B dV B^T per tile, added onto its a x a input patch (the input transform's
+    transpose): (a^2, N*th*tw, C) -> (N, H, W, C)."""
+    t, (n, h, w, c) = tiling, x_shape
+    th, tw = tiles_hw(ho, wo, t.m)
+    bt = t.BT.astype(dv.dtype)
+    dd = np.einsum("ai,abntwc,bj->ijntwc", bt, dv.reshape(t.a, t.a, n, th, tw, c), bt)
+    dxp = np.zeros((n, max(t.m * th + t.r - 1, top + h), max(t.m * tw + t.r - 1, left + w), c), dtype=dv.dtype)
+    for i in range(t.a):                            # the same slices as the input transform, with +=
+        for j in range(t.a):
+            dxp[:, i:i + t.m * th:t.m, j:j + t.m * tw:t.m, :] += dd[i, j]
     return np.ascontiguousarray(dxp[:, top:top + h, left:left + w, :])
 
 
 # ----------------------------------------------------------------------------------------
-# numba kernels: one thread per image; a tile's 16 x C values in a small array, C innermost
+# numba kernels: one thread per image; a tile's a x a x C values in a small array, C innermost
 # ----------------------------------------------------------------------------------------
 
+@njit(cache=True)
+def _rows(mat, src, dst):
+    """dst[i, j, :] = sum_k mat[i, k] src[k, j, :]: a small matrix on a tile's first axis
+    (its zeros skipped: the transforms' matrices are half zeros)."""
+    for i in range(mat.shape[0]):
+        for j in range(src.shape[1]):
+            for c in range(src.shape[2]):
+                dst[i, j, c] = 0
+            for k in range(mat.shape[1]):
+                coef = mat[i, k]
+                if coef != 0:
+                    for c in range(src.shape[2]):
+                        dst[i, j, c] += coef * src[k, j, c]
+
+
+@njit(cache=True)
+def _cols(mat, src, dst):
+    """dst[i, j, :] = sum_k mat[j, k] src[i, k, :]: the same on the second axis (src mat^T)."""
+    for i in range(src.shape[0]):
+        for j in range(mat.shape[0]):
+            for c in range(src.shape[2]):
+                dst[i, j, c] = 0
+            for k in range(mat.shape[1]):
+                coef = mat[j, k]
+                if coef != 0:
+                    for c in range(src.shape[2]):
+                        dst[i, j, c] += coef * src[i, k, c]
+
+
 @njit(cache=True, parallel=True)
-def _input_transform_kernel(x, v, top, left, th, tw):
+def _input_transform_kernel(x, bt, v, m, top, left, th, tw):
     n_img, h, w, c_n = x.shape
+    a = bt.shape[0]
     for n in prange(n_img):
-        d = np.empty((4, 4, c_n), dtype=x.dtype)
+        d = np.empty((a, a, c_n), dtype=x.dtype)
+        e = np.empty((a, a, c_n), dtype=x.dtype)
         for p in range(th):
             for q in range(tw):
-                for i in range(4):                  # gather the patch, zeros outside the image
-                    r = 2 * p - top + i
-                    for j in range(4):
-                        s = 2 * q - left + j
+                for i in range(a):                  # gather the patch, zeros outside the image
+                    r = m * p - top + i
+                    for j in range(a):
+                        s = m * q - left + j
                         inside = 0 <= r < h and 0 <= s < w
                         for c in range(c_n):
                             d[i, j, c] = x[n, r, s, c] if inside else 0
+                _rows(bt, d, e)                     # B^T d
+                _cols(bt, e, d)                     # (B^T d) B
                 t = (n * th + p) * tw + q
-                for j in range(4):                  # B^T d: rows 0 - 2, 1 + 2, 2 - 1, 1 - 3
-                    for c in range(c_n):
-                        d0, d1, d2, d3 = d[0, j, c], d[1, j, c], d[2, j, c], d[3, j, c]
-                        d[0, j, c], d[1, j, c], d[2, j, c], d[3, j, c] = d0 - d2, d1 + d2, d2 - d1, d1 - d3
-                for i in range(4):                  # (B^T d) B: the same on columns
-                    for c in range(c_n):
-                        e0, e1, e2, e3 = d[i, 0, c], d[i, 1, c], d[i, 2, c], d[i, 3, c]
-                        v[4 * i, t, c] = e0 - e2
-                        v[4 * i + 1, t, c] = e1 + e2
-                        v[4 * i + 2, t, c] = e2 - e1
-                        v[4 * i + 3, t, c] = e1 - e3
+                for i in range(a):
+                    for j in range(a):
+                        for c in range(c_n):
+                            v[a * i + j, t, c] = d[i, j, c]
 
 
 @njit(cache=True, parallel=True)
-def _output_transform_kernel(m, y, th, tw):
+def _output_transform_kernel(m_planes, at, y, th, tw, moments):
     n_img, ho, wo, f_n = y.shape
+    m, a = at.shape
     for n in prange(n_img):
-        s = np.empty((2, 4, f_n), dtype=m.dtype)
+        g = np.empty((a, a, f_n), dtype=m_planes.dtype)
+        s = np.empty((m, a, f_n), dtype=m_planes.dtype)
+        o = np.empty((m, m, f_n), dtype=m_planes.dtype)
         for p in range(th):
             for q in range(tw):
                 t = (n * th + p) * tw + q
-                for b in range(4):                  # A^T m: rows 0 + 1 + 2, 1 - 2 - 3
-                    for f in range(f_n):
-                        m0, m1, m2, m3 = m[b, t, f], m[4 + b, t, f], m[8 + b, t, f], m[12 + b, t, f]
-                        s[0, b, f] = m0 + m1 + m2
-                        s[1, b, f] = m1 - m2 - m3
-                for u in range(2):                  # (A^T m) A: the same on columns, inside Ho x Wo
-                    r = 2 * p + u
-                    if r < ho:
+                for i in range(a):
+                    for j in range(a):
                         for f in range(f_n):
-                            y[n, r, 2 * q, f] = s[u, 0, f] + s[u, 1, f] + s[u, 2, f]
-                        if 2 * q + 1 < wo:
+                            g[i, j, f] = m_planes[a * i + j, t, f]
+                _rows(at, g, s)                     # A^T M
+                _cols(at, s, o)                     # (A^T M) A
+                for u in range(m):                  # inside Ho x Wo only
+                    r = m * p + u
+                    for v in range(m):
+                        col = m * q + v
+                        if r < ho and col < wo:
                             for f in range(f_n):
-                                y[n, r, 2 * q + 1, f] = s[u, 1, f] - s[u, 2, f] - s[u, 3, f]
+                                y[n, r, col, f] = o[u, v, f]
+                            if moments.shape[0]:    # per-image float64 sum and sum of squares
+                                for f in range(f_n):
+                                    moments[n, 0, f] += o[u, v, f]
+                                    moments[n, 1, f] += np.float64(o[u, v, f]) * o[u, v, f]
 
 
 @njit(cache=True, parallel=True)
-def _output_adjoint_kernel(dy, dm, th, tw):
+def _output_adjoint_kernel(dy, a_mat, dm, th, tw):
     n_img, ho, wo, f_n = dy.shape
+    a, m = a_mat.shape
     for n in prange(n_img):
-        g = np.empty((2, 2, f_n), dtype=dy.dtype)
-        e = np.empty((4, 2, f_n), dtype=dy.dtype)
+        g = np.empty((m, m, f_n), dtype=dy.dtype)
+        e = np.empty((a, m, f_n), dtype=dy.dtype)
+        o = np.empty((a, a, f_n), dtype=dy.dtype)
         for p in range(th):
             for q in range(tw):
-                for u in range(2):                  # the 2x2 tile of dy, zeros past the edge
-                    for v in range(2):
-                        r, s = 2 * p + u, 2 * q + v
+                for u in range(m):                  # the m x m tile of dy, zeros past the edge
+                    for v in range(m):
+                        r, s = m * p + u, m * q + v
                         inside = r < ho and s < wo
                         for f in range(f_n):
                             g[u, v, f] = dy[n, r, s, f] if inside else 0
+                _rows(a_mat, g, e)                  # A dy
+                _cols(a_mat, e, o)                  # (A dy) A^T
                 t = (n * th + p) * tw + q
-                for v in range(2):                  # A g: the rows of A are (1, 0), (1, 1), (1, -1), (0, -1)
-                    for f in range(f_n):
-                        g0, g1 = g[0, v, f], g[1, v, f]
-                        e[0, v, f], e[1, v, f], e[2, v, f], e[3, v, f] = g0, g0 + g1, g0 - g1, -g1
-                for a in range(4):                  # (A g) A^T: the same on columns
-                    for f in range(f_n):
-                        e0, e1 = e[a, 0, f], e[a, 1, f]
-                        dm[4 * a, t, f] = e0
-                        dm[4 * a + 1, t, f] = e0 + e1
-                        dm[4 * a + 2, t, f] = e0 - e1
-                        dm[4 * a + 3, t, f] = -e1
+                for i in range(a):
+                    for j in range(a):
+                        for f in range(f_n):
+                            dm[a * i + j, t, f] = o[i, j, f]
 
 
 @njit(cache=True, parallel=True)
-def _input_adjoint_kernel(dv, dx, top, left, th, tw):
+def _input_adjoint_kernel(dv, b_mat, dx, m, top, left, th, tw):
     n_img, h, w, c_n = dx.shape
+    a = b_mat.shape[0]
     for n in prange(n_img):
-        e = np.empty((4, 4, c_n), dtype=dv.dtype)
+        g = np.empty((a, a, c_n), dtype=dv.dtype)
+        e = np.empty((a, a, c_n), dtype=dv.dtype)
         for p in range(th):
             for q in range(tw):
                 t = (n * th + p) * tw + q
-                # B dV: the rows of B are (1, 0, 0, 0), (0, 1, -1, 1), (-1, 1, 1, 0), (0, 0, 0, -1)
-                for b in range(4):
-                    for c in range(c_n):
-                        v0, v1, v2, v3 = dv[b, t, c], dv[4 + b, t, c], dv[8 + b, t, c], dv[12 + b, t, c]
-                        e[0, b, c], e[1, b, c], e[2, b, c], e[3, b, c] = v0, v1 - v2 + v3, v1 + v2 - v0, -v3
-                for i in range(4):                  # (B dV) B^T: the same on columns
-                    for c in range(c_n):
-                        f0, f1, f2, f3 = e[i, 0, c], e[i, 1, c], e[i, 2, c], e[i, 3, c]
-                        e[i, 0, c], e[i, 1, c], e[i, 2, c], e[i, 3, c] = f0, f1 - f2 + f3, f1 + f2 - f0, -f3
-                for i in range(4):                  # add onto the patch, inside the image only
-                    r = 2 * p - top + i
-                    for j in range(4):
-                        s = 2 * q - left + j
+                for i in range(a):
+                    for j in range(a):
+                        for c in range(c_n):
+                            g[i, j, c] = dv[a * i + j, t, c]
+                _rows(b_mat, g, e)                  # B dV
+                _cols(b_mat, e, g)                  # (B dV) B^T
+                for i in range(a):                  # add onto the patch, inside the image only
+                    r = m * p - top + i
+                    for j in range(a):
+                        s = m * q - left + j
                         if 0 <= r < h and 0 <= s < w:
                             for c in range(c_n):
-                                dx[n, r, s, c] += e[i, j, c]
+                                dx[n, r, s, c] += g[i, j, c]
 
 
 def _buffer(out, shape, dtype):
-    """`out` (a buffer from the layer's workspace, of this shape and dtype), or a new array."""
+    """`out` (a caller's reused array, of this shape and dtype), or a new array."""
     if out is None:
         return np.empty(shape, dtype)
     if out.shape != shape or out.dtype != dtype:
@@ -253,79 +357,146 @@ def _buffer(out, shape, dtype):
     return out
 
 
-def input_transform_numba(x, top, left, ho, wo, out=None):
+def _matrix(matrix, dtype):
+    """A transform's matrix as the kernels read it: contiguous, in the data's dtype."""
+    return np.ascontiguousarray(matrix, dtype=dtype)
+
+
+def input_transform_numba(x, top, left, ho, wo, tiling=F2, out=None):
     """numba version of `input_transform_reference`, written into `out` when given."""
-    th, tw = tiles_hw(ho, wo)
+    t = tiling
+    th, tw = tiles_hw(ho, wo, t.m)
     x = np.ascontiguousarray(x)
-    v = _buffer(out, (16, x.shape[0] * th * tw, x.shape[3]), x.dtype)
+    v = _buffer(out, (t.a * t.a, x.shape[0] * th * tw, x.shape[3]), x.dtype)
     with perf.kernel_threads(v.size):
-        _input_transform_kernel(x, v, top, left, th, tw)
+        _input_transform_kernel(x, _matrix(t.BT, x.dtype), v, t.m, top, left, th, tw)
     return v
 
 
-def output_transform_numba(m, n, ho, wo):
-    """numba version of `output_transform_reference`."""
-    th, tw = tiles_hw(ho, wo)
-    y = np.empty((n, ho, wo, m.shape[2]), dtype=m.dtype)
+def output_transform_numba(m, n, ho, wo, tiling=F2, out=None, moments=None):
+    """numba version of `output_transform_reference`, written into `out` when given; with
+    `moments`, a float64 (2, F) array, also y's per-channel sum and sum of squares there."""
+    t, f = tiling, m.shape[2]
+    th, tw = tiles_hw(ho, wo, t.m)
+    y = _buffer(out, (n, ho, wo, f), m.dtype)
+    partial = np.zeros((n, 2, f) if moments is not None else (0, 2, f))     # a row per image: no races
     with perf.kernel_threads(m.size):
-        _output_transform_kernel(np.ascontiguousarray(m), y, th, tw)
+        _output_transform_kernel(np.ascontiguousarray(m), _matrix(t.AT, m.dtype), y, th, tw, partial)
+    if moments is not None:
+        np.sum(partial, axis=0, out=_buffer(moments, (2, f), np.float64))
     return y
 
 
-def output_adjoint_numba(dy, out=None):
+def output_adjoint_numba(dy, tiling=F2, out=None):
     """numba version of `output_adjoint_reference`, written into `out` when given."""
-    n, ho, wo, f = dy.shape
-    th, tw = tiles_hw(ho, wo)
-    dm = _buffer(out, (16, n * th * tw, f), dy.dtype)
+    t, (n, ho, wo, f) = tiling, dy.shape
+    th, tw = tiles_hw(ho, wo, t.m)
+    dm = _buffer(out, (t.a * t.a, n * th * tw, f), dy.dtype)
     with perf.kernel_threads(dm.size):
-        _output_adjoint_kernel(np.ascontiguousarray(dy), dm, th, tw)
+        _output_adjoint_kernel(np.ascontiguousarray(dy), _matrix(t.AT.T, dy.dtype), dm, th, tw)
     return dm
 
 
-def input_adjoint_numba(dv, x_shape, top, left, ho, wo):
-    """numba version of `input_adjoint_reference`."""
-    th, tw = tiles_hw(ho, wo)
-    dx = np.zeros(x_shape, dtype=dv.dtype)
+def input_adjoint_numba(dv, x_shape, top, left, ho, wo, tiling=F2, out=None):
+    """numba version of `input_adjoint_reference`, written into `out` when given."""
+    t = tiling
+    th, tw = tiles_hw(ho, wo, t.m)
+    dx = _buffer(out, tuple(x_shape), dv.dtype)
+    dx[...] = 0                                     # the kernel adds each tile's patch on
     with perf.kernel_threads(dv.size):
-        _input_adjoint_kernel(np.ascontiguousarray(dv), dx, top, left, th, tw)
+        _input_adjoint_kernel(np.ascontiguousarray(dv), _matrix(t.BT.T, dv.dtype), dx, t.m, top, left, th, tw)
     return dx
 
 
 # ----------------------------------------------------------------------------------------
-# dispatch: MINICNN_REFERENCE=1 runs the NumPy reference (Conv2D then uses im2col anyway)
+# dispatch: MINICNN_REFERENCE=1 runs the NumPy reference (which writes into no buffer)
 # ----------------------------------------------------------------------------------------
 
-def input_transform(x, top, left, ho, wo, out=None):
-    """V = B^T d B for every 4x4 input patch: (N, H, W, C) -> (16, N*th*tw, C); `out`: a
+def input_transform(x, top, left, ho, wo, tiling=F2, out=None):
+    """V = B^T d B for every a x a input patch: (N, H, W, C) -> (a^2, N*th*tw, C); `out`: a
     buffer the numba kernel writes into (use the result)."""
     if backend.use_reference():
-        return input_transform_reference(x, top, left, ho, wo)
-    return input_transform_numba(x, top, left, ho, wo, out)
+        return input_transform_reference(x, top, left, ho, wo, tiling)
+    return input_transform_numba(x, top, left, ho, wo, tiling, out)
 
 
-def output_transform(m, n, ho, wo):
-    """y = A^T M A per tile: (16, N*th*tw, F) -> (N, Ho, Wo, F)."""
-    return pick(output_transform_reference, output_transform_numba)(m, n, ho, wo)
+def output_transform(m, n, ho, wo, tiling=F2, out=None, moments=None):
+    """y = A^T M A per tile: (a^2, N*th*tw, F) -> (N, Ho, Wo, F); `out` as in input_transform;
+    `moments`: a float64 (2, F) array that receives y's per-channel sum and sum of squares
+    (what a following BatchNormalization needs); None: not computed."""
+    if not backend.use_reference():
+        return output_transform_numba(m, n, ho, wo, tiling, out, moments)
+    y = output_transform_reference(m, n, ho, wo, tiling)
+    if moments is not None:
+        y64 = y.reshape(-1, y.shape[3]).astype(np.float64)
+        moments[0], moments[1] = y64.sum(axis=0), (y64 * y64).sum(axis=0)
+    return y
 
 
-def output_adjoint(dy, out=None):
-    """dM = A dy A^T per tile: (N, Ho, Wo, F) -> (16, N*th*tw, F); `out` as in input_transform."""
+def output_adjoint(dy, tiling=F2, out=None):
+    """dM = A dy A^T per tile: (N, Ho, Wo, F) -> (a^2, N*th*tw, F); `out` as in input_transform."""
     if backend.use_reference():
-        return output_adjoint_reference(dy)
-    return output_adjoint_numba(dy, out)
+        return output_adjoint_reference(dy, tiling)
+    return output_adjoint_numba(dy, tiling, out)
 
 
-def input_adjoint(dv, x_shape, top, left, ho, wo):
-    """dx = B dV B^T added onto each tile's patch: (16, N*th*tw, C) -> (N, H, W, C)."""
-    return pick(input_adjoint_reference, input_adjoint_numba)(dv, x_shape, top, left, ho, wo)
+def input_adjoint(dv, x_shape, top, left, ho, wo, tiling=F2, out=None):
+    """dx = B dV B^T added onto each tile's patch: (a^2, N*th*tw, C) -> (N, H, W, C); `out`
+    as in input_transform (overwritten, not added to)."""
+    if backend.use_reference():
+        return input_adjoint_reference(dv, x_shape, top, left, ho, wo, tiling)
+    return input_adjoint_numba(dv, x_shape, top, left, ho, wo, tiling, out)
 
 
 # ----------------------------------------------------------------------------------------
-# the convolution: what Conv2D runs for a 3x3, stride-1 kernel between wide layers
+# the convolution, and which tiling pays for a layer's shape
 # ----------------------------------------------------------------------------------------
+
+class Saved(NamedTuple):
+    """What conv_backward needs from conv."""
+    v: np.ndarray        # (a^2, tiles, C) the transformed input
+    u: np.ndarray        # (a^2, C, F) the transformed kernel
+    tiling: Tiling
+
+
+def conv(x, kernel, top, left, ho, wo, workspace=None, tiling=F2, out=None, moments=None):
+    """z = conv(x, kernel), no bias, by `tiling`: (N, H, W, C), (r, r, C, F) -> (z (N, Ho, Wo, F),
+    saved) for conv_backward. workspace(name, shape, dtype): reusable arrays for V and M
+    (ops.conv.Workspace; None: new ones); `out`: z's buffer; `moments`: a float64 (2, F) array
+    for z's per-channel sum and sum of squares."""
+    t, n, c, f = tiling, x.shape[0], x.shape[3], kernel.shape[3]
+    if kernel.shape[:2] != (t.r, t.r):
+        raise ValueError(f"winograd: {t} takes a {t.r}x{t.r} kernel, received kernel.shape={kernel.shape}")
+    th, tw = tiles_hw(ho, wo, t.m)
+    buffer = workspace or (lambda name, shape, dtype: None)
+    v = input_transform(x, top, left, ho, wo, t, out=buffer("V", (t.a * t.a, n * th * tw, c), x.dtype))
+    u = kernel_transform(kernel, t)
+    m = batched_matmul(v, u, out=buffer("M", (t.a * t.a, n * th * tw, f), x.dtype))   # a^2 products (tiles, C) @ (C, F)
+    return output_transform(m, n, ho, wo, t, out=out, moments=moments), Saved(v, u, t)
+
+
+def conv_backward(dz, saved, x_shape, top, left, workspace=None, need_input_gradient=True, out=None):
+    """dz (N, Ho, Wo, F) -> (dx (N, H, W, C), dkernel (r, r, C, F)) for conv; dx is None when
+    need_input_gradient is False; `out`: dx's buffer."""
+    v, u, t = saved
+    dz = dz.astype(v.dtype, copy=False)              # dx and dkernel in the layer's dtype, as z was
+    n, ho, wo, f = dz.shape
+    th, tw = tiles_hw(ho, wo, t.m)
+    buffer = workspace or (lambda name, shape, dtype: None)
+    dm = output_adjoint(dz, t, out=buffer("M", (t.a * t.a, n * th * tw, f), dz.dtype))
+    dkernel = kernel_transform_adjoint(batched_matmul(v.transpose(0, 2, 1), dm), t)   # dU = V^T dM
+    if not need_input_gradient:
+        return None, dkernel
+    dv = batched_matmul(dm, u.transpose(0, 2, 1), out=buffer("dV", v.shape, v.dtype))   # dV = dM U^T
+    return input_adjoint(dv, x_shape, top, left, ho, wo, t, out=out), dkernel
+
+
+# the names from when F(2x2, 3x3) was the only tiling
+conv3x3, conv3x3_backward, conv3x3_naive = conv, conv_backward, conv_naive
+
 
 def pays(kernel_size, strides, n, ho, wo, channels, filters):
-    """Whether Conv2D should use this method for N images, an Ho x Wo output, C -> F channels:
+    """Whether Conv2D should use F(2x2, 3x3) for N images, an Ho x Wo output, C -> F channels:
     3x3, stride 1, wide layers (perf.WINOGRAD_MIN_CHANNELS) and enough tiles to share the
     kernel transform (perf.WINOGRAD_MIN_TILES). MINICNN_REFERENCE=1: never (the direct im2col
     convolution is the reference)."""
@@ -335,30 +506,22 @@ def pays(kernel_size, strides, n, ho, wo, channels, filters):
             and n * th * tw >= perf.WINOGRAD_MIN_TILES and not backend.use_reference())
 
 
-def conv3x3(x, kernel, top, left, ho, wo, workspace=None):
-    """z = conv(x, kernel), no bias: (N, H, W, C), (3, 3, C, F) -> (z (N, Ho, Wo, F), saved),
-    saved = (V, U) for conv3x3_backward. workspace(name, shape, dtype): a layer's reusable
-    arrays for V and M (ops.conv.Workspace; None: new ones)."""
-    n, c, f = x.shape[0], x.shape[3], kernel.shape[3]
-    th, tw = tiles_hw(ho, wo)
-    buffer = workspace or (lambda name, shape, dtype: None)
-    v = input_transform(x, top, left, ho, wo, out=buffer("V", (16, n * th * tw, c), x.dtype))
-    u = kernel_transform(kernel)
-    m = batched_matmul(v, u, out=buffer("M", (16, n * th * tw, f), x.dtype))   # 16 products (tiles, C) @ (C, F)
-    return output_transform(m, n, ho, wo), (v, u)
-
-
-def conv3x3_backward(dz, saved, x_shape, top, left, workspace=None, need_input_gradient=True):
-    """dz (N, Ho, Wo, F) -> (dx (N, H, W, C), dkernel (3, 3, C, F)) for conv3x3; dx is None
-    when need_input_gradient is False."""
-    v, u = saved
-    dz = dz.astype(v.dtype, copy=False)              # dx and dkernel in the layer's dtype, as z was
-    n, ho, wo, f = dz.shape
-    th, tw = tiles_hw(ho, wo)
-    buffer = workspace or (lambda name, shape, dtype: None)
-    dm = output_adjoint(dz, out=buffer("M", (16, n * th * tw, f), dz.dtype))
-    dkernel = kernel_transform_adjoint(batched_matmul(v.transpose(0, 2, 1), dm))   # dU = V^T dM
-    if not need_input_gradient:
-        return None, dkernel
-    dv = batched_matmul(dm, u.transpose(0, 2, 1), out=buffer("dV", v.shape, v.dtype))   # dV = dM U^T
-    return input_adjoint(dv, x_shape, top, left, ho, wo), dkernel
+def winograd_tile(x_shape, kernel_shape, strides=(1, 1), padding="same"):
+    """The method a convolution of this shape trains fastest with: a Tiling (F4 or F2) or None
+    (im2col). x_shape (N, H, W, C), kernel_shape (kh, kw, C, F), Keras' padding. Winograd
+    needs a 3x3 kernel at stride 1; F(4x4) pays where its 4x4 tiles cover the output with
+    little waste and the channels are wide enough for its 36 products (perf.WINOGRAD4_*);
+    F(2x2) where `pays` says so. MINICNN_REFERENCE=1: None."""
+    n, h, w, _ = x_shape
+    kh, kw, c, f = kernel_shape
+    if (kh, kw) != (3, 3) or tuple(strides) != (1, 1) or backend.use_reference():
+        return None
+    ho, wo = (h, w) if padding == "same" else (h - 2, w - 2)
+    if ho < 1 or wo < 1:
+        return None
+    th, tw = tiles_hw(ho, wo, 4)
+    kept = ho * wo / (16 * th * tw)                 # the share of F(4x4)'s outputs inside Ho x Wo
+    if (min(c, f) >= perf.WINOGRAD4_MIN_CHANNELS and n * th * tw >= perf.WINOGRAD4_MIN_TILES
+            and kept >= perf.WINOGRAD4_MIN_KEPT):
+        return F4
+    return F2 if pays((3, 3), (1, 1), n, ho, wo, c, f) else None
