@@ -66,8 +66,8 @@ def build(name, seed=0):
     minicnn.backend.clear_session()
     minicnn.backend.set_seed(seed)
     model = fer_models.BUILDERS[name]()
-    model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
-    return minicnn.models.fuse_batchnorm_relu(model)         # as scripts/train.py trains it
+    model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"], jit_compile=True)
+    return model                                              # compiled on its first batch, as scripts/train.py trains it
 
 
 def batch(model, n, seed=0):

@@ -18,7 +18,6 @@ import numpy as np
 from fer import models
 from minicnn import losses, optimizers, perf
 from minicnn.callbacks import recompute_batchnorm_statistics
-from minicnn.models import fuse_batchnorm_relu
 
 
 def time_once(work):
@@ -31,8 +30,8 @@ def measure(name, repeats, faces, train_faces):
     batch_size = models.DEFAULTS[name].get("batch_size", 64)
     size = models.DEFAULTS[name].get("input_size", 48)
     model = models.build(name, 7, (size, size, 1))
-    model.compile(optimizers.Adam(1e-3), losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
-    fuse_batchnorm_relu(model)                              # as fer's training runs it
+    model.compile(optimizers.Adam(1e-3), losses.SparseCategoricalCrossentropy(), metrics=["accuracy"],
+                  jit_compile=True)                         # as fer's training runs it
     rng = np.random.default_rng(0)
     x = rng.random((batch_size, size, size, 1), dtype=np.float32)
     y = rng.integers(0, 7, batch_size)

@@ -19,7 +19,6 @@ from typing import Optional
 import numpy as np
 
 from minicnn import backend, callbacks, io, losses, optimizers
-from minicnn.models import fuse_batchnorm_relu
 from minicnn.sequence import ArrayBatches
 
 from . import data as fer_data
@@ -61,6 +60,7 @@ class TrainConfig:
     erasing: float = 0.0            # chance of random erasing per face (with augment)
     patience: int = 0               # stop after this many epochs without a better val_accuracy (0: never)
     precise_bn: int = 8192          # training faces that re-estimate BN statistics before each validation (0: off)
+    fast: bool = True               # run the compiled steps (minicnn/compiler/); False: the textbook layers
 
     @classmethod
     def from_saved(cls, saved_args, where):
@@ -339,8 +339,7 @@ def compiled_model(config, splits, preprocessing):
     backend.clear_session()
     model = models.build(config.model, len(splits.label_names), (config.input_size, config.input_size, 1))
     loss = losses.SparseCategoricalCrossentropy(label_smoothing=config.label_smoothing)
-    model.compile(make_optimizer(config), loss, metrics=["accuracy"])
-    fuse_batchnorm_relu(model)         # the same model, with each BatchNormalization + ReLU run in one pass
+    model.compile(make_optimizer(config), loss, metrics=["accuracy"], jit_compile=config.fast)
     model.metadata = {"labels": list(splits.label_names), "class_map": config.classes,
                       "preprocessing": preprocessing.to_dict(), "architecture": config.model,
                       "trained_with": dataclasses.asdict(config)}

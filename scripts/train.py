@@ -8,8 +8,9 @@ A first try, a couple of minutes: --limit 3000 --epochs 2. After each epoch the 
 has history.csv and curves.png, and the estimated time left for the whole run is printed.
 
 Unset options take the defaults of the model's seed (see fer/models.py, DEFAULTS). A resumed
-run keeps its saved settings; only --epochs, --lr and --data (the same file, found elsewhere)
-can change, and config.json records each resume. Resuming a run whose training is over but
+run keeps its saved settings; only --epochs, --lr, --data (the same file, found elsewhere) and
+--no-fast can change, and config.json records each resume. Training runs the compiled steps
+(minicnn/compiler/: the same numbers, faster); --no-fast runs the textbook layers. Resuming a run whose training is over but
 whose test report was interrupted writes the report. One process at a time trains a run.
 Exit codes: 0 done, 1 bad data or run folder (or in use), or an OS error such as a full disk
 (with the resume command when a checkpoint exists), 2 bad arguments, 3 diverged (a NaN loss
@@ -64,6 +65,9 @@ def parse_args(argv):
                    help="re-estimate BatchNormalization statistics on N training faces before each validation "
                         "(default 8192; 0: off)")
     p.add_argument("--out", help="parent folder of the run folder (default runs/)")
+    p.add_argument("--no-fast", action="store_true", default=None,
+                   help="train on the textbook layers instead of the compiled steps (minicnn/compiler/); "
+                        "a resumed run keeps its setting unless this is given")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from checkpoints/last.npz")
     args = p.parse_args(argv)
     if args.resume:
@@ -78,7 +82,7 @@ def parse_args(argv):
     return args
 
 
-RESUMABLE = ("resume", "epochs", "lr", "data")   # what --resume may change
+RESUMABLE = ("resume", "epochs", "lr", "data", "no_fast")   # what --resume may change
 
 
 def fraction(text):
@@ -104,12 +108,14 @@ def unit_fraction(text):
 
 def config_from_args(args):
     if args.resume:
-        return resume_config(args.resume, args.epochs, args.data)
+        config = resume_config(args.resume, args.epochs, args.data)
+        config.fast = config.fast and not args.no_fast
+        return config
     overrides = {k: getattr(args, k) for k in ("classes", "input_size", "scale", "epochs", "batch_size", "optimizer",
                                                 "lr", "augment", "class_weight", "seed", "limit", "out",
                                                 "val_fraction", "lr_patience", "patience", "skip_bad_rows",
                                                 "nesterov", "weight_decay", "label_smoothing", "erasing", "precise_bn")}
-    return TrainConfig.for_model(args.model, args.data, **overrides)
+    return TrainConfig.for_model(args.model, args.data, fast=not args.no_fast, **overrides)
 
 
 def main(argv=None):

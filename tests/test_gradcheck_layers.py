@@ -120,14 +120,16 @@ def test_batch_normalization_2d(training):
 
 @pytest.mark.parametrize("training", [True, False])
 def test_the_fused_batch_normalization_relu_step(training):
-    """fuse_batchnorm_relu's step: gamma, beta and dx through max(BN(x), 0), its ReLU on both sides of 0."""
-    from minicnn.models.fusion import BatchNormalizationReLU
+    """The compiler's BatchNormalization + ReLU step: gamma, beta and dx through max(BN(x), 0), its ReLU
+    on both sides of 0."""
+    from minicnn.compiler import FusedStep
+    from minicnn.compiler.stages import BatchNormalizationReLUStage
     rng = np.random.default_rng(3)
     batchnorm = BatchNormalization()
     batchnorm.build((None, 3, 3, 4))
     batchnorm.gamma.value[...] = rng.uniform(0.5, 2, 4)
     batchnorm.moving_variance.value[...] = rng.uniform(0.5, 2, 4)
-    step = BatchNormalizationReLU(batchnorm, Activation("relu"))
+    step = FusedStep([BatchNormalizationReLUStage(batchnorm, Activation("relu"))])
     x = spaced(rng, (3, 3, 3, 4), gap=0.1)
     y = step.forward(x, training=training)
     assert (y == 0).any() and (y > 0).any()
@@ -195,7 +197,7 @@ def test_mini_xception_residual_module_end_to_end():
     """One mini-Xception module as the seed builds it: two separable convs with BN and ReLU, a
     3x3 stride-2 'same' max pool, a 1x1 stride-2 shortcut with BN, joined by Add. Sampled entries."""
     from minicnn import Input, Model
-    from minicnn.models.fusion import BatchNormalizationReLU, fuse_batchnorm_relu
+    from minicnn.compiler import FusedStep, compile_model
 
     x_in = Input((7, 6, 3))
     residual = BatchNormalization()(Conv2D(4, (1, 1), strides=(2, 2), padding="same", use_bias=False)(x_in))
@@ -207,8 +209,8 @@ def test_mini_xception_residual_module_end_to_end():
     y = Add()([x, residual])
     model = Model(x_in, Dense(3, activation="softmax")(Flatten()(y)))
     model.compile("sgd", "sparse_categorical_crossentropy")
-    fuse_batchnorm_relu(model)                   # as train.py runs it: BatchNormalization + ReLU as one step
-    assert sum(isinstance(layer, BatchNormalizationReLU) for layer, _ in model.steps) == 1
+    compile_model(model)                         # as train.py runs it: the compiled steps
+    assert sum(isinstance(step, FusedStep) for step, _ in model.steps) == 3
     x = np.random.default_rng(11).standard_normal((4, 7, 6, 3))
     results = gradcheck.check_model(model, x, np.array([0, 2, 1, 2]), training=True, sample=25)
     assert {w.name for w in model.trainable_weights} <= set(results)

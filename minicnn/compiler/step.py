@@ -18,6 +18,20 @@ class FusedStep:
         self.layers = [layer for stage in self.stages for layer in stage.layers] + ([add] if add else [])
         self.name = "+".join(layer.name for layer in self.layers)
 
+    built = True          # its layers are: gradcheck.check_layer checks a step as it checks a layer
+
+    @property
+    def weights(self):
+        return [w for layer in self.layers for w in layer.weights]
+
+    @property
+    def trainable_weights(self):
+        return [w for layer in self.layers for w in layer.trainable_weights]
+
+    @property
+    def non_trainable_weights(self):
+        return [w for layer in self.layers for w in layer.non_trainable_weights]
+
     @property
     def needs_input_gradient(self):
         """The chain's first layer's flag (the graph sets it on a model's first steps)."""

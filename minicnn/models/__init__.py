@@ -1,4 +1,3 @@
-from .fusion import fuse_batchnorm_relu
 from .config import model_from_config
 from .model import Model
 from .network import Network

@@ -1,0 +1,231 @@
+"""The compiled fast path (minicnn/compiler/) against the textbook layers: every seed architecture
+gives the same outputs, weight gradients and training step both ways, and the model it leaves
+(graph, names, files, activations) is the plain one."""
+import numpy as np
+import pytest
+
+import minicnn
+from fer import models as fer_models
+from minicnn import (Activation, Add, BatchNormalization, Conv2D, Dense, Flatten, Input, Model, Sequential,
+                     backend)
+from minicnn.compiler import FusedStep, compile_model
+from minicnn.compiler.stages import BatchNormalizationReLUStage
+
+SIZES = (16, 24, 32, 40, 48)          # the smallest input each architecture builds for keeps tests fast
+TOLERANCE = {"float64": 1e-10, "float32": 1e-4}
+
+
+@pytest.fixture
+def floatx():
+    """Set the float type for one test, restored after it."""
+    before = backend.floatx()
+    yield backend.set_floatx
+    backend.set_floatx(before)
+
+
+def small_model(name):
+    """fer.models' `name` at the smallest input size it builds for, seeded."""
+    for size in SIZES:
+        backend.clear_session()
+        backend.set_seed(0)
+        try:
+            return fer_models.build(name, input_shape=(size, size, 1))
+        except ValueError:
+            continue
+    raise AssertionError(f"{name} builds for none of the sizes {SIZES}")
+
+
+def batch(model, n=2, seed=1):
+    """A random batch of n inputs for `model` and labels for its classes."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n,) + model.input_shape[1:]).astype(model.layers[0].dtype)
+    return x, np.arange(n) % model.output_shape[-1]
+
+
+def gradients(model, x, y, training):
+    """(loss, output, {weight: gradient}) of one pass, the model's weights (moving statistics
+    too) restored after it and the dropout masks drawn from one seed, so passes compare."""
+    state = model.get_weights()
+    backend.set_seed(7)
+    loss, out = model.compute_gradients(x, y, training=training)
+    grads = {w.name: w.grad.copy() for w in model.trainable_weights}
+    model.set_weights(state)
+    return loss, out.copy(), grads
+
+
+def assert_close(actual, expected, tolerance, what):
+    """Equal within `tolerance` relative to the largest entry of `expected`."""
+    scale = max(float(np.abs(expected).max()), 1e-30)
+    np.testing.assert_allclose(actual, expected, rtol=tolerance, atol=tolerance * scale, err_msg=what)
+
+
+def fused_steps(model):
+    return [step for step, _ in model.steps if isinstance(step, FusedStep)]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("name", fer_models.names())
+def test_compiled_outputs_and_gradients_equal_the_textbook_ones(name, dtype, floatx):
+    floatx(dtype)
+    model = small_model(name)
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    x, y = batch(model)
+    for training in (True, False):
+        backend.set_floatx(dtype)
+        model.set_steps(model.graph_steps())
+        loss, out, grads = gradients(model, x, y, training)
+        assert fused_steps(compile_model(model))
+        compiled_loss, compiled_out, compiled_grads = gradients(model, x, y, training)
+        tolerance = TOLERANCE[dtype]
+        assert abs(compiled_loss - loss) <= tolerance * abs(loss), (name, training)
+        assert_close(compiled_out, out, tolerance, f"{name} output, training={training}")
+        assert set(compiled_grads) == set(grads) == {w.name for w in model.trainable_weights}
+        for weight, grad in grads.items():
+            assert_close(compiled_grads[weight], grad, tolerance, f"{weight}, training={training}")
+
+
+@pytest.mark.parametrize("name", fer_models.names())
+def test_one_training_step_gives_the_same_weights_both_ways(name, floatx):
+    floatx("float64")
+    model = small_model(name)
+    x, y = batch(model, n=3)
+    state = model.get_weights()
+    after = {}
+    for jit_compile in (False, True):
+        model.set_weights(state)
+        model.compile("adam", "sparse_categorical_crossentropy", jit_compile=jit_compile)   # a fresh Adam
+        backend.set_seed(3)
+        model.train_on_batch(x, y)
+        assert model.steps_compiled == jit_compile
+        after[jit_compile] = model.get_weights()
+    for plain, compiled, weight in zip(after[False], after[True], model.weights):
+        assert_close(compiled, plain, 1e-10, weight.name)
+
+
+def test_a_compiled_model_saves_the_plain_models_file(tmp_path):
+    model = small_model("mini_xception")
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.save(tmp_path / "plain.npz")
+    compile_model(model).save(tmp_path / "compiled.npz")
+    assert fused_steps(model)
+    with np.load(tmp_path / "plain.npz") as plain, np.load(tmp_path / "compiled.npz") as compiled:
+        assert plain.files == compiled.files
+        for name in plain.files:
+            np.testing.assert_array_equal(plain[name], compiled[name], err_msg=name)
+    loaded = minicnn.load_model(tmp_path / "compiled.npz")
+    assert fused_steps(loaded) == [] and [l.name for l in loaded.layers] == [l.name for l in model.layers]
+
+
+def test_an_unbuilt_sequential_with_jit_compile_builds_then_compiles_on_its_first_batch():
+    model = Sequential([Conv2D(4, 3, padding="same"), BatchNormalization(), Activation("relu"), Flatten(),
+                        Dense(2, activation="softmax")])
+    model.compile("sgd", "sparse_categorical_crossentropy", jit_compile=True)
+    assert model.steps == [] and not model.steps_compiled
+    x, y = np.random.default_rng(0).standard_normal((3, 6, 6, 1)).astype(np.float32), np.array([0, 1, 1])
+    model.train_on_batch(x, y)
+    assert model.steps_compiled and [s.name for s in fused_steps(model)] == [
+        "+".join(layer.name for layer in model.layers[:3])]
+
+
+def test_jit_compile_auto_compiles_and_a_bad_value_is_an_error():
+    model = Sequential([Dense(2, input_shape=(3,)), Activation("relu"), Dense(2, activation="softmax")])
+    model.compile("sgd", "sparse_categorical_crossentropy", jit_compile="auto")
+    model.predict(np.ones((2, 3), np.float32))
+    assert model.steps_compiled
+    with pytest.raises(ValueError, match="jit_compile must be True, False or 'auto'"):
+        model.compile("sgd", "sparse_categorical_crossentropy", jit_compile="yes")
+
+
+def test_reference_mode_runs_the_textbook_steps_and_compiles_again_after(monkeypatch):
+    model = small_model("cnn8")
+    model.compile("sgd", "sparse_categorical_crossentropy", jit_compile=True)
+    x, y = batch(model)
+    model.predict(x)
+    assert model.steps_compiled
+    monkeypatch.setenv("MINICNN_REFERENCE", "1")
+    model.train_on_batch(x, y)
+    assert not model.steps_compiled and [layer for layer, _ in model.steps] == [l for l, _ in model.graph_steps()]
+    monkeypatch.delenv("MINICNN_REFERENCE")
+    model.predict(x)
+    assert model.steps_compiled
+
+
+def test_compiling_a_model_not_built_yet_is_an_error_not_a_silent_no_op():
+    model = Sequential([Conv2D(4, 3), BatchNormalization(), Activation("relu")])     # builds on its first batch
+    with pytest.raises(ValueError, match=f"{model.name}: compile_model needs a built model"):
+        compile_model(model)
+
+
+def test_chains_keep_the_graph_and_a_shared_output_ends_a_chain(floatx):
+    floatx("float64")
+    backend.set_seed(0)
+    x_in = Input((5, 4, 2))
+    conv = Conv2D(3, 3, padding="same")
+    bn_fused, relu_fused = BatchNormalization(), Activation("relu")
+    h = relu_fused(bn_fused(conv(x_in)))
+    shared = BatchNormalization()(Conv2D(3, 1)(h))       # read by a ReLU and by Add: the chain ends there
+    h = Add()([Activation("relu")(shared), shared])
+    tanh_after_bn = Activation("tanh")(BatchNormalization()(h))   # not a ReLU: not in a chain
+    model = Model(x_in, Dense(3, activation="softmax")(Flatten()(tanh_after_bn)))
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    config, nodes = model.get_config(), list(model.nodes)
+    x, y = np.random.default_rng(0).standard_normal((4, 5, 4, 2)), np.array([0, 2, 1, 2])
+    loss, out, grads = gradients(model, x, y, training=True)
+    assert compile_model(model) is model
+    compiled_loss, compiled_out, compiled_grads = gradients(model, x, y, training=True)
+    assert abs(compiled_loss - loss) <= 1e-12 * abs(loss)
+    for name, grad in grads.items():
+        np.testing.assert_allclose(compiled_grads[name], grad, rtol=1e-12, atol=1e-14, err_msg=name)
+    steps = fused_steps(model)
+    assert steps[0].layers == [conv, bn_fused, relu_fused]
+    assert isinstance(steps[0].stages[1], BatchNormalizationReLUStage)
+    assert all(shared not in step.layers[:-1] for step in steps)
+    assert model.get_config() == config and model.nodes == nodes      # the architecture is the plain one
+    # get_activations runs each layer on its own: BatchNormalization's own output has negative values
+    out = minicnn.get_activations(model, x, [bn_fused.name, relu_fused.name])
+    assert (out[bn_fused.name] < 0).any()
+    np.testing.assert_array_equal(out[relu_fused.name], np.maximum(out[bn_fused.name], 0))
+    assert all("forward" not in vars(layer) for layer in model.nodes)   # no layer patched
+
+
+def test_textbook_training_runs_the_relu_layer_and_compiled_training_does_not(monkeypatch):
+    from minicnn.layers import core
+    calls = []
+    forward = core.Activation.forward
+    monkeypatch.setattr(core.Activation, "forward", lambda self, x, training=False: calls.append(self.name)
+                        or forward(self, x, training))
+    relu = Activation("relu")
+    model = Sequential([Conv2D(4, 3, input_shape=(6, 6, 1)), BatchNormalization(), relu, Flatten(),
+                        Dense(2, activation="softmax")])
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    x, y = np.random.default_rng(0).standard_normal((3, 6, 6, 1)).astype(np.float32), np.array([0, 1, 1])
+    model.train_on_batch(x, y)
+    assert calls == [relu.name]                     # where a breakpoint in Activation.forward stops
+    calls.clear()
+    compile_model(model).train_on_batch(x, y)
+    assert calls == []
+
+
+def test_no_chain_takes_a_layer_that_casts_to_another_dtype():
+    x_in = Input((4, 4, 2))
+    y = Activation("relu", dtype="float64")(BatchNormalization()(Conv2D(2, 1)(x_in)))
+    model = compile_model(Model(x_in, Dense(2, dtype="float64")(Flatten()(y))))
+    assert [step.layers for step in fused_steps(model)] == [[model.layers[1], model.layers[2]]]
+    assert model.predict(np.ones((2, 4, 4, 2), np.float32)).dtype == np.float64
+
+
+def test_batchnorm_relu_gives_the_same_gradients_where_the_numba_kernels_run(floatx):
+    # activations of 8 x 32 x 32 x 16 = 131,072 numbers: BatchNormalization takes its numba kernels
+    floatx("float64")
+    backend.set_seed(1)
+    model = Sequential([Conv2D(16, 3, padding="same", input_shape=(32, 32, 2)), BatchNormalization(),
+                        Activation("relu"), Flatten(), Dense(3, activation="softmax")])
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    x, y = np.random.default_rng(1).standard_normal((8, 32, 32, 2)), np.arange(8) % 3
+    assert 8 * 32 * 32 * 16 >= minicnn.perf.BATCHNORM_NUMBA_MIN_SIZE
+    loss, _, grads = gradients(model, x, y, training=True)
+    assert len(fused_steps(compile_model(model))) == 1
+    compiled_loss, _, compiled_grads = gradients(model, x, y, training=True)
+    assert abs(compiled_loss - loss) <= 1e-12 * abs(loss)
+    for name, grad in grads.items():
+        np.testing.assert_allclose(compiled_grads[name], grad, rtol=1e-9, atol=1e-12, err_msg=name)
