@@ -14,7 +14,8 @@ entry, max |a - e| / max |e| (the measure tests/test_compiler.py holds to 1e-4).
 Timing: each method with its own reused buffers (as in training), forward then backward with
 dx, the methods taking turns call by call in a rotating order, `--repeats` rounds after one
 warm-up round; it prints the median ms of each and the ratios (> 1: the second is faster).
-The machine may be busy: compare ratios within one run. `winograd_tile` shows what
+The machine may be busy: compare ratios within one run; on a machine shared with
+busier jobs, `--clock cpu` single-threaded measures the work each method does. `winograd_tile` shows what
 minicnn.ops.winograd picks for the shape with the thresholds in minicnn.perf.
 
 The 5x5 rows (cnn4's second conv) time F(m x m, 5x5) tilings built with `toom_cook`, which
@@ -27,12 +28,14 @@ import sys
 import time
 from fractions import Fraction
 
+import numba
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from minicnn import perf  # noqa: E402
-from minicnn.ops import conv as conv_ops, winograd  # noqa: E402
+from minicnn.compiler.buffers import Buffers  # noqa: E402
+from minicnn.ops import winograd  # noqa: E402
 from minicnn.ops.gemm import matmul  # noqa: E402
 from minicnn.ops.im2col import col2im, im2col, numba_pays  # noqa: E402
 from minicnn.ops.padding import conv_geometry  # noqa: E402
@@ -80,20 +83,24 @@ def im2col_backward(dz, cols, kernel, x_shape, pads, workspace):
     return col2im(dcols, x_shape, kernel.shape[:2], (1, 1), pads), dkernel
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = time.perf_counter
+
+
 def run(tiling, x, kernel, dz, pads, workspace):
     """One training step of the convolution by `tiling` (None: im2col): (z, dx, dK), and the
-    forward and backward seconds."""
+    forward and backward seconds (by `clock`)."""
     top, left = pads[0][0], pads[1][0]
-    start = time.perf_counter()
+    start = clock()
     if tiling is None:
         z, cols = im2col_forward(x, kernel, pads, workspace)
-        middle = time.perf_counter()
+        middle = clock()
         dx, dk = im2col_backward(dz, cols, kernel, x.shape, pads, workspace)
     else:
         z, saved = winograd.conv(x, kernel, top, left, dz.shape[1], dz.shape[2], workspace, tiling)
-        middle = time.perf_counter()
+        middle = clock()
         dx, dk = winograd.conv_backward(dz, saved, x.shape, top, left, workspace)
-    return (z, dx, dk), middle - start, time.perf_counter() - middle
+    return (z, dx, dk), middle - start, clock() - middle
 
 
 def case(n, h, c, f, r, rng, dtype=np.float32):
@@ -117,19 +124,19 @@ def accuracy(batch, rng, points):
     for model, h, c, f, r in SHAPES:
         x, kernel, dz = case(batch, h, c, f, r, rng, np.float64)
         pads, _, _ = geometry(h, r)
-        expected, _, _ = run(None, x, kernel, dz, pads, conv_ops.Workspace())
+        expected, _, _ = run(None, x, kernel, dz, pads, Buffers())
         candidates = methods(r)
         if points and r == 3:
             candidates += [(name, winograd.toom_cook(4, p)) for name, p in POINT_SETS.items()]
         for name, tiling in candidates:
             got, _, _ = run(tiling, x.astype(np.float32), kernel.astype(np.float32), dz.astype(np.float32),
-                            pads, conv_ops.Workspace())
+                            pads, Buffers())
             cells = " | ".join("%.1e / %.1e" % errors(a, e) for a, e in zip(got, expected))
             print(f"| {model} {c}->{f} @{h} {r}x{r} | {name} | {cells} |")
 
 
-def timing(batch, repeats, rng):
-    print(f"\n## median ms over {repeats} rounds (batch {batch}, float32), methods taking turns\n")
+def timing(batch, repeats, rng, clock_name):
+    print(f"\n## median {clock_name} ms over {repeats} rounds (batch {batch}, float32), methods taking turns\n")
     print("| layer | winograd_tile | method | forward | backward | im2col / method (fwd, bwd, step) |")
     print("| --- | --- | --- | --- | --- | --- |")
     for model, h, c, f, r in SHAPES:
@@ -137,7 +144,7 @@ def timing(batch, repeats, rng):
         pads, _, _ = geometry(h, r)
         pick = winograd.winograd_tile(x.shape, kernel.shape)
         candidates = methods(r)
-        workspaces = [conv_ops.Workspace() for _ in candidates]
+        workspaces = [Buffers() for _ in candidates]
         times = [([], []) for _ in candidates]
         for round_ in range(repeats + 1):
             order = np.roll(np.arange(len(candidates)), round_)
@@ -161,17 +168,23 @@ def main():
     parser.add_argument("--skip-accuracy", action="store_true")
     parser.add_argument("--skip-timing", action="store_true")
     parser.add_argument("--points", action="store_true", help="also F(4x4)'s other point sets (accuracy)")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="cpu: the process's CPU time, the work done whatever the machine's load "
+                             "(run single-threaded: NUMBA_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     perf.enable()
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, numpy {np.__version__}, "
-          f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')}, load {os.getloadavg()[0]:.1f}, "
+          f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')}, numba threads {numba.get_num_threads()}, "
+          f"load {os.getloadavg()[0]:.1f}, "
           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    global clock
+    clock = CLOCKS[args.clock]
     rng = np.random.default_rng(args.seed)
     if not args.skip_accuracy:
         accuracy(args.accuracy_batch, rng, args.points)
     if not args.skip_timing:
-        timing(args.batch, args.repeats, rng)
+        timing(args.batch, args.repeats, rng, args.clock)
 
 
 if __name__ == "__main__":

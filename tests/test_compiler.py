@@ -229,3 +229,21 @@ def test_batchnorm_relu_gives_the_same_gradients_where_the_numba_kernels_run(flo
     assert abs(compiled_loss - loss) <= 1e-12 * abs(loss)
     for name, grad in grads.items():
         np.testing.assert_allclose(compiled_grads[name], grad, rtol=1e-9, atol=1e-12, err_msg=name)
+
+
+def test_each_convolution_gets_its_method_by_shape_and_keeps_its_buffers_from_step_to_step():
+    model = Sequential([Conv2D(8, 3, padding="same", input_shape=(16, 16, 2)), Conv2D(64, 3, padding="same"),
+                        Conv2D(64, 3, padding="same"), BatchNormalization(), Activation("relu"), Flatten(),
+                        Dense(2, activation="softmax")])
+    model.compile("sgd", "sparse_categorical_crossentropy", jit_compile=True)
+    x, y = np.random.default_rng(0).standard_normal((4, 16, 16, 2)).astype(np.float32), np.arange(4) % 2
+    model.train_on_batch(x, y)
+    stages = [step.stages[0] for step in fused_steps(model)]
+    assert [type(stage).__name__ for stage in stages] == ["ConvStage"] * 3
+    assert stages[0].methods == {x.shape: None}                         # 2 -> 8 channels: im2col
+    assert stages[2].methods[(4, 16, 16, 64)] is not None                # 64 -> 64: a Winograd tiling
+    held = [dict(stage.buffers.arrays) for stage in stages]
+    assert "cols" in held[0] and "V" in held[2]
+    model.train_on_batch(x, y)
+    for stage, before in zip(stages, held):
+        assert all(stage.buffers.arrays[name] is array for name, array in before.items())

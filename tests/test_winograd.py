@@ -10,6 +10,9 @@ from hypothesis import strategies as st
 
 from minicnn import backend, gradcheck, perf
 from minicnn.layers import Conv2D
+from minicnn.compiler import FusedStep
+from minicnn.compiler.buffers import Buffers
+from minicnn.compiler.stages import ConvStage
 from minicnn.ops import conv, winograd
 from minicnn.ops.padding import conv_geometry
 
@@ -192,7 +195,7 @@ def test_conv_backward_matches_central_differences(tiling, shape, padding):
 def test_out_buffers_are_written_and_returned(tiling):
     rng = np.random.default_rng(2)
     x, kernel, dz = (rng.standard_normal(s).astype(np.float32) for s in [(2, 9, 7, 3), (3, 3, 3, 4), (2, 9, 7, 4)])
-    workspace = conv.Workspace()
+    workspace = Buffers()
     z_out, dx_out = np.full((2, 9, 7, 4), np.nan, np.float32), np.full(x.shape, np.nan, np.float32)
     z, saved = winograd.conv(x, kernel, 1, 1, 9, 7, workspace, tiling, out=z_out)
     dx, dkernel = winograd.conv_backward(dz, saved, x.shape, 1, 1, workspace, out=dx_out)
@@ -227,12 +230,15 @@ def every_conv3x3_on_winograd(monkeypatch):
 
 @pytest.mark.parametrize("padding, shape", [("same", (2, 5, 6, 3)), ("valid", (2, 7, 5, 2)), ("same", (1, 3, 3, 1))])
 def test_conv2d_gradients_through_winograd(every_conv3x3_on_winograd, padding, shape, monkeypatch):
+    # the compiler's Conv2D step (minicnn/compiler/stages.py) takes Winograd where it pays; the layer never does
     layer = Conv2D(4, 3, padding=padding)
+    layer.build((None,) + shape[1:])
     calls = []
-    conv3x3 = winograd.conv3x3
-    monkeypatch.setattr(winograd, "conv3x3", lambda *a: calls.append(1) or conv3x3(*a))
-    results = gradcheck.check_layer(layer, gradcheck.spaced_input(shape, seed=3), training=True)
-    assert calls, "the layer did not take the Winograd path"
+    by_tiles = winograd.conv
+    monkeypatch.setattr(winograd, "conv", lambda *a: calls.append(1) or by_tiles(*a))
+    step = FusedStep([ConvStage(layer, Buffers())])
+    results = gradcheck.check_layer(step, gradcheck.spaced_input(shape, seed=3), training=True)
+    assert calls, "the compiled step did not take the Winograd path"
     assert {"x", "kernel", "bias"} <= set(results)
     for result in results.values():
         assert result.error <= 1e-7, repr(result)

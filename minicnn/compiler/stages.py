@@ -5,8 +5,10 @@ A stage computes what its layers compute, with the same ops: `LayerStage` runs t
 forward and backward; the others choose a faster method by shape or share a pass, and must
 give the same numbers (tests/test_compiler.py holds every seed model to that).
 """
+from ..ops import winograd
 from ..ops.batchnorm import normalize, normalize_backward
 from ..ops.conv import conv2d, conv2d_backward
+from ..ops.im2col import numba_pays
 
 
 class LayerStage:
@@ -23,29 +25,53 @@ class LayerStage:
 
 
 class ConvStage:
-    """Conv2D: z = conv(x, K) + b, y = activation(z), its temporaries from the step's buffers."""
+    """Conv2D: z = conv(x, K) + b, y = activation(z), by the method that pays for the input's
+    shape (chosen once per shape): Winograd's F(4x4) or F(2x2) (ops.winograd.winograd_tile), else
+    the textbook im2col product; their temporaries come from the step's buffers."""
 
     def __init__(self, layer, buffers):
         self.layer, self.layers, self.buffers = layer, [layer], buffers
+        self.methods = {}             # input shape -> a Winograd Tiling, or None for im2col
+
+    def method(self, x_shape):
+        layer = self.layer
+        if x_shape not in self.methods:
+            self.methods[x_shape] = winograd.winograd_tile(x_shape, layer.kernel.shape, layer.strides, layer.padding)
+        return self.methods[x_shape]
 
     def forward(self, x, training):
         layer = self.layer
         x = layer.prepare(x)
-        pads, _, _ = layer.geometry(x)
-        z, saved = conv2d(x, layer.kernel.value, layer.strides, pads, self.buffers if training else None)
+        pads, ho, wo = layer.geometry(x)
+        z, saved = self.convolve(x, pads, ho, wo)
         if layer.use_bias:
             z += layer.bias.value
         y = layer.activation.forward(z)
-        self.cache = (saved, y)
+        self.cache = (x.shape, pads, saved, y)
         return y
+
+    def convolve(self, x, pads, ho, wo):
+        """(z, saved) by this shape's method."""
+        kernel, tiling = self.layer.kernel.value, self.method(x.shape)
+        if tiling is not None:
+            return winograd.conv(x, kernel, pads[0][0], pads[1][0], ho, wo, self.buffers, tiling)
+        (kh, kw, c, _), n = kernel.shape, x.shape[0]
+        cols = self.buffers("cols", (n * ho * wo, kh * kw * c), x.dtype) if numba_pays((kh, kw), c) else None
+        return conv2d(x, kernel, self.layer.strides, pads, cols)
 
     def backward(self, dy):
         """Conv2D.backward's rule (docs/backprop.md, "Conv2D")."""
-        layer, (saved, y) = self.layer, self.cache
+        layer, (x_shape, pads, saved, y) = self.layer, self.cache
         dz = layer.activation.backward(dy, y)
         if layer.use_bias:
             layer.bias.grad = dz.reshape(-1, layer.filters).sum(axis=0)        # (F,)
-        dx, layer.kernel.grad = conv2d_backward(dz, saved, layer.kernel.value, layer.needs_input_gradient)
+        need = layer.needs_input_gradient
+        if isinstance(saved, winograd.Saved):
+            dx, layer.kernel.grad = winograd.conv_backward(dz, saved, x_shape, pads[0][0], pads[1][0],
+                                                           self.buffers, need)
+        else:
+            dcols = self.buffers("dcols", saved.cols.shape, dz.dtype) if need else None
+            dx, layer.kernel.grad = conv2d_backward(dz, saved, layer.kernel.value, need, dcols)
         return dx
 
 

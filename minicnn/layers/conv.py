@@ -5,13 +5,13 @@ Conv2D is a matrix product on im2col's patch matrix:
     z    = cols @ K + b               (N*Ho*Wo, F)         K reshaped to (kh*kw*C, F)
 and its backward is the same product transposed, with col2im (the adjoint of im2col)
 folding the patch gradients back onto the image. `ops.conv` computes exactly that
-(MINICNN_REFERENCE=1 runs those lines in NumPy), or the same numbers faster by default.
+(MINICNN_REFERENCE=1 runs those lines in NumPy; by default numba's im2col where it pays).
 Derivations: docs/backprop.md.
 """
 import warnings
 
 from .. import activations, initializers, regularizers
-from ..ops.conv import Workspace, conv2d, conv2d_backward
+from ..ops.conv import conv2d, conv2d_backward
 from ..ops.depthwise import depthwise_conv, depthwise_conv_backward
 from ..ops.gemm import matmul
 from ..ops.padding import conv_geometry
@@ -85,7 +85,6 @@ class Conv2D(_Conv):
     def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", **kwargs):
         super().__init__(kernel_size, strides, padding, **kwargs)
         self.filters = positive_int(filters, "filters", self.name)
-        self.workspace = Workspace()     # training's big temporaries, reused from step to step
 
     def build(self, input_shape):
         kh, kw = self.kernel_size
@@ -101,8 +100,7 @@ class Conv2D(_Conv):
         """z = im2col(x) @ K + b, y = activation(z):  (N, H, W, C) -> (N, Ho, Wo, F)."""
         x = self.prepare(x)
         pads, _, _ = self.geometry(x)
-        z, saved = conv2d(x, self.kernel.value, self.strides, pads,               # (N, Ho, Wo, F)
-                          self.workspace if training else None)                   # inference keeps no buffer
+        z, saved = conv2d(x, self.kernel.value, self.strides, pads)               # (N, Ho, Wo, F)
         if self.use_bias:
             z += self.bias.value
         y = self.activate(z)
