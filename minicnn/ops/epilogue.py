@@ -35,8 +35,7 @@ from . import batchnorm, elementwise, pooling
 from .im2col import output_hw
 from .jit import njit, pick, prange
 
-RELU_MODES = {None: 0, "before": 1, "after": 2}      # the kernels' codes
-BEFORE, AFTER = 1, 2
+RELU_PLACES = (None, "before", "after")
 
 
 class Epilogue(NamedTuple):
@@ -49,7 +48,7 @@ class Epilogue(NamedTuple):
 
     def check(self, z):
         """An error naming the problem when this block cannot follow z."""
-        if self.relu not in RELU_MODES:
+        if self.relu not in RELU_PLACES:
             raise ValueError(f"epilogue: relu must be None, 'before' or 'after', received {self.relu!r}")
         if not 0 <= self.rate < 1:
             raise ValueError(f"epilogue: rate must be in [0, 1), received {self.rate!r}")
@@ -189,8 +188,11 @@ def backward_reference(spec, dy, z, offsets, keep, mean, inv_std, gamma, beta, t
 # ----------------------------------------------------------------------------------------
 # numba kernels: channels innermost; per-channel sums in float64, one row per block of rows
 # ----------------------------------------------------------------------------------------
-# Absent inputs (no dropout draws, no residual) come as empty arrays and a flag: one compiled
-# kernel for every block, its branches loop-invariant.
+# The ReLUs come as floors, 0 where there is one and -inf where there is none: v = max(z, before),
+# u = max(u, after), and a ReLU's backward passes g where its input > its floor. No branch on the
+# block's kind in the loops, so LLVM can vectorize them. The one difference it makes: without a
+# ReLU, a NaN or -inf in z gives 0 in dz, not NaN (a run that far gone has diverged either way).
+# Absent inputs (no dropout draws, no residual) come as empty arrays and a loop-invariant flag.
 
 BLOCKS = perf.BATCHNORM_BLOCKS    # row blocks of the sums (a constant to the kernels: read when they compile)
 
@@ -203,33 +205,26 @@ def _span(b, blocks, m):
 
 
 @njit(inline="always")
-def _normalized(z, mean, scale, beta, relu, zero):
-    """u of one number, in z's dtype and the textbook's order of operations (so ties in a
-    pool window break as there); also returns v - mean."""
-    v = z
-    if relu == BEFORE and v < zero:       # NaN passes, as in np.maximum
-        v = zero
+def _normalized(z, mean, scale, beta, before, after):
+    """u of one number, in z's dtype and the textbook's order of operations (so ties in a pool
+    window break as there), and v - mean."""
+    v = before if z < before else z          # NaN passes, as in np.maximum
     vc = v - mean
     u = vc * scale + beta
-    if relu == AFTER and u < zero:
-        u = zero
-    return u, vc
+    return (after if u < after else u), vc
 
 
 @njit(inline="always")
-def _gradient(dy, keep, dropout, drop_scale, z, mean, scale, beta, relu, zero):
-    """g = du at one cell (dropout's and an after-ReLU's rules), v - mean in float64, and
-    whether a before-ReLU passes it (z > 0)."""
+def _gradient(dy, keep, dropout, drop_scale, z, mean, scale, beta, before, after, zero):
+    """At one cell: g = du (dropout's and an after-ReLU's rules), v - mean in float64, and
+    whether a before-ReLU passes the gradient."""
     g = dy
     if dropout:
         g = dy * drop_scale if keep else zero
-    v = z
-    if relu == BEFORE and v < zero:
-        v = zero
+    v = before if z < before else z
     vc = v - mean
-    if relu == AFTER and not vc * scale + beta > zero:
-        g = zero
-    return g, np.float64(v) - np.float64(mean), relu != BEFORE or z > zero
+    g = g if vc * scale + beta > after else zero
+    return g, np.float64(v) - np.float64(mean), z > before
 
 
 @njit(inline="always")
@@ -245,7 +240,7 @@ def _finish(p, dropout, bits, threshold, drop_scale, add, residual, zero):
 
 
 @njit(cache=True, parallel=True)
-def _pooled_forward_kernel(z, mean, scale, beta, relu, kh, kw, sh, sw, top, left,
+def _pooled_forward_kernel(z, mean, scale, beta, before, after, kh, kw, sh, sw, top, left,
                            bits, threshold, drop_scale, residual, y, offsets, keep):
     # one task per output row (n, ho): it alone writes y, offsets and keep there
     n_img, h_in, w_in, c_n = z.shape
@@ -257,27 +252,27 @@ def _pooled_forward_kernel(z, mean, scale, beta, relu, kh, kw, sh, sw, top, left
         for wo in range(wo_n):
             w0 = wo * sw - left
             h_lo, h_hi, w_lo, w_hi = max(h0, 0), min(h0 + kh, h_in), max(w0, 0), min(w0 + kw, w_in)
+            yr, orow = y[n, ho, wo], offsets[n, ho, wo]
             for c in range(c_n):
-                y[n, ho, wo, c] = -np.inf
-                offsets[n, ho, wo, c] = (h_lo - h0) * kw + (w_lo - w0)      # the first real cell
-            for h in range(h_lo, h_hi):                                     # row-major window order
+                yr[c] = -np.inf
+                orow[c] = (h_lo - h0) * kw + (w_lo - w0)                  # the first real cell
+            for h in range(h_lo, h_hi):                                   # row-major window order
                 for w in range(w_lo, w_hi):
-                    cell = (h - h0) * kw + (w - w0)
+                    cell, zr = (h - h0) * kw + (w - w0), z[n, h, w]
                     for c in range(c_n):
-                        u, _ = _normalized(z[n, h, w, c], mean[c], scale[c], beta[c], relu, zero)
-                        if u > y[n, ho, wo, c]:                             # strict: first max wins ties
-                            y[n, ho, wo, c] = u
-                            offsets[n, ho, wo, c] = cell
+                        u, _ = _normalized(zr[c], mean[c], scale[c], beta[c], before, after)
+                        better = u > yr[c]                                # strict: first max wins ties
+                        yr[c] = u if better else yr[c]
+                        orow[c] = cell if better else orow[c]
             for c in range(c_n):
-                y[n, ho, wo, c], k = _finish(y[n, ho, wo, c], dropout, bits[n, ho, wo, c] if dropout else 0,
-                                             threshold, drop_scale, add,
-                                             residual[n, ho, wo, c] if add else zero, zero)
+                yr[c], k = _finish(yr[c], dropout, bits[n, ho, wo, c] if dropout else 0, threshold, drop_scale,
+                                   add, residual[n, ho, wo, c] if add else zero, zero)
                 if dropout:
                     keep[n, ho, wo, c] = k
 
 
 @njit(cache=True, parallel=True)
-def _rows_forward_kernel(z, mean, scale, beta, relu, bits, threshold, drop_scale, residual, y, keep):
+def _rows_forward_kernel(z, mean, scale, beta, before, after, bits, threshold, drop_scale, residual, y, keep):
     # z, y (M, C); bits, residual, keep (M, C) or empty
     m, c_n = z.shape
     dropout, add, zero = bits.size > 0, residual.size > 0, y.dtype.type(0)
@@ -286,7 +281,7 @@ def _rows_forward_kernel(z, mean, scale, beta, relu, bits, threshold, drop_scale
         lo, hi = _span(b, blocks, m)
         for r in range(lo, hi):
             for c in range(c_n):
-                u, _ = _normalized(z[r, c], mean[c], scale[c], beta[c], relu, zero)
+                u, _ = _normalized(z[r, c], mean[c], scale[c], beta[c], before, after)
                 y[r, c], k = _finish(u, dropout, bits[r, c] if dropout else 0, threshold, drop_scale, add,
                                      residual[r, c] if add else zero, zero)
                 if dropout:
@@ -294,9 +289,10 @@ def _rows_forward_kernel(z, mean, scale, beta, relu, bits, threshold, drop_scale
 
 
 @njit(cache=True, parallel=True)
-def _pooled_sums_kernel(dy, z, offsets, keep, mean, scale, beta, relu, kh, kw, sh, sw, top, left, drop_scale,
-                        sum_g, sum_g_vc):
-    # per block of pooled rows (n, ho): sum of g and of g * (v - mean) at each window's max cell
+def _pooled_sums_kernel(dy, z, offsets, keep, mean, scale, beta, before, after, di, dj, sh, sw, top, left,
+                        drop_scale, sum_g, sum_g_vc):
+    # per block of pooled rows (n, ho): sum of g and of g * (v - mean) at each window's max cell,
+    # found from its offset by the tables di, dj (offset // kw, offset % kw)
     n_img, ho_n, wo_n, c_n = dy.shape
     dropout, zero = keep.size > 0, dy.dtype.type(0)
     blocks = sum_g.shape[0]
@@ -305,18 +301,19 @@ def _pooled_sums_kernel(dy, z, offsets, keep, mean, scale, beta, relu, kh, kw, s
         for t in range(lo, hi):
             n, ho = t // ho_n, t % ho_n
             for wo in range(wo_n):
+                h0, w0 = ho * sh - top, wo * sw - left
                 for c in range(c_n):
-                    cell = np.int64(offsets[n, ho, wo, c])
-                    h, w = ho * sh - top + cell // kw, wo * sw - left + cell % kw
+                    cell = offsets[n, ho, wo, c]
                     g, vc, _ = _gradient(dy[n, ho, wo, c], keep[n, ho, wo, c] if dropout else True, dropout,
-                                         drop_scale, z[n, h, w, c], mean[c], scale[c], beta[c], relu, zero)
+                                         drop_scale, z[n, h0 + di[cell], w0 + dj[cell], c], mean[c], scale[c],
+                                         beta[c], before, after, zero)
                     sum_g[b, c] += g
                     sum_g_vc[b, c] += np.float64(g) * vc
 
 
 @njit(cache=True, parallel=True)
-def _pooled_dz_kernel(dy, z, offsets, keep, mean, scale, beta, relu, kh, kw, sh, sw, top, left, drop_scale,
-                      a, k, offset, dz):
+def _pooled_dz_kernel(dy, z, offsets, keep, mean, scale, beta, before, after, di, dj, sh, sw, top, left,
+                      drop_scale, a, k, offset, dz):
     # one task per image (windows overlap: only its owner adds into it): dz = k * (v - mean) + offset
     # everywhere (0 where a before-ReLU is off), then a * du added at each window's max cell
     n_img, h_in, w_in, c_n = z.shape
@@ -325,23 +322,24 @@ def _pooled_dz_kernel(dy, z, offsets, keep, mean, scale, beta, relu, kh, kw, sh,
     for n in prange(n_img):
         for h in range(h_in):
             for w in range(w_in):
+                zr, dr = z[n, h, w], dz[n, h, w]
                 for c in range(c_n):
-                    _, vc = _normalized(z[n, h, w, c], mean[c], scale[c], beta[c], relu, zero)
-                    passes = relu != BEFORE or z[n, h, w, c] > zero
-                    dz[n, h, w, c] = k[c] * vc + offset[c] if passes else zero
+                    _, vc = _normalized(zr[c], mean[c], scale[c], beta[c], before, after)
+                    dr[c] = k[c] * vc + offset[c] if zr[c] > before else zero
         for ho in range(ho_n):
             for wo in range(wo_n):
+                h0, w0 = ho * sh - top, wo * sw - left
                 for c in range(c_n):
-                    cell = np.int64(offsets[n, ho, wo, c])
-                    h, w = ho * sh - top + cell // kw, wo * sw - left + cell % kw
+                    cell = offsets[n, ho, wo, c]
+                    h, w = h0 + di[cell], w0 + dj[cell]
                     g, _, passes = _gradient(dy[n, ho, wo, c], keep[n, ho, wo, c] if dropout else True, dropout,
-                                             drop_scale, z[n, h, w, c], mean[c], scale[c], beta[c], relu, zero)
-                    if passes:
-                        dz[n, h, w, c] += a[c] * g
+                                             drop_scale, z[n, h, w, c], mean[c], scale[c], beta[c], before, after,
+                                             zero)
+                    dz[n, h, w, c] += a[c] * g if passes else zero
 
 
 @njit(cache=True, parallel=True)
-def _rows_sums_kernel(dy, z, keep, mean, scale, beta, relu, drop_scale, sum_g, sum_g_vc):
+def _rows_sums_kernel(dy, z, keep, mean, scale, beta, before, after, drop_scale, sum_g, sum_g_vc):
     # dy, z (M, C): per block of rows, sum of g and of g * (v - mean)
     m, c_n = z.shape
     dropout, zero = keep.size > 0, dy.dtype.type(0)
@@ -351,13 +349,13 @@ def _rows_sums_kernel(dy, z, keep, mean, scale, beta, relu, drop_scale, sum_g, s
         for r in range(lo, hi):
             for c in range(c_n):
                 g, vc, _ = _gradient(dy[r, c], keep[r, c] if dropout else True, dropout, drop_scale, z[r, c],
-                                     mean[c], scale[c], beta[c], relu, zero)
+                                     mean[c], scale[c], beta[c], before, after, zero)
                 sum_g[b, c] += g
                 sum_g_vc[b, c] += np.float64(g) * vc
 
 
 @njit(cache=True, parallel=True)
-def _rows_dz_kernel(dy, z, keep, mean, scale, beta, relu, drop_scale, a, k, offset, dz):
+def _rows_dz_kernel(dy, z, keep, mean, scale, beta, before, after, drop_scale, a, k, offset, dz):
     # dz = a * g + k * (v - mean) + offset, 0 where a before-ReLU is off
     m, c_n = z.shape
     dropout, zero = keep.size > 0, dz.dtype.type(0)
@@ -367,33 +365,41 @@ def _rows_dz_kernel(dy, z, keep, mean, scale, beta, relu, drop_scale, a, k, offs
         for r in range(lo, hi):
             for c in range(c_n):
                 g, _, passes = _gradient(dy[r, c], keep[r, c] if dropout else True, dropout, drop_scale, z[r, c],
-                                         mean[c], scale[c], beta[c], relu, zero)
-                _, vc = _normalized(z[r, c], mean[c], scale[c], beta[c], relu, zero)
+                                         mean[c], scale[c], beta[c], before, after, zero)
+                _, vc = _normalized(z[r, c], mean[c], scale[c], beta[c], before, after)
                 dz[r, c] = a[c] * g + k[c] * vc + offset[c] if passes else zero
 
 
 @njit(cache=True, parallel=True)
-def _moments_kernel(x, relu_first, shift, sums, squares):
-    # x (M, C); sums, squares (blocks, C) float64 zeros; moments of max(x, 0) if relu_first,
-    # taken about a shift as in ops/batchnorm.py
+def _moments_kernel(x, floor, shift, sums, squares):
+    # x (M, C); sums, squares (blocks, C) float64 zeros; moments of max(x, floor), floor = 0 for
+    # cnn8's ReLU before BN, -inf for none, taken about a shift as in ops/batchnorm.py
     m, c_n = x.shape
     blocks = sums.shape[0]
-    zero = x.dtype.type(0)
     for b in prange(blocks):
         lo, hi = _span(b, blocks, m)
         for r in range(lo, hi):
             for c in range(c_n):
                 v = x[r, c]
-                if relu_first and v < zero:
-                    v = zero
-                d = np.float64(v) - shift[c]
+                d = np.float64(floor if v < floor else v) - shift[c]
                 sums[b, c] += d
                 squares[b, c] += d * d
 
 
-def _channel_args(z, mean, inv_std, gamma, beta):
-    """mean, scale = gamma * inv_std and beta in z's dtype, as the reference computes them."""
-    return tuple(np.ascontiguousarray(np.asarray(v).astype(z.dtype)) for v in (mean, gamma * inv_std, beta))
+def _channel_args(spec, z, mean, inv_std, gamma, beta):
+    """mean, scale = gamma * inv_std and beta in z's dtype, as the reference computes them, and
+    the ReLUs' floors (before, after): 0 where the block has that ReLU, -inf where not."""
+    channel = tuple(np.ascontiguousarray(np.asarray(v).astype(z.dtype)) for v in (mean, gamma * inv_std, beta))
+    floors = tuple(z.dtype.type(0 if spec.relu == place else -np.inf) for place in ("before", "after"))
+    return channel + floors
+
+
+def _window_tables(pool):
+    """(di, dj, sh, sw, top, left): a window offset's row and column (offset // kw, offset % kw)
+    as tables, so the backward kernels divide nothing, and where window (0, 0) starts."""
+    (kh, kw), (sh, sw), ((top, _), (left, _)) = pool
+    cells = np.arange(kh * kw)
+    return cells // kw, cells % kw, sh, sw, top, left
 
 
 def _buffer(out, shape, dtype, name):
@@ -431,7 +437,7 @@ def forward_numba(spec, z, mean, inv_std, gamma, beta, bits=None, residual=None,
     bits_in = _optional(bits, shape, np.uint32, "bits")
     residual_in = _optional(residual, shape, z.dtype, "residual")
     dropout = (elementwise.keep_threshold(spec.rate), z.dtype.type(1 / (1 - spec.rate)))
-    channel = _channel_args(z, mean, inv_std, gamma, beta) + (RELU_MODES[spec.relu],)
+    channel = _channel_args(spec, z, mean, inv_std, gamma, beta)
     with perf.kernel_threads(z.size):
         if spec.pool is None:
             _rows_forward_kernel(_rows(z), *channel, _rows(bits_in), *dropout, _rows(residual_in), _rows(y),
@@ -457,7 +463,7 @@ def backward_numba(spec, dy, z, offsets, keep, mean, inv_std, gamma, beta, train
     """numba version of `backward_reference` (same result up to rounding); dz written into out if given."""
     z, dy = np.ascontiguousarray(z), np.ascontiguousarray(dy, dtype=z.dtype)
     keep_in = _optional(keep, dy.shape, np.bool_, "keep")
-    channel = _channel_args(z, mean, inv_std, gamma, beta) + (RELU_MODES[spec.relu],)
+    channel = _channel_args(spec, z, mean, inv_std, gamma, beta)
     drop_scale = z.dtype.type(1 / (1 - spec.rate))
     c = z.shape[-1]
     blocks = max(1, min(BLOCKS, dy.size // c // (dy.shape[2] if spec.pool else 1)))
@@ -467,8 +473,7 @@ def backward_numba(spec, dy, z, offsets, keep, mean, inv_std, gamma, beta, train
         args = (_rows(dy), _rows(z), _rows(keep_in), *channel, drop_scale)
         sums_kernel, dz_kernel, dz_out = _rows_sums_kernel, _rows_dz_kernel, _rows(dz)
     else:
-        (kh, kw), (sh, sw), ((top, _), (left, _)) = spec.pool
-        args = (dy, z, np.ascontiguousarray(offsets), keep_in, *channel, kh, kw, sh, sw, top, left, drop_scale)
+        args = (dy, z, np.ascontiguousarray(offsets), keep_in, *channel, *_window_tables(spec.pool), drop_scale)
         sums_kernel, dz_kernel, dz_out = _pooled_sums_kernel, _pooled_dz_kernel, dz
     with perf.kernel_threads(z.size):
         sums_kernel(*args, sum_g, sum_g_vc)
@@ -485,7 +490,7 @@ def moments_numba(z, relu_first=False):
     blocks = min(BLOCKS, m)
     sums, squares = np.zeros((blocks, c)), np.zeros((blocks, c))
     with perf.kernel_threads(x.size):
-        _moments_kernel(x, relu_first, shift, sums, squares)
+        _moments_kernel(x, x.dtype.type(0 if relu_first else -np.inf), shift, sums, squares)
     mean_shifted = sums.sum(axis=0) / m
     var = squares.sum(axis=0) / m - mean_shifted ** 2
     return (mean_shifted + shift).astype(z.dtype), np.maximum(var, 0).astype(z.dtype)
