@@ -24,9 +24,9 @@ class EmotionClassifier:
         self.preprocessing = preprocessing
 
     @classmethod
-    def from_file(cls, path):
+    def from_file(cls, path, fast=True):
         """Load a model file (or a run folder's model.npz) with `load_fer_model`'s checks."""
-        return cls(*load_fer_model(path))
+        return cls(*load_fer_model(path, fast))
 
     def prepare(self, crops):
         """The exact tensor fed to the model: float32 (N, S, S, 1) from a list of 2-D uint8 crops."""
@@ -49,9 +49,11 @@ class EmotionClassifier:
         return probs
 
 
-def load_fer_model(path):
+def load_fer_model(path, fast=True):
     """(model, labels, Preprocessing) from a minicnn model file with fer's metadata, or from a
     run folder of scripts/train.py (its model.npz). The one loader every script uses.
+    fast: the model runs as the compiler's fused steps (jit_compile, minicnn/compiler/), else
+    as its textbook layers; both give the same probabilities.
 
     The metadata is checked against the network before any face is fed: one label per
     output, the preprocessing's face size equal to the model's (S, S, 1) input, and every
@@ -77,6 +79,7 @@ def load_fer_model(path):
     if bad:
         raise ValueError(f"{path}: weights {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} hold inf or NaN "
                          f"(a diverged training run); the file cannot predict")
+    model.jit_compile = fast            # Keras' attribute: compiled on the first batch
     return model, labels, preprocessing
 
 

@@ -426,15 +426,15 @@ def write_report(session):
     """curves.png and the test report; an interruption here leaves a run --resume can finish."""
     try:
         plot_history(session.run)
-        report_test(session.run, session.splits)
+        report_test(session.run, session.splits, session.config.fast)
     except KeyboardInterrupt:
         raise TrainingInterrupted(session.run, session.checkpoint.path, during="its test report") from None
     return session.run
 
 
-def report_test(run, splits):
+def report_test(run, splits, fast=True):
     """Evaluate the run's best model file on the test split: metrics.json and the confusion matrix files."""
-    model, _, preprocessing = load_fer_model(run)
+    model, _, preprocessing = load_fer_model(run, fast)
     x_test, y_test = preprocessing.apply(splits.test[0]), splits.test[1]
     results = {}
     for tta in (False, True):

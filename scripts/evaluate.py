@@ -20,9 +20,10 @@ from fer.inference import load_fer_model
 from minicnn import perf
 
 
-def evaluate(model_path, data_path, split="auto", tta=False, skip_bad_rows=False):
-    """The evaluation report (a dict, see fer.evaluation.report) of a model file on one split."""
-    model, model_labels, preprocessing = load_fer_model(model_path)
+def evaluate(model_path, data_path, split="auto", tta=False, skip_bad_rows=False, fast=True):
+    """The evaluation report (a dict, see fer.evaluation.report) of a model file on one split;
+    fast: through the compiled steps (minicnn/compiler/), else the textbook layers."""
+    model, model_labels, preprocessing = load_fer_model(model_path, fast)
     meta = model.metadata
     data = fer_data.load(data_path, skip_bad_rows=skip_bad_rows)
     if split == "auto":
@@ -56,12 +57,15 @@ def main(argv=None):
     p.add_argument("--out", help="also write confusion_matrix.png and .csv here")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--skip-bad-rows", action="store_true")
+    p.add_argument("--no-fast", action="store_true",
+                   help="run the textbook layers instead of the compiled steps (minicnn/compiler/: the same "
+                        "numbers, faster)")
     args = p.parse_args(argv)
     try:
         for path, what in ((args.model, "model file"), (args.data, "data file or folder")):
             if not Path(path).exists():
                 raise FileNotFoundError(f"{path}: no such {what}")
-        result = evaluate(args.model, args.data, args.split, args.tta, args.skip_bad_rows)
+        result = evaluate(args.model, args.data, args.split, args.tta, args.skip_bad_rows, fast=not args.no_fast)
         if args.out:
             evaluation.write_confusion_csv(Path(args.out) / "confusion_matrix.csv", result)
             evaluation.plot_confusion(Path(args.out) / "confusion_matrix.png", result)

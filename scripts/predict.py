@@ -46,6 +46,9 @@ def parse_args(argv=None):
                         help="let --annotate replace existing files (never an input image)")
     parser.add_argument("--no-detect", action="store_true",
                         help="each image is already an aligned face crop: classify the whole image as one face")
+    parser.add_argument("--no-fast", action="store_true",
+                        help="run the textbook layers instead of the compiled steps (minicnn/compiler/: the same "
+                             "numbers, faster)")
     add_detector_arguments(parser, photos=True)
     args = parser.parse_args(argv)
     if args.annotate:
@@ -107,7 +110,7 @@ def main(argv=None):
     perf.enable()                  # threads, allocator and OpenMP tuned (minicnn/perf.py)
     args = parse_args(argv)
     try:
-        classifier = EmotionClassifier.from_file(args.model)
+        classifier = EmotionClassifier.from_file(args.model, fast=not args.no_fast)
         detector = None if args.no_detect else detector_from_args(args, photos=True)
     except (OSError, ValueError, RuntimeError) as error:
         print(f"predict.py: error: {error}", file=sys.stderr)

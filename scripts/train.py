@@ -10,8 +10,9 @@ has history.csv and curves.png, and the estimated time left for the whole run is
 Unset options take the defaults of the model's seed (see fer/models.py, DEFAULTS). A resumed
 run keeps its saved settings; only --epochs, --lr, --data (the same file, found elsewhere) and
 --no-fast can change, and config.json records each resume. Training runs the compiled steps
-(minicnn/compiler/: the same numbers, faster); --no-fast runs the textbook layers. Resuming a run whose training is over but
-whose test report was interrupted writes the report. One process at a time trains a run.
+(minicnn/compiler/: the same numbers, faster); --no-fast runs the textbook layers. Resuming a
+run whose training is over but whose test report was interrupted writes the report. One
+process at a time trains a run.
 Exit codes: 0 done, 1 bad data or run folder (or in use), or an OS error such as a full disk
 (with the resume command when a checkpoint exists), 2 bad arguments, 3 diverged (a NaN loss
 or non-finite weights: the previous checkpoint is kept), 130 interrupted (resumable).

@@ -56,6 +56,9 @@ def parse_args(argv=None):
     parser.add_argument("--save", type=Path, help="write the annotated video here (.mp4, mp4v)")
     parser.add_argument("--jsonl", type=Path, help="write one JSON record per face per frame here")
     parser.add_argument("--max-frames", type=positive_int, help="stop after this many frames")
+    parser.add_argument("--no-fast", action="store_true",
+                        help="run the textbook layers instead of the compiled steps (minicnn/compiler/: the same "
+                             "numbers, faster)")
     args = parser.parse_args(argv)
     refuse_overwrites(parser, args)
     return args
@@ -95,7 +98,7 @@ def main(argv=None):
         return fail(error)
     with source:
         try:
-            classifier = EmotionClassifier.from_file(args.model)
+            classifier = EmotionClassifier.from_file(args.model, fast=not args.no_fast)
             detector = detector_from_args(args, photos=False)
             tracker = IoUTracker(smooth=args.smooth)
         except (OSError, ValueError, RuntimeError) as error:

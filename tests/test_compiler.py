@@ -247,3 +247,42 @@ def test_each_convolution_gets_its_method_by_shape_and_keeps_its_buffers_from_st
     model.train_on_batch(x, y)
     for stage, before in zip(stages, held):
         assert all(stage.buffers.arrays[name] is array for name, array in before.items())
+
+
+# ---- the scripts' switch: compiled by default, --no-fast for the textbook layers ------------------
+
+def load_script(name):
+    """scripts/<name>.py as a module, so its functions run in this process."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"script_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_fer_inference_runs_compiled_by_default_and_textbook_without_fast(tmp_path):
+    from fer.inference import EmotionClassifier
+    from fer.preprocess import Preprocessing
+    labels = ["a", "b", "c"]
+    model = Sequential([Conv2D(4, 3, input_shape=(16, 16, 1)), BatchNormalization(), Activation("relu"),
+                        Flatten(), Dense(3, activation="softmax")])
+    model.metadata = {"labels": labels, "preprocessing": Preprocessing(16, "symmetric").to_dict()}
+    model.save(tmp_path / "m.npz")
+    faces = [np.random.default_rng(0).integers(0, 255, (20, 20), dtype=np.uint8)]
+    fast, plain = EmotionClassifier.from_file(tmp_path / "m.npz"), EmotionClassifier.from_file(tmp_path / "m.npz",
+                                                                                                fast=False)
+    np.testing.assert_allclose(fast.classify(faces), plain.classify(faces), rtol=1e-5)
+    assert fast.model.steps_compiled and not plain.model.steps_compiled
+
+
+def test_train_script_records_fast_and_a_resumed_run_keeps_it_unless_no_fast(monkeypatch):
+    from fer.training import TrainConfig
+    train = load_script("train")
+    assert train.config_from_args(train.parse_args(["--model", "cnn4", "--data", "x.csv"])).fast
+    assert not train.config_from_args(train.parse_args(["--model", "cnn4", "--data", "x.csv", "--no-fast"])).fast
+    for saved_fast, flags, expected in [(True, [], True), (False, [], False), (True, ["--no-fast"], False)]:
+        saved = TrainConfig.for_model("cnn4", "x.csv", fast=saved_fast)
+        monkeypatch.setattr(train, "resume_config", lambda run, epochs, data, saved=saved: saved)
+        assert train.config_from_args(train.parse_args(["--resume", "run"] + flags)).fast == expected
