@@ -156,3 +156,6 @@ WINOGRAD4_MIN_TILES = 256
 # ... and at least this share of the 4x4 tiles' outputs inside the image (6x6 takes four 4x4 tiles,
 # 8x8 outputs for 6x6: no fewer multiplications than F(2x2), with larger transforms)
 WINOGRAD4_MIN_KEPT = 0.75
+# the fused SeparableConv2D (ops/separable.py, chosen by benchmarks/kernels_separable.py): from this
+# many input channels, where its tiles' products are wide enough to beat one product over the batch
+SEPARABLE_MIN_CHANNELS = 32

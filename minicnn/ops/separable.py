@@ -1,0 +1,351 @@
+"""Separable convolution in one pass: depthwise kxk, then pointwise 1x1, tile by tile.
+
+    d[n, h, w, c] = sum_{i, j} x_padded[n, h + i, w + j, c] * depthwise_kernel[i, j, c, 0]
+    y[n, h, w, f] = sum_c d[n, h, w, c] * pointwise_kernel[0, 0, c, f]
+
+Shapes: x (N, H, W, C), depthwise_kernel (kh, kw, C, 1), pointwise_kernel (1, 1, C, F) ->
+y (N, Ho, Wo, F); stride 1, depth_multiplier 1, zero padding pads = ((top, bottom),
+(left, right)): "valid" Ho = H - kh + 1, "same" Ho = H. No bias and no activation: the
+caller adds them (SeparableConv2D's `d @ Kp + b`, then its activation).
+
+statistics=True also returns, per output channel, sum_r y[r, f] and sum_r y[r, f]**2 over
+the N*Ho*Wo rows r, summed in float64: a BatchNormalization that follows gets its batch mean
+and variance without a pass of its own (a bias b added to y shifts the mean by b and leaves
+the variance as it is).
+
+Backward, with g = dy seen as rows r = (n, h, w):
+    dpointwise[c, f] = sum_r d[r, c] * g[r, f]
+    dd[r, c]         = sum_f g[r, f] * pointwise[c, f]
+and ops/depthwise.py's rule takes dd to ddepthwise and dx (dx skipped, None, with
+need_input_gradient=False).
+
+The kernels work on tiles of whole output rows of one image, about TILE_PIXELS pixels: the
+tile of d (and of dd) is made in a small buffer that stays in cache and is used at once, so
+d is never written to memory as a whole. The backward recomputes its tile of d from x
+instead of keeping d from the forward: kh*kw multiply-adds per number, against a write and a
+read of the whole of d (benchmarks/kernels_separable.py measures both). separable_pays says
+where this beats the textbook (ops.depthwise, then one matrix product through OpenBLAS).
+"""
+import importlib.util
+
+import numpy as np
+
+from .. import perf
+from .depthwise import depthwise_conv_backward_reference, depthwise_conv_reference
+from .im2col import output_hw
+from .jit import njit, pick, prange
+
+TILE_PIXELS = 256    # output pixels per tile (rounded to whole rows): its d fits in the L1 cache
+BLOCKS = 8           # the backward's blocks of images, each with its own kernel-gradient partial sums
+
+
+def _check(x, depthwise_kernel, pointwise_kernel):
+    """Shapes the fused op accepts; a clear error otherwise. Returns (kh, kw, C, F)."""
+    kh, kw, c, m = depthwise_kernel.shape
+    if m != 1:
+        raise ValueError(f"separable_conv2d: depth_multiplier must be 1, received depthwise_kernel.shape="
+                         f"{depthwise_kernel.shape}")
+    if x.ndim != 4 or x.shape[3] != c or pointwise_kernel.shape[:3] != (1, 1, c):
+        raise ValueError(f"separable_conv2d: expected x (N, H, W, {c}) and pointwise_kernel (1, 1, {c}, F), "
+                         f"received x.shape={x.shape}, pointwise_kernel.shape={pointwise_kernel.shape}")
+    return kh, kw, c, pointwise_kernel.shape[3]
+
+
+# ----------------------------------------------------------------------------------------
+# naive loops: the definition, one multiply-add at a time
+# ----------------------------------------------------------------------------------------
+
+def _depthwise_at(x, depthwise_kernel, n, ho, wo, c, top, left):
+    """d[n, ho, wo, c]: the depthwise sum at one output pixel and channel (padding adds zero)."""
+    kh, kw = depthwise_kernel.shape[:2]
+    total = 0.0
+    for i, j in np.ndindex(kh, kw):
+        h, w = ho - top + i, wo - left + j
+        if 0 <= h < x.shape[1] and 0 <= w < x.shape[2]:
+            total += x[n, h, w, c] * depthwise_kernel[i, j, c, 0]
+    return total
+
+
+def separable_conv2d_naive(x, depthwise_kernel, pointwise_kernel, pads):
+    """y[n, ho, wo, f] = sum_c (sum_ij x[n, ho - top + i, wo - left + j, c] * Kd[i, j, c]) * Kp[c, f]."""
+    kh, kw, c_n, f_n = _check(x, depthwise_kernel, pointwise_kernel)
+    ho_n, wo_n = output_hw(x.shape[1], x.shape[2], (kh, kw), (1, 1), pads)
+    y = np.zeros((x.shape[0], ho_n, wo_n, f_n), dtype=np.result_type(x, depthwise_kernel, pointwise_kernel))
+    for n, ho, wo, c in np.ndindex(x.shape[0], ho_n, wo_n, c_n):
+        d = _depthwise_at(x, depthwise_kernel, n, ho, wo, c, pads[0][0], pads[1][0])
+        for f in range(f_n):
+            y[n, ho, wo, f] += d * pointwise_kernel[0, 0, c, f]
+    return y
+
+
+def separable_conv2d_backward_naive(dy, x, depthwise_kernel, pointwise_kernel, pads, need_input_gradient=True):
+    """(dx, ddepthwise, dpointwise) from the rules at the top, one output pixel and channel at a time."""
+    kh, kw, c_n, f_n = _check(x, depthwise_kernel, pointwise_kernel)
+    top, left = pads[0][0], pads[1][0]
+    dx, dkd, dkp = np.zeros(x.shape), np.zeros(depthwise_kernel.shape), np.zeros(pointwise_kernel.shape)
+    for n, ho, wo, c in np.ndindex(*dy.shape[:3], c_n):
+        d = _depthwise_at(x, depthwise_kernel, n, ho, wo, c, top, left)
+        dd = 0.0
+        for f in range(f_n):
+            dkp[0, 0, c, f] += d * dy[n, ho, wo, f]
+            dd += dy[n, ho, wo, f] * pointwise_kernel[0, 0, c, f]
+        for i, j in np.ndindex(kh, kw):
+            h, w = ho - top + i, wo - left + j
+            if 0 <= h < x.shape[1] and 0 <= w < x.shape[2]:
+                dkd[i, j, c, 0] += x[n, h, w, c] * dd
+                dx[n, h, w, c] += depthwise_kernel[i, j, c, 0] * dd
+    return (dx if need_input_gradient else None), dkd, dkp
+
+
+# ----------------------------------------------------------------------------------------
+# NumPy reference: the textbook composition, depthwise convolution then a matrix product
+# ----------------------------------------------------------------------------------------
+
+def _statistics(y2):
+    """Per-column float64 sum and sum of squares of y2 (M, F)."""
+    y64 = y2.astype(np.float64)
+    return y64.sum(axis=0), np.einsum("rf,rf->f", y64, y64)
+
+
+def separable_conv2d_reference(x, depthwise_kernel, pointwise_kernel, pads, statistics=False):
+    """y = depthwise(x) @ Kp: (N, H, W, C) -> (N, Ho, Wo, F); with statistics, (y, sums, squares)."""
+    _, _, c, f = _check(x, depthwise_kernel, pointwise_kernel)
+    d = depthwise_conv_reference(x, depthwise_kernel, (1, 1), pads)               # (N, Ho, Wo, C)
+    y2 = d.reshape(-1, c) @ pointwise_kernel.reshape(c, f).astype(x.dtype)      # (N*Ho*Wo, F)
+    y = y2.reshape(d.shape[:3] + (f,))
+    return (y,) + _statistics(y2) if statistics else y
+
+
+def separable_conv2d_backward_reference(dy, x, depthwise_kernel, pointwise_kernel, pads, need_input_gradient=True):
+    """Gradients of separable_conv2d: dy (N, Ho, Wo, F) -> (dx or None, ddepthwise, dpointwise)."""
+    _, _, c, f = _check(x, depthwise_kernel, pointwise_kernel)
+    d = depthwise_conv_reference(x, depthwise_kernel, (1, 1), pads)               # (N, Ho, Wo, C)
+    dy2 = dy.reshape(-1, f).astype(x.dtype, copy=False)                         # (N*Ho*Wo, F)
+    pointwise = pointwise_kernel.reshape(c, f).astype(x.dtype)                  # (C, F)
+    dpointwise = (d.reshape(-1, c).T @ dy2).reshape(pointwise_kernel.shape)      # (1, 1, C, F)
+    dd = (dy2 @ pointwise.T).reshape(d.shape)                                   # (N, Ho, Wo, C)
+    dx, ddepthwise = depthwise_conv_backward_reference(dd, x, depthwise_kernel, (1, 1), pads, need_input_gradient)
+    return dx, ddepthwise, dpointwise
+
+
+# ----------------------------------------------------------------------------------------
+# numba kernels: one tile of whole output rows at a time, channels innermost
+# ----------------------------------------------------------------------------------------
+# The tile loops are inlined into the parallel loop's body (inline="always"): called as
+# separate functions, LLVM no longer vectorized their short channel loops. The tile's
+# pointwise products are np.dot calls (OpenBLAS through scipy, as numba does it): no loop
+# written in numba comes near them. A product of at most GEMM_ONE_THREAD multiply-adds runs
+# on the calling thread in OpenBLAS, so tiles stay under it: a larger one would wake
+# OpenBLAS's own threads inside numba's.
+
+GEMM_ONE_THREAD = 1 << 18     # OpenBLAS's default: 65536 * GEMM_MULTITHREAD_THRESHOLD (4)
+
+
+@njit(inline="always")
+def _depthwise_rows(x, n, ho0, rows, kd, top, left, d):
+    # d[p, c] (zeroed first) for the pixels p = (ho - ho0) * Wo + wo of output rows
+    # ho0 .. ho0 + rows - 1 of image n; kd (kh, kw, C). Padded cells are skipped (they add zero).
+    h_in, w_in, c_n = x.shape[1], x.shape[2], x.shape[3]
+    kh, kw = kd.shape[0], kd.shape[1]
+    wo_n = d.shape[0] // rows
+    d[:] = 0
+    for ho in range(ho0, ho0 + rows):
+        for i in range(kh):
+            h = ho - top + i
+            if h < 0 or h >= h_in:
+                continue
+            for wo in range(wo_n):
+                for j in range(kw):
+                    w = wo - left + j
+                    if w < 0 or w >= w_in:
+                        continue
+                    for c in range(c_n):
+                        d[(ho - ho0) * wo_n + wo, c] += x[n, h, w, c] * kd[i, j, c]
+
+
+@njit(inline="always")
+def _depthwise_rows_backward(x, n, ho0, rows, kd, top, left, dd, dkd, dx):
+    # the adjoint of _depthwise_rows: dkd (kh, kw, C) += x * dd, dx[n] += kd * dd (dx None: skipped)
+    h_in, w_in, c_n = x.shape[1], x.shape[2], x.shape[3]
+    kh, kw = kd.shape[0], kd.shape[1]
+    wo_n = dd.shape[0] // rows
+    for ho in range(ho0, ho0 + rows):
+        for i in range(kh):
+            h = ho - top + i
+            if h < 0 or h >= h_in:
+                continue
+            for wo in range(wo_n):
+                for j in range(kw):
+                    w = wo - left + j
+                    if w < 0 or w >= w_in:
+                        continue
+                    for c in range(c_n):
+                        g = dd[(ho - ho0) * wo_n + wo, c]
+                        dkd[i, j, c] += x[n, h, w, c] * g
+                        if dx is not None:
+                            dx[n, h, w, c] += kd[i, j, c] * g
+
+
+@njit(inline="always")
+def _add_statistics(y, sums, squares):
+    # sums[f] += y[p, f], squares[f] += y[p, f]**2 over the tile's rows p, in float64
+    for p in range(y.shape[0]):
+        for f in range(y.shape[1]):
+            v = np.float64(y[p, f])
+            sums[f] += v
+            squares[f] += v * v
+
+
+@njit(cache=True, parallel=True)
+def _forward_kernel(x, kd, kp, top, left, tile_rows, y, kept, sums, squares):
+    # x (N, H, W, C), kd (kh, kw, C), kp (C, F) -> y (N, Ho, Wo, F), one task per tile of
+    # tile_rows output rows. kept (N, Ho, Wo, C) gets d as well, or None (d stays in the
+    # tile); sums, squares (tasks, F) float64 zeros, or None for no statistics.
+    ho_n, wo_n, c_n, f_n = y.shape[1], y.shape[2], x.shape[3], y.shape[3]
+    tiles = (ho_n + tile_rows - 1) // tile_rows
+    for task in prange(x.shape[0] * tiles):
+        n, ho0 = task // tiles, task % tiles * tile_rows
+        rows = min(tile_rows, ho_n - ho0)
+        if kept is None:
+            d = np.empty((rows * wo_n, c_n), dtype=x.dtype)
+        else:
+            d = kept[n, ho0:ho0 + rows].reshape(rows * wo_n, c_n)
+        _depthwise_rows(x, n, ho0, rows, kd, top, left, d)
+        tile = y[n, ho0:ho0 + rows].reshape(rows * wo_n, f_n)
+        np.dot(d, kp, tile)                                              # (pixels, C) @ (C, F)
+        if sums is not None:
+            _add_statistics(tile, sums[task], squares[task])
+
+
+@njit(cache=True, parallel=True)
+def _backward_kernel(dy, x, kd, kpt, top, left, tile_rows, kept, dx, dkd, dkp):
+    # dy (N, Ho, Wo, F), kpt = kp.T (F, C); kept: the forward's d, or None to recompute it
+    # tile by tile; dx (N, H, W, C) zeros or None; dkd (B, kh, kw, C) and dkp (B, C, F) zeros:
+    # block b of images sums its share into its own row (no races).
+    n_img, c_n = x.shape[0], x.shape[3]
+    ho_n, wo_n, f_n = dy.shape[1], dy.shape[2], dy.shape[3]
+    blocks = dkd.shape[0]
+    for b in prange(blocks):
+        scratch = np.empty((tile_rows * wo_n, c_n), dtype=x.dtype)
+        dd = np.empty((tile_rows * wo_n, c_n), dtype=x.dtype)
+        for n in range(b * n_img // blocks, (b + 1) * n_img // blocks):
+            for ho0 in range(0, ho_n, tile_rows):
+                rows = min(tile_rows, ho_n - ho0)
+                pixels = rows * wo_n
+                g = dy[n, ho0:ho0 + rows].reshape(pixels, f_n)
+                if kept is None:
+                    d = scratch[:pixels]
+                    _depthwise_rows(x, n, ho0, rows, kd, top, left, d)
+                else:
+                    d = kept[n, ho0:ho0 + rows].reshape(pixels, c_n)
+                dkp[b] += np.dot(d.T, g)                                   # (C, pixels) @ (pixels, F)
+                np.dot(g, kpt, dd[:pixels])                               # (pixels, F) @ (F, C)
+                _depthwise_rows_backward(x, n, ho0, rows, kd, top, left, dd[:pixels], dkd[b], dx)
+
+
+def _tile_rows(wo, c, f):
+    """Output rows per tile: about TILE_PIXELS pixels and products of at most GEMM_ONE_THREAD
+    multiply-adds, but at least one row."""
+    return max(1, min(TILE_PIXELS, GEMM_ONE_THREAD // (c * f)) // wo)
+
+
+def _buffer(out, shape, dtype, what):
+    """The caller's buffer `out` (checked: shape, dtype, C order), or a new one."""
+    if out is None:
+        return np.empty(shape, dtype)
+    if out.shape != tuple(shape) or out.dtype != dtype or not out.flags.c_contiguous:
+        raise ValueError(f"separable_conv2d: {what} must be a C-contiguous {np.dtype(dtype).name} array of shape "
+                         f"{tuple(shape)}, received {out.dtype.name} {out.shape}")
+    return out
+
+
+def _kernels(depthwise_kernel, pointwise_kernel, dtype):
+    """The kernels as the numba kernels read them: kd (kh, kw, C) and kp (C, F), in x's dtype."""
+    kh, kw, c, _ = depthwise_kernel.shape
+    kd = np.ascontiguousarray(depthwise_kernel.reshape(kh, kw, c), dtype=dtype)
+    return kd, np.ascontiguousarray(pointwise_kernel.reshape(c, -1), dtype=dtype)
+
+
+def separable_conv2d_numba(x, depthwise_kernel, pointwise_kernel, pads, statistics=False, out=None,
+                           depthwise_out=None):
+    """numba version of `separable_conv2d_reference` (same arguments, same result); out: y's
+    buffer; depthwise_out: a (N, Ho, Wo, C) buffer that also gets d, for a backward that reads it."""
+    kh, kw, c, f = _check(x, depthwise_kernel, pointwise_kernel)
+    x = np.ascontiguousarray(x)
+    kd, kp = _kernels(depthwise_kernel, pointwise_kernel, x.dtype)
+    ho, wo = output_hw(x.shape[1], x.shape[2], (kh, kw), (1, 1), pads)
+    y = _buffer(out, (x.shape[0], ho, wo, f), x.dtype, "out")
+    kept = None if depthwise_out is None else _buffer(depthwise_out, (x.shape[0], ho, wo, c), x.dtype, "depthwise_out")
+    tile_rows = _tile_rows(wo, c, f)
+    tasks = x.shape[0] * -(-ho // tile_rows)
+    sums, squares = (np.zeros((tasks, f)), np.zeros((tasks, f))) if statistics else (None, None)
+    with perf.kernel_threads(x.size * kh * kw):       # one thread for a small image
+        _forward_kernel(x, kd, kp, pads[0][0], pads[1][0], tile_rows, y, kept, sums, squares)
+    return (y, sums.sum(axis=0), squares.sum(axis=0)) if statistics else y
+
+
+def separable_conv2d_backward_numba(dy, x, depthwise_kernel, pointwise_kernel, pads, need_input_gradient=True,
+                                    out=None, depthwise=None):
+    """numba version of `separable_conv2d_backward_reference` (same arguments, same result); out:
+    dx's buffer; depthwise: the forward's d (its depthwise_out), else recomputed tile by tile."""
+    kh, kw, c, f = _check(x, depthwise_kernel, pointwise_kernel)
+    x = np.ascontiguousarray(x)
+    kd, kp = _kernels(depthwise_kernel, pointwise_kernel, x.dtype)
+    dy = np.ascontiguousarray(dy, dtype=x.dtype)
+    kept = None if depthwise is None else _buffer(depthwise, dy.shape[:3] + (c,), x.dtype, "depthwise")
+    dx = None
+    if need_input_gradient:
+        dx = _buffer(out, x.shape, x.dtype, "out")
+        dx[...] = 0
+    blocks = min(x.shape[0], BLOCKS)
+    dkd, dkp = np.zeros((blocks, kh, kw, c), x.dtype), np.zeros((blocks, c, f), x.dtype)
+    with perf.kernel_threads(x.size * kh * kw):
+        _backward_kernel(dy, x, kd, np.ascontiguousarray(kp.T), pads[0][0], pads[1][0], _tile_rows(dy.shape[2], c, f),
+                         kept, dx, dkd, dkp)
+    return dx, dkd.sum(axis=0).reshape(depthwise_kernel.shape), dkp.sum(axis=0).reshape(pointwise_kernel.shape)
+
+
+# ----------------------------------------------------------------------------------------
+# dispatch: the numba kernels (MINICNN_REFERENCE=1, or no scipy for numba's np.dot: the
+# NumPy references); separable_pays says where a compiler should use them instead of the
+# textbook layer's ops
+# ----------------------------------------------------------------------------------------
+
+def _kernel_runs():
+    """Whether the numba kernels can run: numba's np.dot needs scipy."""
+    return importlib.util.find_spec("scipy") is not None
+
+
+def separable_conv2d(x, depthwise_kernel, pointwise_kernel, pads, statistics=False, out=None):
+    """Depthwise (stride 1) then pointwise convolution, no bias: (N, H, W, C) -> (N, Ho, Wo, F);
+    with statistics=True, (y, sums, squares) per output channel in float64. out: y's buffer."""
+    if pick(separable_conv2d_reference, separable_conv2d_numba, _kernel_runs()) is separable_conv2d_numba:
+        return separable_conv2d_numba(x, depthwise_kernel, pointwise_kernel, pads, statistics, out)
+    result = separable_conv2d_reference(x, depthwise_kernel, pointwise_kernel, pads, statistics)
+    if out is None:
+        return result
+    y = _buffer(out, (result[0] if statistics else result).shape, x.dtype, "out")
+    y[...] = result[0] if statistics else result
+    return (y,) + result[1:] if statistics else y
+
+
+def separable_conv2d_backward(dy, x, depthwise_kernel, pointwise_kernel, pads, need_input_gradient=True, out=None):
+    """dy (N, Ho, Wo, F) -> (dx (N, H, W, C) or None, ddepthwise (kh, kw, C, 1), dpointwise
+    (1, 1, C, F)); dx is None when need_input_gradient is False. out: dx's buffer."""
+    backward = pick(separable_conv2d_backward_reference, separable_conv2d_backward_numba, _kernel_runs())
+    if backward is separable_conv2d_backward_numba:
+        return backward(dy, x, depthwise_kernel, pointwise_kernel, pads, need_input_gradient, out)
+    dx, dkd, dkp = backward(dy, x, depthwise_kernel, pointwise_kernel, pads, need_input_gradient)
+    if out is not None and dx is not None:
+        out = _buffer(out, x.shape, x.dtype, "out")
+        out[...] = dx
+        dx = out
+    return dx, dkd, dkp
+
+
+
+def separable_pays(batch, height, width, channels, filters):
+    """Whether a compiler should run this SeparableConv2D (stride 1, depth_multiplier 1) as the
+    fused op rather than the textbook ops: from perf.SEPARABLE_MIN_CHANNELS input channels, where
+    the tile's products are wide enough for OpenBLAS (benchmarks/kernels_separable.py)."""
+    return _kernel_runs() and channels >= perf.SEPARABLE_MIN_CHANNELS
