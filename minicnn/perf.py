@@ -143,6 +143,19 @@ def find_openblas_local_threads():
         return fn
     return None
 
+# ---- direct convolution (ops/direct_conv.py), chosen by benchmarks/kernels_direct_conv.py ----
+
+# a Conv2D takes the direct kernels when its window (wider than 1x1) holds at most this many
+# numbers (kh*kw*C) and it has at most this many filters (the product is too thin for the BLAS)
+# or at least DIRECT_CONV_MIN_WIDE (the BLAS's kernel gradient cols.T @ dz is slow there)
+DIRECT_CONV_MAX_DEPTH, DIRECT_CONV_MAX_FILTERS, DIRECT_CONV_MIN_WIDE = 25, 8, 64
+# their task blocks: enough for both threads, few enough that the per-block kernel gradients add up at once
+DIRECT_CONV_BLOCKS = 16
+# their tile: about this many output columns (rows * (Wo + (kw-1)//sw)) per loop, long enough
+# for the vector units, short enough that a tile's copies stay in cache
+DIRECT_CONV_TILE = 512
+
+
 # the fused epilogue (BatchNormalization, ReLU, max pool, dropout, Add: ops/epilogue.py): its kernels
 # from this many numbers of the product, below which the textbook ops' composition is as quick
 EPILOGUE_NUMBA_MIN_SIZE = 1 << 12

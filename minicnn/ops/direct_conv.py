@@ -1,0 +1,372 @@
+"""Direct convolution for narrow layers: the sum over the window computed in place, no patch matrix.
+
+    z[n, ho, wo, f] = sum_{i, j, c} x[n, ho*sh - top + i, wo*sw - left + j, c] * K[i, j, c, f]
+    dK[i, j, c, f]  = sum_{n, ho, wo} x[n, ho*sh - top + i, wo*sw - left + j, c] * dz[n, ho, wo, f]
+    dx[n, h, w, c]  = sum over the (ho, wo, i, j) that read pixel (h, w) of sum_f K[i, j, c, f] * dz[n, ho, wo, f]
+
+Shapes as ops/conv.py: x (N, H, W, C) NHWC, K (kh, kw, C, F) HWCF, pads ((top, bottom), (left,
+right)), zero padding. ops/conv.py writes every window into a patch matrix (N*Ho*Wo, kh*kw*C)
+and makes one product of it; when kh*kw*C or F is small (a first layer on one channel, an 8- or
+16-channel layer, a 1x1 shortcut) that product is too thin for the BLAS to run fast and the patch
+matrix costs more memory traffic than the arithmetic. Here a task copies the input of a few
+output rows into a small channel-major tile that stays in cache and multiply-adds straight into
+z (and dK, dx) in long vectorized loops (see the numba section); `direct_pays`
+(perf.DIRECT_CONV_*) says for which shapes this wins, measured by benchmarks/kernels_direct_conv.py.
+
+`moments=` (a (2, F) float64 array): the forward also writes each output channel's sum and sum
+of squares over N, Ho, Wo into it, so a BatchNormalization that follows needs no pass of its
+own over z: mean = moments[0] / M, var = moments[1] / M - mean**2, M = N*Ho*Wo.
+The backward takes x (not a patch matrix): nothing but the layer's input is kept for it.
+"""
+import numpy as np
+
+from .. import backend, perf
+from .conv import conv2d_backward_reference, conv2d_naive, conv2d_reference
+from .im2col import output_hw
+from .jit import njit, pick, prange
+
+
+# ----------------------------------------------------------------------------------------
+# naive loops: the definitions, one window at a time
+# ----------------------------------------------------------------------------------------
+
+def direct_conv2d_naive(x, kernel, strides, pads):
+    """z = conv(x, kernel), one window at a time: ops.conv's definition."""
+    return conv2d_naive(x, kernel, strides, pads)
+
+
+def channel_moments_naive(z):
+    """(2, F) float64: the sum and the sum of squares of z (N, Ho, Wo, F) per channel, one number at a time."""
+    moments = np.zeros((2, z.shape[3]))
+    for n, ho, wo, f in np.ndindex(z.shape):
+        moments[0, f] += z[n, ho, wo, f]
+        moments[1, f] += float(z[n, ho, wo, f]) ** 2
+    return moments
+
+
+def direct_conv2d_backward_naive(dz, x, kernel, strides, pads):
+    """(dx, dK) from the lines at the top: every window's outer products and kernel products."""
+    n_img, h_in, w_in, _ = x.shape
+    kh, kw = kernel.shape[:2]
+    (sh, sw), (top, left) = strides, (pads[0][0], pads[1][0])
+    dx, dkernel = np.zeros_like(x), np.zeros_like(kernel)
+    for n, ho, wo, i, j in np.ndindex(n_img, dz.shape[1], dz.shape[2], kh, kw):
+        h, w = ho * sh - top + i, wo * sw - left + j
+        if 0 <= h < h_in and 0 <= w < w_in:                  # outside: padding, no gradient
+            dkernel[i, j] += np.outer(x[n, h, w], dz[n, ho, wo])     # (C, F)
+            dx[n, h, w] += kernel[i, j] @ dz[n, ho, wo]              # (C, F) @ (F,)
+    return dx, dkernel
+
+
+# ----------------------------------------------------------------------------------------
+# NumPy reference: ops.conv's im2col and one product
+# ----------------------------------------------------------------------------------------
+
+def direct_conv2d_reference(x, kernel, strides, pads):
+    """z = im2col(x) @ K2: (N, H, W, C), (kh, kw, C, F) -> (N, Ho, Wo, F)."""
+    return conv2d_reference(x, kernel, strides, pads)[0]
+
+
+def channel_moments_reference(z):
+    """(2, F) float64: sum over N, Ho, Wo of z and of z**2, per channel."""
+    z64 = z.reshape(-1, z.shape[-1]).astype(np.float64)
+    return np.stack([z64.sum(axis=0), (z64 * z64).sum(axis=0)])
+
+
+def direct_conv2d_backward_reference(dz, x, kernel, strides, pads, need_input_gradient=True):
+    """(dx (N, H, W, C) or None, dK (kh, kw, C, F)) by ops.conv's reference, its patch matrix rebuilt."""
+    _, cols = conv2d_reference(x, kernel, strides, pads)
+    return conv2d_backward_reference(dz, cols, kernel, x.shape, strides, pads, need_input_gradient)
+
+
+# ----------------------------------------------------------------------------------------
+# numba kernels: a tile of output rows at a time, one long vectorized loop per (tap, c, f)
+# ----------------------------------------------------------------------------------------
+# A task takes `rows` output rows of one image. It copies the input they read into `xt`,
+# channel-major and split into stride phases, so that for every tap (i, j) and channel c the
+# inputs of all the tile's outputs are ONE contiguous run of xt (row-major over (r, q),
+# q < Wq = Wo + (kw-1)//sw, at offset off_ij = (i//sh)*Wq + j//sw):
+#     xt[c, i % sh, j % sw, r*Wq + q]  =  x[n, (ho0 + r)*sh + i % sh - top, q*sw + j % sw - left, c]
+# The tile's outputs then live in acc[f, r*Wq + wo] and every term of the sum is one loop of
+# length T = rows*Wq over that run: acc[f, :] += K[i, j, c, f] * xt[c, phase, off_ij:off_ij + T].
+# The columns wo >= Wo of each row are spare (they read the next row's inputs and are
+# never stored), the price of loops long enough for the vector units. dK is the same runs
+# dotted with dz in the acc layout (zeros in the spare columns), and dx the same loops run
+# backwards into a tile-shaped dxt, added onto dx.
+# Tasks: (image, tile) for the forward, whole images for the backward (a tile's dxt overlaps
+# the next tile's input rows, so one image stays with one task). Scratch arrays come in as
+# arguments, one slice per block of tasks (numba then knows no two arrays overlap, which
+# lets LLVM vectorize without runtime checks); sums over the batch (dK, the moments) go into
+# one slice per block, added at the end: the same blocks whatever the thread count.
+
+BLOCKS = perf.DIRECT_CONV_BLOCKS    # task blocks (a constant to the kernels: read when they compile)
+FAST = {"contract", "reassoc"}      # fused multiply-adds; sums in vector lanes (the order of additions only)
+
+
+@njit(inline="always")
+def _block_range(b, blocks, m):
+    """Tasks [lo, hi) of block b of m tasks cut into `blocks` blocks (the last may be short)."""
+    step = (m + blocks - 1) // blocks
+    return b * step, min(m, (b + 1) * step)
+
+
+@njit(inline="always")
+def _columns(pw, sw, left, w_in, wq):
+    """The q in [lo, hi) whose column q*sw + pw - left lies inside x (0 <= w < w_in)."""
+    lo = max(0, (left - pw + sw - 1) // sw)
+    return lo, max(lo, min(wq, (w_in - 1 + left - pw) // sw + 1))
+
+
+@njit(inline="always")
+def _gather_tile(x, n, ho0, rows_in, sh, sw, top, left, wq, xts, b):
+    """xts[b, (c*sh + ph)*sw + pw, rr*wq + qq] = x[n, (ho0 + rr)*sh + ph - top, qq*sw + pw - left, c],
+    zero outside x and after the last row."""
+    h_in, w_in, c_n = x.shape[1], x.shape[2], x.shape[3]
+    for p in range(xts.shape[1]):
+        for t in range(xts.shape[2]):
+            xts[b, p, t] = 0
+    for ph in range(sh):
+        for rr in range(rows_in):
+            h = (ho0 + rr) * sh + ph - top
+            if h < 0 or h >= h_in:
+                continue
+            for pw in range(sw):
+                lo, hi = _columns(pw, sw, left, w_in, wq)
+                for qq in range(lo, hi):
+                    for c in range(c_n):
+                        xts[b, (c * sh + ph) * sw + pw, rr * wq + qq] = x[n, h, qq * sw + pw - left, c]
+
+
+@njit(inline="always")
+def _forward_taps(xts, kernel, accs, b, t_n, sh, sw, wq):
+    """accs[b, f, :t_n] = sum over taps and channels of K[i, j, c, f] * (the run of xt they read)."""
+    kh, kw, c_n, f_n = kernel.shape
+    for f in range(f_n):
+        for t in range(t_n):
+            accs[b, f, t] = 0
+    for i in range(kh):
+        for j in range(kw):
+            off = (i // sh) * wq + j // sw
+            for c in range(c_n):
+                p = (c * sh + i % sh) * sw + j % sw
+                for f in range(f_n):
+                    k = kernel[i, j, c, f]
+                    for t in range(t_n):
+                        accs[b, f, np.uint64(t)] += k * xts[b, p, np.uint64(off + t)]
+
+
+@njit(inline="always")
+def _store_tile(accs, z, n, ho0, r_n, wq, moments, b):
+    """z[n, ho0 + r, wo, f] = accs[b, f, r*wq + wo]; the tile's per-channel sums into moments[b]."""
+    wo_n, f_n = z.shape[2], z.shape[3]
+    for r in range(r_n):
+        for wo in range(wo_n):
+            for f in range(f_n):
+                z[n, ho0 + r, wo, f] = accs[b, f, r * wq + wo]
+    if moments is not None:
+        for f in range(f_n):
+            total, squares = 0.0, 0.0
+            for r in range(r_n):
+                for wo in range(wo_n):
+                    v = np.float64(accs[b, f, np.uint64(r * wq + wo)])
+                    total += v
+                    squares += v * v
+            moments[b, 0, f] += total
+            moments[b, 1, f] += squares
+
+
+@njit(cache=True, parallel=True, fastmath=FAST, error_model="numpy")
+def _forward_kernel(x, kernel, z, moments, xts, accs, sh, sw, top, left, rows):
+    # z (N, Ho, Wo, F) overwritten; moments (blocks, 2, F) float64 zeros, or None (numba
+    # compiles each case apart); xts (blocks, C*sh*sw, L), accs (blocks, F, rows*Wq) scratch
+    n_img, ho_n, wo_n, _ = z.shape
+    kh, kw = kernel.shape[0], kernel.shape[1]
+    wq = wo_n + (kw - 1) // sw
+    tiles = (ho_n + rows - 1) // rows
+    blocks = xts.shape[0]
+    for b in prange(blocks):
+        lo, hi = _block_range(b, blocks, n_img * tiles)
+        for task in range(lo, hi):
+            n, ho0 = task // tiles, task % tiles * rows
+            r_n = min(rows, ho_n - ho0)
+            _gather_tile(x, n, ho0, r_n + (kh - 1) // sh, sh, sw, top, left, wq, xts, b)
+            _forward_taps(xts, kernel, accs, b, r_n * wq, sh, sw, wq)
+            _store_tile(accs, z, n, ho0, r_n, wq, moments, b)
+
+
+@njit(inline="always")
+def _gather_gradient(dz, n, ho0, r_n, wq, dzts, b):
+    """dzts[b, f, r*wq + wo] = dz[n, ho0 + r, wo, f], zero in the spare columns wo >= Wo."""
+    wo_n, f_n = dz.shape[2], dz.shape[3]
+    for f in range(f_n):
+        for t in range(r_n * wq):
+            dzts[b, f, t] = 0
+    for r in range(r_n):
+        for wo in range(wo_n):
+            for f in range(f_n):
+                dzts[b, f, r * wq + wo] = dz[n, ho0 + r, wo, f]
+
+
+@njit(inline="always")
+def _kernel_gradient_taps(xts, dzts, dks, b, t_n, sh, sw, wq):
+    """dks[b, i, j, c, f] += <the run of xt tap (i, j) reads on channel c, dzt[f]>."""
+    _, kh, kw, c_n, f_n = dks.shape
+    for i in range(kh):
+        for j in range(kw):
+            off = (i // sh) * wq + j // sw
+            for c in range(c_n):
+                p = (c * sh + i % sh) * sw + j % sw
+                for f in range(f_n):
+                    total = dks[b, i, j, c, f] * 0
+                    for t in range(t_n):
+                        total += xts[b, p, np.uint64(off + t)] * dzts[b, f, np.uint64(t)]
+                    dks[b, i, j, c, f] += total
+
+
+@njit(inline="always")
+def _input_gradient_taps(dzts, kernel, dxts, b, t_n, sh, sw, wq):
+    """The adjoint of _forward_taps: dxts[b]'s runs = sum of K[i, j, c, f] * dzt[f]."""
+    kh, kw, c_n, f_n = kernel.shape
+    for p in range(dxts.shape[1]):
+        for t in range(dxts.shape[2]):
+            dxts[b, p, t] = 0
+    for i in range(kh):
+        for j in range(kw):
+            off = (i // sh) * wq + j // sw
+            for c in range(c_n):
+                p = (c * sh + i % sh) * sw + j % sw
+                for f in range(f_n):
+                    k = kernel[i, j, c, f]
+                    for t in range(t_n):
+                        dxts[b, p, np.uint64(off + t)] += k * dzts[b, f, np.uint64(t)]
+
+
+@njit(inline="always")
+def _add_tile(dxts, dx, n, ho0, rows_in, sh, sw, top, left, wq, b):
+    """The adjoint of _gather_tile: dx[n, h, w, c] += dxt at (h, w)'s place; padding dropped."""
+    h_in, w_in, c_n = dx.shape[1], dx.shape[2], dx.shape[3]
+    for ph in range(sh):
+        for rr in range(rows_in):
+            h = (ho0 + rr) * sh + ph - top
+            if h < 0 or h >= h_in:
+                continue
+            for pw in range(sw):
+                lo, hi = _columns(pw, sw, left, w_in, wq)
+                for qq in range(lo, hi):
+                    for c in range(c_n):
+                        dx[n, h, qq * sw + pw - left, c] += dxts[b, (c * sh + ph) * sw + pw, rr * wq + qq]
+
+
+@njit(cache=True, parallel=True, fastmath=FAST, error_model="numpy")
+def _backward_kernel(dz, x, kernel, dks, dx, xts, dzts, dxts, sh, sw, top, left, rows):
+    # dks (blocks, kh, kw, C, F) zeros; dx (N, H, W, C) zeros, or None (numba compiles each
+    # case apart): no dx; xts, dxts (blocks, C*sh*sw, L), dzts (blocks, F, rows*Wq) scratch
+    n_img, ho_n, wo_n, _ = dz.shape
+    kh, kw = kernel.shape[0], kernel.shape[1]
+    wq = wo_n + (kw - 1) // sw
+    blocks = xts.shape[0]
+    for b in prange(blocks):
+        lo, hi = _block_range(b, blocks, n_img)
+        for n in range(lo, hi):
+            for ho0 in range(0, ho_n, rows):
+                r_n = min(rows, ho_n - ho0)
+                _gather_tile(x, n, ho0, r_n + (kh - 1) // sh, sh, sw, top, left, wq, xts, b)
+                _gather_gradient(dz, n, ho0, r_n, wq, dzts, b)
+                _kernel_gradient_taps(xts, dzts, dks, b, r_n * wq, sh, sw, wq)
+                if dx is not None:
+                    _input_gradient_taps(dzts, kernel, dxts, b, r_n * wq, sh, sw, wq)
+                    _add_tile(dxts, dx, n, ho0, r_n + (kh - 1) // sh, sh, sw, top, left, wq, b)
+
+
+def _buffer(out, shape, dtype, name):
+    """`out` seen as `shape` (a caller's C-contiguous buffer of that dtype and size), or a new array."""
+    if out is None:
+        return np.empty(shape, dtype=dtype)
+    if out.dtype != dtype or out.size != np.prod(shape) or not out.flags.c_contiguous:
+        raise ValueError(f"direct_conv2d: {name} must be a C-contiguous {np.dtype(dtype).name} array of "
+                         f"{int(np.prod(shape))} elements, received {out.dtype} {out.shape}")
+    return out.reshape(shape)
+
+
+def tile_geometry(kernel_shape, strides, ho, wo):
+    """(rows, Wq, L): output rows per tile (rows*Wq about perf.DIRECT_CONV_TILE), the run width
+    Wq = Wo + (kw-1)//sw and the length L of one phase of a tile's input copy."""
+    (kh, kw), (sh, sw) = kernel_shape[:2], strides
+    wq = wo + (kw - 1) // sw
+    rows = max(1, min(ho, perf.DIRECT_CONV_TILE // wq))
+    return rows, wq, (rows + (kh - 1) // sh) * wq + (kw - 1) // sw
+
+
+def direct_conv2d_numba(x, kernel, strides, pads, out=None, moments=None):
+    """numba version of `direct_conv2d_reference` (same arguments, same result up to rounding);
+    z written into `out` when given, and `channel_moments_reference(z)` into `moments` when given."""
+    x = np.ascontiguousarray(x)
+    kernel = np.ascontiguousarray(kernel, dtype=x.dtype)
+    n, h, w, c = x.shape
+    kh, kw, _, f = kernel.shape
+    ho, wo = output_hw(h, w, (kh, kw), strides, pads)
+    z = _buffer(out, (n, ho, wo, f), x.dtype, "out")
+    rows, wq, length = tile_geometry(kernel.shape, strides, ho, wo)
+    blocks = min(BLOCKS, n * -(-ho // rows))
+    xts = np.empty((blocks, c * strides[0] * strides[1], length), x.dtype)
+    accs = np.empty((blocks, f, rows * wq), x.dtype)
+    per_block = None if moments is None else np.zeros((blocks, 2, f))
+    with perf.kernel_threads(z.size * kh * kw):         # one thread for a small batch
+        _forward_kernel(x, kernel, z, per_block, xts, accs, *strides, pads[0][0], pads[1][0], rows)
+    if moments is not None:
+        moments[...] = per_block.sum(axis=0)
+    return z
+
+
+def direct_conv2d_backward_numba(dz, x, kernel, strides, pads, need_input_gradient=True):
+    """numba version of `direct_conv2d_backward_reference` (same arguments, same result up to rounding)."""
+    x = np.ascontiguousarray(x)
+    kernel = np.ascontiguousarray(kernel, dtype=x.dtype)
+    dz = np.ascontiguousarray(dz, dtype=x.dtype)
+    n, ho, wo, f = dz.shape
+    rows, wq, length = tile_geometry(kernel.shape, strides, ho, wo)
+    blocks = min(BLOCKS, n)
+    xts = np.empty((blocks, x.shape[3] * strides[0] * strides[1], length), x.dtype)
+    dzts = np.empty((blocks, f, rows * wq), x.dtype)
+    dks = np.zeros((blocks,) + kernel.shape, x.dtype)
+    dx = np.zeros_like(x) if need_input_gradient else None
+    dxts = np.empty_like(xts)      # unused without dx
+    with perf.kernel_threads(dz.size * kernel.shape[0] * kernel.shape[1]):
+        _backward_kernel(dz, x, kernel, dks, dx, xts, dzts, dxts, *strides, pads[0][0], pads[1][0], rows)
+    return dx, dks.sum(axis=0)
+
+
+# ----------------------------------------------------------------------------------------
+# dispatch: the numba kernels (MINICNN_REFERENCE=1: the NumPy references)
+# ----------------------------------------------------------------------------------------
+
+def direct_pays(x_shape, kernel_shape, strides):
+    """Whether the direct kernels beat ops.conv's im2col + product on a training step of this
+    layer: a window of at most perf.DIRECT_CONV_MAX_DEPTH numbers (kh*kw*C) wider than 1x1,
+    with at most perf.DIRECT_CONV_MAX_FILTERS or at least perf.DIRECT_CONV_MIN_WIDE filters
+    (in between, the product's kernel gradient is quick enough)."""
+    kh, kw, c, f = kernel_shape
+    narrow = kh * kw * c <= perf.DIRECT_CONV_MAX_DEPTH and kh * kw > 1
+    return narrow and (f <= perf.DIRECT_CONV_MAX_FILTERS or f >= perf.DIRECT_CONV_MIN_WIDE)
+
+
+def direct_conv2d(x, kernel, strides, pads, out=None, moments=None):
+    """z = conv(x, kernel), no bias: (N, H, W, C), (kh, kw, C, F) -> z (N, Ho, Wo, F), written into
+    `out` when given; `moments`, a (2, F) float64 array when given, receives the sum and the sum of
+    squares of z per output channel."""
+    if not backend.use_reference():
+        return direct_conv2d_numba(x, kernel, strides, pads, out, moments)
+    z = direct_conv2d_reference(x, kernel, strides, pads)    # the reference takes no buffer
+    if out is not None:
+        out = _buffer(out, z.shape, z.dtype, "out")
+        out[...], z = z, out
+    if moments is not None:
+        moments[...] = channel_moments_reference(z)
+    return z
+
+
+def direct_conv2d_backward(dz, x, kernel, strides, pads, need_input_gradient=True):
+    """dz (N, Ho, Wo, F) -> (dx (N, H, W, C), dK (kh, kw, C, F)); dx is None when
+    need_input_gradient is False (a layer that reads the model's input)."""
+    return pick(direct_conv2d_backward_reference, direct_conv2d_backward_numba)(dz, x, kernel, strides, pads,
+                                                                                need_input_gradient)
