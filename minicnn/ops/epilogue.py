@@ -289,53 +289,54 @@ def _rows_forward_kernel(z, mean, scale, beta, before, after, bits, threshold, d
 
 
 @njit(cache=True, parallel=True)
-def _pooled_sums_kernel(dy, z, offsets, keep, mean, scale, beta, before, after, di, dj, sh, sw, top, left,
+def _pooled_sums_kernel(dy, z, offsets, keep, mean, scale, beta, before, after, cells, w_in, sh, sw, top, left,
                         drop_scale, sum_g, sum_g_vc):
-    # per block of pooled rows (n, ho): sum of g and of g * (v - mean) at each window's max cell,
-    # found from its offset by the tables di, dj (offset // kw, offset % kw)
+    # per block of pooled rows (n, ho): sum of g and of g * (v - mean) at each window's max cell;
+    # z is (N, H*W*C), and cells[offset] is where a window's cell sits from its top-left corner
     n_img, ho_n, wo_n, c_n = dy.shape
     dropout, zero = keep.size > 0, dy.dtype.type(0)
     blocks = sum_g.shape[0]
     for b in prange(blocks):
         lo, hi = _span(b, blocks, n_img * ho_n)
+        sg, sgv = sum_g[b], sum_g_vc[b]
         for t in range(lo, hi):
             n, ho = t // ho_n, t % ho_n
+            zn = z[n]
             for wo in range(wo_n):
-                h0, w0 = ho * sh - top, wo * sw - left
+                corner = ((ho * sh - top) * w_in + wo * sw - left) * c_n
+                dyr, offr, keepr = dy[n, ho, wo], offsets[n, ho, wo], keep[n, ho, wo] if dropout else keep[0, 0, 0]
                 for c in range(c_n):
-                    cell = offsets[n, ho, wo, c]
-                    g, vc, _ = _gradient(dy[n, ho, wo, c], keep[n, ho, wo, c] if dropout else True, dropout,
-                                         drop_scale, z[n, h0 + di[cell], w0 + dj[cell], c], mean[c], scale[c],
-                                         beta[c], before, after, zero)
-                    sum_g[b, c] += g
-                    sum_g_vc[b, c] += np.float64(g) * vc
+                    g, vc, _ = _gradient(dyr[c], keepr[c] if dropout else True, dropout, drop_scale,
+                                         zn[corner + cells[offr[c]] + c], mean[c], scale[c], beta[c], before, after,
+                                         zero)
+                    sg[c] += g
+                    sgv[c] += np.float64(g) * vc
 
 
 @njit(cache=True, parallel=True)
-def _pooled_dz_kernel(dy, z, offsets, keep, mean, scale, beta, before, after, di, dj, sh, sw, top, left,
+def _pooled_dz_kernel(dy, z, offsets, keep, mean, scale, beta, before, after, cells, w_in, sh, sw, top, left,
                       drop_scale, a, k, offset, dz):
     # one task per image (windows overlap: only its owner adds into it): dz = k * (v - mean) + offset
-    # everywhere (0 where a before-ReLU is off), then a * du added at each window's max cell
-    n_img, h_in, w_in, c_n = z.shape
-    ho_n, wo_n = dy.shape[1], dy.shape[2]
+    # everywhere (0 where a before-ReLU is off), then a * du added at each window's max cell;
+    # z, dz (N, H*W*C) as in the sums
+    n_img, ho_n, wo_n, c_n = dy.shape
     dropout, zero = keep.size > 0, dz.dtype.type(0)
     for n in prange(n_img):
-        for h in range(h_in):
-            for w in range(w_in):
-                zr, dr = z[n, h, w], dz[n, h, w]
-                for c in range(c_n):
-                    _, vc = _normalized(zr[c], mean[c], scale[c], beta[c], before, after)
-                    dr[c] = k[c] * vc + offset[c] if zr[c] > before else zero
+        zn, dn = z[n], dz[n]
+        for i in range(0, zn.size, c_n):
+            zr, dr = zn[i:i + c_n], dn[i:i + c_n]
+            for c in range(c_n):
+                _, vc = _normalized(zr[c], mean[c], scale[c], beta[c], before, after)
+                dr[c] = k[c] * vc + offset[c] if zr[c] > before else zero
         for ho in range(ho_n):
             for wo in range(wo_n):
-                h0, w0 = ho * sh - top, wo * sw - left
+                corner = ((ho * sh - top) * w_in + wo * sw - left) * c_n
+                dyr, offr, keepr = dy[n, ho, wo], offsets[n, ho, wo], keep[n, ho, wo] if dropout else keep[0, 0, 0]
                 for c in range(c_n):
-                    cell = offsets[n, ho, wo, c]
-                    h, w = h0 + di[cell], w0 + dj[cell]
-                    g, _, passes = _gradient(dy[n, ho, wo, c], keep[n, ho, wo, c] if dropout else True, dropout,
-                                             drop_scale, z[n, h, w, c], mean[c], scale[c], beta[c], before, after,
-                                             zero)
-                    dz[n, h, w, c] += a[c] * g if passes else zero
+                    at = corner + cells[offr[c]] + c
+                    g, _, passes = _gradient(dyr[c], keepr[c] if dropout else True, dropout, drop_scale, zn[at],
+                                             mean[c], scale[c], beta[c], before, after, zero)
+                    dn[at] += a[c] * g if passes else zero
 
 
 @njit(cache=True, parallel=True)
@@ -394,12 +395,13 @@ def _channel_args(spec, z, mean, inv_std, gamma, beta):
     return channel + floors
 
 
-def _window_tables(pool):
-    """(di, dj, sh, sw, top, left): a window offset's row and column (offset // kw, offset % kw)
-    as tables, so the backward kernels divide nothing, and where window (0, 0) starts."""
+def _window_tables(pool, z_shape):
+    """(cells, W, sh, sw, top, left): where each window offset i * kw + j sits in a flat image
+    from the window's top-left corner, (i * W + j) * C (a table: the backward kernels divide
+    nothing), and the geometry that places the corners."""
     (kh, kw), (sh, sw), ((top, _), (left, _)) = pool
-    cells = np.arange(kh * kw)
-    return cells // kw, cells % kw, sh, sw, top, left
+    offsets = np.arange(kh * kw)
+    return (offsets // kw * z_shape[2] + offsets % kw) * z_shape[3], z_shape[2], sh, sw, top, left
 
 
 def _buffer(out, shape, dtype, name):
@@ -473,8 +475,9 @@ def backward_numba(spec, dy, z, offsets, keep, mean, inv_std, gamma, beta, train
         args = (_rows(dy), _rows(z), _rows(keep_in), *channel, drop_scale)
         sums_kernel, dz_kernel, dz_out = _rows_sums_kernel, _rows_dz_kernel, _rows(dz)
     else:
-        args = (dy, z, np.ascontiguousarray(offsets), keep_in, *channel, *_window_tables(spec.pool), drop_scale)
-        sums_kernel, dz_kernel, dz_out = _pooled_sums_kernel, _pooled_dz_kernel, dz
+        args = (dy, z.reshape(len(z), -1), np.ascontiguousarray(offsets), keep_in, *channel,
+                *_window_tables(spec.pool, z.shape), drop_scale)
+        sums_kernel, dz_kernel, dz_out = _pooled_sums_kernel, _pooled_dz_kernel, dz.reshape(len(z), -1)
     with perf.kernel_threads(z.size):
         sums_kernel(*args, sum_g, sum_g_vc)
         dgamma, dbeta, a, k, offset = _coefficients(sum_g, sum_g_vc, inv_std, gamma, z.size // c, training, z.dtype)
