@@ -18,8 +18,8 @@ The machine may be busy: compare ratios within one run; on a machine shared with
 busier jobs, `--clock cpu` single-threaded measures the work each method does. `winograd_tile` shows what
 minicnn.ops.winograd picks for the shape with the thresholds in minicnn.perf.
 
-The 5x5 rows (cnn4's second conv) time F(m x m, 5x5) tilings built with `toom_cook`, which
-the library does not use: whether they would pay, for a later change.
+The 5x5 rows (cnn4's second conv) hold F(4x4, 5x5), which the library uses, against
+F(2x2, 5x5), built here with `toom_cook`.
 """
 import argparse
 import os
@@ -46,8 +46,7 @@ SHAPES = [("cnn4", 12, 128, 512, 3), ("cnn4", 6, 512, 512, 3),
           ("cnn8", 12, 64, 128, 3), ("cnn8", 12, 128, 128, 3), ("cnn8", 6, 128, 256, 3),
           ("cnn8", 6, 256, 256, 3), ("cnn4", 24, 64, 128, 5)]
 HALF = Fraction(1, 2)
-TILINGS_5X5 = [winograd.toom_cook(2, (0, 1, -1, 2, -2), r=5),
-               winograd.toom_cook(4, (0, 1, -1, 2, -2, HALF, -HALF), r=5)]
+TILINGS_5X5 = [winograd.toom_cook(2, (0, 1, -1, 2, -2), r=5), winograd.F4_5X5]
 POINT_SETS = {"0 +-1 +-2 (Lavin & Gray)": (0, 1, -1, 2, -2), "0 +-1 +-1/2": (0, 1, -1, HALF, -HALF),
               "0 +-1 1/2 -2 (F4)": (0, 1, -1, HALF, -2), "0 +-1/2 +-2": (0, HALF, -HALF, 2, -2)}
 

@@ -161,13 +161,15 @@ DIRECT_CONV_TILE = 512
 EPILOGUE_NUMBA_MIN_SIZE = 1 << 12
 
 
-# Winograd's F(4x4, 3x3) (ops.winograd.winograd_tile, measured by benchmarks/kernels_winograd.py):
-# its 36 products of (tiles, C) @ (C, F) need C and F at least this wide to run near OpenBLAS's rate,
+# Winograd's 4x4 tiles, F(4x4, 3x3) and F(4x4, 5x5) (ops.winograd.winograd_tile, measured by
+# benchmarks/kernels_winograd.py): with C and F at least this wide (the narrowest seed layers
+# measured, 32 -> 32, gained; one input channel leaves nothing to share a transform),
 WINOGRAD4_MIN_CHANNELS = 32
-# ... at least this many 4x4 tiles (N * th * tw) to share the kernel transform, as for F(2x2),
-WINOGRAD4_MIN_TILES = 256
-# ... and at least this share of the 4x4 tiles' outputs inside the image (6x6 takes four 4x4 tiles,
-# 8x8 outputs for 6x6: no fewer multiplications than F(2x2), with larger transforms)
+# ... at least this many tiles (N * th * tw): the kernel transform, paid on every call, must be
+# shared (a batch of 16 at 12x12 gained; one image was not measured and stays on im2col/F(2x2)),
+WINOGRAD4_MIN_TILES = 128
+# ... and at least this share of the tiles' outputs inside the image: a 6x6 output takes four
+# 4x4 tiles, 8x8 outputs for 36, no fewer multiplications than F(2x2) with larger transforms
 WINOGRAD4_MIN_KEPT = 0.75
 # the fused SeparableConv2D (ops/separable.py, chosen by benchmarks/kernels_separable.py): from this
 # many input channels, where its tiles' products are wide enough to beat one product over the batch

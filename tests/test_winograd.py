@@ -16,16 +16,16 @@ from minicnn.compiler.stages import ConvStage
 from minicnn.ops import conv, winograd
 from minicnn.ops.padding import conv_geometry
 
-TILINGS = [winograd.F2, winograd.F4]
+TILINGS = [winograd.F2, winograd.F4, winograd.F4_5X5]
 case = st.fixed_dictionaries({
     "n": st.integers(1, 3), "h": st.integers(1, 11), "w": st.integers(1, 11), "c": st.integers(1, 5),
     "f": st.integers(1, 5), "padding": st.sampled_from(["same", "valid"]),
     "dtype": st.sampled_from([np.float32, np.float64]), "seed": st.integers(0, 2**32 - 1)})
 
 
-def geometry(k):
-    assume(k["padding"] == "same" or (k["h"] >= 3 and k["w"] >= 3))
-    pads, ho, wo = conv_geometry(k["h"], k["w"], (3, 3), (1, 1), k["padding"])
+def geometry(k, r=3):
+    assume(k["padding"] == "same" or (k["h"] >= r and k["w"] >= r))
+    pads, ho, wo = conv_geometry(k["h"], k["w"], (r, r), (1, 1), k["padding"])
     return pads[0][0], pads[1][0], ho, wo, pads
 
 
@@ -88,7 +88,7 @@ def test_bad_points_and_unknown_tilings_are_refused():
 @settings(max_examples=40, deadline=None)
 @given(k=case)
 def test_numba_transforms_equal_the_references(tiling, k):
-    top, left, ho, wo, _ = geometry(k)
+    top, left, ho, wo, _ = geometry(k, tiling.r)
     th, tw = winograd.tiles_hw(ho, wo, tiling.m)
     planes = tiling.a * tiling.a
     x, dy, v = arrays(k, (k["n"], k["h"], k["w"], k["c"]), (k["n"], ho, wo, k["f"]), (planes, k["n"] * th * tw, k["c"]))
@@ -111,7 +111,7 @@ def test_numba_transforms_equal_the_references(tiling, k):
 def test_each_transform_is_the_transpose_of_its_adjoint(tiling, k):
     # <T x, v> = <x, T^T v> for every x, v: the backward transforms are the forward ones' transposes
     k, t = {**k, "dtype": np.float64}, tiling
-    top, left, ho, wo, _ = geometry(k)
+    top, left, ho, wo, _ = geometry(k, t.r)
     th, tw = winograd.tiles_hw(ho, wo, t.m)
     x, v = arrays(k, (k["n"], k["h"], k["w"], k["c"]), (t.a * t.a, k["n"] * th * tw, k["c"]))
     m, dy = arrays({**k, "seed": k["seed"] + 1}, (t.a * t.a, k["n"] * th * tw, k["f"]), (k["n"], ho, wo, k["f"]))
@@ -119,7 +119,7 @@ def test_each_transform_is_the_transpose_of_its_adjoint(tiling, k):
     assert np.isclose(lhs, np.vdot(x, winograd.input_adjoint_reference(v, x.shape, top, left, ho, wo, t)), rtol=1e-12)
     lhs = np.vdot(winograd.output_transform_reference(m, k["n"], ho, wo, t), dy)
     assert np.isclose(lhs, np.vdot(m, winograd.output_adjoint_reference(dy, t)), rtol=1e-12)
-    g, du = arrays(k, (3, 3, k["c"], k["f"]), (t.a * t.a, k["c"], k["f"]))
+    g, du = arrays(k, (t.r, t.r, k["c"], k["f"]), (t.a * t.a, k["c"], k["f"]))
     assert np.isclose(np.vdot(winograd.kernel_transform(g, t), du),
                       np.vdot(g, winograd.kernel_transform_adjoint(du, t)), rtol=1e-12)
 
@@ -128,9 +128,9 @@ def test_each_transform_is_the_transpose_of_its_adjoint(tiling, k):
 @settings(max_examples=40, deadline=None)
 @given(k=case)
 def test_conv_and_its_backward_equal_the_im2col_convolution(tiling, k):
-    top, left, ho, wo, pads = geometry(k)
+    top, left, ho, wo, pads = geometry(k, tiling.r)
     n, c, f = k["n"], k["c"], k["f"]
-    x, kernel, dz = arrays(k, (n, k["h"], k["w"], c), (3, 3, c, f), (n, ho, wo, f))
+    x, kernel, dz = arrays(k, (n, k["h"], k["w"], c), (tiling.r, tiling.r, c, f), (n, ho, wo, f))
     z_expected, cols = conv.conv2d_reference(x, kernel, (1, 1), pads)
     dx_expected, dkernel_expected = conv.conv2d_backward_reference(dz, cols, kernel, x.shape, (1, 1), pads)
     z, saved = winograd.conv(x, kernel, top, left, ho, wo, tiling=tiling)
@@ -147,12 +147,12 @@ def test_conv_and_its_backward_equal_the_im2col_convolution(tiling, k):
 def test_the_references_run_under_minicnn_reference(tiling, monkeypatch):
     monkeypatch.setenv("MINICNN_REFERENCE", "1")
     rng = np.random.default_rng(0)
-    x, kernel = rng.standard_normal((1, 7, 9, 3)), rng.standard_normal((3, 3, 3, 2))
+    x, kernel = rng.standard_normal((1, 7, 9, 3)), rng.standard_normal((tiling.r, tiling.r, 3, 2))
     dz = rng.standard_normal((1, 7, 9, 2))
-    moments = np.zeros((2, 2))
-    z, saved = winograd.conv(x, kernel, 1, 1, 7, 9, tiling=tiling, moments=moments)
-    dx, dkernel = winograd.conv_backward(dz, saved, x.shape, 1, 1)
-    pads = ((1, 1), (1, 1))
+    moments, pad = np.zeros((2, 2)), tiling.r // 2
+    z, saved = winograd.conv(x, kernel, pad, pad, 7, 9, tiling=tiling, moments=moments)
+    dx, dkernel = winograd.conv_backward(dz, saved, x.shape, pad, pad)
+    pads = ((pad, pad), (pad, pad))
     z_expected, cols = conv.conv2d_reference(x, kernel, (1, 1), pads)
     dx_expected, dk_expected = conv.conv2d_backward_reference(dz, cols, kernel, x.shape, (1, 1), pads)
     for actual, expected in [(z, z_expected), (dx, dx_expected), (dkernel, dk_expected)]:
@@ -167,9 +167,10 @@ def test_the_references_run_under_minicnn_reference(tiling, monkeypatch):
 def test_conv_backward_matches_central_differences(tiling, shape, padding):
     # L = sum(conv(x, K) * G), float64, h = 1e-5: the norm-wise error of dx and dK
     rng = np.random.default_rng(5)
-    pads, ho, wo = conv_geometry(shape[1], shape[2], (3, 3), (1, 1), padding)
+    r = tiling.r
+    pads, ho, wo = conv_geometry(shape[1], shape[2], (r, r), (1, 1), padding if min(shape[1:3]) >= r else "same")
     top, left = pads[0][0], pads[1][0]
-    x, kernel = rng.standard_normal(shape), rng.standard_normal((3, 3, shape[3], 3))
+    x, kernel = rng.standard_normal(shape), rng.standard_normal((r, r, shape[3], 3))
     g = rng.standard_normal((shape[0], ho, wo, 3))
 
     def loss():
@@ -194,25 +195,27 @@ def test_conv_backward_matches_central_differences(tiling, shape, padding):
 @pytest.mark.parametrize("tiling", TILINGS, ids=repr)
 def test_out_buffers_are_written_and_returned(tiling):
     rng = np.random.default_rng(2)
-    x, kernel, dz = (rng.standard_normal(s).astype(np.float32) for s in [(2, 9, 7, 3), (3, 3, 3, 4), (2, 9, 7, 4)])
+    r, p = tiling.r, tiling.r // 2
+    x, kernel, dz = (rng.standard_normal(s).astype(np.float32) for s in [(2, 9, 7, 3), (r, r, 3, 4), (2, 9, 7, 4)])
     workspace = Buffers()
     z_out, dx_out = np.full((2, 9, 7, 4), np.nan, np.float32), np.full(x.shape, np.nan, np.float32)
-    z, saved = winograd.conv(x, kernel, 1, 1, 9, 7, workspace, tiling, out=z_out)
-    dx, dkernel = winograd.conv_backward(dz, saved, x.shape, 1, 1, workspace, out=dx_out)
+    z, saved = winograd.conv(x, kernel, p, p, 9, 7, workspace, tiling, out=z_out)
+    dx, dkernel = winograd.conv_backward(dz, saved, x.shape, p, p, workspace, out=dx_out)
     assert z is z_out and dx is dx_out and saved.v is workspace.arrays["V"]
-    z_fresh, fresh = winograd.conv(x, kernel, 1, 1, 9, 7, tiling=tiling)
+    z_fresh, fresh = winograd.conv(x, kernel, p, p, 9, 7, tiling=tiling)
     np.testing.assert_array_equal(z, z_fresh)
-    np.testing.assert_array_equal(dx, winograd.conv_backward(dz, fresh, x.shape, 1, 1)[0])
+    np.testing.assert_array_equal(dx, winograd.conv_backward(dz, fresh, x.shape, p, p)[0])
     with pytest.raises(ValueError, match=r"out must be a float32 array of shape \(2, 9, 7, 4\)"):
-        winograd.conv(x, kernel, 1, 1, 9, 7, tiling=tiling, out=np.empty((2, 9, 7, 4)))
+        winograd.conv(x, kernel, p, p, 9, 7, tiling=tiling, out=np.empty((2, 9, 7, 4)))
 
 
 @pytest.mark.parametrize("tiling", TILINGS, ids=repr)
 def test_output_transform_adds_up_the_moments_a_batch_norm_needs(tiling):
     rng = np.random.default_rng(3)
-    x, kernel = (rng.standard_normal(s).astype(np.float32) for s in [(3, 7, 6, 2), (3, 3, 2, 5)])
+    r, p = tiling.r, tiling.r // 2
+    x, kernel = (rng.standard_normal(s).astype(np.float32) for s in [(3, 7, 6, 2), (r, r, 2, 5)])
     moments = np.full((2, 5), np.nan)
-    z, _ = winograd.conv(x, kernel, 1, 1, 7, 6, tiling=tiling, moments=moments)
+    z, _ = winograd.conv(x, kernel, p, p, 7, 6, tiling=tiling, moments=moments)
     z64 = z.astype(np.float64)
     np.testing.assert_allclose(moments, [z64.sum(axis=(0, 1, 2)), (z64 * z64).sum(axis=(0, 1, 2))], rtol=1e-10)
 
@@ -259,9 +262,12 @@ def test_winograd_tile_picks_by_shape(monkeypatch):
     tile = winograd.winograd_tile
     assert tile((64, 12, 12, 128), (3, 3, 128, 512)) is winograd.F4   # cnn4's third conv: 4x4 tiles fit 12x12
     assert tile((64, 24, 24, 64), (3, 3, 64, 64)) is winograd.F4      # cnn8's 64 -> 64
+    assert tile((64, 48, 48, 32), (3, 3, 32, 32)) is winograd.F4      # cnn8's first 32 -> 32
+    assert tile((16, 12, 12, 128), (3, 3, 128, 128)) is winograd.F4   # 144 tiles
+    assert tile((64, 24, 24, 64), (5, 5, 64, 128)) is winograd.F4_5X5  # cnn4's 5x5 conv
+    assert tile((64, 24, 24, 64), (4, 4, 64, 128)) is None            # no tiling for a 4x4 kernel
     assert tile((64, 6, 6, 512), (3, 3, 512, 512)) is winograd.F2     # 6x6: 4x4 tiles would compute 8x8
     assert tile((1, 12, 12, 128), (3, 3, 128, 512)) is None           # one image: too few tiles
-    assert tile((64, 24, 24, 64), (5, 5, 64, 128)) is None            # cnn4's 5x5 conv
     assert tile((64, 12, 12, 128), (3, 3, 128, 512), strides=(2, 2)) is None
     assert tile((64, 48, 48, 1), (3, 3, 1, 32)) is None               # one input channel
     monkeypatch.setenv("MINICNN_REFERENCE", "1")

@@ -1,14 +1,15 @@
-"""Winograd's F(m x m, 3x3): a 3x3, stride-1 convolution with fewer multiplications.
+"""Winograd's F(m x m, r x r): a 3x3 (or 5x5), stride-1 convolution with fewer multiplications.
 
 Lavin & Gray (2015), "Fast Algorithms for Convolutional Neural Networks". Cut the output into
-m x m tiles; the a x a input patch d under a tile (a = m + 2) and the 3x3 kernel g give the tile as
+m x m tiles; the a x a input patch d under a tile (a = m + 2; m + r - 1 for an r x r kernel)
+and the 3x3 kernel g give the tile as
     y = A^T [ (G g G^T) * (B^T d B) ] A          (* elementwise, a x a)
 which needs a^2 multiplications per channel pair where the direct sum needs 9 m^2:
 F(2x2) 16 for 36 (2.25x fewer), F(4x4) 36 for 144 (4x fewer). Over channels, the a^2 entries
 xi = (i, j) of the a x a become a^2 independent matrix products:
     V[xi] = (B^T d B)[xi]      (tiles, C)    input transform   ("im2col" of this method)
     U[xi] = (G g G^T)[xi]      (C, F)        kernel transform  (on the weights: small)
-    M[xi] = V[xi] @ U[xi]      (tiles, F)    a^2 products, together 1/(9 m^2 / a^2) of im2col's one
+    M[xi] = V[xi] @ U[xi]      (tiles, F)    a^2 products: a^2 / (9 m^2) of im2col's multiplications
     y     = A^T M A            (N, Ho, Wo, F) output transform
 Backward is the same chain read backwards (each transform's adjoint is its transpose):
     dM = A dy A^T  (output_adjoint);  dU[xi] = V[xi]^T @ dM[xi];  dK = G^T dU G
@@ -18,15 +19,15 @@ Tiles: `tiles_hw` gives th x tw = ceil(Ho/m) x ceil(Wo/m) per image; tile (p, q)
 rows m*p - top .. m*p - top + a - 1 (and columns likewise), zeros outside the image; where m
 does not divide Ho or Wo, the last tile's rows/columns past the output are dropped.
 Rows of V and M are tiles in (n, p, q) order: V is (a^2, N*th*tw, C), M (a^2, N*th*tw, F).
-Every function takes the Tiling (F2 or F4; F2 by default); nothing but `winograd_tile` and
-`Saved.tiling` depends on r = 3, so F(m x m, 5x5) is a `toom_cook` call away.
+Every function takes the Tiling (F2, F4 or F4_5X5; F2 by default) and reads m, a and r from
+it, so the same kernels run F(4x4, 5x5) for a 5x5 kernel (a = 8: 64 products).
 
 The matrices come from Toom-Cook interpolation at a - 1 points and infinity (`toom_cook`): a
 larger tile saves more multiplications but its matrices hold larger numbers, so float32
 rounding grows with m; benchmarks/kernels_winograd.py measures both the error and the speed,
 and `winograd_tile` picks im2col, F(2x2) or F(4x4) per layer shape from those measurements.
 
-`conv3x3_naive` is the formula above, one tile and one channel pair at a time. Each transform
+`conv_naive` is the formula above, one tile and one channel pair at a time. Each transform
 has a NumPy reference (one einsum over the a x a tile axes) and a numba kernel (one thread per
 image; a tile's a x a x C values in a small per-image array, channels innermost, the small
 matrices applied by `_rows` / `_cols`), which tests hold against each other and against
@@ -39,7 +40,7 @@ import numpy as np
 
 from .. import backend, perf
 from .gemm import batched_matmul, matmul
-from .jit import njit, pick, prange
+from .jit import njit, prange
 
 
 # ----------------------------------------------------------------------------------------
@@ -96,9 +97,11 @@ def toom_cook(m, points, r=3):
 
 # F(2x2, 3x3): Lavin & Gray's points. F(4x4, 3x3): 0, +-1, 1/2, -2 rather than their 0, +-1,
 # +-2: the same multiplications with less float32 rounding (benchmarks/kernels_winograd.py).
+# F(4x4, 5x5): 64 multiplications for 400 (6.25x fewer), at 0, +-1, +-2, +-1/2.
 F2 = toom_cook(2, (0, 1, -1))
 F4 = toom_cook(4, (0, 1, -1, Fraction(1, 2), -2))
-TILINGS = {(t.m, t.r): t for t in (F2, F4)}
+F4_5X5 = toom_cook(4, (0, 1, -1, 2, -2, Fraction(1, 2), Fraction(-1, 2)), r=5)
+TILINGS = {(t.m, t.r): t for t in (F2, F4, F4_5X5)}
 
 
 def tiling(m, r=3):
@@ -507,21 +510,21 @@ def pays(kernel_size, strides, n, ho, wo, channels, filters):
 
 
 def winograd_tile(x_shape, kernel_shape, strides=(1, 1), padding="same"):
-    """The method a convolution of this shape trains fastest with: a Tiling (F4 or F2) or None
-    (im2col). x_shape (N, H, W, C), kernel_shape (kh, kw, C, F), Keras' padding. Winograd
-    needs a 3x3 kernel at stride 1; F(4x4) pays where its 4x4 tiles cover the output with
-    little waste and the channels are wide enough for its 36 products (perf.WINOGRAD4_*);
-    F(2x2) where `pays` says so. MINICNN_REFERENCE=1: None."""
+    """The method a convolution of this shape trains fastest with: a Tiling (F4, F4_5X5 or F2)
+    or None (im2col). x_shape (N, H, W, C), kernel_shape (kh, kw, C, F), Keras' padding.
+    Winograd needs a 3x3 or 5x5 kernel at stride 1; 4x4 tiles pay where they cover the output
+    with little waste, on enough channels and tiles (perf.WINOGRAD4_*); else F(2x2, 3x3) where
+    `pays` says so. MINICNN_REFERENCE=1: None."""
     n, h, w, _ = x_shape
     kh, kw, c, f = kernel_shape
-    if (kh, kw) != (3, 3) or tuple(strides) != (1, 1) or backend.use_reference():
+    if kh != kw or (4, kh) not in TILINGS or tuple(strides) != (1, 1) or backend.use_reference():
         return None
-    ho, wo = (h, w) if padding == "same" else (h - 2, w - 2)
+    ho, wo = (h, w) if padding == "same" else (h - kh + 1, w - kw + 1)
     if ho < 1 or wo < 1:
         return None
     th, tw = tiles_hw(ho, wo, 4)
-    kept = ho * wo / (16 * th * tw)                 # the share of F(4x4)'s outputs inside Ho x Wo
+    kept = ho * wo / (16 * th * tw)                 # the share of the 4x4 tiles' outputs inside Ho x Wo
     if (min(c, f) >= perf.WINOGRAD4_MIN_CHANNELS and n * th * tw >= perf.WINOGRAD4_MIN_TILES
             and kept >= perf.WINOGRAD4_MIN_KEPT):
-        return F4
-    return F2 if pays((3, 3), (1, 1), n, ho, wo, c, f) else None
+        return TILINGS[4, kh]
+    return F2 if kh == 3 and pays((3, 3), (1, 1), n, ho, wo, c, f) else None
