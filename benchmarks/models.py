@@ -3,9 +3,12 @@
     python benchmarks/models.py                          # cnn4, mini_xception, cnn8
     python benchmarks/models.py --models all --repeats 7
     python benchmarks/models.py --torch                  # the same graphs in PyTorch, and ratios
+    python benchmarks/models.py --paths compiled         # only minicnn's compiled path (default: both)
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/models.py --torch
 
-For each architecture of `fer.models` it measures, in float32:
+For each architecture of `fer.models` and each minicnn path (`--paths`: "textbook", the layers
+as written, and "compiled", the fused steps of minicnn/compiler/ that the scripts run), taking
+turns, it measures, in float32:
   train      images/s of `model.train_on_batch` (Adam, batch 64 by default) after warm-up
              steps, median of `--repeats` timings of `--steps` steps each;
   infer b=1  latency of one image through `model.forward(training=False)`, median;
@@ -61,13 +64,19 @@ DEFAULT_MODELS = ("cnn4", "mini_xception", "cnn8")
 # minicnn
 # ----------------------------------------------------------------------------------------
 
-def build(name, seed=0):
-    """The architecture `name` (its seed's class count, 48x48 grey input), compiled with Adam."""
+PATHS = ("textbook", "compiled")
+
+
+def build(name, seed=0, path="compiled"):
+    """The architecture `name` (its seed's class count, 48x48 grey input), compiled with Adam;
+    path "compiled" runs it as the compiler's fused steps (built on the first batch, as
+    scripts/train.py trains it), "textbook" as its layers."""
     minicnn.backend.clear_session()
     minicnn.backend.set_seed(seed)
     model = fer_models.BUILDERS[name]()
-    model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"], jit_compile=True)
-    return model                                              # compiled on its first batch, as scripts/train.py trains it
+    model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"],
+                  jit_compile=path == "compiled")
+    return model
 
 
 def batch(model, n, seed=0):
@@ -91,10 +100,11 @@ def timed(fn, repeats):
 
 
 class Minicnn:
-    """The three timings of one minicnn model, each a callable run by `measure`."""
+    """The three timings of one minicnn model on one path, each a callable run by `measure`."""
 
-    def __init__(self, name, batch_size):
-        self.model = build(name)
+    def __init__(self, name, batch_size, path="compiled"):
+        self.path = path
+        self.model = build(name, path=path)
         self.x, self.y = batch(self.model, batch_size)
         self.x1 = self.x[:1]
         self.x256, _ = batch(self.model, 256, seed=1)
@@ -128,7 +138,7 @@ def layer_table(model, x, y, steps, torch_runner=None):
     """Median forward and backward ms of every layer over `steps` training steps, the median
     step, the median ms per step inside each part of TIMED_CALLS ({"products": ms, ...}) and,
     with a torch runner, the median ms of torch's whole step, timed in turns with minicnn's."""
-    running = model.input_layers + [layer for layer, _ in model.steps]    # a fused pair is one step
+    running = model.input_layers + [layer for layer, _ in model.steps]    # a fused chain is one step
     records = {layer: ([], []) for layer in running}
     saved = []
     parts_per_step = []          # one {part: seconds} per step; the wrappers add to the last
@@ -412,7 +422,7 @@ def rss_mib():
 def memory_child(name, batch_size, framework, threads):
     """Run in the subprocess: build, train 3 batches, print the peak RSS as JSON."""
     base = rss_mib()
-    runner = Minicnn(name, batch_size) if framework == "minicnn" else Torch(name, batch_size, threads, framework)
+    runner = Minicnn(name, batch_size, framework) if framework in PATHS else Torch(name, batch_size, threads, framework)
     for _ in range(3):
         runner.train_step()
     print(json.dumps({"base_mib": base, "peak_mib": rss_mib()}))
@@ -471,11 +481,13 @@ def main():
     parser.add_argument("--steps", type=int, default=3, help="training steps per timing")
     parser.add_argument("--threads", type=int, default=0, help="numba and torch threads (default: all cores)")
     parser.add_argument("--torch", action="store_true", help="also time the PyTorch twins and show ratios")
+    parser.add_argument("--paths", default=",".join(PATHS), type=paths_argument,
+                        help="minicnn's paths to time, comma-separated: textbook, compiled (default: both)")
     parser.add_argument("--no-layers", action="store_true", help="skip the per-layer tables")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     parser.add_argument("--torch-worker", help=argparse.SUPPRESS)
-    parser.add_argument("--framework", default="minicnn", help=argparse.SUPPRESS)
+    parser.add_argument("--framework", default="compiled", help=argparse.SUPPRESS)
     args = parser.parse_args()
     threads = args.threads or os.cpu_count()
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
@@ -487,66 +499,89 @@ def main():
     names = fer_models.names() if args.models == "all" else args.models.split(",")
     print(f"minicnn model benchmark: batch {args.batch}, float32, Adam, median of {args.repeats} "
           f"timings of {args.steps} steps; python {platform.python_version()}, numpy {np.__version__}")
-    frameworks = ["minicnn"] + ([f"torch {layout}" for layout in TORCH_LAYOUTS] if args.torch else [])
+    frameworks = [("minicnn", path) for path in args.paths] + \
+        ([("torch", layout) for layout in TORCH_LAYOUTS] if args.torch else [])
     results, tables, torch_info = {}, {}, None
     for name in names:
-        runners = [Minicnn(name, args.batch)] + \
-            ([TorchProcess(name, args.batch, threads, layout) for layout in TORCH_LAYOUTS] if args.torch else [])
+        minis = [Minicnn(name, args.batch, path) for path in args.paths]
+        torches = [TorchProcess(name, args.batch, threads, layout) for layout in TORCH_LAYOUTS] if args.torch else []
+        runners = minis + torches
         train = measure(runners, "train_step", args.repeats, args.steps)
         one = measure(runners, "infer_one", args.repeats, 20)
         many = measure(runners, "infer_256", args.repeats, 1)
         memory = [None] * len(runners) if args.no_memory else \
-            [peak_memory(name, args.batch, f, threads) for f in ["minicnn", *TORCH_LAYOUTS][:len(runners)]]
+            [peak_memory(name, args.batch, path, threads) for _, path in frameworks]
         results[name] = [(args.batch / t, 1e3 * o, 256 / m, mem) for t, o, m, mem in zip(train, one, many, memory)]
         if not args.no_layers:
-            r = runners[0]
-            torch_train = dict(zip(runners[1:], train[1:]))           # seconds a step, per layout
+            torch_train = dict(zip(torches, train[len(minis):]))           # seconds a step, per layout
             fastest_torch = min(torch_train, key=torch_train.get, default=None)
-            tables[name] = (*layer_table(r.model, r.x, r.y, max(args.repeats, 3), fastest_torch),
-                            fastest_torch and fastest_torch.layout)
-        for t in runners[1:]:
+            for r in minis:
+                tables[name, r.path] = (*layer_table(r.model, r.x, r.y, max(args.repeats, 3), fastest_torch),
+                                        fastest_torch and fastest_torch.layout)
+        for t in torches:
             torch_info = t.info
             t.close()
         print(f"  {name}: done", file=sys.stderr, flush=True)
 
     for line in thread_report(torch_info):
         print(line)
-    header = (f"{'model':<14} {'framework':<25} {'train img/s':>11} {'epoch s':>8} {'infer b=1 ms':>12} "
+    print_results(results, frameworks, args.torch)
+    for (name, path), table in tables.items():
+        print_layer_table(f"{name} ({path})", *table, args.batch)
+
+
+def print_results(results, frameworks, with_torch):
+    """The table of every model, framework and path, and each minicnn path's ratios to each torch layout."""
+    header = (f"{'model':<14} {'framework':<9} {'path':<15} {'train img/s':>11} {'epoch s':>8} {'infer b=1 ms':>12} "
               f"{'infer b=256 img/s':>17} {'peak MiB':>9} {'(at start)':>10}")
     print(header)
     print("-" * len(header))
     for name, rows in results.items():
-        for framework, (train, one, many, mem) in zip(frameworks, rows):
+        for (framework, path), (train, one, many, mem) in zip(frameworks, rows):
             peak = f"{mem['peak_mib']:9.0f} {mem['base_mib']:10.0f}" if mem else f"{'-':>9} {'-':>10}"
-            print(f"{name:<14} {framework:<25} {train:11.1f} {28709 / train:8.0f} {one:12.2f} {many:17.1f} {peak}")
-        (t0, o0, m0, mem0), *torch_rows = rows
-        for layout, (t1, o1, m1, mem1) in zip(TORCH_LAYOUTS, torch_rows):
-            mem_ratio = f"{mem0['peak_mib'] / mem1['peak_mib']:9.2f}" if mem0 else f"{'-':>9}"
-            print(f"{'':<14} {'ratio vs ' + layout:<25} {t0 / t1:10.2f}x {'':>8} {o1 / o0:11.2f}x {m0 / m1:16.2f}x "
-                  f"{mem_ratio}")
-    if args.torch:
+            print(f"{name:<14} {framework:<9} {path:<15} {train:11.1f} {28709 / train:8.0f} {one:12.2f} {many:17.1f} "
+                  f"{peak}")
+        minis = [(path, row) for (framework, path), row in zip(frameworks, rows) if framework == "minicnn"]
+        torches = [(path, row) for (framework, path), row in zip(frameworks, rows) if framework == "torch"]
+        for path, (t0, o0, m0, mem0) in minis:
+            for layout, (t1, o1, m1, mem1) in torches:
+                mem_ratio = f"{mem0['peak_mib'] / mem1['peak_mib']:9.2f}" if mem0 else f"{'-':>9}"
+                print(f"{'':<14} {'ratio':<9} {path + ' / ' + layout:<15} {t0 / t1:10.2f}x {'':>8} {o1 / o0:11.2f}x "
+                      f"{m0 / m1:16.2f}x {mem_ratio}")
+    if with_torch:
         print("ratio = minicnn / torch for throughput, torch / minicnn for latency (> 1: minicnn faster); "
               "memory: minicnn / torch")
 
-    for name, (rows, step_ms, part_ms, torch_ms, torch_layout) in tables.items():
-        total = sum(f + b for *_, f, b in rows)
-        floor_ms, parts = 0.0, []
-        print()
-        for part, ms in part_ms.items():
-            floor_ms, parts = floor_ms + ms, parts + [part]
-            floor = args.batch / (floor_ms / 1e3)
-            versus = f" ({torch_ms / floor_ms:.2f}x torch {torch_layout}'s whole step)" if torch_ms else ""
-            print(f"{name}: {' + '.join(parts)} {floor_ms:.1f} ms of a {step_ms:.1f} ms step "
-                  f"({100 * floor_ms / step_ms:.0f}%); alone they would train {floor:.1f} images/s{versus}, "
-                  f"an epoch in {28709 / floor:.0f} s")
-        if torch_ms:
-            print(f"{name}: torch's step {torch_ms:.1f} ms ({torch_layout}, its faster layout above), "
-                  "timed in turns with these minicnn steps")
-        print(f"\n{name}: one training step {step_ms:.1f} ms; per layer (median ms; layers {total:.1f} ms, "
-              f"the rest is loss, regularizers and the optimizer)")
-        print(f"{'layer':<28} {'class':<22} {'output':<18} {'forward':>8} {'backward':>8} {'% step':>7}")
-        for lname, cls, shape, f, b in rows:
-            print(f"{lname:<28} {cls:<22} {shape:<18} {f:8.2f} {b:8.2f} {100 * (f + b) / step_ms:6.1f}%")
+
+def print_layer_table(title, rows, step_ms, part_ms, torch_ms, torch_layout, batch_size):
+    """One path's per-step floors and per-layer (per fused step, compiled) times."""
+    total = sum(f + b for *_, f, b in rows)
+    floor_ms, parts = 0.0, []
+    print()
+    for part, ms in part_ms.items():
+        floor_ms, parts = floor_ms + ms, parts + [part]
+        floor = batch_size / (floor_ms / 1e3)
+        versus = f" ({torch_ms / floor_ms:.2f}x torch {torch_layout}'s whole step)" if torch_ms else ""
+        print(f"{title}: {' + '.join(parts)} {floor_ms:.1f} ms of a {step_ms:.1f} ms step "
+              f"({100 * floor_ms / step_ms:.0f}%); alone they would train {floor:.1f} images/s{versus}, "
+              f"an epoch in {28709 / floor:.0f} s")
+    if torch_ms:
+        print(f"{title}: torch's step {torch_ms:.1f} ms ({torch_layout}, its faster layout above), "
+              "timed in turns with these minicnn steps")
+    print(f"\n{title}: one training step {step_ms:.1f} ms; per layer or fused step (median ms; {total:.1f} ms, "
+          f"the rest is loss, regularizers and the optimizer)")
+    print(f"{'layer':<40} {'class':<22} {'output':<18} {'forward':>8} {'backward':>8} {'% step':>7}")
+    for lname, cls, shape, f, b in rows:
+        print(f"{lname:<40} {cls:<22} {shape:<18} {f:8.2f} {b:8.2f} {100 * (f + b) / step_ms:6.1f}%")
+
+
+def paths_argument(text):
+    """--paths: a comma-separated subset of PATHS, in PATHS' order."""
+    paths = [p for p in text.split(",") if p]
+    unknown = sorted(set(paths) - set(PATHS))
+    if unknown or not paths:
+        raise argparse.ArgumentTypeError(f"paths are {', '.join(PATHS)}; received {text!r}")
+    return [p for p in PATHS if p in paths]
 
 
 if __name__ == "__main__":

@@ -14,10 +14,12 @@ from ..layers.merge import Add
 from ..layers.normalization import BatchNormalization
 from ..layers.pooling import MaxPooling2D
 from .buffers import Buffers
-from .stages import BatchNormalizationReLUStage, ConvStage, LayerStage
+from .epilogues import EpilogueStage, epilogue_layers
+from .stages import BatchNormalizationReLUStage, ConvStage, DenseStage, LayerStage, SeparableStage
 from .step import FusedStep
 
 HEADS = (Conv2D, SeparableConv2D, Dense, BatchNormalization)
+PRODUCT_STAGES = {Conv2D: ConvStage, SeparableConv2D: SeparableStage, Dense: DenseStage}
 
 
 def is_relu(layer):
@@ -59,8 +61,8 @@ def find_chains(model):
 
 
 def stages_of(layers, buffers):
-    """The stages that run `layers` (an Add excluded): a BatchNormalization followed by a ReLU
-    as one stage, a Conv2D as ConvStage, any other layer as itself."""
+    """The stages that run `layers` one by one (an Add excluded): a BatchNormalization followed by a
+    ReLU as one stage, a product layer as its stage, any other layer as itself."""
     stages, i = [], 0
     while i < len(layers):
         layer, after = layers[i], layers[i + 1] if i + 1 < len(layers) else None
@@ -68,15 +70,23 @@ def stages_of(layers, buffers):
             stages.append(BatchNormalizationReLUStage(layer, after))
             i += 2
             continue
-        stages.append(ConvStage(layer, buffers) if isinstance(layer, Conv2D) else LayerStage(layer))
+        product = PRODUCT_STAGES.get(type(layer))
+        stages.append(product(layer, buffers) if product else LayerStage(layer))
         i += 1
     return stages
 
 
 def fused_step(chain):
-    """The FusedStep that runs `chain`, with its own buffer plan."""
+    """The FusedStep that runs `chain`, with its own buffer plan: the product, then its tail as one
+    epilogue (ops/epilogue.py) where the tail is one such block, else layer by layer."""
+    buffers, head, tail = Buffers(), chain[0], chain[1:]
     add = chain[-1] if isinstance(chain[-1], Add) else None
-    return FusedStep(stages_of(chain[:-1] if add else chain, Buffers()), add)
+    parts = epilogue_layers(head, tail) if type(head) in PRODUCT_STAGES and tail else None
+    if parts is None:
+        return FusedStep(stages_of(chain[:-1] if add else chain, buffers), add)
+    block = [layer for layer in tail if layer is not add]
+    product = PRODUCT_STAGES[type(head)](head, buffers, activate=False)      # the epilogue applies its ReLU
+    return FusedStep([product, EpilogueStage(parts, block, buffers)], add)
 
 
 def chain_sources(model, chain):

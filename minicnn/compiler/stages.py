@@ -5,10 +5,26 @@ A stage computes what its layers compute, with the same ops: `LayerStage` runs t
 forward and backward; the others choose a faster method by shape or share a pass, and must
 give the same numbers (tests/test_compiler.py holds every seed model to that).
 """
+from typing import NamedTuple
+
+import numpy as np
+
+from ..activations import get as get_activation
 from ..ops import winograd
 from ..ops.batchnorm import normalize, normalize_backward
 from ..ops.conv import conv2d, conv2d_backward
+from ..ops.depthwise import depthwise_conv, depthwise_conv_backward
+from ..ops.direct_conv import direct_conv2d, direct_conv2d_backward, direct_pays
+from ..ops.gemm import matmul
 from ..ops.im2col import numba_pays
+from ..ops.separable import separable_conv2d, separable_conv2d_backward, separable_pays
+
+LINEAR = get_activation("linear")
+
+
+class DirectSaved(NamedTuple):
+    """What ops.direct_conv's backward needs from its forward: the input alone."""
+    x: np.ndarray
 
 
 class LayerStage:
@@ -26,53 +42,151 @@ class LayerStage:
 
 class ConvStage:
     """Conv2D: z = conv(x, K) + b, y = activation(z), by the method that pays for the input's
-    shape (chosen once per shape): Winograd's F(4x4) or F(2x2) (ops.winograd.winograd_tile), else
-    the textbook im2col product; their temporaries come from the step's buffers."""
+    shape (chosen once per shape): Winograd's F(4x4) or F(2x2) (ops.winograd.winograd_tile), the
+    direct loops for narrow layers (ops.direct_conv.direct_pays), else the textbook im2col
+    product; their temporaries come from the step's buffers."""
 
-    def __init__(self, layer, buffers):
+    def __init__(self, layer, buffers, activate=True):
         self.layer, self.layers, self.buffers = layer, [layer], buffers
-        self.methods = {}             # input shape -> a Winograd Tiling, or None for im2col
+        self.activation = layer.activation if activate else LINEAR      # LINEAR: an epilogue applies it
+        self.methods = {}             # input shape -> a Winograd Tiling, "direct", or None for im2col
 
     def method(self, x_shape):
         layer = self.layer
         if x_shape not in self.methods:
-            self.methods[x_shape] = winograd.winograd_tile(x_shape, layer.kernel.shape, layer.strides, layer.padding)
+            tiling = winograd.winograd_tile(x_shape, layer.kernel.shape, layer.strides, layer.padding)
+            direct = tiling is None and direct_pays(x_shape, layer.kernel.shape, layer.strides)
+            self.methods[x_shape] = "direct" if direct else tiling
         return self.methods[x_shape]
 
     def forward(self, x, training):
         layer = self.layer
         x = layer.prepare(x)
         pads, ho, wo = layer.geometry(x)
-        z, saved = self.convolve(x, pads, ho, wo)
+        buffers = self.buffers if training else None       # inference between a forward and its backward
+        z, saved = self.convolve(x, pads, ho, wo, buffers)  # must not overwrite the training step's arrays
         if layer.use_bias:
             z += layer.bias.value
-        y = layer.activation.forward(z)
-        self.cache = (x.shape, pads, saved, y)
+        y = self.activation.forward(z)
+        self.cache = (x.shape, pads, saved, y, buffers)
         return y
 
-    def convolve(self, x, pads, ho, wo):
+    def convolve(self, x, pads, ho, wo, buffers):
         """(z, saved) by this shape's method."""
         kernel, tiling = self.layer.kernel.value, self.method(x.shape)
+        if tiling == "direct":
+            return direct_conv2d(x, kernel, self.layer.strides, pads), DirectSaved(x)
         if tiling is not None:
-            return winograd.conv(x, kernel, pads[0][0], pads[1][0], ho, wo, self.buffers, tiling)
+            return winograd.conv(x, kernel, pads[0][0], pads[1][0], ho, wo, buffers, tiling)
         (kh, kw, c, _), n = kernel.shape, x.shape[0]
-        cols = self.buffers("cols", (n * ho * wo, kh * kw * c), x.dtype) if numba_pays((kh, kw), c) else None
+        in_buffer = buffers is not None and numba_pays((kh, kw), c)     # NumPy's im2col makes its own array
+        cols = buffers("cols", (n * ho * wo, kh * kw * c), x.dtype) if in_buffer else None
         return conv2d(x, kernel, self.layer.strides, pads, cols)
 
     def backward(self, dy):
         """Conv2D.backward's rule (docs/backprop.md, "Conv2D")."""
-        layer, (x_shape, pads, saved, y) = self.layer, self.cache
-        dz = layer.activation.backward(dy, y)
+        layer, (x_shape, pads, saved, y, buffers) = self.layer, self.cache
+        dz = self.activation.backward(dy, y)
         if layer.use_bias:
             layer.bias.grad = dz.reshape(-1, layer.filters).sum(axis=0)        # (F,)
         need = layer.needs_input_gradient
-        if isinstance(saved, winograd.Saved):
-            dx, layer.kernel.grad = winograd.conv_backward(dz, saved, x_shape, pads[0][0], pads[1][0],
-                                                           self.buffers, need)
+        if isinstance(saved, DirectSaved):
+            dx, layer.kernel.grad = direct_conv2d_backward(dz, saved.x, layer.kernel.value, layer.strides, pads, need)
+        elif isinstance(saved, winograd.Saved):
+            dx, layer.kernel.grad = winograd.conv_backward(dz, saved, x_shape, pads[0][0], pads[1][0], buffers, need)
         else:
-            dcols = self.buffers("dcols", saved.cols.shape, dz.dtype) if need else None
+            dcols = buffers("dcols", saved.cols.shape, dz.dtype) if need and buffers is not None else None
             dx, layer.kernel.grad = conv2d_backward(dz, saved, layer.kernel.value, need, dcols)
         return dx
+
+
+class SeparableStage:
+    """SeparableConv2D: d = depthwise(x, Kd), z = d @ Kp + b, y = activation(z): the layer's lines, or
+    ops.separable's one pass over tiles where it pays (stride 1, depth_multiplier 1, separable_pays)."""
+
+    def __init__(self, layer, buffers, activate=True):
+        self.layer, self.layers, self.buffers = layer, [layer], buffers
+        self.activation = layer.activation if activate else LINEAR
+
+    def forward(self, x, training):
+        layer = self.layer
+        x = layer.prepare(x)
+        pads, ho, wo = layer.geometry(x)
+        fused = self.fused(x.shape)
+        z = self.separable(x, pads) if fused else self.depthwise_pointwise(x, pads, ho, wo)
+        if layer.use_bias:
+            z += layer.bias.value
+        y = self.activation.forward(z)
+        self.cache = (x, pads, fused, y)
+        return y
+
+    def fused(self, x_shape):
+        """Whether ops.separable's pass pays for this layer and input shape."""
+        layer, (n, h, w, c) = self.layer, x_shape
+        return (tuple(layer.strides) == (1, 1) and layer.depth_multiplier == 1
+                and separable_pays(n, h, w, c, layer.filters))
+
+    def separable(self, x, pads):
+        layer = self.layer
+        return separable_conv2d(x, layer.depthwise_kernel.value, layer.pointwise_kernel.value, pads)
+
+    def depthwise_pointwise(self, x, pads, ho, wo):
+        """The layer's two ops; d kept for backward in self.d2."""
+        layer, n, f = self.layer, x.shape[0], self.layer.filters
+        d = depthwise_conv(x, layer.depthwise_kernel.value, layer.strides, pads)   # (N, Ho, Wo, C*M)
+        self.d2 = d.reshape(n * ho * wo, -1)                                        # (N*Ho*Wo, C*M)
+        return matmul(self.d2, layer.pointwise_kernel.value.reshape(-1, f)).reshape(n, ho, wo, f)
+
+    def backward(self, dy):
+        """SeparableConv2D.backward's rule (docs/backprop.md, "SeparableConv2D")."""
+        layer, (x, pads, fused, y) = self.layer, self.cache
+        dz = self.activation.backward(dy, y)
+        if fused:
+            if layer.use_bias:
+                layer.bias.grad = dz.reshape(-1, layer.filters).sum(axis=0)
+            dx, layer.depthwise_kernel.grad, layer.pointwise_kernel.grad = separable_conv2d_backward(
+                dz, x, layer.depthwise_kernel.value, layer.pointwise_kernel.value, pads, layer.needs_input_gradient)
+            return dx
+        return self.depthwise_pointwise_backward(dz, x, pads)
+
+    def depthwise_pointwise_backward(self, dz, x, pads):
+        layer, d2 = self.layer, self.d2
+        dz2 = dz.reshape(-1, layer.filters)                                         # (N*Ho*Wo, F)
+        pointwise = layer.pointwise_kernel.value.reshape(-1, layer.filters)         # (C*M, F)
+        layer.pointwise_kernel.grad = matmul(d2.T, dz2).reshape(layer.pointwise_kernel.shape)
+        if layer.use_bias:
+            layer.bias.grad = dz2.sum(axis=0)
+        dd = matmul(dz2, pointwise.T).reshape(dz.shape[:3] + (-1,))                 # (N, Ho, Wo, C*M)
+        dx, layer.depthwise_kernel.grad = depthwise_conv_backward(dd, x, layer.depthwise_kernel.value,
+                                                                  layer.strides, pads, layer.needs_input_gradient)
+        return dx
+
+
+class DenseStage:
+    """Dense: z = x @ W + b, y = activation(z) (the layer's lines)."""
+
+    def __init__(self, layer, buffers, activate=True):
+        self.layer, self.layers = layer, [layer]
+        self.activation = layer.activation if activate else LINEAR
+
+    def forward(self, x, training):
+        layer = self.layer
+        x = layer.prepare(x)
+        z = matmul(x, layer.kernel.value)                           # (N, units)
+        if layer.use_bias:
+            z += layer.bias.value
+        y = self.activation.forward(z)
+        self.cache = (x, y)
+        return y
+
+    def backward(self, dy):
+        """Dense.backward's rule (docs/backprop.md, "Dense")."""
+        layer, (x, y) = self.layer, self.cache
+        dz = self.activation.backward(dy, y)
+        layer.kernel.grad = matmul(x.T, dz)                         # (n_in, units)
+        if layer.use_bias:
+            layer.bias.grad = dz.sum(axis=0)
+        return matmul(dz, layer.kernel.value.T)                     # (N, n_in)
 
 
 class BatchNormalizationReLUStage:

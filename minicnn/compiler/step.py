@@ -21,6 +21,10 @@ class FusedStep:
     built = True          # its layers are: gradcheck.check_layer checks a step as it checks a layer
 
     @property
+    def output_shape(self):
+        return self.layers[-1].output_shape
+
+    @property
     def weights(self):
         return [w for layer in self.layers for w in layer.weights]
 
@@ -42,12 +46,19 @@ class FusedStep:
         self.stages[0].layers[0].needs_input_gradient = value
 
     def forward(self, inputs, training=False):
-        x, residual = inputs if self.add is not None else (inputs, None)
-        for stage in self.stages:
+        if self.add is None:
+            return self.run(inputs, training)
+        x, residual = inputs
+        if getattr(self.stages[-1], "joins_residual", False):        # the Add inside the last stage's pass
+            return self.run(x, training, residual)
+        return self.add.forward([self.run(x, training), residual], training=training)   # chain(x) + residual
+
+    def run(self, x, training, residual=None):
+        """The stages in order on x; the last one also adds `residual` when given."""
+        for stage in self.stages[:-1]:
             x = stage.forward(x, training)
-        if self.add is not None:
-            x = self.add.forward([x, residual], training=training)      # y = chain(x) + residual
-        return x
+        last = self.stages[-1]
+        return last.forward(x, training) if residual is None else last.forward(x, training, residual)
 
     def backward(self, dy):
         dx = dy

@@ -37,13 +37,16 @@ class BatchNormalization(Layer):
         """(mean, inv_std) per channel: this batch's, updating the moving ones (training), or the moving ones."""
         if training:
             mean, var = moments(x)                 # over every axis but the channels
-            m = x.size // x.shape[-1]
-            unbiased = var * (m / (m - 1 - self.epsilon)) if m > 1 else var   # estimates the population's
-            r = self.momentum
-            self.moving_mean.value[...] = self.moving_mean.value * r + mean * (1 - r)
-            self.moving_variance.value[...] = self.moving_variance.value * r + unbiased * (1 - r)
-        else:
-            mean, var = self.moving_mean.value, self.moving_variance.value
+            return self.batch_statistics(mean, var, x.size // x.shape[-1])
+        return self.moving_mean.value, 1 / np.sqrt(self.moving_variance.value + self.epsilon)
+
+    def batch_statistics(self, mean, var, m):
+        """(mean, inv_std) of a batch whose m values per channel have this mean and variance, after
+        the moving update (what the compiler calls when its kernels computed the moments)."""
+        unbiased = var * (m / (m - 1 - self.epsilon)) if m > 1 else var   # estimates the population's
+        r = self.momentum
+        self.moving_mean.value[...] = self.moving_mean.value * r + mean * (1 - r)
+        self.moving_variance.value[...] = self.moving_variance.value * r + unbiased * (1 - r)
         return mean, 1 / np.sqrt(var + self.epsilon)
 
     def forward(self, x, training=False):
