@@ -31,7 +31,7 @@ and `winograd_tile` picks im2col, F(2x2) or F(4x4) per layer shape from those me
 has a NumPy reference (one einsum over the a x a tile axes) and a numba kernel (one thread per
 image; a tile's a x a x C values in a small per-image array, channels innermost, the small
 matrices applied by `_rows` / `_cols`), which tests hold against each other and against
-im2col's convolution. MINICNN_REFERENCE=1 runs the references (and Conv2D uses im2col).
+im2col's convolution. MINICNN_REFERENCE=1 runs the references (and the compiler uses im2col).
 """
 from fractions import Fraction
 from typing import NamedTuple
@@ -465,7 +465,7 @@ class Saved(NamedTuple):
 def conv(x, kernel, top, left, ho, wo, workspace=None, tiling=F2, out=None, moments=None):
     """z = conv(x, kernel), no bias, by `tiling`: (N, H, W, C), (r, r, C, F) -> (z (N, Ho, Wo, F),
     saved) for conv_backward. workspace(name, shape, dtype): reusable arrays for V and M
-    (ops.conv.Workspace; None: new ones); `out`: z's buffer; `moments`: a float64 (2, F) array
+    (minicnn.compiler.buffers.Buffers; None: new ones); `out`: z's buffer; `moments`: a float64 (2, F) array
     for z's per-channel sum and sum of squares."""
     t, n, c, f = tiling, x.shape[0], x.shape[3], kernel.shape[3]
     if kernel.shape[:2] != (t.r, t.r):
@@ -499,7 +499,7 @@ conv3x3, conv3x3_backward, conv3x3_naive = conv, conv_backward, conv_naive
 
 
 def pays(kernel_size, strides, n, ho, wo, channels, filters):
-    """Whether Conv2D should use F(2x2, 3x3) for N images, an Ho x Wo output, C -> F channels:
+    """Whether F(2x2, 3x3) pays for N images, an Ho x Wo output, C -> F channels:
     3x3, stride 1, wide layers (perf.WINOGRAD_MIN_CHANNELS) and enough tiles to share the
     kernel transform (perf.WINOGRAD_MIN_TILES). MINICNN_REFERENCE=1: never (the direct im2col
     convolution is the reference)."""
