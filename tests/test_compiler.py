@@ -265,7 +265,7 @@ def test_batchnorm_relu_gives_the_same_gradients_where_the_numba_kernels_run(flo
 
 
 def test_each_convolution_gets_its_method_by_shape_and_keeps_its_buffers_from_step_to_step():
-    model = Sequential([Conv2D(8, 3, padding="same", input_shape=(16, 16, 2)), Conv2D(64, 3, padding="same"),
+    model = Sequential([Conv2D(8, 3, padding="same", input_shape=(16, 16, 2)), Conv2D(64, 5, padding="same"),
                         Conv2D(64, 3, padding="same"), BatchNormalization(), Activation("relu"), Flatten(),
                         Dense(2, activation="softmax")])
     model.compile("sgd", "sparse_categorical_crossentropy", jit_compile=True)
@@ -273,10 +273,11 @@ def test_each_convolution_gets_its_method_by_shape_and_keeps_its_buffers_from_st
     model.train_on_batch(x, y)
     stages = [step.stages[0] for step in fused_steps(model)]
     assert [type(stage).__name__ for stage in stages] == ["ConvStage"] * 3
-    assert stages[0].methods == {x.shape: None}                         # 2 -> 8 channels: im2col
-    assert stages[2].methods[(4, 16, 16, 64)] is not None                # 64 -> 64: a Winograd tiling
+    assert stages[0].methods == {x.shape: "direct"}                      # 2 -> 8 channels: the direct loops
+    assert stages[1].methods == {(4, 16, 16, 8): None}                   # a 5x5 window on 8 channels: im2col
+    assert stages[2].methods[(4, 16, 16, 64)] not in (None, "direct")    # 64 -> 64: a Winograd tiling
     held = [dict(stage.buffers.arrays) for stage in stages]
-    assert "cols" in held[0] and "V" in held[2]
+    assert "cols" in held[1] and "V" in held[2]
     model.train_on_batch(x, y)
     for stage, before in zip(stages, held):
         assert all(stage.buffers.arrays[name] is array for name, array in before.items())

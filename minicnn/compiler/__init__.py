@@ -4,9 +4,10 @@
     minicnn.compiler.compile_model(model)                                        # the pass itself
 
 The layers stay the textbook; the pass (passes.py) finds chains such as Conv2D ->
-BatchNormalization -> ReLU -> MaxPooling2D -> Dropout and runs each as one step (step.py) whose
-stages (stages.py) choose each convolution's method by its shape and reuse their temporaries
-(buffers.py). Only `model.steps` changes: graph, layers, weights, names, summary(), save() and
+BatchNormalization -> ReLU -> MaxPooling2D -> Dropout (-> Add) and runs each as one step (step.py):
+the product (stages.py: each convolution's method chosen by its shape, Winograd, direct loops,
+fused separable or im2col, temporaries reused from buffers.py), then the rest in one pass each
+way (epilogues.py, on ops/epilogue.py's kernels). Only `model.steps` changes: graph, layers, weights, names, summary(), save() and
 get_activations are the plain model's, and MINICNN_REFERENCE=1 runs the plain steps.
 """
 from .passes import compile_model, find_chains
