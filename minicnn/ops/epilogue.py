@@ -24,7 +24,8 @@ du is non-zero only at the max cells, so the sums take one pass over the pooled 
 z at each max), and dz one pass over z that writes k * (v - mean) + offset and adds a * du at
 the max cells: BatchNormalization's two passes, the first over the pooled cells alone.
 The reference composes the textbook ops (ops/batchnorm, elementwise, pooling); numba where
-`numba_pays` (perf.EPILOGUE_NUMBA_MIN_SIZE, from benchmarks/kernels_epilogue.py).
+`numba_pays` (perf.EPILOGUE_NUMBA_MIN_SIZE, from benchmarks/kernels_epilogue.py). A block of
+BatchNormalization (and a ReLU after it) alone runs ops/batchnorm.py's one-pass kernels.
 """
 from typing import NamedTuple, Optional
 
@@ -428,16 +429,28 @@ def _rows(a):
     return a.reshape(-1, a.shape[-1]) if a.size else a.reshape(0, 0)
 
 
+def _batchnorm_only(spec, *extras):
+    """Whether the block is BatchNormalization with or without a ReLU after it and nothing else
+    (no pool; `extras`, the dropout draws or mask and the residual, None): what ops/batchnorm.py's
+    kernels already do in one pass each way."""
+    return spec.pool is None and spec.relu != "before" and all(extra is None for extra in extras)
+
+
 def forward_numba(spec, z, mean, inv_std, gamma, beta, bits=None, residual=None, out=None, offsets_out=None,
                   keep_out=None):
     """numba version of `forward_reference` (same result); writes into the buffers given (out
     may be the residual itself)."""
+    if _batchnorm_only(spec, bits, residual):                     # ops/batchnorm.py's own kernel
+        y = batchnorm.normalize_numba(z, mean, inv_std, gamma, beta, relu=spec.relu == "after")
+        return _into(y, out, "out"), None, None
     z = np.ascontiguousarray(z)
     shape = spec.output_shape(z.shape)
     y = _buffer(out, shape, z.dtype, "out")
     keep = _buffer(keep_out, shape, np.bool_, "keep_out") if bits is not None else np.empty((0,) * y.ndim, np.bool_)
     bits_in = _optional(bits, shape, np.uint32, "bits")
     residual_in = _optional(residual, shape, z.dtype, "residual")
+    if residual is not None and np.shares_memory(residual_in, y):   # the kernels keep running maxima in y
+        residual_in = residual_in.copy()
     dropout = (elementwise.keep_threshold(spec.rate), z.dtype.type(1 / (1 - spec.rate)))
     channel = _channel_args(spec, z, mean, inv_std, gamma, beta)
     with perf.kernel_threads(z.size):
@@ -463,6 +476,10 @@ def _coefficients(sum_g, sum_g_vc, inv_std, gamma, m, training, dtype):
 
 def backward_numba(spec, dy, z, offsets, keep, mean, inv_std, gamma, beta, training, out=None):
     """numba version of `backward_reference` (same result up to rounding); dz written into out if given."""
+    if _batchnorm_only(spec, keep):
+        dz, dgamma, dbeta = batchnorm.normalize_backward_numba(dy, z, mean, inv_std, gamma, training,
+                                                               relu=spec.relu == "after", beta=beta)
+        return _into(dz, out, "out"), dgamma, dbeta
     z, dy = np.ascontiguousarray(z), np.ascontiguousarray(dy, dtype=z.dtype)
     keep_in = _optional(keep, dy.shape, np.bool_, "keep")
     channel = _channel_args(spec, z, mean, inv_std, gamma, beta)
@@ -500,25 +517,28 @@ def moments_numba(z, relu_first=False):
 
 
 # ----------------------------------------------------------------------------------------
-# dispatch: numba from perf.EPILOGUE_NUMBA_MIN_SIZE numbers of z; MINICNN_REFERENCE=1: the reference
+# dispatch: numba where numba_pays; MINICNN_REFERENCE=1: the reference
 # ----------------------------------------------------------------------------------------
 
-def numba_pays(z):
-    """Whether the kernels beat the textbook ops' composition on z (benchmarks/kernels_epilogue.py)."""
-    return z.size >= perf.EPILOGUE_NUMBA_MIN_SIZE
+def numba_pays(spec, z):
+    """Whether the kernels beat the textbook ops' composition on z: always with a pool (the
+    reference's max pooling gathers every window), from perf.EPILOGUE_NUMBA_MIN_SIZE numbers of
+    z without one (benchmarks/kernels_epilogue.py --threshold)."""
+    return spec.pool is not None or z.size >= perf.EPILOGUE_NUMBA_MIN_SIZE
 
 
-def _into(result, buffer):
+def _into(result, buffer, name):
     """`result`, copied into the caller's buffer when one was given (the reference makes its own)."""
     if buffer is None or result is None:
         return result
+    buffer = _buffer(buffer, result.shape, result.dtype, name)
     buffer[...] = result
     return buffer
 
 
 def moments(z, relu_first=False):
     """Per-channel mean and variance of z (or of max(z, 0), cnn8's ReLU before BN): (..., C) -> (C,), (C,)."""
-    return pick(moments_reference, moments_numba, numba_pays(z))(z, relu_first)
+    return pick(moments_reference, moments_numba, z.size >= perf.EPILOGUE_NUMBA_MIN_SIZE)(z, relu_first)
 
 
 def forward(spec, z, mean, inv_std, gamma, beta, bits=None, residual=None, out=None, offsets_out=None,
@@ -527,9 +547,9 @@ def forward(spec, z, mean, inv_std, gamma, beta, bits=None, residual=None, out=N
     keep or None). bits: Dropout's uint32 draws of y's shape (elementwise.random_bits), None in
     inference; out, offsets_out, keep_out: buffers to write into (out may be the residual)."""
     spec.check(z)
-    if pick(forward_reference, forward_numba, numba_pays(z)) is forward_reference:
+    if pick(forward_reference, forward_numba, numba_pays(spec, z)) is forward_reference:
         y, offsets, keep = forward_reference(spec, z, mean, inv_std, gamma, beta, bits, residual)
-        return _into(y, out), _into(offsets, offsets_out), _into(keep, keep_out)
+        return _into(y, out, "out"), _into(offsets, offsets_out, "offsets_out"), _into(keep, keep_out, "keep_out")
     return forward_numba(spec, z, mean, inv_std, gamma, beta, bits, residual, out, offsets_out, keep_out)
 
 
@@ -537,7 +557,7 @@ def backward(spec, dy, z, offsets, keep, mean, inv_std, gamma, beta, training, o
     """dy (y's shape) -> (dz (z's shape), dgamma (C,), dbeta (C,)) for `forward`; training=True
     differentiates through the batch statistics. The residual's gradient is dy itself."""
     spec.check(z)
-    if pick(backward_reference, backward_numba, numba_pays(z)) is backward_reference:
+    if pick(backward_reference, backward_numba, numba_pays(spec, z)) is backward_reference:
         dz, dgamma, dbeta = backward_reference(spec, dy, z, offsets, keep, mean, inv_std, gamma, beta, training)
-        return _into(dz, out), dgamma, dbeta
+        return _into(dz, out, "out"), dgamma, dbeta
     return backward_numba(spec, dy, z, offsets, keep, mean, inv_std, gamma, beta, training, out)
