@@ -1,7 +1,7 @@
 """Time the fused SeparableConv2D op (minicnn/ops/separable.py) against the textbook path.
 
     python benchmarks/kernels_separable.py                    # mini-Xception's shapes, batch 64 and 1
-    python benchmarks/kernels_separable.py --repeats 9 --threads 1
+    python benchmarks/kernels_separable.py --repeats 9 --threads 1 --clock cpu
 
 The textbook path is what SeparableConv2D runs today: forward ops.depthwise.depthwise_conv,
 then ops.gemm.matmul, keeping d for the backward (a BatchNormalization after it then takes its
@@ -11,24 +11,24 @@ would, in two variants: d recomputed tile by tile in the backward ("recompute"),
 by the forward into a buffer the backward reads ("keep d").
 
 For every shape both paths run once to warm up, then take turns `--repeats` times; the table
-gives medians and the ratio textbook / fused (> 1: fused is faster), and what
-`separable_pays` chooses. Rows: forward; forward with the per-channel sums a following
-BatchNormalization needs (textbook: plus moments); backward; a training step (forward with
-statistics + backward); and batch-1 inference (forward only). Timings on a machine shared with
-other jobs are noisy: compare ratios measured side by side, and rerun before trusting a small one.
+gives medians, the ratio textbook / fused (> 1: fused is faster) and what `separable_pays`
+chooses (training=True on the backward and training-step rows). Rows: forward; forward with
+the per-channel sums a following BatchNormalization needs (textbook: plus moments); backward;
+a training step (forward with statistics + backward); and batch-1 inference (forward only).
+Timings on a machine shared with other jobs are noisy: compare ratios measured side by side,
+rerun before trusting a small one, and try --clock cpu (the work done, the waits left out).
 """
 import argparse
 import os
 import platform
 import sys
+import time
 
 import numba
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from kernels import median_ms  # noqa: E402
 from minicnn import perf  # noqa: E402
 from minicnn.ops import batchnorm, depthwise, separable  # noqa: E402
 from minicnn.ops.gemm import matmul  # noqa: E402
@@ -37,6 +37,25 @@ from minicnn.ops.padding import conv_geometry  # noqa: E402
 # mini-Xception's separable convolutions: (H = W, C, F), all 3x3 "same", stride 1
 SHAPES = [(44, 8, 16), (44, 16, 16), (22, 16, 32), (22, 32, 32), (11, 32, 64), (11, 64, 64),
           (6, 64, 128), (6, 128, 128)]
+
+
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def median_ms(fns, repeats, clock="wall"):
+    """Median time in ms of each function, taking turns so that noise hits all alike. clock="cpu"
+    counts the process's CPU time (every thread's): on a machine whose other jobs take the cores,
+    the work done rather than the wait for a core."""
+    now = CLOCKS[clock]
+    for fn in fns:
+        fn()                                            # warm-up: compile / load caches
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, t in zip(fns, times):
+            start = now()
+            fn()
+            t.append(now() - start)
+    return [1e3 * float(np.median(t)) for t in times]
 
 
 class Case:
@@ -77,7 +96,7 @@ class Case:
                                                          depthwise=self.d if keep else None)
 
 
-def training_rows(case, repeats):
+def training_rows(case, repeats, clock):
     """(label, [textbook ms, fused ms, (fused keep-d ms)]) for one batch-64 shape."""
     def step(keep):
         case.fused_forward(True, keep)
@@ -89,18 +108,19 @@ def training_rows(case, repeats):
 
     case.textbook_forward()                                  # the kept d the textbook backward reads
     case.fused_forward(keep=True)
-    return [("forward", median_ms([case.textbook_forward, case.fused_forward], repeats)),
+    return [("forward", median_ms([case.textbook_forward, case.fused_forward], repeats, clock)),
             ("forward+stats", median_ms([lambda: case.textbook_forward(True), lambda: case.fused_forward(True)],
-                                        repeats)),
+                                        repeats, clock)),
             ("backward", median_ms([case.textbook_backward, case.fused_backward, lambda: case.fused_backward(True)],
-                                   repeats)),
-            ("train step", median_ms([textbook_step, lambda: step(False), lambda: step(True)], repeats))]
+                                   repeats, clock)),
+            ("train step", median_ms([textbook_step, lambda: step(False), lambda: step(True)], repeats, clock))]
 
 
 def print_header(args):
     env = {name: os.environ.get(name, "(unset)") for name in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
                                                               "OMP_WAIT_POLICY")}
-    print(f"fused SeparableConv2D benchmark: float32, 3x3 same, medians of {args.repeats}, taking turns")
+    print(f"fused SeparableConv2D benchmark: float32, 3x3 same, medians of {args.repeats}, taking turns, "
+          f"{args.clock} clock")
     print(" ".join(f"{name}={value}" for name, value in env.items()))
     print(f"numba threads={numba.get_num_threads()}, cpus={os.cpu_count()}, load average="
           f"{os.getloadavg()[0]:.2f} (other jobs add noise), python {platform.python_version()}, "
@@ -124,19 +144,23 @@ def main():
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--threads", type=int, default=0, help="numba threads (default: all)")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="wall time, or the process's CPU time (a busy machine's waits left out)")
+    parser.add_argument("--shapes", default="", help="comma-separated indices into SHAPES (default: all)")
     args = parser.parse_args()
     if args.threads:
         numba.set_num_threads(args.threads)
     print_header(args)
     rng = np.random.default_rng(0)
-    for h, c, f in SHAPES:
+    shapes = [SHAPES[int(i)] for i in args.shapes.split(",")] if args.shapes else SHAPES
+    for h, c, f in shapes:
         label = f"{h}x{h}x{c}->{f} b{args.batch}"
-        pays = separable.separable_pays(args.batch, h, h, c, f)
-        for row, times in training_rows(Case(args.batch, h, c, f, rng), args.repeats):
-            print_row(label, row, times, pays)
-    for h, c, f in SHAPES:
+        for row, times in training_rows(Case(args.batch, h, c, f, rng), args.repeats, args.clock):
+            training = row in ("backward", "train step")
+            print_row(label, row, times, separable.separable_pays(args.batch, h, h, c, f, training))
+    for h, c, f in shapes:
         case = Case(1, h, c, f, rng)
-        times = median_ms([case.textbook_forward, case.fused_forward], args.repeats * 5)
+        times = median_ms([case.textbook_forward, case.fused_forward], args.repeats * 5, args.clock)
         print_row(f"{h}x{h}x{c}->{f} b1", "inference", times, separable.separable_pays(1, h, h, c, f))
 
 

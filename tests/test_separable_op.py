@@ -10,9 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minicnn import SeparableConv2D
+from minicnn import SeparableConv2D, backend
 from minicnn.gradcheck import numeric_gradient
 from minicnn.ops import separable
+from minicnn.ops.depthwise import depthwise_conv_reference
 from minicnn.ops.padding import conv_geometry
 
 pytest.importorskip("scipy", reason="the numba kernels' np.dot needs scipy")
@@ -84,7 +85,6 @@ def test_kept_depthwise_output_gives_the_same_backward(shape):
     x, kd, kp, pads, dy = arrays(dict(n=n, h=h, w=w, c=c, f=f, kernel_size=(3, 3), padding="same", seed=3))
     d = np.empty(x.shape[:3] + (c,))
     y = separable.separable_conv2d_numba(x, kd, kp, pads, depthwise_out=d)
-    from minicnn.ops.depthwise import depthwise_conv_reference
     np.testing.assert_allclose(d, depthwise_conv_reference(x, kd, (1, 1), pads), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(y, separable.separable_conv2d_reference(x, kd, kp, pads), rtol=1e-12, atol=1e-12)
     recomputed = separable.separable_conv2d_backward_numba(dy, x, kd, kp, pads)
@@ -105,8 +105,15 @@ def test_backward_matches_central_differences():
             assert error < 1e-8, (backward.__name__, error)
 
 
+@pytest.fixture
+def float64_layers():
+    backend.set_floatx("float64")
+    yield
+    backend.set_floatx("float32")
+
+
 @pytest.mark.parametrize("padding, use_bias", [("same", True), ("valid", False)])
-def test_equals_the_separable_conv2d_layer(padding, use_bias):
+def test_equals_the_separable_conv2d_layer(padding, use_bias, float64_layers):
     rng = np.random.default_rng(5)
     x = rng.standard_normal((3, 8, 7, 4))
     layer = SeparableConv2D(5, 3, padding=padding, use_bias=use_bias)
@@ -135,9 +142,11 @@ def test_dispatchers_write_the_callers_buffers(monkeypatch, reference):
     x, kd, kp, pads, dy = arrays(dict(n=2, h=6, w=5, c=3, f=4, kernel_size=(3, 3), padding="same", seed=1),
                                  np.float32)
     y_out, dx_out = np.full(dy.shape, np.nan, np.float32), np.full(x.shape, np.nan, np.float32)
-    y, sums, squares = separable.separable_conv2d(x, kd, kp, pads, statistics=True, out=y_out)
-    dx, dkd, dkp = separable.separable_conv2d_backward(dy, x, kd, kp, pads, out=dx_out)
+    d_out = np.full(x.shape, np.nan, np.float32)
+    y, sums, squares = separable.separable_conv2d(x, kd, kp, pads, statistics=True, out=y_out, depthwise_out=d_out)
+    dx, dkd, dkp = separable.separable_conv2d_backward(dy, x, kd, kp, pads, out=dx_out, depthwise=d_out)
     assert y is y_out and dx is dx_out
+    np.testing.assert_allclose(d_out, depthwise_conv_reference(x, kd, (1, 1), pads), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(y, separable.separable_conv2d_reference(x, kd, kp, pads), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(sums, y.astype(np.float64).reshape(-1, 4).sum(axis=0), rtol=1e-5, atol=1e-5)
     expected = separable.separable_conv2d_backward_reference(dy, x, kd, kp, pads)

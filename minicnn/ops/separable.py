@@ -21,10 +21,12 @@ need_input_gradient=False).
 
 The kernels work on tiles of whole output rows of one image, about TILE_PIXELS pixels: the
 tile of d (and of dd) is made in a small buffer that stays in cache and is used at once, so
-d is never written to memory as a whole. The backward recomputes its tile of d from x
-instead of keeping d from the forward: kh*kw multiply-adds per number, against a write and a
-read of the whole of d (benchmarks/kernels_separable.py measures both). separable_pays says
-where this beats the textbook (ops.depthwise, then one matrix product through OpenBLAS).
+d is never written to memory as a whole. The backward recomputes its tile of d from x (kh*kw
+multiply-adds per number), or reads the d a forward given depthwise_out= kept: a write and a
+read of the whole of d instead (benchmarks/kernels_separable.py measures both). The numba
+kernels need scipy (numba's np.dot calls its BLAS); without it the references run.
+separable_pays says where the fused op beats the textbook (ops.depthwise, then one matrix
+product over the whole batch through OpenBLAS).
 """
 import importlib.util
 
@@ -316,25 +318,31 @@ def _kernel_runs():
     return importlib.util.find_spec("scipy") is not None
 
 
-def separable_conv2d(x, depthwise_kernel, pointwise_kernel, pads, statistics=False, out=None):
+def separable_conv2d(x, depthwise_kernel, pointwise_kernel, pads, statistics=False, out=None, depthwise_out=None):
     """Depthwise (stride 1) then pointwise convolution, no bias: (N, H, W, C) -> (N, Ho, Wo, F);
-    with statistics=True, (y, sums, squares) per output channel in float64. out: y's buffer."""
+    with statistics=True, (y, sums, squares) per output channel in float64. out: y's buffer;
+    depthwise_out: a (N, Ho, Wo, C) buffer that also gets d, for the backward to read."""
     if pick(separable_conv2d_reference, separable_conv2d_numba, _kernel_runs()) is separable_conv2d_numba:
-        return separable_conv2d_numba(x, depthwise_kernel, pointwise_kernel, pads, statistics, out)
+        return separable_conv2d_numba(x, depthwise_kernel, pointwise_kernel, pads, statistics, out, depthwise_out)
     result = separable_conv2d_reference(x, depthwise_kernel, pointwise_kernel, pads, statistics)
-    if out is None:
-        return result
-    y = _buffer(out, (result[0] if statistics else result).shape, x.dtype, "out")
-    y[...] = result[0] if statistics else result
+    y = result[0] if statistics else result
+    if depthwise_out is not None:
+        d = depthwise_conv_reference(x, depthwise_kernel, (1, 1), pads)
+        _buffer(depthwise_out, d.shape, x.dtype, "depthwise_out")[...] = d
+    if out is not None:
+        y = _buffer(out, y.shape, x.dtype, "out")
+        y[...] = result[0] if statistics else result
     return (y,) + result[1:] if statistics else y
 
 
-def separable_conv2d_backward(dy, x, depthwise_kernel, pointwise_kernel, pads, need_input_gradient=True, out=None):
+def separable_conv2d_backward(dy, x, depthwise_kernel, pointwise_kernel, pads, need_input_gradient=True, out=None,
+                              depthwise=None):
     """dy (N, Ho, Wo, F) -> (dx (N, H, W, C) or None, ddepthwise (kh, kw, C, 1), dpointwise
-    (1, 1, C, F)); dx is None when need_input_gradient is False. out: dx's buffer."""
+    (1, 1, C, F)); dx is None when need_input_gradient is False. out: dx's buffer; depthwise:
+    the d the forward kept in depthwise_out (else recomputed; the reference always recomputes)."""
     backward = pick(separable_conv2d_backward_reference, separable_conv2d_backward_numba, _kernel_runs())
     if backward is separable_conv2d_backward_numba:
-        return backward(dy, x, depthwise_kernel, pointwise_kernel, pads, need_input_gradient, out)
+        return backward(dy, x, depthwise_kernel, pointwise_kernel, pads, need_input_gradient, out, depthwise)
     dx, dkd, dkp = backward(dy, x, depthwise_kernel, pointwise_kernel, pads, need_input_gradient)
     if out is not None and dx is not None:
         out = _buffer(out, x.shape, x.dtype, "out")
@@ -344,8 +352,10 @@ def separable_conv2d_backward(dy, x, depthwise_kernel, pointwise_kernel, pads, n
 
 
 
-def separable_pays(batch, height, width, channels, filters):
+def separable_pays(batch, height, width, channels, filters, training=False):
     """Whether a compiler should run this SeparableConv2D (stride 1, depth_multiplier 1) as the
-    fused op rather than the textbook ops: from perf.SEPARABLE_MIN_CHANNELS input channels, where
-    the tile's products are wide enough for OpenBLAS (benchmarks/kernels_separable.py)."""
-    return _kernel_runs() and channels >= perf.SEPARABLE_MIN_CHANNELS
+    fused op rather than the textbook ops. Inference (forward only): from
+    perf.SEPARABLE_MIN_CHANNELS input channels, where the tiles' products are wide enough for
+    OpenBLAS. Training: not yet, as its backward's per-tile products lost to the textbook's
+    whole-batch products at every mini-Xception shape (benchmarks/kernels_separable.py)."""
+    return _kernel_runs() and not training and channels >= perf.SEPARABLE_MIN_CHANNELS
