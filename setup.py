@@ -11,6 +11,8 @@ setup(
     install_requires=[
         "numpy>=1.23",
         "numba>=0.57",
+        # numba compiles np.dot inside a kernel (ops/separable.py's tile products) to SciPy's BLAS
+        "scipy>=1.9",
         # OpenCV 5.0 dropped CascadeClassifier and the bundled Haar cascades the webcam demo uses.
         "opencv-python>=4.8,<5",
         # fer.data reads the rows read_csv skips from its ParserWarnings, a Python warning since 2.2
