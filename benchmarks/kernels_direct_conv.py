@@ -1,7 +1,7 @@
 """Time the direct convolution (minicnn/ops/direct_conv.py) against ops.conv's path on the narrow layers.
 
     python benchmarks/kernels_direct_conv.py                   # batch 64 and batch 1, float32
-    python benchmarks/kernels_direct_conv.py --repeats 9 --threads 1
+    python benchmarks/kernels_direct_conv.py --repeats 9 --threads 1 --clock cpu
 
 For every seed-model layer below it times, taking turns in one run (noise hits both alike),
 medians of `--repeats`:
@@ -11,21 +11,23 @@ medians of `--repeats`:
     `batchnorm.moments(z)` (what a BatchNormalization after it would otherwise pay);
   - backward (batch 64): `direct_conv2d_backward` against `conv.conv2d_backward`, without dx for a
     layer that reads the model's input (as training runs it);
-and prints each ratio conv / direct (> 1: direct is faster) and what `direct_pays` picks. This
-table chose perf.DIRECT_CONV_*; record its figures in benchmarks/RESULTS.md with the machine,
-date and command. The machine may be busy: trust ratios, not absolute times.
+and prints each ratio conv / direct (> 1: direct is faster) and what `direct_pays` picks (for
+training at batch 64, for inference at batch 1). This table chose perf.DIRECT_CONV_*; record
+its figures in benchmarks/RESULTS.md with the machine, date and command. The machine may be busy: trust ratios, not absolute times. On a machine
+shared with other jobs a parallel kernel waits for its slowest, descheduled thread: `--threads 1
+--clock cpu` (this process's CPU time) compares the work each version does instead.
 """
 import argparse
 import os
 import platform
 import sys
+import time
 
 import numba
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from benchmarks.kernels import median_ms  # noqa: E402
 from minicnn import perf  # noqa: E402
 from minicnn.ops import batchnorm, conv, direct_conv  # noqa: E402
 from minicnn.ops.padding import conv_geometry  # noqa: E402
@@ -43,6 +45,23 @@ LAYERS = [
     ("cnn8 conv2d_1", (48, 48, 1), 3, 32, 1, "same", True),
     ("tflearn/seq conv2d_1", (48, 48, 1), 5, 64, 1, "same", True),
 ]
+
+
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = CLOCKS["wall"]
+
+
+def median_ms(fns, repeats):
+    """Median time in ms of each function on `clock`, taking turns so noise hits both alike."""
+    for fn in fns:
+        fn()                                            # warm-up: compile / load caches
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, t in zip(fns, times):
+            start = clock()
+            fn()
+            t.append(clock() - start)
+    return [1e3 * float(np.median(t)) for t in times]
 
 
 def layer_arrays(rng, batch, shape, k, f, s, padding):
@@ -78,7 +97,8 @@ def time_layer(rng, batch, spec, repeats):
 
 
 def print_header(args):
-    print(f"direct convolution vs ops.conv: float32, medians of {args.repeats}, taking turns")
+    print(f"direct convolution vs ops.conv: float32, medians of {args.repeats}, taking turns, "
+          f"{args.clock} clock")
     env = {name: os.environ.get(name, "(unset)") for name in
            ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_WAIT_POLICY")}
     print(" ".join(f"{name}={value}" for name, value in env.items()))
@@ -97,7 +117,11 @@ def main():
     parser.add_argument("--threads", type=int, default=0, help="numba threads (default: all)")
     parser.add_argument("--batches", default="64,1", help="comma-separated batch sizes")
     parser.add_argument("--layers", default="", help="only layers whose label contains this")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="wall time, or this process's CPU time (all its threads)")
     args = parser.parse_args()
+    global clock
+    clock = CLOCKS[args.clock]
     if args.threads:
         numba.set_num_threads(args.threads)
     print_header(args)
@@ -107,7 +131,7 @@ def main():
             if args.layers not in spec[0]:
                 continue
             _, shape, k, f, s, _, _ = spec
-            pays = direct_conv.direct_pays((batch,) + shape, (k, k, shape[2], f), (s, s))
+            pays = direct_conv.direct_pays((batch,) + shape, (k, k, shape[2], f), (s, s), training=batch > 1)
             for what, t_conv, t_direct in time_layer(rng, batch, spec, args.repeats):
                 print(f"{spec[0]:<26} {batch:>5} {what:<18} {t_conv:8.3f} {t_direct:9.3f} "
                       f"{t_conv / t_direct:6.2f}  {pays}", flush=True)

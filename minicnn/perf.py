@@ -145,10 +145,12 @@ def find_openblas_local_threads():
 
 # ---- direct convolution (ops/direct_conv.py), chosen by benchmarks/kernels_direct_conv.py ----
 
-# a Conv2D takes the direct kernels when its window (wider than 1x1) holds at most this many
-# numbers (kh*kw*C) and it has at most this many filters (the product is too thin for the BLAS)
-# or at least DIRECT_CONV_MIN_WIDE (the BLAS's kernel gradient cols.T @ dz is slow there)
-DIRECT_CONV_MAX_DEPTH, DIRECT_CONV_MAX_FILTERS, DIRECT_CONV_MIN_WIDE = 25, 8, 64
+# a Conv2D in training takes the direct kernels when its window (wider than 1x1) holds at most
+# this many numbers (kh*kw*C) and it has at most this many filters: the product is too thin there
+DIRECT_CONV_MAX_DEPTH, DIRECT_CONV_MAX_FILTERS = 25, 8
+# ... and for inference (the forward alone), a window of at most this many numbers and at most
+# this many filters: wider, the product's rate wins over the patch matrix it saves
+DIRECT_CONV_INFERENCE_MAX_DEPTH, DIRECT_CONV_INFERENCE_MAX_FILTERS = 72, 32
 # their task blocks: enough for both threads, few enough that the per-block kernel gradients add up at once
 DIRECT_CONV_BLOCKS = 16
 # their tile: about this many output columns (rows * (Wo + (kw-1)//sw)) per loop, long enough
@@ -156,9 +158,9 @@ DIRECT_CONV_BLOCKS = 16
 DIRECT_CONV_TILE = 512
 
 
-# the fused epilogue (BatchNormalization, ReLU, max pool, dropout, Add: ops/epilogue.py): with a pool
-# its kernels always; without one from this many numbers, below which the textbook ops' composition is as quick
-EPILOGUE_NUMBA_MIN_SIZE = 1 << 15
+# the fused epilogue (BatchNormalization, ReLU, max pool, dropout, Add: ops/epilogue.py): its kernels
+# from this many numbers of the product, below which the textbook ops' composition is as quick
+EPILOGUE_NUMBA_MIN_SIZE = 1 << 12
 
 
 # Winograd's 4x4 tiles, F(4x4, 3x3) and F(4x4, 5x5) (ops.winograd.winograd_tile, measured by
@@ -171,7 +173,6 @@ WINOGRAD4_MIN_TILES = 128
 # ... and at least this share of the tiles' outputs inside the image: a 6x6 output takes four
 # 4x4 tiles, 8x8 outputs for 36, no fewer multiplications than F(2x2) with larger transforms
 WINOGRAD4_MIN_KEPT = 0.75
-# the fused SeparableConv2D (ops/separable.py, chosen by benchmarks/kernels_separable.py), for
-# inference: from this many input channels, where its tiles' products are wide enough to beat
-# one product over the batch (training keeps the textbook ops: the fused backward lost)
+# the fused SeparableConv2D (ops/separable.py, chosen by benchmarks/kernels_separable.py): from this
+# many input channels, where its tiles' products are wide enough to beat one product over the batch
 SEPARABLE_MIN_CHANNELS = 32

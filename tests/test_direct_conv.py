@@ -152,3 +152,23 @@ def test_minicnn_reference_runs_the_reference(monkeypatch):
     x, kernel, dz, strides, pads = arrays(CASES[0], np.float64)
     direct_conv.direct_conv2d(x, kernel, strides, pads, moments=np.empty((2, kernel.shape[3])))
     direct_conv.direct_conv2d_backward(dz, x, kernel, strides, pads)
+
+
+# the seed models' layers: (input shape, kernel shape) -> whether the direct kernels take them
+SEED_LAYERS = {
+    "mini_xception conv2d_1": ((64, 48, 48, 1), (3, 3, 1, 8)),
+    "mini_xception conv2d_2": ((64, 46, 46, 8), (3, 3, 8, 8)),
+    "a residual 1x1 conv": ((64, 44, 44, 8), (1, 1, 8, 16)),
+    "the head": ((64, 3, 3, 128), (3, 3, 128, 7)),
+    "cnn4 conv2d_1": ((64, 48, 48, 1), (3, 3, 1, 64)),
+    "cnn4 conv2d_2": ((64, 24, 24, 64), (5, 5, 64, 128)),
+}
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_direct_pays_only_for_narrow_windows_wider_than_1x1(training):
+    picks = {name: direct_conv.direct_pays(x_shape, kernel_shape, (1, 1), training)
+             for name, (x_shape, kernel_shape) in SEED_LAYERS.items()}
+    assert picks["mini_xception conv2d_1"]
+    assert picks["mini_xception conv2d_2"] == (not training)        # its backward is no quicker
+    assert not picks["a residual 1x1 conv"] and not picks["the head"] and not picks["cnn4 conv2d_2"]

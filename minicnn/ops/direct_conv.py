@@ -340,14 +340,18 @@ def direct_conv2d_backward_numba(dz, x, kernel, strides, pads, need_input_gradie
 # dispatch: the numba kernels (MINICNN_REFERENCE=1: the NumPy references)
 # ----------------------------------------------------------------------------------------
 
-def direct_pays(x_shape, kernel_shape, strides):
-    """Whether the direct kernels beat ops.conv's im2col + product on a training step of this
-    layer: a window of at most perf.DIRECT_CONV_MAX_DEPTH numbers (kh*kw*C) wider than 1x1,
-    with at most perf.DIRECT_CONV_MAX_FILTERS or at least perf.DIRECT_CONV_MIN_WIDE filters
-    (in between, the product's kernel gradient is quick enough)."""
+def direct_pays(x_shape, kernel_shape, strides, training=True):
+    """Whether the direct kernels beat ops.conv's im2col + product for this layer, on a window
+    wider than 1x1 (a 1x1 window's patch matrix is a strided copy of x). In training (forward and
+    backward): at most perf.DIRECT_CONV_MAX_DEPTH numbers in the window (kh*kw*C) and at most
+    perf.DIRECT_CONV_MAX_FILTERS filters. Inference (the forward alone): at most
+    perf.DIRECT_CONV_INFERENCE_MAX_DEPTH numbers and perf.DIRECT_CONV_INFERENCE_MAX_FILTERS filters."""
     kh, kw, c, f = kernel_shape
-    narrow = kh * kw * c <= perf.DIRECT_CONV_MAX_DEPTH and kh * kw > 1
-    return narrow and (f <= perf.DIRECT_CONV_MAX_FILTERS or f >= perf.DIRECT_CONV_MIN_WIDE)
+    if kh * kw == 1:
+        return False
+    if not training:
+        return kh * kw * c <= perf.DIRECT_CONV_INFERENCE_MAX_DEPTH and f <= perf.DIRECT_CONV_INFERENCE_MAX_FILTERS
+    return kh * kw * c <= perf.DIRECT_CONV_MAX_DEPTH and f <= perf.DIRECT_CONV_MAX_FILTERS
 
 
 def direct_conv2d(x, kernel, strides, pads, out=None, moments=None):
