@@ -158,9 +158,9 @@ DIRECT_CONV_BLOCKS = 16
 DIRECT_CONV_TILE = 512
 
 
-# the fused epilogue (BatchNormalization, ReLU, max pool, dropout, Add: ops/epilogue.py): its kernels
-# from this many numbers of the product, below which the textbook ops' composition is as quick
-EPILOGUE_NUMBA_MIN_SIZE = 1 << 12
+# the fused epilogue (BatchNormalization, ReLU, max pool, dropout, Add: ops/epilogue.py): with a pool
+# its kernels always; without one from this many numbers, below which the textbook ops' composition is as quick
+EPILOGUE_NUMBA_MIN_SIZE = 1 << 15
 
 
 # Winograd's 4x4 tiles, F(4x4, 3x3) and F(4x4, 5x5) (ops.winograd.winograd_tile, measured by
@@ -173,6 +173,7 @@ WINOGRAD4_MIN_TILES = 128
 # ... and at least this share of the tiles' outputs inside the image: a 6x6 output takes four
 # 4x4 tiles, 8x8 outputs for 36, no fewer multiplications than F(2x2) with larger transforms
 WINOGRAD4_MIN_KEPT = 0.75
-# the fused SeparableConv2D (ops/separable.py, chosen by benchmarks/kernels_separable.py): from this
-# many input channels, where its tiles' products are wide enough to beat one product over the batch
+# the fused SeparableConv2D (ops/separable.py, chosen by benchmarks/kernels_separable.py), for
+# inference: from this many input channels, where its tiles' products are wide enough to beat
+# one product over the batch (training keeps the textbook ops: the fused backward lost)
 SEPARABLE_MIN_CHANNELS = 32
