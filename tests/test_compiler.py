@@ -10,6 +10,7 @@ from minicnn import (Activation, Add, BatchNormalization, Conv2D, Dense, Flatten
                      backend, optimizers)
 from minicnn.compiler import FusedStep, compile_model
 from minicnn.compiler.epilogues import EpilogueStage
+from minicnn.ops.direct_conv import direct_pays
 
 SIZES = (16, 24, 32, 40, 48)          # the smallest input each architecture builds for keeps tests fast
 TOLERANCE = {"float64": 1e-10, "float32": 1e-4}
@@ -273,14 +274,28 @@ def test_each_convolution_gets_its_method_by_shape_and_keeps_its_buffers_from_st
     model.train_on_batch(x, y)
     stages = [step.stages[0] for step in fused_steps(model)]
     assert [type(stage).__name__ for stage in stages] == ["ConvStage"] * 3
-    assert stages[0].methods == {x.shape: "direct"}                      # 2 -> 8 channels: the direct loops
-    assert stages[1].methods == {(4, 16, 16, 8): None}                   # a 5x5 window on 8 channels: im2col
-    assert stages[2].methods[(4, 16, 16, 64)] not in (None, "direct")    # 64 -> 64: a Winograd tiling
+    assert stages[0].methods == {(x.shape, True): "direct"}                  # 2 -> 8 channels: the direct loops
+    assert stages[1].methods == {((4, 16, 16, 8), True): None}               # a 5x5 window on 8 channels: im2col
+    assert stages[2].methods[((4, 16, 16, 64), True)] not in (None, "direct")  # 64 -> 64: a Winograd tiling
     held = [dict(stage.buffers.arrays) for stage in stages]
     assert "cols" in held[1] and "V" in held[2]
     model.train_on_batch(x, y)
     for stage, before in zip(stages, held):
         assert all(stage.buffers.arrays[name] is array for name, array in before.items())
+
+
+def test_inference_chooses_by_the_forward_alone():
+    """A layer's method is chosen per (shape, training): inference takes the direct loops where the
+    forward alone pays (ops.direct_conv.direct_pays with training=False), training where both ways do."""
+    model = Sequential([Conv2D(32, 3, padding="same", input_shape=(12, 12, 1)), Flatten(), Dense(2, activation="softmax")])
+    model.compile("sgd", "sparse_categorical_crossentropy", jit_compile=True)
+    x, y = np.random.default_rng(0).standard_normal((2, 12, 12, 1)).astype(np.float32), np.arange(2)
+    model.train_on_batch(x, y)
+    model.predict(x, verbose=0)
+    stage = fused_steps(model)[0].stages[0]
+    kernel = stage.layer.kernel.shape
+    assert stage.methods[(x.shape, True)] == ("direct" if direct_pays(x.shape, kernel, (1, 1), True) else None)
+    assert stage.methods[(x.shape, False)] == ("direct" if direct_pays(x.shape, kernel, (1, 1), False) else None)
 
 
 # ---- the scripts' switch: compiled by default, --no-fast for the textbook layers ------------------

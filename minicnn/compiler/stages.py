@@ -49,31 +49,32 @@ class ConvStage:
     def __init__(self, layer, buffers, activate=True):
         self.layer, self.layers, self.buffers = layer, [layer], buffers
         self.activation = layer.activation if activate else LINEAR      # LINEAR: an epilogue applies it
-        self.methods = {}             # input shape -> a Winograd Tiling, "direct", or None for im2col
+        self.methods = {}    # (input shape, training) -> a Winograd Tiling, "direct", or None for im2col
 
-    def method(self, x_shape):
-        layer = self.layer
-        if x_shape not in self.methods:
+    def method(self, x_shape, training):
+        """Training pays for forward and backward, inference for the forward alone: each its own rule."""
+        layer, key = self.layer, (x_shape, training)
+        if key not in self.methods:
             tiling = winograd.winograd_tile(x_shape, layer.kernel.shape, layer.strides, layer.padding)
-            direct = tiling is None and direct_pays(x_shape, layer.kernel.shape, layer.strides)
-            self.methods[x_shape] = "direct" if direct else tiling
-        return self.methods[x_shape]
+            direct = tiling is None and direct_pays(x_shape, layer.kernel.shape, layer.strides, training)
+            self.methods[key] = "direct" if direct else tiling
+        return self.methods[key]
 
     def forward(self, x, training):
         layer = self.layer
         x = layer.prepare(x)
         pads, ho, wo = layer.geometry(x)
         buffers = self.buffers if training else None       # inference between a forward and its backward
-        z, saved = self.convolve(x, pads, ho, wo, buffers)  # must not overwrite the training step's arrays
+        z, saved = self.convolve(x, pads, ho, wo, buffers, training)  # must not overwrite the training step's arrays
         if layer.use_bias:
             z += layer.bias.value
         y = self.activation.forward(z)
         self.cache = (x.shape, pads, saved, y, buffers)
         return y
 
-    def convolve(self, x, pads, ho, wo, buffers):
+    def convolve(self, x, pads, ho, wo, buffers, training):
         """(z, saved) by this shape's method."""
-        kernel, tiling = self.layer.kernel.value, self.method(x.shape)
+        kernel, tiling = self.layer.kernel.value, self.method(x.shape, training)
         if tiling == "direct":
             return direct_conv2d(x, kernel, self.layer.strides, pads), DirectSaved(x)
         if tiling is not None:
@@ -112,7 +113,7 @@ class SeparableStage:
         layer = self.layer
         x = layer.prepare(x)
         pads, ho, wo = layer.geometry(x)
-        fused = self.fused(x.shape)
+        fused = self.fused(x.shape, training)
         z = self.separable(x, pads) if fused else self.depthwise_pointwise(x, pads, ho, wo)
         if layer.use_bias:
             z += layer.bias.value
@@ -120,11 +121,11 @@ class SeparableStage:
         self.cache = (x, pads, fused, y)
         return y
 
-    def fused(self, x_shape):
-        """Whether ops.separable's pass pays for this layer and input shape."""
+    def fused(self, x_shape, training):
+        """Whether ops.separable's pass pays for this layer and input shape (training: both ways)."""
         layer, (n, h, w, c) = self.layer, x_shape
         return (tuple(layer.strides) == (1, 1) and layer.depth_multiplier == 1
-                and separable_pays(n, h, w, c, layer.filters))
+                and separable_pays(n, h, w, c, layer.filters, training=training))
 
     def separable(self, x, pads):
         layer = self.layer
