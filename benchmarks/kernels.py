@@ -25,7 +25,6 @@ import argparse
 import os
 import platform
 import sys
-import time
 
 import numba
 import numpy as np
@@ -35,6 +34,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from minicnn import perf  # noqa: E402
 from minicnn.ops import batchnorm, depthwise, elementwise, im2col, pooling, winograd  # noqa: E402
 from minicnn.ops.padding import conv_geometry  # noqa: E402
+from timing import median_ms  # noqa: E402
 
 BATCH = 64
 CONVS = [  # (H, W, C), kernel, stride, padding
@@ -159,19 +159,6 @@ def default_of(module, name, args):
             setattr(module, f"{name}_{kind}", fn)
         if switch is not None:
             os.environ["MINICNN_REFERENCE"] = switch
-
-
-def median_ms(fns, repeats):
-    """Median wall time in ms of each function, alternating them so noise hits both alike."""
-    for fn in fns:
-        fn()                                            # warm-up: compile / load caches
-    times = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, t in zip(fns, times):
-            start = time.perf_counter()
-            fn()
-            t.append(time.perf_counter() - start)
-    return [1e3 * float(np.median(t)) for t in times]
 
 
 def main():

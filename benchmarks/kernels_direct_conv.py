@@ -21,7 +21,6 @@ import argparse
 import os
 import platform
 import sys
-import time
 
 import numba
 import numpy as np
@@ -31,6 +30,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from minicnn import perf  # noqa: E402
 from minicnn.ops import batchnorm, conv, direct_conv  # noqa: E402
 from minicnn.ops.padding import conv_geometry  # noqa: E402
+from timing import CLOCKS, median_ms  # noqa: E402
 
 # (label, (H, W, C), kernel size, filters, stride, padding, reads the model's input)
 LAYERS = [
@@ -47,21 +47,7 @@ LAYERS = [
 ]
 
 
-CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
-clock = CLOCKS["wall"]
-
-
-def median_ms(fns, repeats):
-    """Median time in ms of each function on `clock`, taking turns so noise hits both alike."""
-    for fn in fns:
-        fn()                                            # warm-up: compile / load caches
-    times = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, t in zip(fns, times):
-            start = clock()
-            fn()
-            t.append(clock() - start)
-    return [1e3 * float(np.median(t)) for t in times]
+clock = "wall"      # --clock cpu: this process's CPU time
 
 
 def layer_arrays(rng, batch, shape, k, f, s, padding):
@@ -84,15 +70,15 @@ def time_layer(rng, batch, spec, repeats):
     moments = np.zeros((2, f))
     rows = [("forward",) + tuple(median_ms([
         lambda: conv.conv2d(x, kernel, strides, pads, cols),
-        lambda: direct_conv.direct_conv2d(x, kernel, strides, pads, out=z_out)], repeats))]
+        lambda: direct_conv.direct_conv2d(x, kernel, strides, pads, out=z_out)], repeats, clock))]
     rows.append(("forward+moments",) + tuple(median_ms([
         lambda: batchnorm.moments(direct_conv.direct_conv2d(x, kernel, strides, pads, out=z_out)),
-        lambda: direct_conv.direct_conv2d(x, kernel, strides, pads, out=z_out, moments=moments)], repeats)))
+        lambda: direct_conv.direct_conv2d(x, kernel, strides, pads, out=z_out, moments=moments)], repeats, clock)))
     if batch > 1:
         _, saved = conv.conv2d(x, kernel, strides, pads, cols)
         rows.append(("backward" + (" (no dx)" if first else ""),) + tuple(median_ms([
             lambda: conv.conv2d_backward(dz, saved, kernel, not first, dcols),
-            lambda: direct_conv.direct_conv2d_backward(dz, x, kernel, strides, pads, not first)], repeats)))
+            lambda: direct_conv.direct_conv2d_backward(dz, x, kernel, strides, pads, not first)], repeats, clock)))
     return rows
 
 
@@ -121,7 +107,7 @@ def main():
                         help="wall time, or this process's CPU time (all its threads)")
     args = parser.parse_args()
     global clock
-    clock = CLOCKS[args.clock]
+    clock = args.clock
     if args.threads:
         numba.set_num_threads(args.threads)
     print_header(args)

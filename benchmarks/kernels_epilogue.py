@@ -19,7 +19,6 @@ import argparse
 import os
 import platform
 import sys
-import time
 
 import numba
 import numpy as np
@@ -31,6 +30,7 @@ from minicnn.layers import Activation, Add, BatchNormalization, Dropout, MaxPool
 from minicnn.ops import elementwise  # noqa: E402
 from minicnn.ops import epilogue as E  # noqa: E402
 from minicnn.ops.padding import conv_geometry  # noqa: E402
+from timing import median_ms  # noqa: E402
 
 BATCH = 64
 POOL2, POOL3 = ((2, 2), (2, 2), "valid"), ((3, 3), (2, 2), "same")
@@ -110,20 +110,7 @@ class Fused:
         return E.backward(self.spec, dy, z, offsets, keep, mean, inv_std, self.gamma, self.beta, True)[0]
 
 
-CLOCK = time.perf_counter     # --clock cpu: time.process_time, the CPU time of every thread of this process
-
-
-def median_ms(fns, repeats):
-    """Median time in ms of each function, taking turns so noise hits both alike."""
-    for fn in fns:
-        fn()                                            # warm-up: compile / load caches
-    times = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, t in zip(fns, times):
-            start = CLOCK()
-            fn()
-            t.append(CLOCK() - start)
-    return [1e3 * float(np.median(t)) for t in times]
+CLOCK = "wall"     # --clock cpu: the CPU time of every thread of this process
 
 
 def time_block(block, repeats, rng):
@@ -134,8 +121,8 @@ def time_block(block, repeats, rng):
     y_shape = fused.spec.output_shape(z.shape)
     res = rng.standard_normal(y_shape).astype(np.float32) if residual else None
     dy = rng.standard_normal(y_shape).astype(np.float32)
-    forward = median_ms([lambda: textbook.forward(z, res), lambda: fused.forward(z, res)], repeats)
-    backward = median_ms([lambda: textbook.backward(dy), lambda: fused.backward(dy)], repeats)
+    forward = median_ms([lambda: textbook.forward(z, res), lambda: fused.forward(z, res)], repeats, CLOCK)
+    backward = median_ms([lambda: textbook.backward(dy), lambda: fused.backward(dy)], repeats, CLOCK)
     return forward + backward
 
 
@@ -189,7 +176,7 @@ def run_threshold(args):
         bits = elementwise.random_bits(rng, y_shape) if rate else None
         res = rng.standard_normal(y_shape).astype(np.float32) if residual else None
         t_ref, t_numba = median_ms([lambda: E.forward_reference(spec, z, *stats, bits, res),
-                                    lambda: E.forward_numba(spec, z, *stats, bits, res)], args.repeats)
+                                    lambda: E.forward_numba(spec, z, *stats, bits, res)], args.repeats, CLOCK)
         print(f"{describe(relu, pool, rate, residual):<26} {'x'.join(map(str, z.shape)):<16} {z.size:8d} "
               f"{t_ref:9.3f} {t_numba:7.3f} {t_ref / t_numba:6.2f}", flush=True)
 
@@ -205,7 +192,7 @@ def main():
                         help="cpu: CPU time of the process (on a busy machine, the work done, not the waits)")
     args = parser.parse_args()
     global CLOCK
-    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
+    CLOCK = args.clock
     if args.threads:
         numba.set_num_threads(args.threads)
     args.models = set(filter(None, args.models.split(",")))

@@ -22,7 +22,6 @@ import argparse
 import os
 import platform
 import sys
-import time
 
 import numba
 import numpy as np
@@ -32,6 +31,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from minicnn import perf  # noqa: E402
 from minicnn.ops import batchnorm, depthwise, separable  # noqa: E402
 from minicnn.ops.gemm import matmul  # noqa: E402
+from timing import CLOCKS, median_ms  # noqa: E402
 from minicnn.ops.padding import conv_geometry  # noqa: E402
 
 # mini-Xception's separable convolutions: (H = W, C, F), all 3x3 "same", stride 1
@@ -39,23 +39,6 @@ SHAPES = [(44, 8, 16), (44, 16, 16), (22, 16, 32), (22, 32, 32), (11, 32, 64), (
           (6, 64, 128), (6, 128, 128)]
 
 
-CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
-
-
-def median_ms(fns, repeats, clock="wall"):
-    """Median time in ms of each function, taking turns so that noise hits all alike. clock="cpu"
-    counts the process's CPU time (every thread's): on a machine whose other jobs take the cores,
-    the work done rather than the wait for a core."""
-    now = CLOCKS[clock]
-    for fn in fns:
-        fn()                                            # warm-up: compile / load caches
-    times = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, t in zip(fns, times):
-            start = now()
-            fn()
-            t.append(now() - start)
-    return [1e3 * float(np.median(t)) for t in times]
 
 
 class Case:

@@ -1,0 +1,22 @@
+"""How the kernel benchmarks time: medians of calls taking turns, on the wall clock or the CPU clock."""
+import time
+
+import numpy as np
+
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def median_ms(fns, repeats, clock="wall"):
+    """Median time in ms of each function, taking turns so that noise hits all alike. clock="cpu"
+    counts the process's CPU time (every thread's): on a machine whose other jobs take the cores,
+    the work done rather than the wait for a core."""
+    now = CLOCKS[clock]
+    for fn in fns:
+        fn()                                            # warm-up: compile / load caches
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, t in zip(fns, times):
+            start = now()
+            fn()
+            t.append(now() - start)
+    return [1e3 * float(np.median(t)) for t in times]
