@@ -12,7 +12,7 @@ import statistics
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -22,7 +22,7 @@ from minicnn import backend, callbacks, io, losses, optimizers
 from minicnn.sequence import ArrayBatches
 
 from . import data as fer_data
-from . import evaluation, models
+from . import distill, evaluation, models
 from .augment import Augmenter
 from .inference import load_fer_model
 from .preprocess import Preprocessing
@@ -61,6 +61,8 @@ class TrainConfig:
     patience: int = 0               # stop after this many epochs without a better val_accuracy (0: never)
     precise_bn: int = 8192          # training faces that re-estimate BN statistics before each validation (0: off)
     fast: bool = True               # run the compiled steps (minicnn/compiler/); False: the textbook layers
+    teacher: list = field(default_factory=list)   # model files whose probabilities the targets mix in (fer/distill.py)
+    distill: float = 0.5            # with teachers: their share a of the targets (1 - a) * label + a * teachers
 
     @classmethod
     def from_saved(cls, saved_args, where):
@@ -87,12 +89,14 @@ class FaceBatches(ArrayBatches):
     """Training batches: ArrayBatches of faces, reshuffled and re-augmented every epoch from seeded
     generators of their own, whose state a checkpoint keeps.
 
-    images: uint8 (N, 48, 48) -> each batch: (preprocessing.apply(augment(faces)), labels[, weights]).
+    images: uint8 (N, 48, 48) -> each batch: (preprocessing.apply(augment(faces)), targets[, weights]);
+    targets: the integer labels (N,), or distributions over the classes (N, K) (distillation).
     """
 
-    def __init__(self, images, labels, preprocessing, batch_size, augmenter=None, seed=0, class_weights=None):
+    def __init__(self, images, labels, preprocessing, batch_size, augmenter=None, seed=0, class_weights=None,
+                 targets=None):
         weights = None if class_weights is None else class_weights[labels]
-        super().__init__(images, labels, batch_size, sample_weight=weights)
+        super().__init__(images, labels if targets is None else targets, batch_size, sample_weight=weights)
         self.preprocessing, self.augmenter = preprocessing, augmenter
         self.rng = np.random.default_rng(seed)
 
@@ -321,7 +325,8 @@ def build_session(run, config, splits):
     augmenter = Augmenter(erasing_probability=config.erasing, seed=config.seed + 1) if config.augment else None
     weights = (losses.balanced_class_weights(splits.train[1], len(splits.label_names))
                if config.class_weight == "balanced" else None)
-    batches = FaceBatches(*splits.train, preprocessing, config.batch_size, augmenter, config.seed + 2, weights)
+    batches = FaceBatches(*splits.train, preprocessing, config.batch_size, augmenter, config.seed + 2, weights,
+                          targets=distilled_targets(run, config, splits))
 
     best = callbacks.ModelCheckpoint(str(run / "model.npz"), monitor="val_accuracy", save_best_only=True)
     plateau = callbacks.ReduceLROnPlateau("val_loss", factor=config.lr_factor, patience=config.lr_patience, min_lr=1e-5)
@@ -334,11 +339,20 @@ def build_session(run, config, splits):
     return Session(run, config, splits, preprocessing, model, batches, stateful, checkpoint, early)
 
 
+def distilled_targets(run, config, splits):
+    """The (N, K) training targets that mix in the teachers' probabilities, or None without teachers."""
+    if not config.teacher:
+        return None
+    probabilities = distill.run_targets(run, config.teacher, splits.train[0], splits.label_names, config.fast)
+    return distill.mixed_targets(splits.train[1], probabilities, config.distill)
+
+
 def compiled_model(config, splits, preprocessing):
     """The run's network, compiled, with the metadata its model file carries."""
     backend.clear_session()
     model = models.build(config.model, len(splits.label_names), (config.input_size, config.input_size, 1))
-    loss = losses.SparseCategoricalCrossentropy(label_smoothing=config.label_smoothing)
+    loss_class = losses.CategoricalCrossentropy if config.teacher else losses.SparseCategoricalCrossentropy
+    loss = loss_class(label_smoothing=config.label_smoothing)
     model.compile(make_optimizer(config), loss, metrics=["accuracy"], jit_compile=config.fast)
     model.metadata = {"labels": list(splits.label_names), "class_map": config.classes,
                       "preprocessing": preprocessing.to_dict(), "architecture": config.model,
@@ -375,10 +389,12 @@ def fit(session, extra_callbacks=(), verbose=1):
     fit_callbacks = [*precise_batchnorm(session), FiniteWeights(), stop_on_nan, EpochTimer(), TimeLeft(config.epochs, config.patience),
                      *extra_callbacks, *session.stateful, callbacks.CSVLogger(str(run / "history.csv"), append=True),
                      PlotCurves(run), session.checkpoint]
-    x_val = session.preprocessing.apply(splits.val[0])
+    x_val, y_val = session.preprocessing.apply(splits.val[0]), splits.val[1]
+    if config.teacher:          # the loss takes distributions: the validation labels as one-hot rows
+        y_val = np.eye(len(splits.label_names), dtype=np.float32)[y_val]
     try:
         model.fit(session.batches, epochs=config.epochs, initial_epoch=session.initial_epoch,
-                  validation_data=(x_val, splits.val[1]), batch_size=evaluation.PREDICT_BATCH,
+                  validation_data=(x_val, y_val), batch_size=evaluation.PREDICT_BATCH,
                   callbacks=fit_callbacks, verbose=verbose)
     except KeyboardInterrupt:
         raise TrainingInterrupted(run, session.checkpoint.path) from None

@@ -3,6 +3,7 @@
 
     python scripts/train.py --model mini_xception --data ../shared/fer2013/fer2013.csv.gz
     python scripts/train.py --resume runs/mini_xception-20261122-101500 [--epochs 120] [--lr 1e-4] [--data CSV]
+    python scripts/train.py --model mini_xception --data CSV --teacher weights/cnn4.npz [--distill 0.5]
 
 A first try, a couple of minutes: --limit 3000 --epochs 2. After each epoch the run folder
 has history.csv and curves.png, and the estimated time left for the whole run is printed.
@@ -12,7 +13,8 @@ run keeps its saved settings; only --epochs, --lr, --data (the same file, found 
 --no-fast can change, and config.json records each resume. Training runs the compiled steps
 (minicnn/compiler/: the same numbers, faster); --no-fast runs the textbook layers. Resuming a
 run whose training is over but whose test report was interrupted writes the report. One
-process at a time trains a run.
+process at a time trains a run. --teacher distills: the targets mix the true label with the
+teachers' probabilities on each training face (fer/distill.py).
 Exit codes: 0 done, 1 bad data or run folder (or in use), or an OS error such as a full disk
 (with the resume command when a checkpoint exists), 2 bad arguments, 3 diverged (a NaN loss
 or non-finite weights: the previous checkpoint is kept), 130 interrupted (resumable).
@@ -65,12 +67,19 @@ def parse_args(argv):
     p.add_argument("--precise-bn", type=non_negative_int, metavar="N",
                    help="re-estimate BatchNormalization statistics on N training faces before each validation "
                         "(default 8192; 0: off)")
+    p.add_argument("--teacher", nargs="+", metavar="MODEL",
+                   help="distillation: trained model files whose averaged probabilities the targets mix in "
+                        "(fer/distill.py)")
+    p.add_argument("--distill", type=open_fraction, metavar="A",
+                   help="with --teacher: train on (1 - A) * label + A * teachers' probabilities (default 0.5)")
     p.add_argument("--out", help="parent folder of the run folder (default runs/)")
     p.add_argument("--no-fast", action="store_true", default=None,
                    help="train on the textbook layers instead of the compiled steps (minicnn/compiler/); "
                         "a resumed run keeps its setting unless this is given")
     p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from checkpoints/last.npz")
     args = p.parse_args(argv)
+    if args.distill is not None and not args.teacher:
+        p.error("--distill needs --teacher (the model files to distill from)")
     if args.resume:
         fixed = [option for option in vars(args) if option not in RESUMABLE and getattr(args, option) is not None]
         if fixed:
@@ -100,6 +109,13 @@ def non_negative(text):
     return value
 
 
+def open_fraction(text):
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), received {text}")
+    return value
+
+
 def unit_fraction(text):
     value = float(text)
     if not 0 <= value < 1:
@@ -115,7 +131,8 @@ def config_from_args(args):
     overrides = {k: getattr(args, k) for k in ("classes", "input_size", "scale", "epochs", "batch_size", "optimizer",
                                                 "lr", "augment", "class_weight", "seed", "limit", "out",
                                                 "val_fraction", "lr_patience", "patience", "skip_bad_rows",
-                                                "nesterov", "weight_decay", "label_smoothing", "erasing", "precise_bn")}
+                                                "nesterov", "weight_decay", "label_smoothing", "erasing", "precise_bn",
+                                                "teacher", "distill")}
     return TrainConfig.for_model(args.model, args.data, fast=not args.no_fast, **overrides)
 
 
@@ -124,8 +141,8 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         config = config_from_args(args)
-        if not args.resume and not Path(config.data).exists():
-            raise FileNotFoundError(f"{config.data}: no such data file or folder")
+        if not args.resume:
+            check_inputs_exist(config)
     except (OSError, ValueError, TypeError) as e:     # bad arguments or run folder: say so, exit 1
         print(f"error: {describe(e)}", file=sys.stderr)
         return 1
@@ -143,6 +160,15 @@ def main(argv=None):
         return 1
     print(f"run folder: {run}")
     return 0
+
+
+def check_inputs_exist(config):
+    """FileNotFoundError for a missing data file or teacher, before a run folder is made."""
+    if not Path(config.data).exists():
+        raise FileNotFoundError(f"{config.data}: no such data file or folder")
+    for teacher in config.teacher:
+        if not Path(teacher).is_file():
+            raise FileNotFoundError(f"{teacher}: no such teacher model file")
 
 
 def describe(error):
