@@ -15,6 +15,9 @@ setup(
         "scipy>=1.9",
         # OpenCV 5.0 dropped CascadeClassifier and the bundled Haar cascades the webcam demo uses.
         "opencv-python>=4.8,<5",
+        # dlib's HOG face detector finds faces the Haar cascades miss (fer/faces.py HogFaces); the
+        # prebuilt wheels of dlib, so nothing compiles at install
+        "dlib-bin>=19.24",
         # fer.data reads the rows read_csv skips from its ParserWarnings, a Python warning since 2.2
         "pandas>=2.2",
         "matplotlib>=3.5",

@@ -12,12 +12,14 @@ the pipelines on each, alternating which goes first:
 
     today: the default Haar cascade at step 1.2 on a 320-px copy every frame; a face is
            reported only on frames where it is detected; one detection shows a face.
-    new:   the defaults of scripts/webcam.py: step 1.1 on the 320-px copy every `--detect-every`
-           frames, the alt2 cascade at 3 neighbours, upright and on the frame turned by -30 and
-           +30 degrees taking turns, a finer look near each track the whole-frame pass missed
-           (or between passes), tracks carried through misses and shown from their second detection.
+    new:   the defaults of scripts/webcam.py: step 1.1 on a 400-px copy every `--detect-every`
+           frames, the alt2 cascade at 3 neighbours upright taking turns with dlib's HOG detector
+           and the cascade on the frame turned by -30 and +30 degrees, a finer look near each
+           track the whole-frame pass missed (or between passes), tracks carried through misses
+           and shown from their second detection.
 
-`--pipelines tracker15,new` sets the tracker before longer carries beside the new one;
+`--pipelines new320,hog320,new400-no-hog,new` sets the new pipeline before the HOG search and
+the 400-px copy beside each change alone and both; `--pipelines tracker15,new` sets the tracker before longer carries beside the new one;
 `--pipelines today,new,step1.2,every1,no-near` adds the cadences the new one was chosen
 against (step 1.2 with the tracker, step 1.1 on every frame, no look near the tracks), and
 `--pipelines default5,mn3,alt2,alt2-mn3,both-mn3,alt2-tilt,both-tilt,alt2-def5,alt2-def5-tilt`
@@ -72,9 +74,11 @@ class DetectionsOnly(IoUTracker):
 def haar(**settings):
     """A FaceDetector with every detector setting spelt out, so a column keeps its meaning when defaults move.
 
-    Unless given: the default cascade alone, upright, at 5 neighbours (the detector before the sweep).
+    Unless given: the default cascade alone, upright, at 5 neighbours, on a 320-px copy, no HOG search
+    (the detector before the sweep).
     """
-    return FaceDetector(**{"cascade": DEFAULT, "min_neighbors": 5, "tilts": (), **settings})
+    return FaceDetector(**{"cascade": DEFAULT, "min_neighbors": 5, "tilts": (), "detect_width": 320, "hog": False,
+                           **settings})
 
 
 def pipelines(detect_every):
@@ -82,6 +86,11 @@ def pipelines(detect_every):
     return {
         "today": lambda: (haar(scale_factor=1.2, near_step=None), DetectionsOnly(), 1),
         "new": lambda: (FaceDetector(), IoUTracker(), detect_every),
+        # The new pipeline before dlib's HOG search joined the turns and the copy grew to 400 px; and
+        # each of those two changes alone.
+        "new320": lambda: (FaceDetector(detect_width=320, hog=False), IoUTracker(), detect_every),
+        "hog320": lambda: (FaceDetector(detect_width=320, hog=True), IoUTracker(), detect_every),
+        "new400-no-hog": lambda: (FaceDetector(detect_width=400, hog=False), IoUTracker(), detect_every),
         # The new detector with the tracker before longer carries and merged parts: every track carried
         # for at most 15 missed updates, new boxes inside a shown face's box kept as new faces.
         "tracker15": lambda: (FaceDetector(), IoUTracker(max_missed=15, short_missed=15, merge_parts=False),

@@ -1,10 +1,11 @@
-"""Face detection with OpenCV's Haar cascades, and the small image helpers around it.
+"""Face detection with OpenCV's Haar cascades (and dlib's HOG detector taking turns with them
+on video), and the small image helpers around it.
 
 Boxes are `(x, y, w, h)` tuples of ints in full-frame pixel coordinates, the layout
 OpenCV's `detectMultiScale` returns. Frames are NumPy arrays as OpenCV reads them: BGR
 `(H, W, 3)` uint8, or already gray `(H, W)`.
 """
-from argparse import ArgumentTypeError
+from argparse import ArgumentTypeError, BooleanOptionalAction
 from pathlib import Path
 
 import cv2
@@ -42,6 +43,35 @@ def crop(gray, box):
     return gray[y:y + h, x:x + w].copy()
 
 
+class HogFaces:
+    """dlib's HOG + linear SVM frontal face detector, searched the way a cascade is
+    (`detectMultiScale`), so it can take a turn among the cascades' searches.
+
+    Histograms of gradient directions see a face's outline and features where a Haar cascade's
+    light-dark rectangles fail: a laughing face with its eyes shut, a face lit from one side. Its
+    80-px window finds smaller faces only on an upsampled image: a `minSize` under 80 px upsamples once.
+    Needs the dlib package (`pip install dlib-bin`); ImportError saying so otherwise.
+    """
+
+    WINDOW = 80
+
+    def __init__(self):
+        try:
+            import dlib
+        except ImportError:
+            raise ImportError("the HOG face search needs dlib: pip install dlib-bin") from None
+        self.detector = dlib.get_frontal_face_detector()
+
+    def detectMultiScale(self, image, minSize=(0, 0), maxSize=None, **cascade_options):
+        """Boxes (n, 4) float (x, y, w, h) of the faces in a 2-D uint8 image, of side minSize..maxSize."""
+        upsample = 1 if minSize[0] < self.WINDOW else 0
+        found = np.asarray([(r.left(), r.top(), r.width(), r.height())
+                            for r in self.detector(image, upsample)], dtype=float).reshape(-1, 4)
+        side = found[:, 2]
+        keep = (side >= minSize[0]) & (side <= (maxSize[0] if maxSize else np.inf))
+        return found[keep]
+
+
 def load_cascade(name=CASCADE_FILE):
     """Load one of the Haar cascades that ship with opencv-python 4.x."""
     path = Path(cv2.data.haarcascades) / name if hasattr(cv2, "data") else Path(name)
@@ -67,8 +97,9 @@ class FaceDetector:
             face detection sample runs the alt cascades at 2), and the live tracker shows a face
             only from its second detection, so a one-frame false hit never reaches the screen.
         detect_width: run the cascade on a copy at most this wide (None: full size).
-            The cascade's cost grows with the pixel count, so 640 -> 320 is about 4x
-            faster, and the smallest face it sees, 24 px, is 48 px in the full frame.
+            The cascade's cost grows with the pixel count, so 640 -> 400 is about 2.5x
+            faster; an 80-px face in a 640-px frame is 50 px in the copy, enough for the cascade
+            to find it (at 320 px wide it found such a face on few frames).
         near_step: the finer scale step of `detect_near`, the look around a track's expected
             box that the live loop takes when the whole-frame pass missed it; None: never.
         cascade: the main cascade's file (one of opencv-python's cv2.data.haarcascades).
@@ -78,6 +109,9 @@ class FaceDetector:
             differ in how many overlapping hits a face collects, so each gets its own threshold.
         tilts: angles in degrees (e.g. (-30, 30)) at which the frame is also searched turned, for
             heads tilted sideways: a frontal cascade finds faces upright to within about 15 degrees.
+        hog: also search with dlib's HOG detector (HogFaces), which finds faces the cascades
+            cannot (eyes shut in a laugh, one side lit); on video it is one of the searches that
+            take turns. Needs dlib (a dependency of this package, `dlib-bin`).
         take_turns: each `detect` call runs one of the searches (see `search_in_turn`), so extra
             searches cost no time per frame, only delay; False runs them all on every call (still
             photos get one look only).
@@ -86,9 +120,9 @@ class FaceDetector:
     only, so `FaceDetector.for_photos()` searches the full-size image.
     """
 
-    def __init__(self, min_face=48, scale_factor=1.1, min_neighbors=MIN_NEIGHBORS, detect_width=320,
+    def __init__(self, min_face=48, scale_factor=1.1, min_neighbors=MIN_NEIGHBORS, detect_width=400,
                  near_step=1.05, cascade=CASCADE_FILE, second_cascade=None, second_neighbors=None, tilts=TILTS,
-                 take_turns=True):
+                 take_turns=True, hog=True):
         if scale_factor <= 1.0 or (near_step is not None and near_step <= 1.0):
             raise ValueError(f"FaceDetector: scale_factor and near_step must be > 1, "
                              f"received {scale_factor} and {near_step}")
@@ -101,19 +135,26 @@ class FaceDetector:
         self.second_cascade = load_cascade(second_cascade) if second_cascade else None
         self.second_neighbors = min_neighbors if second_neighbors is None else second_neighbors
         self.tilts = tuple(tilts)
+        self.hog = HogFaces() if hog else None
         self.take_turns = take_turns
         self.turn = 0  # the search the next `detect` call runs, when take_turns
 
     @classmethod
-    def for_photos(cls, min_face=48, scale_factor=1.1, min_neighbors=MIN_NEIGHBORS, detect_width=None, **searches):
-        """A detector for still images: full resolution by default, every search at once, no tracking to lean on."""
-        return cls(min_face, scale_factor, min_neighbors, detect_width, near_step=None, take_turns=False, **searches)
+    def for_photos(cls, min_face=48, scale_factor=1.1, min_neighbors=MIN_NEIGHBORS, detect_width=None, hog=False,
+                   **searches):
+        """A detector for still images: full resolution by default, every search at once, no tracking to
+        lean on; the HOG search only when asked (on a full-size photo it costs seconds)."""
+        return cls(min_face, scale_factor, min_neighbors, detect_width, near_step=None, take_turns=False, hog=hog,
+                   **searches)
 
     def searches(self):
-        """(cascade, tilt in degrees, min_neighbors): each cascade upright, then the main cascade at each tilt."""
+        """(cascade, tilt in degrees, min_neighbors): each cascade upright, the HOG search (if on), then
+        the main cascade at each tilt."""
         upright = [(self.cascade, 0, self.min_neighbors)]
         if self.second_cascade is not None:
             upright.append((self.second_cascade, 0, self.second_neighbors))
+        if self.hog is not None:
+            upright.append((self.hog, 0, None))
         return upright + [(self.cascade, tilt, self.min_neighbors) for tilt in self.tilts]
 
     def search_in_turn(self, searches):
@@ -228,26 +269,28 @@ def distinct(boxes):
 def add_detector_arguments(parser, photos):
     """The detector's flags, the same on predict.py, visualize.py and webcam.py.
 
-    photos: True for still images (full resolution by default), False for video (320 px wide).
+    photos: True for still images (full resolution by default), False for video (400 px wide).
     """
-    width = "full size" if photos else "320"
-    group = parser.add_argument_group("face detection (OpenCV Haar cascade)")
+    width = "full size" if photos else "400"
+    group = parser.add_argument_group("face detection (OpenCV Haar cascade, dlib HOG)")
     group.add_argument("--min-face", type=positive_int, default=48,
                        help="smallest face side in pixels (default: 48)")
     group.add_argument("--scale-factor", type=_above_one, default=1.1,
                        help="step between the cascade's scales, > 1; larger is faster and misses more (default: 1.1)")
     group.add_argument("--min-neighbors", type=non_negative_int, default=MIN_NEIGHBORS,
                        help=f"hits a face needs; higher drops more false faces (default: {MIN_NEIGHBORS})")
-    group.add_argument("--detect-width", type=non_negative_int, default=None if photos else 320,
+    group.add_argument("--detect-width", type=non_negative_int, default=None if photos else 400,
                        help=f"detect on a copy at most this wide, 0 = full size (default: {width})")
+    group.add_argument("--hog", action=BooleanOptionalAction, default=not photos,
+                       help=f"also search with dlib's HOG face detector (default: {'off' if photos else 'on'})")
 
 
 def detector_from_args(args, photos):
     """The FaceDetector the flags of `add_detector_arguments` ask for."""
     width = args.detect_width or None
     if photos:
-        return FaceDetector.for_photos(args.min_face, args.scale_factor, args.min_neighbors, width)
-    return FaceDetector(args.min_face, args.scale_factor, args.min_neighbors, width)
+        return FaceDetector.for_photos(args.min_face, args.scale_factor, args.min_neighbors, width, hog=args.hog)
+    return FaceDetector(args.min_face, args.scale_factor, args.min_neighbors, width, hog=args.hog)
 
 
 def _above_one(text):

@@ -4,7 +4,7 @@ happens to like."""
 import cv2
 import numpy as np
 
-from fer.faces import FaceDetector, distinct, search
+from fer.faces import FaceDetector, HogFaces, distinct, search
 
 ALT2 = "haarcascade_frontalface_alt2.xml"
 
@@ -34,6 +34,8 @@ def spied(detector, main_boxes=(), second_boxes=()):
     detector.cascade = SpyCascade("main", calls, main_boxes)
     if detector.second_cascade is not None:
         detector.second_cascade = SpyCascade("second", calls, second_boxes)
+    if detector.hog is not None:
+        detector.hog = SpyCascade("hog", calls)
     return calls
 
 
@@ -43,10 +45,10 @@ def test_video_detector_runs_one_search_per_pass_in_turn_and_photos_run_all():
     frame = np.zeros((120, 160), np.uint8)
     for _ in range(8):
         video.detect(frame)
-    # the main cascade upright on every other pass; upright second, then main turned each way, between
-    assert [name for name, _ in calls] == ["main", "second", "main", "main", "main", "main", "main", "second"]
+    # the main cascade upright on every other pass; the second cascade, HOG, then main turned each way, between
+    assert [name for name, _ in calls] == ["main", "second", "main", "hog", "main", "main", "main", "main"]
     assert [shape for _, shape in calls] == [(120, 160)] * 8
-    assert [tilt for _, tilt, _ in video.searches()] == [0, 0, -30, 30]
+    assert [tilt for _, tilt, _ in video.searches()] == [0, 0, 0, -30, 30]
 
     photo = FaceDetector.for_photos(second_cascade=ALT2, tilts=(-30, 30))
     calls = spied(photo)
@@ -54,17 +56,50 @@ def test_video_detector_runs_one_search_per_pass_in_turn_and_photos_run_all():
     assert [name for name, _ in calls] == ["main", "second", "main", "main"]
 
 
-def test_the_default_detector_takes_turns_upright_and_tilted_each_way():
+def test_the_default_detector_takes_turns_upright_hog_and_tilted_each_way():
     detector = FaceDetector()
     calls = spied(detector)
     turns = []
-    for _ in range(4):
+    for _ in range(6):
         turns.append(detector.search_in_turn(detector.searches())[1])
         detector.detect(np.zeros((240, 320), np.uint8))
-    assert [name for name, _ in calls] == ["main"] * 4 and detector.second_cascade is None
-    assert turns == [0, -30, 0, 30]
-    assert [tilt for _, tilt, _ in detector.searches()] == [0, -30, 30]
-    assert [tilt for _, tilt, _ in FaceDetector(tilts=()).searches()] == [0]
+    assert [name for name, _ in calls] == ["main", "hog", "main", "main", "main", "main"]
+    assert turns == [0, 0, 0, -30, 0, 30] and detector.second_cascade is None
+    assert [tilt for _, tilt, _ in FaceDetector(tilts=(), hog=False).searches()] == [0]
+    assert FaceDetector.for_photos().hog is None and FaceDetector.for_photos(hog=True).hog is not None
+
+
+class FakeRectangle:
+    def __init__(self, x, y, side):
+        self.x, self.y, self.side = x, y, side
+
+    def left(self):
+        return self.x
+
+    def top(self):
+        return self.y
+
+    def width(self):
+        return self.side
+
+    def height(self):
+        return self.side
+
+
+def test_hog_search_upsamples_for_small_faces_and_keeps_the_sizes_asked_for():
+    hog, calls = HogFaces(), []
+
+    def detector(image, upsample):
+        calls.append((image.shape, upsample))
+        return [FakeRectangle(5, 6, 40), FakeRectangle(50, 10, 90), FakeRectangle(0, 0, 200)]
+
+    hog.detector = detector
+    image = np.zeros((240, 400), np.uint8)
+    found = hog.detectMultiScale(image, scaleFactor=1.1, minNeighbors=3, minSize=(24, 24), maxSize=(100, 100))
+    np.testing.assert_array_equal(found, [[5, 6, 40, 40], [50, 10, 90, 90]])
+    assert hog.detectMultiScale(image, minSize=(80, 80)).shape == (2, 4)
+    assert calls == [((240, 400), 1), ((240, 400), 0)]     # the 80-px window sees 40-px faces upsampled once
+    assert HogFaces().detectMultiScale(np.full((120, 160), 90, np.uint8), minSize=(24, 24)).shape == (0, 4)
 
 
 def test_a_tilted_search_reports_the_face_where_it_is_in_the_upright_frame():
@@ -105,7 +140,8 @@ def test_detect_near_tries_the_searches_in_order_and_stops_at_the_first_face():
     calls = spied(detector, main_boxes=[(24, 24, 48, 48)], second_boxes=[(0, 0, 48, 48)])
     assert detector.detect_near(gray, box) == (200, 150, 96, 96) and [name for name, _ in calls] == ["main"]
     calls = spied(detector)
-    assert detector.detect_near(gray, box) is None and [name for name, _ in calls] == ["main", "second", "main"]
+    assert detector.detect_near(gray, box) is None
+    assert [name for name, _ in calls] == ["main", "second", "hog", "main"]
 
 
 def test_one_face_found_by_two_searches_is_reported_once():

@@ -196,7 +196,7 @@ def test_detect_near_finds_a_known_face_where_a_track_expects_it(single_faces):
 
 
 def test_detector_never_upscales_a_small_frame(monkeypatch):
-    detector, shapes = FaceDetector(detect_width=320), []
+    detector, shapes = FaceDetector(detect_width=320, hog=False), []
     monkeypatch.setattr(detector, "cascade", type("Spy", (), {
         "detectMultiScale": lambda self, image, **kw: shapes.append(image.shape) or ()})())
     detector.detect(np.zeros((240, 300), np.uint8))
