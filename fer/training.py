@@ -343,6 +343,9 @@ def distilled_targets(run, config, splits):
     """The (N, K) training targets that mix in the teachers' probabilities, or None without teachers."""
     if not config.teacher:
         return None
+    if not (run / distill.TARGETS_FILE).exists():
+        print(f"distillation: the teachers' probabilities on {len(splits.train[0]):,} training faces, once for the "
+              f"run, into {run / distill.TARGETS_FILE}", flush=True)
     probabilities = distill.run_targets(run, config.teacher, splits.train[0], splits.label_names, config.fast)
     return distill.mixed_targets(splits.train[1], probabilities, config.distill)
 
