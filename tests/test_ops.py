@@ -520,3 +520,15 @@ def test_im2col_keeps_the_reference_where_numba_does_not_pay(monkeypatch, kernel
     im2col.col2im(None, x.shape, kernel_size, (2, 2), pads)
     im2col.im2col(np.zeros((2, 6, 6, 2)), (3, 3), (2, 2), pads)       # 3x3 on 2 channels: numba
     assert calls == ["im2col_reference", "col2im_reference", "im2col_numba"]
+
+
+def test_a_reused_buffer_is_taken_as_it_is_seen_as_the_shape_or_refused_by_name():
+    from minicnn.ops.buffers import reuse_or_new
+    out = np.zeros((2, 3), np.float32)
+    assert reuse_or_new(out, (2, 3), np.float32, "op: out") is out
+    flat = reuse_or_new(out, (6,), np.float32, "op: out")
+    assert flat.shape == (6,) and np.shares_memory(flat, out)
+    assert reuse_or_new(None, (4, 1), np.float64, "op: out").shape == (4, 1)
+    for bad in (np.zeros((2, 3)), np.zeros((7,), np.float32), np.zeros((3, 2), np.float32).T):
+        with pytest.raises(ValueError, match=r"op: out must be a C-contiguous float32 array of shape \(2, 3\)"):
+            reuse_or_new(bad, (2, 3), np.float32, "op: out")

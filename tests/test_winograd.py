@@ -34,9 +34,11 @@ def arrays(k, *shapes):
     return [rng.standard_normal(s).astype(k["dtype"]) for s in shapes]
 
 
-def assert_close(actual, expected, dtype):
+def assert_close(actual, expected, dtype, tiling=winograd.F2):
+    """Equal to float64's 1e-12, or float32's 1e-5 (1e-4 for 8x8 tiles: F(4x4, 5x5)'s transforms sum 64
+    terms with entries up to 8 or so, so their rounding grows about tenfold; hypothesis found 5e-5)."""
     assert actual.dtype == expected.dtype == dtype and actual.shape == expected.shape
-    rtol = 1e-12 if dtype == np.float64 else 1e-5
+    rtol = 1e-12 if dtype == np.float64 else (1e-4 if tiling.a >= 8 else 1e-5)
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * max(1.0, float(np.abs(expected).max())))
 
 
@@ -136,11 +138,11 @@ def test_conv_and_its_backward_equal_the_im2col_convolution(tiling, k):
     z, saved = winograd.conv(x, kernel, top, left, ho, wo, tiling=tiling)
     dx, dkernel = winograd.conv_backward(dz, saved, x.shape, top, left)
     for actual, expected in [(z, z_expected), (dx, dx_expected), (dkernel, dkernel_expected)]:
-        assert_close(actual, expected, k["dtype"])
+        assert_close(actual, expected, k["dtype"], tiling)
     dx_again, _ = winograd.conv_backward(dz, saved, x.shape, top, left)   # backward leaves `saved` intact
     np.testing.assert_array_equal(dx_again, dx)
     z_naive = winograd.conv_naive(x, kernel, top, left, ho, wo, tiling)      # the formula, tile by tile
-    assert_close(z_naive.astype(k["dtype"]), z_expected, k["dtype"])
+    assert_close(z_naive.astype(k["dtype"]), z_expected, k["dtype"], tiling)
 
 
 @pytest.mark.parametrize("tiling", TILINGS, ids=repr)
@@ -205,7 +207,7 @@ def test_out_buffers_are_written_and_returned(tiling):
     z_fresh, fresh = winograd.conv(x, kernel, p, p, 9, 7, tiling=tiling)
     np.testing.assert_array_equal(z, z_fresh)
     np.testing.assert_array_equal(dx, winograd.conv_backward(dz, fresh, x.shape, p, p)[0])
-    with pytest.raises(ValueError, match=r"out must be a float32 array of shape \(2, 9, 7, 4\)"):
+    with pytest.raises(ValueError, match=r"out must be a C-contiguous float32 array of shape \(2, 9, 7, 4\)"):
         winograd.conv(x, kernel, p, p, 9, 7, tiling=tiling, out=np.empty((2, 9, 7, 4)))
 
 

@@ -21,6 +21,7 @@ The backward takes x (not a patch matrix): nothing but the layer's input is kept
 import numpy as np
 
 from .. import backend, perf
+from .buffers import reuse_or_new
 from .conv import conv2d_backward_reference, conv2d_naive, conv2d_reference
 from .im2col import output_hw
 from .jit import njit, pick, prange
@@ -279,13 +280,7 @@ def _backward_kernel(dz, x, kernel, dks, dx, xts, dzts, dxts, sh, sw, top, left,
 
 
 def _buffer(out, shape, dtype, name):
-    """`out` seen as `shape` (a caller's C-contiguous buffer of that dtype and size), or a new array."""
-    if out is None:
-        return np.empty(shape, dtype=dtype)
-    if out.dtype != dtype or out.size != np.prod(shape) or not out.flags.c_contiguous:
-        raise ValueError(f"direct_conv2d: {name} must be a C-contiguous {np.dtype(dtype).name} array of "
-                         f"{int(np.prod(shape))} elements, received {out.dtype} {out.shape}")
-    return out.reshape(shape)
+    return reuse_or_new(out, shape, dtype, f"direct_conv2d: {name}")
 
 
 def tile_geometry(kernel_shape, strides, ho, wo):

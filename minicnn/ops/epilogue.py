@@ -33,6 +33,7 @@ import numpy as np
 
 from .. import perf
 from . import batchnorm, elementwise, pooling
+from .buffers import reuse_or_new
 from .im2col import output_hw
 from .jit import njit, pick, prange
 
@@ -406,13 +407,7 @@ def _window_tables(pool, z_shape):
 
 
 def _buffer(out, shape, dtype, name):
-    """`out` when it fits (C-contiguous, this shape and dtype), a new array when None."""
-    if out is None:
-        return np.empty(shape, dtype=dtype)
-    if tuple(out.shape) != tuple(shape) or out.dtype != dtype or not out.flags.c_contiguous:
-        raise ValueError(f"epilogue: {name} must be a C-contiguous {np.dtype(dtype).name} array of shape "
-                         f"{tuple(shape)}, received {out.dtype} {out.shape}")
-    return out
+    return reuse_or_new(out, shape, dtype, f"epilogue: {name}")
 
 
 def _optional(a, shape, dtype, name):

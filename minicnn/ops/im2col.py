@@ -31,6 +31,7 @@ for NumPy too: see benchmarks/kernels.py.
 import numpy as np
 
 from .. import backend, perf
+from .buffers import reuse_or_new
 from .jit import njit, pick, prange
 
 
@@ -170,14 +171,7 @@ def _col2im_kernel(cols, dx, kh, kw, c, sh, sw, top, left, h_in, w_in, ho_n, wo_
 
 
 def _output(shape, dtype, out):
-    """A new array of `shape`, or `out` (a layer's reused buffer) seen with that shape: same
-    dtype and size, C-contiguous."""
-    if out is None:
-        return np.empty(shape, dtype=dtype)
-    if out.dtype != dtype or out.size != np.prod(shape) or not out.flags.c_contiguous:
-        raise ValueError(f"im2col: out must be a C-contiguous {np.dtype(dtype).name} array of "
-                         f"{int(np.prod(shape))} elements, received {out.dtype} {out.shape}")
-    return out.reshape(shape)
+    return reuse_or_new(out, shape, dtype, "im2col: out")
 
 
 def im2col_numba(x, kernel_size, strides, pads, out=None):

@@ -33,6 +33,7 @@ import importlib.util
 import numpy as np
 
 from .. import perf
+from .buffers import reuse_or_new
 from .depthwise import depthwise_conv_backward_reference, depthwise_conv_reference
 from .im2col import output_hw
 from .jit import njit, pick, prange
@@ -252,13 +253,7 @@ def _tile_rows(wo, c, f):
 
 
 def _buffer(out, shape, dtype, what):
-    """The caller's buffer `out` (checked: shape, dtype, C order), or a new one."""
-    if out is None:
-        return np.empty(shape, dtype)
-    if out.shape != tuple(shape) or out.dtype != dtype or not out.flags.c_contiguous:
-        raise ValueError(f"separable_conv2d: {what} must be a C-contiguous {np.dtype(dtype).name} array of shape "
-                         f"{tuple(shape)}, received {out.dtype.name} {out.shape}")
-    return out
+    return reuse_or_new(out, shape, dtype, f"separable_conv2d: {what}")
 
 
 def _kernels(depthwise_kernel, pointwise_kernel, dtype):

@@ -39,6 +39,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import backend, perf
+from .buffers import reuse_or_new
 from .gemm import batched_matmul, matmul
 from .jit import njit, prange
 
@@ -351,13 +352,7 @@ def _input_adjoint_kernel(dv, b_mat, dx, m, top, left, th, tw):
 
 
 def _buffer(out, shape, dtype):
-    """`out` (a caller's reused array, of this shape and dtype), or a new array."""
-    if out is None:
-        return np.empty(shape, dtype)
-    if out.shape != shape or out.dtype != dtype:
-        raise ValueError(f"winograd: out must be a {np.dtype(dtype).name} array of shape {shape}, "
-                         f"received {out.dtype} {out.shape}")
-    return out
+    return reuse_or_new(out, shape, dtype, "winograd: out")
 
 
 def _matrix(matrix, dtype):
