@@ -133,7 +133,7 @@ def test_fit_on_an_empty_sequence_says_so():
 def test_the_near_search_uses_the_detectors_own_step(monkeypatch):
     from fer.faces import FaceDetector
 
-    detector = FaceDetector(near_step=1.3)
+    detector = FaceDetector(near_step=1.3, hog=False)    # the cascade's searches: HOG has no scale step
     steps = []
     monkeypatch.setattr(detector, "cascade", type("Spy", (), {
         "detectMultiScale": lambda self, image, scaleFactor, **kw: steps.append(scaleFactor) or ()})())
