@@ -9,7 +9,6 @@ the training faces as inference sees them (no augmentation), and kept in the run
 (RUN/teacher.npz, with the teachers' sha256), so a resumed run trains on exactly the targets it
 started with.
 """
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -17,18 +16,10 @@ import numpy as np
 from minicnn.files import FORMAT, read_npz, write_npz
 
 from . import evaluation
+from .data import content_hash
 from .inference import load_fer_model
 
 TARGETS_FILE = "teacher.npz"
-
-
-def file_sha256(path):
-    """The hex sha256 of a file's bytes (a teacher's identity in config.json)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def teacher_probabilities(paths, faces, label_names, fast=True):
@@ -61,7 +52,7 @@ def run_targets(run, paths, faces, label_names, fast=True):
     if path.exists():
         return saved_targets(path, (len(faces), len(label_names)))
     probabilities = teacher_probabilities(paths, faces, label_names, fast)
-    meta = {"format": FORMAT, "teachers": [str(p) for p in paths], "teacher_sha256": [file_sha256(p) for p in paths]}
+    meta = {"format": FORMAT, "teachers": [str(p) for p in paths], "teacher_sha256": [content_hash(p) for p in paths]}
     write_npz(path, {"probabilities": probabilities}, meta)
     return probabilities
 

@@ -6,6 +6,7 @@ import pytest
 
 import minicnn
 from fer import distill
+from fer.data import content_hash
 from fer.inference import load_fer_model
 from fer.runs import read_history
 from fer.training import TrainConfig, load_splits, train
@@ -57,7 +58,7 @@ def test_a_distilled_run_trains_on_its_saved_targets_and_resumes_without_its_tea
     assert result.returncode == 0, result.stderr
     run = next((tmp_path / "runs").glob("mini_xception-*"))
     meta, arrays = io.read_npz(run / distill.TARGETS_FILE)
-    assert meta["teacher_sha256"] == [distill.file_sha256(copy)]
+    assert meta["teacher_sha256"] == [content_hash(copy)]
     splits = load_splits(TrainConfig.for_model("mini_xception", data_csv))
     expected = distill.teacher_probabilities([copy], splits.train[0], splits.label_names)
     np.testing.assert_allclose(arrays["probabilities"], expected, rtol=1e-4, atol=1e-6)
