@@ -16,6 +16,8 @@ turns, it measures, in float32:
   peak MiB   ru_maxrss of a fresh subprocess that builds the model and trains a few
              batches (tracemalloc misses arrays numba allocates, getrusage does not); the
              line also gives the RSS after imports, so the model's own share is visible;
+  floor      the roofline ceiling of training images/s (benchmarks/floor.py: FLOPs at the
+             measured sgemm rate, bytes at the measured copy bandwidth) and each path's share;
   layers     a per-layer forward / backward time table of one training step (medians),
              the time inside matrix products (the floor no other kernel can lower) and
              inside the patch transforms, im2col and col2im and Winograd's four (with the
@@ -56,6 +58,7 @@ import minicnn  # noqa: E402
 from minicnn.layers import conv as conv_layers, core as core_layers  # noqa: E402
 from minicnn.ops import conv as conv_ops, winograd  # noqa: E402
 from fer import models as fer_models  # noqa: E402
+from benchmarks import floor as floors  # noqa: E402
 
 DEFAULT_MODELS = ("cnn4", "mini_xception", "cnn8")
 
@@ -502,6 +505,8 @@ def main():
     frameworks = [("minicnn", path) for path in args.paths] + \
         ([("torch", layout) for layout in TORCH_LAYOUTS] if args.torch else [])
     results, tables, torch_info = {}, {}, None
+    rates = (floors.sgemm_rate(), floors.copy_bandwidth())
+    ceilings = {}
     for name in names:
         minis = [Minicnn(name, args.batch, path) for path in args.paths]
         torches = [TorchProcess(name, args.batch, threads, layout) for layout in TORCH_LAYOUTS] if args.torch else []
@@ -512,6 +517,8 @@ def main():
         memory = [None] * len(runners) if args.no_memory else \
             [peak_memory(name, args.batch, path, threads) for _, path in frameworks]
         results[name] = [(args.batch / t, 1e3 * o, 256 / m, mem) for t, o, m, mem in zip(train, one, many, memory)]
+        ceilings[name] = (*floors.step_counts(minis[0].model, args.batch),
+                          *floors.floor_seconds(minis[0].model, args.batch, *rates))
         if not args.no_layers:
             torch_train = dict(zip(torches, train[len(minis):]))           # seconds a step, per layout
             fastest_torch = min(torch_train, key=torch_train.get, default=None)
@@ -526,6 +533,7 @@ def main():
     for line in thread_report(torch_info):
         print(line)
     print_results(results, frameworks, args.torch)
+    print_floors(results, frameworks, ceilings, rates, args.batch)
     for (name, path), table in tables.items():
         print_layer_table(f"{name} ({path})", *table, args.batch)
 
@@ -551,6 +559,19 @@ def print_results(results, frameworks, with_torch):
     if with_torch:
         print("ratio = minicnn / torch for throughput, torch / minicnn for latency (> 1: minicnn faster); "
               "memory: minicnn / torch")
+
+
+def print_floors(results, frameworks, ceilings, rates, batch_size):
+    """Each model's roofline ceiling (benchmarks/floor.py) and every path's training images/s as a share of it."""
+    flop_rate, bandwidth = rates
+    print(f"\nfloor: sgemm {flop_rate / 1e9:.0f} GFLOP/s (1024^3 float32), copy {bandwidth / 1e9:.1f} GB/s "
+          f"(256 MiB, read + write); a step's floor is the larger of its FLOPs and its bytes at these rates")
+    for name, rows in results.items():
+        flops, moved, seconds, bound = ceilings[name]
+        shares = ", ".join(f"{path} {100 * train / (batch_size / seconds):.0f}%"
+                           for (_, path), (train, *_) in zip(frameworks, rows))
+        print(f"{name:<14} {flops / 1e9:6.1f} GFLOP, {moved / 1e6:6.0f} MB a step: {1e3 * seconds:6.1f} ms "
+              f"({bound}-bound), {batch_size / seconds:7.0f} images/s at most; reached: {shares}")
 
 
 def print_layer_table(title, rows, step_ms, part_ms, torch_ms, torch_layout, batch_size):
