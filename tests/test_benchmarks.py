@@ -69,3 +69,18 @@ def test_layer_table_takes_turns_with_torch_and_restores_the_library():
     assert winograd.batched_matmul is gemm.batched_matmul and winograd.matmul is gemm.matmul
     assert winograd.input_transform.__name__ == "input_transform"       # not the timing wrapper
     assert all("forward" not in vars(layer) and "backward" not in vars(layer) for layer in model.nodes)
+
+
+def test_floor_counts_the_weighted_layers_products_and_the_bytes_a_fused_step_moves():
+    from benchmarks import floor
+    from minicnn import DepthwiseConv2D, SeparableConv2D
+    model = Sequential([Conv2D(2, 3, padding="same", input_shape=(4, 4, 1)),       # 16 px x 9 x 1 x 2 = 288
+                        DepthwiseConv2D(3, padding="same"),                         # 16 px x 9 x 2 = 288
+                        SeparableConv2D(3, 3, strides=2, padding="same"),           # 4 px x (9 x 2 + 2 x 3) = 96
+                        Flatten(), Dense(5)])                                       # 12 x 5 = 60
+    flops, moved = floor.step_counts(model, batch_size=10)
+    assert flops == 10 * 2 * 3 * (288 + 288 + 96 + 60)
+    # 3 x input + 2 x output floats per weighted layer: (48 + 64) + (96 + 64) + (96 + 24) + (36 + 10)
+    assert moved == 10 * 4 * (112 + 160 + 120 + 46)
+    seconds, bound = floor.floor_seconds(model, 10, flop_rate=1e9, bandwidth=1e12)
+    assert bound == "compute" and seconds == flops / 1e9
