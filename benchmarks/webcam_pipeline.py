@@ -14,11 +14,12 @@ the pipelines on each, alternating which goes first:
            reported only on frames where it is detected; one detection shows a face.
     new:   the defaults of scripts/webcam.py: step 1.1 on a 400-px copy every `--detect-every`
            frames, the alt2 cascade at 3 neighbours upright taking turns with dlib's HOG detector
-           and the cascade on the frame turned by -30 and +30 degrees, a finer look near each
-           track the whole-frame pass missed (or between passes), tracks carried through misses
-           and shown from their second detection.
+           and the cascade on a 320-px copy turned by -30 and +30 degrees, a look near each
+           track the whole-frame pass missed (or between passes) on a window resized to the
+           track, tracks carried through misses and shown from their second detection.
 
-`--pipelines new320,hog320,new400-no-hog,new` sets the new pipeline before the HOG search and
+`--pipelines tilt400,new` sets the turned searches on the 400-px copy and the near look at step
+1.05 (the default before) beside the new one; `--pipelines new320,hog320,new400-no-hog,new` sets the new pipeline before the HOG search and
 the 400-px copy beside each change alone and both; `--pipelines tracker15,new` sets the tracker before longer carries beside the new one;
 `--pipelines today,new,step1.2,every1,no-near` adds the cadences the new one was chosen
 against (step 1.2 with the tracker, step 1.1 on every frame, no look near the tracks), and
@@ -89,6 +90,9 @@ def pipelines(detect_every):
         # The new pipeline before dlib's HOG search joined the turns and the copy grew to 400 px; and
         # each of those two changes alone.
         "new320": lambda: (FaceDetector(detect_width=320, hog=False), IoUTracker(), detect_every),
+        # The new pipeline before the turned searches moved to a 320-px copy and the near look's step
+        # from 1.05 to 1.1.
+        "tilt400": lambda: (FaceDetector(tilt_width=400, near_step=1.05), IoUTracker(), detect_every),
         "hog320": lambda: (FaceDetector(detect_width=320, hog=True), IoUTracker(), detect_every),
         "new400-no-hog": lambda: (FaceDetector(detect_width=400, hog=False), IoUTracker(), detect_every),
         # The new detector with the tracker before longer carries and merged parts: every track carried

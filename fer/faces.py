@@ -100,8 +100,9 @@ class FaceDetector:
             The cascade's cost grows with the pixel count, so 640 -> 400 is about 2.5x
             faster; an 80-px face in a 640-px frame is 50 px in the copy, enough for the cascade
             to find it (at 320 px wide it found such a face on few frames).
-        near_step: the finer scale step of `detect_near`, the look around a track's expected
-            box that the live loop takes when the whole-frame pass missed it; None: never.
+        near_step: the scale step of `detect_near`, the look around a track's expected box that
+            the live loop takes when the whole-frame pass missed it; None: never. The window is
+            resized to the track's size, so its pyramid meets the face at scales the frame's skips.
         cascade: the main cascade's file (one of opencv-python's cv2.data.haarcascades).
         second_cascade: another cascade's file, or None. Cascades trained apart miss different
             faces (a dark face, glasses, a squint), so a face either one finds is found.
@@ -109,6 +110,8 @@ class FaceDetector:
             differ in how many overlapping hits a face collects, so each gets its own threshold.
         tilts: angles in degrees (e.g. (-30, 30)) at which the frame is also searched turned, for
             heads tilted sideways: a frontal cascade finds faces upright to within about 15 degrees.
+        tilt_width: the turned searches run on a copy at most this wide (None: full size): they
+            catch a tilted head for the tracker to hold, which a smaller copy does at less cost.
         hog: also search with dlib's HOG detector (HogFaces), which finds faces the cascades
             cannot (eyes shut in a laugh, one side lit); on video it is one of the searches that
             take turns. Needs dlib (a dependency of this package, `dlib-bin`).
@@ -121,8 +124,8 @@ class FaceDetector:
     """
 
     def __init__(self, min_face=48, scale_factor=1.1, min_neighbors=MIN_NEIGHBORS, detect_width=400,
-                 near_step=1.05, cascade=CASCADE_FILE, second_cascade=None, second_neighbors=None, tilts=TILTS,
-                 take_turns=True, hog=True):
+                 near_step=1.1, cascade=CASCADE_FILE, second_cascade=None, second_neighbors=None, tilts=TILTS,
+                 tilt_width=320, take_turns=True, hog=True):
         if scale_factor <= 1.0 or (near_step is not None and near_step <= 1.0):
             raise ValueError(f"FaceDetector: scale_factor and near_step must be > 1, "
                              f"received {scale_factor} and {near_step}")
@@ -135,6 +138,7 @@ class FaceDetector:
         self.second_cascade = load_cascade(second_cascade) if second_cascade else None
         self.second_neighbors = min_neighbors if second_neighbors is None else second_neighbors
         self.tilts = tuple(tilts)
+        self.tilt_width = tilt_width
         self.hog = HogFaces() if hog else None
         self.take_turns = take_turns
         self.turn = 0  # the search the next `detect` call runs, when take_turns
@@ -145,7 +149,7 @@ class FaceDetector:
         """A detector for still images: full resolution by default, every search at once, no tracking to
         lean on; the HOG search only when asked (on a full-size photo it costs seconds)."""
         return cls(min_face, scale_factor, min_neighbors, detect_width, near_step=None, take_turns=False, hog=hog,
-                   **searches)
+                   **{"tilt_width": detect_width, **searches})
 
     def searches(self):
         """(cascade, tilt in degrees, min_neighbors): each cascade upright, the HOG search (if on), then
@@ -169,31 +173,25 @@ class FaceDetector:
         """Faces in a 2-D uint8 frame (H, W): a list of (x, y, w, h), sorted by x, then y."""
         if gray.ndim != 2:
             raise ValueError(f"FaceDetector.detect: expected a 2-D gray frame, received shape {gray.shape}")
-        height, width = gray.shape
-        # Downscale only, never upscale: upscaling adds no detail, only cost.
-        scale = 1.0
-        if self.detect_width and width > self.detect_width:
-            scale = self.detect_width / width
-        small = gray
-        if scale < 1.0:
-            size = (max(1, round(width * scale)), max(1, round(height * scale)))
-            small = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
-        min_side = max(1, round(self.min_face * scale))
         searches = self.searches()
         if self.take_turns:
             searches, self.turn = [self.search_in_turn(searches)], self.turn + 1
-        found = np.concatenate([search(cascade, small, tilt, scaleFactor=self.scale_factor,
-                                       minNeighbors=neighbors, minSize=(min_side, min_side))
-                                for cascade, tilt, neighbors in searches])
-        return sorted(distinct(in_frame(found, scale, (0, 0), gray.shape)))
+        boxes = []
+        for cascade, tilt, neighbors in searches:
+            small, scale = downscaled(gray, self.tilt_width if tilt else self.detect_width)
+            min_side = max(1, round(self.min_face * scale))
+            found = search(cascade, small, tilt, scaleFactor=self.scale_factor, minNeighbors=neighbors,
+                           minSize=(min_side, min_side))
+            boxes += in_frame(found, scale, (0, 0), gray.shape)
+        return sorted(distinct(boxes))
 
     def detect_near(self, gray, box, step=None, margin=0.5, side=48):
-        """The face closest to `box` in a window around it, searched at a fine scale step; None if none.
+        """The face closest to `box` in a window around it, resized to the box; None if none.
 
         A face the whole-frame pass missed (its scale fell between two of the pyramid's steps)
         is looked for where a track expects it, at scale step `step` (default: near_step): the
         window is `margin` of the box's side wider on each side, resized so the box is `side` px,
-        and only faces of 0.7-1.4 times the box's size are tried, so the fine step stays cheap.
+        and only faces of 0.7-1.4 times the box's size are tried, so the look stays cheap.
         The searches are tried in order until one finds a face: a track keeps the face whichever
         search first found it.
         """
@@ -219,6 +217,17 @@ class FaceDetector:
             if boxes:
                 return max(boxes, key=lambda found_box: iou(found_box, box))
         return None
+
+
+def downscaled(gray, width):
+    """(copy, scale): `gray` resized to at most `width` px wide (None: as it is), and the factor applied.
+    Downscale only, never upscale: upscaling adds no detail, only cost."""
+    height, full_width = gray.shape
+    if not width or full_width <= width:
+        return gray, 1.0
+    scale = width / full_width
+    size = (max(1, round(full_width * scale)), max(1, round(height * scale)))
+    return cv2.resize(gray, size, interpolation=cv2.INTER_AREA), scale
 
 
 def search(cascade, image, tilt, **options):
