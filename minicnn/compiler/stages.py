@@ -13,7 +13,7 @@ from ..activations import get as get_activation
 from ..ops import winograd
 from ..ops.batchnorm import normalize, normalize_backward
 from ..ops.conv import conv2d, conv2d_backward
-from ..ops.depthwise import depthwise_conv, depthwise_conv_backward
+from ..ops.depthwise import depthwise_conv
 from ..ops.direct_conv import direct_conv2d, direct_conv2d_backward, direct_pays
 from ..ops.gemm import matmul
 from ..ops.im2col import numba_pays
@@ -132,11 +132,12 @@ class SeparableStage:
         return separable_conv2d(x, layer.depthwise_kernel.value, layer.pointwise_kernel.value, pads)
 
     def depthwise_pointwise(self, x, pads, ho, wo):
-        """The layer's two ops; d kept for backward in self.d2."""
+        """The layer's two ops, d kept in the layer's cache for its backward_from_logits."""
         layer, n, f = self.layer, x.shape[0], self.layer.filters
         d = depthwise_conv(x, layer.depthwise_kernel.value, layer.strides, pads)   # (N, Ho, Wo, C*M)
-        self.d2 = d.reshape(n * ho * wo, -1)                                        # (N*Ho*Wo, C*M)
-        return matmul(self.d2, layer.pointwise_kernel.value.reshape(-1, f)).reshape(n, ho, wo, f)
+        d2 = d.reshape(n * ho * wo, -1)                                             # (N*Ho*Wo, C*M)
+        layer.cache = (x, pads, d2, None)
+        return matmul(d2, layer.pointwise_kernel.value.reshape(-1, f)).reshape(n, ho, wo, f)
 
     def backward(self, dy):
         """SeparableConv2D.backward's rule (docs/backprop.md, "SeparableConv2D")."""
@@ -148,19 +149,7 @@ class SeparableStage:
             dx, layer.depthwise_kernel.grad, layer.pointwise_kernel.grad = separable_conv2d_backward(
                 dz, x, layer.depthwise_kernel.value, layer.pointwise_kernel.value, pads, layer.needs_input_gradient)
             return dx
-        return self.depthwise_pointwise_backward(dz, x, pads)
-
-    def depthwise_pointwise_backward(self, dz, x, pads):
-        layer, d2 = self.layer, self.d2
-        dz2 = dz.reshape(-1, layer.filters)                                         # (N*Ho*Wo, F)
-        pointwise = layer.pointwise_kernel.value.reshape(-1, layer.filters)         # (C*M, F)
-        layer.pointwise_kernel.grad = matmul(d2.T, dz2).reshape(layer.pointwise_kernel.shape)
-        if layer.use_bias:
-            layer.bias.grad = dz2.sum(axis=0)
-        dd = matmul(dz2, pointwise.T).reshape(dz.shape[:3] + (-1,))                 # (N, Ho, Wo, C*M)
-        dx, layer.depthwise_kernel.grad = depthwise_conv_backward(dd, x, layer.depthwise_kernel.value,
-                                                                  layer.strides, pads, layer.needs_input_gradient)
-        return dx
+        return layer.backward_from_logits(dz)
 
 
 class DenseStage:
