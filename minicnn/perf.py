@@ -160,7 +160,8 @@ DIRECT_CONV_TILE = 512
 
 # the fused epilogue (BatchNormalization, ReLU, max pool, dropout, Add: ops/epilogue.py): with a pool
 # its kernels always; without one from this many numbers, below which the textbook ops' composition is as quick
-EPILOGUE_NUMBA_MIN_SIZE = 1 << 15
+# (benchmarks/kernels_epilogue.py --threshold times both on one image's blocks, where inference meets it)
+EPILOGUE_NUMBA_MIN_SIZE = 1 << 13
 
 
 # Winograd's 4x4 tiles, F(4x4, 3x3) and F(4x4, 5x5) (ops.winograd.winograd_tile, measured by
