@@ -5,7 +5,8 @@
 
 Architecture, labels and preprocessing come from the model file. --split auto evaluates
 PrivateTest when the file has it, else PublicTest. --model takes a run folder too (its
-model.npz). Exit code 1 on bad input.
+model.npz). --tta averages each face's probabilities over its mirror image (--tta shift: also
+3-pixel shifts, 10 views). Exit code 1 on bad input.
 """
 import argparse
 import json
@@ -46,6 +47,10 @@ def evaluate(model_path, data_path, split="auto", tta=False, skip_bad_rows=False
     return result
 
 
+TTA_TITLES = {False: "one view a face", "flip": "averaged with the mirror image",
+              "shift": "averaged over 10 views: mirror image and 3-pixel shifts"}
+
+
 def main(argv=None):
     perf.enable()                  # threads, allocator and OpenMP tuned (minicnn/perf.py)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -53,7 +58,9 @@ def main(argv=None):
                                                   "or a run folder of train.py (its model.npz)")
     p.add_argument("--data", required=True, help="FER2013 CSV (.csv/.csv.gz) or Kaggle image folder")
     p.add_argument("--split", default="auto", choices=["auto", "Training", "PublicTest", "PrivateTest"])
-    p.add_argument("--tta", action="store_true", help="average with horizontally flipped faces")
+    p.add_argument("--tta", nargs="?", const="flip", default=False, choices=evaluation.TTA_MODES,
+                   help="test-time augmentation: average over each face and its mirror image (flip, the "
+                        "default), or those moved 3 pixels each way too (shift, 10 views)")
     p.add_argument("--out", help="also write confusion_matrix.png and .csv here")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--skip-bad-rows", action="store_true")
@@ -77,7 +84,7 @@ def main(argv=None):
                                                  "split", "tta", "faces")}, allow_nan=False))
     else:
         print(f"{args.model} on {args.split if args.split != 'auto' else result['split']} "
-              f"({'with' if args.tta else 'without'} flip averaging)")
+              f"({TTA_TITLES[args.tta]})")
         print(evaluation.format_report(result))
     return 0
 

@@ -74,6 +74,27 @@ def test_evaluate_json_matches_the_runs_test_metrics(trained_run, data_csv, tmp_
     assert "macro-F1" in table.stdout and "Disgust" in table.stdout
 
 
+def test_evaluate_tta_modes_average_the_views_they_name(trained_run, data_csv, tmp_path):
+    from fer import data as fer_data, evaluation
+    from fer.inference import load_fer_model
+    model_file = trained_run[0] / "model.npz"
+    model, _, preprocessing = load_fer_model(model_file)
+    data = fer_data.load(data_csv)
+    test = data.usage == "PublicTest"
+    x = preprocessing.apply(data.images[test])
+    for mode, views, flag in (("flip", 2, ["--tta"]), ("shift", 10, ["--tta", "shift"])):    # bare --tta: flip
+        result = run_script("evaluate.py", "--model", model_file, "--data", data_csv, "--json", *flag, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        report = json.loads(result.stdout)
+        assert report["tta"] == mode
+        copies = evaluation.tta_views(x, mode)
+        assert len(copies) == views
+        mean = sum(model.predict(v) for v in copies) / views
+        assert report["accuracy"] == pytest.approx(float(np.mean(mean.argmax(1) == data.labels[test])))
+    wrong = run_script("evaluate.py", "--model", model_file, "--data", data_csv, "--tta", "crop", cwd=tmp_path)
+    assert wrong.returncode == 2 and "crop" in wrong.stderr
+
+
 def test_evaluate_and_train_fail_clearly(trained_run, data_csv, tmp_path):
     run = trained_run[0]
     missing = run_script("evaluate.py", "--model", tmp_path / "none.npz", "--data", data_csv, cwd=tmp_path)
