@@ -75,11 +75,17 @@ class DetectionsOnly(IoUTracker):
 def haar(**settings):
     """A FaceDetector with every detector setting spelt out, so a column keeps its meaning when defaults move.
 
-    Unless given: the default cascade alone, upright, at 5 neighbours, on a 320-px copy, no HOG search
-    (the detector before the sweep).
+    Unless given: the default cascade alone, upright, at 5 neighbours, on a 320-px copy (turned
+    searches too), near looks at step 1.05, no HOG search (the detector before the sweep).
     """
-    return FaceDetector(**{"cascade": DEFAULT, "min_neighbors": 5, "tilts": (), "detect_width": 320, "hog": False,
-                           **settings})
+    return FaceDetector(**{"cascade": DEFAULT, "min_neighbors": 5, "tilts": (), "detect_width": 320, "tilt_width": 320,
+                           "near_step": 1.05, "hog": False, **settings})
+
+
+def before_tilt400(detect_width=400, **settings):
+    """The default detector before the turned searches moved to a 320-px copy (they ran on the upright
+    search's copy) and the near look's step from 1.05 to 1.1."""
+    return FaceDetector(detect_width=detect_width, tilt_width=detect_width, near_step=1.05, **settings)
 
 
 def pipelines(detect_every):
@@ -87,14 +93,14 @@ def pipelines(detect_every):
     return {
         "today": lambda: (haar(scale_factor=1.2, near_step=None), DetectionsOnly(), 1),
         "new": lambda: (FaceDetector(), IoUTracker(), detect_every),
-        # The new pipeline before dlib's HOG search joined the turns and the copy grew to 400 px; and
-        # each of those two changes alone.
-        "new320": lambda: (FaceDetector(detect_width=320, hog=False), IoUTracker(), detect_every),
         # The new pipeline before the turned searches moved to a 320-px copy and the near look's step
-        # from 1.05 to 1.1.
-        "tilt400": lambda: (FaceDetector(tilt_width=400, near_step=1.05), IoUTracker(), detect_every),
-        "hog320": lambda: (FaceDetector(detect_width=320, hog=True), IoUTracker(), detect_every),
-        "new400-no-hog": lambda: (FaceDetector(detect_width=400, hog=False), IoUTracker(), detect_every),
+        # from 1.05 to 1.1 (see before_tilt400).
+        "tilt400": lambda: (before_tilt400(), IoUTracker(), detect_every),
+        # That pipeline before dlib's HOG search joined the turns and the copy grew to 400 px; and
+        # each of those two changes alone.
+        "new320": lambda: (before_tilt400(detect_width=320, hog=False), IoUTracker(), detect_every),
+        "hog320": lambda: (before_tilt400(detect_width=320, hog=True), IoUTracker(), detect_every),
+        "new400-no-hog": lambda: (before_tilt400(detect_width=400, hog=False), IoUTracker(), detect_every),
         # The new detector with the tracker before longer carries and merged parts: every track carried
         # for at most 15 missed updates, new boxes inside a shown face's box kept as new faces.
         "tracker15": lambda: (FaceDetector(), IoUTracker(max_missed=15, short_missed=15, merge_parts=False),

@@ -37,15 +37,21 @@ def tta_views(x, tta):
     tta False: x alone. "flip" (or True): x and its mirror image. "shift": those two, each
     also moved TTA_SHIFT pixels up, down, left and right (edge pixels repeated), 10 views.
     """
-    if not tta:
+    mode = tta_mode(tta)
+    if mode == "none":
         return [x]
-    mode = "flip" if tta is True else tta
-    if mode not in TTA_MODES:
-        raise ValueError(f"tta must be False, True or one of {', '.join(TTA_MODES)}, received {tta!r}")
     flips = [x, np.ascontiguousarray(x[:, :, ::-1])]
     if mode == "flip":
         return flips
     return [moved for view in flips for moved in [view, *shifted_copies(view, TTA_SHIFT)]]
+
+
+def tta_mode(tta):
+    """The name of the views `tta` asks for: "none" (False), "flip" (True or "flip") or "shift"."""
+    mode = {False: "none", True: "flip"}[tta] if isinstance(tta, bool) else tta
+    if mode not in ("none", *TTA_MODES):
+        raise ValueError(f"tta must be False, True or one of {', '.join(TTA_MODES)}, received {tta!r}")
+    return mode
 
 
 def shifted_copies(x, d):

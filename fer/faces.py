@@ -21,6 +21,7 @@ MIN_NEIGHBORS = 3
 # A frontal cascade finds a face upright to within about 15 degrees; searching the frame turned by
 # 30 degrees each way as well covers heads tilted up to about 45 degrees, as people lean at a webcam.
 TILTS = (-30, 30)
+TILT_WIDTH = 320    # the turned searches' copy: they catch a tilted head for the tracker to hold
 
 
 def to_gray(frame):
@@ -110,8 +111,9 @@ class FaceDetector:
             differ in how many overlapping hits a face collects, so each gets its own threshold.
         tilts: angles in degrees (e.g. (-30, 30)) at which the frame is also searched turned, for
             heads tilted sideways: a frontal cascade finds faces upright to within about 15 degrees.
-        tilt_width: the turned searches run on a copy at most this wide (None: full size): they
-            catch a tilted head for the tracker to hold, which a smaller copy does at less cost.
+        tilt_width: the turned searches run on a copy at most this wide (None: full size), and
+            never wider than detect_width's: they catch a tilted head for the tracker to hold,
+            which a smaller copy does at less cost.
         hog: also search with dlib's HOG detector (HogFaces), which finds faces the cascades
             cannot (eyes shut in a laugh, one side lit); on video it is one of the searches that
             take turns. Needs dlib (a dependency of this package, `dlib-bin`).
@@ -125,7 +127,7 @@ class FaceDetector:
 
     def __init__(self, min_face=48, scale_factor=1.1, min_neighbors=MIN_NEIGHBORS, detect_width=400,
                  near_step=1.1, cascade=CASCADE_FILE, second_cascade=None, second_neighbors=None, tilts=TILTS,
-                 tilt_width=320, take_turns=True, hog=True):
+                 tilt_width=TILT_WIDTH, take_turns=True, hog=True):
         if scale_factor <= 1.0 or (near_step is not None and near_step <= 1.0):
             raise ValueError(f"FaceDetector: scale_factor and near_step must be > 1, "
                              f"received {scale_factor} and {near_step}")
@@ -138,7 +140,7 @@ class FaceDetector:
         self.second_cascade = load_cascade(second_cascade) if second_cascade else None
         self.second_neighbors = min_neighbors if second_neighbors is None else second_neighbors
         self.tilts = tuple(tilts)
-        self.tilt_width = tilt_width
+        self.tilt_width = narrower(tilt_width, detect_width)
         self.hog = HogFaces() if hog else None
         self.take_turns = take_turns
         self.turn = 0  # the search the next `detect` call runs, when take_turns
@@ -176,9 +178,12 @@ class FaceDetector:
         searches = self.searches()
         if self.take_turns:
             searches, self.turn = [self.search_in_turn(searches)], self.turn + 1
-        boxes = []
+        boxes, copies = [], {}                  # copies: width -> (copy, scale), made once a call
         for cascade, tilt, neighbors in searches:
-            small, scale = downscaled(gray, self.tilt_width if tilt else self.detect_width)
+            width = self.tilt_width if tilt else self.detect_width
+            if width not in copies:
+                copies[width] = downscaled(gray, width)
+            small, scale = copies[width]
             min_side = max(1, round(self.min_face * scale))
             found = search(cascade, small, tilt, scaleFactor=self.scale_factor, minNeighbors=neighbors,
                            minSize=(min_side, min_side))
@@ -217,6 +222,11 @@ class FaceDetector:
             if boxes:
                 return max(boxes, key=lambda found_box: iou(found_box, box))
         return None
+
+
+def narrower(width, other):
+    """The smaller of two widths, None meaning no limit."""
+    return other if width is None else width if other is None else min(width, other)
 
 
 def downscaled(gray, width):
@@ -289,7 +299,8 @@ def add_detector_arguments(parser, photos):
     group.add_argument("--min-neighbors", type=non_negative_int, default=MIN_NEIGHBORS,
                        help=f"hits a face needs; higher drops more false faces (default: {MIN_NEIGHBORS})")
     group.add_argument("--detect-width", type=non_negative_int, default=None if photos else 400,
-                       help=f"detect on a copy at most this wide, 0 = full size (default: {width})")
+                       help=f"detect on a copy at most this wide, 0 = full size (default: {width}); on video the "
+                            f"searches of the frame turned for tilted heads use a copy at most {TILT_WIDTH} px wide")
     group.add_argument("--hog", action=BooleanOptionalAction, default=not photos,
                        help=f"also search with dlib's HOG face detector (default: {'off' if photos else 'on'})")
 

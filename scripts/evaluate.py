@@ -43,12 +43,13 @@ def evaluate(model_path, data_path, split="auto", tta=False, skip_bad_rows=False
     x = preprocessing.apply(images)      # load_fer_model checked its size against the model's input
     predicted = evaluation.predict_probabilities(model, x, tta=tta).argmax(axis=1)
     result = evaluation.report(labels, predicted, names)
-    result.update({"split": split, "tta": tta, "model": str(model_path), "faces": int(len(labels))})
+    result.update({"split": split, "tta": evaluation.tta_mode(tta), "model": str(model_path),
+                   "faces": int(len(labels))})
     return result
 
 
 TTA_TITLES = {False: "one view a face", "flip": "averaged with the mirror image",
-              "shift": "averaged over 10 views: mirror image and 3-pixel shifts"}
+              "shift": f"averaged over 10 views: mirror image and {evaluation.TTA_SHIFT}-pixel shifts"}
 
 
 def main(argv=None):
@@ -60,7 +61,7 @@ def main(argv=None):
     p.add_argument("--split", default="auto", choices=["auto", "Training", "PublicTest", "PrivateTest"])
     p.add_argument("--tta", nargs="?", const="flip", default=False, choices=evaluation.TTA_MODES,
                    help="test-time augmentation: average over each face and its mirror image (flip, the "
-                        "default), or those moved 3 pixels each way too (shift, 10 views)")
+                        f"default), or those moved {evaluation.TTA_SHIFT} pixels each way too (shift, 10 views)")
     p.add_argument("--out", help="also write confusion_matrix.png and .csv here")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--skip-bad-rows", action="store_true")

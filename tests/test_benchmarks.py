@@ -79,8 +79,9 @@ def test_floor_counts_the_weighted_layers_products_and_the_bytes_a_fused_step_mo
                         SeparableConv2D(3, 3, strides=2, padding="same"),           # 4 px x (9 x 2 + 2 x 3) = 96
                         Flatten(), Dense(5)])                                       # 12 x 5 = 60
     flops, moved = floor.step_counts(model, batch_size=10)
-    assert flops == 10 * 2 * 3 * (288 + 288 + 96 + 60)
-    # 3 x input + 2 x output floats per weighted layer: (48 + 64) + (96 + 64) + (96 + 24) + (36 + 10)
-    assert moved == 10 * 4 * (112 + 160 + 120 + 46)
+    # the first layer: forward and the weights' gradient only (its input, the model's, needs no gradient)
+    assert flops == 10 * 2 * (2 * 288 + 3 * (288 + 96 + 60))
+    # passes x input + 2 x output floats per weighted layer: (32 + 64) + (96 + 64) + (96 + 24) + (36 + 10)
+    assert moved == 10 * 4 * (96 + 160 + 120 + 46)
     seconds, bound = floor.floor_seconds(model, 10, flop_rate=1e9, bandwidth=1e12)
     assert bound == "compute" and seconds == flops / 1e9

@@ -136,7 +136,7 @@ class SeparableStage:
         layer, n, f = self.layer, x.shape[0], self.layer.filters
         d = depthwise_conv(x, layer.depthwise_kernel.value, layer.strides, pads)   # (N, Ho, Wo, C*M)
         d2 = d.reshape(n * ho * wo, -1)                                             # (N*Ho*Wo, C*M)
-        layer.cache = (x, pads, d2, None)
+        layer.cache = (x, pads, d2, None)     # SeparableConv2D.forward's cache, less y (backward_from_logits' input)
         return matmul(d2, layer.pointwise_kernel.value.reshape(-1, f)).reshape(n, ho, wo, f)
 
     def backward(self, dy):
