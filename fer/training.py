@@ -455,11 +455,8 @@ def report_test(run, splits, fast=True):
     """Evaluate the run's best model file on the test split: metrics.json and the confusion matrix files."""
     model, _, preprocessing = load_fer_model(run, fast)
     x_test, y_test = preprocessing.apply(splits.test[0]), splits.test[1]
-    results = {}
-    for tta in (False, True):
-        predicted = evaluation.predict_probabilities(model, x_test, tta=tta).argmax(axis=1)
-        results["tta" if tta else "plain"] = evaluation.report(y_test, predicted, splits.label_names)
-    result = {**results["plain"], "tta": {k: results["tta"][k] for k in ("accuracy", "macro_f1")},
+    results = evaluation.plain_and_flip_reports(model, x_test, y_test, splits.label_names)
+    result = {**results[False], "tta": {k: results[True][k] for k in ("accuracy", "macro_f1")},
               "split": "test", "split_description": splits.description}
     evaluation.write_confusion_csv(Path(run) / "confusion_matrix.csv", result)
     evaluation.plot_confusion(Path(run) / "confusion_matrix.png", result)

@@ -24,6 +24,26 @@ from minicnn import perf
 def evaluate(model_path, data_path, split="auto", tta=False, skip_bad_rows=False, fast=True):
     """The evaluation report (a dict, see fer.evaluation.report) of a model file on one split;
     fast: through the compiled steps (minicnn/compiler/), else the textbook layers."""
+    model, x, labels, names, split = scoring_inputs(model_path, data_path, split, skip_bad_rows, fast)
+    predicted = evaluation.predict_probabilities(model, x, tta=tta).argmax(axis=1)
+    return described(evaluation.report(labels, predicted, names), split, tta, model_path)
+
+
+def evaluate_plain_and_flip(model_path, data_path, split="auto", skip_bad_rows=False, fast=True):
+    """{False: evaluate(..., tta=False), True: evaluate(..., tta=True)}, the model run twice, not three times."""
+    model, x, labels, names, split = scoring_inputs(model_path, data_path, split, skip_bad_rows, fast)
+    reports = evaluation.plain_and_flip_reports(model, x, labels, names)
+    return {tta: described(result, split, tta, model_path) for tta, result in reports.items()}
+
+
+def described(result, split, tta, model_path):
+    """The report with what it scored: split, views, model file and face count."""
+    faces = int(sum(row["support"] for row in result["per_class"].values()))
+    return {**result, "split": split, "tta": evaluation.tta_mode(tta), "model": str(model_path), "faces": faces}
+
+
+def scoring_inputs(model_path, data_path, split, skip_bad_rows, fast):
+    """(model, x, labels, class names, split): the model and its preprocessed faces of the split."""
     model, model_labels, preprocessing = load_fer_model(model_path, fast)
     meta = model.metadata
     data = fer_data.load(data_path, skip_bad_rows=skip_bad_rows)
@@ -40,12 +60,7 @@ def evaluate(model_path, data_path, split="auto", tta=False, skip_bad_rows=False
     images, labels, names = fer_data.apply_class_map(subset, class_map)
     if list(names) != model_labels:
         raise ValueError(f"{model_path}: model labels {model_labels} do not match class map {class_map} ({list(names)})")
-    x = preprocessing.apply(images)      # load_fer_model checked its size against the model's input
-    predicted = evaluation.predict_probabilities(model, x, tta=tta).argmax(axis=1)
-    result = evaluation.report(labels, predicted, names)
-    result.update({"split": split, "tta": evaluation.tta_mode(tta), "model": str(model_path),
-                   "faces": int(len(labels))})
-    return result
+    return model, preprocessing.apply(images), labels, names, split     # load_fer_model checked the input size
 
 
 TTA_TITLES = {False: "one view a face", "flip": "averaged with the mirror image",

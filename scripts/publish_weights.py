@@ -29,8 +29,7 @@ def test_accuracy(model_path, splits):
     """{tta: evaluation.report(...)} on the test split, for tta False and True."""
     model, _, preprocessing = load_fer_model(model_path)      # refuses non-finite weights
     x = preprocessing.apply(splits.test[0])
-    return {tta: evaluation.report(splits.test[1], evaluation.predict_probabilities(model, x, tta=tta).argmax(1),
-                                   splits.label_names) for tta in (False, True)}
+    return evaluation.plain_and_flip_reports(model, x, splits.test[1], splits.label_names)
 
 
 def half_is_as_good(half, splits, result):

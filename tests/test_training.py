@@ -108,6 +108,17 @@ def test_evaluate_tta_modes_average_the_views_they_name(trained_run, data_csv, t
     assert wrong.returncode == 2 and "crop" in wrong.stderr
 
 
+def test_plain_and_flip_together_give_what_evaluate_gives_for_each(trained_run, data_csv):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("evaluate_script", ROOT / "scripts" / "evaluate.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    model_file = trained_run[0] / "model.npz"
+    both = script.evaluate_plain_and_flip(model_file, data_csv)
+    for tta in (False, True):
+        assert both[tta] == script.evaluate(model_file, data_csv, tta=tta)
+
+
 def test_evaluate_and_train_fail_clearly(trained_run, data_csv, tmp_path):
     run = trained_run[0]
     missing = run_script("evaluate.py", "--model", tmp_path / "none.npz", "--data", data_csv, cwd=tmp_path)
