@@ -12,15 +12,18 @@ the pipelines on each, alternating which goes first:
 
     today: the default Haar cascade at step 1.2 on a 320-px copy every frame; a face is
            reported only on frames where it is detected; one detection shows a face.
-    new:   the defaults of scripts/webcam.py: step 1.1 on a 400-px copy every `--detect-every`
-           frames, the alt2 cascade at 3 neighbours upright taking turns with dlib's HOG detector
-           and the cascade on a 320-px copy turned by -30 and +30 degrees, a look near each
+    new:   the defaults of scripts/webcam.py: step 1.1 every `--detect-every` frames, the alt2
+           cascade at 3 neighbours upright on a 400-px copy taking turns with dlib's HOG detector
+           and the cascade turned by -30 and +30 degrees, both on a 320-px copy; a look near each
            track the whole-frame pass missed (or between passes) on a window resized to the
-           track, tracks carried through misses and shown from their second detection.
+           track, once the track has been carried through one miss (a track seen on the last
+           frame is carried); tracks carried through misses and shown from their second detection.
 
-`--pipelines tilt400,new` sets the turned searches on the 400-px copy and the near look at step
-1.05 (the default before) beside the new one; `--pipelines new320,hog320,new400-no-hog,new` sets the new pipeline before the HOG search and
-the 400-px copy beside each change alone and both; `--pipelines tracker15,new` sets the tracker before longer carries beside the new one;
+`--pipelines hog400,new` sets the HOG search on the 400-px copy and a near look at every miss (the
+default before) beside the new one; `--pipelines tilt400,new` the turned searches on the 400-px copy and
+the near look at step 1.05 too (the default before that); `--pipelines new320,hog320,new400-no-hog,new`
+sets the pipeline before the HOG search and the 400-px copy beside each change alone and both;
+`--pipelines tracker15,new` sets the tracker before longer carries beside the new one;
 `--pipelines today,new,step1.2,every1,no-near` adds the cadences the new one was chosen
 against (step 1.2 with the tracker, step 1.1 on every frame, no look near the tracks), and
 `--pipelines default5,mn3,alt2,alt2-mn3,both-mn3,alt2-tilt,both-tilt,alt2-def5,alt2-def5-tilt`
@@ -78,14 +81,26 @@ def haar(**settings):
     Unless given: the default cascade alone, upright, at 5 neighbours, on a 320-px copy (turned
     searches too), near looks at step 1.05, no HOG search (the detector before the sweep).
     """
-    return FaceDetector(**{"cascade": DEFAULT, "min_neighbors": 5, "tilts": (), "detect_width": 320, "tilt_width": 320,
+    return FaceDetector(**{"cascade": DEFAULT, "min_neighbors": 5, "tilts": (), "detect_width": 320, "extra_width": 320,
                            "near_step": 1.05, "hog": False, **settings})
+
+
+class HogOnUprightCopy(FaceDetector):
+    """The detector before the HOG search moved to the narrower copy: HOG on the main search's copy."""
+
+    def copy_width(self, searcher, tilt):
+        return self.detect_width if searcher is self.hog else super().copy_width(searcher, tilt)
+
+
+def eager(**settings):
+    """The tracker before shown tracks were carried one update before a near look: a look at every miss."""
+    return IoUTracker(carry_before_look=0, **settings)
 
 
 def before_tilt400(detect_width=400, **settings):
     """The default detector before the turned searches moved to a 320-px copy (they ran on the upright
     search's copy) and the near look's step from 1.05 to 1.1."""
-    return FaceDetector(detect_width=detect_width, tilt_width=detect_width, near_step=1.05, **settings)
+    return FaceDetector(detect_width=detect_width, extra_width=detect_width, near_step=1.05, **settings)
 
 
 def pipelines(detect_every):
@@ -93,39 +108,41 @@ def pipelines(detect_every):
     return {
         "today": lambda: (haar(scale_factor=1.2, near_step=None), DetectionsOnly(), 1),
         "new": lambda: (FaceDetector(), IoUTracker(), detect_every),
-        # The new pipeline before the turned searches moved to a 320-px copy and the near look's step
-        # from 1.05 to 1.1 (see before_tilt400).
-        "tilt400": lambda: (before_tilt400(), IoUTracker(), detect_every),
+        # The new pipeline before the HOG search moved to the 320-px copy and shown tracks were carried
+        # one update before a near look.
+        "hog400": lambda: (HogOnUprightCopy(), eager(), detect_every),
+        # Before that, the turned searches on the 400-px copy and the near look at step 1.05 (before_tilt400).
+        "tilt400": lambda: (before_tilt400(), eager(), detect_every),
         # That pipeline before dlib's HOG search joined the turns and the copy grew to 400 px; and
         # each of those two changes alone.
-        "new320": lambda: (before_tilt400(detect_width=320, hog=False), IoUTracker(), detect_every),
-        "hog320": lambda: (before_tilt400(detect_width=320, hog=True), IoUTracker(), detect_every),
-        "new400-no-hog": lambda: (before_tilt400(detect_width=400, hog=False), IoUTracker(), detect_every),
+        "new320": lambda: (before_tilt400(detect_width=320, hog=False), eager(), detect_every),
+        "hog320": lambda: (before_tilt400(detect_width=320, hog=True), eager(), detect_every),
+        "new400-no-hog": lambda: (before_tilt400(detect_width=400, hog=False), eager(), detect_every),
         # The new detector with the tracker before longer carries and merged parts: every track carried
         # for at most 15 missed updates, new boxes inside a shown face's box kept as new faces.
-        "tracker15": lambda: (FaceDetector(), IoUTracker(max_missed=15, short_missed=15, merge_parts=False),
+        "tracker15": lambda: (FaceDetector(), eager(max_missed=15, short_missed=15, merge_parts=False),
                               detect_every),
         # The cadence and tracker the new pipeline was chosen against (with the default cascade):
         # the coarse step with tracking, the fine step searched on every frame, no look near the tracks.
-        "step1.2": lambda: (haar(scale_factor=1.2), IoUTracker(), 1),
-        "every1": lambda: (haar(), IoUTracker(), 1),
-        "no-near": lambda: (haar(near_step=None), IoUTracker(), detect_every),
+        "step1.2": lambda: (haar(scale_factor=1.2), eager(), 1),
+        "every1": lambda: (haar(), eager(), 1),
+        "no-near": lambda: (haar(near_step=None), eager(), detect_every),
         # The detector sweep, all with the new cadence and tracker. default5: the default cascade at
         # 5 neighbours (the detector before the sweep); mn3: at 3 (the tracker's second detection
         # keeps a one-frame false face off screen); alt2, alt2-mn3: the alt2 cascade instead; both-mn3:
         # the two taking turns; -tilt: also the main cascade on the frame turned by -30 and +30 degrees;
         # alt2-def5: alt2 at 3 neighbours, the default cascade second at 5.
-        "default5": lambda: (haar(), IoUTracker(), detect_every),
-        "mn3": lambda: (haar(min_neighbors=3), IoUTracker(), detect_every),
-        "alt2": lambda: (haar(cascade=ALT2), IoUTracker(), detect_every),
-        "alt2-mn3": lambda: (haar(cascade=ALT2, min_neighbors=3), IoUTracker(), detect_every),
-        "both-mn3": lambda: (haar(min_neighbors=3, second_cascade=ALT2), IoUTracker(), detect_every),
-        "alt2-tilt": lambda: (haar(cascade=ALT2, min_neighbors=3, tilts=TILTS), IoUTracker(), detect_every),
-        "both-tilt": lambda: (haar(min_neighbors=3, second_cascade=ALT2, tilts=TILTS), IoUTracker(), detect_every),
+        "default5": lambda: (haar(), eager(), detect_every),
+        "mn3": lambda: (haar(min_neighbors=3), eager(), detect_every),
+        "alt2": lambda: (haar(cascade=ALT2), eager(), detect_every),
+        "alt2-mn3": lambda: (haar(cascade=ALT2, min_neighbors=3), eager(), detect_every),
+        "both-mn3": lambda: (haar(min_neighbors=3, second_cascade=ALT2), eager(), detect_every),
+        "alt2-tilt": lambda: (haar(cascade=ALT2, min_neighbors=3, tilts=TILTS), eager(), detect_every),
+        "both-tilt": lambda: (haar(min_neighbors=3, second_cascade=ALT2, tilts=TILTS), eager(), detect_every),
         "alt2-def5": lambda: (haar(cascade=ALT2, min_neighbors=3, second_cascade=DEFAULT, second_neighbors=5),
-                              IoUTracker(), detect_every),
+                              eager(), detect_every),
         "alt2-def5-tilt": lambda: (haar(cascade=ALT2, min_neighbors=3, second_cascade=DEFAULT, second_neighbors=5,
-                                        tilts=TILTS), IoUTracker(), detect_every),
+                                        tilts=TILTS), eager(), detect_every),
     }
 
 

@@ -21,7 +21,7 @@ MIN_NEIGHBORS = 3
 # A frontal cascade finds a face upright to within about 15 degrees; searching the frame turned by
 # 30 degrees each way as well covers heads tilted up to about 45 degrees, as people lean at a webcam.
 TILTS = (-30, 30)
-TILT_WIDTH = 320    # the turned searches' copy: they catch a tilted head for the tracker to hold
+EXTRA_WIDTH = 320   # the extra searches' copy: they catch a face the main one misses, for the tracker to hold
 
 
 def to_gray(frame):
@@ -111,9 +111,10 @@ class FaceDetector:
             differ in how many overlapping hits a face collects, so each gets its own threshold.
         tilts: angles in degrees (e.g. (-30, 30)) at which the frame is also searched turned, for
             heads tilted sideways: a frontal cascade finds faces upright to within about 15 degrees.
-        tilt_width: the turned searches run on a copy at most this wide (None: full size), and
-            never wider than detect_width's: they catch a tilted head for the tracker to hold,
-            which a smaller copy does at less cost.
+        extra_width: every search but the main cascade upright (the HOG search, the turned ones, a
+            second cascade) runs on a copy at most this wide (None: full size), never wider than
+            detect_width's: they catch a face the main search misses for the tracker to hold, which
+            a smaller copy does at less cost.
         hog: also search with dlib's HOG detector (HogFaces), which finds faces the cascades
             cannot (eyes shut in a laugh, one side lit); on video it is one of the searches that
             take turns. Needs dlib (a dependency of this package, `dlib-bin`).
@@ -127,7 +128,7 @@ class FaceDetector:
 
     def __init__(self, min_face=48, scale_factor=1.1, min_neighbors=MIN_NEIGHBORS, detect_width=400,
                  near_step=1.1, cascade=CASCADE_FILE, second_cascade=None, second_neighbors=None, tilts=TILTS,
-                 tilt_width=TILT_WIDTH, take_turns=True, hog=True):
+                 extra_width=EXTRA_WIDTH, take_turns=True, hog=True):
         if scale_factor <= 1.0 or (near_step is not None and near_step <= 1.0):
             raise ValueError(f"FaceDetector: scale_factor and near_step must be > 1, "
                              f"received {scale_factor} and {near_step}")
@@ -140,7 +141,7 @@ class FaceDetector:
         self.second_cascade = load_cascade(second_cascade) if second_cascade else None
         self.second_neighbors = min_neighbors if second_neighbors is None else second_neighbors
         self.tilts = tuple(tilts)
-        self.tilt_width = narrower(tilt_width, detect_width)
+        self.extra_width = narrower(extra_width, detect_width)
         self.hog = HogFaces() if hog else None
         self.take_turns = take_turns
         self.turn = 0  # the search the next `detect` call runs, when take_turns
@@ -151,7 +152,7 @@ class FaceDetector:
         """A detector for still images: full resolution by default, every search at once, no tracking to
         lean on; the HOG search only when asked (on a full-size photo it costs seconds)."""
         return cls(min_face, scale_factor, min_neighbors, detect_width, near_step=None, take_turns=False, hog=hog,
-                   **{"tilt_width": detect_width, **searches})
+                   **{"extra_width": detect_width, **searches})
 
     def searches(self):
         """(cascade, tilt in degrees, min_neighbors): each cascade upright, the HOG search (if on), then
@@ -171,6 +172,10 @@ class FaceDetector:
             return searches[0]
         return others[(self.turn // 2) % len(others)]
 
+    def copy_width(self, searcher, tilt):
+        """The width of the copy a search runs on: detect_width for the main cascade upright, extra_width else."""
+        return self.detect_width if searcher is self.cascade and not tilt else self.extra_width
+
     def detect(self, gray):
         """Faces in a 2-D uint8 frame (H, W): a list of (x, y, w, h), sorted by x, then y."""
         if gray.ndim != 2:
@@ -180,7 +185,7 @@ class FaceDetector:
             searches, self.turn = [self.search_in_turn(searches)], self.turn + 1
         boxes, copies = [], {}                  # copies: width -> (copy, scale), made once a call
         for cascade, tilt, neighbors in searches:
-            width = self.tilt_width if tilt else self.detect_width
+            width = self.copy_width(cascade, tilt)
             if width not in copies:
                 copies[width] = downscaled(gray, width)
             small, scale = copies[width]
@@ -300,7 +305,8 @@ def add_detector_arguments(parser, photos):
                        help=f"hits a face needs; higher drops more false faces (default: {MIN_NEIGHBORS})")
     group.add_argument("--detect-width", type=non_negative_int, default=None if photos else 400,
                        help=f"detect on a copy at most this wide, 0 = full size (default: {width}); on video the "
-                            f"searches of the frame turned for tilted heads use a copy at most {TILT_WIDTH} px wide")
+                            f"extra searches (HOG, the frame turned for tilted heads) use a copy at most "
+                            f"{EXTRA_WIDTH} px wide")
     group.add_argument("--hog", action=BooleanOptionalAction, default=not photos,
                        help=f"also search with dlib's HOG face detector (default: {'off' if photos else 'on'})")
 

@@ -264,7 +264,7 @@ def track_faces(frame, detector, classifier, tracker, classify_now, timer, whole
 
     Tracks the whole-frame pass missed (or all tracks, when not whole_frame) get a closer
     look where they are expected (FaceDetector.detect_near, when the detector's near_step
-    is set). Detected faces are
+    is set), unless the tracker carries them (IoUTracker.to_look_for). Detected faces are
     classified when classify_now; a track first shown on another frame is classified at
     once, so every shown track has probabilities; carried tracks hold theirs.
     """
@@ -272,7 +272,7 @@ def track_faces(frame, detector, classifier, tracker, classify_now, timer, whole
         gray = to_gray(frame)
         boxes = detector.detect(gray) if whole_frame else []
         if getattr(detector, "near_step", None):
-            for track in tracker.unmatched(boxes):
+            for track in tracker.to_look_for(boxes):
                 found = detector.detect_near(gray, track.predicted_box())
                 if found is not None:
                     boxes.append(found)

@@ -141,15 +141,18 @@ class IoUTracker:
         smooth: weight of the past in `new = smooth * old + (1 - smooth) * current`;
             0 turns smoothing off (each track shows exactly its latest probabilities).
         motion: weight of the newest step in the velocity average; 0 carries boxes in place.
+        carry_before_look: updates a shown track is carried on its motion before `to_look_for`
+            asks for a closer look near it: a face detected on the last frame is still about where
+            its track predicts, and a look costs more than all the tracker's own work; 0 asks at once.
     """
 
     def __init__(self, iou_threshold=0.3, max_missed=60, min_hits=2, smooth=0.6, motion=0.3, short_missed=5,
-                 merge_parts=True):
+                 merge_parts=True, carry_before_look=1):
         if not 0.0 <= smooth < 1.0:
             raise ValueError(f"IoUTracker: smooth must be in [0, 1), received {smooth}")
-        if min_hits < 1 or max_missed < 0 or short_missed < 0:
-            raise ValueError(f"IoUTracker: min_hits must be >= 1, max_missed and short_missed >= 0, "
-                             f"received {min_hits}, {max_missed} and {short_missed}")
+        if min_hits < 1 or min(max_missed, short_missed, carry_before_look) < 0:
+            raise ValueError(f"IoUTracker: min_hits must be >= 1, max_missed, short_missed and carry_before_look "
+                             f">= 0, received {min_hits}, {max_missed}, {short_missed} and {carry_before_look}")
         self.iou_threshold = iou_threshold
         self.max_missed = max_missed
         self.short_missed = short_missed
@@ -157,6 +160,7 @@ class IoUTracker:
         self.min_hits = min_hits
         self.smooth = smooth
         self.motion = motion
+        self.carry_before_look = carry_before_look
         self.tracks = []
         self.exits = []  # shown tracks that ended cut by the frame's edge, still moving out (see `carry`)
         self.next_id = 0
@@ -169,6 +173,12 @@ class IoUTracker:
         """Live tracks whose predicted box no box in `boxes` matches: where a closer look may pay."""
         return [track for track in self.tracks
                 if all(iou(track.predicted_box(), box) < self.iou_threshold for box in boxes)]
+
+    def to_look_for(self, boxes):
+        """The unmatched tracks worth a closer look this frame: the tentative ones (a second detection
+        shows them) and the shown ones carried for at least carry_before_look updates."""
+        return [track for track in self.unmatched(boxes)
+                if not track.confirmed or track.missed >= self.carry_before_look]
 
     def update(self, boxes, probs=None, frame_size=None):
         """Match this frame's boxes to tracks; returns the shown tracks (see `shown`).

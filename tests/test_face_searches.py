@@ -171,13 +171,14 @@ def test_each_cascade_gets_its_own_neighbours_in_the_whole_frame_pass_and_near_a
     assert seen == [("main", 3), ("second", 5), ("main", 3)] * 2
 
 
-def test_turned_searches_run_on_their_own_narrower_copy_and_boxes_come_back_to_frame_pixels():
-    detector = FaceDetector(detect_width=400, tilt_width=320, tilts=(30,), take_turns=False, hog=False)
+def test_every_search_but_the_main_upright_one_runs_on_the_narrower_copy_and_boxes_come_back_to_frame_pixels():
+    detector = FaceDetector(detect_width=400, extra_width=320, tilts=(30,), second_cascade=ALT2, take_turns=False)
     calls = spied(detector, main_boxes=[(10, 20, 40, 40)])
     found = detector.detect(np.zeros((480, 640), np.uint8))
-    assert [shape for _, shape in calls] == [(300, 400), (240, 320)]      # upright copy, then the turned one
+    # the main cascade upright on the 400-px copy; the second cascade, HOG and the turned search on the 320-px one
+    assert calls == [("main", (300, 400)), ("second", (240, 320)), ("hog", (240, 320)), ("main", (240, 320))]
     assert (16, 32, 64, 64) in found                                      # the upright box, x 640/400
-    # the turned copy is never wider than the upright one; photos search both at full size
-    assert FaceDetector(detect_width=240).tilt_width == 240
-    assert FaceDetector(detect_width=None).tilt_width == 320
-    assert FaceDetector.for_photos().tilt_width is None
+    # the narrower copy is never wider than the upright one; photos search all at full size
+    assert FaceDetector(detect_width=240).extra_width == 240
+    assert FaceDetector(detect_width=None).extra_width == 320
+    assert FaceDetector.for_photos().extra_width is None

@@ -143,6 +143,19 @@ def test_unmatched_lists_tracks_no_box_overlaps():
     assert len(tracker.unmatched([])) == 2
 
 
+def test_a_shown_face_detected_last_frame_is_carried_once_before_a_closer_look():
+    tracker = IoUTracker(min_hits=2)
+    tracker.update([(0, 0, 50, 50)])                      # tentative: looked for at once
+    assert len(tracker.to_look_for([])) == 1
+    tracker.update([(1, 0, 50, 50)])                      # shown, detected this update: carried first
+    assert tracker.to_look_for([]) == []
+    tracker.update([])                                    # missed once: now worth the look
+    assert [t.track_id for t in tracker.to_look_for([])] == [0]
+    eager = IoUTracker(min_hits=1, carry_before_look=0)
+    eager.update([(0, 0, 50, 50)])
+    assert len(eager.to_look_for([])) == 1 and eager.to_look_for([(1, 0, 50, 50)]) == []
+
+
 def test_low_overlap_starts_a_new_track():
     tracker = IoUTracker(iou_threshold=0.3, min_hits=1)
     tracker.update([(0, 0, 100, 100)])
