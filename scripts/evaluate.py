@@ -63,7 +63,7 @@ def scoring_inputs(model_path, data_path, split, skip_bad_rows, fast):
     return model, preprocessing.apply(images), labels, names, split     # load_fer_model checked the input size
 
 
-TTA_TITLES = {False: "one view a face", "flip": "averaged with the mirror image",
+TTA_TITLES = {"none": "one view a face", "flip": "averaged with the mirror image",
               "shift": f"averaged over 10 views: mirror image and {evaluation.TTA_SHIFT}-pixel shifts"}
 
 
@@ -100,7 +100,7 @@ def main(argv=None):
                                                  "split", "tta", "faces")}, allow_nan=False))
     else:
         print(f"{args.model} on {args.split if args.split != 'auto' else result['split']} "
-              f"({TTA_TITLES[args.tta]})")
+              f"({TTA_TITLES[result['tta']]})")
         print(evaluation.format_report(result))
     return 0
 
