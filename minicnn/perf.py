@@ -2,7 +2,7 @@
 process tuning that `enable()` switches on.
 
 `import minicnn` changes nothing in the process. `minicnn.perf.enable()`, which the scripts
-and benchmarks call first, makes three process-wide changes for training on a small
+and benchmarks call first, makes four process-wide changes for training on a small
 machine shared with other jobs:
 
 1. OMP_WAIT_POLICY=PASSIVE (unless already set): numba's OpenMP threads sleep between
@@ -14,6 +14,11 @@ machine shared with other jobs:
    then stays with the process until it exits. MINICNN_MALLOC=default skips this.
 3. OpenBLAS's per-call thread count is looked up (in the library NumPy loaded), so that
    `ops.gemm.matmul` runs small products on the calling thread alone.
+4. Denormal numbers flush to zero (the x86 FTZ and DAZ bits, as TensorFlow runs its ops): a
+   channel that stops learning decays into the numbers below float32's smallest normal
+   (1.2e-38), and every product with one takes a slow microcode path, enough to double a
+   whole training step. The calling thread is set, and the threads it starts later (numba's)
+   inherit it: call enable() first. MINICNN_DENORMALS=keep skips this.
 
 The effect of each is measured by benchmarks/models.py and recorded in benchmarks/RESULTS.md.
 This module imports only the standard library and numpy (numba when a kernel asks).
@@ -85,7 +90,8 @@ _enabled = None                          # what enable() did, once it has run
 
 def enable():
     """Switch on the process tuning described at the top; idempotent. Returns what it did:
-    {"omp_wait_policy": value, "malloc_keeps_freed_memory": bool, "openblas_local_threads": bool}.
+    {"omp_wait_policy": value, "malloc_keeps_freed_memory": bool, "openblas_local_threads": bool,
+    "denormals_flushed": bool}.
     Call it at the start of a program, before the first numba kernel runs."""
     global _enabled, openblas_set_num_threads_local
     if _enabled is not None:
@@ -97,7 +103,8 @@ def enable():
     openblas_set_num_threads_local = find_openblas_local_threads()
     _enabled = {"omp_wait_policy": os.environ["OMP_WAIT_POLICY"],
                 "malloc_keeps_freed_memory": keep_freed_memory(),
-                "openblas_local_threads": openblas_set_num_threads_local is not None}
+                "openblas_local_threads": openblas_set_num_threads_local is not None,
+                "denormals_flushed": flush_denormals()}
     return dict(_enabled)
 
 
@@ -123,6 +130,35 @@ def keep_freed_memory():
     m_trim_threshold, m_mmap_threshold = -1, -3                  # from glibc's malloc.h
     # a glibc that refuses a threshold over 32 MB returns 0: then nothing is changed
     return bool(mallopt(m_mmap_threshold, 1 << 30) and mallopt(m_trim_threshold, -1))   # -1: never trim
+
+
+class _Fenv(ctypes.Structure):
+    """glibc's fenv_t on x86-64: the x87 environment (28 bytes), then the SSE control register."""
+    _fields_ = [("x87", ctypes.c_uint16 * 14), ("mxcsr", ctypes.c_uint32)]
+
+
+FLUSH_TO_ZERO, DENORMALS_ARE_ZERO = 0x8000, 0x0040     # MXCSR bits: denormal results, denormal inputs
+
+
+def flush_denormals():
+    """Set FTZ and DAZ in the calling thread's SSE control register, through glibc's fegetenv and
+    fesetenv; threads it starts later inherit them. False (nothing changed) off x86-64 Linux, where
+    the C library refuses, or with MINICNN_DENORMALS=keep."""
+    import platform
+    import sys
+
+    if os.environ.get("MINICNN_DENORMALS") == "keep" or not (
+            sys.platform.startswith("linux") and platform.machine() == "x86_64"):
+        return False
+    try:
+        libm = ctypes.CDLL("libm.so.6")
+    except OSError:
+        return False
+    env = _Fenv()
+    if libm.fegetenv(ctypes.byref(env)) != 0:
+        return False
+    env.mxcsr |= FLUSH_TO_ZERO | DENORMALS_ARE_ZERO
+    return libm.fesetenv(ctypes.byref(env)) == 0
 
 
 def find_openblas_local_threads():

@@ -433,6 +433,32 @@ def test_perf_enable_sets_the_process_up_once_and_says_what_it_did():
     assert json.loads(out)[1] == "ACTIVE"
 
 
+def test_perf_enable_flushes_denormals_to_zero_in_numpy_and_numba_threads():
+    # a product below float32's smallest normal becomes 0 after enable(), on the calling thread
+    # and on numba's threads started after it; MINICNN_DENORMALS=keep leaves it as IEEE says
+    import subprocess
+    import sys
+
+    code = ("import json, numpy as np, numba, minicnn.perf as perf\n"
+            "done = perf.enable()['denormals_flushed']\n"
+            "@numba.njit(parallel=True)\n"
+            "def products(a, b):\n"
+            "    out = np.empty_like(a)\n"
+            "    for i in numba.prange(a.size): out[i] = a[i] * b[i]\n"
+            "    return out\n"
+            "a, b = np.full(1 << 16, 1e-30, np.float32), np.full(1 << 16, 1e-10, np.float32)\n"
+            "print(json.dumps([done, float((a * b).max()), float(products(a, b).max())]))\n")
+    runs = {}
+    for setting in ("flush", "keep"):
+        env = {**os.environ, "MINICNN_DENORMALS": setting, "NUMBA_NUM_THREADS": "2"}
+        runs[setting] = json.loads(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                                                  text=True, check=True).stdout)
+    if not runs["flush"][0]:
+        pytest.skip("not x86-64 Linux with glibc: denormals keep IEEE behaviour")
+    assert runs["flush"] == [True, 0.0, 0.0]
+    assert runs["keep"][0] is False and runs["keep"][1] == runs["keep"][2] > 0       # 1e-40, a denormal
+
+
 def test_import_leaves_the_tuning_off_until_enable():
     import subprocess
     import sys
