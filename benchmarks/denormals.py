@@ -25,14 +25,16 @@ sys.path.insert(0, str(REPO_ROOT))  # so the script runs from a checkout without
 
 
 def model_with_dead_filters():
-    """mini-Xception with a filter that has died as long training left one: conv2d_1's filter 0 all but
-    zero (its BatchNormalization then outputs a constant), and conv2d_2's weights reading that channel
-    near 1e-36 (a constant input gets no gradient through the BatchNormalization behind conv2d_2)."""
+    """mini-Xception with filters that died as in a 100-epoch run's file: conv2d_1's filters 1 and 6
+    scaled to about 1e-37 and 1e-25, and conv2d_2's weights reading those channels likewise (a
+    channel that BatchNormalization turns into a constant gets no gradient through the next one)."""
     from fer import models as fer_models
 
     model = fer_models.build("mini_xception", 7, (48, 48, 1))
-    model.get_layer("conv2d_1").weights[0].value[..., 0] *= np.float32(1e-20)
-    model.get_layer("conv2d_2").weights[0].value[:, :, 0, :] *= np.float32(1e-36)
+    first, second = (model.get_layer(name).weights[0].value for name in ("conv2d_1", "conv2d_2"))
+    for channel, scale in ((1, 1e-36), (6, 1e-24)):
+        first[..., channel] *= np.float32(scale)
+        second[:, :, channel, :] *= np.float32(scale)
     return model
 
 
