@@ -114,7 +114,8 @@ class FaceDetector:
         extra_width: every search but the main cascade upright (the HOG search, the turned ones, a
             second cascade) runs on a copy at most this wide (None: full size), never wider than
             detect_width's: they catch a face the main search misses for the tracker to hold, which
-            a smaller copy does at less cost.
+            a smaller copy does at less cost. HOG's 80-px window, upsampled once, then sees faces
+            from 80 * width / (2 * extra_width) px (80 in a 640-px frame); the main search from min_face.
         hog: also search with dlib's HOG detector (HogFaces), which finds faces the cascades
             cannot (eyes shut in a laugh, one side lit); on video it is one of the searches that
             take turns. Needs dlib (a dependency of this package, `dlib-bin`).

@@ -1,7 +1,7 @@
 """The live loop: read a frame, find faces, classify them, track and smooth, draw, then show / save / log.
 
     source -> to_gray -> FaceDetector.detect (whole frame, every Nth frame)
-                         + FaceDetector.detect_near (around tracks the whole-frame pass did not find)
+                         + FaceDetector.detect_near (around tracks missed, IoUTracker.to_look_for)
            -> crops -> EmotionClassifier.classify (every Nth frame)
            -> IoUTracker.update (ids, faces carried through misses, smoothed probabilities)
            -> annotate -> window / .mp4 / .jsonl
@@ -143,7 +143,8 @@ def run(source, detector, classifier, tracker, every=1, display=False, save=None
     source: a FrameSource (or anything with read(), fps, is_camera).
     every: classify faces on every Nth frame; tracks keep their smoothed labels between.
     detect_every: search the whole frame for faces on every Nth frame; on the frames between,
-        faces are looked for only near their tracks (FaceDetector.detect_near), which is cheaper.
+        faces are looked for only near the tracks the tracker asks for (IoUTracker.to_look_for:
+        those already missed once; the others are carried), which is cheaper.
     mirror: flip each frame left-right first, as a camera preview is expected to look.
     display: show a window if the machine has a GUI (q / Esc quit, space pauses).
     save: path of an .mp4 (mp4v) with the annotated frames. jsonl: path of the per-face log.

@@ -175,8 +175,8 @@ class IoUTracker:
                 if all(iou(track.predicted_box(), box) < self.iou_threshold for box in boxes)]
 
     def to_look_for(self, boxes):
-        """The unmatched tracks worth a closer look this frame: the tentative ones (a second detection
-        shows them) and the shown ones carried for at least carry_before_look updates."""
+        """The unmatched tracks worth a closer look this frame: the tentative ones (more detections
+        show them) and the shown ones carried for at least carry_before_look updates."""
         return [track for track in self.unmatched(boxes)
                 if not track.confirmed or track.missed >= self.carry_before_look]
 

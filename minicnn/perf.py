@@ -18,7 +18,9 @@ machine shared with other jobs:
    channel that stops learning decays into the numbers below float32's smallest normal
    (1.2e-38), and every product with one takes a slow microcode path, enough to double a
    whole training step. The calling thread is set, and the threads it starts later (numba's)
-   inherit it: call enable() first. MINICNN_DENORMALS=keep skips this.
+   inherit it: call enable() first. OpenBLAS's threads start with NumPy, before it; NumPy's
+   OpenBLAS hands its workers the caller's setting (the test checks a threaded product).
+   MINICNN_DENORMALS=keep skips this.
 
 The effect of each is measured by benchmarks/models.py and recorded in benchmarks/RESULTS.md.
 This module imports only the standard library and numpy (numba when a kernel asks).

@@ -68,7 +68,7 @@ TTA_TITLES = {"none": "one view a face", "flip": "averaged with the mirror image
 
 
 def main(argv=None):
-    perf.enable()                  # threads, allocator and OpenMP tuned (minicnn/perf.py)
+    perf.enable()                  # threads, allocator, OpenMP, denormals (minicnn/perf.py)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="model file (.npz) from train.py or convert_keras.py, "
                                                   "or a run folder of train.py (its model.npz)")

@@ -107,7 +107,7 @@ def annotated(image, faces, labels, min_width=320):
 
 
 def main(argv=None):
-    perf.enable()                  # threads, allocator and OpenMP tuned (minicnn/perf.py)
+    perf.enable()                  # threads, allocator, OpenMP, denormals (minicnn/perf.py)
     args = parse_args(argv)
     try:
         classifier = EmotionClassifier.from_file(args.model, fast=not args.no_fast)

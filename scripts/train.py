@@ -137,7 +137,7 @@ def config_from_args(args):
 
 
 def main(argv=None):
-    perf.enable()                  # threads, allocator and OpenMP tuned for training (minicnn/perf.py)
+    perf.enable()                  # threads, allocator, OpenMP, denormals (minicnn/perf.py)
     args = parse_args(argv)
     try:
         config = config_from_args(args)

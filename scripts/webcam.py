@@ -47,7 +47,7 @@ def parse_args(argv=None):
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="minicnn model file (default: %(default)s)")
     add_detector_arguments(parser, photos=False)
     parser.add_argument("--detect-every", type=positive_int, default=2,
-                        help="search the whole frame every Nth frame, only near known faces between (default: 2)")
+                        help="search the whole frame every Nth frame, between only near known faces once missed (default: 2)")
     parser.add_argument("--mirror", action="store_true", help="flip frames left-right, as a mirror (for cameras)")
     parser.add_argument("--smooth", type=float, default=0.6,
                         help="weight of the past in the per-face moving average of probabilities, 0 = off (default: 0.6)")
@@ -89,7 +89,7 @@ def fail(message):
 
 
 def main(argv=None):
-    perf.enable()                  # threads, allocator and OpenMP tuned (minicnn/perf.py)
+    perf.enable()                  # threads, allocator, OpenMP, denormals (minicnn/perf.py)
     args = parse_args(argv)
     # The source first: a camera that will not open is the commonest problem, and the cheapest to find.
     try:

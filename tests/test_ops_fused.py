@@ -447,16 +447,18 @@ def test_perf_enable_flushes_denormals_to_zero_in_numpy_and_numba_threads():
             "    for i in numba.prange(a.size): out[i] = a[i] * b[i]\n"
             "    return out\n"
             "a, b = np.full(1 << 16, 1e-30, np.float32), np.full(1 << 16, 1e-10, np.float32)\n"
-            "print(json.dumps([done, float((a * b).max()), float(products(a, b).max())]))\n")
+            "m, k = np.full((512, 512), 1e-30, np.float32), np.full((512, 512), 1e-12, np.float32)\n"
+            "print(json.dumps([done, float((a * b).max()), float(products(a, b).max()), float((m @ k).max())]))\n")
     runs = {}
     for setting in ("flush", "keep"):
-        env = {**os.environ, "MINICNN_DENORMALS": setting, "NUMBA_NUM_THREADS": "2"}
+        env = {**os.environ, "MINICNN_DENORMALS": setting, "NUMBA_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2"}
         runs[setting] = json.loads(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                                                   text=True, check=True).stdout)
     if not runs["flush"][0]:
         pytest.skip("not x86-64 Linux with glibc: denormals keep IEEE behaviour")
-    assert runs["flush"] == [True, 0.0, 0.0]
-    assert runs["keep"][0] is False and runs["keep"][1] == runs["keep"][2] > 0       # 1e-40, a denormal
+    assert runs["flush"] == [True, 0.0, 0.0, 0.0]          # NumPy, numba's threads, OpenBLAS's threaded product
+    keep = runs["keep"]
+    assert keep[0] is False and keep[1] == keep[2] > 0 and keep[3] > 0     # 1e-40 and 512 x 1e-42: denormals
 
 
 def test_import_leaves_the_tuning_off_until_enable():
