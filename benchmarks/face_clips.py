@@ -82,15 +82,17 @@ class Clip:
         self.scene = textured_background(width, height, seed)
 
     @classmethod
-    def standard(cls, faces, frames=300, seed=0):
-        """The benchmark's scene for three faces, scaled to `frames` (at least 30)."""
+    def standard(cls, faces, frames=300, seed=0, face_scale=1.0):
+        """The benchmark's scene for three faces, scaled to `frames` (at least 30); face_scale
+        multiplies every face's side (80-200 px at 1)."""
         if len(faces) != 3:
             raise ValueError(f"Clip.standard: expected 3 faces, received {len(faces)}")
         f = frames - 1
+        side = lambda px: max(1, int(round(px * face_scale)))  # noqa: E731
         paths = [
-            Path(0, f, (300, 150, 80), (200, 60, 150)),                         # in view throughout, nearing
-            Path(int(0.15 * f), int(0.55 * f), (WIDTH, 40, 120), (420, 60, 120)),  # enters from the right
-            Path(int(0.5 * f), f, (40, 270, 200), (-230, 260, 200)),            # leaves through the left
+            Path(0, f, (300, 150, side(80)), (200, 60, side(150))),                      # in view, nearing
+            Path(int(0.15 * f), int(0.55 * f), (WIDTH, 40, side(120)), (420, 60, side(120))),  # enters right
+            Path(int(0.5 * f), f, (40, 270, side(200)), (-side(230), 260, side(200))),   # leaves left
         ]
         return cls(faces, paths, frames, dim=(int(0.2 * f), int(0.45 * f)), bar=(0, int(0.6 * f), int(0.75 * f)),
                    seed=seed)

@@ -230,6 +230,8 @@ def parse_args():
     parser.add_argument("--seed", type=int, default=0,
                         help="clip k draws its faces and scene with seed SEED + k (default: 0)")
     parser.add_argument("--frames", type=int, default=300, help="frames per clip (default: 300)")
+    parser.add_argument("--face-scale", type=float, default=1.0,
+                        help="multiply every face's side (80-200 px at the default 1; 0.6: 48-120 px)")
     parser.add_argument("--every", type=int, default=1, help="classify every Nth frame (default: 1)")
     parser.add_argument("--detect-every", type=int, default=2,
                         help="the new pipeline's whole-frame detection cadence (default: 2)")
@@ -259,7 +261,8 @@ def main():
             if video is None:
                 video = Path(tmp) / f"clip{k}.mp4"
                 seed = args.seed + k
-                truths = Clip.standard(load_faces(data, 3, seed=seed), args.frames, seed=seed).write(video)
+                truths = Clip.standard(load_faces(data, 3, seed=seed), args.frames, seed=seed,
+                                       face_scale=args.face_scale).write(video)
             order = list(makers) if k % 2 == 0 else list(makers)[::-1]  # none always runs on a cold cache
             for name in order:
                 run_stats, reports = run_one(video, makers[name], classifier, args.every, tmp)
@@ -271,7 +274,7 @@ def main():
     if args.untrained:
         model = f"{args.untrained}, untrained (fresh weights)"
     source = args.video or (f"{args.clips} clips x {args.frames} frames, 640x480, 3 PublicTest faces each "
-                            f"(seeds {args.seed}..)")
+                            f"(seeds {args.seed}.., sides x {args.face_scale})")
     print(f"webcam pipeline: {source}; model: {model}; classify every {args.every} frame(s); "
           f"new pipeline detects the whole frame every {args.detect_every} frame(s)")
     print(format_table(scores, stats))
