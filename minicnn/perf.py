@@ -16,8 +16,8 @@ machine shared with other jobs:
    `ops.gemm.matmul` runs small products on the calling thread alone.
 4. Denormal numbers flush to zero (the x86 FTZ and DAZ bits, as TensorFlow runs its ops): a
    channel that stops learning decays into the numbers below float32's smallest normal
-   (1.2e-38), and every product with one takes a slow microcode path, enough to double a
-   whole training step. The calling thread is set, and the threads it starts later (numba's)
+   (1.2e-38), and every product with one takes the CPU's slow microcode path, which can make
+   a whole training step several times slower (benchmarks/denormals.py). The calling thread is set, and the threads it starts later (numba's)
    inherit it: call enable() first. OpenBLAS's threads start with NumPy, before it; NumPy's
    OpenBLAS hands its workers the caller's setting (the test checks a threaded product).
    MINICNN_DENORMALS=keep skips this.
@@ -27,6 +27,8 @@ This module imports only the standard library and numpy (numba when a kernel ask
 """
 import ctypes
 import os
+import platform
+import sys
 import warnings
 from contextlib import contextmanager
 
@@ -112,8 +114,6 @@ def enable():
 
 def _numba_threads_started():
     """Whether numba has launched its parallel threads (read only; False without numba)."""
-    import sys
-
     parallel = sys.modules.get("numba.np.ufunc.parallel")
     return bool(getattr(parallel, "_is_initialized", False))
 
@@ -146,9 +146,6 @@ def flush_denormals():
     """Set FTZ and DAZ in the calling thread's SSE control register, through glibc's fegetenv and
     fesetenv; threads it starts later inherit them. False (nothing changed) off x86-64 Linux, where
     the C library refuses, or with MINICNN_DENORMALS=keep."""
-    import platform
-    import sys
-
     if os.environ.get("MINICNN_DENORMALS") == "keep" or not (
             sys.platform.startswith("linux") and platform.machine() == "x86_64"):
         return False
