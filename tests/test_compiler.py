@@ -6,8 +6,8 @@ import pytest
 
 import minicnn
 from fer import models as fer_models
-from minicnn import (Activation, Add, BatchNormalization, Conv2D, Dense, Flatten, Input, Model, Sequential,
-                     backend, optimizers)
+from minicnn import (Activation, Add, BatchNormalization, Conv2D, Dense, Flatten, Input, Model, SeparableConv2D,
+                     Sequential, backend, optimizers)
 from minicnn.compiler import FusedStep, compile_model
 from minicnn.compiler.epilogues import EpilogueStage
 from minicnn.ops.direct_conv import direct_pays
@@ -282,6 +282,27 @@ def test_each_convolution_gets_its_method_by_shape_and_keeps_its_buffers_from_st
     model.train_on_batch(x, y)
     for stage, before in zip(stages, held):
         assert all(stage.buffers.arrays[name] is array for name, array in before.items())
+
+
+def test_in_training_the_product_writes_into_the_steps_buffers_when_an_epilogue_follows():
+    # z never leaves a step whose epilogue reads it (nor does the depthwise output), so a training step
+    # writes them into the step's planned arrays; a product that ends its step (its z is the step's
+    # output) and inference make their own
+    model = Sequential([SeparableConv2D(8, 3, padding="same", input_shape=(10, 10, 4)), BatchNormalization(),
+                        Activation("relu"), Conv2D(6, 3, padding="same"), BatchNormalization(), Activation("relu"),
+                        Conv2D(4, 3), Flatten(), Dense(2, activation="softmax")])
+    model.compile("sgd", "sparse_categorical_crossentropy", jit_compile=True)
+    x, y = np.random.default_rng(0).standard_normal((4, 10, 10, 4)).astype(np.float32), np.arange(4) % 2
+    model.train_on_batch(x, y)
+    separable, conv, lone = (step.stages for step in fused_steps(model))
+    planned = [dict(stages[0].buffers.arrays) for stages in (separable, conv)]
+    assert {"depthwise", "z"} <= set(planned[0]) and "z" in planned[1] and "z" not in lone[0].buffers.arrays
+    model.train_on_batch(x, y)
+    for stages, held in zip((separable, conv), planned):
+        cached_z = stages[1].cache[1]                                  # what the epilogue keeps for its backward
+        assert np.shares_memory(cached_z, held["z"]) and stages[0].buffers.arrays["z"] is held["z"]
+    model.predict(x)
+    assert not np.shares_memory(conv[1].cache[1], planned[1]["z"])     # inference's own arrays
 
 
 def test_inference_chooses_by_the_forward_alone():

@@ -44,11 +44,13 @@ class ConvStage:
     """Conv2D: z = conv(x, K) + b, y = activation(z), by the method that pays for the input's
     shape (chosen once per shape): Winograd's F(4x4) or F(2x2) (ops.winograd.winograd_tile), the
     direct loops for narrow layers (ops.direct_conv.direct_pays), else the textbook im2col
-    product; their temporaries come from the step's buffers."""
+    product; their temporaries come from the step's buffers, and so does z when an epilogue
+    follows in the step (z then never leaves it)."""
 
     def __init__(self, layer, buffers, activate=True):
         self.layer, self.layers, self.buffers = layer, [layer], buffers
         self.activation = layer.activation if activate else LINEAR      # LINEAR: an epilogue applies it
+        self.epilogue_follows = not activate
         self.methods = {}    # (input shape, training) -> a Winograd Tiling, "direct", or None for im2col
 
     def method(self, x_shape, training):
@@ -75,14 +77,15 @@ class ConvStage:
     def convolve(self, x, pads, ho, wo, buffers, training):
         """(z, saved) by this shape's method."""
         kernel, tiling = self.layer.kernel.value, self.method(x.shape, training)
+        (kh, kw, c, f), n = kernel.shape, x.shape[0]
+        z = buffers("z", (n, ho, wo, f), x.dtype) if buffers is not None and self.epilogue_follows else None
         if tiling == "direct":
-            return direct_conv2d(x, kernel, self.layer.strides, pads), DirectSaved(x)
+            return direct_conv2d(x, kernel, self.layer.strides, pads, out=z), DirectSaved(x)
         if tiling is not None:
             return winograd.conv(x, kernel, pads[0][0], pads[1][0], ho, wo, buffers, tiling)
-        (kh, kw, c, _), n = kernel.shape, x.shape[0]
         in_buffer = buffers is not None and numba_pays((kh, kw), c)     # NumPy's im2col makes its own array
         cols = buffers("cols", (n * ho * wo, kh * kw * c), x.dtype) if in_buffer else None
-        return conv2d(x, kernel, self.layer.strides, pads, cols)
+        return conv2d(x, kernel, self.layer.strides, pads, cols, out=z)
 
     def backward(self, dy):
         """Conv2D.backward's rule (docs/backprop.md, "Conv2D")."""
@@ -103,18 +106,21 @@ class ConvStage:
 
 class SeparableStage:
     """SeparableConv2D: d = depthwise(x, Kd), z = d @ Kp + b, y = activation(z): the layer's lines, or
-    ops.separable's one pass over tiles where it pays (stride 1, depth_multiplier 1, separable_pays)."""
+    ops.separable's one pass over tiles where it pays (stride 1, depth_multiplier 1, separable_pays).
+    In training, d comes from the step's buffers, and so does z when an epilogue follows in the step."""
 
     def __init__(self, layer, buffers, activate=True):
         self.layer, self.layers, self.buffers = layer, [layer], buffers
         self.activation = layer.activation if activate else LINEAR
+        self.epilogue_follows = not activate
 
     def forward(self, x, training):
         layer = self.layer
         x = layer.prepare(x)
         pads, ho, wo = layer.geometry(x)
         fused = self.fused(x.shape, training)
-        z = self.separable(x, pads) if fused else self.depthwise_pointwise(x, pads, ho, wo)
+        buffers = self.buffers if training else None       # inference between a forward and its backward
+        z = self.separable(x, pads) if fused else self.depthwise_pointwise(x, pads, ho, wo, buffers)
         if layer.use_bias:
             z += layer.bias.value
         y = self.activation.forward(z)
@@ -131,13 +137,16 @@ class SeparableStage:
         layer = self.layer
         return separable_conv2d(x, layer.depthwise_kernel.value, layer.pointwise_kernel.value, pads)
 
-    def depthwise_pointwise(self, x, pads, ho, wo):
+    def depthwise_pointwise(self, x, pads, ho, wo, buffers=None):
         """The layer's two ops, d kept in the layer's cache for its backward_from_logits."""
         layer, n, f = self.layer, x.shape[0], self.layer.filters
-        d = depthwise_conv(x, layer.depthwise_kernel.value, layer.strides, pads)   # (N, Ho, Wo, C*M)
+        cm = x.shape[3] * layer.depth_multiplier
+        d = buffers("depthwise", (n, ho, wo, cm), x.dtype) if buffers is not None else None
+        z = buffers("z", (n * ho * wo, f), x.dtype) if buffers is not None and self.epilogue_follows else None
+        d = depthwise_conv(x, layer.depthwise_kernel.value, layer.strides, pads, out=d)   # (N, Ho, Wo, C*M)
         d2 = d.reshape(n * ho * wo, -1)                                             # (N*Ho*Wo, C*M)
         layer.cache = (x, pads, d2, None)     # SeparableConv2D.forward's cache, less y (backward_from_logits' input)
-        return matmul(d2, layer.pointwise_kernel.value.reshape(-1, f)).reshape(n, ho, wo, f)
+        return matmul(d2, layer.pointwise_kernel.value.reshape(-1, f), out=z).reshape(n, ho, wo, f)
 
     def backward(self, dy):
         """SeparableConv2D.backward's rule (docs/backprop.md, "SeparableConv2D")."""

@@ -20,7 +20,8 @@ write a full-size temporary per kernel offset (see benchmarks/kernels.py).
 """
 import numpy as np
 
-from .. import perf
+from .. import backend, perf
+from .buffers import reuse_or_new
 from .im2col import output_hw
 from .jit import njit, pick, prange
 
@@ -157,14 +158,16 @@ def _depthwise_backward_kernel(dy, x, kernel, dx, dk_per_image, m_n, sh, sw, top
                                         dx[n, h, w, c] += kernel[i, j, o] * g
 
 
-def depthwise_conv_numba(x, kernel, strides, pads):
-    """numba version of `depthwise_conv_reference` (same arguments, same result)."""
+def depthwise_conv_numba(x, kernel, strides, pads, out=None):
+    """numba version of `depthwise_conv_reference` (same arguments, same result); y written
+    into `out` when given."""
     x = np.ascontiguousarray(x)
     kernel = np.ascontiguousarray(kernel, dtype=x.dtype)
     n, h, w, c = x.shape
     kh, kw, _, m = kernel.shape
     ho, wo = output_hw(h, w, (kh, kw), strides, pads)
-    y = np.zeros((n, ho, wo, c * m), dtype=x.dtype)
+    y = reuse_or_new(out, (n, ho, wo, c * m), x.dtype, "depthwise_conv: out")
+    y.fill(0)                                         # the kernel adds each tap into y
     with perf.kernel_threads(x.size * kh * kw):       # one thread for a small batch
         _depthwise_kernel(x, kernel.reshape(kh, kw, c * m), y, m, *strides, pads[0][0], pads[1][0])
     return y
@@ -189,9 +192,16 @@ def depthwise_conv_backward_numba(dy, x, kernel, strides, pads, need_input_gradi
 # dispatch: the numba kernels (MINICNN_REFERENCE=1: the NumPy references)
 # ----------------------------------------------------------------------------------------
 
-def depthwise_conv(x, kernel, strides, pads):
-    """Depthwise convolution, zero padding: (N, H, W, C), (kh, kw, C, M) -> (N, Ho, Wo, C*M)."""
-    return pick(depthwise_conv_reference, depthwise_conv_numba)(x, kernel, strides, pads)
+def depthwise_conv(x, kernel, strides, pads, out=None):
+    """Depthwise convolution, zero padding: (N, H, W, C), (kh, kw, C, M) -> (N, Ho, Wo, C*M),
+    written into `out` when given."""
+    if not backend.use_reference():
+        return depthwise_conv_numba(x, kernel, strides, pads, out)
+    y = depthwise_conv_reference(x, kernel, strides, pads)     # the reference takes no buffer
+    if out is not None:
+        out = reuse_or_new(out, y.shape, y.dtype, "depthwise_conv: out")
+        out[...], y = y, out
+    return y
 
 
 def depthwise_conv_backward(dy, x, kernel, strides, pads, need_input_gradient=True):
