@@ -12,3 +12,13 @@ def reuse_or_new(out, shape, dtype, where):
         raise ValueError(f"{where} must be a C-contiguous {np.dtype(dtype).name} array of shape {shape}, "
                          f"received {out.dtype} {out.shape}")
     return out if out.shape == shape else out.reshape(shape)
+
+
+def copied_into(result, out, where):
+    """`result`, or copied into the caller's buffer `out` when one was given (a NumPy reference
+    makes its own array); checked as reuse_or_new checks it."""
+    if out is None or result is None:
+        return result
+    out = reuse_or_new(out, result.shape, result.dtype, where)
+    out[...] = result
+    return out

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import backend
-from .buffers import reuse_or_new
+from .buffers import copied_into, reuse_or_new
 from .gemm import matmul
 from .im2col import col2im, col2im_reference, im2col, im2col_reference, output_hw
 
@@ -84,11 +84,8 @@ def conv2d(x, kernel, strides, pads, cols=None, out=None):
     `saved` for conv2d_backward. `cols`: a buffer of N*Ho*Wo*kh*kw*C numbers for the patch
     matrix, which the numba im2col writes into (NumPy's makes its own array); `out`: one for z."""
     if backend.use_reference():
-        z, patches = conv2d_reference(x, kernel, strides, pads)          # the reference takes no buffer
-        if out is not None:
-            out = reuse_or_new(out, z.shape, z.dtype, "conv2d: out")
-            out[...], z = z, out
-        return z, Saved("reference", patches, x.shape, strides, pads)
+        z, patches = conv2d_reference(x, kernel, strides, pads)
+        return copied_into(z, out, "conv2d: out"), Saved("reference", patches, x.shape, strides, pads)
     (kh, kw, _, f), n = kernel.shape, x.shape[0]
     ho, wo = output_hw(x.shape[1], x.shape[2], (kh, kw), strides, pads)
     z = None if out is None else reuse_or_new(out, (n * ho * wo, f), x.dtype, "conv2d: out")

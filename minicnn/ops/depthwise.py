@@ -21,7 +21,7 @@ write a full-size temporary per kernel offset (see benchmarks/kernels.py).
 import numpy as np
 
 from .. import backend, perf
-from .buffers import reuse_or_new
+from .buffers import copied_into, reuse_or_new
 from .im2col import output_hw
 from .jit import njit, pick, prange
 
@@ -197,11 +197,7 @@ def depthwise_conv(x, kernel, strides, pads, out=None):
     written into `out` when given."""
     if not backend.use_reference():
         return depthwise_conv_numba(x, kernel, strides, pads, out)
-    y = depthwise_conv_reference(x, kernel, strides, pads)     # the reference takes no buffer
-    if out is not None:
-        out = reuse_or_new(out, y.shape, y.dtype, "depthwise_conv: out")
-        out[...], y = y, out
-    return y
+    return copied_into(depthwise_conv_reference(x, kernel, strides, pads), out, "depthwise_conv: out")
 
 
 def depthwise_conv_backward(dy, x, kernel, strides, pads, need_input_gradient=True):

@@ -33,7 +33,7 @@ import numpy as np
 
 from .. import perf
 from . import batchnorm, elementwise, pooling
-from .buffers import reuse_or_new
+from .buffers import copied_into, reuse_or_new
 from .im2col import output_hw
 from .jit import njit, pick, prange
 
@@ -523,12 +523,7 @@ def numba_pays(spec, z):
 
 
 def _into(result, buffer, name):
-    """`result`, copied into the caller's buffer when one was given (the reference makes its own)."""
-    if buffer is None or result is None:
-        return result
-    buffer = _buffer(buffer, result.shape, result.dtype, name)
-    buffer[...] = result
-    return buffer
+    return copied_into(result, buffer, f"epilogue: {name}")
 
 
 def moments(z, relu_first=False):
