@@ -29,8 +29,9 @@ import ctypes
 import os
 import platform
 import sys
+import threading
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 
@@ -38,6 +39,10 @@ import numpy as np
 
 # numba kernels: below this many numbers, one thread (waking the second costs more than the work)
 PARALLEL_MIN_SIZE = 1 << 17
+# inference (Model.forward, training=False) on at most this many input numbers runs the whole pass
+# on one numba thread (a webcam face or two): every kernel of it is below PARALLEL_MIN_SIZE, and
+# setting the thread count once beats setting it around each kernel
+ONE_THREAD_MAX_INPUT = 1 << 13
 # BatchNormalization's moments and backward: the NumPy reference below this many numbers,
 # where a kernel call gains too little over it
 BATCHNORM_NUMBA_MIN_SIZE = 1 << 17
@@ -68,22 +73,44 @@ BATCHNORM_BLOCKS = 64
 ELEMENTWISE_BLOCK = 1 << 14
 
 
+_threads = threading.local()          # .single: inside one_thread() on this thread
+
+
 @contextmanager
 def kernel_threads(size):
     """Run the numba kernels inside on one thread when they touch fewer than PARALLEL_MIN_SIZE
     numbers (batch-1 inference); larger work keeps numba's thread count. numba's setting is
-    per calling thread and is restored on exit."""
-    if size >= PARALLEL_MIN_SIZE:
+    per calling thread and is restored on exit; inside one_thread() this changes nothing."""
+    if size >= PARALLEL_MIN_SIZE or getattr(_threads, "single", False):
+        yield
+        return
+    with one_thread():
+        yield
+
+
+@contextmanager
+def one_thread():
+    """Run everything inside on one numba thread (this calling thread's setting, restored on exit)."""
+    if getattr(_threads, "single", False):
         yield
         return
     import numba
 
     before = numba.get_num_threads()
     numba.set_num_threads(1)
+    _threads.single = True
     try:
         yield
     finally:
+        _threads.single = False
         numba.set_num_threads(before)
+
+
+def inference_threads(inputs, training):
+    """one_thread() for an inference pass on at most ONE_THREAD_MAX_INPUT numbers (inputs: the
+    model's input arrays), else a context that changes nothing."""
+    small = not training and sum(np.size(x) for x in inputs) <= ONE_THREAD_MAX_INPUT
+    return one_thread() if small else nullcontext()
 
 
 # ---- process tuning: off until enable() ------------------------------------------------------

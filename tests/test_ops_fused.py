@@ -5,6 +5,7 @@ thousand, so blocks end mid-array), float32 and float64. Gathers and single prod
 (ReLU, dropout) must match exactly; sums (the BN statistics and gradients) to rtol 1e-12
 in float64, where only the order of the additions differs.
 """
+import contextlib
 import json
 import os
 
@@ -376,6 +377,39 @@ def test_kernel_threads_uses_one_thread_for_small_work_and_restores():
     assert numba.get_num_threads() == before
     with perf.kernel_threads(perf.PARALLEL_MIN_SIZE):
         assert numba.get_num_threads() == before
+
+
+def test_one_thread_holds_inside_kernel_threads_and_restores_once():
+    import numba
+
+    before = numba.get_num_threads()
+    with perf.one_thread():
+        with perf.kernel_threads(perf.PARALLEL_MIN_SIZE):      # big work: still the one thread
+            assert numba.get_num_threads() == 1
+        with perf.one_thread():
+            assert numba.get_num_threads() == 1
+        assert numba.get_num_threads() == 1                    # the inner exits did not restore
+    assert numba.get_num_threads() == before
+
+
+def test_small_inference_batches_run_on_one_thread_and_training_does_not(monkeypatch):
+    from minicnn import layers, models
+
+    calls = []
+
+    @contextlib.contextmanager
+    def recording():
+        calls.append("one_thread")
+        yield
+
+    monkeypatch.setattr(perf, "one_thread", recording)
+    model = models.Sequential([layers.Conv2D(2, 3, input_shape=(8, 8, 1)), layers.Flatten(), layers.Dense(3)])
+    small = np.zeros((perf.ONE_THREAD_MAX_INPUT // 64, 8, 8, 1), np.float32)
+    model.forward(small)
+    assert calls == ["one_thread"]
+    model.forward(small, training=True)
+    model.forward(np.zeros((small.shape[0] + 1, 8, 8, 1), np.float32))
+    assert calls == ["one_thread"]
 
 
 def test_matmul_runs_small_products_on_one_thread(monkeypatch):

@@ -5,7 +5,7 @@ import time
 import numpy as np
 from tqdm.auto import tqdm
 
-from .. import backend, losses, optimizers, saving
+from .. import backend, losses, optimizers, perf, saving
 from ..callbacks import History, check_hooks
 from ..compiler import compile_model
 from ..sequence import ArrayBatches, Sequence, count, take
@@ -59,9 +59,11 @@ class Model(Network):
 
     def forward(self, x, training=False):
         """Network.forward on the steps to run: the graph's own layers under MINICNN_REFERENCE=1,
-        else the compiled steps once jit_compile asks for them (compiled here, on first use)."""
+        else the compiled steps once jit_compile asks for them (compiled here, on first use).
+        A small inference batch runs on one thread (perf.inference_threads)."""
         self._choose_steps()
-        return super().forward(x, training)
+        with perf.inference_threads(x if isinstance(x, (list, tuple)) else [x], training):
+            return super().forward(x, training)
 
     def _choose_steps(self):
         if backend.use_reference():

@@ -1,4 +1,6 @@
 """The check every op makes of a caller's reused output buffer (the compiler preallocates them)."""
+import math
+
 import numpy as np
 
 
@@ -8,7 +10,7 @@ def reuse_or_new(out, shape, dtype, where):
     shape = tuple(int(s) for s in shape)
     if out is None:
         return np.empty(shape, dtype=dtype)
-    if out.dtype != dtype or out.size != int(np.prod(shape)) or not out.flags.c_contiguous:
+    if out.dtype != dtype or out.size != math.prod(shape) or not out.flags.c_contiguous:
         raise ValueError(f"{where} must be a C-contiguous {np.dtype(dtype).name} array of shape {shape}, "
                          f"received {out.dtype} {out.shape}")
     return out if out.shape == shape else out.reshape(shape)
