@@ -7,7 +7,9 @@ Speed settings (thresholds, threads, allocator) live in `minicnn.perf`.
 """
 import os
 import re
+import threading
 from collections import defaultdict
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -36,9 +38,29 @@ def as_dtype(dtype):
     return dtype
 
 
+_pass = threading.local()          # .reference: the setting read once for a whole pass, or None
+
+
 def use_reference():
     """True when MINICNN_REFERENCE=1: ops run their NumPy reference instead of numba kernels."""
+    fixed = getattr(_pass, "reference", None)
+    if fixed is not None:
+        return fixed
     return os.environ.get("MINICNN_REFERENCE", "0") not in ("", "0", "false", "False")
+
+
+@contextmanager
+def reference_read_once():
+    """Read MINICNN_REFERENCE once for everything inside (a model's whole pass), on this thread:
+    its ops ask dozens of times, and a batch-1 pass is short enough for the reads to show."""
+    if getattr(_pass, "reference", None) is not None:
+        yield
+        return
+    _pass.reference = use_reference()
+    try:
+        yield
+    finally:
+        _pass.reference = None
 
 
 def to_snake_case(name):

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from minicnn import perf
+from minicnn import backend, perf
 from minicnn.ops import batchnorm, conv, depthwise, im2col, pooling, winograd
 from minicnn.ops.padding import conv_geometry
 
@@ -505,6 +505,16 @@ def test_minicnn_reference_routes_to_the_reference(monkeypatch, module, name, ar
     monkeypatch.delenv("MINICNN_REFERENCE")
     getattr(module, name)(*args)
     assert calls == ["reference", "numba", "numba"]    # read at call time, numba by default here
+
+
+def test_reference_read_once_holds_the_setting_for_a_pass_then_reads_again(monkeypatch):
+    monkeypatch.setenv("MINICNN_REFERENCE", "1")
+    with backend.reference_read_once():
+        monkeypatch.setenv("MINICNN_REFERENCE", "0")
+        with backend.reference_read_once():
+            assert backend.use_reference()
+        assert backend.use_reference()          # the inner exit kept the outer pass's reading
+    assert not backend.use_reference()
 
 
 @pytest.mark.parametrize("kernel_size, channels", [((1, 1), 16), ((3, 3), 1)])

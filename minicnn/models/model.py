@@ -61,8 +61,9 @@ class Model(Network):
         """Network.forward on the steps to run: the graph's own layers under MINICNN_REFERENCE=1,
         else the compiled steps once jit_compile asks for them (compiled here, on first use).
         A small inference batch runs on one thread (perf.inference_threads)."""
-        self._choose_steps()
-        with perf.inference_threads(x if isinstance(x, (list, tuple)) else [x], training):
+        inputs = x if isinstance(x, (list, tuple)) else [x]
+        with backend.reference_read_once(), perf.inference_threads(inputs, training):
+            self._choose_steps()
             return super().forward(x, training)
 
     def _choose_steps(self):
