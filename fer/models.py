@@ -7,6 +7,8 @@ seed line by line. Parameter counts with 7 classes at 48x48 (checked by the test
     seq4..seq8     seed 004   4,589,318 (6 classes), 2,345,991, 1,914,951, 4,478,727, 4,478,214 (6)
 Where a seed leaves something unsaid (dropout rates, an activation), the choice is marked.
 """
+import inspect
+
 from minicnn import (Activation, Add, BatchNormalization, Conv2D, Dense, Dropout, Flatten, GlobalAveragePooling2D,
                      Input, MaxPooling2D, Model, SeparableConv2D, Sequential)
 from minicnn.regularizers import l2
@@ -250,11 +252,23 @@ def names():
     return sorted(BUILDERS)
 
 
-def build(name, num_classes=None, input_shape=(48, 48, 1)):
+def build(name, num_classes=None, input_shape=(48, 48, 1), l2_regularization=None):
     """Build architecture `name` for `num_classes` outputs (default: its seed's own classes,
-    DEFAULTS[name]["classes"]) and inputs of `input_shape`."""
+    DEFAULTS[name]["classes"]) and inputs of `input_shape`; l2_regularization: the kernels' L2
+    factor for an architecture that takes one (mini_xception), None for the seed's."""
     if name not in BUILDERS:
         raise ValueError(f"unknown model {name!r}; known: {', '.join(names())}")
     if num_classes is None:
         num_classes = len(CLASS_MAPS[DEFAULTS[name]["classes"]])
-    return BUILDERS[name](num_classes=num_classes, input_shape=tuple(input_shape))
+    options = {}
+    if l2_regularization is not None:
+        if not takes_l2_regularization(name):
+            raise ValueError(f"{name} has no kernel regularizer to set (l2_regularization={l2_regularization}); "
+                             f"only {', '.join(n for n in names() if takes_l2_regularization(n))} take one")
+        options["l2_regularization"] = float(l2_regularization)
+    return BUILDERS[name](num_classes=num_classes, input_shape=tuple(input_shape), **options)
+
+
+def takes_l2_regularization(name):
+    """Whether architecture `name` has kernel regularizers whose factor build() can set."""
+    return "l2_regularization" in inspect.signature(BUILDERS[name]).parameters

@@ -63,6 +63,7 @@ class TrainConfig:
     fast: bool = True               # run the compiled steps (minicnn/compiler/); False: the textbook layers
     teacher: list = field(default_factory=list)   # model files whose probabilities the targets mix in (fer/distill.py)
     distill: float = 0.5            # with teachers: their share a of the targets (1 - a) * label + a * teachers
+    l2_regularization: Optional[float] = None   # the kernels' L2 factor of a model that has one (None: its seed's)
 
     @classmethod
     def from_saved(cls, saved_args, where):
@@ -353,7 +354,8 @@ def distilled_targets(run, config, splits):
 def compiled_model(config, splits, preprocessing):
     """The run's network, compiled, with the metadata its model file carries."""
     backend.clear_session()
-    model = models.build(config.model, len(splits.label_names), (config.input_size, config.input_size, 1))
+    model = models.build(config.model, len(splits.label_names), (config.input_size, config.input_size, 1),
+                         l2_regularization=config.l2_regularization)
     loss_class = losses.CategoricalCrossentropy if config.teacher else losses.SparseCategoricalCrossentropy
     loss = loss_class(label_smoothing=config.label_smoothing)
     model.compile(make_optimizer(config), loss, metrics=["accuracy"], jit_compile=config.fast)

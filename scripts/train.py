@@ -72,6 +72,8 @@ def parse_args(argv):
                         "(fer/distill.py)")
     p.add_argument("--distill", type=open_fraction, metavar="A",
                    help="with --teacher: train on (1 - A) * label + A * teachers' probabilities (default 0.5)")
+    p.add_argument("--l2-regularization", type=non_negative, metavar="L2",
+                   help="the kernels' L2 factor of a model that has one (mini_xception; its seed: 0.01)")
     p.add_argument("--out", help="parent folder of the run folder (default runs/)")
     p.add_argument("--no-fast", action="store_true", default=None,
                    help="train on the textbook layers instead of the compiled steps (minicnn/compiler/); "
@@ -80,6 +82,8 @@ def parse_args(argv):
     args = p.parse_args(argv)
     if args.distill is not None and not args.teacher:
         p.error("--distill needs --teacher (the model files to distill from)")
+    if args.l2_regularization is not None and args.model and not models.takes_l2_regularization(args.model):
+        p.error(f"--l2-regularization: {args.model} has no kernel regularizer (mini_xception has)")
     if args.resume:
         fixed = [option for option in vars(args) if option not in RESUMABLE and getattr(args, option) is not None]
         if fixed:
@@ -132,7 +136,7 @@ def config_from_args(args):
                                                 "lr", "augment", "class_weight", "seed", "limit", "out",
                                                 "val_fraction", "lr_patience", "patience", "skip_bad_rows",
                                                 "nesterov", "weight_decay", "label_smoothing", "erasing", "precise_bn",
-                                                "teacher", "distill")}
+                                                "teacher", "distill", "l2_regularization")}
     return TrainConfig.for_model(args.model, args.data, fast=not args.no_fast, **overrides)
 
 

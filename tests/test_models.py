@@ -56,6 +56,17 @@ def test_every_architecture_builds_its_seeds_own_model_by_default():
         fer_models.build("nope")
 
 
+def test_build_sets_the_kernel_l2_factor_only_where_the_architecture_has_one():
+    def factors(model):
+        return {layer.kernel_regularizer.l2 for layer in model.layers if getattr(layer, "kernel_regularizer", None)}
+
+    assert factors(fer_models.build("mini_xception")) == {0.01}                  # the seed's
+    assert factors(fer_models.build("mini_xception", l2_regularization=0.001)) == {0.001}
+    assert fer_models.build("mini_xception", l2_regularization=0).count_params() == 58_423
+    with pytest.raises(ValueError, match="cnn4 has no kernel regularizer.*only mini_xception"):
+        fer_models.build("cnn4", l2_regularization=0.001)
+
+
 @pytest.mark.parametrize("seed_file,name,classes", [("000", "cnn4", 7), ("001", "cnn8", 4), ("002", "mini_xception", 7)])
 def test_totals_printed_in_the_seed_documents(shared_dir, seed_file, name, classes):
     text = next((shared_dir / "seeds").glob(f"{seed_file}_*.txt")).read_text()
