@@ -81,7 +81,7 @@ def kernel_threads(size):
     """Run the numba kernels inside on one thread when they touch fewer than PARALLEL_MIN_SIZE
     numbers (batch-1 inference); larger work keeps numba's thread count. numba's setting is
     per calling thread and is restored on exit; inside one_thread() this changes nothing."""
-    if size >= PARALLEL_MIN_SIZE or getattr(_threads, "single", False):
+    if size >= PARALLEL_MIN_SIZE:
         yield
         return
     with one_thread():
