@@ -171,6 +171,7 @@ def test_jit_compile_auto_compiles_and_a_bad_value_is_an_error():
 
 
 def test_reference_mode_runs_the_textbook_steps_and_compiles_again_after(monkeypatch):
+    monkeypatch.delenv("MINICNN_REFERENCE", raising=False)        # the test sets it itself
     model = small_model("cnn8")
     model.compile("sgd", "sparse_categorical_crossentropy", jit_compile=True)
     x, y = batch(model)
