@@ -106,11 +106,12 @@ def one_thread():
         numba.set_num_threads(before)
 
 
-def inference_threads(inputs, training):
+def inference_threads(inputs, training, reference):
     """one_thread() for an inference pass on at most ONE_THREAD_MAX_INPUT numbers (inputs: the
-    model's input arrays), else a context that changes nothing."""
+    model's input arrays), else a context that changes nothing; nothing either for a `reference`
+    pass (MINICNN_REFERENCE=1), which runs no numba kernel and may run without numba."""
     small = not training and sum(np.size(x) for x in inputs) <= ONE_THREAD_MAX_INPUT
-    return one_thread() if small else nullcontext()
+    return one_thread() if small and not reference else nullcontext()
 
 
 # ---- process tuning: off until enable() ------------------------------------------------------

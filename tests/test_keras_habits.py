@@ -352,7 +352,9 @@ m = Sequential([Conv2D(4, 3, padding="same", input_shape=(8, 8, 1)), BatchNormal
 m.compile("adam", "sparse_categorical_crossentropy", ["accuracy"])
 x = np.random.default_rng(0).normal(size=(16, 8, 8, 1)).astype("float32")
 history = m.fit(x, np.arange(16) % 3, epochs=2, verbose=0)
-print("numba" if sys.modules.get("numba") else "no numba", np.isfinite(history.history["loss"]).all())
+one = m.predict(x[:1])                                   # a small batch, as a webcam's face
+print("numba" if sys.modules.get("numba") else "no numba", np.isfinite(history.history["loss"]).all() and
+      np.isfinite(one).all())
 """
 
 

@@ -62,7 +62,7 @@ class Model(Network):
         else the compiled steps once jit_compile asks for them (compiled here, on first use).
         A small inference batch runs on one thread (perf.inference_threads)."""
         inputs = x if isinstance(x, (list, tuple)) else [x]
-        with backend.reference_read_once(), perf.inference_threads(inputs, training):
+        with backend.reference_read_once(), perf.inference_threads(inputs, training, backend.use_reference()):
             self._choose_steps()
             return super().forward(x, training)
 
