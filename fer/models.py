@@ -264,7 +264,7 @@ def build(name, num_classes=None, input_shape=(48, 48, 1), l2_regularization=Non
     if l2_regularization is not None:
         if not takes_l2_regularization(name):
             raise ValueError(f"{name} has no kernel regularizer to set (l2_regularization={l2_regularization}); "
-                             f"only {', '.join(n for n in names() if takes_l2_regularization(n))} take one")
+                             f"these have one: {', '.join(n for n in names() if takes_l2_regularization(n))}")
         options["l2_regularization"] = float(l2_regularization)
     return BUILDERS[name](num_classes=num_classes, input_shape=tuple(input_shape), **options)
 

@@ -56,8 +56,8 @@ def reference_read_once():
     if getattr(_pass, "reference", None) is not None:
         yield
         return
-    _pass.reference = use_reference()
     try:
+        _pass.reference = use_reference()
         yield
     finally:
         _pass.reference = None

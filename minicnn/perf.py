@@ -23,7 +23,7 @@ machine shared with other jobs:
    MINICNN_DENORMALS=keep skips this.
 
 The effect of each is measured by benchmarks/models.py and recorded in benchmarks/RESULTS.md.
-This module imports only the standard library and numpy (numba when a kernel asks).
+This module imports only the standard library and numpy (numba when a kernel or one_thread() asks).
 """
 import ctypes
 import os
@@ -40,8 +40,8 @@ import numpy as np
 # numba kernels: below this many numbers, one thread (waking the second costs more than the work)
 PARALLEL_MIN_SIZE = 1 << 17
 # inference (Model.forward, training=False) on at most this many input numbers runs the whole pass
-# on one numba thread (a webcam face or two): every kernel of it is below PARALLEL_MIN_SIZE, and
-# setting the thread count once beats setting it around each kernel
+# on one numba thread (a webcam face or two): measured faster up to 2-4 faces on 2 cores, its
+# bigger kernels included (benchmarks/RESULTS.md, "Batch-1 inference on one thread")
 ONE_THREAD_MAX_INPUT = 1 << 13
 # BatchNormalization's moments and backward: the NumPy reference below this many numbers,
 # where a kernel call gains too little over it
@@ -97,9 +97,9 @@ def one_thread():
     import numba
 
     before = numba.get_num_threads()
-    numba.set_num_threads(1)
-    _threads.single = True
     try:
+        numba.set_num_threads(1)
+        _threads.single = True
         yield
     finally:
         _threads.single = False

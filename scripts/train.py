@@ -83,7 +83,8 @@ def parse_args(argv):
     if args.distill is not None and not args.teacher:
         p.error("--distill needs --teacher (the model files to distill from)")
     if args.l2_regularization is not None and args.model and not models.takes_l2_regularization(args.model):
-        p.error(f"--l2-regularization: {args.model} has no kernel regularizer (mini_xception has)")
+        having = ", ".join(name for name in models.names() if models.takes_l2_regularization(name))
+        p.error(f"--l2-regularization: {args.model} has no kernel regularizer (these have: {having})")
     if args.resume:
         fixed = [option for option in vars(args) if option not in RESUMABLE and getattr(args, option) is not None]
         if fixed:
@@ -108,8 +109,8 @@ def fraction(text):
 
 def non_negative(text):
     value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, received {text}")
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, received {text}")
     return value
 
 

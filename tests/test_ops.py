@@ -507,14 +507,20 @@ def test_minicnn_reference_routes_to_the_reference(monkeypatch, module, name, ar
     assert calls == ["reference", "numba", "numba"]    # read at call time, numba by default here
 
 
-def test_reference_read_once_holds_the_setting_for_a_pass_then_reads_again(monkeypatch):
-    monkeypatch.setenv("MINICNN_REFERENCE", "1")
+@pytest.mark.parametrize("during, after", [("1", "0"), ("0", "1")])
+def test_reference_read_once_holds_the_setting_for_a_pass_then_reads_again(monkeypatch, during, after):
+    monkeypatch.setenv("MINICNN_REFERENCE", during)
     with backend.reference_read_once():
-        monkeypatch.setenv("MINICNN_REFERENCE", "0")
+        monkeypatch.setenv("MINICNN_REFERENCE", after)
         with backend.reference_read_once():
-            assert backend.use_reference()
-        assert backend.use_reference()          # the inner exit kept the outer pass's reading
-    assert not backend.use_reference()
+            assert backend.use_reference() == (during == "1")
+        assert backend.use_reference() == (during == "1")     # the inner exit kept the outer pass's reading
+    assert backend.use_reference() == (after == "1")
+    with pytest.raises(KeyError):
+        with backend.reference_read_once():
+            raise KeyError("a failing pass")
+    monkeypatch.setenv("MINICNN_REFERENCE", during)
+    assert backend.use_reference() == (during == "1")        # read afresh after the failed pass
 
 
 @pytest.mark.parametrize("kernel_size, channels", [((1, 1), 16), ((3, 3), 1)])

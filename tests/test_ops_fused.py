@@ -379,37 +379,40 @@ def test_kernel_threads_uses_one_thread_for_small_work_and_restores():
         assert numba.get_num_threads() == before
 
 
-def test_one_thread_holds_inside_kernel_threads_and_restores_once():
+def test_one_thread_sets_the_count_once_for_everything_inside_and_restores_it(monkeypatch):
     import numba
 
+    calls = []
+    set_num_threads = numba.set_num_threads
+    monkeypatch.setattr(numba, "set_num_threads", lambda n: (calls.append(n), set_num_threads(n)))
     before = numba.get_num_threads()
     with perf.one_thread():
-        with perf.kernel_threads(perf.PARALLEL_MIN_SIZE):      # big work: still the one thread
-            assert numba.get_num_threads() == 1
-        with perf.one_thread():
+        with perf.kernel_threads(perf.PARALLEL_MIN_SIZE - 1), perf.one_thread():
             assert numba.get_num_threads() == 1
         assert numba.get_num_threads() == 1                    # the inner exits did not restore
-    assert numba.get_num_threads() == before
+    assert calls == [1, before] and numba.get_num_threads() == before
+    with pytest.raises(KeyError):
+        with perf.one_thread():
+            raise KeyError("a failing pass")
+    assert numba.get_num_threads() == before and not perf._threads.single
 
 
 def test_small_inference_batches_run_on_one_thread_and_training_does_not(monkeypatch):
     from minicnn import layers, models
 
-    calls = []
-
-    @contextlib.contextmanager
-    def recording():
-        calls.append("one_thread")
-        yield
-
-    monkeypatch.setattr(perf, "one_thread", recording)
+    monkeypatch.delenv("MINICNN_REFERENCE", raising=False)     # reference passes run no kernel: no switch
     model = models.Sequential([layers.Conv2D(2, 3, input_shape=(8, 8, 1)), layers.Flatten(), layers.Dense(3)])
+    seen = []
+    dense_forward = model.layers[-1].forward
+    monkeypatch.setattr(model.layers[-1], "forward",
+                        lambda x, training=False: (seen.append(perf._threads.single), dense_forward(x, training))[1])
     small = np.zeros((perf.ONE_THREAD_MAX_INPUT // 64, 8, 8, 1), np.float32)
     model.forward(small)
-    assert calls == ["one_thread"]
     model.forward(small, training=True)
     model.forward(np.zeros((small.shape[0] + 1, 8, 8, 1), np.float32))
-    assert calls == ["one_thread"]
+    monkeypatch.setenv("MINICNN_REFERENCE", "1")
+    model.forward(small)
+    assert seen == [True, False, False, False]
 
 
 def test_matmul_runs_small_products_on_one_thread(monkeypatch):

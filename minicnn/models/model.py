@@ -62,9 +62,10 @@ class Model(Network):
         else the compiled steps once jit_compile asks for them (compiled here, on first use).
         A small inference batch runs on one thread (perf.inference_threads)."""
         inputs = x if isinstance(x, (list, tuple)) else [x]
-        with backend.reference_read_once(), perf.inference_threads(inputs, training, backend.use_reference()):
+        with backend.reference_read_once():
             self._choose_steps()
-            return super().forward(x, training)
+            with perf.inference_threads(inputs, training, reference=backend.use_reference()):
+                return super().forward(x, training)
 
     def _choose_steps(self):
         if backend.use_reference():

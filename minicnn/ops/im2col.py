@@ -81,9 +81,10 @@ def im2col_reference(x, kernel_size, strides, pads):
     """Windows of x as rows of a matrix: (N, H, W, C) -> (N, Ho, Wo, kh, kw, C)."""
     n, h, w, c = x.shape
     (kh, kw), (sh, sw) = kernel_size, strides
+    (top, bottom), (left, right) = pads
     ho, wo = output_hw(h, w, kernel_size, strides, pads)
     # zeros around the image (no copy when there are none: a 1x1 stride-2 shortcut's)
-    xp = np.pad(x, ((0, 0), pads[0], pads[1], (0, 0))) if any(pads[0] + pads[1]) else x
+    xp = np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0))) if top or bottom or left or right else x
     cols = np.empty((n, ho, wo, kh, kw, c), dtype=x.dtype)
     # One strided slice per kernel offset (i, j): pixel (i, j) of every window at once.
     for i in range(kh):
