@@ -237,7 +237,7 @@ WINOGRAD4_MIN_TILES = 128
 # ... and at least this share of the tiles' outputs inside the image: a 6x6 output takes four
 # 4x4 tiles, 8x8 outputs for 36, no fewer multiplications than F(2x2) with larger transforms
 WINOGRAD4_MIN_KEPT = 0.75
-# the fused SeparableConv2D (ops/separable.py, chosen by benchmarks/kernels_separable.py), for
-# inference: from this many input channels, where its tiles' products are wide enough to beat
-# one product over the batch (training keeps the textbook ops: the fused backward lost)
-SEPARABLE_MIN_CHANNELS = 32
+# the fused SeparableConv2D (ops/separable.py, chosen by benchmarks/kernels_separable.py): from
+# this many input channels, where its tiles' products are wide enough to beat one product over
+# the batch; for inference, and for training (the forward keeping d for the backward)
+SEPARABLE_MIN_CHANNELS, SEPARABLE_TRAINING_MIN_CHANNELS = 16, 32

@@ -7,9 +7,10 @@ import pytest
 import minicnn
 from fer import models as fer_models
 from minicnn import (Activation, Add, BatchNormalization, Conv2D, Dense, Flatten, Input, Model, SeparableConv2D,
-                     Sequential, backend, optimizers)
+                     Sequential, backend, optimizers, perf)
 from minicnn.compiler import FusedStep, compile_model
 from minicnn.compiler.epilogues import EpilogueStage
+from minicnn.compiler.stages import SeparableStage
 from minicnn.ops.direct_conv import direct_pays
 
 SIZES = (16, 24, 32, 40, 48)          # the smallest input each architecture builds for keeps tests fast
@@ -304,6 +305,20 @@ def test_in_training_the_product_writes_into_the_steps_buffers_when_an_epilogue_
         assert np.shares_memory(cached_z, held["z"]) and stages[0].buffers.arrays["z"] is held["z"]
     model.predict(x)
     assert not np.shares_memory(conv[1].cache[1], planned[1]["z"])     # inference's own arrays
+
+
+def test_wide_separable_layers_train_as_one_pass_whose_backward_reads_the_kept_depthwise_output():
+    # so the seed-model equivalence tests above cover the one-pass op in training too
+    model = small_model("mini_xception")
+    model.compile("sgd", "sparse_categorical_crossentropy", jit_compile=True)
+    x, y = batch(model)
+    model.train_on_batch(x, y)
+    separable = [step.stages[0] for step in fused_steps(model) if isinstance(step.stages[0], SeparableStage)]
+    one_pass = [stage for stage in separable if stage.cache[2]]        # cache: (x, pads, fused, y, d)
+    assert one_pass and len(one_pass) < len(separable)                 # the narrow ones keep the two ops
+    for stage in one_pass:
+        assert stage.layer.input_shape[-1] >= perf.SEPARABLE_TRAINING_MIN_CHANNELS
+        assert stage.cache[4] is stage.buffers.arrays["depthwise"]
 
 
 def test_inference_chooses_by_the_forward_alone():

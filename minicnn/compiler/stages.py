@@ -107,7 +107,8 @@ class ConvStage:
 class SeparableStage:
     """SeparableConv2D: d = depthwise(x, Kd), z = d @ Kp + b, y = activation(z): the layer's lines, or
     ops.separable's one pass over tiles where it pays (stride 1, depth_multiplier 1, separable_pays).
-    In training, d comes from the step's buffers, and so does z when an epilogue follows in the step."""
+    In training, d comes from the step's buffers, and so does z when an epilogue follows in the step;
+    the one pass writes d there for its backward to read."""
 
     def __init__(self, layer, buffers, activate=True):
         self.layer, self.layers, self.buffers = layer, [layer], buffers
@@ -120,12 +121,22 @@ class SeparableStage:
         pads, ho, wo = layer.geometry(x)
         fused = self.fused(x.shape, training)
         buffers = self.buffers if training else None       # inference between a forward and its backward
-        z = self.separable(x, pads) if fused else self.depthwise_pointwise(x, pads, ho, wo, buffers)
+        outputs = self.outputs(x.shape, ho, wo, buffers)    # must not overwrite the training step's arrays
+        z = self.separable(x, pads, *outputs) if fused else self.depthwise_pointwise(x, pads, *outputs)
         if layer.use_bias:
             z += layer.bias.value
         y = self.activation.forward(z)
-        self.cache = (x, pads, fused, y)
+        self.cache = (x, pads, fused, y, outputs[0])
         return y
+
+    def outputs(self, x_shape, ho, wo, buffers):
+        """(d, z): the step's buffers for the depthwise output and the product (z only when an
+        epilogue follows), or None where the op makes its own (inference)."""
+        if buffers is None:
+            return None, None
+        n, f, cm = x_shape[0], self.layer.filters, x_shape[3] * self.layer.depth_multiplier
+        z = buffers("z", (n * ho * wo, f), self.layer.dtype) if self.epilogue_follows else None
+        return buffers("depthwise", (n, ho, wo, cm), self.layer.dtype), z
 
     def fused(self, x_shape, training):
         """Whether ops.separable's pass pays for this layer and input shape (training: both ways)."""
@@ -133,30 +144,31 @@ class SeparableStage:
         return (tuple(layer.strides) == (1, 1) and layer.depth_multiplier == 1
                 and separable_pays(n, h, w, c, layer.filters, training=training))
 
-    def separable(self, x, pads):
+    def separable(self, x, pads, d=None, z=None):
+        """ops.separable's one pass; d, when given, receives the depthwise output for the backward."""
         layer = self.layer
-        return separable_conv2d(x, layer.depthwise_kernel.value, layer.pointwise_kernel.value, pads)
+        return separable_conv2d(x, layer.depthwise_kernel.value, layer.pointwise_kernel.value, pads, out=z,
+                                depthwise_out=d)
 
-    def depthwise_pointwise(self, x, pads, ho, wo, buffers=None):
+    def depthwise_pointwise(self, x, pads, d=None, z=None):
         """The layer's two ops, d kept in the layer's cache for its backward_from_logits."""
-        layer, n, f = self.layer, x.shape[0], self.layer.filters
-        cm = x.shape[3] * layer.depth_multiplier
-        d = buffers("depthwise", (n, ho, wo, cm), x.dtype) if buffers is not None else None
-        z = buffers("z", (n * ho * wo, f), x.dtype) if buffers is not None and self.epilogue_follows else None
+        layer, f = self.layer, self.layer.filters
         d = depthwise_conv(x, layer.depthwise_kernel.value, layer.strides, pads, out=d)   # (N, Ho, Wo, C*M)
+        n, ho, wo, _ = d.shape
         d2 = d.reshape(n * ho * wo, -1)                                             # (N*Ho*Wo, C*M)
         layer.cache = (x, pads, d2, None)     # SeparableConv2D.forward's cache, less y (backward_from_logits' input)
         return matmul(d2, layer.pointwise_kernel.value.reshape(-1, f), out=z).reshape(n, ho, wo, f)
 
     def backward(self, dy):
         """SeparableConv2D.backward's rule (docs/backprop.md, "SeparableConv2D")."""
-        layer, (x, pads, fused, y) = self.layer, self.cache
+        layer, (x, pads, fused, y, d) = self.layer, self.cache
         dz = self.activation.backward(dy, y)
         if fused:
             if layer.use_bias:
                 layer.bias.grad = dz.reshape(-1, layer.filters).sum(axis=0)
             dx, layer.depthwise_kernel.grad, layer.pointwise_kernel.grad = separable_conv2d_backward(
-                dz, x, layer.depthwise_kernel.value, layer.pointwise_kernel.value, pads, layer.needs_input_gradient)
+                dz, x, layer.depthwise_kernel.value, layer.pointwise_kernel.value, pads, layer.needs_input_gradient,
+                depthwise=d)
             return dx
         return layer.backward_from_logits(dz)
 

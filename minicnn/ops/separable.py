@@ -349,8 +349,9 @@ def separable_conv2d_backward(dy, x, depthwise_kernel, pointwise_kernel, pads, n
 
 def separable_pays(batch, height, width, channels, filters, training=False):
     """Whether a compiler should run this SeparableConv2D (stride 1, depth_multiplier 1) as the
-    fused op rather than the textbook ops. Inference (forward only): from
-    perf.SEPARABLE_MIN_CHANNELS input channels, where the tiles' products are wide enough for
-    OpenBLAS. Training: not yet, as its backward's per-tile products lost to the textbook's
-    whole-batch products at every mini-Xception shape (benchmarks/kernels_separable.py)."""
-    return _kernel_runs() and not training and channels >= perf.SEPARABLE_MIN_CHANNELS
+    fused op rather than the textbook ops: from perf.SEPARABLE_MIN_CHANNELS input channels for
+    inference (forward only), from perf.SEPARABLE_TRAINING_MIN_CHANNELS in training (forward
+    keeping d, backward reading it), where the tiles' products are wide enough for OpenBLAS
+    (benchmarks/kernels_separable.py)."""
+    least = perf.SEPARABLE_TRAINING_MIN_CHANNELS if training else perf.SEPARABLE_MIN_CHANNELS
+    return _kernel_runs() and channels >= least
