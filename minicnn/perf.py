@@ -209,8 +209,9 @@ def find_openblas_local_threads():
 # ---- direct convolution (ops/direct_conv.py), chosen by benchmarks/kernels_direct_conv.py ----
 
 # a Conv2D in training takes the direct kernels when its window (wider than 1x1) holds at most
-# this many numbers (kh*kw*C) and it has at most this many filters: the product is too thin there
-DIRECT_CONV_MAX_DEPTH, DIRECT_CONV_MAX_FILTERS = 25, 8
+# this many numbers (kh*kw*C) and it has at most this many filters: the product is too thin there,
+# and its patch matrix costs a whole step more than the kernels alone show (timed in whole steps)
+DIRECT_CONV_MAX_DEPTH, DIRECT_CONV_MAX_FILTERS = 72, 8
 # ... and for inference (the forward alone), a window of at most this many numbers and at most
 # this many filters: wider, the product's rate wins over the patch matrix it saves
 DIRECT_CONV_INFERENCE_MAX_DEPTH, DIRECT_CONV_INFERENCE_MAX_FILTERS = 72, 32

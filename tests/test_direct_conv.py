@@ -161,6 +161,7 @@ SEED_LAYERS = {
     "a residual 1x1 conv": ((64, 44, 44, 8), (1, 1, 8, 16)),
     "the head": ((64, 3, 3, 128), (3, 3, 128, 7)),
     "cnn4 conv2d_1": ((64, 48, 48, 1), (3, 3, 1, 64)),
+    "cnn8 conv2d_1": ((64, 48, 48, 1), (3, 3, 1, 32)),
     "cnn4 conv2d_2": ((64, 24, 24, 64), (5, 5, 64, 128)),
 }
 
@@ -170,5 +171,6 @@ def test_direct_pays_only_for_narrow_windows_wider_than_1x1(training):
     picks = {name: direct_conv.direct_pays(x_shape, kernel_shape, (1, 1), training)
              for name, (x_shape, kernel_shape) in SEED_LAYERS.items()}
     assert picks["mini_xception conv2d_1"]
-    assert picks["mini_xception conv2d_2"] == (not training)        # its backward is no quicker
+    assert picks["mini_xception conv2d_2"]          # in training too: its whole step is quicker direct
+    assert picks["cnn8 conv2d_1"] == (not training)         # 32 filters: the backward's product wins
     assert not picks["a residual 1x1 conv"] and not picks["the head"] and not picks["cnn4 conv2d_2"]
