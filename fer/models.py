@@ -262,13 +262,13 @@ def build(name, num_classes=None, input_shape=(48, 48, 1), l2_regularization=Non
         num_classes = len(CLASS_MAPS[DEFAULTS[name]["classes"]])
     options = {}
     if l2_regularization is not None:
-        if not takes_l2_regularization(name):
+        if name not in l2_regularized_names():
             raise ValueError(f"{name} has no kernel regularizer to set (l2_regularization={l2_regularization}); "
-                             f"these have one: {', '.join(n for n in names() if takes_l2_regularization(n))}")
+                             f"these have one: {', '.join(l2_regularized_names())}")
         options["l2_regularization"] = float(l2_regularization)
     return BUILDERS[name](num_classes=num_classes, input_shape=tuple(input_shape), **options)
 
 
-def takes_l2_regularization(name):
-    """Whether architecture `name` has kernel regularizers whose factor build() can set."""
-    return "l2_regularization" in inspect.signature(BUILDERS[name]).parameters
+def l2_regularized_names():
+    """The architectures with kernel regularizers whose factor build(l2_regularization=) sets."""
+    return [name for name in names() if "l2_regularization" in inspect.signature(BUILDERS[name]).parameters]

@@ -17,10 +17,10 @@ machine shared with other jobs:
 4. Denormal numbers flush to zero (the x86 FTZ and DAZ bits, as TensorFlow runs its ops): a
    channel that stops learning decays into the numbers below float32's smallest normal
    (1.2e-38), and every product with one takes the CPU's slow microcode path, which can make
-   a whole training step several times slower (benchmarks/denormals.py). The calling thread is set, and the threads it starts later (numba's)
-   inherit it: call enable() first. OpenBLAS's threads start with NumPy, before it; NumPy's
-   OpenBLAS hands its workers the caller's setting (the test checks a threaded product).
-   MINICNN_DENORMALS=keep skips this.
+   a whole training step several times slower (benchmarks/denormals.py). The calling thread is
+   set, and the threads it starts later (numba's) inherit it: call enable() first. OpenBLAS's
+   threads start with NumPy, before it; NumPy's OpenBLAS hands its workers the caller's setting
+   (the test checks a threaded product). MINICNN_DENORMALS=keep skips this.
 
 The effect of each is measured by benchmarks/models.py and recorded in benchmarks/RESULTS.md.
 This module imports only the standard library and numpy (numba when a kernel or one_thread() asks).

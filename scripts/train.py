@@ -82,8 +82,8 @@ def parse_args(argv):
     args = p.parse_args(argv)
     if args.distill is not None and not args.teacher:
         p.error("--distill needs --teacher (the model files to distill from)")
-    if args.l2_regularization is not None and args.model and not models.takes_l2_regularization(args.model):
-        having = ", ".join(name for name in models.names() if models.takes_l2_regularization(name))
+    if args.l2_regularization is not None and args.model and args.model not in models.l2_regularized_names():
+        having = ", ".join(models.l2_regularized_names())
         p.error(f"--l2-regularization: {args.model} has no kernel regularizer (these have: {having})")
     if args.resume:
         fixed = [option for option in vars(args) if option not in RESUMABLE and getattr(args, option) is not None]
