@@ -92,8 +92,10 @@ def direct_conv2d_backward_reference(dz, x, kernel, strides, pads, need_input_gr
 # length T = rows*Wq over that run: acc[f, :] += K[i, j, c, f] * xt[c, phase, off_ij:off_ij + T].
 # The columns wo >= Wo of each row are spare (they read the next row's inputs and are
 # never stored), the price of loops long enough for the vector units. dK is the same runs
-# dotted with dz in the acc layout (zeros in the spare columns), and dx the same loops run
-# backwards into a tile-shaped dxt, added onto dx.
+# dotted with dz in the acc layout (zeros in the spare columns and in kw-1 numbers either
+# side), and dx the same loops run backwards into a tile-shaped dxt, added onto dx. A
+# stride-1 3-wide row of taps is one loop of three products (the common 3x3 case): each
+# accumulator is read and written once per three multiply-adds.
 # Tasks: (image, tile) for the forward, whole images for the backward (a tile's dxt overlaps
 # the next tile's input rows, so one image stays with one task). Scratch arrays come in as
 # arguments, one slice per block of tasks (numba then knows no two arrays overlap, which
@@ -140,20 +142,27 @@ def _gather_tile(x, n, ho0, rows_in, sh, sw, top, left, wq, xts, b):
 
 @njit(inline="always")
 def _forward_taps(xts, kernel, accs, b, t_n, sh, sw, wq):
-    """accs[b, f, :t_n] = sum over taps and channels of K[i, j, c, f] * (the run of xt they read)."""
+    """accs[b, f, :t_n] = sum over taps and channels of K[i, j, c, f] * (the run of xt they read).
+    A stride-1 row of three taps is one loop of three products: acc is read and written once
+    for three multiply-adds instead of once for each."""
     kh, kw, c_n, f_n = kernel.shape
     for f in range(f_n):
-        for t in range(t_n):
-            accs[b, f, t] = 0
-    for i in range(kh):
-        for j in range(kw):
-            off = (i // sh) * wq + j // sw
+        acc = accs[b, f, :t_n]
+        acc[:] = 0
+        for i in range(kh):
             for c in range(c_n):
-                p = (c * sh + i % sh) * sw + j % sw
-                for f in range(f_n):
+                if sw == 1 and kw == 3:
+                    run = xts[b, c * sh + i % sh, (i // sh) * wq:(i // sh) * wq + t_n + 2]
+                    k0, k1, k2 = kernel[i, 0, c, f], kernel[i, 1, c, f], kernel[i, 2, c, f]
+                    for t in range(t_n):
+                        acc[t] += k0 * run[t] + k1 * run[t + 1] + k2 * run[t + 2]
+                    continue
+                for j in range(kw):
+                    off = (i // sh) * wq + j // sw
+                    run = xts[b, (c * sh + i % sh) * sw + j % sw, off:off + t_n]
                     k = kernel[i, j, c, f]
                     for t in range(t_n):
-                        accs[b, f, np.uint64(t)] += k * xts[b, p, np.uint64(off + t)]
+                        acc[t] += k * run[t]
 
 
 @njit(inline="always")
@@ -196,50 +205,61 @@ def _forward_kernel(x, kernel, z, moments, xts, accs, sh, sw, top, left, rows):
 
 
 @njit(inline="always")
-def _gather_gradient(dz, n, ho0, r_n, wq, dzts, b):
-    """dzts[b, f, r*wq + wo] = dz[n, ho0 + r, wo, f], zero in the spare columns wo >= Wo."""
+def _gather_gradient(dz, n, ho0, r_n, wq, lead, dzts, b):
+    """dzts[b, f, lead + r*wq + wo] = dz[n, ho0 + r, wo, f]; zero in the spare columns wo >= Wo,
+    in the `lead` numbers before the run and in those after it."""
     wo_n, f_n = dz.shape[2], dz.shape[3]
     for f in range(f_n):
-        for t in range(r_n * wq):
+        for t in range(dzts.shape[2]):
             dzts[b, f, t] = 0
     for r in range(r_n):
         for wo in range(wo_n):
             for f in range(f_n):
-                dzts[b, f, r * wq + wo] = dz[n, ho0 + r, wo, f]
+                dzts[b, f, lead + r * wq + wo] = dz[n, ho0 + r, wo, f]
 
 
 @njit(inline="always")
-def _kernel_gradient_taps(xts, dzts, dks, b, t_n, sh, sw, wq):
+def _kernel_gradient_taps(xts, dzts, dks, b, t_n, sh, sw, wq, lead):
     """dks[b, i, j, c, f] += <the run of xt tap (i, j) reads on channel c, dzt[f]>."""
     _, kh, kw, c_n, f_n = dks.shape
     for i in range(kh):
         for j in range(kw):
             off = (i // sh) * wq + j // sw
             for c in range(c_n):
-                p = (c * sh + i % sh) * sw + j % sw
+                run = xts[b, (c * sh + i % sh) * sw + j % sw, off:off + t_n]
                 for f in range(f_n):
-                    total = dks[b, i, j, c, f] * 0
+                    gradient = dzts[b, f, lead:lead + t_n]
+                    total = dks[b, i, j, c, f]      # x.dtype (a literal 0 would make it float64)
                     for t in range(t_n):
-                        total += xts[b, p, np.uint64(off + t)] * dzts[b, f, np.uint64(t)]
-                    dks[b, i, j, c, f] += total
+                        total += run[t] * gradient[t]
+                    dks[b, i, j, c, f] = total
 
 
 @njit(inline="always")
-def _input_gradient_taps(dzts, kernel, dxts, b, t_n, sh, sw, wq):
-    """The adjoint of _forward_taps: dxts[b]'s runs = sum of K[i, j, c, f] * dzt[f]."""
+def _input_gradient_taps(dzts, kernel, dxts, b, t_n, sh, sw, wq, lead):
+    """The adjoint of _forward_taps: dxts[b]'s runs = sum of K[i, j, c, f] * dzt[f]. A stride-1 row
+    of three taps is gathered, dxt[u] += k0 dzt[u] + k1 dzt[u - 1] + k2 dzt[u - 2] (the lead's
+    zeros stand in for dzt before and after the run), so each dxt number is written once per row."""
     kh, kw, c_n, f_n = kernel.shape
-    for p in range(dxts.shape[1]):
-        for t in range(dxts.shape[2]):
-            dxts[b, p, t] = 0
+    dxts[b, :, :] = 0
     for i in range(kh):
-        for j in range(kw):
-            off = (i // sh) * wq + j // sw
-            for c in range(c_n):
-                p = (c * sh + i % sh) * sw + j % sw
+        for c in range(c_n):
+            if sw == 1 and kw == 3:
+                run = dxts[b, c * sh + i % sh, (i // sh) * wq:(i // sh) * wq + t_n + 2]
                 for f in range(f_n):
+                    padded = dzts[b, f, :t_n + 4]          # padded[2 + t] = dzt[t]
+                    k0, k1, k2 = kernel[i, 0, c, f], kernel[i, 1, c, f], kernel[i, 2, c, f]
+                    for u in range(t_n + 2):
+                        run[u] += k0 * padded[u + 2] + k1 * padded[u + 1] + k2 * padded[u]
+                continue
+            for j in range(kw):
+                off = (i // sh) * wq + j // sw
+                run = dxts[b, (c * sh + i % sh) * sw + j % sw, off:off + t_n]
+                for f in range(f_n):
+                    gradient = dzts[b, f, lead:lead + t_n]
                     k = kernel[i, j, c, f]
                     for t in range(t_n):
-                        dxts[b, p, np.uint64(off + t)] += k * dzts[b, f, np.uint64(t)]
+                        run[t] += k * gradient[t]
 
 
 @njit(inline="always")
@@ -261,7 +281,7 @@ def _add_tile(dxts, dx, n, ho0, rows_in, sh, sw, top, left, wq, b):
 @njit(cache=True, parallel=True, fastmath=FAST, error_model="numpy")
 def _backward_kernel(dz, x, kernel, dks, dx, xts, dzts, dxts, sh, sw, top, left, rows):
     # dks (blocks, kh, kw, C, F) zeros; dx (N, H, W, C) zeros, or None (numba compiles each
-    # case apart): no dx; xts, dxts (blocks, C*sh*sw, L), dzts (blocks, F, rows*Wq) scratch
+    # case apart): no dx; xts, dxts (blocks, C*sh*sw, L), dzts (blocks, F, rows*Wq + 2*(kw-1)) scratch
     n_img, ho_n, wo_n, _ = dz.shape
     kh, kw = kernel.shape[0], kernel.shape[1]
     wq = wo_n + (kw - 1) // sw
@@ -272,10 +292,10 @@ def _backward_kernel(dz, x, kernel, dks, dx, xts, dzts, dxts, sh, sw, top, left,
             for ho0 in range(0, ho_n, rows):
                 r_n = min(rows, ho_n - ho0)
                 _gather_tile(x, n, ho0, r_n + (kh - 1) // sh, sh, sw, top, left, wq, xts, b)
-                _gather_gradient(dz, n, ho0, r_n, wq, dzts, b)
-                _kernel_gradient_taps(xts, dzts, dks, b, r_n * wq, sh, sw, wq)
+                _gather_gradient(dz, n, ho0, r_n, wq, kw - 1, dzts, b)
+                _kernel_gradient_taps(xts, dzts, dks, b, r_n * wq, sh, sw, wq, kw - 1)
                 if dx is not None:
-                    _input_gradient_taps(dzts, kernel, dxts, b, r_n * wq, sh, sw, wq)
+                    _input_gradient_taps(dzts, kernel, dxts, b, r_n * wq, sh, sw, wq, kw - 1)
                     _add_tile(dxts, dx, n, ho0, r_n + (kh - 1) // sh, sh, sw, top, left, wq, b)
 
 
@@ -322,7 +342,7 @@ def direct_conv2d_backward_numba(dz, x, kernel, strides, pads, need_input_gradie
     rows, wq, length = tile_geometry(kernel.shape, strides, ho, wo)
     blocks = min(BLOCKS, n)
     xts = np.empty((blocks, x.shape[3] * strides[0] * strides[1], length), x.dtype)
-    dzts = np.empty((blocks, f, rows * wq), x.dtype)
+    dzts = np.empty((blocks, f, rows * wq + 2 * (kernel.shape[1] - 1)), x.dtype)
     dks = np.zeros((blocks,) + kernel.shape, x.dtype)
     dx = np.zeros_like(x) if need_input_gradient else None
     dxts = np.empty_like(xts)      # unused without dx
