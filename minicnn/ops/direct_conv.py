@@ -148,7 +148,8 @@ def _forward_taps(xts, kernel, accs, b, t_n, sh, sw, wq):
     kh, kw, c_n, f_n = kernel.shape
     for f in range(f_n):
         acc = accs[b, f, :t_n]
-        acc[:] = 0
+        for t in range(t_n):
+            acc[t] = 0
         for i in range(kh):
             for c in range(c_n):
                 if sw == 1 and kw == 3:
@@ -241,7 +242,9 @@ def _input_gradient_taps(dzts, kernel, dxts, b, t_n, sh, sw, wq, lead):
     of three taps is gathered, dxt[u] += k0 dzt[u] + k1 dzt[u - 1] + k2 dzt[u - 2] (the lead's
     zeros stand in for dzt before and after the run), so each dxt number is written once per row."""
     kh, kw, c_n, f_n = kernel.shape
-    dxts[b, :, :] = 0
+    for p in range(dxts.shape[1]):
+        for t in range(dxts.shape[2]):
+            dxts[b, p, t] = 0
     for i in range(kh):
         for c in range(c_n):
             if sw == 1 and kw == 3:
@@ -281,7 +284,8 @@ def _add_tile(dxts, dx, n, ho0, rows_in, sh, sw, top, left, wq, b):
 @njit(cache=True, parallel=True, fastmath=FAST, error_model="numpy")
 def _backward_kernel(dz, x, kernel, dks, dx, xts, dzts, dxts, sh, sw, top, left, rows):
     # dks (blocks, kh, kw, C, F) zeros; dx (N, H, W, C) zeros, or None (numba compiles each
-    # case apart): no dx; xts, dxts (blocks, C*sh*sw, L), dzts (blocks, F, rows*Wq + 2*(kw-1)) scratch
+    # case apart): no dx; xts, dxts (blocks, C*sh*sw, L) and dzts (blocks, F,
+    # rows*Wq + 2*(kw-1)) scratch
     n_img, ho_n, wo_n, _ = dz.shape
     kh, kw = kernel.shape[0], kernel.shape[1]
     wq = wo_n + (kw - 1) // sw
