@@ -21,6 +21,7 @@ CASES = [
     (2, 7, 9, 3, (2, 3), 5, (2, 1), "same"),
     (1, 10, 5, 2, (3, 2), 3, (1, 2), "valid"),
     (1, 13, 4, 2, (3, 3), 2, (2, 2), "same"),       # more rows than one tile at a narrow width
+    (1, 40, 30, 2, (3, 3), 3, (1, 1), "same"),      # three tiles of the stride-1 three-tap rows
 ]
 IDS = ["x".join(map(str, case[:4])) + f"-{case[4][0]}x{case[4][1]}/{case[6][0]}{case[6][1]}-{case[7]}" for case in CASES]
 
