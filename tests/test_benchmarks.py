@@ -85,3 +85,19 @@ def test_floor_counts_the_weighted_layers_products_and_the_bytes_a_fused_step_mo
     assert moved == 10 * 4 * (96 + 160 + 120 + 46)
     seconds, bound = floor.floor_seconds(model, 10, flop_rate=1e9, bandwidth=1e12)
     assert bound == "compute" and seconds == flops / 1e9
+
+
+def test_settings_ab_times_each_value_and_refuses_an_unknown_setting():
+    import subprocess
+    import sys
+    script = SCRIPT.parent / "settings_ab.py"
+    run = subprocess.run([sys.executable, str(script), "mini_xception", "TALL_PRODUCT_MIN_ROWS", "16384", "1e99",
+                          "--rounds", "1", "--steps", "1"], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert "mini_xception training step" in lines[0]
+    assert [line.split("=")[1].split(":")[0].strip() for line in lines[1:]] == ["16384", "1e+99"]
+    assert lines[1].endswith("1.00x the first")
+    bad = subprocess.run([sys.executable, str(script), "mini_xception", "NO_SUCH_SETTING", "1"],
+                         capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "minicnn.perf has no setting 'NO_SUCH_SETTING'" in bad.stderr

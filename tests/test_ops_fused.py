@@ -254,13 +254,37 @@ def test_matmul_gives_both_threads_only_to_large_or_wide_products(monkeypatch):
     calls = []
     monkeypatch.setattr(gemm, "matmul_reference", lambda a, b, out=None: calls.append("all threads"))
     monkeypatch.setattr(gemm, "matmul_single_thread", lambda a, b, out=None: calls.append("one thread"))
+    monkeypatch.setattr(gemm, "_row_tiles_kernel", lambda a, b, out, rows: calls.append("row tiles"))
+    monkeypatch.setattr(gemm, "_summed_tiles_kernel", lambda x, g, partial, rows: calls.append("summed tiles"))
     for m, k, f in [(36864, 1600, 128),    # cnn4 training, 15 GFLOP
                     (576, 1600, 128),      # cnn4 batch 1, 0.24 GFLOP, wide
                     (36, 4608, 512),       # cnn4 batch 1, 0.17 GFLOP, wide
-                    (123904, 72, 8),       # mini-Xception training, 0.14 GFLOP, narrow
+                    (123904, 72, 8),       # mini-Xception training, 0.14 GFLOP, narrow and tall
                     (2304, 128, 128)]:     # mini-Xception training, 0.08 GFLOP
         gemm.matmul(np.empty((m, k), np.float32), np.empty((k, f), np.float32))
-    assert calls == ["all threads", "all threads", "all threads", "one thread", "one thread"]
+    x, dz = np.empty((123904, 16), np.float32), np.empty((123904, 16), np.float32)
+    gemm.matmul(x.T, dz)                   # a pointwise kernel's gradient: the tall side summed over
+    gemm.matmul(x.T.copy(), dz)            # the same numbers, not a transposed view: one thread
+    assert calls == ["all threads", "all threads", "all threads", "row tiles", "one thread", "summed tiles",
+                     "one thread"]
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(100, 3000), st.integers(1, 12), st.integers(1, 12), st.integers(16, 4000), DTYPES,
+       st.integers(0, 2**32 - 1))
+def test_tall_products_equal_the_reference(m, k, f, work, dtype, seed):
+    # small thresholds, so that products of a few hundred rows take many tiles, the last one partial
+    rng = np.random.default_rng(seed)
+    a, g, b = random((m, k), dtype, rng), random((m, f), dtype, rng), random((k, f), dtype, rng)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(perf, "TALL_PRODUCT_MIN_ROWS", 100)
+        patch.setattr(perf, "TALL_PRODUCT_TILE_WORK", work)
+        out = np.empty((m, f), dtype)
+        assert gemm.tall_product(a, b, out=out) is out
+        assert_sums_close(out, gemm.matmul_reference(a, b), dtype, terms=k)
+        assert_sums_close(gemm.tall_product(a, b.T.copy().T), a @ b, dtype, terms=k)        # b a transposed view
+        assert_sums_close(gemm.tall_product(a.T, g), gemm.matmul_reference(a.T, g), dtype, terms=m)
+        assert gemm.tall_product(a[:99], b) is None and gemm.tall_product(a.astype(np.float16), b) is None
 
 
 def test_no_reference_takes_out_and_matmul_keeps_the_callers_buffer(monkeypatch):

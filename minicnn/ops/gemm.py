@@ -1,4 +1,5 @@
-"""Matrix products for the layers: NumPy's matmul, with small products kept on one thread.
+"""Matrix products for the layers: NumPy's matmul, with small products kept on one thread
+and tall, thin ones cut into row tiles on numba's threads.
 
     matmul(a, b, out=None)  ==  np.matmul(a, b, out=out)        (M, K) @ (K, F) -> (M, F)
 
@@ -11,13 +12,25 @@ unless it is large (perf.BLAS_PARALLEL_FLOPS) or large-ish and wide (perf.BLAS_W
 where the threads pay for themselves. In NumPy's pthreads build of OpenBLAS the setting
 is library-wide, so matmul restores it before returning.
 
-There is no numba kernel here: no loop written in numba comes near OpenBLAS. The
+A tall, thin product (a 1x1 or pointwise convolution over a batch: M = N*H*W rows of a few
+channels) is below those sizes but long enough to share: its rows are cut into tiles
+(perf.TALL_PRODUCT_*) and numba's threads each make one single-threaded OpenBLAS call a tile
+(numba's np.dot, through scipy), so the threads never wait on OpenBLAS's own. Where the long
+dimension is the one summed over (a kernel gradient, x^T @ dz), each of a fixed number of
+blocks of tiles sums on one thread and the blocks' sums are added at the end: the same
+result whatever the thread count.
+
+There is no loop written in numba for the arithmetic: none comes near OpenBLAS. The
 "reference" is the plain call; MINICNN_REFERENCE=1 makes every product use it.
 """
+import importlib.util
+
 import numpy as np
 
 from .. import perf
-from .jit import pick
+from .jit import njit, pick, prange
+
+BLOCKS = 16    # blocks of tiles summed apart in x^T @ dz (fixed: results do not depend on the threads)
 
 
 def matmul_naive(a, b):
@@ -62,11 +75,66 @@ def on_all_threads(m, k, f):
                                                  and min(k, f) >= perf.BLAS_WIDE_MIN_SIZE)
 
 
+def _scipy_present():
+    """Whether numba's np.dot can run: it calls scipy's BLAS."""
+    return importlib.util.find_spec("scipy") is not None
+
+
+@njit(cache=True, parallel=True)
+def _row_tiles_kernel(a, b, out, rows):
+    # out[lo:hi] = a[lo:hi] @ b, one tile of `rows` rows per call
+    m = a.shape[0]
+    for tile in prange((m + rows - 1) // rows):
+        lo = tile * rows
+        np.dot(a[lo:min(m, lo + rows)], b, out[lo:min(m, lo + rows)])
+
+
+@njit(cache=True, parallel=True)
+def _summed_tiles_kernel(x, g, partial, rows):
+    # partial[block] = sum over the block's tiles of x[lo:hi]^T @ g[lo:hi]; x (M, K), g (M, F)
+    m, blocks = x.shape[0], partial.shape[0]
+    step = (m + blocks - 1) // blocks
+    for block in prange(blocks):
+        for i in range(partial.shape[1]):
+            for j in range(partial.shape[2]):
+                partial[block, i, j] = 0
+        end = min(m, (block + 1) * step)
+        for lo in range(block * step, end, rows):
+            tile = np.dot(x[lo:min(end, lo + rows)].T, g[lo:min(end, lo + rows)])
+            for i in range(partial.shape[1]):
+                for j in range(partial.shape[2]):
+                    partial[block, i, j] += tile[i, j]
+
+
+def _tile_rows(k, f):
+    """Rows per tile of a product with K and F columns on its two sides: within perf.TALL_PRODUCT_TILE_WORK."""
+    return max(16, perf.TALL_PRODUCT_TILE_WORK // (k * f))
+
+
+def tall_product(a, b, out=None):
+    """a @ b by row tiles on numba's threads (see the top), or None where the shapes do not
+    suit: (M, K) @ (K, F) with M long, or x^T @ g (a = x.T, x (M, K) C-contiguous) with M long."""
+    if a.dtype != b.dtype or a.dtype not in (np.float32, np.float64) or not _scipy_present():
+        return None
+    if out is not None and (out.dtype != a.dtype or not out.flags.c_contiguous):
+        return None
+    if a.shape[0] >= perf.TALL_PRODUCT_MIN_ROWS and a.flags.c_contiguous:
+        out = np.empty((a.shape[0], b.shape[1]), a.dtype) if out is None else out
+        _row_tiles_kernel(a, b if b.flags.f_contiguous else np.ascontiguousarray(b), out, _tile_rows(*b.shape))
+        return out
+    if a.shape[1] >= perf.TALL_PRODUCT_MIN_ROWS and a.T.flags.c_contiguous and b.flags.c_contiguous:
+        partial = np.empty((BLOCKS, a.shape[0], b.shape[1]), a.dtype)
+        _summed_tiles_kernel(a.T, b, partial, _tile_rows(a.shape[0], b.shape[1]))
+        return np.sum(partial, axis=0, out=out)
+    return None
+
+
 def matmul(a, b, out=None):
     """(M, K) @ (K, F) -> (M, F), written into `out` when given (a caller's reused buffer, which
     the reference does not take: the product goes there on OpenBLAS's threads); small products
-    on one thread."""
+    on one thread, tall ones in row tiles on numba's threads."""
     product = pick(matmul_reference, matmul_single_thread, not on_all_threads(*a.shape, b.shape[1]))
-    if out is None:
-        return product(a, b)
-    return matmul_single_thread(a, b, out) if product is matmul_single_thread else np.matmul(a, b, out=out)
+    if product is matmul_single_thread:
+        tall = tall_product(a, b, out)
+        return matmul_single_thread(a, b, out) if tall is None else tall
+    return product(a, b) if out is None else np.matmul(a, b, out=out)

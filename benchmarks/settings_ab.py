@@ -1,0 +1,84 @@
+"""Whole training steps of one FER model under two or more values of one minicnn.perf setting.
+
+    python benchmarks/settings_ab.py mini_xception TALL_PRODUCT_MIN_ROWS 16384 1e99
+    python benchmarks/settings_ab.py cnn8 DIRECT_CONV_MAX_FILTERS 8 32 --rounds 11
+
+A kernel timed alone can win where the step it sits in does not (its threads wake OpenBLAS's,
+or evict what the next kernel reads), so every threshold in minicnn/perf.py is settled here:
+one compiled model, one batch of 64, the values taking turns round after round in one process
+(noise hits all alike), the median and the least of each printed with the ratio to the first.
+The compiler's per-shape choices are cleared at each switch, so a setting that picks a method
+(Winograd, direct) takes effect.
+"""
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import minicnn  # noqa: E402
+from minicnn import perf  # noqa: E402
+from minicnn.compiler.stages import ConvStage  # noqa: E402
+from benchmarks.models import batch, build  # noqa: E402
+
+
+def value(text):
+    """An int where the text is one, else a float (1e99: a threshold never reached)."""
+    number = float(text)
+    return int(number) if number.is_integer() and abs(number) < 2**62 else number
+
+
+def set_setting(model, name, setting):
+    """perf.<name> = setting, and the conv stages' method choices forgotten."""
+    setattr(perf, name, setting)
+    for step, _ in getattr(model, "steps", None) or []:
+        for stage in getattr(step, "stages", []):
+            if isinstance(stage, ConvStage):
+                stage.methods.clear()
+
+
+def step_ms(model, x, y, steps):
+    """Mean ms of `steps` training steps, after one untimed step."""
+    model.train_on_batch(x, y)
+    start = time.perf_counter()
+    for _ in range(steps):
+        model.train_on_batch(x, y)
+    return (time.perf_counter() - start) / steps * 1e3
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", help="a fer.models architecture: cnn4, cnn8, mini_xception, ...")
+    parser.add_argument("setting", help="a minicnn.perf name, e.g. TALL_PRODUCT_MIN_ROWS")
+    parser.add_argument("values", nargs="+", type=value)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=0, help="steps per timing (default: 4 for mini_xception, else 2)")
+    args = parser.parse_args()
+    if not hasattr(perf, args.setting):
+        parser.error(f"minicnn.perf has no setting {args.setting!r}")
+    perf.enable()
+    model = build(args.model)
+    x, y = batch(model, 64)
+    steps = args.steps or (4 if args.model == "mini_xception" else 2)
+    times = {v: [] for v in args.values}
+    for setting in args.values:                      # warm-up: compile every method once
+        set_setting(model, args.setting, setting)
+        model.train_on_batch(x, y)
+    for _ in range(args.rounds):
+        for setting in args.values:
+            set_setting(model, args.setting, setting)
+            times[setting].append(step_ms(model, x, y, steps))
+    env = {k: os.environ.get(k, "(unset)") for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+    print(f"{args.model} training step, batch 64, {args.rounds} rounds of {steps} steps; minicnn "
+          f"{minicnn.__version__}; {' '.join(f'{k}={v}' for k, v in env.items())}; load {os.getloadavg()[0]:.2f}")
+    first = float(np.median(times[args.values[0]]))
+    for setting, ts in times.items():
+        median = float(np.median(ts))
+        print(f"  {args.setting} = {setting!r:>14}: {median:8.2f} ms (least {min(ts):8.2f}), "
+              f"{first / median:.2f}x the first")
+
+
+if __name__ == "__main__":
+    main()
