@@ -431,6 +431,9 @@ def naive_depthwise(x, kernel, strides, padding):
 
 @SETTINGS
 @given(cases(), st.integers(1, 3))
+@example(case=Case(2, 6, 7, 3, (3, 3), (1, 1), "same", np.float32, 1), multiplier=1)     # the row kernels
+@example(case=Case(3, 5, 4, 2, (3, 2), (1, 1), "valid", np.float64, 2), multiplier=1)
+@example(case=Case(1, 2, 3, 5, (4, 4), (1, 1), "same", np.float64, 3), multiplier=1)     # taps past both edges
 def test_depthwise_numba_equals_reference(case, multiplier):
     rng = case.rng()
     x = case.random(case.x_shape, rng)
@@ -453,6 +456,7 @@ def test_depthwise_numba_equals_reference(case, multiplier):
 @settings(max_examples=25, deadline=None)
 @given(case=cases(max_n=2, max_hw=7, max_c=3, max_k=3), multiplier=st.integers(1, 2))
 @example(case=Case(2, 4, 6, 2, (3, 3), (2, 2), "same", np.float64, 0), multiplier=2)
+@example(case=Case(2, 5, 6, 3, (3, 3), (1, 1), "same", np.float64, 0), multiplier=1)     # the row kernels
 def test_depthwise_equals_naive_and_backward_is_its_adjoint(impl, case, multiplier):
     rng = case.rng()
     x = rng.standard_normal(case.x_shape)

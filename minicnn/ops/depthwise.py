@@ -16,7 +16,9 @@ with need_input_gradient=False (a layer reading the model's input, in training) 
 skipped and returned as None.
 
 numba by default (one thread per image, real cells only): the reference's broadcasts
-write a full-size temporary per kernel offset (see benchmarks/kernels.py).
+write a full-size temporary per kernel offset (see benchmarks/kernels.py). At stride 1 with
+one filter per channel (every separable layer) the numba kernels treat an image row as one
+run of W*C numbers, so each tap is a single long loop (the "row kernels" below).
 """
 import numpy as np
 
@@ -24,6 +26,8 @@ from .. import backend, perf
 from .buffers import copied_into, reuse_or_new
 from .im2col import output_hw
 from .jit import njit, pick, prange
+
+BLOCKS = 8    # blocks of images in the row kernels' backward, each with its own kernel-gradient sums
 
 
 # ----------------------------------------------------------------------------------------
@@ -158,6 +162,88 @@ def _depthwise_backward_kernel(dy, x, kernel, dx, dk_per_image, m_n, sh, sw, top
                                         dx[n, h, w, c] += kernel[i, j, o] * g
 
 
+# Stride 1, one filter per channel (every separable layer): one output row is a single run
+# of Wo*C numbers, and tap (i, j) reads the input row's run shifted by (j - left)*C. With the
+# kernel's taps repeated along the row (kernel_rows[i, j, wo*C + c] = kernel[i, j, c]), each
+# tap is one long vectorized loop over the row instead of Wo loops over C channels.
+
+@njit(inline="always")
+def _row_span(left, j, w_in, wo_n, c_n):
+    """[lo, hi): the numbers of an output row whose tap j reads inside the input row
+    (w = wo - left + j), and the shift from an output number to the input number it reads."""
+    lo = max(0, left - j)
+    hi = max(lo, min(wo_n, w_in + left - j))
+    return lo * c_n, hi * c_n, (j - left) * c_n
+
+
+@njit(cache=True, parallel=True)
+def _depthwise_rows_kernel(x, kernel_rows, y, c_n, top, left):
+    # x (N, H, W*C) and y (N, Ho, Wo*C): image rows as runs; kernel_rows (kh, kw, Wo*C); y overwritten
+    n_img, h_in, w_in = x.shape[0], x.shape[1], x.shape[2] // c_n
+    kh, kw = kernel_rows.shape[0], kernel_rows.shape[1]
+    ho_n, wo_n = y.shape[1], y.shape[2] // c_n
+    for n in prange(n_img):
+        for ho in range(ho_n):
+            out = y[n, ho]
+            for t in range(out.shape[0]):
+                out[t] = 0
+            for i in range(kh):
+                h = ho - top + i
+                if h < 0 or h >= h_in:
+                    continue                                  # a padded row adds zero
+                for j in range(kw):
+                    lo, hi, shift = _row_span(left, j, w_in, wo_n, c_n)
+                    k, src, dst = kernel_rows[i, j, lo:hi], x[n, h, lo + shift:hi + shift], out[lo:hi]
+                    for t in range(hi - lo):          # slices: no index below 0, so no wraparound test
+                        dst[t] += k[t] * src[t]
+
+
+@njit(cache=True, parallel=True)
+def _depthwise_rows_backward_kernel(dy, x, kernel_rows, dx, dk_rows, c_n, top, left):
+    # the adjoint of _depthwise_rows_kernel, rows as runs as there: dk_rows (B, kh, kw, Wo*C)
+    # zeros, block b of images' sums along the row; dx (N, H, W*C) zeros, or None (compiled apart)
+    n_img, h_in, w_in = x.shape[0], x.shape[1], x.shape[2] // c_n
+    kh, kw = kernel_rows.shape[0], kernel_rows.shape[1]
+    ho_n, wo_n, blocks = dy.shape[1], dy.shape[2] // c_n, dk_rows.shape[0]
+    for b in prange(blocks):
+        for n in range(b * n_img // blocks, (b + 1) * n_img // blocks):
+            _depthwise_rows_image_backward(dy, x, kernel_rows, dx, dk_rows[b], c_n, top, left, n)
+
+
+@njit(inline="always")
+def _depthwise_rows_image_backward(dy, x, kernel_rows, dx, dk_rows, c_n, top, left, n):
+    # image n's share of _depthwise_rows_backward_kernel; dk_rows (kh, kw, Wo*C): its block's sums
+    h_in, w_in = x.shape[1], x.shape[2] // c_n
+    kh, kw = kernel_rows.shape[0], kernel_rows.shape[1]
+    ho_n, wo_n = dy.shape[1], dy.shape[2] // c_n
+    for ho in range(ho_n):
+        for i in range(kh):
+            h = ho - top + i
+            if h < 0 or h >= h_in:
+                continue
+            for j in range(kw):
+                lo, hi, shift = _row_span(left, j, w_in, wo_n, c_n)
+                grad, src, sums = dy[n, ho, lo:hi], x[n, h, lo + shift:hi + shift], dk_rows[i, j, lo:hi]
+                for t in range(hi - lo):
+                    sums[t] += src[t] * grad[t]
+                if dx is not None:
+                    k, dst = kernel_rows[i, j, lo:hi], dx[n, h, lo + shift:hi + shift]
+                    for t in range(hi - lo):
+                        dst[t] += k[t] * grad[t]
+
+
+def rows_pay(kernel, strides):
+    """Whether the row kernels apply: stride 1 and depth_multiplier 1."""
+    return tuple(strides) == (1, 1) and kernel.shape[3] == 1
+
+
+def _kernel_rows(kernel, wo, dtype):
+    """(kh, kw, Wo*C): each tap's C numbers repeated along an output row of Wo pixels."""
+    kh, kw, c, _ = kernel.shape
+    return np.ascontiguousarray(np.broadcast_to(kernel.reshape(kh, kw, 1, c), (kh, kw, wo, c)).reshape(kh, kw, wo * c),
+                                dtype=dtype)
+
+
 def depthwise_conv_numba(x, kernel, strides, pads, out=None):
     """numba version of `depthwise_conv_reference` (same arguments, same result); y written
     into `out` when given."""
@@ -167,8 +253,12 @@ def depthwise_conv_numba(x, kernel, strides, pads, out=None):
     kh, kw, _, m = kernel.shape
     ho, wo = output_hw(h, w, (kh, kw), strides, pads)
     y = reuse_or_new(out, (n, ho, wo, c * m), x.dtype, "depthwise_conv: out")
-    y.fill(0)                                         # the kernel adds each tap into y
     with perf.kernel_threads(x.size * kh * kw):       # one thread for a small batch
+        if rows_pay(kernel, strides):
+            _depthwise_rows_kernel(x.reshape(n, h, w * c), _kernel_rows(kernel, wo, x.dtype),
+                                   y.reshape(n, ho, wo * c), c, pads[0][0], pads[1][0])
+            return y
+        y.fill(0)                                     # the kernel adds each tap into y
         _depthwise_kernel(x, kernel.reshape(kh, kw, c * m), y, m, *strides, pads[0][0], pads[1][0])
     return y
 
@@ -181,6 +271,15 @@ def depthwise_conv_backward_numba(dy, x, kernel, strides, pads, need_input_gradi
     n = x.shape[0]
     kh, kw, c, m = kernel.shape
     dx = np.zeros_like(x) if need_input_gradient else None
+    if rows_pay(kernel, strides):
+        wo = dy.shape[2]
+        dk_rows = np.zeros((min(n, BLOCKS), kh, kw, wo * c), dtype=x.dtype)
+        with perf.kernel_threads(x.size * kh * kw):
+            _depthwise_rows_backward_kernel(dy.reshape(n, dy.shape[1], wo * c), x.reshape(n, x.shape[1], -1),
+                                            _kernel_rows(kernel, wo, x.dtype),
+                                            None if dx is None else dx.reshape(n, x.shape[1], -1), dk_rows, c,
+                                            pads[0][0], pads[1][0])
+        return dx, dk_rows.sum(axis=0).reshape(kh, kw, wo, c).sum(axis=2).reshape(kh, kw, c, 1)
     dk_per_image = np.zeros((n, kh, kw, c * m), dtype=x.dtype)
     with perf.kernel_threads(x.size * kh * kw):
         _depthwise_backward_kernel(dy, x, kernel.reshape(kh, kw, c * m), dx, dk_per_image, m,
