@@ -176,60 +176,61 @@ def _row_span(left, j, w_in, wo_n, c_n):
     return lo * c_n, hi * c_n, (j - left) * c_n
 
 
+@njit(inline="always")
+def depthwise_row(x, n, ho, kernel_rows, c_n, top, left, out):
+    """out (Wo*C,) = output row ho of image n: each tap's kernel_rows[i, j] times the run of the
+    input row it reads. x (N, H, W*C), kernel_rows (kh, kw, Wo*C); a padded row or column adds zero."""
+    h_in, w_in, wo_n = x.shape[1], x.shape[2] // c_n, out.shape[0] // c_n
+    for t in range(out.shape[0]):
+        out[t] = 0
+    for i in range(kernel_rows.shape[0]):
+        h = ho - top + i
+        if h < 0 or h >= h_in:
+            continue
+        for j in range(kernel_rows.shape[1]):
+            lo, hi, shift = _row_span(left, j, w_in, wo_n, c_n)
+            k, src, dst = kernel_rows[i, j, lo:hi], x[n, h, lo + shift:hi + shift], out[lo:hi]
+            for t in range(hi - lo):                  # slices: no index below 0, so no wraparound test
+                dst[t] += k[t] * src[t]
+
+
+@njit(inline="always")
+def depthwise_row_backward(x, n, ho, kernel_rows, c_n, top, left, g, sums, dx):
+    """The adjoint of depthwise_row for the row's gradient g (Wo*C,): sums (kh, kw, Wo*C) += each
+    tap's input run * g; dx (N, H, W*C) runs += kernel_rows[i, j] * g (dx None: skipped)."""
+    h_in, w_in, wo_n = x.shape[1], x.shape[2] // c_n, g.shape[0] // c_n
+    for i in range(kernel_rows.shape[0]):
+        h = ho - top + i
+        if h < 0 or h >= h_in:
+            continue
+        for j in range(kernel_rows.shape[1]):
+            lo, hi, shift = _row_span(left, j, w_in, wo_n, c_n)
+            grad, src, total = g[lo:hi], x[n, h, lo + shift:hi + shift], sums[i, j, lo:hi]
+            for t in range(hi - lo):
+                total[t] += src[t] * grad[t]
+            if dx is not None:
+                k, dst = kernel_rows[i, j, lo:hi], dx[n, h, lo + shift:hi + shift]
+                for t in range(hi - lo):
+                    dst[t] += k[t] * grad[t]
+
+
 @njit(cache=True, parallel=True)
 def _depthwise_rows_kernel(x, kernel_rows, y, c_n, top, left):
-    # x (N, H, W*C) and y (N, Ho, Wo*C): image rows as runs; kernel_rows (kh, kw, Wo*C); y overwritten
-    n_img, h_in, w_in = x.shape[0], x.shape[1], x.shape[2] // c_n
-    kh, kw = kernel_rows.shape[0], kernel_rows.shape[1]
-    ho_n, wo_n = y.shape[1], y.shape[2] // c_n
-    for n in prange(n_img):
-        for ho in range(ho_n):
-            out = y[n, ho]
-            for t in range(out.shape[0]):
-                out[t] = 0
-            for i in range(kh):
-                h = ho - top + i
-                if h < 0 or h >= h_in:
-                    continue                                  # a padded row adds zero
-                for j in range(kw):
-                    lo, hi, shift = _row_span(left, j, w_in, wo_n, c_n)
-                    k, src, dst = kernel_rows[i, j, lo:hi], x[n, h, lo + shift:hi + shift], out[lo:hi]
-                    for t in range(hi - lo):          # slices: no index below 0, so no wraparound test
-                        dst[t] += k[t] * src[t]
+    # x (N, H, W*C) and y (N, Ho, Wo*C): image rows as runs; y overwritten
+    for n in prange(x.shape[0]):
+        for ho in range(y.shape[1]):
+            depthwise_row(x, n, ho, kernel_rows, c_n, top, left, y[n, ho])
 
 
 @njit(cache=True, parallel=True)
 def _depthwise_rows_backward_kernel(dy, x, kernel_rows, dx, dk_rows, c_n, top, left):
-    # the adjoint of _depthwise_rows_kernel, rows as runs as there: dk_rows (B, kh, kw, Wo*C)
-    # zeros, block b of images' sums along the row; dx (N, H, W*C) zeros, or None (compiled apart)
-    n_img, h_in, w_in = x.shape[0], x.shape[1], x.shape[2] // c_n
-    kh, kw = kernel_rows.shape[0], kernel_rows.shape[1]
-    ho_n, wo_n, blocks = dy.shape[1], dy.shape[2] // c_n, dk_rows.shape[0]
+    # dy (N, Ho, Wo*C), x and dx (N, H, W*C); dx zeros, or None (compiled apart); dk_rows
+    # (B, kh, kw, Wo*C) zeros: block b of images sums into its own row (no races)
+    n_img, blocks = x.shape[0], dk_rows.shape[0]
     for b in prange(blocks):
         for n in range(b * n_img // blocks, (b + 1) * n_img // blocks):
-            _depthwise_rows_image_backward(dy, x, kernel_rows, dx, dk_rows[b], c_n, top, left, n)
-
-
-@njit(inline="always")
-def _depthwise_rows_image_backward(dy, x, kernel_rows, dx, dk_rows, c_n, top, left, n):
-    # image n's share of _depthwise_rows_backward_kernel; dk_rows (kh, kw, Wo*C): its block's sums
-    h_in, w_in = x.shape[1], x.shape[2] // c_n
-    kh, kw = kernel_rows.shape[0], kernel_rows.shape[1]
-    ho_n, wo_n = dy.shape[1], dy.shape[2] // c_n
-    for ho in range(ho_n):
-        for i in range(kh):
-            h = ho - top + i
-            if h < 0 or h >= h_in:
-                continue
-            for j in range(kw):
-                lo, hi, shift = _row_span(left, j, w_in, wo_n, c_n)
-                grad, src, sums = dy[n, ho, lo:hi], x[n, h, lo + shift:hi + shift], dk_rows[i, j, lo:hi]
-                for t in range(hi - lo):
-                    sums[t] += src[t] * grad[t]
-                if dx is not None:
-                    k, dst = kernel_rows[i, j, lo:hi], dx[n, h, lo + shift:hi + shift]
-                    for t in range(hi - lo):
-                        dst[t] += k[t] * grad[t]
+            for ho in range(dy.shape[1]):
+                depthwise_row_backward(x, n, ho, kernel_rows, c_n, top, left, dy[n, ho], dk_rows[b], dx)
 
 
 def rows_pay(kernel, strides):
@@ -237,7 +238,7 @@ def rows_pay(kernel, strides):
     return tuple(strides) == (1, 1) and kernel.shape[3] == 1
 
 
-def _kernel_rows(kernel, wo, dtype):
+def kernel_rows(kernel, wo, dtype):
     """(kh, kw, Wo*C): each tap's C numbers repeated along an output row of Wo pixels."""
     kh, kw, c, _ = kernel.shape
     return np.ascontiguousarray(np.broadcast_to(kernel.reshape(kh, kw, 1, c), (kh, kw, wo, c)).reshape(kh, kw, wo * c),
@@ -255,7 +256,7 @@ def depthwise_conv_numba(x, kernel, strides, pads, out=None):
     y = reuse_or_new(out, (n, ho, wo, c * m), x.dtype, "depthwise_conv: out")
     with perf.kernel_threads(x.size * kh * kw):       # one thread for a small batch
         if rows_pay(kernel, strides):
-            _depthwise_rows_kernel(x.reshape(n, h, w * c), _kernel_rows(kernel, wo, x.dtype),
+            _depthwise_rows_kernel(x.reshape(n, h, w * c), kernel_rows(kernel, wo, x.dtype),
                                    y.reshape(n, ho, wo * c), c, pads[0][0], pads[1][0])
             return y
         y.fill(0)                                     # the kernel adds each tap into y
@@ -276,7 +277,7 @@ def depthwise_conv_backward_numba(dy, x, kernel, strides, pads, need_input_gradi
         dk_rows = np.zeros((min(n, BLOCKS), kh, kw, wo * c), dtype=x.dtype)
         with perf.kernel_threads(x.size * kh * kw):
             _depthwise_rows_backward_kernel(dy.reshape(n, dy.shape[1], wo * c), x.reshape(n, x.shape[1], -1),
-                                            _kernel_rows(kernel, wo, x.dtype),
+                                            kernel_rows(kernel, wo, x.dtype),
                                             None if dx is None else dx.reshape(n, x.shape[1], -1), dk_rows, c,
                                             pads[0][0], pads[1][0])
         return dx, dk_rows.sum(axis=0).reshape(kh, kw, wo, c).sum(axis=2).reshape(kh, kw, c, 1)

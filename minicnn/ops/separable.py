@@ -21,7 +21,8 @@ need_input_gradient=False).
 
 The kernels work on tiles of whole output rows of one image, about TILE_PIXELS pixels: the
 tile of d (and of dd) is made in a small buffer that stays in cache and is used at once, so
-d is never written to memory as a whole. The backward recomputes its tile of d from x (kh*kw
+d is never written to memory as a whole; each of its rows is made by ops.depthwise's row
+kernel (an image row as one run of W*C numbers, one long loop per tap). The backward recomputes its tile of d from x (kh*kw
 multiply-adds per number), or reads the d a forward given depthwise_out= kept: a write and a
 read of the whole of d instead (benchmarks/kernels_separable.py measures both). The numba
 kernels need scipy (numba's np.dot calls its BLAS); without it the references run.
@@ -34,7 +35,8 @@ import numpy as np
 
 from .. import perf
 from .buffers import reuse_or_new
-from .depthwise import depthwise_conv_backward_reference, depthwise_conv_reference
+from .depthwise import (depthwise_conv_backward_reference, depthwise_conv_reference, depthwise_row,
+                        depthwise_row_backward, kernel_rows)
 from .im2col import output_hw
 from .jit import njit, pick, prange
 
@@ -132,10 +134,10 @@ def separable_conv2d_backward_reference(dy, x, depthwise_kernel, pointwise_kerne
 
 
 # ----------------------------------------------------------------------------------------
-# numba kernels: one tile of whole output rows at a time, channels innermost
+# numba kernels: one tile of whole output rows at a time, each row one run of Wo*C numbers
 # ----------------------------------------------------------------------------------------
-# The tile loops are inlined into the parallel loop's body (inline="always"): called as
-# separate functions, LLVM no longer vectorized their short channel loops. The tile's
+# The row loops (ops.depthwise.depthwise_row and its backward) are inlined into the parallel
+# loop's body (inline="always"), where LLVM vectorizes them. The tile's
 # pointwise products are np.dot calls (OpenBLAS through scipy, as numba does it): no loop
 # written in numba comes near them. A product of at most GEMM_ONE_THREAD multiply-adds runs
 # on the calling thread in OpenBLAS, so tiles stay under it: a larger one would wake
@@ -145,48 +147,11 @@ GEMM_ONE_THREAD = 1 << 18     # OpenBLAS's default: 65536 * GEMM_MULTITHREAD_THR
 
 
 @njit(inline="always")
-def _depthwise_rows(x, n, ho0, rows, kd, top, left, d):
-    # d[p, c] (zeroed first) for the pixels p = (ho - ho0) * Wo + wo of output rows
-    # ho0 .. ho0 + rows - 1 of image n; kd (kh, kw, C). Padded cells are skipped (they add zero).
-    h_in, w_in, c_n = x.shape[1], x.shape[2], x.shape[3]
-    kh, kw = kd.shape[0], kd.shape[1]
-    wo_n = d.shape[0] // rows
-    d[:] = 0
-    for ho in range(ho0, ho0 + rows):
-        for i in range(kh):
-            h = ho - top + i
-            if h < 0 or h >= h_in:
-                continue
-            for wo in range(wo_n):
-                for j in range(kw):
-                    w = wo - left + j
-                    if w < 0 or w >= w_in:
-                        continue
-                    for c in range(c_n):
-                        d[(ho - ho0) * wo_n + wo, c] += x[n, h, w, c] * kd[i, j, c]
-
-
-@njit(inline="always")
-def _depthwise_rows_backward(x, n, ho0, rows, kd, top, left, dd, dkd, dx):
-    # the adjoint of _depthwise_rows: dkd (kh, kw, C) += x * dd, dx[n] += kd * dd (dx None: skipped)
-    h_in, w_in, c_n = x.shape[1], x.shape[2], x.shape[3]
-    kh, kw = kd.shape[0], kd.shape[1]
-    wo_n = dd.shape[0] // rows
-    for ho in range(ho0, ho0 + rows):
-        for i in range(kh):
-            h = ho - top + i
-            if h < 0 or h >= h_in:
-                continue
-            for wo in range(wo_n):
-                for j in range(kw):
-                    w = wo - left + j
-                    if w < 0 or w >= w_in:
-                        continue
-                    for c in range(c_n):
-                        g = dd[(ho - ho0) * wo_n + wo, c]
-                        dkd[i, j, c] += x[n, h, w, c] * g
-                        if dx is not None:
-                            dx[n, h, w, c] += kd[i, j, c] * g
+def _add_to(total, part):
+    # total += part, in loops (an array expression in a prange body would be a parallel loop of its own)
+    for i in range(total.shape[0]):
+        for j in range(total.shape[1]):
+            total[i, j] += part[i, j]
 
 
 @njit(inline="always")
@@ -200,50 +165,50 @@ def _add_statistics(y, sums, squares):
 
 
 @njit(cache=True, parallel=True)
-def _forward_kernel(x, kd, kp, top, left, tile_rows, y, kept, sums, squares):
-    # x (N, H, W, C), kd (kh, kw, C), kp (C, F) -> y (N, Ho, Wo, F), one task per tile of
-    # tile_rows output rows. kept (N, Ho, Wo, C) gets d as well, or None (d stays in the
-    # tile); sums, squares (tasks, F) float64 zeros, or None for no statistics.
-    ho_n, wo_n, c_n, f_n = y.shape[1], y.shape[2], x.shape[3], y.shape[3]
+def _forward_kernel(x, kd_rows, kp, top, left, tile_rows, y, kept, sums, squares):
+    # x (N, H, W*C) image rows as runs, kd_rows (kh, kw, Wo*C) (ops.depthwise's row kernels),
+    # kp (C, F) -> y (N, Ho, Wo, F), one task per tile of tile_rows output rows. kept (N, Ho,
+    # Wo*C) gets d as well, or None (d stays in the tile); sums, squares (tasks, F) float64
+    # zeros, or None for no statistics.
+    ho_n, wo_n, f_n = y.shape[1], y.shape[2], y.shape[3]
+    c_n, run = kp.shape[0], kd_rows.shape[2]
     tiles = (ho_n + tile_rows - 1) // tile_rows
     for task in prange(x.shape[0] * tiles):
         n, ho0 = task // tiles, task % tiles * tile_rows
         rows = min(tile_rows, ho_n - ho0)
-        if kept is None:
-            d = np.empty((rows * wo_n, c_n), dtype=x.dtype)
-        else:
-            d = kept[n, ho0:ho0 + rows].reshape(rows * wo_n, c_n)
-        _depthwise_rows(x, n, ho0, rows, kd, top, left, d)
+        d = np.empty((rows, run), dtype=x.dtype) if kept is None else kept[n, ho0:ho0 + rows]
+        for r in range(rows):
+            depthwise_row(x, n, ho0 + r, kd_rows, c_n, top, left, d[r])
         tile = y[n, ho0:ho0 + rows].reshape(rows * wo_n, f_n)
-        np.dot(d, kp, tile)                                              # (pixels, C) @ (C, F)
+        np.dot(d.reshape(rows * wo_n, c_n), kp, tile)                  # (pixels, C) @ (C, F)
         if sums is not None:
             _add_statistics(tile, sums[task], squares[task])
 
 
 @njit(cache=True, parallel=True)
-def _backward_kernel(dy, x, kd, kpt, top, left, tile_rows, kept, dx, dkd, dkp):
-    # dy (N, Ho, Wo, F), kpt = kp.T (F, C); kept: the forward's d, or None to recompute it
-    # tile by tile; dx (N, H, W, C) zeros or None; dkd (B, kh, kw, C) and dkp (B, C, F) zeros:
-    # block b of images sums its share into its own row (no races).
-    n_img, c_n = x.shape[0], x.shape[3]
+def _backward_kernel(dy, x, kd_rows, kpt, top, left, tile_rows, kept, dx, dkd_rows, dkp):
+    # dy (N, Ho, Wo, F), x as in _forward_kernel, kpt = kp.T (F, C); kept: the forward's d
+    # (N, Ho, Wo*C), or None to recompute it tile by tile; dx (N, H, W*C) zeros or None;
+    # dkd_rows (B, kh, kw, Wo*C) and dkp (B, C, F) zeros: block b of images sums its share into
+    # its own row (no races).
+    n_img, c_n, run = x.shape[0], kpt.shape[1], kd_rows.shape[2]
     ho_n, wo_n, f_n = dy.shape[1], dy.shape[2], dy.shape[3]
-    blocks = dkd.shape[0]
+    blocks = dkp.shape[0]
     for b in prange(blocks):
-        scratch = np.empty((tile_rows * wo_n, c_n), dtype=x.dtype)
-        dd = np.empty((tile_rows * wo_n, c_n), dtype=x.dtype)
+        scratch = np.empty((tile_rows, run), dtype=x.dtype)
+        dd = np.empty((tile_rows, run), dtype=x.dtype)
         for n in range(b * n_img // blocks, (b + 1) * n_img // blocks):
             for ho0 in range(0, ho_n, tile_rows):
                 rows = min(tile_rows, ho_n - ho0)
-                pixels = rows * wo_n
-                g = dy[n, ho0:ho0 + rows].reshape(pixels, f_n)
+                g = dy[n, ho0:ho0 + rows].reshape(rows * wo_n, f_n)
+                d = scratch[:rows] if kept is None else kept[n, ho0:ho0 + rows]
                 if kept is None:
-                    d = scratch[:pixels]
-                    _depthwise_rows(x, n, ho0, rows, kd, top, left, d)
-                else:
-                    d = kept[n, ho0:ho0 + rows].reshape(pixels, c_n)
-                dkp[b] += np.dot(d.T, g)                                   # (C, pixels) @ (pixels, F)
-                np.dot(g, kpt, dd[:pixels])                               # (pixels, F) @ (F, C)
-                _depthwise_rows_backward(x, n, ho0, rows, kd, top, left, dd[:pixels], dkd[b], dx)
+                    for r in range(rows):
+                        depthwise_row(x, n, ho0 + r, kd_rows, c_n, top, left, d[r])
+                _add_to(dkp[b], np.dot(d.reshape(rows * wo_n, c_n).T, g))     # (C, pixels) @ (pixels, F)
+                np.dot(g, kpt, dd[:rows].reshape(rows * wo_n, c_n))            # (pixels, F) @ (F, C)
+                for r in range(rows):
+                    depthwise_row_backward(x, n, ho0 + r, kd_rows, c_n, top, left, dd[r], dkd_rows[b], dx)
 
 
 def _tile_rows(wo, c, f):
@@ -256,11 +221,16 @@ def _buffer(out, shape, dtype, what):
     return reuse_or_new(out, shape, dtype, f"separable_conv2d: {what}")
 
 
-def _kernels(depthwise_kernel, pointwise_kernel, dtype):
-    """The kernels as the numba kernels read them: kd (kh, kw, C) and kp (C, F), in x's dtype."""
-    kh, kw, c, _ = depthwise_kernel.shape
-    kd = np.ascontiguousarray(depthwise_kernel.reshape(kh, kw, c), dtype=dtype)
-    return kd, np.ascontiguousarray(pointwise_kernel.reshape(c, -1), dtype=dtype)
+def _kernels(depthwise_kernel, pointwise_kernel, wo, dtype):
+    """The kernels as the numba kernels read them, in x's dtype: kd_rows (kh, kw, Wo*C), the
+    depthwise taps repeated along an output row (ops.depthwise.kernel_rows), and kp (C, F)."""
+    kp = np.ascontiguousarray(pointwise_kernel.reshape(depthwise_kernel.shape[2], -1), dtype=dtype)
+    return kernel_rows(depthwise_kernel, wo, dtype), kp
+
+
+def _runs(a):
+    """(N, H, W, C) -> (N, H, W*C): each image row one run of numbers (a view)."""
+    return a.reshape(a.shape[0], a.shape[1], -1)
 
 
 def separable_conv2d_numba(x, depthwise_kernel, pointwise_kernel, pads, statistics=False, out=None,
@@ -269,15 +239,16 @@ def separable_conv2d_numba(x, depthwise_kernel, pointwise_kernel, pads, statisti
     buffer; depthwise_out: a (N, Ho, Wo, C) buffer that also gets d, for a backward that reads it."""
     kh, kw, c, f = _check(x, depthwise_kernel, pointwise_kernel)
     x = np.ascontiguousarray(x)
-    kd, kp = _kernels(depthwise_kernel, pointwise_kernel, x.dtype)
     ho, wo = output_hw(x.shape[1], x.shape[2], (kh, kw), (1, 1), pads)
+    kd_rows, kp = _kernels(depthwise_kernel, pointwise_kernel, wo, x.dtype)
     y = _buffer(out, (x.shape[0], ho, wo, f), x.dtype, "out")
     kept = None if depthwise_out is None else _buffer(depthwise_out, (x.shape[0], ho, wo, c), x.dtype, "depthwise_out")
     tile_rows = _tile_rows(wo, c, f)
     tasks = x.shape[0] * -(-ho // tile_rows)
     sums, squares = (np.zeros((tasks, f)), np.zeros((tasks, f))) if statistics else (None, None)
     with perf.kernel_threads(x.size * kh * kw):       # one thread for a small image
-        _forward_kernel(x, kd, kp, pads[0][0], pads[1][0], tile_rows, y, kept, sums, squares)
+        _forward_kernel(_runs(x), kd_rows, kp, pads[0][0], pads[1][0], tile_rows, y,
+                        None if kept is None else _runs(kept), sums, squares)
     return (y, sums.sum(axis=0), squares.sum(axis=0)) if statistics else y
 
 
@@ -287,19 +258,21 @@ def separable_conv2d_backward_numba(dy, x, depthwise_kernel, pointwise_kernel, p
     dx's buffer; depthwise: the forward's d (its depthwise_out), else recomputed tile by tile."""
     kh, kw, c, f = _check(x, depthwise_kernel, pointwise_kernel)
     x = np.ascontiguousarray(x)
-    kd, kp = _kernels(depthwise_kernel, pointwise_kernel, x.dtype)
     dy = np.ascontiguousarray(dy, dtype=x.dtype)
-    kept = None if depthwise is None else _buffer(depthwise, dy.shape[:3] + (c,), x.dtype, "depthwise")
+    n, ho, wo = dy.shape[:3]
+    kd_rows, kp = _kernels(depthwise_kernel, pointwise_kernel, wo, x.dtype)
+    kept = None if depthwise is None else _runs(_buffer(depthwise, (n, ho, wo, c), x.dtype, "depthwise"))
     dx = None
     if need_input_gradient:
         dx = _buffer(out, x.shape, x.dtype, "out")
         dx[...] = 0
-    blocks = min(x.shape[0], BLOCKS)
-    dkd, dkp = np.zeros((blocks, kh, kw, c), x.dtype), np.zeros((blocks, c, f), x.dtype)
+    blocks = min(n, BLOCKS)
+    dkd_rows, dkp = np.zeros((blocks, kh, kw, wo * c), x.dtype), np.zeros((blocks, c, f), x.dtype)
     with perf.kernel_threads(x.size * kh * kw):
-        _backward_kernel(dy, x, kd, np.ascontiguousarray(kp.T), pads[0][0], pads[1][0], _tile_rows(dy.shape[2], c, f),
-                         kept, dx, dkd, dkp)
-    return dx, dkd.sum(axis=0).reshape(depthwise_kernel.shape), dkp.sum(axis=0).reshape(pointwise_kernel.shape)
+        _backward_kernel(dy, _runs(x), kd_rows, np.ascontiguousarray(kp.T), pads[0][0], pads[1][0],
+                         _tile_rows(wo, c, f), kept, None if dx is None else _runs(dx), dkd_rows, dkp)
+    dkd = dkd_rows.sum(axis=0).reshape(kh, kw, wo, c).sum(axis=2)          # the row sums, over Wo
+    return dx, dkd.reshape(depthwise_kernel.shape), dkp.sum(axis=0).reshape(pointwise_kernel.shape)
 
 
 # ----------------------------------------------------------------------------------------
