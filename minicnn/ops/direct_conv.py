@@ -228,7 +228,18 @@ def _kernel_gradient_taps(xts, dzts, dks, b, t_n, sh, sw, wq, lead):
             off = (i // sh) * wq + j // sw
             for c in range(c_n):
                 run = xts[b, (c * sh + i % sh) * sw + j % sw, off:off + t_n]
-                for f in range(f_n):
+                for f in range(0, f_n - 3, 4):          # four filters a pass: each x number loaded once for four
+                    g0, g1 = dzts[b, f, lead:lead + t_n], dzts[b, f + 1, lead:lead + t_n]
+                    g2, g3 = dzts[b, f + 2, lead:lead + t_n], dzts[b, f + 3, lead:lead + t_n]
+                    sums = dks[b, i, j, c]
+                    s0, s1, s2, s3 = sums[f], sums[f + 1], sums[f + 2], sums[f + 3]
+                    for t in range(t_n):
+                        s0 += run[t] * g0[t]
+                        s1 += run[t] * g1[t]
+                        s2 += run[t] * g2[t]
+                        s3 += run[t] * g3[t]
+                    sums[f], sums[f + 1], sums[f + 2], sums[f + 3] = s0, s1, s2, s3
+                for f in range(f_n - f_n % 4, f_n):
                     gradient = dzts[b, f, lead:lead + t_n]
                     total = dks[b, i, j, c, f]      # x.dtype (a literal 0 would make it float64)
                     for t in range(t_n):

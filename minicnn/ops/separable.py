@@ -22,9 +22,10 @@ need_input_gradient=False).
 The kernels work on tiles of whole output rows of one image, about TILE_PIXELS pixels: the
 tile of d (and of dd) is made in a small buffer that stays in cache and is used at once, so
 d is never written to memory as a whole; each of its rows is made by ops.depthwise's row
-kernel (an image row as one run of W*C numbers, one long loop per tap). The backward recomputes its tile of d from x (kh*kw
-multiply-adds per number), or reads the d a forward given depthwise_out= kept: a write and a
-read of the whole of d instead (benchmarks/kernels_separable.py measures both). The numba
+kernel (an image row as one run of W*C numbers, one long loop per tap). The backward
+recomputes its tile of d from x (kh*kw multiply-adds per number), or reads the d a forward
+given depthwise_out= kept: a write and a read of the whole of d instead
+(benchmarks/kernels_separable.py measures both). The numba
 kernels need scipy (numba's np.dot calls its BLAS); without it the references run.
 separable_pays says where the fused op beats the textbook (ops.depthwise, then one matrix
 product over the whole batch through OpenBLAS).
