@@ -7,6 +7,7 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from minicnn import Conv2D, Dense, Flatten, Sequential
 from minicnn.layers import conv as conv_layers, core as core_layers
@@ -101,3 +102,18 @@ def test_settings_ab_times_each_value_and_refuses_an_unknown_setting():
     bad = subprocess.run([sys.executable, str(script), "mini_xception", "NO_SUCH_SETTING", "1"],
                          capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and "minicnn.perf has no setting 'NO_SUCH_SETTING'" in bad.stderr
+
+
+def test_revisions_ab_times_a_module_now_against_a_revision():
+    import subprocess
+    import sys
+    root = SCRIPT.parents[1]
+    if subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True).returncode != 0:
+        pytest.skip("not a git checkout: revisions_ab.py reads the older module from git")
+    run = subprocess.run([sys.executable, str(SCRIPT.parent / "revisions_ab.py"), "mini_xception", "direct_conv",
+                          "--base", "HEAD", "--rounds", "1", "--steps", "1"], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert "HEAD against now for direct_conv2d_backward_numba, direct_conv2d_numba" in lines[0]
+    assert lines[1].strip().startswith("base:") and lines[2].strip().startswith("now:")
+    assert lines[3].startswith("  now is ") and lines[3].endswith("x as fast")
