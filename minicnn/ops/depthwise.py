@@ -241,8 +241,13 @@ def rows_pay(kernel, strides):
 def kernel_rows(kernel, wo, dtype):
     """(kh, kw, Wo*C): each tap's C numbers repeated along an output row of Wo pixels."""
     kh, kw, c, _ = kernel.shape
-    return np.ascontiguousarray(np.broadcast_to(kernel.reshape(kh, kw, 1, c), (kh, kw, wo, c)).reshape(kh, kw, wo * c),
-                                dtype=dtype)
+    repeated = np.broadcast_to(kernel.reshape(kh, kw, 1, c), (kh, kw, wo, c))
+    return np.ascontiguousarray(repeated.reshape(kh, kw, wo * c), dtype=dtype)
+
+
+def runs(a):
+    """(N, H, W, C) -> (N, H, W*C), each image row one run of numbers (a view of a contiguous a)."""
+    return a.reshape(a.shape[0], a.shape[1], -1)
 
 
 def depthwise_conv_numba(x, kernel, strides, pads, out=None):
@@ -256,8 +261,7 @@ def depthwise_conv_numba(x, kernel, strides, pads, out=None):
     y = reuse_or_new(out, (n, ho, wo, c * m), x.dtype, "depthwise_conv: out")
     with perf.kernel_threads(x.size * kh * kw):       # one thread for a small batch
         if rows_pay(kernel, strides):
-            _depthwise_rows_kernel(x.reshape(n, h, w * c), kernel_rows(kernel, wo, x.dtype),
-                                   y.reshape(n, ho, wo * c), c, pads[0][0], pads[1][0])
+            _depthwise_rows_kernel(runs(x), kernel_rows(kernel, wo, x.dtype), runs(y), c, pads[0][0], pads[1][0])
             return y
         y.fill(0)                                     # the kernel adds each tap into y
         _depthwise_kernel(x, kernel.reshape(kh, kw, c * m), y, m, *strides, pads[0][0], pads[1][0])
@@ -273,19 +277,23 @@ def depthwise_conv_backward_numba(dy, x, kernel, strides, pads, need_input_gradi
     kh, kw, c, m = kernel.shape
     dx = np.zeros_like(x) if need_input_gradient else None
     if rows_pay(kernel, strides):
-        wo = dy.shape[2]
-        dk_rows = np.zeros((min(n, BLOCKS), kh, kw, wo * c), dtype=x.dtype)
-        with perf.kernel_threads(x.size * kh * kw):
-            _depthwise_rows_backward_kernel(dy.reshape(n, dy.shape[1], wo * c), x.reshape(n, x.shape[1], -1),
-                                            kernel_rows(kernel, wo, x.dtype),
-                                            None if dx is None else dx.reshape(n, x.shape[1], -1), dk_rows, c,
-                                            pads[0][0], pads[1][0])
-        return dx, dk_rows.sum(axis=0).reshape(kh, kw, wo, c).sum(axis=2).reshape(kh, kw, c, 1)
+        return dx, _rows_backward(dy, x, kernel, dx, pads)
     dk_per_image = np.zeros((n, kh, kw, c * m), dtype=x.dtype)
     with perf.kernel_threads(x.size * kh * kw):
         _depthwise_backward_kernel(dy, x, kernel.reshape(kh, kw, c * m), dx, dk_per_image, m,
                                    *strides, pads[0][0], pads[1][0])
     return dx, dk_per_image.sum(axis=0).reshape(kh, kw, c, m)
+
+
+def _rows_backward(dy, x, kernel, dx, pads):
+    """dkernel (kh, kw, C, 1) by the row kernels, which add the input gradient into dx (zeros, or None)."""
+    n, _, wo, c = dy.shape
+    kh, kw = kernel.shape[:2]
+    dk_rows = np.zeros((min(n, BLOCKS), kh, kw, wo * c), dtype=x.dtype)
+    with perf.kernel_threads(x.size * kh * kw):
+        _depthwise_rows_backward_kernel(runs(dy), runs(x), kernel_rows(kernel, wo, x.dtype),
+                                        None if dx is None else runs(dx), dk_rows, c, pads[0][0], pads[1][0])
+    return dk_rows.sum(axis=0).reshape(kh, kw, wo, c).sum(axis=2).reshape(kh, kw, c, 1)
 
 
 # ----------------------------------------------------------------------------------------

@@ -25,8 +25,8 @@ d is never written to memory as a whole; each of its rows is made by ops.depthwi
 kernel (an image row as one run of W*C numbers, one long loop per tap). The backward
 recomputes its tile of d from x (kh*kw multiply-adds per number), or reads the d a forward
 given depthwise_out= kept: a write and a read of the whole of d instead
-(benchmarks/kernels_separable.py measures both). The numba
-kernels need scipy (numba's np.dot calls its BLAS); without it the references run.
+(benchmarks/kernels_separable.py measures both). The numba kernels need scipy (numba's
+np.dot calls its BLAS); without it the references run.
 separable_pays says where the fused op beats the textbook (ops.depthwise, then one matrix
 product over the whole batch through OpenBLAS).
 """
@@ -37,7 +37,7 @@ import numpy as np
 from .. import perf
 from .buffers import reuse_or_new
 from .depthwise import (depthwise_conv_backward_reference, depthwise_conv_reference, depthwise_row,
-                        depthwise_row_backward, kernel_rows)
+                        depthwise_row_backward, kernel_rows, runs)
 from .im2col import output_hw
 from .jit import njit, pick, prange
 
@@ -229,11 +229,6 @@ def _kernels(depthwise_kernel, pointwise_kernel, wo, dtype):
     return kernel_rows(depthwise_kernel, wo, dtype), kp
 
 
-def _runs(a):
-    """(N, H, W, C) -> (N, H, W*C): each image row one run of numbers (a view)."""
-    return a.reshape(a.shape[0], a.shape[1], -1)
-
-
 def separable_conv2d_numba(x, depthwise_kernel, pointwise_kernel, pads, statistics=False, out=None,
                            depthwise_out=None):
     """numba version of `separable_conv2d_reference` (same arguments, same result); out: y's
@@ -248,8 +243,8 @@ def separable_conv2d_numba(x, depthwise_kernel, pointwise_kernel, pads, statisti
     tasks = x.shape[0] * -(-ho // tile_rows)
     sums, squares = (np.zeros((tasks, f)), np.zeros((tasks, f))) if statistics else (None, None)
     with perf.kernel_threads(x.size * kh * kw):       # one thread for a small image
-        _forward_kernel(_runs(x), kd_rows, kp, pads[0][0], pads[1][0], tile_rows, y,
-                        None if kept is None else _runs(kept), sums, squares)
+        _forward_kernel(runs(x), kd_rows, kp, pads[0][0], pads[1][0], tile_rows, y,
+                        None if kept is None else runs(kept), sums, squares)
     return (y, sums.sum(axis=0), squares.sum(axis=0)) if statistics else y
 
 
@@ -262,7 +257,7 @@ def separable_conv2d_backward_numba(dy, x, depthwise_kernel, pointwise_kernel, p
     dy = np.ascontiguousarray(dy, dtype=x.dtype)
     n, ho, wo = dy.shape[:3]
     kd_rows, kp = _kernels(depthwise_kernel, pointwise_kernel, wo, x.dtype)
-    kept = None if depthwise is None else _runs(_buffer(depthwise, (n, ho, wo, c), x.dtype, "depthwise"))
+    kept = None if depthwise is None else runs(_buffer(depthwise, (n, ho, wo, c), x.dtype, "depthwise"))
     dx = None
     if need_input_gradient:
         dx = _buffer(out, x.shape, x.dtype, "out")
@@ -270,8 +265,8 @@ def separable_conv2d_backward_numba(dy, x, depthwise_kernel, pointwise_kernel, p
     blocks = min(n, BLOCKS)
     dkd_rows, dkp = np.zeros((blocks, kh, kw, wo * c), x.dtype), np.zeros((blocks, c, f), x.dtype)
     with perf.kernel_threads(x.size * kh * kw):
-        _backward_kernel(dy, _runs(x), kd_rows, np.ascontiguousarray(kp.T), pads[0][0], pads[1][0],
-                         _tile_rows(wo, c, f), kept, None if dx is None else _runs(dx), dkd_rows, dkp)
+        _backward_kernel(dy, runs(x), kd_rows, np.ascontiguousarray(kp.T), pads[0][0], pads[1][0],
+                         _tile_rows(wo, c, f), kept, None if dx is None else runs(dx), dkd_rows, dkp)
     dkd = dkd_rows.sum(axis=0).reshape(kh, kw, wo, c).sum(axis=2)          # the row sums, over Wo
     return dx, dkd.reshape(depthwise_kernel.shape), dkp.sum(axis=0).reshape(pointwise_kernel.shape)
 
