@@ -64,8 +64,11 @@ BLAS_WIDE_PARALLEL_FLOPS, BLAS_WIDE_MIN_SIZE = 1e8, 64
 # a product below those sizes with at least this many rows in its long dimension (a 1x1 or
 # pointwise convolution over a batch, its kernel gradient) runs on numba's threads instead,
 # in tiles of rows whose product (rows * K * F) stays within OpenBLAS's one-thread limit
-# (2^18: OpenBLAS's own threads, waking inside numba's, cost more than they give)
+# (2^18: OpenBLAS's own threads, waking inside numba's, cost more than they give); where
+# that leaves fewer than TALL_PRODUCT_TILE_MIN_ROWS rows a tile, the product stays on one
+# thread; at most TALL_PRODUCT_TILE_MAX_ROWS, so that a thin product still makes tiles for each thread
 TALL_PRODUCT_MIN_ROWS, TALL_PRODUCT_TILE_WORK = 1 << 14, 1 << 18
+TALL_PRODUCT_TILE_MIN_ROWS, TALL_PRODUCT_TILE_MAX_ROWS = 64, 4096
 # Winograd's F(2x2, 3x3) for a 3x3 stride-1 Conv2D with C and F at least this many channels
 # (narrower layers trained no faster with it)
 WINOGRAD_MIN_CHANNELS = 64

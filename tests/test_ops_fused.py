@@ -270,21 +270,34 @@ def test_matmul_gives_both_threads_only_to_large_or_wide_products(monkeypatch):
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.integers(100, 3000), st.integers(1, 12), st.integers(1, 12), st.integers(16, 4000), DTYPES,
+@given(st.integers(100, 3000), st.integers(1, 12), st.integers(1, 12), st.integers(1, 400), DTYPES,
        st.integers(0, 2**32 - 1))
-def test_tall_products_equal_the_reference(m, k, f, work, dtype, seed):
+def test_tall_products_equal_the_reference(m, k, f, tile_rows, dtype, seed):
     # small thresholds, so that products of a few hundred rows take many tiles, the last one partial
     rng = np.random.default_rng(seed)
     a, g, b = random((m, k), dtype, rng), random((m, f), dtype, rng), random((k, f), dtype, rng)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(perf, "TALL_PRODUCT_MIN_ROWS", 100)
-        patch.setattr(perf, "TALL_PRODUCT_TILE_WORK", work)
+        patch.setattr(perf, "TALL_PRODUCT_TILE_MIN_ROWS", 1)
+        patch.setattr(perf, "TALL_PRODUCT_TILE_WORK", tile_rows * k * f)       # tiles of tile_rows rows of a (x)
         out = np.empty((m, f), dtype)
         assert gemm.tall_product(a, b, out=out) is out
         assert_sums_close(out, gemm.matmul_reference(a, b), dtype, terms=k)
         assert_sums_close(gemm.tall_product(a, b.T.copy().T), a @ b, dtype, terms=k)        # b a transposed view
         assert_sums_close(gemm.tall_product(a.T, g), gemm.matmul_reference(a.T, g), dtype, terms=m)
         assert gemm.tall_product(a[:99], b) is None and gemm.tall_product(a.astype(np.float16), b) is None
+        # an out= that np.matmul would refuse (wrong shape or dtype), not contiguous, or overlapping a: not taken
+        for bad in (np.empty((m + 1, f), dtype), np.empty((m, f), np.float16), np.empty((m, 2 * f), dtype)[:, ::2]):
+            assert gemm.tall_product(a, b, out=bad) is None
+        if k == f:
+            assert gemm.tall_product(a, b, out=a) is None
+
+
+def test_matmul_with_a_wrong_out_fails_as_numpys_does(monkeypatch):
+    monkeypatch.setattr(perf, "TALL_PRODUCT_MIN_ROWS", 64)
+    a, b = np.ones((100, 3), np.float32), np.ones((3, 4), np.float32)
+    with pytest.raises(ValueError):
+        gemm.matmul(a, b, out=np.empty((101, 4), np.float32))
 
 
 def test_no_reference_takes_out_and_matmul_keeps_the_callers_buffer(monkeypatch):

@@ -15,7 +15,7 @@ Backward, with g = dy seen as (N, Ho, Wo, C, M):
 with need_input_gradient=False (a layer reading the model's input, in training) dx is
 skipped and returned as None.
 
-numba by default (one thread per image, real cells only): the reference's broadcasts
+numba by default (images shared among the threads, real cells only): the reference's broadcasts
 write a full-size temporary per kernel offset (see benchmarks/kernels.py). At stride 1 with
 one filter per channel (every separable layer) the numba kernels treat an image row as one
 run of W*C numbers, so each tap is a single long loop (the "row kernels" below).
@@ -93,7 +93,7 @@ def depthwise_conv_backward_reference(dy, x, kernel, strides, pads, need_input_g
 
 
 # ----------------------------------------------------------------------------------------
-# numba kernels: one thread per image, channels innermost, real cells only (no padded copy)
+# numba kernels: images shared among the threads, channels innermost, real cells only (no padded copy)
 # ----------------------------------------------------------------------------------------
 
 @njit(cache=True, parallel=True)

@@ -94,8 +94,9 @@ def direct_conv2d_backward_reference(dz, x, kernel, strides, pads, need_input_gr
 # never stored), the price of loops long enough for the vector units. dK is the same runs
 # dotted with dz in the acc layout (zeros in the spare columns and in kw-1 numbers either
 # side), and dx the same loops run backwards into a tile-shaped dxt, added onto dx. A
-# stride-1 3-wide row of taps is one loop of three products (the common 3x3 case): each
-# accumulator is read and written once per three multiply-adds.
+# row of three taps at stride 1 along the width (any stride down) is one loop of three
+# products (the common 3x3 case): each accumulator is read and written once per three
+# multiply-adds.
 # Tasks: (image, tile) for the forward, whole images for the backward (a tile's dxt overlaps
 # the next tile's input rows, so one image stays with one task). Scratch arrays come in as
 # arguments, one slice per block of tasks (numba then knows no two arrays overlap, which
@@ -143,8 +144,8 @@ def _gather_tile(x, n, ho0, rows_in, sh, sw, top, left, wq, xts, b):
 @njit(inline="always")
 def _forward_taps(xts, kernel, accs, b, t_n, sh, sw, wq):
     """accs[b, f, :t_n] = sum over taps and channels of K[i, j, c, f] * (the run of xt they read).
-    A stride-1 row of three taps is one loop of three products: acc is read and written once
-    for three multiply-adds instead of once for each."""
+    A row of three taps at width-stride 1 is one loop of three products: acc is read and written
+    once for three multiply-adds instead of once for each."""
     kh, kw, c_n, f_n = kernel.shape
     for f in range(f_n):
         acc = accs[b, f, :t_n]
@@ -221,7 +222,8 @@ def _gather_gradient(dz, n, ho0, r_n, wq, lead, dzts, b):
 
 @njit(inline="always")
 def _kernel_gradient_taps(xts, dzts, dks, b, t_n, sh, sw, wq, lead):
-    """dks[b, i, j, c, f] += <the run of xt tap (i, j) reads on channel c, dzt[f]>."""
+    """dks[b, i, j, c, f] += <the run of xt tap (i, j) reads on channel c, dzt[f]> (dzt[f] starts
+    `lead` numbers into its row of dzts)."""
     _, kh, kw, c_n, f_n = dks.shape
     for i in range(kh):
         for j in range(kw):
@@ -249,9 +251,9 @@ def _kernel_gradient_taps(xts, dzts, dks, b, t_n, sh, sw, wq, lead):
 
 @njit(inline="always")
 def _input_gradient_taps(dzts, kernel, dxts, b, t_n, sh, sw, wq, lead):
-    """The adjoint of _forward_taps: dxts[b]'s runs = sum of K[i, j, c, f] * dzt[f]. A stride-1 row
-    of three taps is gathered, dxt[u] += k0 dzt[u] + k1 dzt[u - 1] + k2 dzt[u - 2] (the lead's
-    zeros stand in for dzt before and after the run), so each dxt number is written once per row."""
+    """The adjoint of _forward_taps: dxts[b]'s runs = sum of K[i, j, c, f] * dzt[f]. A row of three
+    taps at width-stride 1 is gathered, dxt[u] += k0 dzt[u] + k1 dzt[u - 1] + k2 dzt[u - 2] (the
+    lead's zeros stand in for dzt before and after the run): each dxt number written once a row."""
     kh, kw, c_n, f_n = kernel.shape
     for p in range(dxts.shape[1]):
         for t in range(dxts.shape[2]):
@@ -261,7 +263,7 @@ def _input_gradient_taps(dzts, kernel, dxts, b, t_n, sh, sw, wq, lead):
             if sw == 1 and kw == 3:
                 run = dxts[b, c * sh + i % sh, (i // sh) * wq:(i // sh) * wq + t_n + 2]
                 for f in range(f_n):
-                    padded = dzts[b, f, :t_n + 4]          # padded[2 + t] = dzt[t]
+                    padded = dzts[b, f, :t_n + 4]          # padded[2 + t] = dzt[t] (lead = kw - 1 = 2)
                     k0, k1, k2 = kernel[i, 0, c, f], kernel[i, 1, c, f], kernel[i, 2, c, f]
                     for u in range(t_n + 2):
                         run[u] += k0 * padded[u + 2] + k1 * padded[u + 1] + k2 * padded[u]

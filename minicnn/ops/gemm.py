@@ -107,24 +107,33 @@ def _summed_tiles_kernel(x, g, partial, rows):
 
 
 def _tile_rows(k, f):
-    """Rows per tile of a product with K and F columns on its two sides: within perf.TALL_PRODUCT_TILE_WORK."""
-    return max(16, perf.TALL_PRODUCT_TILE_WORK // (k * f))
+    """Rows per tile of a product with K and F columns on its two sides: within
+    perf.TALL_PRODUCT_TILE_WORK, and at most TALL_PRODUCT_TILE_MAX_ROWS (enough tiles for the threads)."""
+    return min(perf.TALL_PRODUCT_TILE_MAX_ROWS, perf.TALL_PRODUCT_TILE_WORK // max(1, k * f))
 
 
 def tall_product(a, b, out=None):
     """a @ b by row tiles on numba's threads (see the top), or None where the shapes do not
-    suit: (M, K) @ (K, F) with M long, or x^T @ g (a = x.T, x (M, K) C-contiguous) with M long."""
-    if a.dtype != b.dtype or a.dtype not in (np.float32, np.float64) or not _scipy_present():
+    suit: (M, K) @ (K, F) with M long, or x^T @ g (a = x.T, x (M, K) C-contiguous) with M long;
+    K*F small enough for a tile of TALL_PRODUCT_TILE_MIN_ROWS rows; `out`, when given, an
+    (M, F) C-contiguous array of a's dtype sharing no memory with a or b."""
+    m, f = a.shape[0], b.shape[1]
+    if a.dtype != b.dtype or a.dtype not in (np.float32, np.float64) or min(a.shape + b.shape) == 0:
         return None
-    if out is not None and (out.dtype != a.dtype or not out.flags.c_contiguous):
+    if out is not None and (out.shape != (m, f) or out.dtype != a.dtype or not out.flags.c_contiguous
+                            or np.shares_memory(out, a) or np.shares_memory(out, b)):
         return None
-    if a.shape[0] >= perf.TALL_PRODUCT_MIN_ROWS and a.flags.c_contiguous:
-        out = np.empty((a.shape[0], b.shape[1]), a.dtype) if out is None else out
-        _row_tiles_kernel(a, b if b.flags.f_contiguous else np.ascontiguousarray(b), out, _tile_rows(*b.shape))
+    if not _scipy_present():
+        return None
+    rows, inner_rows = _tile_rows(a.shape[1], f), _tile_rows(m, f)     # (M, K) @ (K, F); x^T @ g
+    if m >= perf.TALL_PRODUCT_MIN_ROWS and a.flags.c_contiguous and rows >= perf.TALL_PRODUCT_TILE_MIN_ROWS:
+        out = np.empty((m, f), a.dtype) if out is None else out
+        _row_tiles_kernel(a, b if b.flags.f_contiguous else np.ascontiguousarray(b), out, rows)
         return out
-    if a.shape[1] >= perf.TALL_PRODUCT_MIN_ROWS and a.T.flags.c_contiguous and b.flags.c_contiguous:
-        partial = np.empty((BLOCKS, a.shape[0], b.shape[1]), a.dtype)
-        _summed_tiles_kernel(a.T, b, partial, _tile_rows(a.shape[0], b.shape[1]))
+    tall_inner = a.shape[1] >= perf.TALL_PRODUCT_MIN_ROWS and a.T.flags.c_contiguous and b.flags.c_contiguous
+    if tall_inner and inner_rows >= perf.TALL_PRODUCT_TILE_MIN_ROWS:
+        partial = np.empty((BLOCKS, m, f), a.dtype)
+        _summed_tiles_kernel(a.T, b, partial, inner_rows)
         return np.sum(partial, axis=0, out=out)
     return None
 
