@@ -16,7 +16,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from minicnn import perf  # noqa: E402
 from benchmarks.models import batch, build  # noqa: E402
+from benchmarks.timing import training_step_ms  # noqa: E402
 
 
 def module_at(name, revision, folder):
@@ -54,15 +54,6 @@ def swaps(names, revision, folder):
     return versions
 
 
-def step_ms(model, x, y, steps):
-    """Mean ms of `steps` training steps, after one untimed step."""
-    model.train_on_batch(x, y)
-    start = time.perf_counter()
-    for _ in range(steps):
-        model.train_on_batch(x, y)
-    return (time.perf_counter() - start) / steps * 1e3
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", help="a fer.models architecture: cnn4, cnn8, mini_xception, ...")
@@ -82,7 +73,7 @@ def main():
             for version, entries in versions.items():
                 for module, attribute, function in entries:
                     setattr(module, attribute, function)
-                times[version].append(step_ms(model, x, y, steps))
+                times[version].append(training_step_ms(model, x, y, steps))
     entries = ", ".join(attribute for _, attribute, _ in versions["now"])
     print(f"{args.model} training step, batch 64, {args.rounds} rounds of {steps} steps; {args.base} against now "
           f"for {entries}; OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}; "

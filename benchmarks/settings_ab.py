@@ -13,7 +13,6 @@ The compiler's per-shape choices are cleared at each switch, so a setting that p
 import argparse
 import os
 import sys
-import time
 
 import numpy as np
 
@@ -22,6 +21,7 @@ import minicnn  # noqa: E402
 from minicnn import perf  # noqa: E402
 from minicnn.compiler.stages import ConvStage  # noqa: E402
 from benchmarks.models import batch, build  # noqa: E402
+from benchmarks.timing import training_step_ms  # noqa: E402
 
 
 def value(text):
@@ -37,15 +37,6 @@ def set_setting(model, name, setting):
         for stage in getattr(step, "stages", []):
             if isinstance(stage, ConvStage):
                 stage.methods.clear()
-
-
-def step_ms(model, x, y, steps):
-    """Mean ms of `steps` training steps, after one untimed step."""
-    model.train_on_batch(x, y)
-    start = time.perf_counter()
-    for _ in range(steps):
-        model.train_on_batch(x, y)
-    return (time.perf_counter() - start) / steps * 1e3
 
 
 def main():
@@ -69,7 +60,7 @@ def main():
     for _ in range(args.rounds):
         for setting in args.values:
             set_setting(model, args.setting, setting)
-            times[setting].append(step_ms(model, x, y, steps))
+            times[setting].append(training_step_ms(model, x, y, steps))
     env = {k: os.environ.get(k, "(unset)") for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
     print(f"{args.model} training step, batch 64, {args.rounds} rounds of {steps} steps; minicnn "
           f"{minicnn.__version__}; {' '.join(f'{k}={v}' for k, v in env.items())}; load {os.getloadavg()[0]:.2f}")

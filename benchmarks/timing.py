@@ -20,3 +20,12 @@ def median_ms(fns, repeats, clock="wall"):
             fn()
             t.append(now() - start)
     return [1e3 * float(np.median(t)) for t in times]
+
+
+def training_step_ms(model, x, y, steps):
+    """Mean ms of `steps` training steps of `model` on (x, y), after one untimed step."""
+    model.train_on_batch(x, y)
+    start = time.perf_counter()
+    for _ in range(steps):
+        model.train_on_batch(x, y)
+    return (time.perf_counter() - start) / steps * 1e3
