@@ -23,12 +23,10 @@ result whatever the thread count.
 There is no loop written in numba for the arithmetic: none comes near OpenBLAS. The
 "reference" is the plain call; MINICNN_REFERENCE=1 makes every product use it.
 """
-import importlib.util
-
 import numpy as np
 
 from .. import perf
-from .jit import njit, pick, prange
+from .jit import njit, numba_dot_runs, pick, prange
 
 BLOCKS = 16    # blocks of tiles summed apart in x^T @ dz (fixed: results do not depend on the threads)
 
@@ -75,11 +73,6 @@ def on_all_threads(m, k, f):
                                                  and min(k, f) >= perf.BLAS_WIDE_MIN_SIZE)
 
 
-def _scipy_present():
-    """Whether numba's np.dot can run: it calls scipy's BLAS."""
-    return importlib.util.find_spec("scipy") is not None
-
-
 @njit(cache=True, parallel=True)
 def _row_tiles_kernel(a, b, out, rows):
     # out[lo:hi] = a[lo:hi] @ b, one tile of `rows` rows per call
@@ -99,8 +92,9 @@ def _summed_tiles_kernel(x, g, partial, rows):
             for j in range(partial.shape[2]):
                 partial[block, i, j] = 0
         end = min(m, (block + 1) * step)
+        tile = np.empty((partial.shape[1], partial.shape[2]), dtype=partial.dtype)
         for lo in range(block * step, end, rows):
-            tile = np.dot(x[lo:min(end, lo + rows)].T, g[lo:min(end, lo + rows)])
+            np.dot(x[lo:min(end, lo + rows)].T, g[lo:min(end, lo + rows)], tile)
             for i in range(partial.shape[1]):
                 for j in range(partial.shape[2]):
                     partial[block, i, j] += tile[i, j]
@@ -118,12 +112,12 @@ def tall_product(a, b, out=None):
     K*F small enough for a tile of TALL_PRODUCT_TILE_MIN_ROWS rows; `out`, when given, an
     (M, F) C-contiguous array of a's dtype sharing no memory with a or b."""
     m, f = a.shape[0], b.shape[1]
-    if a.dtype != b.dtype or a.dtype not in (np.float32, np.float64) or min(a.shape + b.shape) == 0:
+    if max(m, a.shape[1]) < perf.TALL_PRODUCT_MIN_ROWS or min(a.shape + b.shape) == 0:
+        return None                                   # short (most calls): the cheapest test first
+    if a.dtype != b.dtype or a.dtype not in (np.float32, np.float64) or not numba_dot_runs():
         return None
     if out is not None and (out.shape != (m, f) or out.dtype != a.dtype or not out.flags.c_contiguous
-                            or np.shares_memory(out, a) or np.shares_memory(out, b)):
-        return None
-    if not _scipy_present():
+                            or np.may_share_memory(out, a) or np.may_share_memory(out, b)):
         return None
     rows, inner_rows = _tile_rows(a.shape[1], f), _tile_rows(m, f)     # (M, K) @ (K, F); x^T @ g
     if m >= perf.TALL_PRODUCT_MIN_ROWS and a.flags.c_contiguous and rows >= perf.TALL_PRODUCT_TILE_MIN_ROWS:

@@ -5,6 +5,9 @@ Without numba installed, MINICNN_REFERENCE=1 still runs: every op then takes its
 reference, so the kernels below each reference are left as plain Python functions that
 nothing calls. Without either, the import error says which to install or set.
 """
+import functools
+import importlib.util
+
 from .. import backend
 
 try:
@@ -30,4 +33,10 @@ def pick(reference, kernel, kernel_pays=True):
     return kernel if kernel_pays and not backend.use_reference() else reference
 
 
-__all__ = ["njit", "pick", "prange"]
+@functools.lru_cache(maxsize=None)
+def numba_dot_runs():
+    """Whether numba's np.dot can run: it calls scipy's BLAS (looked up once: the lookup is slow)."""
+    return importlib.util.find_spec("scipy") is not None
+
+
+__all__ = ["njit", "numba_dot_runs", "pick", "prange"]

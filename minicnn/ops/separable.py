@@ -30,8 +30,6 @@ np.dot calls its BLAS); without it the references run.
 separable_pays says where the fused op beats the textbook (ops.depthwise, then one matrix
 product over the whole batch through OpenBLAS).
 """
-import importlib.util
-
 import numpy as np
 
 from .. import perf
@@ -39,7 +37,7 @@ from .buffers import reuse_or_new
 from .depthwise import (depthwise_conv_backward_reference, depthwise_conv_reference, depthwise_row,
                         depthwise_row_backward, kernel_rows, runs)
 from .im2col import output_hw
-from .jit import njit, pick, prange
+from .jit import njit, numba_dot_runs, pick, prange
 
 TILE_PIXELS = 256    # output pixels per tile (rounded to whole rows): its d fits in the L1 cache
 BLOCKS = 8           # the backward's blocks of images, each with its own kernel-gradient partial sums
@@ -277,16 +275,11 @@ def separable_conv2d_backward_numba(dy, x, depthwise_kernel, pointwise_kernel, p
 # textbook layer's ops
 # ----------------------------------------------------------------------------------------
 
-def _kernel_runs():
-    """Whether the numba kernels can run: numba's np.dot needs scipy."""
-    return importlib.util.find_spec("scipy") is not None
-
-
 def separable_conv2d(x, depthwise_kernel, pointwise_kernel, pads, statistics=False, out=None, depthwise_out=None):
     """Depthwise (stride 1) then pointwise convolution, no bias: (N, H, W, C) -> (N, Ho, Wo, F);
     with statistics=True, (y, sums, squares) per output channel in float64. out: y's buffer;
     depthwise_out: a (N, Ho, Wo, C) buffer that also gets d, for the backward to read."""
-    if pick(separable_conv2d_reference, separable_conv2d_numba, _kernel_runs()) is separable_conv2d_numba:
+    if pick(separable_conv2d_reference, separable_conv2d_numba, numba_dot_runs()) is separable_conv2d_numba:
         return separable_conv2d_numba(x, depthwise_kernel, pointwise_kernel, pads, statistics, out, depthwise_out)
     result = separable_conv2d_reference(x, depthwise_kernel, pointwise_kernel, pads, statistics)
     y = result[0] if statistics else result
@@ -304,7 +297,7 @@ def separable_conv2d_backward(dy, x, depthwise_kernel, pointwise_kernel, pads, n
     """dy (N, Ho, Wo, F) -> (dx (N, H, W, C) or None, ddepthwise (kh, kw, C, 1), dpointwise
     (1, 1, C, F)); dx is None when need_input_gradient is False. out: dx's buffer; depthwise:
     the d the forward kept in depthwise_out (else recomputed; the reference always recomputes)."""
-    backward = pick(separable_conv2d_backward_reference, separable_conv2d_backward_numba, _kernel_runs())
+    backward = pick(separable_conv2d_backward_reference, separable_conv2d_backward_numba, numba_dot_runs())
     if backward is separable_conv2d_backward_numba:
         return backward(dy, x, depthwise_kernel, pointwise_kernel, pads, need_input_gradient, out, depthwise)
     dx, dkd, dkp = backward(dy, x, depthwise_kernel, pointwise_kernel, pads, need_input_gradient)
@@ -323,4 +316,4 @@ def separable_pays(batch, height, width, channels, filters, training=False):
     keeping d, backward reading it), where the tiles' products are wide enough for OpenBLAS
     (benchmarks/kernels_separable.py)."""
     least = perf.SEPARABLE_TRAINING_MIN_CHANNELS if training else perf.SEPARABLE_MIN_CHANNELS
-    return _kernel_runs() and channels >= least
+    return numba_dot_runs() and channels >= least
