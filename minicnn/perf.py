@@ -61,14 +61,16 @@ BLAS_PARALLEL_FLOPS = 1e9
 # ... or from this many FLOP when both K and F are at least BLAS_WIDE_MIN_SIZE: wide products
 # gain from the threads at this size, narrow ones (a few channels) lose
 BLAS_WIDE_PARALLEL_FLOPS, BLAS_WIDE_MIN_SIZE = 1e8, 64
-# a product below those sizes with at least this many rows in its long dimension (a 1x1 or
-# pointwise convolution over a batch, its kernel gradient) runs on numba's threads instead,
-# in tiles of rows whose product (rows * K * F) stays within OpenBLAS's one-thread limit
-# (2^18: OpenBLAS's own threads, waking inside numba's, cost more than they give); where
-# that leaves fewer than TALL_PRODUCT_TILE_MIN_ROWS rows a tile, the product stays on one
-# thread; at most TALL_PRODUCT_TILE_MAX_ROWS, so that a thin product still makes tiles for each thread
-TALL_PRODUCT_MIN_ROWS, TALL_PRODUCT_TILE_WORK = 1 << 14, 1 << 18
-TALL_PRODUCT_TILE_MIN_ROWS, TALL_PRODUCT_TILE_MAX_ROWS = 64, 4096
+# OpenBLAS runs a product of at most this many multiply-adds (M*K*F) on the calling thread
+# (its default, 65536 * GEMM_MULTITHREAD_THRESHOLD 4): numba's kernels keep their per-tile
+# products within it, since OpenBLAS's own threads waking inside numba's cost more than they give
+OPENBLAS_ONE_THREAD_WORK = 1 << 18
+# a product below the sizes above with at least this many rows in its long dimension (a 1x1
+# or pointwise convolution over a batch, its kernel gradient) runs on numba's threads instead,
+# in tiles within OPENBLAS_ONE_THREAD_WORK; where that leaves fewer than TALL_PRODUCT_TILE_MIN_ROWS
+# rows a tile, it stays on one thread; at most TALL_PRODUCT_TILE_MAX_ROWS, so that a thin
+# product still makes tiles for each thread
+TALL_PRODUCT_MIN_ROWS, TALL_PRODUCT_TILE_MIN_ROWS, TALL_PRODUCT_TILE_MAX_ROWS = 1 << 14, 64, 4096
 # Winograd's F(2x2, 3x3) for a 3x3 stride-1 Conv2D with C and F at least this many channels
 # (narrower layers trained no faster with it)
 WINOGRAD_MIN_CHANNELS = 64

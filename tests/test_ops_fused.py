@@ -279,7 +279,7 @@ def test_tall_products_equal_the_reference(m, k, f, tile_rows, dtype, seed):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(perf, "TALL_PRODUCT_MIN_ROWS", 100)
         patch.setattr(perf, "TALL_PRODUCT_TILE_MIN_ROWS", 1)
-        patch.setattr(perf, "TALL_PRODUCT_TILE_WORK", tile_rows * k * f)       # tiles of tile_rows rows of a (x)
+        patch.setattr(perf, "OPENBLAS_ONE_THREAD_WORK", tile_rows * k * f)       # tiles of tile_rows rows of a (x)
         out = np.empty((m, f), dtype)
         assert gemm.tall_product(a, b, out=out) is out
         assert_sums_close(out, gemm.matmul_reference(a, b), dtype, terms=k)

@@ -102,8 +102,8 @@ def _summed_tiles_kernel(x, g, partial, rows):
 
 def _tile_rows(k, f):
     """Rows per tile of a product with K and F columns on its two sides: within
-    perf.TALL_PRODUCT_TILE_WORK, and at most TALL_PRODUCT_TILE_MAX_ROWS (enough tiles for the threads)."""
-    return min(perf.TALL_PRODUCT_TILE_MAX_ROWS, perf.TALL_PRODUCT_TILE_WORK // max(1, k * f))
+    perf.OPENBLAS_ONE_THREAD_WORK, and at most TALL_PRODUCT_TILE_MAX_ROWS (enough tiles for the threads)."""
+    return min(perf.TALL_PRODUCT_TILE_MAX_ROWS, perf.OPENBLAS_ONE_THREAD_WORK // max(1, k * f))
 
 
 def tall_product(a, b, out=None):

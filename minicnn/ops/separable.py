@@ -136,13 +136,10 @@ def separable_conv2d_backward_reference(dy, x, depthwise_kernel, pointwise_kerne
 # numba kernels: one tile of whole output rows at a time, each row one run of Wo*C numbers
 # ----------------------------------------------------------------------------------------
 # The row loops (ops.depthwise.depthwise_row and its backward) are inlined into the parallel
-# loop's body (inline="always"), where LLVM vectorizes them. The tile's
-# pointwise products are np.dot calls (OpenBLAS through scipy, as numba does it): no loop
-# written in numba comes near them. A product of at most GEMM_ONE_THREAD multiply-adds runs
-# on the calling thread in OpenBLAS, so tiles stay under it: a larger one would wake
-# OpenBLAS's own threads inside numba's.
-
-GEMM_ONE_THREAD = 1 << 18     # OpenBLAS's default: 65536 * GEMM_MULTITHREAD_THRESHOLD (4)
+# loop's body (inline="always"), where LLVM vectorizes them. The tile's pointwise products
+# are np.dot calls (OpenBLAS through scipy, as numba does it): no loop written in numba comes
+# near them. Tiles stay within perf.OPENBLAS_ONE_THREAD_WORK multiply-adds, so that OpenBLAS
+# runs each on the calling thread: a larger one would wake OpenBLAS's own threads inside numba's.
 
 
 @njit(inline="always")
@@ -211,9 +208,9 @@ def _backward_kernel(dy, x, kd_rows, kpt, top, left, tile_rows, kept, dx, dkd_ro
 
 
 def _tile_rows(wo, c, f):
-    """Output rows per tile: about TILE_PIXELS pixels and products of at most GEMM_ONE_THREAD
-    multiply-adds, but at least one row."""
-    return max(1, min(TILE_PIXELS, GEMM_ONE_THREAD // (c * f)) // wo)
+    """Output rows per tile: about TILE_PIXELS pixels and products of at most
+    perf.OPENBLAS_ONE_THREAD_WORK multiply-adds, but at least one row."""
+    return max(1, min(TILE_PIXELS, perf.OPENBLAS_ONE_THREAD_WORK // (c * f)) // wo)
 
 
 def _buffer(out, shape, dtype, what):
