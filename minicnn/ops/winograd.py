@@ -14,7 +14,7 @@ xi = (i, j) of the a x a become a^2 independent matrix products:
 Backward is the same chain read backwards (each transform's adjoint is its transpose):
     dM = A dy A^T  (output_adjoint);  dU[xi] = V[xi]^T @ dM[xi];  dK = G^T dU G
     dV[xi] = dM[xi] @ U[xi]^T;  dx = B dV B^T added back onto the overlapping input patches
-    (input_adjoint: tiles overlap by 2 pixels, as im2col's windows do).
+    (input_adjoint: tiles overlap by r - 1 pixels, as im2col's windows do).
 Tiles: `tiles_hw` gives th x tw = ceil(Ho/m) x ceil(Wo/m) per image; tile (p, q) reads input
 rows m*p - top .. m*p - top + a - 1 (and columns likewise), zeros outside the image; where m
 does not divide Ho or Wo, the last tile's rows/columns past the output are dropped.
