@@ -6,6 +6,7 @@
            at the bottom/right; padding symmetrically instead shifts every window by one
            pixel and silently costs a Keras-trained model several points of accuracy)
 """
+import functools
 
 
 def conv_output_length(size, kernel, stride, padding):
@@ -33,6 +34,12 @@ def pad_amounts(size, kernel, stride, padding):
 def conv_geometry(height, width, kernel_size, strides, padding):
     """Everything a 2-D window op needs: ((top, bottom), (left, right)), Ho, Wo (None where the
     input size is unknown, as when a graph is built); an error if no window fits."""
+    return _geometry(height, width, tuple(kernel_size), tuple(strides), padding)
+
+
+@functools.lru_cache(maxsize=1024)
+def _geometry(height, width, kernel_size, strides, padding):
+    """conv_geometry, computed once per shape: every layer asks again on every batch."""
     (kh, kw), (sh, sw) = kernel_size, strides
     ho, wo = conv_output_length(height, kh, sh, padding), conv_output_length(width, kw, sw, padding)
     if (ho is not None and ho < 1) or (wo is not None and wo < 1):
