@@ -86,16 +86,17 @@ ELEMENTWISE_BLOCK = 1 << 14
 _threads = threading.local()          # .single: inside one_thread() on this thread
 
 
-@contextmanager
+_NOTHING = nullcontext()
+
+
 def kernel_threads(size):
     """Run the numba kernels inside on one thread when they touch fewer than PARALLEL_MIN_SIZE
     numbers (batch-1 inference); larger work keeps numba's thread count. numba's setting is
-    per calling thread and is restored on exit; inside one_thread() this changes nothing."""
-    if size >= PARALLEL_MIN_SIZE:
-        yield
-        return
-    with one_thread():
-        yield
+    per calling thread and is restored on exit; inside one_thread() this changes nothing.
+    (A plain function: every kernel call enters it, and a generator's context costs more.)"""
+    if size >= PARALLEL_MIN_SIZE or getattr(_threads, "single", False):
+        return _NOTHING
+    return one_thread()
 
 
 @contextmanager

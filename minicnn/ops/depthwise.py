@@ -241,8 +241,8 @@ def rows_pay(kernel, strides):
 def kernel_rows(kernel, wo, dtype):
     """(kh, kw, Wo*C): each tap's C numbers repeated along an output row of Wo pixels."""
     kh, kw, c, _ = kernel.shape
-    repeated = np.broadcast_to(kernel.reshape(kh, kw, 1, c), (kh, kw, wo, c))
-    return np.ascontiguousarray(repeated.reshape(kh, kw, wo * c), dtype=dtype)
+    repeated = np.repeat(kernel.reshape(kh, kw, 1, c), wo, axis=2)         # (kh, kw, Wo, C), contiguous
+    return repeated.reshape(kh, kw, wo * c).astype(dtype, copy=False)
 
 
 def runs(a):
