@@ -122,7 +122,7 @@ def inference_threads(inputs, training, reference):
     model's input arrays), else a context that changes nothing; nothing either for a `reference`
     pass (MINICNN_REFERENCE=1), which runs no numba kernel and may run without numba."""
     small = not training and sum(np.size(x) for x in inputs) <= ONE_THREAD_MAX_INPUT
-    return one_thread() if small and not reference else nullcontext()
+    return one_thread() if small and not reference else _NOTHING
 
 
 # ---- process tuning: off until enable() ------------------------------------------------------
