@@ -18,7 +18,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
+from fer.process import set_blas_environment
+
+set_blas_environment()      # before NumPy loads OpenBLAS, which reads it then (fer/process.py)
+
+import numpy as np  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # so the script runs from a checkout without installing

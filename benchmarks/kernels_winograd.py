@@ -28,8 +28,12 @@ import sys
 import time
 from fractions import Fraction
 
-import numba
-import numpy as np
+from fer.process import set_blas_environment
+
+set_blas_environment()      # before NumPy loads OpenBLAS, which reads it then (fer/process.py)
+
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 

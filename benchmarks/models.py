@@ -43,7 +43,11 @@ import subprocess
 import sys
 import time
 
-import numpy as np
+from fer.process import set_blas_environment
+
+set_blas_environment()      # before NumPy loads OpenBLAS, which reads it then (fer/process.py)
+
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -444,7 +448,8 @@ def peak_memory(name, batch_size, framework, threads):
 
 def thread_report(torch_info):
     lines = [" ".join(f"{v}={os.environ.get(v, '(unset)')}" for v in
-                      ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"))]
+                      ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OPENBLAS_THREAD_TIMEOUT",
+                              "NUMBA_NUM_THREADS"))]
     try:
         from threadpoolctl import threadpool_info
         pools = [f"{p['internal_api']} {p.get('version') or ''} ({p.get('architecture') or '?'}): "

@@ -13,11 +13,15 @@ import argparse
 import statistics
 import time
 
-import numpy as np
+from fer.process import set_blas_environment
 
-from fer import models
-from minicnn import losses, optimizers, perf
-from minicnn.callbacks import recompute_batchnorm_statistics
+set_blas_environment()      # before NumPy loads OpenBLAS, which reads it then (fer/process.py)
+
+import numpy as np  # noqa: E402
+
+from fer import models  # noqa: E402
+from minicnn import losses, optimizers, perf  # noqa: E402
+from minicnn.callbacks import recompute_batchnorm_statistics  # noqa: E402
 
 
 def time_once(work):

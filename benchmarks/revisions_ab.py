@@ -18,7 +18,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
+from fer.process import set_blas_environment
+
+set_blas_environment()      # before NumPy loads OpenBLAS, which reads it then (fer/process.py)
+
+import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

@@ -144,8 +144,8 @@ def probe_writable(*folders):
 
 # ---- config.json and history.csv -----------------------------------------------------------------
 
-THREAD_AND_BLAS_VARIABLES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS",
-                             "OMP_NUM_THREADS")
+THREAD_AND_BLAS_VARIABLES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OPENBLAS_THREAD_TIMEOUT",
+                             "NUMBA_NUM_THREADS", "OMP_NUM_THREADS")
 
 
 def read_run_config(run):

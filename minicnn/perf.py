@@ -22,6 +22,11 @@ machine shared with other jobs:
    threads start with NumPy, before it; NumPy's OpenBLAS hands its workers the caller's setting
    (the test checks a threaded product). MINICNN_DENORMALS=keep skips this.
 
+One more setting cannot wait for enable(): OpenBLAS reads OPENBLAS_THREAD_TIMEOUT once, when
+NumPy loads it, and its default keeps idle workers spinning for about a tenth of a second after
+every product, on the cores numba's kernels need next. The scripts and benchmarks set it to 16
+before they import NumPy (fer/process.py says why); a program of your own can export it.
+
 The effect of each is measured by benchmarks/models.py and recorded in benchmarks/RESULTS.md.
 This module imports only the standard library and numpy (numba when a kernel or one_thread() asks).
 """
@@ -134,7 +139,7 @@ _enabled = None                          # what enable() did, once it has run
 def enable():
     """Switch on the process tuning described at the top; idempotent. Returns what it did:
     {"omp_wait_policy": value, "malloc_keeps_freed_memory": bool, "openblas_local_threads": bool,
-    "denormals_flushed": bool}.
+    "denormals_flushed": bool, "openblas_thread_timeout": the environment's value or None}.
     Call it at the start of a program, before the first numba kernel runs."""
     global _enabled, openblas_set_num_threads_local
     if _enabled is not None:
@@ -147,7 +152,8 @@ def enable():
     _enabled = {"omp_wait_policy": os.environ["OMP_WAIT_POLICY"],
                 "malloc_keeps_freed_memory": keep_freed_memory(),
                 "openblas_local_threads": openblas_set_num_threads_local is not None,
-                "denormals_flushed": flush_denormals()}
+                "denormals_flushed": flush_denormals(),
+                "openblas_thread_timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT")}   # read, not set: see the top
     return dict(_enabled)
 
 

@@ -13,12 +13,16 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
+from fer.process import set_blas_environment
 
-from fer import data as fer_data
-from fer import evaluation
-from fer.inference import load_fer_model
-from minicnn import perf
+set_blas_environment()      # before NumPy loads OpenBLAS, which reads it then (fer/process.py)
+
+import numpy as np  # noqa: E402
+
+from fer import data as fer_data  # noqa: E402
+from fer import evaluation  # noqa: E402
+from fer.inference import load_fer_model  # noqa: E402
+from minicnn import perf  # noqa: E402
 
 
 def evaluate(model_path, data_path, split="auto", tta=False, skip_bad_rows=False, fast=True):

@@ -23,15 +23,19 @@ import os
 import sys
 from pathlib import Path
 
-import cv2
+from fer.process import set_blas_environment
 
-from fer.cli import same_file
-from fer.data import decode_image
-from fer.faces import add_detector_arguments, crop, detector_from_args, to_gray
-from fer.inference import EmotionClassifier, emotion_record
-from fer.live import draw_face, label_color
-from minicnn import perf
-from minicnn.io import atomic_write
+set_blas_environment()      # before NumPy loads OpenBLAS, which reads it then (fer/process.py)
+
+import cv2  # noqa: E402
+
+from fer.cli import same_file  # noqa: E402
+from fer.data import decode_image  # noqa: E402
+from fer.faces import add_detector_arguments, crop, detector_from_args, to_gray  # noqa: E402
+from fer.inference import EmotionClassifier, emotion_record  # noqa: E402
+from fer.live import draw_face, label_color  # noqa: E402
+from minicnn import perf  # noqa: E402
+from minicnn.io import atomic_write  # noqa: E402
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "weights" / "mini_xception.npz"
 

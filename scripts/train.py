@@ -24,11 +24,15 @@ import math
 import sys
 from pathlib import Path
 
-from fer import models
-from fer.cli import non_negative_int, positive_int
-from fer.runs import RunFailed, RunInUse, TrainingDiverged, TrainingInterrupted
-from fer.training import TrainConfig, resume_config, train
-from minicnn import perf
+from fer.process import set_blas_environment
+
+set_blas_environment()      # before NumPy loads OpenBLAS, which reads it then (fer/process.py)
+
+from fer import models  # noqa: E402
+from fer.cli import non_negative_int, positive_int  # noqa: E402
+from fer.runs import RunFailed, RunInUse, TrainingDiverged, TrainingInterrupted  # noqa: E402
+from fer.training import TrainConfig, resume_config, train  # noqa: E402
+from minicnn import perf  # noqa: E402
 
 
 def parse_args(argv):

@@ -16,12 +16,16 @@ import signal
 import sys
 from pathlib import Path
 
-from fer.cli import positive_int, same_file
-from fer.faces import add_detector_arguments, detector_from_args
-from fer.inference import EmotionClassifier
-from fer.live import FrameSource, SourceError, run
-from fer.tracking import IoUTracker
-from minicnn import perf
+from fer.process import set_blas_environment
+
+set_blas_environment()      # before NumPy loads OpenBLAS, which reads it then (fer/process.py)
+
+from fer.cli import positive_int, same_file  # noqa: E402
+from fer.faces import add_detector_arguments, detector_from_args  # noqa: E402
+from fer.inference import EmotionClassifier  # noqa: E402
+from fer.live import FrameSource, SourceError, run  # noqa: E402
+from fer.tracking import IoUTracker  # noqa: E402
+from minicnn import perf  # noqa: E402
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "weights" / "mini_xception.npz"
 
