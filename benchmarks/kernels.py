@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from minicnn import perf  # noqa: E402
-from minicnn.ops import batchnorm, depthwise, elementwise, im2col, pooling, winograd  # noqa: E402
+from minicnn.ops import batchnorm, depthwise, elementwise, gemm, im2col, pooling, winograd  # noqa: E402
 from minicnn.ops.padding import conv_geometry  # noqa: E402
 from timing import median_ms  # noqa: E402
 
@@ -74,6 +74,8 @@ NORMALIZED = [(48, 48, 64), (24, 24, 128), (12, 12, 512), (6, 6, 512), (256,),
 NORMALIZED_ONE_IMAGE = [(46, 46, 8), (22, 22, 32), (12, 12, 512)]       # batch-1 inference
 DROPPED = [(24, 24, 64), (12, 12, 128), (6, 6, 512), (256,), (24, 24, 32), (64,)]   # after cnn4/cnn8 pools
 ADAM = [(5, 5, 64, 128), (3, 3, 128, 512), (3, 3, 512, 512), (4608, 256), (3, 3, 128, 256)]  # weight shapes
+BATCHED = [(36, BATCH * 144, 32, 32), (36, BATCH * 36, 64, 64), (36, BATCH * 9, 128, 128),   # cnn8's F(4x4)
+           (16, BATCH * 9, 256, 256), (36, BATCH * 9, 128, 512), (16, BATCH * 9, 512, 512)]  # F(2x2); cnn4's
 WINOGRAD = [((12, 12, 128), 512), ((6, 6, 512), 512),                  # cnn4's 3x3 convs
             ((24, 24, 64), 64), ((12, 12, 128), 128), ((6, 6, 256), 256)]   # cnn8's wide ones
 
@@ -143,6 +145,13 @@ def cases(rng):
         yield "winograd_output", label, winograd, "output_transform", (m, BATCH, h, w)
         yield "winograd_output_adj", label, winograd, "output_adjoint", (dy,)
         yield "winograd_input_adj", label, winograd, "input_adjoint", (dv, x.shape, 1, 1, h, w)
+    for a2, tiles, c, f in BATCHED:                 # Winograd's products: M = V U, dU = V^T dM, dV = dM U^T
+        label = f"{a2}x({tiles}x{c}@{c}x{f})"
+        v, u = rng.standard_normal((a2, tiles, c)).astype(np.float32), rng.standard_normal((a2, c, f)).astype(np.float32)
+        dm = rng.standard_normal((a2, tiles, f)).astype(np.float32)
+        yield "batched_matmul", label, gemm, "batched_matmul", (v, u)
+        yield "batched_matmul", label + " dU", gemm, "batched_matmul", (v.transpose(0, 2, 1), dm)
+        yield "batched_matmul", label + " dV", gemm, "batched_matmul", (dm, u.transpose(0, 2, 1))
     for shape in ADAM:
         label = "x".join(map(str, shape)) + " weight"
         w = rng.standard_normal(shape).astype(np.float32)
@@ -150,13 +159,20 @@ def cases(rng):
         yield "adam_update", label, elementwise, "adam_update", (w, g, m, np.abs(v), 1e-3, 0.9, 0.999, 1e-7)
 
 
+def versions(module, name):
+    """{"reference": fn, fast kind: fn}: an op's two versions; the fast one is `_numba`, or
+    `_threads` for an op that shares work among threads without a kernel of its own."""
+    fast = "numba" if hasattr(module, f"{name}_numba") else "threads"
+    return {kind: getattr(module, f"{name}_{kind}") for kind in ("reference", fast)}
+
+
 def default_of(module, name, args):
     """Which version the dispatcher `module.name` calls for these args: swap both for stubs."""
-    saved = {kind: getattr(module, f"{name}_{kind}") for kind in ("reference", "numba")}
+    saved = versions(module, name)
     switch = os.environ.pop("MINICNN_REFERENCE", None)     # the default, not the override
     try:
         for kind in saved:
-            setattr(module, f"{name}_{kind}", lambda *a, kind=kind: kind)
+            setattr(module, f"{name}_{kind}", lambda *a, kind=kind, **k: kind)
         return getattr(module, name)(*args)
     finally:
         for kind, fn in saved.items():
@@ -192,8 +208,7 @@ def main():
     for op, label, module, name, call_args in cases(rng):
         if wanted and op not in wanted:
             continue
-        ref = getattr(module, f"{name}_reference")
-        fast = getattr(module, f"{name}_numba")
+        ref, fast = versions(module, name).values()
         t_ref, t_numba = median_ms([lambda: ref(*call_args), lambda: fast(*call_args)], args.repeats)
         default = default_of(module, name, call_args)
         total = totals.setdefault(op, [0.0, 0.0])

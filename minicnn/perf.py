@@ -76,6 +76,11 @@ OPENBLAS_ONE_THREAD_WORK = 1 << 18
 # rows a tile, it stays on one thread; at most TALL_PRODUCT_TILE_MAX_ROWS, so that a thin
 # product still makes tiles for each thread
 TALL_PRODUCT_MIN_ROWS, TALL_PRODUCT_TILE_MIN_ROWS, TALL_PRODUCT_TILE_MAX_ROWS = 1 << 14, 64, 4096
+# a batch of products (ops.gemm.batched_matmul, Winograd's) goes to the threads whole products each,
+# OpenBLAS on one thread a call: its kernel gradients sum over thousands of tiles, a dimension OpenBLAS
+# never splits, and its own threads, between products, hold the cores numba's kernels need next
+# (False: each product on all of OpenBLAS's threads; benchmarks/blas_timeout.py times both)
+BATCHED_PRODUCTS_SHARED = True
 # Winograd's F(2x2, 3x3) for a 3x3 stride-1 Conv2D with C and F at least this many channels
 # (narrower layers trained no faster with it)
 WINOGRAD_MIN_CHANNELS = 64

@@ -117,3 +117,17 @@ def test_revisions_ab_times_a_module_now_against_a_revision():
     assert "HEAD against now for direct_conv2d_backward_numba, direct_conv2d_numba" in lines[0]
     assert lines[1].strip().startswith("base:") and lines[2].strip().startswith("now:")
     assert lines[3].startswith("  now is ") and lines[3].endswith("x as fast")
+
+
+def test_blas_timeout_times_each_timeout_in_its_own_process_both_ways():
+    import subprocess
+    import sys
+    run = subprocess.run([sys.executable, str(SCRIPT.parent / "blas_timeout.py"), "--models", "mini_xception",
+                          "--timeouts", "4,16", "--rounds", "1", "--turns", "1", "--steps", "1"],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()[1:]
+    assert [line.split("OPENBLAS_THREAD_TIMEOUT=")[1].split(":")[0].strip() for line in lines] == ["4", "16"]
+    for line in lines:
+        assert "openblas / shared" in line
+        assert all(float(ms) > 0 for ms in line.rsplit(":", 1)[1].split(" / "))

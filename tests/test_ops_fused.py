@@ -293,6 +293,47 @@ def test_tall_products_equal_the_reference(m, k, f, tile_rows, dtype, seed):
             assert gemm.tall_product(a, b, out=a) is None
 
 
+@settings(max_examples=20, deadline=None)
+@given(st.integers(2, 40), st.integers(1, 300), st.integers(1, 40), st.integers(1, 40), DTYPES, st.booleans(),
+       st.integers(0, 2**32 - 1))
+def test_batched_products_shared_among_threads_equal_numpys(batch, m, k, f, dtype, transposed, seed):
+    # the batch split among Python threads, each product on one OpenBLAS thread: NumPy's numbers
+    rng = np.random.default_rng(seed)
+    a = random((batch, k, m), dtype, rng).transpose(0, 2, 1) if transposed else random((batch, m, k), dtype, rng)
+    b = random((batch, k, f), dtype, rng)
+    with pytest.MonkeyPatch.context() as patch:
+        found = perf.find_openblas_local_threads() or (lambda n: 1)          # as perf.enable() finds it
+        patch.setattr(perf, "openblas_set_num_threads_local", found)
+        patch.setattr(gemm, "_batch_threads", lambda size: min(size, 3))    # an uneven split too
+        out = np.empty((batch, m, f), dtype)
+        assert gemm.batched_matmul_threads(a, b, out=out) is out
+        assert_sums_close(out, np.matmul(a, b), dtype, terms=k)
+        assert_sums_close(gemm.batched_matmul(a, b), np.matmul(a, b), dtype, terms=k)
+
+
+def test_batched_products_go_to_the_threads_only_with_openblas_found_and_threads_to_share(monkeypatch):
+    monkeypatch.delenv("MINICNN_REFERENCE", raising=False)
+    calls = []
+    monkeypatch.setattr(gemm, "batched_matmul_reference", lambda a, b: calls.append("numpy"))
+    monkeypatch.setattr(gemm, "batched_matmul_threads", lambda a, b, out=None: calls.append("threads"))
+    a = np.ones((16, 4, 4), np.float32)
+    monkeypatch.setattr(perf, "openblas_set_num_threads_local", None)
+    gemm.batched_matmul(a, a)                          # before perf.enable() found OpenBLAS's setting
+    monkeypatch.setattr(perf, "openblas_set_num_threads_local", lambda n: 1)
+    with perf.one_thread():
+        gemm.batched_matmul(a, a)                      # one thread: nothing to share
+    gemm.batched_matmul(a[:1], a[:1])                  # one product
+    monkeypatch.setattr(perf, "BATCHED_PRODUCTS_SHARED", False)
+    gemm.batched_matmul(a, a)                          # switched off
+    monkeypatch.setattr(perf, "BATCHED_PRODUCTS_SHARED", True)
+    import numba
+    gemm.batched_matmul(a, a)
+    monkeypatch.setenv("MINICNN_REFERENCE", "1")
+    gemm.batched_matmul(a, a)
+    expected = "threads" if numba.get_num_threads() > 1 else "numpy"
+    assert calls == ["numpy", "numpy", "numpy", "numpy", expected, "numpy"]
+
+
 def test_matmul_with_a_wrong_out_fails_as_numpys_does(monkeypatch):
     monkeypatch.setattr(perf, "TALL_PRODUCT_MIN_ROWS", 64)
     a, b = np.ones((100, 3), np.float32), np.ones((3, 4), np.float32)

@@ -20,12 +20,21 @@ dimension is the one summed over (a kernel gradient, x^T @ dz), each of a fixed 
 blocks of tiles sums on one thread and the blocks' sums are added at the end: the same
 result whatever the thread count.
 
+A batch of products (Winograd's a^2, `batched_matmul`) is shared among the threads whole:
+each thread makes its products' OpenBLAS calls on one thread, so no product's threads wait
+on each other (OpenBLAS never splits the summed dimension, which is the long one in a
+kernel gradient).
+
 There is no loop written in numba for the arithmetic: none comes near OpenBLAS. The
 "reference" is the plain call; MINICNN_REFERENCE=1 makes every product use it.
 """
+import os
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
 import numpy as np
 
-from .. import perf
+from .. import backend, perf
 from .jit import njit, numba_dot_runs, pick, prange
 
 BLOCKS = 16    # blocks of tiles summed apart in x^T @ dz (fixed: results do not depend on the threads)
@@ -49,21 +58,77 @@ def matmul_reference(a, b):
 
 def matmul_single_thread(a, b, out=None):
     """a @ b on the calling thread only (the plain call until perf.enable() has found OpenBLAS)."""
+    with openblas_one_thread():
+        return np.matmul(a, b, out=out)
+
+
+@contextmanager
+def openblas_one_thread():
+    """OpenBLAS calls inside run on one thread each (library-wide in NumPy's pthreads build, so
+    also those other Python threads make meanwhile); nothing changes before perf.enable()."""
     set_local_threads = perf.openblas_set_num_threads_local
     if set_local_threads is None:
-        return np.matmul(a, b, out=out)
+        yield
+        return
     before = set_local_threads(1)
     try:
-        return np.matmul(a, b, out=out)
+        yield
     finally:
         set_local_threads(before)
 
 
+def batched_matmul_reference(a, b):
+    """(B, M, K) @ (B, K, F) -> (B, M, F), as NumPy does it: B OpenBLAS calls, each on all its threads."""
+    return a @ b
+
+
+def batched_matmul_threads(a, b, out=None):
+    """The same products, the batch shared among the kernels' threads (_batch_threads), each
+    product one OpenBLAS call on one thread: the same numbers, as OpenBLAS never splits a sum."""
+    threads = _batch_threads(len(a))
+    out = np.empty((len(a), a.shape[1], b.shape[2]), np.result_type(a, b)) if out is None else out
+    bounds = [len(a) * i // threads for i in range(threads + 1)]
+    with openblas_one_thread():
+        parts = [_workers().submit(np.matmul, a[lo:hi], b[lo:hi], out=out[lo:hi])
+                 for lo, hi in zip(bounds, bounds[1:])]
+        for part in parts:
+            part.result()
+    return out
+
+
 def batched_matmul(a, b, out=None):
-    """(B, M, K) @ (B, K, F) -> (B, M, F): B products (Winograd's 16), each one OpenBLAS call
-    on all its threads, even where `matmul` would keep one product on one thread: sixteen in
-    a row keep the threads busy (measured on cnn8 by benchmarks/models.py)."""
-    return np.matmul(a, b, out=out)
+    """(B, M, K) @ (B, K, F) -> (B, M, F): B products (Winograd's a^2). OpenBLAS splits a product
+    over its threads by rows and columns, never along the sum, so Winograd's kernel gradient
+    V^T dM (32 x 9216 @ 9216 x 32 in cnn8) leaves its threads waiting on each other, and between
+    products they hold the cores numba's kernels need: the products go whole to the threads
+    instead (perf.BATCHED_PRODUCTS_SHARED; benchmarks/blas_timeout.py times whole steps both ways). Written into `out`
+    when given (the reference does not take it: np.matmul writes there on OpenBLAS's threads)."""
+    shared = perf.BATCHED_PRODUCTS_SHARED and _batch_threads(len(a)) > 1
+    product = pick(batched_matmul_reference, batched_matmul_threads, shared)
+    if product is batched_matmul_threads:
+        return batched_matmul_threads(a, b, out)
+    return product(a, b) if out is None else np.matmul(a, b, out=out)
+
+
+_pool = None    # the threads batched_matmul hands its products to, started on first use
+
+
+def _workers():
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="minicnn-matmul")
+    return _pool
+
+
+def _batch_threads(batch):
+    """How many threads share a batch of products: numba's thread count (1 inside
+    perf.one_thread()), at most the batch; 1 before perf.enable() has found OpenBLAS's per-call
+    thread setting, or without numba."""
+    if perf.openblas_set_num_threads_local is None or batch < 2 or backend.use_reference():
+        return 1
+    import numba
+
+    return min(batch, numba.get_num_threads())
 
 
 def on_all_threads(m, k, f):
