@@ -11,7 +11,8 @@ as written, and "compiled", the fused steps of minicnn/compiler/ that the script
 turns, it measures, in float32:
   train      images/s of `model.train_on_batch` (Adam, batch 64 by default) after warm-up
              steps, median of `--repeats` timings of `--steps` steps each;
-  infer b=1  latency of one image through `model.forward(training=False)`, median;
+  infer b=1  latency of one image through `model.forward(training=False)`, median; minicnn's in a
+             process of its own with the OpenBLAS setting of the webcam (fer/process.py);
   infer b=256  images/s of `model.predict` on 256 images at once;
   peak MiB   ru_maxrss of a fresh subprocess that builds the model and trains a few
              batches (tracemalloc misses arrays numba allocates, getrusage does not); the
@@ -43,9 +44,10 @@ import subprocess
 import sys
 import time
 
-from fer.process import set_blas_environment
+from fer import process
 
-set_blas_environment()      # before NumPy loads OpenBLAS, which reads it then (fer/process.py)
+USER_BLAS_TIMEOUT = os.environ.get("OPENBLAS_THREAD_TIMEOUT")      # a value the user set holds everywhere
+process.set_blas_environment()      # before NumPy loads OpenBLAS, which reads it then (fer/process.py)
 
 import numpy as np  # noqa: E402
 
@@ -361,8 +363,29 @@ class Torch:
             self.net(self.x256)
 
 
-class TorchProcess:
-    """A `Torch` runner in its own process, driven over a pipe.
+class WorkerProcess:
+    """A runner in its own process, driven over a pipe: [what, calls] in, mean seconds out."""
+
+    def __init__(self, args, env):
+        cmd = [sys.executable, os.path.abspath(__file__), *args]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        self.info = json.loads(self.proc.stdout.readline())     # what the worker says of itself
+
+    def run(self, what, calls):
+        self.proc.stdin.write(json.dumps([what, calls]) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("a benchmark worker died; run it alone to see why")
+        return json.loads(line)
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+class TorchProcess(WorkerProcess):
+    """A `Torch` runner in its own process.
 
     torch brings its own OpenMP pool; in the same process as numba's and OpenBLAS's it
     slowed minicnn's steps several times over (three pools spinning on two cores), so
@@ -371,23 +394,31 @@ class TorchProcess:
 
     def __init__(self, name, batch_size, threads, layout):
         self.layout = layout
-        cmd = [sys.executable, os.path.abspath(__file__), "--torch-worker", name, "--batch", str(batch_size),
-               "--threads", str(threads), "--framework", layout]
-        env = {**os.environ, "TORCH_TWIN_OMP_WAIT_POLICY": USER_OMP_WAIT_POLICY}
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-        self.info = json.loads(self.proc.stdout.readline())     # torch version and thread count
+        super().__init__(["--torch-worker", name, "--batch", str(batch_size), "--threads", str(threads),
+                          "--framework", layout], {**os.environ, "TORCH_TWIN_OMP_WAIT_POLICY": USER_OMP_WAIT_POLICY})
 
-    def run(self, what, calls):
-        self.proc.stdin.write(json.dumps([what, calls]) + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError("the torch worker died; run it alone to see why")
-        return json.loads(line)
 
-    def close(self):
-        self.proc.stdin.close()
-        self.proc.wait()
+class OneFaceProcess(WorkerProcess):
+    """A minicnn path's batch-1 inference in its own process, with the OpenBLAS setting that
+    scripts/webcam.py and predict.py run with (fer/process.py: workers stay awake between one
+    face's products), unless the user set one for the whole run."""
+
+    def __init__(self, name, path, threads):
+        self.path = path
+        env = {**os.environ, "OPENBLAS_THREAD_TIMEOUT": USER_BLAS_TIMEOUT or process.ONE_FACE}
+        super().__init__(["--one-face-worker", name, "--threads", str(threads), "--framework", path], env)
+
+
+def serve(runner, info):
+    """The worker side of WorkerProcess: say `info`, then answer each [what, calls] with mean seconds."""
+    print(json.dumps(info), flush=True)
+    for line in sys.stdin:
+        what, calls = json.loads(line)
+        print(json.dumps(sum(timed(getattr(runner, what), calls)) / calls), flush=True)
+
+
+def one_face_worker(name, path):
+    serve(Minicnn(name, 1, path), f"OPENBLAS_THREAD_TIMEOUT={os.environ.get('OPENBLAS_THREAD_TIMEOUT')}")
 
 
 def torch_worker(name, batch_size, threads, layout):
@@ -399,11 +430,8 @@ def torch_worker(name, batch_size, threads, layout):
     import torch
 
     runner = Torch(name, batch_size, threads, layout)
-    print(json.dumps(f"torch {torch.__version__}: {torch.get_num_threads()} threads, "
-                     f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}"), flush=True)
-    for line in sys.stdin:
-        what, calls = json.loads(line)
-        print(json.dumps(sum(timed(getattr(runner, what), calls)) / calls), flush=True)
+    serve(runner, f"torch {torch.__version__}: {torch.get_num_threads()} threads, "
+                  f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}")
 
 
 # ----------------------------------------------------------------------------------------
@@ -446,7 +474,7 @@ def peak_memory(name, batch_size, framework, threads):
 # the run
 # ----------------------------------------------------------------------------------------
 
-def thread_report(torch_info):
+def thread_report(torch_info, one_face_info=None):
     lines = [" ".join(f"{v}={os.environ.get(v, '(unset)')}" for v in
                       ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OPENBLAS_THREAD_TIMEOUT",
                               "NUMBA_NUM_THREADS"))]
@@ -459,6 +487,8 @@ def thread_report(torch_info):
         lines.append("thread pools: threadpoolctl not installed, OpenBLAS thread count unknown")
     lines.append(f"numba {numba.__version__}: {numba.get_num_threads()} threads, threading layer "
                  f"{_numba_layer()}; cpus={os.cpu_count()}, load average {os.getloadavg()[0]:.2f}")
+    if one_face_info:
+        lines.append(f"minicnn's batch-1 inference in a process of its own, as the webcam runs: {one_face_info}")
     if torch_info:
         lines.append(torch_info + f", layouts {' and '.join(TORCH_LAYOUTS)} (each in its own process)")
     return lines
@@ -495,6 +525,7 @@ def main():
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     parser.add_argument("--torch-worker", help=argparse.SUPPRESS)
+    parser.add_argument("--one-face-worker", help=argparse.SUPPRESS)
     parser.add_argument("--framework", default="compiled", help=argparse.SUPPRESS)
     args = parser.parse_args()
     threads = args.threads or os.cpu_count()
@@ -503,21 +534,24 @@ def main():
         return memory_child(args.memory_child, args.batch, args.framework, threads)
     if args.torch_worker:
         return torch_worker(args.torch_worker, args.batch, threads, args.framework)
+    if args.one_face_worker:
+        return one_face_worker(args.one_face_worker, args.framework)
 
     names = fer_models.names() if args.models == "all" else args.models.split(",")
     print(f"minicnn model benchmark: batch {args.batch}, float32, Adam, median of {args.repeats} "
           f"timings of {args.steps} steps; python {platform.python_version()}, numpy {np.__version__}")
     frameworks = [("minicnn", path) for path in args.paths] + \
         ([("torch", layout) for layout in TORCH_LAYOUTS] if args.torch else [])
-    results, tables, torch_info = {}, {}, None
+    results, tables, torch_info, one_face_info = {}, {}, None, None
     rates = (floors.sgemm_rate(), floors.copy_bandwidth())
     ceilings = {}
     for name in names:
         minis = [Minicnn(name, args.batch, path) for path in args.paths]
         torches = [TorchProcess(name, args.batch, threads, layout) for layout in TORCH_LAYOUTS] if args.torch else []
+        one_faces = [OneFaceProcess(name, path, threads) for path in args.paths]
         runners = minis + torches
         train = measure(runners, "train_step", args.repeats, args.steps)
-        one = measure(runners, "infer_one", args.repeats, 20)
+        one = measure(one_faces + torches, "infer_one", args.repeats, 20)
         many = measure(runners, "infer_256", args.repeats, 1)
         memory = [None] * len(runners) if args.no_memory else \
             [peak_memory(name, args.batch, path, threads) for _, path in frameworks]
@@ -533,9 +567,12 @@ def main():
         for t in torches:
             torch_info = t.info
             t.close()
+        for worker in one_faces:
+            one_face_info = worker.info
+            worker.close()
         print(f"  {name}: done", file=sys.stderr, flush=True)
 
-    for line in thread_report(torch_info):
+    for line in thread_report(torch_info, one_face_info):
         print(line)
     print_results(results, frameworks, args.torch)
     print_floors(results, frameworks, ceilings, rates, args.batch)

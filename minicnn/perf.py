@@ -24,8 +24,9 @@ machine shared with other jobs:
 
 One more setting cannot wait for enable(): OpenBLAS reads OPENBLAS_THREAD_TIMEOUT once, when
 NumPy loads it, and its default keeps idle workers spinning for about a tenth of a second after
-every product, on the cores numba's kernels need next. The scripts and benchmarks set it to 16
-before they import NumPy (fer/process.py says why); a program of your own can export it.
+every product, on the cores numba's kernels need next. The scripts and benchmarks set it before
+they import NumPy, 16 to train, 24 for one face at a time (fer/process.py says why); a program of
+your own can export it.
 
 The effect of each is measured by benchmarks/models.py and recorded in benchmarks/RESULTS.md.
 This module imports only the standard library and numpy (numba when a kernel or one_thread() asks).

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from fer.process import set_blas_environment
 
-set_blas_environment()      # before NumPy loads OpenBLAS, which reads it then (fer/process.py)
+set_blas_environment(one_face=True)      # before NumPy loads OpenBLAS, which reads it then (fer/process.py)
 
 import cv2  # noqa: E402
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from fer.process import set_blas_environment
 
-set_blas_environment()      # before NumPy loads OpenBLAS, which reads it then (fer/process.py)
+set_blas_environment(one_face=True)      # before NumPy loads OpenBLAS, which reads it then (fer/process.py)
 
 from fer.cli import positive_int, same_file  # noqa: E402
 from fer.faces import add_detector_arguments, detector_from_args  # noqa: E402

@@ -29,14 +29,17 @@ except SystemExit:
 print(json.dumps(seen))
 """
 
-ENTRY_POINTS = ["scripts/train.py", "scripts/evaluate.py", "scripts/predict.py", "scripts/webcam.py",
-                "benchmarks/models.py", "benchmarks/settings_ab.py"]
+ENTRY_POINTS = {"scripts/train.py": process.BATCHES, "scripts/evaluate.py": process.BATCHES,
+                "scripts/predict.py": process.ONE_FACE, "scripts/webcam.py": process.ONE_FACE,
+                "benchmarks/models.py": process.BATCHES, "benchmarks/settings_ab.py": process.BATCHES}
 
 
 def test_set_blas_environment_sets_the_timeout_and_keeps_a_users_value(monkeypatch):
-    monkeypatch.delenv("OPENBLAS_THREAD_TIMEOUT", raising=False)
-    process.set_blas_environment()
-    assert os.environ["OPENBLAS_THREAD_TIMEOUT"] == process.OPENBLAS_THREAD_TIMEOUT
+    for one_face, value in ((False, process.BATCHES), (True, process.ONE_FACE)):
+        monkeypatch.delenv("OPENBLAS_THREAD_TIMEOUT", raising=False)
+        process.set_blas_environment(one_face)
+        assert os.environ["OPENBLAS_THREAD_TIMEOUT"] == value
+    assert int(process.BATCHES) < int(process.ONE_FACE) < 28          # 28: OpenBLAS's own
     monkeypatch.setenv("OPENBLAS_THREAD_TIMEOUT", "28")
     process.set_blas_environment()
     assert os.environ["OPENBLAS_THREAD_TIMEOUT"] == "28"
@@ -49,8 +52,8 @@ def test_process_module_imports_nothing_that_loads_numpy():
 
 
 @pytest.mark.parametrize("script", ENTRY_POINTS)
-def test_entry_point_sets_the_timeout_before_numpy_loads(script):
+def test_entry_point_sets_its_timeout_before_numpy_loads(script):
     env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
     out = subprocess.run([sys.executable, "-c", WATCH_NUMPY, str(ROOT / script)], env=env, cwd=ROOT,
                          capture_output=True, text=True, check=True).stdout
-    assert json.loads(out.strip().splitlines()[-1]) == [process.OPENBLAS_THREAD_TIMEOUT], out
+    assert json.loads(out.strip().splitlines()[-1]) == [ENTRY_POINTS[script]], out
