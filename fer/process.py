@@ -8,7 +8,7 @@ scheduler: a process that works in batches sets N = 16 (tens of microseconds). O
 inference is the other way round: its few products come close together and its kernels
 run on one thread, and a worker that has gone to sleep takes longer to wake than the next
 product takes to arrive, so a process that classifies one face at a time sets N = 24 (a few
-milliseconds). benchmarks/blas_timeout.py and benchmarks/models.py measure both.
+milliseconds). benchmarks/environment_ab.py and benchmarks/models.py measure both.
 
 OpenBLAS reads the setting once, when NumPy loads it, so minicnn.perf.enable() is too late:
 each script calls `set_blas_environment()` before its first import of NumPy. This module

@@ -5,10 +5,13 @@ process tuning that `enable()` switches on.
 and benchmarks call first, makes four process-wide changes for training on a small
 machine shared with other jobs:
 
-1. OMP_WAIT_POLICY=PASSIVE (unless already set): numba's OpenMP threads sleep between
-   parallel kernels instead of spinning; a spinning or descheduled thread on a busy
-   machine makes every parallel kernel wait for a scheduler tick. OpenMP reads the
-   setting once, when its threads start: call enable() before the first numba kernel.
+1. OMP_WAIT_POLICY=PASSIVE and GOMP_SPINCOUNT=30000 (each unless already set): numba's
+   OpenMP threads wait for the next parallel kernel spinning a short while (GNU OpenMP's
+   30,000 rounds, well under a millisecond: a step's kernels follow each other closely,
+   and waking a sleeping thread costs more than most of mini-Xception's kernels), then
+   sleep instead of spinning on; a thread that spins on, on a busy machine, makes every
+   parallel kernel wait for a scheduler tick. OpenMP reads both once, when its threads
+   start: call enable() before the first numba kernel.
 2. glibc's malloc keeps freed big arrays for reuse (mmap threshold 1 GB, no trimming), so
    each step's activations reuse memory instead of page-faulting it afresh; freed memory
    then stays with the process until it exits. MINICNN_MALLOC=default skips this.
@@ -80,7 +83,7 @@ TALL_PRODUCT_MIN_ROWS, TALL_PRODUCT_TILE_MIN_ROWS, TALL_PRODUCT_TILE_MAX_ROWS = 
 # a batch of products (ops.gemm.batched_matmul, Winograd's) goes to the threads whole products each,
 # OpenBLAS on one thread a call: its kernel gradients sum over thousands of tiles, a dimension OpenBLAS
 # never splits, and its own threads, between products, hold the cores numba's kernels need next
-# (False: each product on all of OpenBLAS's threads; benchmarks/blas_timeout.py times both)
+# (False: each product on all of OpenBLAS's threads; benchmarks/environment_ab.py times both)
 BATCHED_PRODUCTS_SHARED = True
 # Winograd's F(2x2, 3x3) for a 3x3 stride-1 Conv2D with C and F at least this many channels
 # (narrower layers trained no faster with it)
@@ -139,13 +142,16 @@ def inference_threads(inputs, training, reference):
 # ---- process tuning: off until enable() ------------------------------------------------------
 
 openblas_set_num_threads_local = None   # found by enable(); ops.gemm keeps small products on one thread with it
+GOMP_SPINCOUNT = "30000"                 # enable()'s spin before numba's OpenMP threads sleep (see the top;
+                                         # benchmarks/environment_ab.py GOMP_SPINCOUNT times values)
 _enabled = None                          # what enable() did, once it has run
 
 
 def enable():
     """Switch on the process tuning described at the top; idempotent. Returns what it did:
-    {"omp_wait_policy": value, "malloc_keeps_freed_memory": bool, "openblas_local_threads": bool,
-    "denormals_flushed": bool, "openblas_thread_timeout": the environment's value or None}.
+    {"omp_wait_policy": value, "gomp_spincount": value, "malloc_keeps_freed_memory": bool,
+    "openblas_local_threads": bool, "denormals_flushed": bool, "openblas_thread_timeout": the
+    environment's value or None}.
     Call it at the start of a program, before the first numba kernel runs."""
     global _enabled, openblas_set_num_threads_local
     if _enabled is not None:
@@ -154,8 +160,9 @@ def enable():
         warnings.warn("minicnn.perf.enable(): numba's threads have started, so OMP_WAIT_POLICY "
                       "no longer applies; call enable() before the first kernel", stacklevel=2)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ.setdefault("GOMP_SPINCOUNT", GOMP_SPINCOUNT)
     openblas_set_num_threads_local = find_openblas_local_threads()
-    _enabled = {"omp_wait_policy": os.environ["OMP_WAIT_POLICY"],
+    _enabled = {"omp_wait_policy": os.environ["OMP_WAIT_POLICY"], "gomp_spincount": os.environ["GOMP_SPINCOUNT"],
                 "malloc_keeps_freed_memory": keep_freed_memory(),
                 "openblas_local_threads": openblas_set_num_threads_local is not None,
                 "denormals_flushed": flush_denormals(),

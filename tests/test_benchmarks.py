@@ -119,15 +119,15 @@ def test_revisions_ab_times_a_module_now_against_a_revision():
     assert lines[3].startswith("  now is ") and lines[3].endswith("x as fast")
 
 
-def test_blas_timeout_times_each_timeout_in_its_own_process_both_ways():
+def test_environment_ab_times_each_value_in_its_own_process():
     import subprocess
     import sys
-    run = subprocess.run([sys.executable, str(SCRIPT.parent / "blas_timeout.py"), "--models", "mini_xception",
-                          "--timeouts", "4,16", "--rounds", "1", "--turns", "1", "--steps", "1"],
+    run = subprocess.run([sys.executable, str(SCRIPT.parent / "environment_ab.py"), "OPENBLAS_THREAD_TIMEOUT", "4,unset",
+                          "--models", "mini_xception", "--batched", "--rounds", "1", "--turns", "1", "--steps", "1"],
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()[1:]
-    assert [line.split("OPENBLAS_THREAD_TIMEOUT=")[1].split(":")[0].strip() for line in lines] == ["4", "16"]
+    assert [line.split("OPENBLAS_THREAD_TIMEOUT=")[1].split(":")[0].strip() for line in lines] == ["4", "(unset)"]
     for line in lines:
         assert "openblas / shared" in line
         assert all(float(ms) > 0 for ms in line.rsplit(":", 1)[1].split(" / "))

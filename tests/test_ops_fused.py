@@ -534,18 +534,19 @@ def test_perf_enable_sets_the_process_up_once_and_says_what_it_did():
     import sys
 
     code = ("import json, os, minicnn, minicnn.perf as perf\n"
-            "before = os.environ.get('OMP_WAIT_POLICY')\n"
+            "before = [os.environ.get(k) for k in ('OMP_WAIT_POLICY', 'GOMP_SPINCOUNT')]\n"
             "first, again = perf.enable(), perf.enable()\n"
-            "print(json.dumps([before, os.environ.get('OMP_WAIT_POLICY'), first == again, first,\n"
-            "                  perf.openblas_set_num_threads_local is not None]))\n")
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+            "print(json.dumps([before, [os.environ.get(k) for k in ('OMP_WAIT_POLICY', 'GOMP_SPINCOUNT')],\n"
+            "                  first == again, first, perf.openblas_set_num_threads_local is not None]))\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     before, after, same, done, found = json.loads(subprocess.run([sys.executable, "-c", code], env=env,
                                                                  capture_output=True, text=True, check=True).stdout)
-    assert before is None and after == "PASSIVE" == done["omp_wait_policy"] and same
+    assert before == [None, None] and same
+    assert after == ["PASSIVE", perf.GOMP_SPINCOUNT] == [done["omp_wait_policy"], done["gomp_spincount"]]
     assert done["openblas_local_threads"] == found
-    env["OMP_WAIT_POLICY"] = "ACTIVE"                                 # a value the user set wins
+    env.update(OMP_WAIT_POLICY="ACTIVE", GOMP_SPINCOUNT="7")           # values the user set win
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
-    assert json.loads(out)[1] == "ACTIVE"
+    assert json.loads(out)[1] == ["ACTIVE", "7"]
 
 
 def test_perf_enable_flushes_denormals_to_zero_in_numpy_and_numba_threads():
