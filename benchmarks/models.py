@@ -46,17 +46,19 @@ import time
 
 from fer import process
 
-USER_BLAS_TIMEOUT = os.environ.get("OPENBLAS_THREAD_TIMEOUT")      # a value the user set holds everywhere
+# minicnn's process tuning (fer/process.py here, minicnn.perf.enable() first thing in main) sets these
+# where the user has not. torch's twin runs with what the user has, as a PyTorch user would: passive
+# waits slowed torch's many small parallel ops (mini-Xception: 460 vs 625 images/s), and GNU
+# OpenMP's spin count moves torch's times too. A worker reads the user's values from its parent.
+TUNED = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OPENBLAS_THREAD_TIMEOUT")
+USER_ENV = (json.loads(os.environ["TORCH_TWIN_ENV"]) if "TORCH_TWIN_ENV" in os.environ
+            else {name: os.environ.get(name) for name in TUNED})
 process.set_blas_environment()      # before NumPy loads OpenBLAS, which reads it then (fer/process.py)
 
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-# minicnn.perf.enable() (first thing in main) sets OMP_WAIT_POLICY=PASSIVE for numba's threads
-# when the user has not set it. torch's twin runs with what the user has, as a PyTorch user would:
-# passive waits slowed torch's many small parallel ops (mini-Xception: 460 vs 625 images/s).
-USER_OMP_WAIT_POLICY = os.environ.get("TORCH_TWIN_OMP_WAIT_POLICY", os.environ.get("OMP_WAIT_POLICY", ""))
 
 import numba  # noqa: E402
 
@@ -395,7 +397,7 @@ class TorchProcess(WorkerProcess):
     def __init__(self, name, batch_size, threads, layout):
         self.layout = layout
         super().__init__(["--torch-worker", name, "--batch", str(batch_size), "--threads", str(threads),
-                          "--framework", layout], {**os.environ, "TORCH_TWIN_OMP_WAIT_POLICY": USER_OMP_WAIT_POLICY})
+                          "--framework", layout], {**os.environ, "TORCH_TWIN_ENV": json.dumps(USER_ENV)})
 
 
 class OneFaceProcess(WorkerProcess):
@@ -405,7 +407,7 @@ class OneFaceProcess(WorkerProcess):
 
     def __init__(self, name, path, threads):
         self.path = path
-        env = {**os.environ, "OPENBLAS_THREAD_TIMEOUT": USER_BLAS_TIMEOUT or process.ONE_FACE}
+        env = {**os.environ, "OPENBLAS_THREAD_TIMEOUT": USER_ENV["OPENBLAS_THREAD_TIMEOUT"] or process.ONE_FACE}
         super().__init__(["--one-face-worker", name, "--threads", str(threads), "--framework", path], env)
 
 
@@ -423,15 +425,16 @@ def one_face_worker(name, path):
 
 def torch_worker(name, batch_size, threads, layout):
     """The subprocess side of TorchProcess: read [what, calls], answer the mean seconds."""
-    if USER_OMP_WAIT_POLICY:                 # torch's OpenMP reads it when torch is imported
-        os.environ["OMP_WAIT_POLICY"] = USER_OMP_WAIT_POLICY
-    else:
-        os.environ.pop("OMP_WAIT_POLICY", None)
+    for variable, value in USER_ENV.items():      # torch's OpenMP reads them when torch is imported
+        if value is None:
+            os.environ.pop(variable, None)
+        else:
+            os.environ[variable] = value
     import torch
 
     runner = Torch(name, batch_size, threads, layout)
-    serve(runner, f"torch {torch.__version__}: {torch.get_num_threads()} threads, "
-                  f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}")
+    said = ", ".join(f"{k}={os.environ.get(k, '(unset)')}" for k in TUNED[:2])
+    serve(runner, f"torch {torch.__version__}: {torch.get_num_threads()} threads, {said}")
 
 
 # ----------------------------------------------------------------------------------------
