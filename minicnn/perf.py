@@ -265,6 +265,9 @@ WINOGRAD4_MIN_CHANNELS = 32
 # ... at least this many tiles (N * th * tw): the kernel transform, paid on every call, must be
 # shared (a batch of 16 at 12x12 gained; one image was not measured and stays on im2col/F(2x2)),
 WINOGRAD4_MIN_TILES = 128
+# ... or, for a 5x5 kernel whose transform the compiled model keeps between inference calls, at
+# least this many (one 24x24 image of cnn4's 5x5 layer: 36 tiles, where it beat im2col at batch 1),
+WINOGRAD_5X5_KEPT_MIN_TILES = 36
 # ... and at least this share of the tiles' outputs inside the image: a 6x6 output takes four
 # 4x4 tiles, 8x8 outputs for 36, no fewer multiplications than F(2x2) with larger transforms
 WINOGRAD4_MIN_KEPT = 0.75

@@ -11,6 +11,7 @@ from minicnn import (Activation, Add, BatchNormalization, Conv2D, Dense, Flatten
 from minicnn.compiler import FusedStep, compile_model
 from minicnn.compiler.epilogues import EpilogueStage
 from minicnn.compiler.stages import SeparableStage
+from minicnn.ops import winograd
 from minicnn.ops.direct_conv import direct_pays
 
 SIZES = (16, 24, 32, 40, 48)          # the smallest input each architecture builds for keeps tests fast
@@ -333,6 +334,28 @@ def test_inference_chooses_by_the_forward_alone():
     kernel = stage.layer.kernel.shape
     assert stage.methods[(x.shape, True)] == ("direct" if direct_pays(x.shape, kernel, (1, 1), True) else None)
     assert stage.methods[(x.shape, False)] == ("direct" if direct_pays(x.shape, kernel, (1, 1), False) else None)
+
+
+def test_inference_keeps_winograds_kernel_transform_until_the_kernel_changes(floatx):
+    # one 24x24 image through a 5x5 layer: F(4x4, 5x5) with U kept between calls, the textbook's numbers
+    floatx("float64")
+    model = Sequential([Conv2D(32, 5, padding="same", input_shape=(24, 24, 32)), Flatten(),
+                        Dense(2, activation="softmax")])
+    model.compile("sgd", "sparse_categorical_crossentropy", jit_compile=True)
+    x = np.random.default_rng(0).standard_normal((1, 24, 24, 32))
+    model.predict(x, verbose=0)
+    stage = fused_steps(model)[0].stages[0]
+    assert stage.methods[(x.shape, False)] is winograd.F4_5X5 and stage.kept is not None
+    kept_u = stage.kept[2]
+    textbook = Sequential([Conv2D(32, 5, padding="same", input_shape=(24, 24, 32)), Flatten(),
+                           Dense(2, activation="softmax")])
+    textbook.set_weights(model.get_weights())
+    assert_close(model.predict(x, verbose=0), textbook.predict(x, verbose=0), TOLERANCE["float64"], "kept U")
+    assert stage.kept[2] is kept_u                                     # the same kernel: the same U
+    stage.layer.kernel.value[0, 0, 0, 0] += 1.0                        # in place, as training does
+    textbook.set_weights(model.get_weights())
+    assert_close(model.predict(x, verbose=0), textbook.predict(x, verbose=0), TOLERANCE["float64"], "changed kernel")
+    assert stage.kept[2] is not kept_u
 
 
 # ---- the scripts' switch: compiled by default, --no-fast for the textbook layers ------------------

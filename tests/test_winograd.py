@@ -240,7 +240,7 @@ def test_conv2d_gradients_through_winograd(every_conv3x3_on_winograd, padding, s
     layer.build((None,) + shape[1:])
     calls = []
     by_tiles = winograd.conv
-    monkeypatch.setattr(winograd, "conv", lambda *a: calls.append(1) or by_tiles(*a))
+    monkeypatch.setattr(winograd, "conv", lambda *a, **k: calls.append(1) or by_tiles(*a, **k))
     step = FusedStep([ConvStage(layer, Buffers())])
     results = gradcheck.check_layer(step, gradcheck.spaced_input(shape, seed=3), training=True)
     assert calls, "the compiled step did not take the Winograd path"

@@ -52,12 +52,15 @@ class ConvStage:
         self.activation = layer.activation if activate else LINEAR      # LINEAR: an epilogue applies it
         self.epilogue_follows = not activate
         self.methods = {}    # (input shape, training) -> a Winograd Tiling, "direct", or None for im2col
+        self.kept = None     # inference's (tiling, kernel copy, U): Winograd's kernel transform, kept
 
     def method(self, x_shape, training):
-        """Training pays for forward and backward, inference for the forward alone: each its own rule."""
+        """Training pays for forward and backward, inference for the forward alone (its kernel
+        transform kept between calls): each its own rule."""
         layer, key = self.layer, (x_shape, training)
         if key not in self.methods:
-            tiling = winograd.winograd_tile(x_shape, layer.kernel.shape, layer.strides, layer.padding)
+            tiling = winograd.winograd_tile(x_shape, layer.kernel.shape, layer.strides, layer.padding,
+                                            kernel_kept=not training)
             direct = tiling is None and direct_pays(x_shape, layer.kernel.shape, layer.strides, training)
             self.methods[key] = "direct" if direct else tiling
         return self.methods[key]
@@ -82,10 +85,20 @@ class ConvStage:
         if tiling == "direct":
             return direct_conv2d(x, kernel, self.layer.strides, pads, out=z), DirectSaved(x)
         if tiling is not None:
-            return winograd.conv(x, kernel, pads[0][0], pads[1][0], ho, wo, buffers, tiling)
+            u = None if training else self.kept_transform(kernel, tiling)
+            return winograd.conv(x, kernel, pads[0][0], pads[1][0], ho, wo, buffers, tiling, u=u)
         in_buffer = buffers is not None and numba_pays((kh, kw), c)     # NumPy's im2col makes its own array
         cols = buffers("cols", (n * ho * wo, kh * kw * c), x.dtype) if in_buffer else None
         return conv2d(x, kernel, self.layer.strides, pads, cols, out=z)
+
+    def kept_transform(self, kernel, tiling):
+        """Winograd's U = G g G^T for inference, computed again only when the kernel no longer
+        holds the numbers it was computed from (training, set_weights and loading change them in place)."""
+        kept = self.kept
+        if (kept is None or kept[0] is not tiling or kept[1].shape != kernel.shape or kept[1].dtype != kernel.dtype
+                or not np.array_equal(kept[1], kernel)):
+            self.kept = kept = (tiling, kernel.copy(), winograd.kernel_transform(kernel, tiling))
+        return kept[2]
 
     def backward(self, dy):
         """Conv2D.backward's rule (docs/backprop.md, "Conv2D")."""

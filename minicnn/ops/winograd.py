@@ -457,18 +457,18 @@ class Saved(NamedTuple):
     tiling: Tiling
 
 
-def conv(x, kernel, top, left, ho, wo, workspace=None, tiling=F2, out=None, moments=None):
+def conv(x, kernel, top, left, ho, wo, workspace=None, tiling=F2, out=None, moments=None, u=None):
     """z = conv(x, kernel), no bias, by `tiling`: (N, H, W, C), (r, r, C, F) -> (z (N, Ho, Wo, F),
     saved) for conv_backward. workspace(name, shape, dtype): reusable arrays for V and M
     (minicnn.compiler.buffers.Buffers; None: new ones); `out`: z's buffer; `moments`: a float64 (2, F) array
-    for z's per-channel sum and sum of squares."""
+    for z's per-channel sum and sum of squares; `u`: kernel_transform(kernel, tiling), when the caller keeps it."""
     t, n, c, f = tiling, x.shape[0], x.shape[3], kernel.shape[3]
     if kernel.shape[:2] != (t.r, t.r):
         raise ValueError(f"winograd: {t} takes a {t.r}x{t.r} kernel, received kernel.shape={kernel.shape}")
     th, tw = tiles_hw(ho, wo, t.m)
     buffer = workspace or (lambda name, shape, dtype: None)
     v = input_transform(x, top, left, ho, wo, t, out=buffer("V", (t.a * t.a, n * th * tw, c), x.dtype))
-    u = kernel_transform(kernel, t)
+    u = kernel_transform(kernel, t) if u is None else u
     m = batched_matmul(v, u, out=buffer("M", (t.a * t.a, n * th * tw, f), x.dtype))   # a^2 products (tiles, C) @ (C, F)
     return output_transform(m, n, ho, wo, t, out=out, moments=moments), Saved(v, u, t)
 
@@ -504,12 +504,14 @@ def pays(kernel_size, strides, n, ho, wo, channels, filters):
             and n * th * tw >= perf.WINOGRAD_MIN_TILES and not backend.use_reference())
 
 
-def winograd_tile(x_shape, kernel_shape, strides=(1, 1), padding="same"):
+def winograd_tile(x_shape, kernel_shape, strides=(1, 1), padding="same", kernel_kept=False):
     """The method a convolution of this shape trains fastest with: a Tiling (F4, F4_5X5 or F2)
     or None (im2col). x_shape (N, H, W, C), kernel_shape (kh, kw, C, F), Keras' padding.
     Winograd needs a 3x3 or 5x5 kernel at stride 1; 4x4 tiles pay where they cover the output
     with little waste, on enough channels and tiles (perf.WINOGRAD4_*); else F(2x2, 3x3) where
-    `pays` says so. MINICNN_REFERENCE=1: None."""
+    `pays` says so. kernel_kept: the caller keeps the kernel transform between calls (inference),
+    so a 5x5 kernel's F(4x4, 5x5) pays from fewer tiles (perf.WINOGRAD_5X5_KEPT_MIN_TILES).
+    MINICNN_REFERENCE=1: None."""
     n, h, w, _ = x_shape
     kh, kw, c, f = kernel_shape
     if kh != kw or (4, kh) not in TILINGS or tuple(strides) != (1, 1) or backend.use_reference():
@@ -519,7 +521,8 @@ def winograd_tile(x_shape, kernel_shape, strides=(1, 1), padding="same"):
         return None
     th, tw = tiles_hw(ho, wo, 4)
     kept = ho * wo / (16 * th * tw)                 # the share of the 4x4 tiles' outputs inside Ho x Wo
-    if (min(c, f) >= perf.WINOGRAD4_MIN_CHANNELS and n * th * tw >= perf.WINOGRAD4_MIN_TILES
+    min_tiles = perf.WINOGRAD_5X5_KEPT_MIN_TILES if kernel_kept and kh == 5 else perf.WINOGRAD4_MIN_TILES
+    if (min(c, f) >= perf.WINOGRAD4_MIN_CHANNELS and n * th * tw >= min_tiles
             and kept >= perf.WINOGRAD4_MIN_KEPT):
         return TILINGS[4, kh]
     return F2 if kh == 3 and pays((3, 3), (1, 1), n, ho, wo, c, f) else None
