@@ -157,8 +157,8 @@ def enable():
     if _enabled is not None:
         return dict(_enabled)
     if _numba_threads_started():
-        warnings.warn("minicnn.perf.enable(): numba's threads have started, so OMP_WAIT_POLICY "
-                      "no longer applies; call enable() before the first kernel", stacklevel=2)
+        warnings.warn("minicnn.perf.enable(): numba's threads have started, so OMP_WAIT_POLICY and "
+                      "GOMP_SPINCOUNT no longer apply; call enable() before the first kernel", stacklevel=2)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("GOMP_SPINCOUNT", GOMP_SPINCOUNT)
     openblas_set_num_threads_local = find_openblas_local_threads()
