@@ -88,12 +88,19 @@ def batched_matmul_threads(a, b, out=None):
     threads = _batch_threads(len(a))
     out = np.empty((len(a), a.shape[1], b.shape[2]), np.result_type(a, b)) if out is None else out
     bounds = [len(a) * i // threads for i in range(threads + 1)]
-    with openblas_one_thread():
-        parts = [_workers().submit(np.matmul, a[lo:hi], b[lo:hi], out=out[lo:hi])
+    with openblas_one_thread():          # library-wide in NumPy's pthreads build
+        parts = [_workers().submit(_one_thread_product, a[lo:hi], b[lo:hi], out[lo:hi])
                  for lo, hi in zip(bounds, bounds[1:])]
         for part in parts:
             part.result()
     return out
+
+
+def _one_thread_product(a, b, out):
+    """np.matmul on this worker thread with OpenBLAS on it alone (per thread in OpenMP builds of
+    OpenBLAS; the worker threads do nothing else, so it is never restored)."""
+    perf.openblas_set_num_threads_local(1)
+    return np.matmul(a, b, out=out)
 
 
 def batched_matmul(a, b, out=None):
