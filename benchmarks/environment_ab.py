@@ -75,7 +75,8 @@ def main():
                 env = {k: v for k, v in os.environ.items() if k != args.variable}
                 if value != "unset":
                     env[args.variable] = value
-                cmd = [sys.executable, __file__, "--child", name, "--steps", str(args.steps), "--turns", str(args.turns)]
+                cmd = [sys.executable, __file__, "--child", name, "--steps", str(args.steps),
+                       "--turns", str(args.turns)]
                 out = subprocess.run(cmd + (["--batched"] if args.batched else []), env=env, capture_output=True,
                                      text=True, check=True).stdout
                 for way, step_ms in json.loads(out.splitlines()[-1]).items():

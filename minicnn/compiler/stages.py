@@ -95,8 +95,8 @@ class ConvStage:
         """Winograd's U = G g G^T for inference, computed again only when the kernel no longer
         holds the numbers it was computed from (training, set_weights and loading change them in place)."""
         kept = self.kept
-        if (kept is None or kept[0] is not tiling or kept[1].shape != kernel.shape or kept[1].dtype != kernel.dtype
-                or not np.array_equal(kept[1], kernel)):
+        stale = kept is None or kept[0] is not tiling or kept[1].dtype != kernel.dtype
+        if stale or not np.array_equal(kept[1], kernel):     # array_equal: False for another shape too
             self.kept = kept = (tiling, kernel.copy(), winograd.kernel_transform(kernel, tiling))
         return kept[2]
 

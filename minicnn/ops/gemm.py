@@ -108,8 +108,9 @@ def batched_matmul(a, b, out=None):
     over its threads by rows and columns, never along the sum, so Winograd's kernel gradient
     V^T dM (32 x 9216 @ 9216 x 32 in cnn8) leaves its threads waiting on each other, and between
     products they hold the cores numba's kernels need: the products go whole to the threads
-    instead (perf.BATCHED_PRODUCTS_SHARED; benchmarks/environment_ab.py times whole steps both ways). Written into `out`
-    when given (the reference does not take it: np.matmul writes there on OpenBLAS's threads)."""
+    instead (perf.BATCHED_PRODUCTS_SHARED; benchmarks/environment_ab.py times whole steps both
+    ways). Written into `out` when given (the reference does not take it: np.matmul writes there
+    on OpenBLAS's threads)."""
     shared = perf.BATCHED_PRODUCTS_SHARED and _batch_threads(len(a)) > 1
     product = pick(batched_matmul_reference, batched_matmul_threads, shared)
     if product is batched_matmul_threads:
