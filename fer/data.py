@@ -470,6 +470,7 @@ def split(data, class_map="fer7", val_fraction=0.1, seed=0) -> Splits:
     test = PrivateTest, and val_fraction is not used. Without them (the shared copy):
     val = a stratified val_fraction of Training (the same fraction of each class, chosen
     by `seed`), train = the rest of Training, test = PublicTest. No face is in two sets.
+    val_fraction 0 leaves val empty: a final fit on all Training, its choices made beforehand.
 
     The test set is for the final report only: choose epochs, learning rates,
     checkpoints and anything else on val, never on test.
@@ -490,9 +491,10 @@ def split(data, class_map="fer7", val_fraction=0.1, seed=0) -> Splits:
         val_from = f"a stratified {val_fraction * 100:g}% of Training (seed {seed})"
         test_from, test_name = "the PublicTest rows (the file has no PrivateTest rows)", "PublicTest"
 
+    val_part = (f"val = {len(val):,} faces, {val_from}, for choosing models" if len(val) else
+                "no val faces (val_fraction 0: a final fit on all Training, with choices made before)")
     description = (
-        f"{class_map} ({len(names)} classes): train = {len(train):,} Training faces; "
-        f"val = {len(val):,} faces, {val_from}, for choosing models; "
+        f"{class_map} ({len(names)} classes): train = {len(train):,} Training faces; {val_part}; "
         f"test = {len(test):,} faces, {test_from}, for the final report only."
     )
     return Splits(

@@ -4,7 +4,8 @@
 checkpoints), fits the seed's network on the training split with the callbacks a long run
 needs, and writes the test report. The test split is touched only after training, by
 `report_test`: every choice (best checkpoint, learning-rate drops, early stopping) is made on
-the validation split.
+the validation split. A final fit (val_fraction 0) trains on all of Training with the choices
+made before (epochs, lr_drops) and keeps its last epoch.
 """
 import dataclasses
 import json
@@ -53,6 +54,7 @@ class TrainConfig:
     val_fraction: float = 0.1
     lr_patience: int = 5
     lr_factor: float = 0.5
+    lr_drops: list = field(default_factory=list)   # epochs (from 1) that start at lr * lr_factor; []: on plateaus
     skip_bad_rows: bool = False
     nesterov: bool = False          # with optimizer "sgd": Nesterov momentum
     weight_decay: float = 0.0       # decoupled: w -= lr * weight_decay * w each step (Keras 3)
@@ -195,10 +197,15 @@ def load_splits(config):
 
 
 def check_splits(splits, config):
-    """A run needs faces in all three splits; say which is empty before hours of training."""
-    for name, (images, _) in (("train", splits.train), ("val", splits.val), ("test", splits.test)):
+    """A run needs faces in all three splits (val may be empty in a final fit, val_fraction 0);
+    say which is empty, or what needs validation faces, before hours of training."""
+    needed = [("train", splits.train), ("test", splits.test)]
+    if config.val_fraction > 0 or config.patience:
+        needed.append(("val", splits.val))
+    for name, (images, _) in needed:
         if len(images) == 0:
-            raise fer_data.DataError(f"{config.data}: the {name} split is empty ({splits.description})")
+            why = " (early stopping watches val_accuracy)" if name == "val" and config.patience else ""
+            raise fer_data.DataError(f"{config.data}: the {name} split is empty{why} ({splits.description})")
 
 
 def resume_config(run, epochs=None, data=None):
@@ -292,7 +299,7 @@ class Session:
     preprocessing: Preprocessing
     model: object
     batches: FaceBatches
-    stateful: list                      # ModelCheckpoint, ReduceLROnPlateau[, EarlyStopping]
+    stateful: list                      # ModelCheckpoint, ReduceLROnPlateau or LearningRateScheduler[, EarlyStopping]
     checkpoint: RunCheckpoint
     early_stopping: Optional[callbacks.EarlyStopping] = None
     restored: Optional[Restored] = None  # on resume: where the checkpoint left off
@@ -329,15 +336,30 @@ def build_session(run, config, splits):
     batches = FaceBatches(*splits.train, preprocessing, config.batch_size, augmenter, config.seed + 2, weights,
                           targets=distilled_targets(run, config, splits))
 
-    best = callbacks.ModelCheckpoint(str(run / "model.npz"), monitor="val_accuracy", save_best_only=True)
-    plateau = callbacks.ReduceLROnPlateau("val_loss", factor=config.lr_factor, patience=config.lr_patience, min_lr=1e-5)
-    stateful = [best, plateau]
+    stateful = [model_checkpoint(run, splits), learning_rate_schedule(config, splits)]
     early = None
     if config.patience:      # only then: checkpoints of runs without it keep their callback keys
         early = callbacks.EarlyStopping("val_accuracy", patience=config.patience)
         stateful.append(early)
     checkpoint = RunCheckpoint(checkpoint_file(run), batches, stateful)
     return Session(run, config, splits, preprocessing, model, batches, stateful, checkpoint, early)
+
+
+def model_checkpoint(run, splits):
+    """RUN/model.npz: the best val_accuracy's weights, or the last epoch's in a final fit (no val faces)."""
+    if len(splits.val[0]) == 0:
+        return callbacks.ModelCheckpoint(str(run / "model.npz"))
+    return callbacks.ModelCheckpoint(str(run / "model.npz"), monitor="val_accuracy", save_best_only=True)
+
+
+def learning_rate_schedule(config, splits):
+    """lr * lr_factor at the start of each epoch in lr_drops; without them, after lr_patience
+    epochs of no better val_loss (the training loss in a final fit, which has no val faces)."""
+    if config.lr_drops:
+        starts = {epoch - 1 for epoch in config.lr_drops}           # fit counts epochs from 0
+        return callbacks.LearningRateScheduler(lambda epoch, lr: lr * config.lr_factor if epoch in starts else lr)
+    watched = "val_loss" if len(splits.val[0]) else "loss"
+    return callbacks.ReduceLROnPlateau(watched, factor=config.lr_factor, patience=config.lr_patience, min_lr=1e-5)
 
 
 def distilled_targets(run, config, splits):
@@ -386,7 +408,7 @@ def continue_run(session, resume_lr):
 
 
 def fit(session, extra_callbacks=(), verbose=1):
-    """model.fit over the epochs left, validated on the val split; TrainingInterrupted on Ctrl-C,
+    """model.fit over the epochs left, validated on the val split (if any); TrainingInterrupted on Ctrl-C,
     TrainingDiverged (with the command to go on at a lower rate) on a NaN loss or weights."""
     run, config, model, splits = session.run, session.config, session.model, session.splits
     print(splits.description)
@@ -394,12 +416,9 @@ def fit(session, extra_callbacks=(), verbose=1):
     fit_callbacks = [*precise_batchnorm(session), FiniteWeights(), stop_on_nan, EpochTimer(), TimeLeft(config.epochs, config.patience),
                      *extra_callbacks, *session.stateful, callbacks.CSVLogger(str(run / "history.csv"), append=True),
                      PlotCurves(run), session.checkpoint]
-    x_val, y_val = session.preprocessing.apply(splits.val[0]), splits.val[1]
-    if config.teacher:          # the loss takes distributions: the validation labels as one-hot rows
-        y_val = np.eye(len(splits.label_names), dtype=np.float32)[y_val]
     try:
         model.fit(session.batches, epochs=config.epochs, initial_epoch=session.initial_epoch,
-                  validation_data=(x_val, y_val), batch_size=evaluation.PREDICT_BATCH,
+                  validation_data=validation_data(session), batch_size=evaluation.PREDICT_BATCH,
                   callbacks=fit_callbacks, verbose=verbose)
     except KeyboardInterrupt:
         raise TrainingInterrupted(run, session.checkpoint.path) from None
@@ -411,6 +430,16 @@ def fit(session, extra_callbacks=(), verbose=1):
     if early is not None and early.stopped_epoch is not None:
         print(f"early stopping: no better val_accuracy in the last {config.patience} epochs; "
               f"stopped after epoch {early.stopped_epoch + 1}")
+
+
+def validation_data(session):
+    """(x, y) of the val faces as the model takes them, or None when there are none (a final fit)."""
+    faces, labels = session.splits.val
+    if len(faces) == 0:
+        return None
+    if session.config.teacher:      # the loss takes distributions: the labels as one-hot rows
+        labels = np.eye(len(session.splits.label_names), dtype=np.float32)[labels]
+    return session.preprocessing.apply(faces), labels
 
 
 def precise_batchnorm(session):

@@ -249,6 +249,25 @@ class ReduceLROnPlateau(_Monitor):
         self.wait, self.cooldown_counter = int(config["wait"]), int(config["cooldown_counter"])
 
 
+class LearningRateScheduler(Callback):
+    """At each epoch's start, lr = schedule(epoch, lr) (epoch counted from 0), as in Keras:
+    e.g. `lambda epoch, lr: lr * 0.5 if epoch in (30, 60) else lr` halves it before epochs 31 and 61.
+    A schedule of the rate in force, not of the first rate, so a resumed run goes on from its own."""
+
+    def __init__(self, schedule, verbose=0):
+        self.schedule, self.verbose = schedule, verbose
+
+    def on_epoch_begin(self, epoch, logs=None):
+        optimizer = self.model.optimizer
+        rate = float(self.schedule(epoch, float(optimizer.learning_rate)))
+        if not (rate > 0 and math.isfinite(rate)):
+            raise ValueError(f"LearningRateScheduler: the schedule gave {rate!r} for epoch {epoch + 1}; "
+                             f"a learning rate must be a positive number")
+        if self.verbose and rate != optimizer.learning_rate:
+            print(f"Epoch {epoch + 1}: LearningRateScheduler setting learning rate to {rate:.3g}")
+        optimizer.learning_rate = rate
+
+
 class CSVLogger(Callback):
     """Append one row per epoch (epoch, then the logs' keys, sorted) to a CSV file."""
 

@@ -55,10 +55,14 @@ def parse_args(argv):
     p.add_argument("--class-weight", choices=["none", "balanced"])
     p.add_argument("--seed", type=non_negative_int, help="seeds the split, shuffling, augmentation and weights")
     p.add_argument("--limit", type=positive_int, help="use a seeded random subset of N faces (quick runs)")
-    p.add_argument("--val-fraction", type=fraction,
-                   help="validation share of Training when the file has no PrivateTest rows (default 0.1)")
+    p.add_argument("--val-fraction", type=unit_fraction,
+                   help="validation share of Training when the file has no PrivateTest rows (default 0.1); "
+                        "0: a final fit on all Training, keeping the last epoch (choose --epochs and "
+                        "--lr-drops on a validated run first)")
     p.add_argument("--lr-patience", type=positive_int,
                    help="epochs without val_loss improvement before halving the lr")
+    p.add_argument("--lr-drops", type=epoch_list, metavar="E1,E2,...",
+                   help="halve the lr at the start of these epochs (counted from 1) instead of on plateaus")
     p.add_argument("--patience", type=positive_int,
                    help="early stopping: end the run after N epochs without a better val_accuracy")
     p.add_argument("--skip-bad-rows", action="store_true", default=None, help="skip and count malformed rows")
@@ -96,6 +100,8 @@ def parse_args(argv):
                     f"{', '.join('--' + o.replace('_', '-') for o in fixed)} (start a new run instead)")
     elif not (args.model and args.data):
         p.error("--model and --data are required (or --resume DIR)")
+    if args.val_fraction == 0 and args.patience:
+        p.error("--patience watches val_accuracy, and --val-fraction 0 leaves no validation faces")
     if args.lr is not None and not 0 < args.lr < math.inf:      # also refuses nan
         p.error(f"--lr must be a positive number, received {args.lr}")
     return args
@@ -104,11 +110,15 @@ def parse_args(argv):
 RESUMABLE = ("resume", "epochs", "lr", "data", "no_fast")   # what --resume may change
 
 
-def fraction(text):
-    value = float(text)
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), received {text}")
-    return value
+def epoch_list(text):
+    """"73,94,113" -> [73, 94, 113]: distinct positive epoch numbers, ascending."""
+    try:
+        epochs = sorted({int(part) for part in text.split(",")})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected epoch numbers separated by commas, e.g. 30,60; received {text!r}")
+    if epochs[0] < 1:
+        raise argparse.ArgumentTypeError(f"epochs are counted from 1; received {text!r}")
+    return epochs
 
 
 def non_negative(text):
@@ -139,7 +149,7 @@ def config_from_args(args):
         return config
     overrides = {k: getattr(args, k) for k in ("classes", "input_size", "scale", "epochs", "batch_size", "optimizer",
                                                 "lr", "augment", "class_weight", "seed", "limit", "out",
-                                                "val_fraction", "lr_patience", "patience", "skip_bad_rows",
+                                                "val_fraction", "lr_drops", "lr_patience", "patience", "skip_bad_rows",
                                                 "nesterov", "weight_decay", "label_smoothing", "erasing", "precise_bn",
                                                 "teacher", "distill", "l2_regularization")}
     return TrainConfig.for_model(args.model, args.data, fast=not args.no_fast, **overrides)

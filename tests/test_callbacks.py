@@ -1,5 +1,6 @@
 """Callbacks' state through a training checkpoint (fer.runs.RunCheckpoint), as --resume uses it."""
 import numpy as np
+import pytest
 
 from fer.runs import RunCheckpoint, restore_checkpoint
 from minicnn import BatchNormalization, Dense, Sequential, backend
@@ -74,6 +75,19 @@ def test_each_fit_starts_the_plateau_callbacks_afresh_as_keras_does():
     history = model.fit(x, y, batch_size=32, epochs=2, shuffle=False, callbacks=[stop, plateau], verbose=0)
     assert len(history.history["loss"]) == 2 and not model.stop_training
     assert stop.wait == 1 and plateau.wait == 1          # the new fit's first epoch set a new best
+
+
+def test_learning_rate_scheduler_sets_each_epochs_rate_from_the_rate_in_force():
+    from minicnn.callbacks import LearningRateScheduler
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(32, 4)).astype(np.float32), rng.integers(0, 3, 32)
+    model = tiny_model(0)
+    first = model.optimizer.learning_rate
+    halving = LearningRateScheduler(lambda epoch, lr: lr / 2 if epoch in (1, 3) else lr)
+    history = model.fit(x, y, batch_size=32, epochs=4, shuffle=False, callbacks=[halving], verbose=0)
+    assert history.history["lr"] == pytest.approx([first, first / 2, first / 2, first / 4])
+    with pytest.raises(ValueError, match="gave 0.0 for epoch 1"):
+        model.fit(x, y, epochs=1, callbacks=[LearningRateScheduler(lambda epoch, lr: 0.0)], verbose=0)
 
 
 def test_callbacks_take_positional_arguments_in_keras_order(tmp_path):

@@ -226,8 +226,37 @@ def test_training_refuses_an_empty_split_before_it_starts(tmp_path):
     with pytest.raises(DataError, match="train_only.csv: the test split is empty"):
         train(config, verbose=0)
     assert not (tmp_path / "runs").exists()
-    bad = run_script("train.py", "--model", "cnn4", "--data", no_test_rows, "--val-fraction", 0, cwd=tmp_path)
-    assert bad.returncode == 2 and "--val-fraction: must be between 0 and 1" in bad.stderr
+    bad = run_script("train.py", "--model", "cnn4", "--data", no_test_rows, "--val-fraction", 1, cwd=tmp_path)
+    assert bad.returncode == 2 and "--val-fraction: must be in [0, 1)" in bad.stderr
+    final_fit = run_script("train.py", "--model", "cnn4", "--data", no_test_rows, "--val-fraction", 0, cwd=tmp_path)
+    assert final_fit.returncode == 1 and "the test split is empty" in final_fit.stderr
+
+
+def test_a_final_fit_trains_on_all_of_training_and_keeps_its_last_epoch(data_csv, tmp_path):
+    """val_fraction 0: every Training face trains, the rate drops at the epochs named, model.npz is
+    the last epoch's weights, and an interrupted final fit resumes to the same numbers."""
+    def config(out):
+        return TrainConfig.for_model("mini_xception", data_csv, epochs=3, batch_size=16, val_fraction=0,
+                                     lr_drops=[2, 3], out=str(tmp_path / out))
+
+    straight = train(config("a"), verbose=0)
+    history = read_history(straight / "history.csv")
+    assert not any(key.startswith("val_") for key in history)
+    first = config("a").lr
+    assert history["lr"] == pytest.approx([first, first / 2, first / 4])
+    assert "train = 84 Training faces; no val faces" in json.loads((straight / "config.json").read_text())["split"]
+    _, model = io.read_npz(straight / "model.npz")
+    _, last = io.read_npz(straight / "checkpoints" / "last.npz")
+    shared = [key for key in model if key.startswith("weight_")]
+    assert shared and all(np.array_equal(model[key], last[key]) for key in shared)
+
+    with pytest.raises(TrainingInterrupted) as interrupted:
+        train(config("b"), extra_callbacks=[InterruptAt(epoch=1, batch=2)], verbose=0)
+    resumed = train(config("b"), resume_dir=interrupted.value.run, verbose=0)
+    _, again = io.read_npz(resumed / "model.npz")
+    assert all(np.array_equal(model[key], again[key]) for key in shared)
+    refused = run_script("train.py", "--model", "cnn4", "--data", data_csv, "--val-fraction", 0, "--patience", 3)
+    assert refused.returncode == 2 and "--patience watches val_accuracy" in refused.stderr
 
 
 def test_smoke_run_on_2000_real_faces(shared_file, tmp_path):
