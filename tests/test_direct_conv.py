@@ -90,6 +90,15 @@ def test_numba_backward_equals_the_reference(case, dtype):
     assert np.array_equal(dz, dz_before)
 
 
+def test_the_backward_zeroes_its_input_gradient_itself(monkeypatch):
+    """dx comes from np.empty_like and is zeroed image by image inside the kernel: stale numbers
+    in the fresh buffer (NaN here) must not reach the result."""
+    x, kernel, dz, strides, pads = arrays(CASES[0], np.float32)
+    expected = direct_conv.direct_conv2d_backward_reference(dz, x, kernel, strides, pads)[0]
+    monkeypatch.setattr(np, "empty_like", lambda a, *args, **kwargs: np.full_like(a, np.nan, *args, **kwargs))
+    assert_close(direct_conv.direct_conv2d_backward_numba(dz, x, kernel, strides, pads)[0], expected, np.float32)
+
+
 def loss_and_gradients(case, seed):
     """L(x, K) = sum(conv(x, K) * G) for a fixed random G, and the dispatchers' dL/dx, dL/dK."""
     x, kernel, g, strides, pads = arrays(case, np.float64, seed)

@@ -142,6 +142,19 @@ def test_col2im_numba_equals_reference(case):
     assert np.array_equal(g, g_before)
 
 
+def test_depthwise_backward_zeroes_its_input_gradient_itself(monkeypatch):
+    """The row kernels' dx comes from np.empty_like, zeroed image by image inside the kernel:
+    stale numbers in the fresh buffer (NaN here) must not reach the result."""
+    rng = np.random.default_rng(0)
+    x, kernel = rng.normal(size=(3, 7, 6, 4)), rng.normal(size=(3, 3, 4, 1))
+    pads = ((1, 1), (1, 1))
+    dy = rng.normal(size=depthwise.depthwise_conv_reference(x, kernel, (1, 1), pads).shape)
+    expected = depthwise.depthwise_conv_backward_reference(dy, x, kernel, (1, 1), pads)[0]
+    monkeypatch.setattr(np, "empty_like", lambda a, *args, **kwargs: np.full_like(a, np.nan, *args, **kwargs))
+    np.testing.assert_allclose(depthwise.depthwise_conv_backward_numba(dy, x, kernel, (1, 1), pads)[0], expected,
+                               rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("impl", ["reference", "numba"])
 @settings(max_examples=25, deadline=None)
 @given(cases())

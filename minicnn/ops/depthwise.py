@@ -224,11 +224,14 @@ def _depthwise_rows_kernel(x, kernel_rows, y, c_n, top, left):
 
 @njit(cache=True, parallel=True)
 def _depthwise_rows_backward_kernel(dy, x, kernel_rows, dx, dk_rows, c_n, top, left):
-    # dy (N, Ho, Wo*C), x and dx (N, H, W*C); dx zeros, or None (compiled apart); dk_rows
-    # (B, kh, kw, Wo*C) zeros: block b of images sums into its own row (no races)
+    # dy (N, Ho, Wo*C), x and dx (N, H, W*C); dx of any values, each image zeroed by the thread
+    # that sums into it, or None (compiled apart); dk_rows (B, kh, kw, Wo*C) zeros: block b of
+    # images sums into its own row (no races)
     n_img, blocks = x.shape[0], dk_rows.shape[0]
     for b in prange(blocks):
         for n in range(b * n_img // blocks, (b + 1) * n_img // blocks):
+            if dx is not None:
+                dx[n] = 0
             for ho in range(dy.shape[1]):
                 depthwise_row_backward(x, n, ho, kernel_rows, c_n, top, left, dy[n, ho], dk_rows[b], dx)
 
@@ -275,9 +278,10 @@ def depthwise_conv_backward_numba(dy, x, kernel, strides, pads, need_input_gradi
     dy = np.ascontiguousarray(dy, dtype=x.dtype)
     n = x.shape[0]
     kh, kw, c, m = kernel.shape
-    dx = np.zeros_like(x) if need_input_gradient else None
     if rows_pay(kernel, strides):
+        dx = np.empty_like(x) if need_input_gradient else None      # the row kernel zeroes it image by image
         return dx, _rows_backward(dy, x, kernel, dx, pads)
+    dx = np.zeros_like(x) if need_input_gradient else None
     dk_per_image = np.zeros((n, kh, kw, c * m), dtype=x.dtype)
     with perf.kernel_threads(x.size * kh * kw):
         _depthwise_backward_kernel(dy, x, kernel.reshape(kh, kw, c * m), dx, dk_per_image, m,
@@ -286,7 +290,7 @@ def depthwise_conv_backward_numba(dy, x, kernel, strides, pads, need_input_gradi
 
 
 def _rows_backward(dy, x, kernel, dx, pads):
-    """dkernel (kh, kw, C, 1) by the row kernels, which add the input gradient into dx (zeros, or None)."""
+    """dkernel (kh, kw, C, 1) by the row kernels, which write the input gradient into dx (or skip it: None)."""
     n, _, wo, c = dy.shape
     kh, kw = kernel.shape[:2]
     dk_rows = np.zeros((min(n, BLOCKS), kh, kw, wo * c), dtype=x.dtype)

@@ -296,8 +296,9 @@ def _add_tile(dxts, dx, n, ho0, rows_in, sh, sw, top, left, wq, b):
 
 @njit(cache=True, parallel=True, fastmath=FAST, error_model="numpy")
 def _backward_kernel(dz, x, kernel, dks, dx, xts, dzts, dxts, sh, sw, top, left, rows):
-    # dks (blocks, kh, kw, C, F) zeros; dx (N, H, W, C) zeros, or None (numba compiles each
-    # case apart): no dx; xts, dxts (blocks, C*sh*sw, L) and dzts (blocks, F,
+    # dks (blocks, kh, kw, C, F) zeros; dx (N, H, W, C) of any values, each image zeroed by the
+    # thread that sums into it (in cache, in parallel), or None (numba compiles each case apart):
+    # no dx; xts, dxts (blocks, C*sh*sw, L) and dzts (blocks, F,
     # rows*Wq + 2*(kw-1)) scratch
     n_img, ho_n, wo_n, _ = dz.shape
     kh, kw = kernel.shape[0], kernel.shape[1]
@@ -306,6 +307,8 @@ def _backward_kernel(dz, x, kernel, dks, dx, xts, dzts, dxts, sh, sw, top, left,
     for b in prange(blocks):
         lo, hi = _block_range(b, blocks, n_img)
         for n in range(lo, hi):
+            if dx is not None:
+                dx[n] = 0
             for ho0 in range(0, ho_n, rows):
                 r_n = min(rows, ho_n - ho0)
                 _gather_tile(x, n, ho0, r_n + (kh - 1) // sh, sh, sw, top, left, wq, xts, b)
@@ -361,7 +364,7 @@ def direct_conv2d_backward_numba(dz, x, kernel, strides, pads, need_input_gradie
     xts = np.empty((blocks, x.shape[3] * strides[0] * strides[1], length), x.dtype)
     dzts = np.empty((blocks, f, rows * wq + 2 * (kernel.shape[1] - 1)), x.dtype)
     dks = np.zeros((blocks,) + kernel.shape, x.dtype)
-    dx = np.zeros_like(x) if need_input_gradient else None
+    dx = np.empty_like(x) if need_input_gradient else None     # the kernel zeroes it image by image
     dxts = np.empty_like(xts)      # unused without dx
     with perf.kernel_threads(dz.size * kernel.shape[0] * kernel.shape[1]):
         _backward_kernel(dz, x, kernel, dks, dx, xts, dzts, dxts, *strides, pads[0][0], pads[1][0], rows)

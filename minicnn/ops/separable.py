@@ -184,7 +184,8 @@ def _forward_kernel(x, kd_rows, kp, top, left, tile_rows, y, kept, sums, squares
 @njit(cache=True, parallel=True)
 def _backward_kernel(dy, x, kd_rows, kpt, top, left, tile_rows, kept, dx, dkd_rows, dkp):
     # dy (N, Ho, Wo, F), x as in _forward_kernel, kpt = kp.T (F, C); kept: the forward's d
-    # (N, Ho, Wo*C), or None to recompute it tile by tile; dx (N, H, W*C) zeros or None;
+    # (N, Ho, Wo*C), or None to recompute it tile by tile; dx (N, H, W*C) of any values, each
+    # image zeroed by the thread that sums into it, or None;
     # dkd_rows (B, kh, kw, Wo*C) and dkp (B, C, F) zeros: block b of images sums its share into
     # its own row (no races).
     n_img, c_n, run = x.shape[0], kpt.shape[1], kd_rows.shape[2]
@@ -194,6 +195,8 @@ def _backward_kernel(dy, x, kd_rows, kpt, top, left, tile_rows, kept, dx, dkd_ro
         scratch = np.empty((tile_rows, run), dtype=x.dtype)
         dd = np.empty((tile_rows, run), dtype=x.dtype)
         for n in range(b * n_img // blocks, (b + 1) * n_img // blocks):
+            if dx is not None:
+                dx[n] = 0
             for ho0 in range(0, ho_n, tile_rows):
                 rows = min(tile_rows, ho_n - ho0)
                 g = dy[n, ho0:ho0 + rows].reshape(rows * wo_n, f_n)
@@ -253,10 +256,7 @@ def separable_conv2d_backward_numba(dy, x, depthwise_kernel, pointwise_kernel, p
     n, ho, wo = dy.shape[:3]
     kd_rows, kp = _kernels(depthwise_kernel, pointwise_kernel, wo, x.dtype)
     kept = None if depthwise is None else runs(_buffer(depthwise, (n, ho, wo, c), x.dtype, "depthwise"))
-    dx = None
-    if need_input_gradient:
-        dx = _buffer(out, x.shape, x.dtype, "out")
-        dx[...] = 0
+    dx = _buffer(out, x.shape, x.dtype, "out") if need_input_gradient else None    # zeroed by the kernel
     blocks = min(n, BLOCKS)
     dkd_rows, dkp = np.zeros((blocks, kh, kw, wo * c), x.dtype), np.zeros((blocks, c, f), x.dtype)
     with perf.kernel_threads(x.size * kh * kw):
