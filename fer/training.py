@@ -49,6 +49,7 @@ class TrainConfig:
     augment: bool = True
     class_weight: str = "none"
     seed: int = 0
+    split_seed: Optional[int] = None   # draws the faces (--limit) and the val slice; None: seed
     limit: int = 0
     out: str = "runs"
     val_fraction: float = 0.1
@@ -188,12 +189,13 @@ class FiniteWeights(callbacks.Callback):
 # ---- config and data -----------------------------------------------------------------------------
 
 def load_splits(config):
-    """FerData -> (optional --limit subset) -> Splits, as config says."""
+    """FerData -> (optional --limit subset) -> Splits, as config says, drawn by the split seed."""
     data = fer_data.load(config.data, skip_bad_rows=config.skip_bad_rows)
+    seed = config.seed if config.split_seed is None else config.split_seed
     if config.limit and config.limit < len(data):
-        keep = np.sort(np.random.default_rng(config.seed).choice(len(data), config.limit, replace=False))
+        keep = np.sort(np.random.default_rng(seed).choice(len(data), config.limit, replace=False))
         data = dataclasses.replace(data, images=data.images[keep], labels=data.labels[keep], usage=data.usage[keep])
-    return fer_data.split(data, config.classes, config.val_fraction, config.seed)
+    return fer_data.split(data, config.classes, config.val_fraction, seed)
 
 
 def check_splits(splits, config):

@@ -53,7 +53,10 @@ def parse_args(argv):
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="flip, shift, rotation and zoom augmentation (default on)")
     p.add_argument("--class-weight", choices=["none", "balanced"])
-    p.add_argument("--seed", type=non_negative_int, help="seeds the split, shuffling, augmentation and weights")
+    p.add_argument("--seed", type=non_negative_int, help="seeds the weights, shuffling, augmentation and (without --split-seed) the split")
+    p.add_argument("--split-seed", type=non_negative_int,
+                   help="seeds the split (and --limit's faces) instead of --seed: runs of several seeds on "
+                        "one validation slice, e.g. one a teacher was trained on")
     p.add_argument("--limit", type=positive_int, help="use a seeded random subset of N faces (quick runs)")
     p.add_argument("--val-fraction", type=unit_fraction,
                    help="validation share of Training when the file has no PrivateTest rows (default 0.1); "
@@ -148,7 +151,7 @@ def config_from_args(args):
         config.fast = config.fast and not args.no_fast
         return config
     overrides = {k: getattr(args, k) for k in ("classes", "input_size", "scale", "epochs", "batch_size", "optimizer",
-                                                "lr", "augment", "class_weight", "seed", "limit", "out",
+                                                "lr", "augment", "class_weight", "seed", "split_seed", "limit", "out",
                                                 "val_fraction", "lr_drops", "lr_patience", "patience", "skip_bad_rows",
                                                 "nesterov", "weight_decay", "label_smoothing", "erasing", "precise_bn",
                                                 "teacher", "distill", "l2_regularization")}

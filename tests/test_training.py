@@ -11,7 +11,7 @@ import pytest
 import minicnn
 from fer.data import DataError
 from fer.runs import TrainingInterrupted, read_history
-from fer.training import TrainConfig, resume_config, train
+from fer.training import TrainConfig, load_splits, resume_config, train
 from minicnn import io
 from tests.fer_synthetic import write_csv
 
@@ -230,6 +230,16 @@ def test_training_refuses_an_empty_split_before_it_starts(tmp_path):
     assert bad.returncode == 2 and "--val-fraction: must be in [0, 1)" in bad.stderr
     final_fit = run_script("train.py", "--model", "cnn4", "--data", no_test_rows, "--val-fraction", 0, cwd=tmp_path)
     assert final_fit.returncode == 1 and "the test split is empty" in final_fit.stderr
+
+
+def test_split_seed_keeps_the_validation_slice_while_the_seed_changes(data_csv):
+    """--split-seed: runs of several seeds validate on one slice (the one a teacher trained beside)."""
+    def splits(**seeds):
+        return load_splits(TrainConfig.for_model("mini_xception", data_csv, **seeds))
+
+    first, same_slice, redrawn = splits(seed=0), splits(seed=3, split_seed=0), splits(seed=3)
+    assert np.array_equal(first.val[0], same_slice.val[0]) and first.description == same_slice.description
+    assert not np.array_equal(first.val[0], redrawn.val[0])
 
 
 def test_a_final_fit_trains_on_all_of_training_and_keeps_its_last_epoch(data_csv, tmp_path):
