@@ -66,6 +66,7 @@ class TrainConfig:
     fast: bool = True               # run the compiled steps (minicnn/compiler/); False: the textbook layers
     teacher: list = field(default_factory=list)   # model files whose probabilities the targets mix in (fer/distill.py)
     distill: float = 0.5            # with teachers: their share a of the targets (1 - a) * label + a * teachers
+    ema: float = 0.0                # momentum of the weights' moving average, validated and saved (0: off)
     l2_regularization: Optional[float] = None   # the kernels' L2 factor of a model that has one (None: its seed's)
 
     @classmethod
@@ -301,9 +302,11 @@ class Session:
     preprocessing: Preprocessing
     model: object
     batches: FaceBatches
-    stateful: list                      # ModelCheckpoint, ReduceLROnPlateau or LearningRateScheduler[, EarlyStopping]
+    stateful: list                      # ModelCheckpoint, ReduceLROnPlateau or LearningRateScheduler[,
+                                        # EarlyStopping][, SwapEMAWeights]
     checkpoint: RunCheckpoint
     early_stopping: Optional[callbacks.EarlyStopping] = None
+    averages: Optional[callbacks.SwapEMAWeights] = None     # with ema: runs first among fit's callbacks
     restored: Optional[Restored] = None  # on resume: where the checkpoint left off
     initial_epoch: int = 0
 
@@ -343,8 +346,11 @@ def build_session(run, config, splits):
     if config.patience:      # only then: checkpoints of runs without it keep their callback keys
         early = callbacks.EarlyStopping("val_accuracy", patience=config.patience)
         stateful.append(early)
+    averages = callbacks.SwapEMAWeights(swap_on_epoch=True) if config.ema else None
+    if averages:            # last: the other callbacks keep their checkpoint keys
+        stateful.append(averages)
     checkpoint = RunCheckpoint(checkpoint_file(run), batches, stateful)
-    return Session(run, config, splits, preprocessing, model, batches, stateful, checkpoint, early)
+    return Session(run, config, splits, preprocessing, model, batches, stateful, checkpoint, early, averages)
 
 
 def model_checkpoint(run, splits):
@@ -390,10 +396,12 @@ def compiled_model(config, splits, preprocessing):
 
 
 def make_optimizer(config):
+    averaging = {"use_ema": bool(config.ema), "ema_momentum": config.ema or 0.99}
     if config.optimizer == "sgd":     # seed 003's tflearn 'momentum' optimizer
-        return optimizers.SGD(config.lr, momentum=0.9, nesterov=config.nesterov, weight_decay=config.weight_decay)
+        return optimizers.SGD(config.lr, momentum=0.9, nesterov=config.nesterov, weight_decay=config.weight_decay,
+                              **averaging)
     return optimizers.get({"class_name": config.optimizer, "learning_rate": config.lr,
-                           "weight_decay": config.weight_decay})
+                           "weight_decay": config.weight_decay, **averaging})
 
 
 def continue_run(session, resume_lr):
@@ -415,9 +423,11 @@ def fit(session, extra_callbacks=(), verbose=1):
     run, config, model, splits = session.run, session.config, session.model, session.splits
     print(splits.description)
     stop_on_nan = callbacks.TerminateOnNaN()
-    fit_callbacks = [*precise_batchnorm(session), FiniteWeights(), stop_on_nan, EpochTimer(), TimeLeft(config.epochs, config.patience),
-                     *extra_callbacks, *session.stateful, callbacks.CSVLogger(str(run / "history.csv"), append=True),
-                     PlotCurves(run), session.checkpoint]
+    averages = [session.averages] if session.averages else []      # first: what follows sees the averages
+    fit_callbacks = [*averages, *precise_batchnorm(session), FiniteWeights(), stop_on_nan, EpochTimer(),
+                     TimeLeft(config.epochs, config.patience), *extra_callbacks,
+                     *[c for c in session.stateful if c is not session.averages],
+                     callbacks.CSVLogger(str(run / "history.csv"), append=True), PlotCurves(run), session.checkpoint]
     try:
         model.fit(session.batches, epochs=config.epochs, initial_epoch=session.initial_epoch,
                   validation_data=validation_data(session), batch_size=evaluation.PREDICT_BATCH,

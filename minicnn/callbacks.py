@@ -24,9 +24,13 @@ from .layers import BatchNormalization, Dropout
 
 class Callback:
     model = None
+    params = {}          # fit's {"epochs", "verbose", "steps"}, as Keras gives them
 
     def set_model(self, model):
         self.model = model
+
+    def set_params(self, params):
+        self.params = params
 
     def on_train_begin(self, logs=None): pass
     def on_train_end(self, logs=None): pass
@@ -266,6 +270,59 @@ class LearningRateScheduler(Callback):
         if self.verbose and rate != optimizer.learning_rate:
             print(f"Epoch {epoch + 1}: LearningRateScheduler setting learning rate to {rate:.3g}")
         optimizer.learning_rate = rate
+
+
+class SwapEMAWeights(Callback):
+    """Evaluates the optimizer's moving averages of the weights (use_ema=True) instead of the
+    weights being trained: puts them in for each validation and the trained weights back after it.
+    swap_on_epoch=True also keeps them in from each epoch's end to the next one's start, so the
+    callbacks after this one (a ModelCheckpoint) see them. Keras' callback; give it before those.
+    The trained weights wait here meanwhile (and in its state, for a checkpoint), so the
+    optimizer's averages stay the averages and fit's final finalize_variable_values is right."""
+
+    def __init__(self, swap_on_epoch=False):
+        self.swap_on_epoch, self.trained = swap_on_epoch, None     # trained: the values put aside
+
+    @property
+    def averages_in_model(self):
+        return self.trained is not None
+
+    def put_averages_in(self):
+        optimizer, weights = self.model.optimizer, self.model.trainable_weights
+        if not optimizer.use_ema:
+            raise ValueError("SwapEMAWeights: the model's optimizer keeps no moving averages; compile it "
+                             "with use_ema=True")
+        self.trained = [w.value.copy() for w in weights]
+        optimizer.finalize_variable_values(weights)
+
+    def put_trained_back(self):
+        for w, value in zip(self.model.trainable_weights, self.trained):
+            w.value[...] = value
+        self.trained = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.averages_in_model:
+            self.put_trained_back()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.swap_on_epoch and not self.averages_in_model:
+            self.put_averages_in()
+
+    def on_test_begin(self, logs=None):
+        if not self.averages_in_model:
+            self.put_averages_in()
+
+    def on_test_end(self, logs=None):
+        if self.averages_in_model and not self.swap_on_epoch:
+            self.put_trained_back()
+
+    def get_state(self):
+        arrays = {f"trained/{i:04d}": value for i, value in enumerate(self.trained or [])}
+        return {"averages_in_model": self.averages_in_model}, arrays
+
+    def set_state(self, config, arrays):
+        keys = sorted(k for k in arrays if k.startswith("trained/"))
+        self.trained = [np.array(arrays[k]) for k in keys] if config["averages_in_model"] else None
 
 
 class CSVLogger(Callback):

@@ -10,6 +10,11 @@ weight_decay=d (Keras 3) shrinks every weight before its step, w -= lr * d * w, 
 gradient ("decoupled", as AdamW): with Adam, an L2 penalty's gradient would be rescaled per weight.
 Keras 2's spellings work too: `lr=` for learning_rate, and `decay=d`, which trains step t
 with lr / (1 + d * t) (t counted from 0).
+use_ema=True (Keras 3) also keeps an exponential moving average of each weight after every step,
+    average = ema_momentum * average + (1 - ema_momentum) * w      (the first step: average = w)
+which `finalize_variable_values` (called by `fit` at its end) copies into the weights, and
+every `ema_overwrite_frequency` steps too when that is set: the average of the last few hundred
+steps generalizes better than the last step's weights (Polyak averaging).
 """
 import numpy as np
 
@@ -19,12 +24,18 @@ from .ops.elementwise import adam_update
 class Optimizer:
     slot_names = ()
 
-    def __init__(self, learning_rate, lr=None, decay=0.0, weight_decay=None):
+    def __init__(self, learning_rate, lr=None, decay=0.0, weight_decay=None, use_ema=False, ema_momentum=0.99,
+                 ema_overwrite_frequency=None):
         self.learning_rate = float(learning_rate if lr is None else lr)
         self.decay = float(decay)
         self.weight_decay = float(weight_decay or 0.0)
+        self.use_ema, self.ema_momentum = bool(use_ema), float(ema_momentum)
+        self.ema_overwrite_frequency = None if ema_overwrite_frequency is None else int(ema_overwrite_frequency)
+        if self.use_ema and not 0 <= self.ema_momentum <= 1:
+            raise ValueError(f"{type(self).__name__}: ema_momentum must be in [0, 1], received {ema_momentum!r}")
         self.iterations = 0
         self.slots = {}          # Weight -> {slot name: array}
+        self.averages = {}       # Weight -> its moving average (use_ema)
 
     def apply_gradients(self, weights):
         """One step on every weight with a gradient (weights: the model's trainable_weights)."""
@@ -38,16 +49,38 @@ class Optimizer:
             if self.weight_decay:
                 w.value *= 1 - lr * self.weight_decay        # in place: no temporary per step
             self.update(w.value, w.grad.astype(w.value.dtype, copy=False), self.slots[w], lr)
+        if self.use_ema:
+            self.update_averages(weights)
 
-    def update(self, value, grad, slots, lr):
-        """One step on `value` in place, at learning rate `lr`."""
-        raise NotImplementedError
+    # ---- moving averages of the weights (use_ema) ----------------------------------------------
+    def update_averages(self, weights):
+        """average = m * average + (1 - m) * w for every weight that has a gradient (the first time:
+        average = w); every ema_overwrite_frequency steps, the weights take their averages."""
+        m = self.ema_momentum
+        for w in weights:
+            if w.grad is None:
+                continue
+            average = self.averages.get(w)
+            if average is None:
+                self.averages[w] = w.value.copy()
+            else:
+                average *= m
+                average += (1 - m) * w.value
+        if self.ema_overwrite_frequency and self.iterations % self.ema_overwrite_frequency == 0:
+            self.finalize_variable_values(weights)
+
+    def finalize_variable_values(self, var_list):
+        """The weights take their moving averages (with use_ema; otherwise nothing), as Keras'."""
+        for w in var_list:
+            if self.use_ema and w in self.averages:
+                w.value[...] = self.averages[w]
 
     # ---- state, for checkpoints that resume exactly ------------------------------------------
     def get_state(self, weights):
         """Arrays and numbers that restore this optimizer for `weights` (in that order)."""
         arrays = {f"{i}/{name}": array for i, w in enumerate(weights) if w in self.slots
                   for name, array in self.slots[w].items()}
+        arrays.update({f"{i}/ema": self.averages[w] for i, w in enumerate(weights) if w in self.averages})
         return {"iterations": self.iterations, "learning_rate": self.learning_rate}, arrays
 
     def set_state(self, weights, config, arrays):
@@ -61,10 +94,18 @@ class Optimizer:
                         raise ValueError(f"{type(self).__name__} state {k} has shape {arrays[k].shape}, "
                                          f"but weight {w.name} has shape {w.shape}")
                 self.slots[w] = {name: np.array(arrays[k], dtype=w.value.dtype) for name, k in keys.items()}
+        self.averages = {}
+        for i, w in enumerate(weights):
+            if f"{i}/ema" in arrays:
+                if arrays[f"{i}/ema"].shape != w.shape:
+                    raise ValueError(f"{type(self).__name__} state {i}/ema has shape {arrays[f'{i}/ema'].shape}, "
+                                     f"but weight {w.name} has shape {w.shape}")
+                self.averages[w] = np.array(arrays[f"{i}/ema"], dtype=w.value.dtype)
 
     def get_config(self):
         return {"class_name": type(self).__name__, "learning_rate": self.learning_rate, "decay": self.decay,
-                "weight_decay": self.weight_decay}
+                "weight_decay": self.weight_decay, "use_ema": self.use_ema, "ema_momentum": self.ema_momentum,
+                "ema_overwrite_frequency": self.ema_overwrite_frequency}
 
 
 class SGD(Optimizer):

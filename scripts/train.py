@@ -83,6 +83,9 @@ def parse_args(argv):
                         "(fer/distill.py)")
     p.add_argument("--distill", type=open_fraction, metavar="A",
                    help="with --teacher: train on (1 - A) * label + A * teachers' probabilities (default 0.5)")
+    p.add_argument("--ema", type=open_fraction, metavar="M",
+                   help="validate, checkpoint and save the weights' moving average, average = M * average + "
+                        "(1 - M) * weights after every step (Keras' use_ema; e.g. 0.999)")
     p.add_argument("--l2-regularization", type=non_negative, metavar="L2",
                    help="the kernels' L2 factor of a model that has one (mini_xception; its seed: 0.01)")
     p.add_argument("--out", help="parent folder of the run folder (default runs/)")
@@ -154,7 +157,7 @@ def config_from_args(args):
                                                 "lr", "augment", "class_weight", "seed", "split_seed", "limit", "out",
                                                 "val_fraction", "lr_drops", "lr_patience", "patience", "skip_bad_rows",
                                                 "nesterov", "weight_decay", "label_smoothing", "erasing", "precise_bn",
-                                                "teacher", "distill", "l2_regularization")}
+                                                "teacher", "distill", "ema", "l2_regularization")}
     return TrainConfig.for_model(args.model, args.data, fast=not args.no_fast, **overrides)
 
 

@@ -441,3 +441,59 @@ def test_python_m_minicnn_gradcheck_exits_non_zero_on_failure():
             "runpy.run_module('minicnn.gradcheck', run_name='__main__')")   # as python -m runs it
     result = run_python(code)
     assert result.returncode == 1 and "FAIL" in result.stdout
+
+
+# ---- moving averages of the weights (Keras 3's use_ema, SwapEMAWeights) -------------------------
+class StepRecorder(Callback):
+    """The weights and the optimizer's averages after every training step."""
+
+    def __init__(self):
+        self.weights, self.averages = [], []
+
+    def on_train_batch_end(self, batch, logs=None):
+        trainable = self.model.trainable_weights
+        self.weights.append([w.value.copy() for w in trainable])
+        self.averages.append([self.model.optimizer.averages[w].copy() for w in trainable])
+
+
+def test_use_ema_keeps_the_moving_average_and_fit_ends_on_it():
+    x, y = data(32)
+    model = small_model(optimizer=optimizers.Adam(0.05, use_ema=True, ema_momentum=0.6))
+    steps = StepRecorder()
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0, callbacks=[steps])
+    expected = steps.weights[0]                               # the first step's average: its weights
+    for weights in steps.weights[1:]:
+        expected = [0.6 * e + 0.4 * w for e, w in zip(expected, weights)]
+    for got, want in zip(model.get_weights(), expected):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+    assert not np.allclose(model.get_weights()[0], steps.weights[-1][0])    # not the last step's weights
+
+
+def test_ema_overwrite_frequency_puts_the_averages_into_the_weights_every_n_steps():
+    x, y = data(32)
+    model = small_model(optimizer=optimizers.Adam(0.05, use_ema=True, ema_momentum=0.6, ema_overwrite_frequency=2))
+    steps = StepRecorder()
+    model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0, callbacks=[steps])
+    same = [all(np.array_equal(w, a) for w, a in zip(ws, avs)) for ws, avs in zip(steps.weights, steps.averages)]
+    assert same == [True, True, False, True]      # step 1: the average is the weights; then every second step
+
+
+def test_swap_ema_weights_validates_and_checkpoints_the_averages(tmp_path):
+    from minicnn.callbacks import SwapEMAWeights
+    x, y = data(32)
+    x_val, y_val = data(16, seed=1)
+
+    def fit(*callbacks):
+        model = small_model(optimizer=optimizers.Adam(0.05, use_ema=True, ema_momentum=0.6))
+        history = model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0, validation_data=(x_val, y_val),
+                            callbacks=list(callbacks))
+        return model, history.history["val_loss"][-1]
+
+    plain, plain_val = fit()
+    swapped, swapped_val = fit(SwapEMAWeights(swap_on_epoch=True), ModelCheckpoint(str(tmp_path / "m.npz")))
+    after_fit = swapped.evaluate(x_val, y_val, verbose=0)[0]         # fit ended on the averages
+    assert swapped_val == pytest.approx(after_fit) and plain_val != pytest.approx(after_fit)
+    assert_same_weights(minicnn.load_model(tmp_path / "m.npz").get_weights(), swapped.get_weights())
+    assert_same_weights(plain.get_weights(), swapped.get_weights())  # swapping changed no training step
+    with pytest.raises(ValueError, match="use_ema=True"):
+        small_model().fit(x, y, epochs=1, verbose=0, validation_data=(x_val, y_val), callbacks=[SwapEMAWeights()])

@@ -149,9 +149,12 @@ class InterruptAt(minicnn.callbacks.Callback):
             raise KeyboardInterrupt
 
 
-def test_interrupted_and_resumed_run_ends_with_the_same_weights(data_csv, tmp_path):
+@pytest.mark.parametrize("ema", [0.0, 0.9], ids=["weights", "moving_average"])
+def test_interrupted_and_resumed_run_ends_with_the_same_weights(data_csv, tmp_path, ema):
+    """Also with --ema: the checkpoint holds the averages in the model and the trained weights aside."""
     def config(out):
-        return TrainConfig.for_model("mini_xception", data_csv, epochs=3, batch_size=16, seed=5, out=str(tmp_path / out))
+        return TrainConfig.for_model("mini_xception", data_csv, epochs=3, batch_size=16, seed=5, ema=ema,
+                                     out=str(tmp_path / out))
 
     straight = train(config("a"), verbose=0)
     with pytest.raises(TrainingInterrupted) as interrupted:

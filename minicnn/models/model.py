@@ -194,6 +194,7 @@ class Model(Network):
         class_weight = self._fit_class_weight(class_weight, batches)
         history = History()
         callbacks = self._callbacks([c for c in (callbacks or []) if not isinstance(c, History)] + [history])
+        _each(callbacks, "set_params", {"epochs": epochs, "verbose": verbose, "steps": len(batches)})
         self.stop_training = False
         _each(callbacks, "on_train_begin")
         for epoch in range(initial_epoch, epochs):
@@ -210,6 +211,8 @@ class Model(Network):
             _each(callbacks, "on_epoch_end", epoch, logs)
             if self.stop_training:
                 break
+        if epochs > initial_epoch:
+            self.optimizer.finalize_variable_values(self.trainable_weights)     # use_ema: the averages
         _each(callbacks, "on_train_end")
         return history
 
