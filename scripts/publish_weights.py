@@ -47,18 +47,27 @@ def same_figures(a, b):
 def card(name, run, config, history, result, size_mb, float16, test_name):
     recall = ", ".join(f"{k} {v['recall']:.3f}" for k, v in result[False]["per_class"].items())
     prep = config["args"]
-    val = history.get("val_accuracy", [float("nan")])
-    best = int(np.nanargmax(val))
     return f"""## `{name}.npz`
 - architecture: `{prep['model']}` (fer/models.py), input {prep['input_size']}x{prep['input_size']} grayscale, scale `{prep['scale']}`; labels {', '.join(result[False]['labels'])}
 - command: `{config.get('command') or 'python scripts/train.py --model ' + prep['model'] + ' --data ' + prep['data']}`
 - epochs: {len(history.get('loss', []))}, wall time {sum(history.get('seconds', [])) / 3600:.2f} h on this 2-core machine{f"; resumed {len(config['resumed'])} time(s)" if config.get('resumed') else ''}; {config['split']}
-- best validation accuracy {val[best]:.4f} at epoch {best + 1} (counted from 1): that epoch's weights are the file
+- {chosen_epoch(history)}
 - {test_name} (never used for any choice): accuracy {result[False]['accuracy']:.4f} ({result[True]['accuracy']:.4f} with flip averaging, `--tta`), macro-F1 {result[False]['macro_f1']:.4f} ({result[True]['macro_f1']:.4f})
 - per-class recall: {recall}
 - confusion matrix: `{name}_confusion.png`; file {size_mb:.1f} MB{' (float16 weights, same accuracy as float32)' if float16 else ''}
 - limits: FER2013 faces are 48x48 web images; webcam faces differ in light, pose and sharpness
 """
+
+
+def chosen_epoch(history):
+    """The card's line on which epoch's weights the file holds: the best validation accuracy's, or
+    the last epoch's in a final fit (a run without validation faces)."""
+    val = history.get("val_accuracy", [])
+    if not val:
+        return (f"final fit, no validation faces: the last epoch's weights (epoch {len(history.get('loss', []))}) "
+                f"are the file")
+    best = int(np.nanargmax(val))
+    return f"best validation accuracy {val[best]:.4f} at epoch {best + 1} (counted from 1): that epoch's weights are the file"
 
 
 def main(argv=None):

@@ -268,6 +268,9 @@ def test_a_final_fit_trains_on_all_of_training_and_keeps_its_last_epoch(data_csv
     resumed = train(config("b"), resume_dir=interrupted.value.run, verbose=0)
     _, again = io.read_npz(resumed / "model.npz")
     assert all(np.array_equal(model[key], again[key]) for key in shared)
+    published = run_script("publish_weights.py", straight, "final", "--out", tmp_path / "published")
+    assert published.returncode == 0, published.stderr
+    assert "final fit, no validation faces: the last epoch's weights (epoch 3)" in published.stdout
     refused = run_script("train.py", "--model", "cnn4", "--data", data_csv, "--val-fraction", 0, "--patience", 3)
     assert refused.returncode == 2 and "--patience watches val_accuracy" in refused.stderr
 
