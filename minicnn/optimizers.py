@@ -52,6 +52,10 @@ class Optimizer:
         if self.use_ema:
             self.update_averages(weights)
 
+    def update(self, value, grad, slots, lr):
+        """One step on `value` in place, at learning rate `lr`."""
+        raise NotImplementedError
+
     # ---- moving averages of the weights (use_ema) ----------------------------------------------
     def update_averages(self, weights):
         """average = m * average + (1 - m) * w for every weight that has a gradient (the first time:
@@ -85,22 +89,20 @@ class Optimizer:
 
     def set_state(self, weights, config, arrays):
         self.iterations, self.learning_rate = int(config["iterations"]), float(config["learning_rate"])
-        self.slots = {}
+        self.slots, self.averages = {}, {}
         for i, w in enumerate(weights):
             keys = {name: f"{i}/{name}" for name in self.slot_names}
             if keys and all(k in arrays for k in keys.values()):
-                for k in keys.values():
-                    if arrays[k].shape != w.shape:
-                        raise ValueError(f"{type(self).__name__} state {k} has shape {arrays[k].shape}, "
-                                         f"but weight {w.name} has shape {w.shape}")
-                self.slots[w] = {name: np.array(arrays[k], dtype=w.value.dtype) for name, k in keys.items()}
-        self.averages = {}
-        for i, w in enumerate(weights):
+                self.slots[w] = {name: self.restored(arrays, k, w) for name, k in keys.items()}
             if f"{i}/ema" in arrays:
-                if arrays[f"{i}/ema"].shape != w.shape:
-                    raise ValueError(f"{type(self).__name__} state {i}/ema has shape {arrays[f'{i}/ema'].shape}, "
-                                     f"but weight {w.name} has shape {w.shape}")
-                self.averages[w] = np.array(arrays[f"{i}/ema"], dtype=w.value.dtype)
+                self.averages[w] = self.restored(arrays, f"{i}/ema", w)
+
+    def restored(self, arrays, key, w):
+        """arrays[key] in w's dtype; ValueError naming both when its shape is not w's."""
+        if arrays[key].shape != w.shape:
+            raise ValueError(f"{type(self).__name__} state {key} has shape {arrays[key].shape}, "
+                             f"but weight {w.name} has shape {w.shape}")
+        return np.array(arrays[key], dtype=w.value.dtype)
 
     def get_config(self):
         return {"class_name": type(self).__name__, "learning_rate": self.learning_rate, "decay": self.decay,

@@ -53,7 +53,8 @@ def parse_args(argv):
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="flip, shift, rotation and zoom augmentation (default on)")
     p.add_argument("--class-weight", choices=["none", "balanced"])
-    p.add_argument("--seed", type=non_negative_int, help="seeds the weights, shuffling, augmentation and (without --split-seed) the split")
+    p.add_argument("--seed", type=non_negative_int,
+                   help="seeds the weights, shuffling, augmentation and (without --split-seed) the split")
     p.add_argument("--split-seed", type=non_negative_int,
                    help="seeds the split (and --limit's faces) instead of --seed: runs of several seeds on "
                         "one validation slice, e.g. one a teacher was trained on")
