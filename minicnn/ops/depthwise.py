@@ -279,8 +279,7 @@ def depthwise_conv_backward_numba(dy, x, kernel, strides, pads, need_input_gradi
     n = x.shape[0]
     kh, kw, c, m = kernel.shape
     if rows_pay(kernel, strides):
-        dx = np.empty_like(x) if need_input_gradient else None      # the row kernel zeroes it image by image
-        return dx, _rows_backward(dy, x, kernel, dx, pads)
+        return _rows_backward(dy, x, kernel, pads, need_input_gradient)
     dx = np.zeros_like(x) if need_input_gradient else None
     dk_per_image = np.zeros((n, kh, kw, c * m), dtype=x.dtype)
     with perf.kernel_threads(x.size * kh * kw):
@@ -289,15 +288,17 @@ def depthwise_conv_backward_numba(dy, x, kernel, strides, pads, need_input_gradi
     return dx, dk_per_image.sum(axis=0).reshape(kh, kw, c, m)
 
 
-def _rows_backward(dy, x, kernel, dx, pads):
-    """dkernel (kh, kw, C, 1) by the row kernels, which write the input gradient into dx (or skip it: None)."""
+def _rows_backward(dy, x, kernel, pads, need_input_gradient):
+    """(dx or None, dkernel (kh, kw, C, 1)) by the row kernels; dx starts empty: the kernel zeroes
+    each image just before summing into it."""
+    dx = np.empty_like(x) if need_input_gradient else None
     n, _, wo, c = dy.shape
     kh, kw = kernel.shape[:2]
     dk_rows = np.zeros((min(n, BLOCKS), kh, kw, wo * c), dtype=x.dtype)
     with perf.kernel_threads(x.size * kh * kw):
         _depthwise_rows_backward_kernel(runs(dy), runs(x), kernel_rows(kernel, wo, x.dtype),
                                         None if dx is None else runs(dx), dk_rows, c, pads[0][0], pads[1][0])
-    return dk_rows.sum(axis=0).reshape(kh, kw, wo, c).sum(axis=2).reshape(kh, kw, c, 1)
+    return dx, dk_rows.sum(axis=0).reshape(kh, kw, wo, c).sum(axis=2).reshape(kh, kw, c, 1)
 
 
 # ----------------------------------------------------------------------------------------
