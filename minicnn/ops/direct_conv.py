@@ -142,12 +142,49 @@ def _gather_tile(x, n, ho0, rows_in, sh, sw, top, left, wq, xts, b):
 
 
 @njit(inline="always")
+def _window_3x3(k, x):
+    """sum of the nine products k[i] * x[i] (a 3x3 window's taps and inputs, row by row)."""
+    return (k[0] * x[0] + k[1] * x[1] + k[2] * x[2] + k[3] * x[3] + k[4] * x[4] + k[5] * x[5]
+            + k[6] * x[6] + k[7] * x[7] + k[8] * x[8])
+
+
+@njit(inline="always")
+def _taps_3x3(kernel, c, f):
+    """K[:, :, c, f]'s nine numbers, row by row."""
+    return (kernel[0, 0, c, f], kernel[0, 1, c, f], kernel[0, 2, c, f], kernel[1, 0, c, f], kernel[1, 1, c, f],
+            kernel[1, 2, c, f], kernel[2, 0, c, f], kernel[2, 1, c, f], kernel[2, 2, c, f])
+
+
+@njit(inline="always")
+def _forward_3x3_pairs(xts, kernel, accs, b, t_n, wq, pairs):
+    """_forward_taps for a 3x3 window at stride 1 on filters [0, 2*pairs): two filters and all nine
+    taps of a channel in one loop, so each input number is loaded once for 18 multiply-adds and
+    each accumulator read and written once a channel."""
+    c_n = kernel.shape[2]
+    for p in range(pairs):
+        acc0, acc1 = accs[b, 2 * p, :t_n], accs[b, 2 * p + 1, :t_n]
+        for t in range(t_n):
+            acc0[t] = 0
+            acc1[t] = 0
+        for c in range(c_n):
+            r0, r1, r2 = xts[b, c, :t_n + 2], xts[b, c, wq:wq + t_n + 2], xts[b, c, 2 * wq:2 * wq + t_n + 2]
+            k0, k1 = _taps_3x3(kernel, c, 2 * p), _taps_3x3(kernel, c, 2 * p + 1)
+            for t in range(t_n):
+                window = (r0[t], r0[t + 1], r0[t + 2], r1[t], r1[t + 1], r1[t + 2], r2[t], r2[t + 1], r2[t + 2])
+                acc0[t] += _window_3x3(k0, window)
+                acc1[t] += _window_3x3(k1, window)
+
+
+@njit(inline="always")
 def _forward_taps(xts, kernel, accs, b, t_n, sh, sw, wq):
     """accs[b, f, :t_n] = sum over taps and channels of K[i, j, c, f] * (the run of xt they read).
     A row of three taps at width-stride 1 is one loop of three products: acc is read and written
-    once for three multiply-adds instead of once for each."""
+    once for three multiply-adds instead of once for each; a 3x3 window at stride 1 goes by pairs
+    of filters (_forward_3x3_pairs), an odd last filter by rows."""
     kh, kw, c_n, f_n = kernel.shape
-    for f in range(f_n):
+    pairs = f_n // 2 if kh == 3 and kw == 3 and sh == 1 and sw == 1 else 0
+    _forward_3x3_pairs(xts, kernel, accs, b, t_n, wq, pairs)
+    for f in range(2 * pairs, f_n):
         acc = accs[b, f, :t_n]
         for t in range(t_n):
             acc[t] = 0
@@ -221,16 +258,48 @@ def _gather_gradient(dz, n, ho0, r_n, wq, lead, dzts, b):
 
 
 @njit(inline="always")
+def _add_products_3x3(sums, g, x):
+    """sums[i] + g * x[i] for the nine taps of a 3x3 window."""
+    return (sums[0] + g * x[0], sums[1] + g * x[1], sums[2] + g * x[2], sums[3] + g * x[3], sums[4] + g * x[4],
+            sums[5] + g * x[5], sums[6] + g * x[6], sums[7] + g * x[7], sums[8] + g * x[8])
+
+
+@njit(inline="always")
+def _kernel_gradient_3x3_pairs(xts, dzts, dks, b, t_n, wq, lead, pairs):
+    """_kernel_gradient_taps for a 3x3 window at stride 1 on filters [0, 2*pairs): the nine taps
+    of a channel and two filters in one loop (18 sums), each input number loaded once for 18
+    multiply-adds."""
+    c_n, zero = dks.shape[3], dks.dtype.type(0)
+    for c in range(c_n):
+        r0, r1, r2 = xts[b, c, :t_n + 2], xts[b, c, wq:wq + t_n + 2], xts[b, c, 2 * wq:2 * wq + t_n + 2]
+        for p in range(pairs):
+            g0, g1 = dzts[b, 2 * p, lead:lead + t_n], dzts[b, 2 * p + 1, lead:lead + t_n]
+            s0 = (zero, zero, zero, zero, zero, zero, zero, zero, zero)
+            s1 = s0
+            for t in range(t_n):
+                window = (r0[t], r0[t + 1], r0[t + 2], r1[t], r1[t + 1], r1[t + 2], r2[t], r2[t + 1], r2[t + 2])
+                s0 = _add_products_3x3(s0, g0[t], window)
+                s1 = _add_products_3x3(s1, g1[t], window)
+            for k in range(9):
+                dks[b, k // 3, k % 3, c, 2 * p] += s0[k]
+                dks[b, k // 3, k % 3, c, 2 * p + 1] += s1[k]
+
+
+@njit(inline="always")
 def _kernel_gradient_taps(xts, dzts, dks, b, t_n, sh, sw, wq, lead):
     """dks[b, i, j, c, f] += <the run of xt tap (i, j) reads on channel c, dzt[f]> (dzt[f] starts
-    `lead` numbers into its row of dzts)."""
+    `lead` numbers into its row of dzts). A 3x3 window at stride 1 goes by pairs of filters
+    (_kernel_gradient_3x3_pairs), an odd last filter tap by tap."""
     _, kh, kw, c_n, f_n = dks.shape
+    pairs = f_n // 2 if kh == 3 and kw == 3 and sh == 1 and sw == 1 else 0
+    _kernel_gradient_3x3_pairs(xts, dzts, dks, b, t_n, wq, lead, pairs)
+    f_lo = 2 * pairs
     for i in range(kh):
         for j in range(kw):
             off = (i // sh) * wq + j // sw
             for c in range(c_n):
                 run = xts[b, (c * sh + i % sh) * sw + j % sw, off:off + t_n]
-                for f in range(0, f_n - 3, 4):          # four filters a pass: each x number loaded once for four
+                for f in range(f_lo, f_n - 3, 4):       # four filters a pass: each x number loaded once for four
                     g0, g1 = dzts[b, f, lead:lead + t_n], dzts[b, f + 1, lead:lead + t_n]
                     g2, g3 = dzts[b, f + 2, lead:lead + t_n], dzts[b, f + 3, lead:lead + t_n]
                     sums = dks[b, i, j, c]
@@ -241,7 +310,7 @@ def _kernel_gradient_taps(xts, dzts, dks, b, t_n, sh, sw, wq, lead):
                         s2 += run[t] * g2[t]
                         s3 += run[t] * g3[t]
                     sums[f], sums[f + 1], sums[f + 2], sums[f + 3] = s0, s1, s2, s3
-                for f in range(f_n - f_n % 4, f_n):
+                for f in range(f_n - (f_n - f_lo) % 4, f_n):
                     gradient = dzts[b, f, lead:lead + t_n]
                     total = dks[b, i, j, c, f]      # x.dtype (a literal 0 would make it float64)
                     for t in range(t_n):
@@ -250,20 +319,57 @@ def _kernel_gradient_taps(xts, dzts, dks, b, t_n, sh, sw, wq, lead):
 
 
 @njit(inline="always")
+def _shifted_runs_3x3(g, lead, wq, length):
+    """The nine runs of dzt a 3x3 window's taps (row by row) read for the input numbers v < length:
+    run_ij[v] = g[lead + v - i*wq - j]."""
+    return (g[lead:lead + length], g[lead - 1:lead - 1 + length], g[lead - 2:lead - 2 + length],
+            g[lead - wq:lead - wq + length], g[lead - wq - 1:lead - wq - 1 + length],
+            g[lead - wq - 2:lead - wq - 2 + length], g[lead - 2 * wq:lead - 2 * wq + length],
+            g[lead - 2 * wq - 1:lead - 2 * wq - 1 + length], g[lead - 2 * wq - 2:lead - 2 * wq - 2 + length])
+
+
+@njit(inline="always")
+def _at(runs, v):
+    """The v-th number of each of nine runs."""
+    return (runs[0][v], runs[1][v], runs[2][v], runs[3][v], runs[4][v], runs[5][v], runs[6][v], runs[7][v],
+            runs[8][v])
+
+
+@njit(inline="always")
+def _input_gradient_3x3_pairs(dzts, kernel, dxts, b, t_n, wq, lead, pairs):
+    """_input_gradient_taps for a 3x3 window at stride 1 on filters [0, 2*pairs): each number of a
+    channel's run of dxt gathers its nine taps of two filters, dxt[v] += sum K[i, j, c, f] *
+    dzt[f][v - i*wq - j], read and written once a pair (lead = 2*wq + 2 zeros either side of dzt)."""
+    c_n, length = kernel.shape[2], t_n + 2 * wq + 2
+    for c in range(c_n):
+        run = dxts[b, c, :length]
+        for p in range(pairs):
+            k0, k1 = _taps_3x3(kernel, c, 2 * p), _taps_3x3(kernel, c, 2 * p + 1)
+            g0 = _shifted_runs_3x3(dzts[b, 2 * p], lead, wq, length)
+            g1 = _shifted_runs_3x3(dzts[b, 2 * p + 1], lead, wq, length)
+            for v in range(length):
+                run[v] += _window_3x3(k0, _at(g0, v)) + _window_3x3(k1, _at(g1, v))
+
+
+@njit(inline="always")
 def _input_gradient_taps(dzts, kernel, dxts, b, t_n, sh, sw, wq, lead):
     """The adjoint of _forward_taps: dxts[b]'s runs = sum of K[i, j, c, f] * dzt[f]. A row of three
     taps at width-stride 1 is gathered, dxt[u] += k0 dzt[u] + k1 dzt[u - 1] + k2 dzt[u - 2] (the
-    lead's zeros stand in for dzt before and after the run): each dxt number written once a row."""
+    lead's zeros stand in for dzt before and after the run): each dxt number written once a row.
+    A 3x3 window at stride 1 goes by pairs of filters (_input_gradient_3x3_pairs), an odd last
+    filter by rows."""
     kh, kw, c_n, f_n = kernel.shape
     for p in range(dxts.shape[1]):
         for t in range(dxts.shape[2]):
             dxts[b, p, t] = 0
+    pairs = f_n // 2 if kh == 3 and kw == 3 and sh == 1 and sw == 1 else 0
+    _input_gradient_3x3_pairs(dzts, kernel, dxts, b, t_n, wq, lead, pairs)
     for i in range(kh):
         for c in range(c_n):
             if sw == 1 and kw == 3:
                 run = dxts[b, c * sh + i % sh, (i // sh) * wq:(i // sh) * wq + t_n + 2]
-                for f in range(f_n):
-                    padded = dzts[b, f, :t_n + 4]          # padded[2 + t] = dzt[t] (lead = kw - 1 = 2)
+                for f in range(2 * pairs, f_n):
+                    padded = dzts[b, f, lead - 2:lead + t_n + 2]       # padded[2 + t] = dzt[t]
                     k0, k1, k2 = kernel[i, 0, c, f], kernel[i, 1, c, f], kernel[i, 2, c, f]
                     for u in range(t_n + 2):
                         run[u] += k0 * padded[u + 2] + k1 * padded[u + 1] + k2 * padded[u]
@@ -295,11 +401,11 @@ def _add_tile(dxts, dx, n, ho0, rows_in, sh, sw, top, left, wq, b):
 
 
 @njit(cache=True, parallel=True, fastmath=FAST, error_model="numpy")
-def _backward_kernel(dz, x, kernel, dks, dx, xts, dzts, dxts, sh, sw, top, left, rows):
+def _backward_kernel(dz, x, kernel, dks, dx, xts, dzts, dxts, sh, sw, top, left, rows, lead):
     # dks (blocks, kh, kw, C, F) zeros; dx (N, H, W, C) of any values, each image zeroed by the
     # thread that sums into it (in cache, in parallel), or None (numba compiles each case apart):
     # no dx; xts, dxts (blocks, C*sh*sw, L) and dzts (blocks, F,
-    # rows*Wq + 2*(kw-1)) scratch
+    # rows*Wq + 2*lead) scratch, lead from gradient_lead
     n_img, ho_n, wo_n, _ = dz.shape
     kh, kw = kernel.shape[0], kernel.shape[1]
     wq = wo_n + (kw - 1) // sw
@@ -312,10 +418,10 @@ def _backward_kernel(dz, x, kernel, dks, dx, xts, dzts, dxts, sh, sw, top, left,
             for ho0 in range(0, ho_n, rows):
                 r_n = min(rows, ho_n - ho0)
                 _gather_tile(x, n, ho0, r_n + (kh - 1) // sh, sh, sw, top, left, wq, xts, b)
-                _gather_gradient(dz, n, ho0, r_n, wq, kw - 1, dzts, b)
-                _kernel_gradient_taps(xts, dzts, dks, b, r_n * wq, sh, sw, wq, kw - 1)
+                _gather_gradient(dz, n, ho0, r_n, wq, lead, dzts, b)
+                _kernel_gradient_taps(xts, dzts, dks, b, r_n * wq, sh, sw, wq, lead)
                 if dx is not None:
-                    _input_gradient_taps(dzts, kernel, dxts, b, r_n * wq, sh, sw, wq, kw - 1)
+                    _input_gradient_taps(dzts, kernel, dxts, b, r_n * wq, sh, sw, wq, lead)
                     _add_tile(dxts, dx, n, ho0, r_n + (kh - 1) // sh, sh, sw, top, left, wq, b)
 
 
@@ -330,6 +436,13 @@ def tile_geometry(kernel_shape, strides, ho, wo):
     wq = wo + (kw - 1) // sw
     rows = max(1, min(ho, perf.DIRECT_CONV_TILE // wq))
     return rows, wq, (rows + (kh - 1) // sh) * wq + (kw - 1) // sw
+
+
+def gradient_lead(kernel_shape, strides, wq):
+    """The zeros before (and after) each run of dz in the backward's tile: kw - 1 for a row of
+    taps, 2*Wq + 2 for a 3x3 window at stride 1 (its taps reach two rows back)."""
+    kh, kw = kernel_shape[:2]
+    return 2 * wq + 2 if (kh, kw) == (3, 3) and tuple(strides) == (1, 1) else kw - 1
 
 
 def direct_conv2d_numba(x, kernel, strides, pads, out=None, moments=None):
@@ -362,12 +475,13 @@ def direct_conv2d_backward_numba(dz, x, kernel, strides, pads, need_input_gradie
     rows, wq, length = tile_geometry(kernel.shape, strides, ho, wo)
     blocks = min(BLOCKS, n)
     xts = np.empty((blocks, x.shape[3] * strides[0] * strides[1], length), x.dtype)
-    dzts = np.empty((blocks, f, rows * wq + 2 * (kernel.shape[1] - 1)), x.dtype)
+    lead = gradient_lead(kernel.shape, strides, wq)
+    dzts = np.empty((blocks, f, rows * wq + 2 * lead), x.dtype)
     dks = np.zeros((blocks,) + kernel.shape, x.dtype)
     dx = np.empty_like(x) if need_input_gradient else None     # the kernel zeroes it image by image
     dxts = np.empty_like(xts)      # unused without dx
     with perf.kernel_threads(dz.size * kernel.shape[0] * kernel.shape[1]):
-        _backward_kernel(dz, x, kernel, dks, dx, xts, dzts, dxts, *strides, pads[0][0], pads[1][0], rows)
+        _backward_kernel(dz, x, kernel, dks, dx, xts, dzts, dxts, *strides, pads[0][0], pads[1][0], rows, lead)
     return dx, dks.sum(axis=0)
 
 
