@@ -12,7 +12,8 @@ turns, it measures, in float32:
   train      images/s of `model.train_on_batch` (Adam, batch 64 by default) after warm-up
              steps, median of `--repeats` timings of `--steps` steps each;
   infer b=1  latency of one image through `model.forward(training=False)`, median; minicnn's in a
-             process of its own with the OpenBLAS setting of the webcam (fer/process.py);
+             process of its own with the OpenBLAS setting of the webcam (fer/process.py), the
+             compiled path frozen as the webcam loads it (minicnn.compiler.freeze);
   infer b=256  images/s of `model.predict` on 256 images at once;
   peak MiB   ru_maxrss of a fresh subprocess that builds the model and trains a few
              batches (tracemalloc misses arrays numba allocates, getrusage does not); the
@@ -63,6 +64,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import numba  # noqa: E402
 
 import minicnn  # noqa: E402
+from minicnn.compiler import freeze  # noqa: E402
 from minicnn.layers import conv as conv_layers, core as core_layers  # noqa: E402
 from minicnn.ops import conv as conv_ops, winograd  # noqa: E402
 from fer import models as fer_models  # noqa: E402
@@ -113,9 +115,11 @@ def timed(fn, repeats):
 class Minicnn:
     """The three timings of one minicnn model on one path, each a callable run by `measure`."""
 
-    def __init__(self, name, batch_size, path="compiled"):
+    def __init__(self, name, batch_size, path="compiled", frozen=False):
         self.path = path
         self.model = build(name, path=path)
+        if frozen:
+            freeze(self.model)          # inference alone, as fer.inference loads a model for the webcam
         self.x, self.y = batch(self.model, batch_size)
         self.x1 = self.x[:1]
         self.x256, _ = batch(self.model, 256, seed=1)
@@ -420,7 +424,7 @@ def serve(runner, info):
 
 
 def one_face_worker(name, path):
-    serve(Minicnn(name, 1, path), f"OPENBLAS_THREAD_TIMEOUT={os.environ.get('OPENBLAS_THREAD_TIMEOUT')}")
+    serve(Minicnn(name, 1, path, frozen=path == "compiled"), f"OPENBLAS_THREAD_TIMEOUT={os.environ.get('OPENBLAS_THREAD_TIMEOUT')}")
 
 
 def torch_worker(name, batch_size, threads, layout):

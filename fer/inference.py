@@ -52,8 +52,9 @@ class EmotionClassifier:
 def load_fer_model(path, fast=True):
     """(model, labels, Preprocessing) from a minicnn model file with fer's metadata, or from a
     run folder of scripts/train.py (its model.npz). The one loader every script uses.
-    fast: the model runs as the compiler's fused steps (jit_compile, minicnn/compiler/), else
-    as its textbook layers; both give the same probabilities.
+    fast: the model runs as the compiler's frozen inference steps (minicnn.compiler.freeze: fused
+    steps, each BatchNormalization folded into the convolution before it), else as its textbook
+    layers; both give the same probabilities.
 
     The metadata is checked against the network before any face is fed: one label per
     output, the preprocessing's face size equal to the model's (S, S, 1) input, and every
@@ -62,6 +63,7 @@ def load_fer_model(path, fast=True):
     """
     import minicnn  # here, so code that passes its own model object never needs it
     from minicnn import io
+    from minicnn.compiler import freeze
 
     path = model_file(path)
     try:
@@ -79,7 +81,9 @@ def load_fer_model(path, fast=True):
     if bad:
         raise ValueError(f"{path}: weights {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} hold inf or NaN "
                          f"(a diverged training run); the file cannot predict")
-    model.jit_compile = fast            # Keras' attribute: compiled on the first batch
+    model.jit_compile = fast            # Keras' attribute: a model that trains compiles again
+    if fast:
+        freeze(model)                   # inference steps, BatchNormalization folded in (minicnn/compiler/freeze.py)
     return model, labels, preprocessing
 
 

@@ -7,7 +7,7 @@ from tqdm.auto import tqdm
 
 from .. import backend, losses, optimizers, perf, saving
 from ..callbacks import History, check_hooks
-from ..compiler import compile_model
+from ..compiler import compile_model, freeze
 from ..sequence import ArrayBatches, Sequence, count, take
 from .network import Network
 from .summary import summary_lines
@@ -59,18 +59,21 @@ class Model(Network):
 
     def forward(self, x, training=False):
         """Network.forward on the steps to run: the graph's own layers under MINICNN_REFERENCE=1,
-        else the compiled steps once jit_compile asks for them (compiled here, on first use).
-        A small inference batch runs on one thread (perf.inference_threads)."""
+        else the compiled steps once jit_compile asks for them (compiled here, on first use), or
+        the frozen ones (compiler.freeze) in inference. A small inference batch runs on one thread
+        (perf.inference_threads)."""
         inputs = x if isinstance(x, (list, tuple)) else [x]
         with backend.reference_read_once():
-            self._choose_steps()
+            self._choose_steps(training)
             with perf.inference_threads(inputs, training, reference=backend.use_reference()):
                 return super().forward(x, training)
 
-    def _choose_steps(self):
+    def _choose_steps(self, training):
         if backend.use_reference():
             if self.steps_compiled:
                 self.set_steps(self.graph_steps())
+        elif self.steps_frozen and training:
+            compile_model(self)             # the frozen steps' folded weights cannot train
         elif self.jit_compile and self.steps and not self.steps_compiled:
             compile_model(self)
 
@@ -337,6 +340,16 @@ class Model(Network):
 
     def load_weights(self, path):
         saving.load_weights(self, path)
+        self._fold_again()
+
+    def set_weights(self, arrays):
+        super().set_weights(arrays)
+        self._fold_again()
+
+    def _fold_again(self):
+        """Frozen steps hold folded copies of the weights: fold the new ones."""
+        if self.steps_frozen:
+            freeze(self)
 
     def save(self, path, metadata=None, include_optimizer=False):
         """Architecture, weights, `metadata` (default: self.metadata) and the compile() settings in

@@ -85,7 +85,7 @@ class Network:
         self.name = name or backend.unique_name(backend.to_snake_case(type(self).__name__))
         self.nodes = []        # every layer, InputLayers included, in topological order
         self.steps = []        # what forward runs: see the module docstring
-        self.steps_compiled = False
+        self.steps_compiled = self.steps_frozen = False
         if inputs is not None:
             self.set_graph(inputs, outputs)
 
@@ -131,11 +131,12 @@ class Network:
         """Every layer of the graph on its own, reading what it was called on (InputLayers run first)."""
         return [(layer, self.inbound[layer]) for layer in self.nodes if self.inbound[layer]]
 
-    def set_steps(self, steps, compiled=False):
+    def set_steps(self, steps, compiled=False, frozen=False):
         """Run the model as `steps`, [(layer, the layers whose outputs it reads)] in order, the last
         computing the output; `first_layers` are those reading only the model's inputs.
-        compiled: the steps are the compiler's, not the graph's own layers."""
-        self.steps, self.steps_compiled = list(steps), compiled
+        compiled: the steps are the compiler's, not the graph's own layers; frozen: for inference
+        alone, from weights as they were then (compiler/freeze.py)."""
+        self.steps, self.steps_compiled, self.steps_frozen = list(steps), compiled, frozen
         self.first_layers = [layer for layer, sources in self.steps if set(sources) <= set(self.input_layers)]
 
     # ---- the two passes ----------------------------------------------------------------------

@@ -7,9 +7,9 @@ import numpy as np
 def reuse_or_new(out, shape, dtype, where):
     """`out` seen as `shape` when it fits (C-contiguous, this dtype, as many elements), or a new
     array when `out` is None; a ValueError naming `where` (the op and argument) otherwise."""
-    shape = tuple(int(s) for s in shape)
     if out is None:
         return np.empty(shape, dtype=dtype)
+    shape = tuple(int(s) for s in shape)
     if out.dtype != dtype or out.size != math.prod(shape) or not out.flags.c_contiguous:
         raise ValueError(f"{where} must be a C-contiguous {np.dtype(dtype).name} array of shape {shape}, "
                          f"received {out.dtype} {out.shape}")

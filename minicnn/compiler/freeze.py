@@ -1,0 +1,77 @@
+"""Inference steps with each BatchNormalization folded into the convolution before it.
+
+At inference a BatchNormalization is one affine map per channel, with s = gamma / sqrt(moving_var + eps):
+    BN(z) = (z - moving_mean) * s + beta,    z = conv(x, K) + b
+so  BN(conv(x, K) + b) = conv(x, K * s) + (b - moving_mean) * s + beta
+(K scaled along its output channels: a Conv2D's kernel, a SeparableConv2D's pointwise kernel).
+`freeze(model)` compiles the model (passes.py) and runs each step whose chain is such a product
+followed by a BatchNormalization (a ReLU, pool, dropout or residual Add may follow it) with the
+folded kernel and bias: one pass fewer over every such output, and no per-call statistics, which
+is what a batch-1 forward (a webcam) spends its time on. The folded weights are computed once,
+from the weights as they are then (as torch.jit.freeze does): training, set_weights and
+load_weights bring back the plain compiled steps; changing weight arrays in place does not reach
+the folded copies (freeze again).
+"""
+import copy
+
+from ..activations import get as get_activation
+from ..layers.base import Weight
+from ..layers.conv import SeparableConv2D
+from .buffers import Buffers
+from .epilogues import EpilogueStage
+from .passes import compile_model
+from .stages import ConvStage, SeparableStage
+from .step import FusedStep
+
+
+def freeze(model):
+    """Compile `model` (built) for inference alone, each foldable BatchNormalization folded into
+    the convolution before it (see the module docstring). Returns the model."""
+    compile_model(model)
+    folded = {layer: folded_step(layer) for layer, _ in model.steps if isinstance(layer, FusedStep)}
+    steps = [(folded.get(layer, layer), [folded.get(s, s) for s in sources]) for layer, sources in model.steps]
+    model.set_steps(steps, compiled=True, frozen=True)
+    return model
+
+
+def folded_step(step):
+    """`step` with its BatchNormalization folded into its product, or `step` itself when its chain
+    is not [Conv2D or SeparableConv2D, then an epilogue holding a BatchNormalization with no ReLU
+    before it]."""
+    stages = step.stages
+    if (len(stages) != 2 or not isinstance(stages[0], (ConvStage, SeparableStage))
+            or not isinstance(stages[1], EpilogueStage) or stages[1].parts.batchnorm is None
+            or stages[1].parts.relu == "before"):
+        return step
+    product, epilogue = stages
+    bn, rest = epilogue.parts.batchnorm, epilogue.parts._replace(batchnorm=None)
+    layer, tail = folded_layer(product.layer, bn), [part for part in epilogue.layers if part is not bn]
+    if rest.pool is None and rest.dropout is None and rest.add is None:      # a ReLU at most: the layer's activation
+        layer.activation = get_activation("relu" if rest.relu else "linear")
+        return FusedStep([_reporting(type(product)(layer, Buffers()), [product.layer, bn] + tail)], step.add)
+    buffers = Buffers()
+    stage = _reporting(type(product)(layer, buffers, activate=False), [product.layer, bn])
+    return FusedStep([stage, EpilogueStage(rest, tail, buffers)], step.add)
+
+
+def folded_layer(layer, bn):
+    """A copy of the Conv2D or SeparableConv2D `layer` (its activation linear) whose kernel and bias
+    compute BN(layer(x)) at inference: the output channels of the kernel scaled by s, the bias
+    (b - moving_mean) * s + beta."""
+    mean, inv_std = bn.statistics(None, training=False)
+    scale = bn.gamma.value * inv_std
+    folded = copy.copy(layer)
+    name = "pointwise_kernel" if isinstance(layer, SeparableConv2D) else "kernel"
+    kernel = getattr(layer, name)
+    setattr(folded, name, Weight(kernel.name, (kernel.value * scale).astype(kernel.value.dtype), trainable=False))
+    bias = (layer.bias.value if layer.use_bias else 0) - mean
+    folded.bias = Weight(f"{layer.name}/bias", (bias * scale + bn.beta.value).astype(kernel.value.dtype),
+                         trainable=False)
+    folded.use_bias = True
+    return folded
+
+
+def _reporting(stage, layers):
+    """`stage`, reporting the graph's layers it runs (its own is a folded copy)."""
+    stage.layers = layers
+    return stage
