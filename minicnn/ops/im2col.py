@@ -25,8 +25,9 @@ dcols = dy @ K.reshape(-1, F).T and then dx = col2im(dcols).
 
 The numba kernels copy one kernel row (kw*C contiguous numbers) at a time and are the
 default; NumPy's offset loop stays for windows whose rows hold perf.IM2COL_NUMPY_MAX_ROW
-numbers or fewer (a 3x3 window on one channel) and for 1x1 windows, one strided copy
-for NumPy too: see benchmarks/kernels.py.
+numbers or fewer (a 3x3 window on one channel) and for im2col of 1x1 windows, one strided
+copy for NumPy too: see benchmarks/kernels.py. col2im of a 1x1 window (a strided residual
+convolution's dx) writes each pixel once, its window's number or 0.
 """
 import numpy as np
 
@@ -171,6 +172,22 @@ def _col2im_kernel(cols, dx, kh, kw, c, sh, sw, top, left, h_in, w_in, ho_n, wo_
                     p += row
 
 
+@njit(cache=True, parallel=True)
+def _col2im_1x1_kernel(cols, dx, sh, sw, top, left):
+    # cols (N, Ho, Wo, C), dx (N, H, W, C) of any values. A 1x1 window reads one pixel and no
+    # two windows read the same one: each pixel of dx is its window's number, or 0, written once.
+    n_img, h_in, w_in, c_n = dx.shape
+    ho_n, wo_n = cols.shape[1], cols.shape[2]
+    for n in prange(n_img):
+        for h in range(h_in):
+            ho, ph = (h + top) // sh, (h + top) % sh
+            for w in range(w_in):
+                wo, pw = (w + left) // sw, (w + left) % sw
+                read = ph == 0 and pw == 0 and ho < ho_n and wo < wo_n
+                for c in range(c_n):
+                    dx[n, h, w, c] = cols[n, ho, wo, c] if read else 0
+
+
 def _output(shape, dtype, out):
     return reuse_or_new(out, shape, dtype, "im2col: out")
 
@@ -194,6 +211,11 @@ def col2im_numba(cols, x_shape, kernel_size, strides, pads):
     n, h, w, c = x_shape
     (kh, kw), (sh, sw) = kernel_size, strides
     ho, wo = output_hw(h, w, kernel_size, strides, pads)
+    if (kh, kw) == (1, 1):
+        dx = np.empty((n, h, w, c), dtype=cols.dtype)
+        with perf.kernel_threads(dx.size):
+            _col2im_1x1_kernel(np.ascontiguousarray(cols).reshape(n, ho, wo, c), dx, sh, sw, pads[0][0], pads[1][0])
+        return dx
     cols = np.ascontiguousarray(cols).reshape(n, -1)              # (N, Ho*Wo*kh*kw*C)
     dx = np.zeros((n, h, w, c), dtype=cols.dtype)
     with perf.kernel_threads(cols.size):
@@ -222,6 +244,8 @@ def im2col(x, kernel_size, strides, pads, out=None):
 
 
 def col2im(cols, x_shape, kernel_size, strides, pads):
-    """Adjoint of im2col: cols with N*Ho*Wo*kh*kw*C entries (any shape) -> (N, H, W, C)."""
-    return pick(col2im_reference, col2im_numba, numba_pays(kernel_size, x_shape[3]))(
+    """Adjoint of im2col: cols with N*Ho*Wo*kh*kw*C entries (any shape) -> (N, H, W, C). numba
+    where it pays, and for 1x1 windows (one pass writing dx, where NumPy zeroes it, then adds)."""
+    fast = numba_pays(kernel_size, x_shape[3]) or tuple(kernel_size) == (1, 1)
+    return pick(col2im_reference, col2im_numba, fast)(
         cols, x_shape, kernel_size, strides, pads)
