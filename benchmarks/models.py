@@ -424,7 +424,8 @@ def serve(runner, info):
 
 
 def one_face_worker(name, path):
-    serve(Minicnn(name, 1, path, frozen=path == "compiled"), f"OPENBLAS_THREAD_TIMEOUT={os.environ.get('OPENBLAS_THREAD_TIMEOUT')}")
+    runner = Minicnn(name, 1, path, frozen=path == "compiled")
+    serve(runner, f"OPENBLAS_THREAD_TIMEOUT={os.environ.get('OPENBLAS_THREAD_TIMEOUT')}")
 
 
 def torch_worker(name, batch_size, threads, layout):

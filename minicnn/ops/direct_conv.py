@@ -95,8 +95,10 @@ def direct_conv2d_backward_reference(dz, x, kernel, strides, pads, need_input_gr
 # dotted with dz in the acc layout (zeros in the spare columns and in kw-1 numbers either
 # side), and dx the same loops run backwards into a tile-shaped dxt, added onto dx. A
 # row of three taps at stride 1 along the width (any stride down) is one loop of three
-# products (the common 3x3 case): each accumulator is read and written once per three
-# multiply-adds.
+# products: each accumulator is read and written once per three multiply-adds. A 3x3 window
+# at stride 1 (the common case) goes further: one loop takes all nine taps of two filters,
+# each input number loaded once for 18 multiply-adds (the backward's dz then has 2*Wq + 2
+# zeros either side, so the taps two rows back read zeros, not the neighbouring tile).
 # Tasks: (image, tile) for the forward, whole images for the backward (a tile's dxt overlaps
 # the next tile's input rows, so one image stays with one task). Scratch arrays come in as
 # arguments, one slice per block of tasks (numba then knows no two arrays overlap, which
