@@ -138,6 +138,11 @@ def _gather_tile(x, n, ho0, rows_in, sh, sw, top, left, wq, xts, b):
                 continue
             for pw in range(sw):
                 lo, hi = _columns(pw, sw, left, w_in, wq)
+                if c_n == 1:                     # one channel: the row is one copy, in order
+                    run = xts[b, ph * sw + pw, rr * wq:(rr + 1) * wq]
+                    for qq in range(lo, hi):
+                        run[qq] = x[n, h, qq * sw + pw - left, 0]
+                    continue
                 for qq in range(lo, hi):
                     for c in range(c_n):
                         xts[b, (c * sh + ph) * sw + pw, rr * wq + qq] = x[n, h, qq * sw + pw - left, c]
@@ -253,10 +258,11 @@ def _gather_gradient(dz, n, ho0, r_n, wq, lead, dzts, b):
     for f in range(f_n):
         for t in range(dzts.shape[2]):
             dzts[b, f, t] = 0
-    for r in range(r_n):
-        for wo in range(wo_n):
-            for f in range(f_n):
-                dzts[b, f, lead + r * wq + wo] = dz[n, ho0 + r, wo, f]
+    for f in range(f_n):                         # each run of dzt written in order
+        for r in range(r_n):
+            run = dzts[b, f, lead + r * wq:lead + r * wq + wo_n]
+            for wo in range(wo_n):
+                run[wo] = dz[n, ho0 + r, wo, f]
 
 
 @njit(inline="always")
