@@ -67,8 +67,10 @@ class EpilogueStage:
 
     joins_residual = True
 
-    def __init__(self, parts, layers, buffers):
+    def __init__(self, parts, layers, buffers, bias=None):
         self.parts, self.layers, self.buffers = parts, list(layers), buffers      # layers: the block's, in order
+        self.bias = bias           # without a BatchNormalization: a bias to add first (a frozen step's), or None
+        self.identity = {}         # (C, dtype) -> the statistics of no normalization, made once
 
     def spec(self, z_shape):
         """ops.epilogue.Epilogue for z of this shape."""
@@ -82,14 +84,22 @@ class EpilogueStage:
         """(mean, inv_std, gamma, beta) per channel: BatchNormalization's, or the identity without one."""
         bn = self.parts.batchnorm
         if bn is None:
-            one, zero = np.ones(z.shape[-1], z.dtype), np.zeros(z.shape[-1], z.dtype)
-            return zero, one, one, zero
+            return self.no_normalization(z.shape[-1], z.dtype)
         if training:
             mean, var = epilogue.moments(z, relu_first=self.parts.relu == "before")
             mean, inv_std = bn.batch_statistics(mean, var, z.size // z.shape[-1])
         else:
             mean, inv_std = bn.statistics(z, training=False)
         return mean, inv_std, bn.gamma.value, bn.beta.value
+
+    def no_normalization(self, channels, dtype):
+        """(mean, inv_std, gamma, beta) that normalize nothing: (z - mean) * 1 + 0 = z + bias."""
+        key = (channels, np.dtype(dtype))
+        if key not in self.identity:
+            one, zero = np.ones(channels, dtype), np.zeros(channels, dtype)
+            mean = zero if self.bias is None else (-self.bias).astype(dtype)
+            self.identity[key] = (mean, one, one, zero)
+        return self.identity[key]
 
     def draws(self, spec, z_shape, training):
         """Dropout's uint32 draws of y's shape, from the generator the layer draws from (None: no dropout)."""

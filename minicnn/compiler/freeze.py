@@ -49,9 +49,10 @@ def folded_step(step):
     if rest.pool is None and rest.dropout is None and rest.add is None:      # a ReLU at most: the layer's activation
         layer.activation = get_activation("relu" if rest.relu else "linear")
         return FusedStep([_reporting(type(product)(layer, Buffers()), [product.layer, bn] + tail)], step.add)
-    buffers = Buffers()
+    buffers, bias = Buffers(), layer.bias.value
+    layer.use_bias, layer.bias = False, None           # the epilogue's pass adds the bias
     stage = _reporting(type(product)(layer, buffers, activate=False), [product.layer, bn])
-    return FusedStep([stage, EpilogueStage(rest, tail, buffers)], step.add)
+    return FusedStep([stage, EpilogueStage(rest, tail, buffers, bias)], step.add)
 
 
 def folded_layer(layer, bn):

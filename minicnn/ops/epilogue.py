@@ -392,7 +392,7 @@ def _moments_kernel(x, floor, shift, sums, squares):
 def _channel_args(spec, z, mean, inv_std, gamma, beta):
     """mean, scale = gamma * inv_std and beta in z's dtype, as the reference computes them, and
     the ReLUs' floors (before, after): 0 where the block has that ReLU, -inf where not."""
-    channel = tuple(np.ascontiguousarray(np.asarray(v).astype(z.dtype)) for v in (mean, gamma * inv_std, beta))
+    channel = tuple(np.ascontiguousarray(v, dtype=z.dtype) for v in (mean, gamma * inv_std, beta))
     floors = tuple(z.dtype.type(0 if spec.relu == place else -np.inf) for place in ("before", "after"))
     return channel + floors
 
