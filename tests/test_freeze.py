@@ -48,11 +48,12 @@ def test_frozen_outputs_equal_the_textbook_ones(name, dtype, floatx):
     assert_close(model.forward(x, training=False), expected, TOLERANCE[dtype], name)
 
 
-def test_every_batchnorm_after_a_convolution_is_folded():
-    """mini-Xception: all 14 (each follows a Conv2D or SeparableConv2D); cnn8 puts its ReLU
-    before BatchNormalization, where no fold applies, so it keeps all 10."""
-    mini = freeze(small_model("mini_xception"))
-    assert len(folded_batchnorms(mini)) == 14
+def test_every_batchnorm_after_a_convolution_or_dense_layer_is_folded():
+    """mini-Xception: all 14 (each follows a Conv2D or SeparableConv2D), cnn4 all 6 (4 after
+    convolutions, 2 after Dense layers); cnn8 puts its ReLU before BatchNormalization, where no
+    fold applies, so it keeps all 10."""
+    assert len(folded_batchnorms(freeze(small_model("mini_xception")))) == 14
+    assert len(folded_batchnorms(freeze(small_model("cnn4")))) == 6
     cnn8 = freeze(small_model("cnn8"))
     assert folded_batchnorms(cnn8) == []
 

@@ -3,7 +3,7 @@
 At inference a BatchNormalization is one affine map per channel, with s = gamma / sqrt(moving_var + eps):
     BN(z) = (z - moving_mean) * s + beta,    z = conv(x, K) + b
 so  BN(conv(x, K) + b) = conv(x, K * s) + (b - moving_mean) * s + beta
-(K scaled along its output channels: a Conv2D's kernel, a SeparableConv2D's pointwise kernel).
+(K scaled along its output channels: a Conv2D's or Dense's kernel, a SeparableConv2D's pointwise kernel).
 `freeze(model)` compiles the model (passes.py) and runs each step whose chain is such a product
 followed by a BatchNormalization (a ReLU, pool, dropout or residual Add may follow it) with the
 folded kernel and bias: one pass fewer over every such output, and no per-call statistics, which
@@ -20,7 +20,7 @@ from ..layers.conv import SeparableConv2D
 from .buffers import Buffers
 from .epilogues import EpilogueStage
 from .passes import compile_model
-from .stages import ConvStage, SeparableStage
+from .stages import ConvStage, DenseStage, SeparableStage
 from .step import FusedStep
 
 
@@ -36,10 +36,10 @@ def freeze(model):
 
 def folded_step(step):
     """`step` with its BatchNormalization folded into its product, or `step` itself when its chain
-    is not [Conv2D or SeparableConv2D, then an epilogue holding a BatchNormalization with no ReLU
+    is not [Conv2D, SeparableConv2D or Dense, then an epilogue holding a BatchNormalization with no ReLU
     before it]."""
     stages = step.stages
-    if (len(stages) != 2 or not isinstance(stages[0], (ConvStage, SeparableStage))
+    if (len(stages) != 2 or not isinstance(stages[0], (ConvStage, SeparableStage, DenseStage))
             or not isinstance(stages[1], EpilogueStage) or stages[1].parts.batchnorm is None
             or stages[1].parts.relu == "before"):
         return step
@@ -56,7 +56,7 @@ def folded_step(step):
 
 
 def folded_layer(layer, bn):
-    """A copy of the Conv2D or SeparableConv2D `layer` (its activation linear) whose kernel and bias
+    """A copy of the Conv2D, SeparableConv2D or Dense `layer` (its activation linear) whose kernel and bias
     compute BN(layer(x)) at inference: the output channels of the kernel scaled by s, the bias
     (b - moving_mean) * s + beta."""
     mean, inv_std = bn.statistics(None, training=False)
