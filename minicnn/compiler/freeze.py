@@ -73,6 +73,7 @@ def folded_layer(layer, bn):
 
 
 def _reporting(stage, layers):
-    """`stage`, reporting the graph's layers it runs (its own is a folded copy)."""
-    stage.layers = layers
+    """`stage`, reporting the graph's layers it runs (its own is a folded copy, whose weights never
+    change: what it keeps from them, Winograd's kernel transform, needs no check)."""
+    stage.layers, stage.weights_fixed = layers, True
     return stage

@@ -53,6 +53,7 @@ class ConvStage:
         self.epilogue_follows = not activate
         self.methods = {}    # (input shape, training) -> a Winograd Tiling, "direct", or None for im2col
         self.kept = None     # inference's (tiling, kernel copy, U): Winograd's kernel transform, kept
+        self.weights_fixed = False    # True: the kernel never changes (a frozen step's folded copy)
 
     def method(self, x_shape, training):
         """Training pays for forward and backward, inference for the forward alone (its kernel
@@ -96,7 +97,7 @@ class ConvStage:
         holds the numbers it was computed from (training, set_weights and loading change them in place)."""
         kept = self.kept
         stale = kept is None or kept[0] is not tiling or kept[1].dtype != kernel.dtype
-        if stale or not np.array_equal(kept[1], kernel):     # array_equal: False for another shape too
+        if stale or not (self.weights_fixed or np.array_equal(kept[1], kernel)):   # False for another shape too
             self.kept = kept = (tiling, kernel.copy(), winograd.kernel_transform(kernel, tiling))
         return kept[2]
 
