@@ -293,6 +293,14 @@ def test_evaluate_and_predict_check_their_arguments():
     assert model.predict(x[:0]).shape == (0, K)            # no images, no predictions: not an error
 
 
+def test_predict_on_batch_is_predict_of_one_batch():
+    x, _ = data(8)
+    model = small_model()
+    np.testing.assert_array_equal(model.predict_on_batch(x), model.predict(x, batch_size=8))
+    with pytest.raises(ValueError, match="predict_on_batch"):
+        model.predict_on_batch(x[0])                          # one image, no batch axis
+
+
 @pytest.mark.parametrize("make,message", [
     (lambda: Dense(0), "units must be a positive int, received 0"),
     (lambda: Conv2D(0, 3), "filters must be a positive int, received 0"),

@@ -145,6 +145,11 @@ class Model(Network):
         _each(callbacks, "on_predict_end")
         return np.concatenate(outputs) if outputs else np.zeros((0,) + self.output_shape[1:])
 
+    def predict_on_batch(self, x):
+        """Outputs for x as one batch in inference mode (Keras' predict_on_batch): predict without
+        the batching and the callbacks."""
+        return self.forward(self._checked_input(x, "predict_on_batch"), training=False)
+
     def evaluate(self, x, y, batch_size=32, verbose=1, callbacks=None):
         """[loss, accuracy] (or the loss alone without metrics) over all of x, in inference mode,
         batch by batch: the loss is the mean over every sample, whatever the batch size."""
