@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from fer import models as fer_models
-from minicnn import explain
+from minicnn import explain, perf
 from minicnn.compiler import FusedStep, compile_model, freeze
 from minicnn.compiler.epilogues import EpilogueStage
 from minicnn.layers.normalization import BatchNormalization
@@ -46,6 +46,17 @@ def test_frozen_outputs_equal_the_textbook_ones(name, dtype, floatx):
     freeze(model)
     assert model.steps_frozen
     assert_close(model.forward(x, training=False), expected, TOLERANCE[dtype], name)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_the_bias_and_relu_of_a_big_batch_take_the_one_pass_kernel_with_the_same_result(dtype, floatx, monkeypatch):
+    floatx(dtype)
+    model = with_statistics(small_model("mini_xception"))
+    x, _ = batch(model, n=3)
+    expected = textbook_output(model, x)
+    freeze(model)
+    monkeypatch.setattr(perf, "ELEMENTWISE_NUMBA_MIN_SIZE", 0)       # every z counts as big
+    assert_close(model.forward(x, training=False), expected, TOLERANCE[dtype], "one pass")
 
 
 def test_every_batchnorm_after_a_convolution_or_dense_layer_is_folded():

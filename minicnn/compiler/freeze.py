@@ -6,16 +6,21 @@ so  BN(conv(x, K) + b) = conv(x, K * s) + (b - moving_mean) * s + beta
 (K scaled along its output channels: a Conv2D's or Dense's kernel, a SeparableConv2D's pointwise kernel).
 `freeze(model)` compiles the model (passes.py) and runs each step whose chain is such a product
 followed by a BatchNormalization (a ReLU, pool, dropout or residual Add may follow it) with the
-folded kernel and bias: one pass fewer over every such output, and no per-call statistics, which
-is what a batch-1 forward (a webcam) spends its time on. The folded weights are computed once,
+folded kernel; its bias goes into the pass after the product (BiasActivationStage, or the pooling
+epilogue's). No statistics or normalization are set up per call, much of what a batch-1 forward (a
+webcam) spends its time on beside its kernels. The folded weights are computed once,
 from the weights as they are then (as torch.jit.freeze does): training, set_weights and
 load_weights bring back the plain compiled steps; changing weight arrays in place does not reach
 the folded copies (freeze again).
 """
 import copy
 
+import numpy as np
+
+from .. import perf
 from ..activations import get as get_activation
 from ..layers.base import Weight
+from ..ops.batchnorm import normalize
 from ..layers.conv import SeparableConv2D
 from .buffers import Buffers
 from .epilogues import EpilogueStage
@@ -46,12 +51,11 @@ def folded_step(step):
     product, epilogue = stages
     bn, rest = epilogue.parts.batchnorm, epilogue.parts._replace(batchnorm=None)
     layer, tail = folded_layer(product.layer, bn), [part for part in epilogue.layers if part is not bn]
-    if rest.pool is None and rest.dropout is None and rest.add is None:      # a ReLU at most: the layer's activation
-        layer.activation = get_activation("relu" if rest.relu else "linear")
-        return FusedStep([_reporting(type(product)(layer, Buffers()), [product.layer, bn] + tail)], step.add)
     buffers, bias = Buffers(), layer.bias.value
-    layer.use_bias, layer.bias = False, None           # the epilogue's pass adds the bias
+    layer.use_bias, layer.bias = False, None           # the pass after the product adds the bias
     stage = _reporting(type(product)(layer, buffers, activate=False), [product.layer, bn])
+    if rest.pool is None and rest.dropout is None and rest.add is None:      # a ReLU at most
+        return FusedStep([stage, BiasActivationStage(bias, rest.relu is not None, tail)], step.add)
     return FusedStep([stage, EpilogueStage(rest, tail, buffers, bias)], step.add)
 
 
@@ -70,6 +74,30 @@ def folded_layer(layer, bn):
                          trainable=False)
     folded.use_bias = True
     return folded
+
+
+class BiasActivationStage:
+    """y = z + bias, then max(y, 0) with `relu`: what is left of BatchNormalization (and a ReLU)
+    once folded. A big z takes one pass (ops.batchnorm.normalize with mean = -bias, scale 1); a
+    small one (a face or two) two NumPy calls in place, cheaper to make: z is the product's own
+    new array at inference."""
+
+    def __init__(self, bias, relu, layers):
+        self.bias, self.minus_bias, self.one, self.zero = bias, -bias, np.ones_like(bias), np.zeros_like(bias)
+        self.activation = get_activation("relu" if relu else "linear")
+        self.relu, self.layers = relu, layers      # layers: the ReLU's, if any (the product reports the BN)
+
+    def forward(self, z, training):
+        if z.size >= perf.ELEMENTWISE_NUMBA_MIN_SIZE:
+            self.y = normalize(z, self.minus_bias, self.one, self.one, self.zero, relu=self.relu)
+            return self.y
+        z += self.bias
+        self.y = np.maximum(z, 0, out=z) if self.relu else z
+        return self.y
+
+    def backward(self, dy):
+        """The ReLU's rule; the bias passes dy on."""
+        return self.activation.backward(dy, self.y)
 
 
 def _reporting(stage, layers):
