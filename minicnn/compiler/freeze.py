@@ -50,9 +50,8 @@ def folded_step(step):
         return step
     product, epilogue = stages
     bn, rest = epilogue.parts.batchnorm, epilogue.parts._replace(batchnorm=None)
-    layer, tail = folded_layer(product.layer, bn), [part for part in epilogue.layers if part is not bn]
-    buffers, bias = Buffers(), layer.bias.value
-    layer.use_bias, layer.bias = False, None           # the pass after the product adds the bias
+    (layer, bias), tail = folded_layer(product.layer, bn), [part for part in epilogue.layers if part is not bn]
+    buffers = Buffers()
     stage = _reporting(type(product)(layer, buffers, activate=False), [product.layer, bn])
     if rest.pool is None and rest.dropout is None and rest.add is None:      # a ReLU at most
         return FusedStep([stage, BiasActivationStage(bias, rest.relu is not None, tail)], step.add)
@@ -60,20 +59,18 @@ def folded_step(step):
 
 
 def folded_layer(layer, bn):
-    """A copy of the Conv2D, SeparableConv2D or Dense `layer` (its activation linear) whose kernel and bias
-    compute BN(layer(x)) at inference: the output channels of the kernel scaled by s, the bias
-    (b - moving_mean) * s + beta."""
+    """(a copy of the Conv2D, SeparableConv2D or Dense `layer` without its bias, the output channels
+    of its kernel scaled by s; the bias (b - moving_mean) * s + beta to add after it): together
+    BN(layer(x)) at inference."""
     mean, inv_std = bn.statistics(None, training=False)
     scale = bn.gamma.value * inv_std
     folded = copy.copy(layer)
     name = "pointwise_kernel" if isinstance(layer, SeparableConv2D) else "kernel"
     kernel = getattr(layer, name)
     setattr(folded, name, Weight(kernel.name, (kernel.value * scale).astype(kernel.value.dtype), trainable=False))
-    bias = (layer.bias.value if layer.use_bias else 0) - mean
-    folded.bias = Weight(f"{layer.name}/bias", (bias * scale + bn.beta.value).astype(kernel.value.dtype),
-                         trainable=False)
-    folded.use_bias = True
-    return folded
+    bias = ((layer.bias.value if layer.use_bias else 0) - mean) * scale + bn.beta.value
+    folded.use_bias, folded.bias = False, None
+    return folded, bias.astype(kernel.value.dtype)
 
 
 class BiasActivationStage:
