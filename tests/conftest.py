@@ -44,3 +44,13 @@ def shared_file(shared_dir):
         return path
 
     return find
+
+
+@pytest.fixture
+def floatx():
+    """Set the float type for one test (call it with "float32" or "float64"), restored after it."""
+    from minicnn import backend
+
+    before = backend.floatx()
+    yield backend.set_floatx
+    backend.set_floatx(before)

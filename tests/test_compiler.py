@@ -18,14 +18,6 @@ SIZES = (16, 24, 32, 40, 48)          # the smallest input each architecture bui
 TOLERANCE = {"float64": 1e-10, "float32": 1e-4}
 
 
-@pytest.fixture
-def floatx():
-    """Set the float type for one test, restored after it."""
-    before = backend.floatx()
-    yield backend.set_floatx
-    backend.set_floatx(before)
-
-
 def small_model(name):
     """fer.models' `name` at the smallest input size it builds for, seeded."""
     for size in SIZES:

@@ -9,7 +9,7 @@ from minicnn import explain, perf
 from minicnn.compiler import FusedStep, compile_model, freeze
 from minicnn.compiler.epilogues import EpilogueStage
 from minicnn.layers.normalization import BatchNormalization
-from tests.test_compiler import TOLERANCE, assert_close, batch, floatx, small_model  # noqa: F401 (floatx: a fixture)
+from tests.test_compiler import TOLERANCE, assert_close, batch, small_model
 
 
 def with_statistics(model, seed=3):
