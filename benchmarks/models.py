@@ -11,9 +11,10 @@ as written, and "compiled", the fused steps of minicnn/compiler/ that the script
 turns, it measures, in float32:
   train      images/s of `model.train_on_batch` (Adam, batch 64 by default) after warm-up
              steps, median of `--repeats` timings of `--steps` steps each;
-  infer b=1  latency of one image through `model.forward(training=False)`, median; minicnn's in a
+  infer b=1  latency of one image through `model.predict_on_batch`, median; minicnn's in a
              process of its own with the OpenBLAS setting of the webcam (fer/process.py), the
-             compiled path frozen as the webcam loads it (minicnn.compiler.freeze);
+             compiled path frozen as the webcam loads it (minicnn.compiler.freeze), so its
+             faces run as an inference plan (minicnn/compiler/plan.py);
   infer b=256  images/s of `model.predict` on 256 images at once;
   peak MiB   ru_maxrss of a fresh subprocess that builds the model and trains a few
              batches (tracemalloc misses arrays numba allocates, getrusage does not); the
@@ -132,7 +133,7 @@ class Minicnn:
         self.model.train_on_batch(self.x, self.y)
 
     def infer_one(self):
-        self.model.forward(self.x1, training=False)
+        self.model.predict_on_batch(self.x1)
 
     def infer_256(self):
         self.model.predict(self.x256, batch_size=256)

@@ -135,8 +135,12 @@ def inference_threads(inputs, training, reference):
     """one_thread() for an inference pass on at most ONE_THREAD_MAX_INPUT numbers (inputs: the
     model's input arrays), else a context that changes nothing; nothing either for a `reference`
     pass (MINICNN_REFERENCE=1), which runs no numba kernel and may run without numba."""
-    small = not training and sum(np.size(x) for x in inputs) <= ONE_THREAD_MAX_INPUT
-    return one_thread() if small and not reference else _NOTHING
+    return one_thread() if not training and small_batch(inputs) and not reference else _NOTHING
+
+
+def small_batch(inputs):
+    """Whether the model's input arrays hold at most ONE_THREAD_MAX_INPUT numbers (a face or a few)."""
+    return sum(np.size(x) for x in inputs) <= ONE_THREAD_MAX_INPUT
 
 
 # ---- process tuning: off until enable() ------------------------------------------------------

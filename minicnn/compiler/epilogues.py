@@ -83,13 +83,18 @@ class EpilogueStage:
     def statistics(self, z, training):
         """(mean, inv_std, gamma, beta) per channel: BatchNormalization's, or the identity without one."""
         bn = self.parts.batchnorm
+        if bn is None or not training:
+            return self.inference_statistics(z.shape[-1], z.dtype)
+        mean, var = epilogue.moments(z, relu_first=self.parts.relu == "before")
+        mean, inv_std = bn.batch_statistics(mean, var, z.size // z.shape[-1])
+        return mean, inv_std, bn.gamma.value, bn.beta.value
+
+    def inference_statistics(self, channels, dtype):
+        """statistics in inference: BatchNormalization's moving ones, or the identity without one."""
+        bn = self.parts.batchnorm
         if bn is None:
-            return self.no_normalization(z.shape[-1], z.dtype)
-        if training:
-            mean, var = epilogue.moments(z, relu_first=self.parts.relu == "before")
-            mean, inv_std = bn.batch_statistics(mean, var, z.size // z.shape[-1])
-        else:
-            mean, inv_std = bn.statistics(z, training=False)
+            return self.no_normalization(channels, dtype)
+        mean, inv_std = bn.statistics(None, training=False)
         return mean, inv_std, bn.gamma.value, bn.beta.value
 
     def no_normalization(self, channels, dtype):
@@ -121,6 +126,12 @@ class EpilogueStage:
         batch_statistics = training and self.parts.batchnorm is not None     # what backward differentiates
         self.cache = (spec, z, offsets, keep, mean, inv_std, gamma, beta, batch_statistics)
         return y
+
+    def bind(self, z_shape, dtype):
+        """The inference forward for z of z_shape, bound once (plan.py): (run(z, residual=None) -> y, y's shape)."""
+        spec = self.spec(z_shape)
+        statistics = self.inference_statistics(z_shape[-1], dtype)
+        return epilogue.bind_forward(spec, z_shape, dtype, *statistics), spec.output_shape(z_shape)
 
     def backward(self, dy):
         """dz from dy (the residual's gradient is dy itself: the step sends it back)."""

@@ -92,6 +92,9 @@ class BiasActivationStage:
         self.y = np.maximum(z, 0, out=z) if self.relu else z
         return self.y
 
+    def bind(self, z_shape, dtype):
+        return (lambda z: self.forward(z, training=False)), z_shape
+
     def backward(self, dy):
         """The ReLU's rule; the bias passes dy on."""
         return self.activation.backward(dy, self.y)

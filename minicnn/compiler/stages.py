@@ -3,21 +3,24 @@ chain on arrays, forward then backward, and sets that layer's weight gradients.
 
 A stage computes what its layers compute, with the same ops: `LayerStage` runs the layer's own
 forward and backward; the others choose a faster method by shape or share a pass, and must
-give the same numbers (tests/test_compiler.py holds every seed model to that).
+give the same numbers (tests/test_compiler.py holds every seed model to that). Each also has
+`bind(x_shape, dtype) -> (run, y_shape)`: its inference forward for one input shape, the kernel
+calls' arguments made once, for an inference plan (plan.py).
 """
 from typing import NamedTuple
 
 import numpy as np
 
 from ..activations import get as get_activation
+from ..layers.conv import window_geometry
 from ..ops import winograd
 from ..ops.batchnorm import normalize, normalize_backward
-from ..ops.conv import conv2d, conv2d_backward
-from ..ops.depthwise import depthwise_conv
-from ..ops.direct_conv import direct_conv2d, direct_conv2d_backward, direct_pays
-from ..ops.gemm import matmul
+from ..ops.conv import bind_conv2d, conv2d, conv2d_backward
+from ..ops.depthwise import bind_depthwise_conv, depthwise_conv
+from ..ops.direct_conv import bind_direct_conv2d, direct_conv2d, direct_conv2d_backward, direct_pays
+from ..ops.gemm import bind_matmul, matmul
 from ..ops.im2col import numba_pays
-from ..ops.separable import separable_conv2d, separable_conv2d_backward, separable_pays
+from ..ops.separable import bind_separable_conv2d, separable_conv2d, separable_conv2d_backward, separable_pays
 
 LINEAR = get_activation("linear")
 
@@ -38,6 +41,22 @@ class LayerStage:
 
     def backward(self, dy):
         return self.layer.backward(dy)
+
+    def bind(self, x_shape, dtype):
+        return (lambda x: self.layer.forward(x, training=False)), (x_shape[0],) + tuple(self.layer.output_shape[1:])
+
+
+def bound_product(product, layer, activation):
+    """run(x) = activation(product(x) + bias): a Conv2D's, SeparableConv2D's or Dense's inference
+    with `product` bound (the ops' bind_* functions), x cast to the layer's dtype."""
+    bias = layer.bias.value if layer.use_bias else None
+
+    def run(x):
+        z = product(x.astype(layer.dtype, copy=False))
+        if bias is not None:
+            z += bias
+        return activation.forward(z)
+    return run
 
 
 class ConvStage:
@@ -91,6 +110,20 @@ class ConvStage:
         in_buffer = buffers is not None and numba_pays((kh, kw), c)     # NumPy's im2col makes its own array
         cols = buffers("cols", (n * ho * wo, kh * kw * c), x.dtype) if in_buffer else None
         return conv2d(x, kernel, self.layer.strides, pads, cols, out=z)
+
+    def bind(self, x_shape, dtype):
+        """The inference forward for inputs of x_shape by this shape's method, bound once (plan.py)."""
+        layer, kernel = self.layer, self.layer.kernel.value
+        pads, ho, wo = window_geometry(layer, x_shape, layer.kernel_size)
+        tiling = self.method(tuple(x_shape), training=False)
+        if tiling == "direct":
+            conv = bind_direct_conv2d(x_shape, kernel, layer.strides, pads)
+        elif tiling is not None:
+            u = self.kept_transform(kernel, tiling)
+            conv = winograd.bind_conv(x_shape, u, pads[0][0], pads[1][0], ho, wo, tiling)
+        else:
+            conv = bind_conv2d(x_shape, kernel, layer.strides, pads)
+        return bound_product(conv, layer, self.activation), (x_shape[0], ho, wo, layer.filters)
 
     def kept_transform(self, kernel, tiling):
         """Winograd's U = G g G^T for inference, computed again only when the kernel no longer
@@ -173,6 +206,21 @@ class SeparableStage:
         layer.cache = (x, pads, d2, None)     # SeparableConv2D.forward's cache, less y (backward_from_logits' input)
         return matmul(d2, layer.pointwise_kernel.value.reshape(-1, f), out=z).reshape(n, ho, wo, f)
 
+    def bind(self, x_shape, dtype):
+        """The inference forward for inputs of x_shape, the fused pass or the two ops, bound once (plan.py)."""
+        layer = self.layer
+        pads, ho, wo = window_geometry(layer, x_shape, layer.kernel_size)
+        kd, kp, y_shape = layer.depthwise_kernel.value, layer.pointwise_kernel.value, (x_shape[0], ho, wo, layer.filters)
+        if self.fused(tuple(x_shape), training=False):
+            return bound_product(bind_separable_conv2d(x_shape, kd, kp, pads), layer, self.activation), y_shape
+        depthwise, pixels = bind_depthwise_conv(x_shape, kd, layer.strides, pads), x_shape[0] * ho * wo
+        pointwise = bind_matmul(pixels, kd.shape[2] * kd.shape[3], layer.filters)
+        weights, z = np.ascontiguousarray(kp.reshape(-1, layer.filters)), np.empty((pixels, layer.filters), layer.dtype)
+
+        def product(x):
+            return pointwise(depthwise(x).reshape(pixels, -1), weights, z).reshape(y_shape)
+        return bound_product(product, layer, self.activation), y_shape
+
     def backward(self, dy):
         """SeparableConv2D.backward's rule (docs/backprop.md, "SeparableConv2D")."""
         layer, (x, pads, fused, y, d) = self.layer, self.cache
@@ -204,6 +252,13 @@ class DenseStage:
         self.cache = (x, y)
         return y
 
+    def bind(self, x_shape, dtype):
+        """The inference forward for inputs of x_shape (N, n_in), the product's method chosen once (plan.py)."""
+        layer = self.layer
+        kernel = layer.kernel.value
+        product, z = bind_matmul(x_shape[0], *kernel.shape), np.empty((x_shape[0], layer.units), layer.dtype)
+        return bound_product(lambda x: product(x, kernel, z), layer, self.activation), z.shape
+
     def backward(self, dy):
         """Dense.backward's rule (docs/backprop.md, "Dense")."""
         layer, (x, y) = self.layer, self.cache
@@ -227,6 +282,9 @@ class BatchNormalizationReLUStage:
         mean, inv_std = bn.statistics(x, training)
         self.cache = (x, mean, inv_std, training)
         return normalize(x, mean, inv_std, bn.gamma.value, bn.beta.value, relu=True)      # max(BN(x), 0)
+
+    def bind(self, x_shape, dtype):
+        return (lambda x: self.forward(x, training=False)), x_shape
 
     def backward(self, dy):
         """BatchNormalization.backward of dy * (BN(x) > 0): docs/backprop.md, "BatchNormalization"."""

@@ -60,6 +60,25 @@ class FusedStep:
         last = self.stages[-1]
         return last.forward(x, training) if residual is None else last.forward(x, training, residual)
 
+    def bind(self, x_shape, dtype):
+        """forward in inference for a chain input of x_shape, each stage bound once (plan.py): run(inputs) -> y."""
+        runs = []
+        for stage in self.stages:
+            run, x_shape = stage.bind(x_shape, dtype)
+            runs.append(run)
+        *chain, last = runs
+        joins = self.add is not None and getattr(self.stages[-1], "joins_residual", False)
+
+        def run(inputs):
+            x, residual = inputs if self.add is not None else (inputs, None)
+            for stage in chain:
+                x = stage(x)
+            if joins:
+                return last(x, residual)
+            y = last(x)
+            return y if self.add is None else self.add.forward([y, residual], training=False)
+        return run
+
     def backward(self, dy):
         dx = dy
         for stage in reversed(self.stages):

@@ -8,6 +8,7 @@ from tqdm.auto import tqdm
 from .. import backend, losses, optimizers, perf, saving
 from ..callbacks import History, check_hooks
 from ..compiler import compile_model, freeze
+from ..compiler.plan import Plans
 from ..sequence import ArrayBatches, Sequence, count, take
 from .network import Network
 from .summary import summary_lines
@@ -62,11 +63,26 @@ class Model(Network):
         else the compiled steps once jit_compile asks for them (compiled here, on first use), or
         the frozen ones (compiler.freeze) in inference. A small inference batch runs on one thread
         (perf.inference_threads)."""
+        return self._forward(x, training, planned=False)
+
+    def _predict_batch(self, x):
+        """forward(x, training=False) where no backward follows (predict, evaluate): a small batch
+        through frozen steps then runs as their inference plan for its shape (compiler/plan.py)."""
+        return self._forward(x, False, planned=True)
+
+    def _forward(self, x, training, planned):
         inputs = x if isinstance(x, (list, tuple)) else [x]
         with backend.reference_read_once():
             self._choose_steps(training)
-            with perf.inference_threads(inputs, training, reference=backend.use_reference()):
+            reference = backend.use_reference()
+            with perf.inference_threads(inputs, training, reference=reference):
+                if planned and self.steps_frozen and not reference and perf.small_batch(inputs):
+                    return self.plans(self, inputs)
                 return super().forward(x, training)
+
+    def set_steps(self, steps, compiled=False, frozen=False):
+        super().set_steps(steps, compiled, frozen)
+        self.plans = Plans()          # a plan binds the steps' arrays: new steps, new plans
 
     def _choose_steps(self, training):
         if backend.use_reference():
@@ -140,7 +156,7 @@ class Model(Network):
         outputs = []
         for i, start in enumerate(range(0, count(x), batch_size)):
             _each(callbacks, "on_predict_batch_begin", i)
-            outputs.append(self.forward(take(x, slice(start, start + batch_size)), training=False))
+            outputs.append(self._predict_batch(take(x, slice(start, start + batch_size))))
             _each(callbacks, "on_predict_batch_end", i, {"outputs": outputs[-1]})
         _each(callbacks, "on_predict_end")
         return np.concatenate(outputs) if outputs else np.zeros((0,) + self.output_shape[1:])
@@ -148,7 +164,7 @@ class Model(Network):
     def predict_on_batch(self, x):
         """Outputs for x as one batch in inference mode (Keras' predict_on_batch): predict without
         the batching and the callbacks."""
-        return self.forward(self._checked_input(x, "predict_on_batch"), training=False)
+        return self._predict_batch(self._checked_input(x, "predict_on_batch"))
 
     def evaluate(self, x, y, batch_size=32, verbose=1, callbacks=None):
         """[loss, accuracy] (or the loss alone without metrics) over all of x, in inference mode,
@@ -168,7 +184,7 @@ class Model(Network):
         for i, start in enumerate(range(0, len(y), batch_size)):
             _each(callbacks, "on_test_batch_begin", i)
             xb, yb = take(x, slice(start, start + batch_size)), y[start:start + batch_size]
-            y_pred = self.forward(xb, training=False)
+            y_pred = self._predict_batch(xb)
             totals += np.array([self.loss(yb, y_pred), accuracy(yb, y_pred)]) * len(yb)
             seen += len(yb)
             _each(callbacks, "on_test_batch_end", i, self._logs(totals / seen))

@@ -19,8 +19,8 @@ import numpy as np
 
 from .. import backend
 from .buffers import copied_into, reuse_or_new
-from .gemm import matmul
-from .im2col import col2im, col2im_reference, im2col, im2col_reference, output_hw
+from .gemm import bind_matmul, matmul
+from .im2col import bind_im2col, col2im, col2im_reference, im2col, im2col_reference, output_hw
 
 
 # ----------------------------------------------------------------------------------------
@@ -92,6 +92,23 @@ def conv2d(x, kernel, strides, pads, cols=None, out=None):
     patches = im2col(x, (kh, kw), strides, pads, out=cols).reshape(n * ho * wo, -1)   # (N*Ho*Wo, kh*kw*C)
     z = matmul(patches, kernel.reshape(-1, f), out=z)                                # (N*Ho*Wo, F)
     return z.reshape(n, ho, wo, f), Saved("im2col", patches, x.shape, strides, pads)
+
+
+def bind_conv2d(x_shape, kernel, strides, pads):
+    """conv2d's forward for inputs of x_shape (in the kernel's dtype), the patch matrix (where
+    numba writes it) and z made once: run(x) -> z (N, Ho, Wo, F), the same array every call
+    (compiler/plan.py)."""
+    (kh, kw, c, f), n = kernel.shape, x_shape[0]
+    ho, wo = output_hw(x_shape[1], x_shape[2], (kh, kw), strides, pads)
+    patches = bind_im2col(x_shape, (kh, kw), strides, pads, kernel.dtype)
+    product = bind_matmul(n * ho * wo, kh * kw * c, f)
+    weights = np.ascontiguousarray(kernel.reshape(-1, f))
+    z = np.empty((n * ho * wo, f), kernel.dtype)
+
+    def run(x):
+        product(patches(x).reshape(n * ho * wo, -1), weights, z)
+        return z.reshape(n, ho, wo, f)
+    return run
 
 
 def conv2d_backward(dz, saved, kernel, need_input_gradient=True, dcols=None):

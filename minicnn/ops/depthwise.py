@@ -271,6 +271,24 @@ def depthwise_conv_numba(x, kernel, strides, pads, out=None):
     return y
 
 
+def bind_depthwise_conv(x_shape, kernel, strides, pads):
+    """depthwise_conv_numba for inputs of x_shape (in the kernel's dtype), y and the row kernel's
+    taps made once: run(x) -> y, the same array every call (compiler/plan.py)."""
+    kernel = np.ascontiguousarray(kernel)
+    n, h, w, c = x_shape
+    kh, kw, _, m = kernel.shape
+    ho, wo = output_hw(h, w, (kh, kw), strides, pads)
+    y = np.empty((n, ho, wo, c * m), kernel.dtype)
+    if not rows_pay(kernel, strides):
+        return lambda x: depthwise_conv_numba(x, kernel, strides, pads, out=y)
+    taps = kernel_rows(kernel, wo, kernel.dtype)
+
+    def run(x):
+        _depthwise_rows_kernel(runs(np.ascontiguousarray(x)), taps, runs(y), c, pads[0][0], pads[1][0])
+        return y
+    return run
+
+
 def depthwise_conv_backward_numba(dy, x, kernel, strides, pads, need_input_gradient=True):
     """numba version of `depthwise_conv_backward_reference` (same arguments, same result)."""
     x = np.ascontiguousarray(x)

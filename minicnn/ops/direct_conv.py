@@ -462,16 +462,36 @@ def direct_conv2d_numba(x, kernel, strides, pads, out=None, moments=None):
     kh, kw, _, f = kernel.shape
     ho, wo = output_hw(h, w, (kh, kw), strides, pads)
     z = _buffer(out, (n, ho, wo, f), x.dtype, "out")
-    rows, wq, length = tile_geometry(kernel.shape, strides, ho, wo)
-    blocks = min(BLOCKS, n * -(-ho // rows))
-    xts = np.empty((blocks, c * strides[0] * strides[1], length), x.dtype)
-    accs = np.empty((blocks, f, rows * wq), x.dtype)
-    per_block = None if moments is None else np.zeros((blocks, 2, f))
+    rows, xts, accs = _forward_scratch(x.shape, kernel.shape, strides, ho, wo, x.dtype)
+    per_block = None if moments is None else np.zeros((len(xts), 2, f))
     with perf.kernel_threads(z.size * kh * kw):         # one thread for a small batch
         _forward_kernel(x, kernel, z, per_block, xts, accs, *strides, pads[0][0], pads[1][0], rows)
     if moments is not None:
         moments[...] = per_block.sum(axis=0)
     return z
+
+
+def _forward_scratch(x_shape, kernel_shape, strides, ho, wo, dtype):
+    """(rows, xts, accs): output rows per tile, and each block's input tile and accumulators."""
+    n, c, f = x_shape[0], x_shape[3], kernel_shape[3]
+    rows, wq, length = tile_geometry(kernel_shape, strides, ho, wo)
+    blocks = min(BLOCKS, n * -(-ho // rows))
+    return rows, np.empty((blocks, c * strides[0] * strides[1], length), dtype), np.empty((blocks, f, rows * wq), dtype)
+
+
+def bind_direct_conv2d(x_shape, kernel, strides, pads):
+    """direct_conv2d_numba for inputs of x_shape (in the kernel's dtype), its output and scratch
+    made once: run(x) -> z, the same array every call (compiler/plan.py)."""
+    kernel = np.ascontiguousarray(kernel)
+    kh, kw, _, f = kernel.shape
+    ho, wo = output_hw(x_shape[1], x_shape[2], (kh, kw), strides, pads)
+    z = np.empty((x_shape[0], ho, wo, f), kernel.dtype)
+    rows, xts, accs = _forward_scratch(x_shape, kernel.shape, strides, ho, wo, kernel.dtype)
+
+    def run(x):
+        _forward_kernel(np.ascontiguousarray(x), kernel, z, None, xts, accs, *strides, pads[0][0], pads[1][0], rows)
+        return z
+    return run
 
 
 def direct_conv2d_backward_numba(dz, x, kernel, strides, pads, need_input_gradient=True):

@@ -389,11 +389,11 @@ def _moments_kernel(x, floor, shift, sums, squares):
                 squares[b, c] += d * d
 
 
-def _channel_args(spec, z, mean, inv_std, gamma, beta):
+def _channel_args(spec, dtype, mean, inv_std, gamma, beta):
     """mean, scale = gamma * inv_std and beta in z's dtype, as the reference computes them, and
     the ReLUs' floors (before, after): 0 where the block has that ReLU, -inf where not."""
-    channel = tuple(np.ascontiguousarray(v, dtype=z.dtype) for v in (mean, gamma * inv_std, beta))
-    floors = tuple(z.dtype.type(0 if spec.relu == place else -np.inf) for place in ("before", "after"))
+    channel = tuple(np.ascontiguousarray(v, dtype=dtype) for v in (mean, gamma * inv_std, beta))
+    floors = tuple(dtype.type(0 if spec.relu == place else -np.inf) for place in ("before", "after"))
     return channel + floors
 
 
@@ -447,7 +447,7 @@ def forward_numba(spec, z, mean, inv_std, gamma, beta, bits=None, residual=None,
     if residual is not None and np.shares_memory(residual_in, y):   # the kernels keep running maxima in y
         residual_in = residual_in.copy()
     dropout = (elementwise.keep_threshold(spec.rate), z.dtype.type(1 / (1 - spec.rate)))
-    channel = _channel_args(spec, z, mean, inv_std, gamma, beta)
+    channel = _channel_args(spec, z.dtype, mean, inv_std, gamma, beta)
     with perf.kernel_threads(z.size):
         if spec.pool is None:
             _rows_forward_kernel(_rows(z), *channel, _rows(bits_in), *dropout, _rows(residual_in), _rows(y),
@@ -458,6 +458,27 @@ def forward_numba(spec, z, mean, inv_std, gamma, beta, bits=None, residual=None,
         _pooled_forward_kernel(z, *channel, kh, kw, sh, sw, top, left, bits_in, *dropout, residual_in, y, offsets,
                                keep)
     return y, offsets, (keep if bits is not None else None)
+
+
+def bind_forward(spec, z_shape, dtype, mean, inv_std, gamma, beta):
+    """forward in inference (no dropout draws) for z of z_shape: run(z, residual=None) -> y. With
+    a pool, the kernel's arguments and y are made once (the same y every call: compiler/plan.py);
+    without one, forward itself."""
+    if spec.pool is None:
+        return lambda z, residual=None: forward(spec, z, mean, inv_std, gamma, beta, None, residual)[0]
+    dtype, shape = np.dtype(dtype), spec.output_shape(z_shape)
+    channel = _channel_args(spec, dtype, mean, inv_std, gamma, beta)
+    dropout = (elementwise.keep_threshold(spec.rate), dtype.type(1 / (1 - spec.rate)))    # unused without draws
+    (kh, kw), (sh, sw), ((top, _), (left, _)) = spec.pool
+    y, offsets = np.empty(shape, dtype), np.empty(shape, np.uint8)
+    no_bits, no_keep = _optional(None, shape, np.uint32, "bits"), _optional(None, shape, np.bool_, "keep")
+
+    def run(z, residual=None):
+        residual_in = _optional(residual, shape, dtype, "residual")
+        _pooled_forward_kernel(np.ascontiguousarray(z), *channel, kh, kw, sh, sw, top, left, no_bits, *dropout,
+                               residual_in, y, offsets, no_keep)
+        return y
+    return run
 
 
 def _coefficients(sum_g, sum_g_vc, inv_std, gamma, m, training, dtype):
@@ -477,7 +498,7 @@ def backward_numba(spec, dy, z, offsets, keep, mean, inv_std, gamma, beta, train
         return _into(dz, out, "out"), dgamma, dbeta
     z, dy = np.ascontiguousarray(z), np.ascontiguousarray(dy, dtype=z.dtype)
     keep_in = _optional(keep, dy.shape, np.bool_, "keep")
-    channel = _channel_args(spec, z, mean, inv_std, gamma, beta)
+    channel = _channel_args(spec, z.dtype, mean, inv_std, gamma, beta)
     drop_scale = z.dtype.type(1 / (1 - spec.rate))
     c = z.shape[-1]
     blocks = max(1, min(BLOCKS, dy.size // c // (dy.shape[2] if spec.pool else 1)))

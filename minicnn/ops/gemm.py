@@ -209,8 +209,22 @@ def matmul(a, b, out=None):
     """(M, K) @ (K, F) -> (M, F), written into `out` when given (a caller's reused buffer, which
     the reference does not take: the product goes there on OpenBLAS's threads); small products
     on one thread, tall ones in row tiles on numba's threads."""
-    product = pick(matmul_reference, matmul_single_thread, not on_all_threads(*a.shape, b.shape[1]))
-    if product is matmul_single_thread:
-        tall = tall_product(a, b, out)
-        return matmul_single_thread(a, b, out) if tall is None else tall
+    product = pick(matmul_reference, _small_product, not on_all_threads(*a.shape, b.shape[1]))
+    if product is _small_product:
+        return _small_product(a, b, out)
     return product(a, b) if out is None else np.matmul(a, b, out=out)
+
+
+def _small_product(a, b, out=None):
+    """A product below OpenBLAS's threads' worth: in row tiles on numba's threads when tall, else on this thread."""
+    tall = tall_product(a, b, out)
+    return matmul_single_thread(a, b, out) if tall is None else tall
+
+
+def _all_threads_product(a, b, out):
+    return np.matmul(a, b, out=out)
+
+
+def bind_matmul(m, k, f):
+    """matmul's choice for (M, K) @ (K, F) products, made once: product(a, b, out) -> out (compiler/plan.py)."""
+    return _all_threads_product if on_all_threads(m, k, f) else _small_product

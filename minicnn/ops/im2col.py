@@ -243,6 +243,23 @@ def im2col(x, kernel_size, strides, pads, out=None):
     return im2col_numba(x, kernel_size, strides, pads, out)
 
 
+def bind_im2col(x_shape, kernel_size, strides, pads, dtype):
+    """im2col for inputs of x_shape: run(x) -> the windows, the numba kernel's written into one
+    array made once (the same every call), NumPy's its own (compiler/plan.py)."""
+    if not numba_pays(kernel_size, x_shape[3]):
+        return lambda x: im2col_reference(x, kernel_size, strides, pads)
+    n, h, w, c = x_shape
+    (kh, kw), (sh, sw) = kernel_size, strides
+    ho, wo = output_hw(h, w, kernel_size, strides, pads)
+    cols = np.empty((n, ho, wo, kh, kw, c), dtype)
+
+    def run(x):
+        _im2col_kernel(np.ascontiguousarray(x).reshape(n, -1), cols.reshape(n, -1), kh, kw, c, sh, sw,
+                       pads[0][0], pads[1][0], h, w, ho, wo)
+        return cols
+    return run
+
+
 def col2im(cols, x_shape, kernel_size, strides, pads):
     """Adjoint of im2col: cols with N*Ho*Wo*kh*kw*C entries (any shape) -> (N, H, W, C). numba
     where it pays, and for 1x1 windows (one pass writing dx, where NumPy zeroes it, then adds)."""

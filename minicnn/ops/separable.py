@@ -43,15 +43,15 @@ TILE_PIXELS = 256    # output pixels per tile (rounded to whole rows): its d fit
 BLOCKS = 8           # the backward's blocks of images, each with its own kernel-gradient partial sums
 
 
-def _check(x, depthwise_kernel, pointwise_kernel):
+def _check(x_shape, depthwise_kernel, pointwise_kernel):
     """Shapes the fused op accepts; a clear error otherwise. Returns (kh, kw, C, F)."""
     kh, kw, c, m = depthwise_kernel.shape
     if m != 1:
         raise ValueError(f"separable_conv2d: depth_multiplier must be 1, received depthwise_kernel.shape="
                          f"{depthwise_kernel.shape}")
-    if x.ndim != 4 or x.shape[3] != c or pointwise_kernel.shape[:3] != (1, 1, c):
+    if len(x_shape) != 4 or x_shape[3] != c or pointwise_kernel.shape[:3] != (1, 1, c):
         raise ValueError(f"separable_conv2d: expected x (N, H, W, {c}) and pointwise_kernel (1, 1, {c}, F), "
-                         f"received x.shape={x.shape}, pointwise_kernel.shape={pointwise_kernel.shape}")
+                         f"received x.shape={tuple(x_shape)}, pointwise_kernel.shape={pointwise_kernel.shape}")
     return kh, kw, c, pointwise_kernel.shape[3]
 
 
@@ -72,7 +72,7 @@ def _depthwise_at(x, depthwise_kernel, n, ho, wo, c, top, left):
 
 def separable_conv2d_naive(x, depthwise_kernel, pointwise_kernel, pads):
     """y[n, ho, wo, f] = sum_c (sum_ij x[n, ho - top + i, wo - left + j, c] * Kd[i, j, c]) * Kp[c, f]."""
-    kh, kw, c_n, f_n = _check(x, depthwise_kernel, pointwise_kernel)
+    kh, kw, c_n, f_n = _check(x.shape, depthwise_kernel, pointwise_kernel)
     ho_n, wo_n = output_hw(x.shape[1], x.shape[2], (kh, kw), (1, 1), pads)
     y = np.zeros((x.shape[0], ho_n, wo_n, f_n), dtype=np.result_type(x, depthwise_kernel, pointwise_kernel))
     for n, ho, wo, c in np.ndindex(x.shape[0], ho_n, wo_n, c_n):
@@ -84,7 +84,7 @@ def separable_conv2d_naive(x, depthwise_kernel, pointwise_kernel, pads):
 
 def separable_conv2d_backward_naive(dy, x, depthwise_kernel, pointwise_kernel, pads, need_input_gradient=True):
     """(dx, ddepthwise, dpointwise) from the rules at the top, one output pixel and channel at a time."""
-    kh, kw, c_n, f_n = _check(x, depthwise_kernel, pointwise_kernel)
+    kh, kw, c_n, f_n = _check(x.shape, depthwise_kernel, pointwise_kernel)
     top, left = pads[0][0], pads[1][0]
     dx, dkd, dkp = np.zeros(x.shape), np.zeros(depthwise_kernel.shape), np.zeros(pointwise_kernel.shape)
     for n, ho, wo, c in np.ndindex(*dy.shape[:3], c_n):
@@ -113,7 +113,7 @@ def _statistics(y2):
 
 def separable_conv2d_reference(x, depthwise_kernel, pointwise_kernel, pads, statistics=False):
     """y = depthwise(x) @ Kp: (N, H, W, C) -> (N, Ho, Wo, F); with statistics, (y, sums, squares)."""
-    _, _, c, f = _check(x, depthwise_kernel, pointwise_kernel)
+    _, _, c, f = _check(x.shape, depthwise_kernel, pointwise_kernel)
     d = depthwise_conv_reference(x, depthwise_kernel, (1, 1), pads)               # (N, Ho, Wo, C)
     y2 = d.reshape(-1, c) @ pointwise_kernel.reshape(c, f).astype(x.dtype)      # (N*Ho*Wo, F)
     y = y2.reshape(d.shape[:3] + (f,))
@@ -122,7 +122,7 @@ def separable_conv2d_reference(x, depthwise_kernel, pointwise_kernel, pads, stat
 
 def separable_conv2d_backward_reference(dy, x, depthwise_kernel, pointwise_kernel, pads, need_input_gradient=True):
     """Gradients of separable_conv2d: dy (N, Ho, Wo, F) -> (dx or None, ddepthwise, dpointwise)."""
-    _, _, c, f = _check(x, depthwise_kernel, pointwise_kernel)
+    _, _, c, f = _check(x.shape, depthwise_kernel, pointwise_kernel)
     d = depthwise_conv_reference(x, depthwise_kernel, (1, 1), pads)               # (N, Ho, Wo, C)
     dy2 = dy.reshape(-1, f).astype(x.dtype, copy=False)                         # (N*Ho*Wo, F)
     pointwise = pointwise_kernel.reshape(c, f).astype(x.dtype)                  # (C, F)
@@ -231,7 +231,7 @@ def separable_conv2d_numba(x, depthwise_kernel, pointwise_kernel, pads, statisti
                            depthwise_out=None):
     """numba version of `separable_conv2d_reference` (same arguments, same result); out: y's
     buffer; depthwise_out: a (N, Ho, Wo, C) buffer that also gets d, for a backward that reads it."""
-    kh, kw, c, f = _check(x, depthwise_kernel, pointwise_kernel)
+    kh, kw, c, f = _check(x.shape, depthwise_kernel, pointwise_kernel)
     x = np.ascontiguousarray(x)
     ho, wo = output_hw(x.shape[1], x.shape[2], (kh, kw), (1, 1), pads)
     kd_rows, kp = _kernels(depthwise_kernel, pointwise_kernel, wo, x.dtype)
@@ -246,11 +246,27 @@ def separable_conv2d_numba(x, depthwise_kernel, pointwise_kernel, pads, statisti
     return (y, sums.sum(axis=0), squares.sum(axis=0)) if statistics else y
 
 
+def bind_separable_conv2d(x_shape, depthwise_kernel, pointwise_kernel, pads):
+    """separable_conv2d_numba for inputs of x_shape (in the kernels' dtype), y and the kernels as
+    the kernel reads them made once: run(x) -> y, the same array every call (compiler/plan.py)."""
+    kh, kw, c, f = _check(x_shape, depthwise_kernel, pointwise_kernel)
+    ho, wo = output_hw(x_shape[1], x_shape[2], (kh, kw), (1, 1), pads)
+    kd_rows, kp = _kernels(depthwise_kernel, pointwise_kernel, wo, pointwise_kernel.dtype)
+    y = np.empty((x_shape[0], ho, wo, f), pointwise_kernel.dtype)
+    tile_rows = _tile_rows(wo, c, f)
+
+    def run(x):
+        _forward_kernel(runs(np.ascontiguousarray(x)), kd_rows, kp, pads[0][0], pads[1][0], tile_rows, y,
+                        None, None, None)
+        return y
+    return run
+
+
 def separable_conv2d_backward_numba(dy, x, depthwise_kernel, pointwise_kernel, pads, need_input_gradient=True,
                                     out=None, depthwise=None):
     """numba version of `separable_conv2d_backward_reference` (same arguments, same result); out:
     dx's buffer; depthwise: the forward's d (its depthwise_out), else recomputed tile by tile."""
-    kh, kw, c, f = _check(x, depthwise_kernel, pointwise_kernel)
+    kh, kw, c, f = _check(x.shape, depthwise_kernel, pointwise_kernel)
     x = np.ascontiguousarray(x)
     dy = np.ascontiguousarray(dy, dtype=x.dtype)
     n, ho, wo = dy.shape[:3]

@@ -473,6 +473,24 @@ def conv(x, kernel, top, left, ho, wo, workspace=None, tiling=F2, out=None, mome
     return output_transform(m, n, ho, wo, t, out=out, moments=moments), Saved(v, u, t)
 
 
+def bind_conv(x_shape, u, top, left, ho, wo, tiling):
+    """conv's forward for inputs of x_shape with the kernel's transform u = kernel_transform(kernel,
+    tiling) kept (its dtype the data's): V, M and z made once; run(x) -> z, the same array every
+    call (compiler/plan.py)."""
+    t, n, c, f = tiling, x_shape[0], x_shape[3], u.shape[2]
+    th, tw = tiles_hw(ho, wo, t.m)
+    v, m = (np.empty((t.a * t.a, n * th * tw, k), u.dtype) for k in (c, f))
+    z, no_moments = np.empty((n, ho, wo, f), u.dtype), np.zeros((0, 2, f))
+    bt, at = _matrix(t.BT, u.dtype), _matrix(t.AT, u.dtype)
+
+    def run(x):
+        _input_transform_kernel(np.ascontiguousarray(x), bt, v, t.m, top, left, th, tw)
+        batched_matmul(v, u, out=m)
+        _output_transform_kernel(m, at, z, th, tw, no_moments)
+        return z
+    return run
+
+
 def conv_backward(dz, saved, x_shape, top, left, workspace=None, need_input_gradient=True, out=None):
     """dz (N, Ho, Wo, F) -> (dx (N, H, W, C), dkernel (r, r, C, F)) for conv; dx is None when
     need_input_gradient is False; `out`: dx's buffer."""

@@ -1,0 +1,181 @@
+"""minicnn.compiler.plan: a frozen model's small batches, run by an inference plan, give exactly
+the frozen steps' outputs; each op's bound form gives exactly its dispatcher's result, call after
+call; plans are made once per shape and dropped with the steps they bound."""
+import threading
+
+import numpy as np
+import pytest
+
+from fer import models as fer_models
+from minicnn.compiler import freeze
+from minicnn.ops import epilogue, winograd
+from minicnn.ops.conv import bind_conv2d, conv2d
+from minicnn.ops.depthwise import bind_depthwise_conv, depthwise_conv
+from minicnn.ops.direct_conv import bind_direct_conv2d, direct_conv2d
+from minicnn.ops.gemm import bind_matmul, matmul
+from minicnn.ops.separable import bind_separable_conv2d, separable_conv2d
+from tests.test_compiler import batch, small_model
+from tests.test_freeze import with_statistics
+
+
+def frozen(name):
+    return freeze(with_statistics(small_model(name)))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("name", fer_models.names())
+def test_planned_outputs_are_the_frozen_steps_outputs(name, dtype, floatx):
+    floatx(dtype)
+    model = frozen(name)
+    first, second = batch(model, n=2, seed=1)[0], batch(model, n=2, seed=2)[0]
+    model.predict_on_batch(first)                                  # makes the plan
+    assert len(model.plans.plans) == 1
+    planned = [model.predict_on_batch(x) for x in (second, first)]
+    for x, y in zip((second, first), planned):
+        np.testing.assert_array_equal(y, model.forward(x, training=False), err_msg=name)
+
+
+def test_a_plan_is_made_once_per_input_shape_and_its_output_is_the_callers(floatx):
+    floatx("float32")
+    model = frozen("mini_xception")
+    one, two = batch(model, n=1)[0], batch(model, n=2)[0]
+    y = model.predict_on_batch(one)
+    model.predict_on_batch(two)
+    kept = model.predict_on_batch(one)
+    expected = kept.copy()
+    kept[...] = 0                                                   # the caller's copy, not the plan's array
+    np.testing.assert_array_equal(model.predict_on_batch(one), expected)
+    np.testing.assert_array_equal(y, expected)
+    assert len(model.plans.plans) == 2
+
+
+def test_predict_runs_the_plan_and_a_big_batch_does_not(floatx, monkeypatch):
+    floatx("float32")
+    model = frozen("cnn4")
+    x = batch(model, n=3)[0]
+    expected = model.forward(x, training=False)
+    one_by_one = np.concatenate([model.forward(x[i:i + 1], training=False) for i in range(3)])
+    np.testing.assert_array_equal(model.predict(x, batch_size=1), one_by_one)
+    assert len(model.plans.plans) == 1
+    monkeypatch.setattr("minicnn.perf.ONE_THREAD_MAX_INPUT", 0)
+    np.testing.assert_array_equal(model.predict(x, batch_size=3), expected)
+    assert len(model.plans.plans) == 1
+
+
+def test_new_weights_and_training_drop_the_plans(floatx):
+    floatx("float64")
+    model = frozen("mini_xception")
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    x, y = batch(model, n=2)
+    before = model.predict_on_batch(x)
+    other = freeze(with_statistics(small_model("mini_xception"), seed=5))
+    model.set_weights(other.get_weights())
+    after = model.predict_on_batch(x)
+    assert not np.array_equal(after, before)
+    np.testing.assert_array_equal(after, other.forward(x, training=False))
+    model.train_on_batch(x, y)
+    freeze(model)
+    np.testing.assert_array_equal(model.predict_on_batch(x), model.forward(x, training=False))
+
+
+def test_the_reference_switch_runs_no_plan(floatx, monkeypatch):
+    floatx("float64")
+    model = frozen("cnn4")
+    x = batch(model, n=1)[0]
+    monkeypatch.setenv("MINICNN_REFERENCE", "1")
+    model.predict_on_batch(x)
+    model.predict_on_batch(x)
+    assert model.plans.plans == {}
+
+
+def test_a_plan_busy_on_another_thread_leaves_the_call_to_the_steps(floatx):
+    floatx("float32")
+    model = frozen("mini_xception")
+    x = batch(model, n=1)[0]
+    expected = model.predict_on_batch(x)
+    (plan,) = model.plans.plans.values()
+    with plan.lock:                                      # as if another thread were running it
+        np.testing.assert_array_equal(model.predict_on_batch(x), expected)
+    assert not plan.lock.locked()
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(model.predict_on_batch(x))) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for result in results:
+        np.testing.assert_array_equal(result, expected)
+
+
+# ---- each op's bound form against its dispatcher, on two inputs in turn --------------------------
+
+def random(shape, seed, dtype="float32"):
+    return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+
+
+def assert_bound_equals(run, op, shape, seeds=(1, 2)):
+    for seed in seeds:
+        x = random(shape, seed)
+        np.testing.assert_array_equal(run(x), op(x))
+
+
+@pytest.mark.parametrize("shape, kernel_shape, strides, pads", [
+    ((1, 12, 12, 3), (3, 3, 3, 8), (1, 1), ((1, 1), (1, 1))),
+    ((2, 11, 9, 4), (3, 3, 4, 5), (2, 2), ((0, 1), (0, 1))),
+    ((1, 10, 10, 2), (5, 5, 2, 3), (1, 1), ((0, 0), (0, 0)))])
+def test_bound_direct_convolution(shape, kernel_shape, strides, pads):
+    kernel = random(kernel_shape, 0)
+    assert_bound_equals(bind_direct_conv2d(shape, kernel, strides, pads),
+                        lambda x: direct_conv2d(x, kernel, strides, pads), shape)
+
+
+@pytest.mark.parametrize("shape, kernel_shape, strides, pads", [
+    ((1, 12, 12, 1), (3, 3, 1, 8), (1, 1), ((1, 1), (1, 1))),         # NumPy's im2col
+    ((2, 10, 10, 16), (3, 3, 16, 8), (1, 1), ((1, 1), (1, 1))),       # numba's
+    ((1, 11, 11, 8), (1, 1, 8, 16), (2, 2), ((0, 0), (0, 0)))])       # a strided 1x1 window
+def test_bound_im2col_convolution(shape, kernel_shape, strides, pads):
+    kernel = random(kernel_shape, 0)
+    assert_bound_equals(bind_conv2d(shape, kernel, strides, pads),
+                        lambda x: conv2d(x, kernel, strides, pads)[0], shape)
+
+
+@pytest.mark.parametrize("tiling", [winograd.F2, winograd.F4])
+def test_bound_winograd_convolution(tiling):
+    shape, kernel = (1, 10, 9, 4), random((3, 3, 4, 6), 0)
+    u = winograd.kernel_transform(kernel, tiling)
+    assert_bound_equals(winograd.bind_conv(shape, u, 1, 1, 10, 9, tiling),
+                        lambda x: winograd.conv(x, kernel, 1, 1, 10, 9, tiling=tiling)[0], shape)
+
+
+@pytest.mark.parametrize("strides, multiplier", [((1, 1), 1), ((2, 2), 1), ((1, 1), 2)])
+def test_bound_depthwise_convolution(strides, multiplier):
+    shape, kernel, pads = (2, 9, 9, 4), random((3, 3, 4, multiplier), 0), ((1, 1), (1, 1))
+    assert_bound_equals(bind_depthwise_conv(shape, kernel, strides, pads),
+                        lambda x: depthwise_conv(x, kernel, strides, pads), shape)
+
+
+def test_bound_separable_convolution():
+    shape, kd, kp, pads = (1, 12, 10, 8), random((3, 3, 8, 1), 0), random((1, 1, 8, 16), 3), ((1, 1), (1, 1))
+    assert_bound_equals(bind_separable_conv2d(shape, kd, kp, pads),
+                        lambda x: separable_conv2d(x, kd, kp, pads), shape)
+
+
+@pytest.mark.parametrize("pool", [None, ((3, 3), (2, 2), ((1, 1), (1, 1)))])
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_bound_epilogue(pool, with_residual):
+    z_shape = (1, 8, 8, 4)
+    spec = epilogue.Epilogue("after", pool, 0.25)
+    statistics = [random(4, seed) for seed in (5, 6, 7, 8)]
+    statistics[1] = np.abs(statistics[1]) + 0.5                          # inv_std
+    residual = random(spec.output_shape(z_shape), 9) if with_residual else None
+    run = epilogue.bind_forward(spec, z_shape, np.float32, *statistics)
+    assert_bound_equals(lambda z: run(z, residual),
+                        lambda z: epilogue.forward(spec, z, *statistics, residual=residual)[0], z_shape)
+
+
+@pytest.mark.parametrize("m, k, f", [(1, 64, 10), (300, 40, 16), (64, 2048, 512)])
+def test_bound_matmul(m, k, f):
+    b, out = random((k, f), 0), np.empty((m, f), np.float32)
+    product = bind_matmul(m, k, f)
+    assert_bound_equals(lambda a: product(a, b, out), lambda a: matmul(a, b), (m, k))
+
