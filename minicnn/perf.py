@@ -247,8 +247,9 @@ def find_openblas_local_threads():
 # and its patch matrix costs a whole step more than the kernels alone show (timed in whole steps)
 DIRECT_CONV_MAX_DEPTH, DIRECT_CONV_MAX_FILTERS = 72, 8
 # ... and for inference (the forward alone), a window of at most this many numbers and at most
-# this many filters: wider, the product's rate wins over the patch matrix it saves
-DIRECT_CONV_INFERENCE_MAX_DEPTH, DIRECT_CONV_INFERENCE_MAX_FILTERS = 72, 32
+# this many multiply-adds per output pixel (kh*kw*C*F): more, the product's rate wins over the
+# patch matrix it saves
+DIRECT_CONV_INFERENCE_MAX_DEPTH, DIRECT_CONV_INFERENCE_MAX_WORK = 72, 576
 # their task blocks: enough for both threads, few enough that the per-block kernel gradients add up at once
 DIRECT_CONV_BLOCKS = 16
 # their tile: about this many output columns (rows * (Wo + (kw-1)//sw)) per loop, long enough

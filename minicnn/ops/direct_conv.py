@@ -522,12 +522,13 @@ def direct_pays(x_shape, kernel_shape, strides, training=True):
     wider than 1x1 (a 1x1 window's patch matrix is a strided copy of x). In training (forward and
     backward): at most perf.DIRECT_CONV_MAX_DEPTH numbers in the window (kh*kw*C) and at most
     perf.DIRECT_CONV_MAX_FILTERS filters. Inference (the forward alone): at most
-    perf.DIRECT_CONV_INFERENCE_MAX_DEPTH numbers and perf.DIRECT_CONV_INFERENCE_MAX_FILTERS filters."""
+    perf.DIRECT_CONV_INFERENCE_MAX_DEPTH numbers and perf.DIRECT_CONV_INFERENCE_MAX_WORK multiply-adds
+    per output pixel (kh*kw*C*F)."""
     kh, kw, c, f = kernel_shape
     if kh * kw == 1:
         return False
     if not training:
-        return kh * kw * c <= perf.DIRECT_CONV_INFERENCE_MAX_DEPTH and f <= perf.DIRECT_CONV_INFERENCE_MAX_FILTERS
+        return kh * kw * c <= perf.DIRECT_CONV_INFERENCE_MAX_DEPTH and kh * kw * c * f <= perf.DIRECT_CONV_INFERENCE_MAX_WORK
     return kh * kw * c <= perf.DIRECT_CONV_MAX_DEPTH and f <= perf.DIRECT_CONV_MAX_FILTERS
 
 
