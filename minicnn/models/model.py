@@ -102,9 +102,10 @@ class Model(Network):
         self._require_compiled("train_on_batch")
         if class_weight is not None:
             class_weight = class_weight_vector(class_weight, self.output_shape[-1], self.name)
-        loss, y_pred = self.compute_gradients(x, y, _sample_weights(y, sample_weight, class_weight),
-                                              input_gradient=False)
-        self.optimizer.apply_gradients(self.trainable_weights)
+        with backend.reference_read_once():          # the step's ops and updates ask hundreds of times
+            loss, y_pred = self.compute_gradients(x, y, _sample_weights(y, sample_weight, class_weight),
+                                                  input_gradient=False)
+            self.optimizer.apply_gradients(self.trainable_weights)
         return self._results(loss, y, y_pred)
 
     def compute_gradients(self, x, y, sample_weight=None, training=True, input_gradient=True):
