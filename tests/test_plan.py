@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from fer import models as fer_models
+from minicnn import Add, BatchNormalization, Conv2D, Dense, Flatten, Input, Model
 from minicnn.compiler import freeze
 from minicnn.ops import epilogue, winograd
 from minicnn.ops.conv import bind_conv2d, conv2d
@@ -179,3 +180,15 @@ def test_bound_matmul(m, k, f):
     product = bind_matmul(m, k, f)
     assert_bound_equals(lambda a: product(a, b, out), lambda a: matmul(a, b), (m, k))
 
+
+
+def test_a_model_of_two_inputs_runs_its_plan(floatx):
+    floatx("float64")
+    left, right = Input((6, 6, 2)), Input((6, 6, 2))
+    joined = Add()([BatchNormalization()(Conv2D(3, 3, padding="same")(left)), Conv2D(3, 1)(right)])
+    model = freeze(with_statistics(Model([left, right], Dense(4, activation="softmax")(Flatten()(joined)))))
+    pairs = [[random((1, 6, 6, 2), seed, "float64") for seed in seeds] for seeds in ((1, 2), (3, 4))]
+    model.predict_on_batch(pairs[0])
+    for pair in pairs:
+        np.testing.assert_array_equal(model.predict_on_batch(pair), model.forward(pair, training=False))
+    assert len(model.plans.plans) == 1

@@ -222,6 +222,7 @@ def _small_product(a, b, out=None):
 
 
 def _all_threads_product(a, b, out):
+    """A product worth OpenBLAS's threads: NumPy's call, into out."""
     return np.matmul(a, b, out=out)
 
 
