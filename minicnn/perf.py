@@ -70,6 +70,9 @@ BLAS_PARALLEL_FLOPS = 1e9
 # ... or from this many FLOP when both K and F are at least BLAS_WIDE_MIN_SIZE: wide products
 # gain from the threads at this size, narrow ones (a few channels) lose
 BLAS_WIDE_PARALLEL_FLOPS, BLAS_WIDE_MIN_SIZE = 1e8, 64
+# a product on OpenBLAS's threads with at most this many rows (a face's last convolutions) runs as
+# its transpose, the kernel's transpose kept contiguous, where it is bound once (ops.gemm.bind_matmul)
+TRANSPOSED_PRODUCT_MAX_ROWS = 36
 # OpenBLAS runs a product of at most this many multiply-adds (M*K*F) on the calling thread
 # (its default, 65536 * GEMM_MULTITHREAD_THRESHOLD 4): numba's kernels keep their per-tile
 # products within it, since OpenBLAS's own threads waking inside numba's cost more than they give

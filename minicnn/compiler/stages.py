@@ -214,11 +214,11 @@ class SeparableStage:
         if self.fused(tuple(x_shape), training=False):
             return bound_product(bind_separable_conv2d(x_shape, kd, kp, pads), layer, self.activation), y_shape
         depthwise, pixels = bind_depthwise_conv(x_shape, kd, layer.strides, pads), x_shape[0] * ho * wo
-        pointwise = bind_matmul(pixels, kd.shape[2] * kd.shape[3], layer.filters)
-        weights, z = np.ascontiguousarray(kp.reshape(-1, layer.filters)), np.empty((pixels, layer.filters), layer.dtype)
+        pointwise = bind_matmul(pixels, kp.reshape(-1, layer.filters))
+        z = np.empty((pixels, layer.filters), layer.dtype)
 
         def product(x):
-            return pointwise(depthwise(x).reshape(pixels, -1), weights, z).reshape(y_shape)
+            return pointwise(depthwise(x).reshape(pixels, -1), z).reshape(y_shape)
         return bound_product(product, layer, self.activation), y_shape
 
     def backward(self, dy):
@@ -255,9 +255,8 @@ class DenseStage:
     def bind(self, x_shape, dtype):
         """The inference forward for inputs of x_shape (N, n_in), the product's method chosen once (plan.py)."""
         layer = self.layer
-        kernel = layer.kernel.value
-        product, z = bind_matmul(x_shape[0], *kernel.shape), np.empty((x_shape[0], layer.units), layer.dtype)
-        return bound_product(lambda x: product(x, kernel, z), layer, self.activation), z.shape
+        product, z = bind_matmul(x_shape[0], layer.kernel.value), np.empty((x_shape[0], layer.units), layer.dtype)
+        return bound_product(lambda x: product(x, z), layer, self.activation), z.shape
 
     def backward(self, dy):
         """Dense.backward's rule (docs/backprop.md, "Dense")."""

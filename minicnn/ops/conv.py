@@ -101,12 +101,11 @@ def bind_conv2d(x_shape, kernel, strides, pads):
     (kh, kw, c, f), n = kernel.shape, x_shape[0]
     ho, wo = output_hw(x_shape[1], x_shape[2], (kh, kw), strides, pads)
     patches = bind_im2col(x_shape, (kh, kw), strides, pads, kernel.dtype)
-    product = bind_matmul(n * ho * wo, kh * kw * c, f)
-    weights = np.ascontiguousarray(kernel.reshape(-1, f))
+    product = bind_matmul(n * ho * wo, kernel.reshape(-1, f))
     z = np.empty((n * ho * wo, f), kernel.dtype)
 
     def run(x):
-        product(patches(x).reshape(n * ho * wo, -1), weights, z)
+        product(patches(x).reshape(n * ho * wo, -1), z)
         return z.reshape(n, ho, wo, f)
     return run
 

@@ -221,11 +221,19 @@ def _small_product(a, b, out=None):
     return matmul_single_thread(a, b, out) if tall is None else tall
 
 
-def _all_threads_product(a, b, out):
-    """A product worth OpenBLAS's threads: NumPy's call, into out."""
-    return np.matmul(a, b, out=out)
+def bind_matmul(m, b):
+    """matmul by (M, K) @ b for a fixed b, its method chosen once: product(a, out) -> a @ b in out
+    (compiler/plan.py). A short product worth OpenBLAS's threads (at most
+    perf.TRANSPOSED_PRODUCT_MAX_ROWS rows) runs as out^T = b^T @ a^T with b^T kept contiguous:
+    OpenBLAS shares that one better between its threads."""
+    if not on_all_threads(m, *b.shape):
+        return lambda a, out: _small_product(a, b, out)
+    if m > perf.TRANSPOSED_PRODUCT_MAX_ROWS:
+        return lambda a, out: np.matmul(a, b, out=out)
+    bt, out_t = np.ascontiguousarray(b.T), np.empty((b.shape[1], m), b.dtype)
 
-
-def bind_matmul(m, k, f):
-    """matmul's choice for (M, K) @ (K, F) products, made once: product(a, b, out) -> out (compiler/plan.py)."""
-    return _all_threads_product if on_all_threads(m, k, f) else _small_product
+    def transposed(a, out):
+        np.matmul(bt, a.T, out=out_t)
+        out[...] = out_t.T
+        return out
+    return transposed
