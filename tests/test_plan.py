@@ -1,13 +1,15 @@
 """minicnn.compiler.plan: a frozen model's small batches, run by an inference plan, give exactly
-the frozen steps' outputs; each op's bound form gives exactly its dispatcher's result, call after
-call; plans are made once per shape and dropped with the steps they bound."""
+the frozen steps' outputs; each op's bound form gives its dispatcher's result (exactly; a bound
+product to rounding), call after call; plans are made once per shape and dropped with the steps
+they bound, new weights included."""
+import copy
 import threading
 
 import numpy as np
 import pytest
 
 from fer import models as fer_models
-from minicnn import Add, BatchNormalization, Conv2D, Dense, Flatten, Input, Model
+from minicnn import Add, BatchNormalization, Conv2D, Dense, Flatten, Input, MaxPooling2D, Model
 from minicnn.compiler import freeze
 from minicnn.ops import epilogue, winograd
 from minicnn.ops.conv import bind_conv2d, conv2d
@@ -195,3 +197,37 @@ def test_a_model_of_two_inputs_runs_its_plan(floatx):
     for pair in pairs:
         np.testing.assert_array_equal(model.predict_on_batch(pair), model.forward(pair, training=False))
     assert len(model.plans.plans) == 1
+
+
+def test_a_layers_new_weights_reach_the_next_prediction(floatx):
+    """A layer's set_weights, not only the model's, makes the model fold and plan again."""
+    floatx("float64")
+    model = frozen("cnn8")                    # its BatchNormalizations stay unfolded: the plan binds their statistics
+    x = batch(model, n=1)[0]
+    before = model.predict_on_batch(x)
+    bn = next(layer for layer in model.layers if isinstance(layer, BatchNormalization))
+    bn.set_weights([w + 0.5 for w in bn.get_weights()])
+    after = model.predict_on_batch(x)
+    assert not np.array_equal(after, before)
+    np.testing.assert_array_equal(after, freeze(model).forward(x, training=False))
+
+
+def test_a_model_with_plans_can_be_copied(floatx):
+    floatx("float32")
+    model = frozen("mini_xception")
+    x = batch(model, n=1)[0]
+    expected = model.predict_on_batch(x)
+    twin = copy.deepcopy(model)
+    assert twin.plans.plans == {}
+    np.testing.assert_array_equal(twin.predict_on_batch(x), expected)
+
+
+def test_an_epilogue_binds_in_its_products_dtype():
+    """A float64 convolution after a float32 input: the plan's epilogue computes in float64, as the steps do."""
+    x_in = Input((8, 8, 2), dtype="float32")
+    z = BatchNormalization(dtype="float64")(Conv2D(3, 3, padding="same", activation="relu", dtype="float64")(x_in))
+    pooled = MaxPooling2D(dtype="float64")(z)
+    model = freeze(with_statistics(Model(x_in, Dense(2, dtype="float64")(Flatten(dtype="float64")(pooled)))))
+    x = random((1, 8, 8, 2), 1)
+    model.predict_on_batch(x)
+    np.testing.assert_array_equal(model.predict_on_batch(x), model.forward(x, training=False))

@@ -11,8 +11,8 @@ way (epilogues.py, on ops/epilogue.py's kernels). Only `model.steps` changes: gr
 get_activations are the plain model's, and MINICNN_REFERENCE=1 runs the plain steps.
 `freeze(model)` (freeze.py) compiles for inference alone, each BatchNormalization after a
 convolution or Dense layer folded into its kernel and bias; a frozen model's small batches
-(predict, evaluate) then run as an inference plan per input shape (plan.py), every kernel
-call's arguments made once.
+(predict, evaluate) then run as an inference plan per input shape (plan.py), the kernel calls'
+arguments and output arrays made once.
 """
 from .freeze import freeze
 from .passes import compile_model, find_chains

@@ -128,10 +128,10 @@ class EpilogueStage:
         return y
 
     def bind(self, z_shape, dtype):
-        """The inference forward for z of z_shape, bound once (plan.py): (run(z, residual=None) -> y, y's shape)."""
+        """The inference forward for z of z_shape and dtype, bound once (plan.py): run(z, residual=None) -> y."""
         spec = self.spec(z_shape)
         statistics = self.inference_statistics(z_shape[-1], dtype)
-        return epilogue.bind_forward(spec, z_shape, dtype, *statistics), spec.output_shape(z_shape)
+        return epilogue.bind_forward(spec, z_shape, dtype, *statistics), spec.output_shape(z_shape), dtype
 
     def backward(self, dy):
         """dz from dy (the residual's gradient is dy itself: the step sends it back)."""

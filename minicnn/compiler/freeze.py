@@ -9,9 +9,10 @@ followed by a BatchNormalization (a ReLU, pool, dropout or residual Add may foll
 folded kernel; its bias goes into the pass after the product (BiasActivationStage, or the pooling
 epilogue's). No statistics or normalization are set up per call, much of what a batch-1 forward (a
 webcam) spends its time on beside its kernels. The folded weights are computed once,
-from the weights as they are then (as torch.jit.freeze does): training, set_weights and
-load_weights bring back the plain compiled steps; changing weight arrays in place does not reach
-the folded copies (freeze again).
+from the weights as they are then (as torch.jit.freeze does): training brings back the plain
+compiled steps, and weights set afterwards (set_weights, load_weights, a layer's set_weights) are
+folded again before the next inference; writing into weight arrays directly does not reach the
+folded copies (freeze again).
 """
 import copy
 
@@ -19,7 +20,7 @@ import numpy as np
 
 from .. import perf
 from ..activations import get as get_activation
-from ..layers.base import Weight
+from ..layers.base import Weight, weights_set_count
 from ..ops.batchnorm import normalize
 from ..layers.conv import SeparableConv2D
 from .buffers import Buffers
@@ -36,6 +37,7 @@ def freeze(model):
     folded = {layer: folded_step(layer) for layer, _ in model.steps if isinstance(layer, FusedStep)}
     steps = [(folded.get(layer, layer), [folded.get(s, s) for s in sources]) for layer, sources in model.steps]
     model.set_steps(steps, compiled=True, frozen=True)
+    model.weights_frozen = weights_set_count()       # new weights after this: Model folds them again
     return model
 
 
@@ -77,7 +79,7 @@ class BiasActivationStage:
     """y = z + bias, then max(y, 0) with `relu`: what is left of BatchNormalization (and a ReLU)
     once folded. A big z takes one pass (ops.batchnorm.normalize with mean = -bias, scale 1); a
     small one (a face or two) two NumPy calls in place, cheaper to make: z is the product's own
-    new array at inference."""
+    array at inference (new, or its plan's)."""
 
     def __init__(self, bias, relu, layers):
         self.bias, self.minus_bias, self.one, self.zero = bias, -bias, np.ones_like(bias), np.zeros_like(bias)
@@ -93,7 +95,8 @@ class BiasActivationStage:
         return self.y
 
     def bind(self, z_shape, dtype):
-        return (lambda z: self.forward(z, training=False)), z_shape
+        """forward itself: two in-place NumPy calls, or normalize's pass, have nothing to bind."""
+        return (lambda z: self.forward(z, training=False)), z_shape, dtype
 
     def backward(self, dy):
         """The ReLU's rule; the bias passes dy on."""

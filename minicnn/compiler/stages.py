@@ -4,8 +4,8 @@ chain on arrays, forward then backward, and sets that layer's weight gradients.
 A stage computes what its layers compute, with the same ops: `LayerStage` runs the layer's own
 forward and backward; the others choose a faster method by shape or share a pass, and must
 give the same numbers (tests/test_compiler.py holds every seed model to that). Each also has
-`bind(x_shape, dtype) -> (run, y_shape)`: its inference forward for one input shape, the kernel
-calls' arguments made once, for an inference plan (plan.py).
+`bind(x_shape, dtype) -> (run, y_shape, y_dtype)`: its inference forward for inputs of one shape
+and dtype, the kernel calls' arguments made once, for an inference plan (plan.py).
 """
 from typing import NamedTuple
 
@@ -43,7 +43,9 @@ class LayerStage:
         return self.layer.backward(dy)
 
     def bind(self, x_shape, dtype):
-        return (lambda x: self.layer.forward(x, training=False)), (x_shape[0],) + tuple(self.layer.output_shape[1:])
+        """The layer's own forward (nothing to bind)."""
+        layer = self.layer
+        return (lambda x: layer.forward(x, training=False)), (x_shape[0],) + tuple(layer.output_shape[1:]), layer.dtype
 
 
 def bound_product(product, layer, activation):
@@ -123,7 +125,7 @@ class ConvStage:
             conv = winograd.bind_conv(x_shape, u, pads[0][0], pads[1][0], ho, wo, tiling)
         else:
             conv = bind_conv2d(x_shape, kernel, layer.strides, pads)
-        return bound_product(conv, layer, self.activation), (x_shape[0], ho, wo, layer.filters)
+        return bound_product(conv, layer, self.activation), (x_shape[0], ho, wo, layer.filters), layer.dtype
 
     def kept_transform(self, kernel, tiling):
         """Winograd's U = G g G^T for inference, computed again only when the kernel no longer
@@ -212,14 +214,14 @@ class SeparableStage:
         pads, ho, wo = window_geometry(layer, x_shape, layer.kernel_size)
         kd, kp, y_shape = layer.depthwise_kernel.value, layer.pointwise_kernel.value, (x_shape[0], ho, wo, layer.filters)
         if self.fused(tuple(x_shape), training=False):
-            return bound_product(bind_separable_conv2d(x_shape, kd, kp, pads), layer, self.activation), y_shape
+            return bound_product(bind_separable_conv2d(x_shape, kd, kp, pads), layer, self.activation), y_shape, layer.dtype
         depthwise, pixels = bind_depthwise_conv(x_shape, kd, layer.strides, pads), x_shape[0] * ho * wo
         pointwise = bind_matmul(pixels, kp.reshape(-1, layer.filters))
         z = np.empty((pixels, layer.filters), layer.dtype)
 
         def product(x):
             return pointwise(depthwise(x).reshape(pixels, -1), z).reshape(y_shape)
-        return bound_product(product, layer, self.activation), y_shape
+        return bound_product(product, layer, self.activation), y_shape, layer.dtype
 
     def backward(self, dy):
         """SeparableConv2D.backward's rule (docs/backprop.md, "SeparableConv2D")."""
@@ -256,7 +258,7 @@ class DenseStage:
         """The inference forward for inputs of x_shape (N, n_in), the product's method chosen once (plan.py)."""
         layer = self.layer
         product, z = bind_matmul(x_shape[0], layer.kernel.value), np.empty((x_shape[0], layer.units), layer.dtype)
-        return bound_product(lambda x: product(x, z), layer, self.activation), z.shape
+        return bound_product(lambda x: product(x, z), layer, self.activation), z.shape, layer.dtype
 
     def backward(self, dy):
         """Dense.backward's rule (docs/backprop.md, "Dense")."""
@@ -283,7 +285,8 @@ class BatchNormalizationReLUStage:
         return normalize(x, mean, inv_std, bn.gamma.value, bn.beta.value, relu=True)      # max(BN(x), 0)
 
     def bind(self, x_shape, dtype):
-        return (lambda x: self.forward(x, training=False)), x_shape
+        """forward itself: normalize's one pass takes its arguments as they are."""
+        return (lambda x: self.forward(x, training=False)), x_shape, self.batchnorm.dtype
 
     def backward(self, dy):
         """BatchNormalization.backward of dy * (BN(x) > 0): docs/backprop.md, "BatchNormalization"."""

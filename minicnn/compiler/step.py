@@ -61,10 +61,11 @@ class FusedStep:
         return last.forward(x, training) if residual is None else last.forward(x, training, residual)
 
     def bind(self, x_shape, dtype):
-        """forward in inference for a chain input of x_shape, each stage bound once (plan.py): run(inputs) -> y."""
+        """forward in inference for a chain input of x_shape and dtype, each stage bound once (plan.py):
+        (run(inputs) -> y, y's shape, y's dtype)."""
         runs = []
         for stage in self.stages:
-            run, x_shape = stage.bind(x_shape, dtype)
+            run, x_shape, dtype = stage.bind(x_shape, dtype)
             runs.append(run)
         *chain, last = runs
         joins = self.add is not None and getattr(self.stages[-1], "joins_residual", False)
@@ -77,7 +78,7 @@ class FusedStep:
                 return last(x, residual)
             y = last(x)
             return y if self.add is None else self.add.forward([y, residual], training=False)
-        return run
+        return run, x_shape, dtype
 
     def backward(self, dy):
         dx = dy

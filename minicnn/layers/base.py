@@ -45,9 +45,19 @@ def check_shape(weight, shape, where, detail=""):
         raise ValueError(f"{where}: weight {weight.name} has shape {weight.shape}, received shape {tuple(shape)}{detail}")
 
 
+_weights_set = 0    # how many times set_weight_values has changed weights, any layer's
+
+
+def weights_set_count():
+    """How many times weights were set (set_weights, load_weights, any layer): what was computed
+    from weights earlier (compiler.freeze's folded copies) is stale once this has moved."""
+    return _weights_set
+
+
 def set_weight_values(weights, arrays, where):
     """Copy each array into its weight in place, after checking the count and every shape, so
     that on an error no weight has changed: the one routine every setter and loader ends in."""
+    global _weights_set
     arrays = list(arrays)
     if len(arrays) != len(weights):
         raise ValueError(f"{where}: expected {len(weights)} weight arrays "
@@ -56,6 +66,7 @@ def set_weight_values(weights, arrays, where):
         check_shape(w, np.shape(a), where)
     for w, a in zip(weights, arrays):
         w.value[...] = a
+    _weights_set += 1
 
 
 class SymbolicTensor:

@@ -9,6 +9,7 @@ from .. import backend, losses, optimizers, perf, saving
 from ..callbacks import History, check_hooks
 from ..compiler import compile_model, freeze
 from ..compiler.plan import Plans
+from ..layers.base import weights_set_count
 from ..sequence import ArrayBatches, Sequence, count, take
 from .network import Network
 from .summary import summary_lines
@@ -90,6 +91,8 @@ class Model(Network):
                 self.set_steps(self.graph_steps())
         elif self.steps_frozen and training:
             compile_model(self)             # the frozen steps' folded weights cannot train
+        elif self.steps_frozen and self.weights_frozen != weights_set_count():
+            freeze(self)                    # weights set since: fold them again
         elif self.jit_compile and self.steps and not self.steps_compiled:
             compile_model(self)
 
@@ -362,16 +365,6 @@ class Model(Network):
 
     def load_weights(self, path):
         saving.load_weights(self, path)
-        self._fold_again()
-
-    def set_weights(self, arrays):
-        super().set_weights(arrays)
-        self._fold_again()
-
-    def _fold_again(self):
-        """Frozen steps hold folded copies of the weights: fold the new ones."""
-        if self.steps_frozen:
-            freeze(self)
 
     def save(self, path, metadata=None, include_optimizer=False):
         """Architecture, weights, `metadata` (default: self.metadata) and the compile() settings in

@@ -48,15 +48,15 @@ class Epilogue(NamedTuple):
     pool: Optional[tuple] = None
     rate: float = 0.0
 
-    def check(self, z):
-        """An error naming the problem when this block cannot follow z."""
+    def check(self, z_shape):
+        """An error naming the problem when this block cannot follow a z of z_shape."""
         if self.relu not in RELU_PLACES:
             raise ValueError(f"epilogue: relu must be None, 'before' or 'after', received {self.relu!r}")
         if not 0 <= self.rate < 1:
             raise ValueError(f"epilogue: rate must be in [0, 1), received {self.rate!r}")
-        if self.pool is not None and (z.ndim != 4 or self.pool[0][0] * self.pool[0][1] > 256):
+        if self.pool is not None and (len(z_shape) != 4 or self.pool[0][0] * self.pool[0][1] > 256):
             raise ValueError(f"epilogue: pooling needs (N, H, W, C) input and at most 256 window cells, "
-                             f"received z.shape={z.shape}, pool_size={self.pool[0]}")
+                             f"received z.shape={tuple(z_shape)}, pool_size={self.pool[0]}")
 
     def output_shape(self, z_shape):
         """y's shape: z's, pooled when there is a pool."""
@@ -390,7 +390,7 @@ def _moments_kernel(x, floor, shift, sums, squares):
 
 
 def _channel_args(spec, dtype, mean, inv_std, gamma, beta):
-    """mean, scale = gamma * inv_std and beta in z's dtype, as the reference computes them, and
+    """mean, scale = gamma * inv_std and beta in `dtype` (z's), as the reference computes them, and
     the ReLUs' floors (before, after): 0 where the block has that ReLU, -inf where not."""
     channel = tuple(np.ascontiguousarray(v, dtype=dtype) for v in (mean, gamma * inv_std, beta))
     floors = tuple(dtype.type(0 if spec.relu == place else -np.inf) for place in ("before", "after"))
@@ -461,9 +461,10 @@ def forward_numba(spec, z, mean, inv_std, gamma, beta, bits=None, residual=None,
 
 
 def bind_forward(spec, z_shape, dtype, mean, inv_std, gamma, beta):
-    """forward in inference (no dropout draws) for z of z_shape: run(z, residual=None) -> y. With
-    a pool, the kernel's arguments and y are made once (the same y every call: compiler/plan.py);
+    """forward in inference (no dropout draws) for z of z_shape and dtype: run(z, residual=None) -> y.
+    With a pool, the kernel's arguments and y are made once (the same y every call: compiler/plan.py);
     without one, forward itself."""
+    spec.check(z_shape)
     if spec.pool is None:
         return lambda z, residual=None: forward(spec, z, mean, inv_std, gamma, beta, None, residual)[0]
     dtype, shape = np.dtype(dtype), spec.output_shape(z_shape)
@@ -475,6 +476,8 @@ def bind_forward(spec, z_shape, dtype, mean, inv_std, gamma, beta):
 
     def run(z, residual=None):
         residual_in = _optional(residual, shape, dtype, "residual")
+        if residual is not None and np.shares_memory(residual_in, y):   # the kernel keeps running maxima in y
+            residual_in = residual_in.copy()
         _pooled_forward_kernel(np.ascontiguousarray(z), *channel, kh, kw, sh, sw, top, left, no_bits, *dropout,
                                residual_in, y, offsets, no_keep)
         return y
@@ -557,7 +560,7 @@ def forward(spec, z, mean, inv_std, gamma, beta, bits=None, residual=None, out=N
     """y = [dropout](pool(act(BN(z)))) [+ residual] for the block `spec` -> (y, offsets or None,
     keep or None). bits: Dropout's uint32 draws of y's shape (elementwise.random_bits), None in
     inference; out, offsets_out, keep_out: buffers to write into (out may be the residual)."""
-    spec.check(z)
+    spec.check(z.shape)
     if pick(forward_reference, forward_numba, numba_pays(spec, z)) is forward_reference:
         y, offsets, keep = forward_reference(spec, z, mean, inv_std, gamma, beta, bits, residual)
         return _into(y, out, "out"), _into(offsets, offsets_out, "offsets_out"), _into(keep, keep_out, "keep_out")
@@ -567,7 +570,7 @@ def forward(spec, z, mean, inv_std, gamma, beta, bits=None, residual=None, out=N
 def backward(spec, dy, z, offsets, keep, mean, inv_std, gamma, beta, training, out=None):
     """dy (y's shape) -> (dz (z's shape), dgamma (C,), dbeta (C,)) for `forward`; training=True
     differentiates through the batch statistics. The residual's gradient is dy itself."""
-    spec.check(z)
+    spec.check(z.shape)
     if pick(backward_reference, backward_numba, numba_pays(spec, z)) is backward_reference:
         dz, dgamma, dbeta = backward_reference(spec, dy, z, offsets, keep, mean, inv_std, gamma, beta, training)
         return _into(dz, out, "out"), dgamma, dbeta
