@@ -331,6 +331,7 @@ def _input_adjoint_kernel(dv, b_mat, dx, m, top, left, th, tw):
     n_img, h, w, c_n = dx.shape
     a = b_mat.shape[0]
     for n in prange(n_img):
+        dx[n] = 0                                   # this image's patches are added on below
         g = np.empty((a, a, c_n), dtype=dv.dtype)
         e = np.empty((a, a, c_n), dtype=dv.dtype)
         for p in range(th):
@@ -399,8 +400,7 @@ def input_adjoint_numba(dv, x_shape, top, left, ho, wo, tiling=F2, out=None):
     """numba version of `input_adjoint_reference`, written into `out` when given."""
     t = tiling
     th, tw = tiles_hw(ho, wo, t.m)
-    dx = _buffer(out, tuple(x_shape), dv.dtype)
-    dx[...] = 0                                     # the kernel adds each tile's patch on
+    dx = _buffer(out, tuple(x_shape), dv.dtype)     # zeroed by the kernel, image by image
     with perf.kernel_threads(dv.size):
         _input_adjoint_kernel(np.ascontiguousarray(dv), _matrix(t.BT.T, dv.dtype), dx, t.m, top, left, th, tw)
     return dx
