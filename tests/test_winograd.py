@@ -222,6 +222,24 @@ def test_output_transform_adds_up_the_moments_a_batch_norm_needs(tiling):
     np.testing.assert_allclose(moments, [z64.sum(axis=(0, 1, 2)), (z64 * z64).sum(axis=(0, 1, 2))], rtol=1e-10)
 
 
+@pytest.mark.parametrize("reference", [False, True])
+@pytest.mark.parametrize("tiling", TILINGS)
+def test_the_bias_rides_the_output_passes_both_ways(tiling, reference, monkeypatch):
+    """conv(..., bias=b) = conv(...) + b (the moments of the sum), and conv_backward's bias_sum = dz
+    summed over N, Ho, Wo: what a Conv2D's bias needs, numba's kernels and the references alike."""
+    monkeypatch.setenv("MINICNN_REFERENCE", "1" if reference else "0")
+    rng = np.random.default_rng(4)
+    r, p = tiling.r, tiling.r // 2
+    x, kernel, bias, dz = (rng.standard_normal(s) for s in [(3, 7, 6, 2), (r, r, 2, 5), (5,), (3, 7, 6, 5)])
+    moments, bias_sum = np.full((2, 5), np.nan), np.full(5, np.nan)
+    z, saved = winograd.conv(x, kernel, p, p, 7, 6, tiling=tiling, moments=moments, bias=bias)
+    plain, _ = winograd.conv(x, kernel, p, p, 7, 6, tiling=tiling)
+    assert_close(z, plain + bias, np.float64, tiling)
+    np.testing.assert_allclose(moments, [z.sum(axis=(0, 1, 2)), (z * z).sum(axis=(0, 1, 2))], rtol=1e-10)
+    winograd.conv_backward(dz, saved, x.shape, p, p, bias_sum=bias_sum)
+    np.testing.assert_allclose(bias_sum, dz.sum(axis=(0, 1, 2)), rtol=1e-12)
+
+
 # ---- which method, and Conv2D through F(2x2) ---------------------------------------------------
 
 @pytest.fixture

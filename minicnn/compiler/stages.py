@@ -93,25 +93,29 @@ class ConvStage:
         pads, ho, wo = layer.geometry(x)
         buffers = self.buffers if training else None       # inference between a forward and its backward
         z, saved = self.convolve(x, pads, ho, wo, buffers, training)  # must not overwrite the training step's arrays
-        if layer.use_bias:
-            z += layer.bias.value
         y = self.activation.forward(z)
         self.cache = (x.shape, pads, saved, y, buffers)
         return y
 
     def convolve(self, x, pads, ho, wo, buffers, training):
-        """(z, saved) by this shape's method."""
-        kernel, tiling = self.layer.kernel.value, self.method(x.shape, training)
+        """(z, saved): z = conv(x, K) + b by this shape's method (Winograd adds b in its output pass)."""
+        layer = self.layer
+        kernel, tiling, bias = layer.kernel.value, self.method(x.shape, training), layer.bias
         (kh, kw, c, f), n = kernel.shape, x.shape[0]
         z = buffers("z", (n, ho, wo, f), x.dtype) if buffers is not None and self.epilogue_follows else None
-        if tiling == "direct":
-            return direct_conv2d(x, kernel, self.layer.strides, pads, out=z), DirectSaved(x)
-        if tiling is not None:
+        if tiling not in (None, "direct"):
             u = None if training else self.kept_transform(kernel, tiling)
-            return winograd.conv(x, kernel, pads[0][0], pads[1][0], ho, wo, buffers, tiling, u=u)
-        in_buffer = buffers is not None and numba_pays((kh, kw), c)     # NumPy's im2col makes its own array
-        cols = buffers("cols", (n * ho * wo, kh * kw * c), x.dtype) if in_buffer else None
-        return conv2d(x, kernel, self.layer.strides, pads, cols, out=z)
+            return winograd.conv(x, kernel, pads[0][0], pads[1][0], ho, wo, buffers, tiling, u=u,
+                                 bias=bias.value if layer.use_bias else None)
+        if tiling == "direct":
+            z, saved = direct_conv2d(x, kernel, layer.strides, pads, out=z), DirectSaved(x)
+        else:
+            in_buffer = buffers is not None and numba_pays((kh, kw), c)     # NumPy's im2col makes its own array
+            cols = buffers("cols", (n * ho * wo, kh * kw * c), x.dtype) if in_buffer else None
+            z, saved = conv2d(x, kernel, layer.strides, pads, cols, out=z)
+        if layer.use_bias:
+            z += bias.value
+        return z, saved
 
     def bind(self, x_shape, dtype):
         """The inference forward for inputs of x_shape by this shape's method, bound once (plan.py)."""
@@ -140,16 +144,19 @@ class ConvStage:
         """Conv2D.backward's rule (docs/backprop.md, "Conv2D")."""
         layer, (x_shape, pads, saved, y, buffers) = self.layer, self.cache
         dz = self.activation.backward(dy, y)
-        if layer.use_bias:
-            layer.bias.grad = dz.reshape(-1, layer.filters).sum(axis=0)        # (F,)
         need = layer.needs_input_gradient
+        dz_sum = np.zeros(layer.filters) if layer.use_bias and isinstance(saved, winograd.Saved) else None
         if isinstance(saved, DirectSaved):
             dx, layer.kernel.grad = direct_conv2d_backward(dz, saved.x, layer.kernel.value, layer.strides, pads, need)
-        elif isinstance(saved, winograd.Saved):
-            dx, layer.kernel.grad = winograd.conv_backward(dz, saved, x_shape, pads[0][0], pads[1][0], buffers, need)
+        elif isinstance(saved, winograd.Saved):           # its output adjoint's pass sums dz too
+            dx, layer.kernel.grad = winograd.conv_backward(dz, saved, x_shape, pads[0][0], pads[1][0], buffers, need,
+                                                           bias_sum=dz_sum)
         else:
             dcols = buffers("dcols", saved.cols.shape, dz.dtype) if need and buffers is not None else None
             dx, layer.kernel.grad = conv2d_backward(dz, saved, layer.kernel.value, need, dcols)
+        if layer.use_bias:                                # db = sum of dz over N, Ho, Wo: (F,)
+            db = dz.reshape(-1, layer.filters).sum(axis=0) if dz_sum is None else dz_sum
+            layer.bias.grad = db.astype(dz.dtype, copy=False)
         return dx
 
 

@@ -272,7 +272,7 @@ def _input_transform_kernel(x, bt, v, m, top, left, th, tw):
 
 
 @njit(cache=True, parallel=True)
-def _output_transform_kernel(m_planes, at, y, th, tw, moments):
+def _output_transform_kernel(m_planes, at, bias, y, th, tw, moments):
     n_img, ho, wo, f_n = y.shape
     m, a = at.shape
     for n in prange(n_img):
@@ -288,12 +288,13 @@ def _output_transform_kernel(m_planes, at, y, th, tw, moments):
                             g[i, j, f] = m_planes[a * i + j, t, f]
                 _rows(at, g, s)                     # A^T M
                 _cols(at, s, o)                     # (A^T M) A
-                for u in range(m):                  # inside Ho x Wo only
+                for u in range(m):                  # inside Ho x Wo only, the bias added
                     r = m * p + u
                     for v in range(m):
                         col = m * q + v
                         if r < ho and col < wo:
                             for f in range(f_n):
+                                o[u, v, f] += bias[f]
                                 y[n, r, col, f] = o[u, v, f]
                             if moments.shape[0]:    # per-image float64 sum and sum of squares
                                 for f in range(f_n):
@@ -302,7 +303,7 @@ def _output_transform_kernel(m_planes, at, y, th, tw, moments):
 
 
 @njit(cache=True, parallel=True)
-def _output_adjoint_kernel(dy, a_mat, dm, th, tw):
+def _output_adjoint_kernel(dy, a_mat, dm, th, tw, sums):
     n_img, ho, wo, f_n = dy.shape
     a, m = a_mat.shape
     for n in prange(n_img):
@@ -317,6 +318,11 @@ def _output_adjoint_kernel(dy, a_mat, dm, th, tw):
                         inside = r < ho and s < wo
                         for f in range(f_n):
                             g[u, v, f] = dy[n, r, s, f] if inside else 0
+                if sums.shape[0]:                   # per-image float64 sums of dy (tiles do not overlap)
+                    for u in range(m):
+                        for v in range(m):
+                            for f in range(f_n):
+                                sums[n, f] += g[u, v, f]
                 _rows(a_mat, g, e)                  # A dy
                 _cols(a_mat, e, o)                  # (A dy) A^T
                 t = (n * th + p) * tw + q
@@ -372,27 +378,33 @@ def input_transform_numba(x, top, left, ho, wo, tiling=F2, out=None):
     return v
 
 
-def output_transform_numba(m, n, ho, wo, tiling=F2, out=None, moments=None):
-    """numba version of `output_transform_reference`, written into `out` when given; with
-    `moments`, a float64 (2, F) array, also y's per-channel sum and sum of squares there."""
+def output_transform_numba(m, n, ho, wo, tiling=F2, out=None, moments=None, bias=None):
+    """numba version of `output_transform_reference` (plus `bias` (F,) when given), written into
+    `out` when given; with `moments`, a float64 (2, F) array, also y's per-channel sum and sum of
+    squares there."""
     t, f = tiling, m.shape[2]
     th, tw = tiles_hw(ho, wo, t.m)
     y = _buffer(out, (n, ho, wo, f), m.dtype)
     partial = np.zeros((n, 2, f) if moments is not None else (0, 2, f))     # a row per image: no races
+    bias = np.zeros(f, m.dtype) if bias is None else np.ascontiguousarray(bias, dtype=m.dtype)
     with perf.kernel_threads(m.size):
-        _output_transform_kernel(np.ascontiguousarray(m), _matrix(t.AT, m.dtype), y, th, tw, partial)
+        _output_transform_kernel(np.ascontiguousarray(m), _matrix(t.AT, m.dtype), bias, y, th, tw, partial)
     if moments is not None:
         np.sum(partial, axis=0, out=_buffer(moments, (2, f), np.float64))
     return y
 
 
-def output_adjoint_numba(dy, tiling=F2, out=None):
-    """numba version of `output_adjoint_reference`, written into `out` when given."""
+def output_adjoint_numba(dy, tiling=F2, out=None, sums=None):
+    """numba version of `output_adjoint_reference`, written into `out` when given; with `sums`, a
+    float64 (F,) array, also dy's per-channel sum there."""
     t, (n, ho, wo, f) = tiling, dy.shape
     th, tw = tiles_hw(ho, wo, t.m)
     dm = _buffer(out, (t.a * t.a, n * th * tw, f), dy.dtype)
+    partial = np.zeros((n, f) if sums is not None else (0, f))          # a row per image: no races
     with perf.kernel_threads(dm.size):
-        _output_adjoint_kernel(np.ascontiguousarray(dy), _matrix(t.AT.T, dy.dtype), dm, th, tw)
+        _output_adjoint_kernel(np.ascontiguousarray(dy), _matrix(t.AT.T, dy.dtype), dm, th, tw, partial)
+    if sums is not None:
+        np.sum(partial, axis=0, out=_buffer(sums, (f,), np.float64))
     return dm
 
 
@@ -418,24 +430,29 @@ def input_transform(x, top, left, ho, wo, tiling=F2, out=None):
     return input_transform_numba(x, top, left, ho, wo, tiling, out)
 
 
-def output_transform(m, n, ho, wo, tiling=F2, out=None, moments=None):
-    """y = A^T M A per tile: (a^2, N*th*tw, F) -> (N, Ho, Wo, F); `out` as in input_transform;
-    `moments`: a float64 (2, F) array that receives y's per-channel sum and sum of squares
-    (what a following BatchNormalization needs); None: not computed."""
+def output_transform(m, n, ho, wo, tiling=F2, out=None, moments=None, bias=None):
+    """y = A^T M A per tile (+ bias (F,) when given): (a^2, N*th*tw, F) -> (N, Ho, Wo, F); `out`
+    as in input_transform; `moments`: a float64 (2, F) array that receives y's per-channel sum and
+    sum of squares (what a following BatchNormalization needs); None: not computed."""
     if not backend.use_reference():
-        return output_transform_numba(m, n, ho, wo, tiling, out, moments)
+        return output_transform_numba(m, n, ho, wo, tiling, out, moments, bias)
     y = output_transform_reference(m, n, ho, wo, tiling)
+    if bias is not None:
+        y += bias
     if moments is not None:
         y64 = y.reshape(-1, y.shape[3]).astype(np.float64)
         moments[0], moments[1] = y64.sum(axis=0), (y64 * y64).sum(axis=0)
     return y
 
 
-def output_adjoint(dy, tiling=F2, out=None):
-    """dM = A dy A^T per tile: (N, Ho, Wo, F) -> (a^2, N*th*tw, F); `out` as in input_transform."""
-    if backend.use_reference():
-        return output_adjoint_reference(dy, tiling)
-    return output_adjoint_numba(dy, tiling, out)
+def output_adjoint(dy, tiling=F2, out=None, sums=None):
+    """dM = A dy A^T per tile: (N, Ho, Wo, F) -> (a^2, N*th*tw, F); `out` as in input_transform;
+    `sums`: a float64 (F,) array that receives dy's per-channel sum (a bias's gradient); None: not computed."""
+    if not backend.use_reference():
+        return output_adjoint_numba(dy, tiling, out, sums)
+    if sums is not None:
+        sums[...] = dy.reshape(-1, dy.shape[-1]).astype(np.float64).sum(axis=0)
+    return output_adjoint_reference(dy, tiling)
 
 
 def input_adjoint(dv, x_shape, top, left, ho, wo, tiling=F2, out=None):
@@ -457,11 +474,12 @@ class Saved(NamedTuple):
     tiling: Tiling
 
 
-def conv(x, kernel, top, left, ho, wo, workspace=None, tiling=F2, out=None, moments=None, u=None):
-    """z = conv(x, kernel), no bias, by `tiling`: (N, H, W, C), (r, r, C, F) -> (z (N, Ho, Wo, F),
-    saved) for conv_backward. workspace(name, shape, dtype): reusable arrays for V and M
-    (minicnn.compiler.buffers.Buffers; None: new ones); `out`: z's buffer; `moments`: a float64 (2, F) array
-    for z's per-channel sum and sum of squares; `u`: kernel_transform(kernel, tiling), when the caller keeps it."""
+def conv(x, kernel, top, left, ho, wo, workspace=None, tiling=F2, out=None, moments=None, u=None, bias=None):
+    """z = conv(x, kernel) (+ bias (F,) when given, in the output transform's pass) by `tiling`:
+    (N, H, W, C), (r, r, C, F) -> (z (N, Ho, Wo, F), saved) for conv_backward. workspace(name, shape,
+    dtype): reusable arrays for V and M (minicnn.compiler.buffers.Buffers; None: new ones); `out`:
+    z's buffer; `moments`: a float64 (2, F) array for z's per-channel sum and sum of squares; `u`:
+    kernel_transform(kernel, tiling), when the caller keeps it."""
     t, n, c, f = tiling, x.shape[0], x.shape[3], kernel.shape[3]
     if kernel.shape[:2] != (t.r, t.r):
         raise ValueError(f"winograd: {t} takes a {t.r}x{t.r} kernel, received kernel.shape={kernel.shape}")
@@ -470,7 +488,7 @@ def conv(x, kernel, top, left, ho, wo, workspace=None, tiling=F2, out=None, mome
     v = input_transform(x, top, left, ho, wo, t, out=buffer("V", (t.a * t.a, n * th * tw, c), x.dtype))
     u = kernel_transform(kernel, t) if u is None else u
     m = batched_matmul(v, u, out=buffer("M", (t.a * t.a, n * th * tw, f), x.dtype))   # a^2 products (tiles, C) @ (C, F)
-    return output_transform(m, n, ho, wo, t, out=out, moments=moments), Saved(v, u, t)
+    return output_transform(m, n, ho, wo, t, out=out, moments=moments, bias=bias), Saved(v, u, t)
 
 
 def bind_conv(x_shape, u, top, left, ho, wo, tiling):
@@ -480,26 +498,28 @@ def bind_conv(x_shape, u, top, left, ho, wo, tiling):
     t, n, c, f = tiling, x_shape[0], x_shape[3], u.shape[2]
     th, tw = tiles_hw(ho, wo, t.m)
     v, m = (np.empty((t.a * t.a, n * th * tw, k), u.dtype) for k in (c, f))
-    z, no_moments = np.empty((n, ho, wo, f), u.dtype), np.zeros((0, 2, f))
+    z, no_moments, no_bias = np.empty((n, ho, wo, f), u.dtype), np.zeros((0, 2, f)), np.zeros(f, u.dtype)
     bt, at = _matrix(t.BT, u.dtype), _matrix(t.AT, u.dtype)
 
     def run(x):
         _input_transform_kernel(np.ascontiguousarray(x), bt, v, t.m, top, left, th, tw)
         batched_matmul(v, u, out=m)
-        _output_transform_kernel(m, at, z, th, tw, no_moments)
+        _output_transform_kernel(m, at, no_bias, z, th, tw, no_moments)
         return z
     return run
 
 
-def conv_backward(dz, saved, x_shape, top, left, workspace=None, need_input_gradient=True, out=None):
+def conv_backward(dz, saved, x_shape, top, left, workspace=None, need_input_gradient=True, out=None,
+                  bias_sum=None):
     """dz (N, Ho, Wo, F) -> (dx (N, H, W, C), dkernel (r, r, C, F)) for conv; dx is None when
-    need_input_gradient is False; `out`: dx's buffer."""
+    need_input_gradient is False; `out`: dx's buffer; `bias_sum`: a float64 (F,) array that
+    receives dz's per-channel sum (the bias's gradient) in the output adjoint's pass."""
     v, u, t = saved
     dz = dz.astype(v.dtype, copy=False)              # dx and dkernel in the layer's dtype, as z was
     n, ho, wo, f = dz.shape
     th, tw = tiles_hw(ho, wo, t.m)
     buffer = workspace or (lambda name, shape, dtype: None)
-    dm = output_adjoint(dz, t, out=buffer("M", (t.a * t.a, n * th * tw, f), dz.dtype))
+    dm = output_adjoint(dz, t, out=buffer("M", (t.a * t.a, n * th * tw, f), dz.dtype), sums=bias_sum)
     dkernel = kernel_transform_adjoint(batched_matmul(v.transpose(0, 2, 1), dm), t)   # dU = V^T dM
     if not need_input_gradient:
         return None, dkernel
