@@ -18,7 +18,7 @@ from ..ops.batchnorm import normalize, normalize_backward
 from ..ops.conv import bind_conv2d, conv2d, conv2d_backward
 from ..ops.depthwise import bind_depthwise_conv, depthwise_conv
 from ..ops.direct_conv import bind_direct_conv2d, direct_conv2d, direct_conv2d_backward, direct_pays
-from ..ops.gemm import bind_matmul, matmul
+from ..ops.gemm import bind_matmul, column_sums, matmul
 from ..ops.im2col import numba_pays
 from ..ops.separable import bind_separable_conv2d, separable_conv2d, separable_conv2d_backward, separable_pays
 
@@ -155,7 +155,7 @@ class ConvStage:
             dcols = buffers("dcols", saved.cols.shape, dz.dtype) if need and buffers is not None else None
             dx, layer.kernel.grad = conv2d_backward(dz, saved, layer.kernel.value, need, dcols)
         if layer.use_bias:                                # db = sum of dz over N, Ho, Wo: (F,)
-            db = dz.reshape(-1, layer.filters).sum(axis=0) if dz_sum is None else dz_sum
+            db = column_sums(dz.reshape(-1, layer.filters)) if dz_sum is None else dz_sum
             layer.bias.grad = db.astype(dz.dtype, copy=False)
         return dx
 
@@ -236,7 +236,7 @@ class SeparableStage:
         dz = self.activation.backward(dy, y)
         if fused:
             if layer.use_bias:
-                layer.bias.grad = dz.reshape(-1, layer.filters).sum(axis=0)
+                layer.bias.grad = column_sums(dz.reshape(-1, layer.filters))
             dx, layer.depthwise_kernel.grad, layer.pointwise_kernel.grad = separable_conv2d_backward(
                 dz, x, layer.depthwise_kernel.value, layer.pointwise_kernel.value, pads, layer.needs_input_gradient,
                 depthwise=d)
@@ -273,7 +273,7 @@ class DenseStage:
         dz = self.activation.backward(dy, y)
         layer.kernel.grad = matmul(x.T, dz)                         # (n_in, units)
         if layer.use_bias:
-            layer.bias.grad = dz.sum(axis=0)
+            layer.bias.grad = column_sums(dz)
         return matmul(dz, layer.kernel.value.T)                     # (N, n_in)
 
 

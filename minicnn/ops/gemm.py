@@ -221,6 +221,14 @@ def _small_product(a, b, out=None):
     return matmul_single_thread(a, b, out) if tall is None else tall
 
 
+def column_sums(a):
+    """a's column sums, (M, F) -> (F,): a bias's gradient. One product with a row of ones, which
+    runs several times faster than NumPy's sum over the long axis (the reference)."""
+    if backend.use_reference():
+        return a.sum(axis=0)
+    return matmul(np.ones((1, a.shape[0]), a.dtype), a)[0]
+
+
 def bind_matmul(m, b):
     """matmul by (M, K) @ b for a fixed b, its method chosen once: product(a, out) -> a @ b in out
     (compiler/plan.py). A short product worth OpenBLAS's threads (at most
