@@ -55,6 +55,7 @@ class Tiling(NamedTuple):
     BT: np.ndarray       # (a, a)  input transform B^T
     G: np.ndarray        # (a, r)  kernel transform
     AT: np.ndarray       # (m, a)  output transform A^T
+    GG: np.ndarray       # (a^2, r^2) kron(G, G): G g G^T of every kernel as one product
 
     @property
     def a(self):
@@ -93,7 +94,8 @@ def toom_cook(m, points, r=3):
     for q in points:
         everywhere = _times_root(everywhere, q)
     bt[a - 1], g[a - 1], at[:, a - 1] = everywhere, [0] * (r - 1) + [1], [0] * (m - 1) + [1]
-    return Tiling(m, r, bt.astype(np.float64), g.astype(np.float64), at.astype(np.float64))
+    g = g.astype(np.float64)
+    return Tiling(m, r, bt.astype(np.float64), g, at.astype(np.float64), np.kron(g, g))
 
 
 # F(2x2, 3x3): Lavin & Gray's points. F(4x4, 3x3): 0, +-1, 1/2, -2 rather than their 0, +-1,
@@ -139,8 +141,8 @@ def conv_naive(x, kernel, top, left, ho, wo, tiling=F2):
 # ----------------------------------------------------------------------------------------
 
 def _gg(t, dtype):
-    """kron(G, G) (a^2 x r^2, row a*i + j, column r*k + l): G g G^T of all C*F kernels in one product."""
-    return np.kron(t.G, t.G).astype(dtype)
+    """kron(G, G) (a^2 x r^2, row a*i + j, column r*k + l) in dtype: G g G^T of all C*F kernels in one product."""
+    return t.GG.astype(dtype, copy=False)
 
 
 def kernel_transform(kernel, tiling=F2):
