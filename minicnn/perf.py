@@ -63,7 +63,7 @@ NORMALIZE_MIN_SIZE, NORMALIZE_MIN_ROWS = 1 << 13, 128
 ELEMENTWISE_NUMBA_MIN_SIZE = 1 << 15
 # im2col / col2im: numba copies one kernel row (kw*C numbers) at a time; for rows this
 # short or shorter, NumPy's kh*kw long strided copies are faster (1x1 windows too)
-IM2COL_NUMPY_MAX_ROW = 3
+IM2COL_NUMPY_MAX_ROW = 2
 # matrix products: on OpenBLAS's threads from this many FLOP (2*M*K*F), on one below, where
 # waiting for the other threads can cost more than the product (ops/gemm.py)
 BLAS_PARALLEL_FLOPS = 1e9

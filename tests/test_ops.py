@@ -247,15 +247,15 @@ def test_conv2d_and_its_backward_equal_the_reference(monkeypatch, path, case, fi
             assert dx is None
 
 
-@pytest.mark.parametrize("channels, uses_buffer", [(1, False), (3, True)])
-def test_conv2d_writes_a_cols_buffer_only_in_the_numba_im2col(monkeypatch, channels, uses_buffer):
-    # a 3x3 window on one channel runs NumPy's im2col, which makes its own array and leaves the buffer
+@pytest.mark.parametrize("window, channels, uses_buffer", [((2, 2), 1, False), ((3, 3), 1, True), ((3, 3), 3, True)])
+def test_conv2d_writes_a_cols_buffer_only_in_the_numba_im2col(monkeypatch, window, channels, uses_buffer):
+    # a 2x2 window on one channel runs NumPy's im2col, which makes its own array and leaves the buffer
     monkeypatch.setenv("MINICNN_REFERENCE", "0")
     rng = np.random.default_rng(0)
-    x, kernel = rng.standard_normal((2, 5, 6, channels)), rng.standard_normal((3, 3, channels, 2))
-    pads = conv_geometry(5, 6, (3, 3), (1, 1), "same")[0]
-    assert im2col.numba_pays((3, 3), channels) == uses_buffer
-    buffer = np.zeros(2 * 5 * 6 * 9 * channels)
+    x, kernel = rng.standard_normal((2, 5, 6, channels)), rng.standard_normal(window + (channels, 2))
+    pads = conv_geometry(5, 6, window, (1, 1), "same")[0]
+    assert im2col.numba_pays(window, channels) == uses_buffer
+    buffer = np.zeros(2 * 5 * 6 * window[0] * window[1] * channels)
     z, saved = conv.conv2d(x, kernel, (1, 1), pads, cols=buffer)
     assert saved.method == "im2col" and np.shares_memory(saved.cols, buffer) == uses_buffer
     assert_sums_close(z, conv.conv2d_reference(x, kernel, (1, 1), pads)[0], np.float64)
@@ -540,10 +540,10 @@ def test_reference_read_once_holds_the_setting_for_a_pass_then_reads_again(monke
     assert backend.use_reference() == (during == "1")        # read afresh after the failed pass
 
 
-@pytest.mark.parametrize("kernel_size, channels, col2im_by", [((1, 1), 16, "numba"), ((3, 3), 1, "reference")])
+@pytest.mark.parametrize("kernel_size, channels, col2im_by", [((1, 1), 16, "numba"), ((2, 2), 1, "reference")])
 def test_im2col_keeps_the_reference_where_numba_does_not_pay(monkeypatch, kernel_size, channels, col2im_by):
-    # measured (benchmarks/kernels.py): 1x1 windows and 1-channel 3x3 windows, numba < 1.5x; col2im
-    # of a 1x1 window is numba's one pass
+    # measured (benchmarks/kernels.py): 1x1 windows, numba < 1.5x; windows whose rows hold two numbers
+    # or fewer stay NumPy's (1-channel 3x3 windows now go to numba, 2.6x); col2im of a 1x1 window is numba's one pass
     calls = []
     for name in ("im2col", "col2im"):
         for kind in ("reference", "numba"):

@@ -25,7 +25,7 @@ dcols = dy @ K.reshape(-1, F).T and then dx = col2im(dcols).
 
 The numba kernels copy one kernel row (kw*C contiguous numbers) at a time and are the
 default; NumPy's offset loop stays for windows whose rows hold perf.IM2COL_NUMPY_MAX_ROW
-numbers or fewer (a 3x3 window on one channel) and for im2col of 1x1 windows, one strided
+numbers or fewer (a 2x2 window on one channel) and for im2col of 1x1 windows, one strided
 copy for NumPy too: see benchmarks/kernels.py. col2im of a 1x1 window (a strided residual
 convolution's dx) writes each pixel once, its window's number or 0.
 """
