@@ -37,7 +37,7 @@ from minicnn import backend, perf
 from minicnn.ops import winograd
 from minicnn.ops.buffers import reuse_or_new
 from minicnn.ops.jit import njit, numba_dot_runs, prange
-from minicnn.ops.winograd import F2, Tiling, _cols, _rows, kernel_transform, kernel_transform_adjoint, tiles_hw
+from minicnn.ops.winograd import F2, Tiling, kernel_transform, kernel_transform_adjoint, tiles_hw
 
 BLOCK_BYTES = 1 << 20    # a block's V and M (backward: V/dV and dM): half a core's L2, the rest for U[xi]
 
@@ -45,6 +45,35 @@ BLOCK_BYTES = 1 << 20    # a block's V and M (backward: V/dV and dM): half a cor
 # ----------------------------------------------------------------------------------------
 # one tile: the transforms of ops/winograd.py's kernels, between a tile and its rows of V / M
 # ----------------------------------------------------------------------------------------
+
+@njit(cache=True)
+def _rows(mat, src, dst):
+    """dst[i, j, :] = sum_k mat[i, k] src[k, j, :]: a small matrix on a tile's first axis
+    (its zeros skipped: the transforms' matrices are half zeros)."""
+    for i in range(mat.shape[0]):
+        for j in range(src.shape[1]):
+            for c in range(src.shape[2]):
+                dst[i, j, c] = 0
+            for k in range(mat.shape[1]):
+                coef = mat[i, k]
+                if coef != 0:
+                    for c in range(src.shape[2]):
+                        dst[i, j, c] += coef * src[k, j, c]
+
+
+@njit(cache=True)
+def _cols(mat, src, dst):
+    """dst[i, j, :] = sum_k mat[j, k] src[i, k, :]: the same on the second axis (src mat^T)."""
+    for i in range(src.shape[0]):
+        for j in range(mat.shape[0]):
+            for c in range(src.shape[2]):
+                dst[i, j, c] = 0
+            for k in range(mat.shape[1]):
+                coef = mat[j, k]
+                if coef != 0:
+                    for c in range(src.shape[2]):
+                        dst[i, j, c] += coef * src[i, k, c]
+
 
 @njit(cache=True)
 def _tile_input_transform(x, bt, n, r0, s0, v, b, d, e):

@@ -216,148 +216,178 @@ def input_adjoint_reference(dv, x_shape, top, left, ho, wo, tiling=F2):
 
 
 # ----------------------------------------------------------------------------------------
-# numba kernels: one thread per image; a tile's a x a x C values in a small array, C innermost
+# numba kernels: one thread per image; a tile's a x a x C values in a small array, C innermost.
+# Each tiling's kernels are made for it: its matrices are constants of the compiled code, so
+# numba unrolls the short sums over them and keeps each in a register (as an argument, each
+# term was a pass over the tile's C numbers).
 # ----------------------------------------------------------------------------------------
 
-@njit(cache=True)
-def _rows(mat, src, dst):
-    """dst[i, j, :] = sum_k mat[i, k] src[k, j, :]: a small matrix on a tile's first axis
-    (its zeros skipped: the transforms' matrices are half zeros)."""
-    for i in range(mat.shape[0]):
-        for j in range(src.shape[1]):
+@njit(cache=True, inline="always")
+def _sandwich(mat, src, tmp, dst):
+    """dst = mat src mat^T on a tile's first two axes, (k, k, C) -> (n, n, C) for mat (n, k),
+    through tmp (n, k, C); dst may be src. Called with a kernel's constant mat, it is compiled into
+    that kernel with mat's numbers in the code."""
+    n, k = mat.shape
+    for i in range(n):                              # tmp = mat src
+        for j in range(k):
             for c in range(src.shape[2]):
-                dst[i, j, c] = 0
-            for k in range(mat.shape[1]):
-                coef = mat[i, k]
-                if coef != 0:
-                    for c in range(src.shape[2]):
-                        dst[i, j, c] += coef * src[k, j, c]
-
-
-@njit(cache=True)
-def _cols(mat, src, dst):
-    """dst[i, j, :] = sum_k mat[j, k] src[i, k, :]: the same on the second axis (src mat^T)."""
-    for i in range(src.shape[0]):
-        for j in range(mat.shape[0]):
+                acc = mat[i, 0] * src[0, j, c]
+                for l in range(1, k):
+                    acc += mat[i, l] * src[l, j, c]
+                tmp[i, j, c] = acc
+    for i in range(n):                              # dst = tmp mat^T
+        for j in range(n):
             for c in range(src.shape[2]):
-                dst[i, j, c] = 0
-            for k in range(mat.shape[1]):
-                coef = mat[j, k]
-                if coef != 0:
-                    for c in range(src.shape[2]):
-                        dst[i, j, c] += coef * src[i, k, c]
+                acc = mat[j, 0] * tmp[i, 0, c]
+                for l in range(1, k):
+                    acc += mat[j, l] * tmp[i, l, c]
+                dst[i, j, c] = acc
 
 
-@njit(cache=True, parallel=True)
-def _input_transform_kernel(x, bt, v, m, top, left, th, tw):
-    n_img, h, w, c_n = x.shape
-    a = bt.shape[0]
-    for n in prange(n_img):
-        d = np.empty((a, a, c_n), dtype=x.dtype)
-        e = np.empty((a, a, c_n), dtype=x.dtype)
-        for p in range(th):
-            for q in range(tw):
-                for i in range(a):                  # gather the patch, zeros outside the image
-                    r = m * p - top + i
-                    for j in range(a):
-                        s = m * q - left + j
-                        inside = 0 <= r < h and 0 <= s < w
-                        for c in range(c_n):
-                            d[i, j, c] = x[n, r, s, c] if inside else 0
-                _rows(bt, d, e)                     # B^T d
-                _cols(bt, e, d)                     # (B^T d) B
-                t = (n * th + p) * tw + q
-                for i in range(a):
-                    for j in range(a):
-                        for c in range(c_n):
-                            v[a * i + j, t, c] = d[i, j, c]
+class Kernels(NamedTuple):
+    """A tiling's four transform kernels in one dtype (see _kernels)."""
+    input_transform: object        # (x, v, top, left, th, tw)
+    output_transform: object       # (m_planes, bias, y, th, tw, moments)
+    output_adjoint: object         # (dy, dm, th, tw, sums)
+    input_adjoint: object          # (dv, dx, top, left, th, tw)
 
 
-@njit(cache=True, parallel=True)
-def _output_transform_kernel(m_planes, at, bias, y, th, tw, moments):
-    n_img, ho, wo, f_n = y.shape
-    m, a = at.shape
-    for n in prange(n_img):
-        g = np.empty((a, a, f_n), dtype=m_planes.dtype)
-        s = np.empty((m, a, f_n), dtype=m_planes.dtype)
-        o = np.empty((m, m, f_n), dtype=m_planes.dtype)
-        for p in range(th):
-            for q in range(tw):
-                t = (n * th + p) * tw + q
-                for i in range(a):
-                    for j in range(a):
-                        for f in range(f_n):
-                            g[i, j, f] = m_planes[a * i + j, t, f]
-                _rows(at, g, s)                     # A^T M
-                _cols(at, s, o)                     # (A^T M) A
-                for u in range(m):                  # inside Ho x Wo only, the bias added
-                    r = m * p + u
-                    for v in range(m):
-                        col = m * q + v
-                        if r < ho and col < wo:
-                            for f in range(f_n):
-                                o[u, v, f] += bias[f]
-                                y[n, r, col, f] = o[u, v, f]
-                            if moments.shape[0]:    # per-image float64 sum and sum of squares
-                                for f in range(f_n):
-                                    moments[n, 0, f] += o[u, v, f]
-                                    moments[n, 1, f] += np.float64(o[u, v, f]) * o[u, v, f]
+_KERNELS = {}        # (id(tiling), dtype) -> (tiling, Kernels): made on first use
 
 
-@njit(cache=True, parallel=True)
-def _output_adjoint_kernel(dy, a_mat, dm, th, tw, sums):
-    n_img, ho, wo, f_n = dy.shape
-    a, m = a_mat.shape
-    for n in prange(n_img):
-        g = np.empty((m, m, f_n), dtype=dy.dtype)
-        e = np.empty((a, m, f_n), dtype=dy.dtype)
-        o = np.empty((a, a, f_n), dtype=dy.dtype)
-        for p in range(th):
-            for q in range(tw):
-                for u in range(m):                  # the m x m tile of dy, zeros past the edge
-                    for v in range(m):
-                        r, s = m * p + u, m * q + v
-                        inside = r < ho and s < wo
-                        for f in range(f_n):
-                            g[u, v, f] = dy[n, r, s, f] if inside else 0
-                if sums.shape[0]:                   # per-image float64 sums of dy (tiles do not overlap)
-                    for u in range(m):
-                        for v in range(m):
-                            for f in range(f_n):
-                                sums[n, f] += g[u, v, f]
-                _rows(a_mat, g, e)                  # A dy
-                _cols(a_mat, e, o)                  # (A dy) A^T
-                t = (n * th + p) * tw + q
-                for i in range(a):
-                    for j in range(a):
-                        for f in range(f_n):
-                            dm[a * i + j, t, f] = o[i, j, f]
+def _kernels(tiling, dtype):
+    """`tiling`'s kernels with its matrices in `dtype`, made once."""
+    key = (id(tiling), np.dtype(dtype))
+    if key not in _KERNELS:
+        bt, at = _matrix(tiling.BT, dtype), _matrix(tiling.AT, dtype)
+        _KERNELS[key] = (tiling, Kernels(_input_transform_kernel(bt, tiling.m), _output_transform_kernel(at),
+                                         _output_adjoint_kernel(_matrix(at.T, dtype)),
+                                         _input_adjoint_kernel(_matrix(bt.T, dtype), tiling.m)))
+    return _KERNELS[key][1]
 
 
-@njit(cache=True, parallel=True)
-def _input_adjoint_kernel(dv, b_mat, dx, m, top, left, th, tw):
-    n_img, h, w, c_n = dx.shape
-    a = b_mat.shape[0]
-    for n in prange(n_img):
-        dx[n] = 0                                   # this image's patches are added on below
-        g = np.empty((a, a, c_n), dtype=dv.dtype)
-        e = np.empty((a, a, c_n), dtype=dv.dtype)
-        for p in range(th):
-            for q in range(tw):
-                t = (n * th + p) * tw + q
-                for i in range(a):
-                    for j in range(a):
-                        for c in range(c_n):
-                            g[i, j, c] = dv[a * i + j, t, c]
-                _rows(b_mat, g, e)                  # B dV
-                _cols(b_mat, e, g)                  # (B dV) B^T
-                for i in range(a):                  # add onto the patch, inside the image only
-                    r = m * p - top + i
-                    for j in range(a):
-                        s = m * q - left + j
-                        if 0 <= r < h and 0 <= s < w:
+def _input_transform_kernel(b_t, m):
+    """V[a*i + j, tile, :] = (B^T d B)[i, j, :] for every tile's a x a patch d (zeros outside x)."""
+    a = b_t.shape[0]
+
+    @njit(cache=True, parallel=True)
+    def kernel(x, v, top, left, th, tw):
+        n_img, h, w, c_n = x.shape
+        for n in prange(n_img):
+            d = np.empty((a, a, c_n), dtype=x.dtype)
+            e = np.empty((a, a, c_n), dtype=x.dtype)
+            for p in range(th):
+                for q in range(tw):
+                    for i in range(a):                  # gather the patch, zeros outside the image
+                        r = m * p - top + i
+                        for j in range(a):
+                            s = m * q - left + j
+                            inside = 0 <= r < h and 0 <= s < w
                             for c in range(c_n):
-                                dx[n, r, s, c] += g[i, j, c]
+                                d[i, j, c] = x[n, r, s, c] if inside else 0
+                    _sandwich(b_t, d, e, d)             # B^T d B
+                    t = (n * th + p) * tw + q
+                    for i in range(a):
+                        for j in range(a):
+                            for c in range(c_n):
+                                v[a * i + j, t, c] = d[i, j, c]
+    return kernel
+
+
+def _output_transform_kernel(a_t):
+    """y = A^T M A + bias on every tile, inside Ho x Wo; per-image float64 moments of y when given."""
+    m, a = a_t.shape
+
+    @njit(cache=True, parallel=True)
+    def kernel(m_planes, bias, y, th, tw, moments):
+        n_img, ho, wo, f_n = y.shape
+        for n in prange(n_img):
+            g = np.empty((a, a, f_n), dtype=m_planes.dtype)
+            s = np.empty((m, a, f_n), dtype=m_planes.dtype)
+            o = np.empty((m, m, f_n), dtype=m_planes.dtype)
+            for p in range(th):
+                for q in range(tw):
+                    t = (n * th + p) * tw + q
+                    for i in range(a):
+                        for j in range(a):
+                            for f in range(f_n):
+                                g[i, j, f] = m_planes[a * i + j, t, f]
+                    _sandwich(a_t, g, s, o)             # A^T M A
+                    for u in range(m):                  # inside Ho x Wo only, the bias added
+                        r = m * p + u
+                        for v in range(m):
+                            col = m * q + v
+                            if r < ho and col < wo:
+                                for f in range(f_n):
+                                    o[u, v, f] += bias[f]
+                                    y[n, r, col, f] = o[u, v, f]
+                                if moments.shape[0]:    # per-image float64 sum and sum of squares
+                                    for f in range(f_n):
+                                        moments[n, 0, f] += o[u, v, f]
+                                        moments[n, 1, f] += np.float64(o[u, v, f]) * o[u, v, f]
+    return kernel
+
+
+def _output_adjoint_kernel(a_mat):
+    """dM = A dy A^T on every m x m tile of dy (zeros past the edge); per-image float64 sums of dy when given."""
+    a, m = a_mat.shape
+
+    @njit(cache=True, parallel=True)
+    def kernel(dy, dm, th, tw, sums):
+        n_img, ho, wo, f_n = dy.shape
+        for n in prange(n_img):
+            g = np.empty((m, m, f_n), dtype=dy.dtype)
+            e = np.empty((a, m, f_n), dtype=dy.dtype)
+            o = np.empty((a, a, f_n), dtype=dy.dtype)
+            for p in range(th):
+                for q in range(tw):
+                    for u in range(m):                  # the m x m tile of dy, zeros past the edge
+                        for v in range(m):
+                            r, s = m * p + u, m * q + v
+                            inside = r < ho and s < wo
+                            for f in range(f_n):
+                                g[u, v, f] = dy[n, r, s, f] if inside else 0
+                    if sums.shape[0]:                   # tiles do not overlap: each dy once
+                        for u in range(m):
+                            for v in range(m):
+                                for f in range(f_n):
+                                    sums[n, f] += g[u, v, f]
+                    _sandwich(a_mat, g, e, o)           # A dy A^T
+                    t = (n * th + p) * tw + q
+                    for i in range(a):
+                        for j in range(a):
+                            for f in range(f_n):
+                                dm[a * i + j, t, f] = o[i, j, f]
+    return kernel
+
+
+def _input_adjoint_kernel(b_mat, m):
+    """dx = the sum over tiles of B dV B^T added onto each tile's patch (inside x), image by image."""
+    a = b_mat.shape[0]
+
+    @njit(cache=True, parallel=True)
+    def kernel(dv, dx, top, left, th, tw):
+        n_img, h, w, c_n = dx.shape
+        for n in prange(n_img):
+            dx[n] = 0                                   # this image's patches are added on below
+            g = np.empty((a, a, c_n), dtype=dv.dtype)
+            e = np.empty((a, a, c_n), dtype=dv.dtype)
+            for p in range(th):
+                for q in range(tw):
+                    t = (n * th + p) * tw + q
+                    for i in range(a):
+                        for j in range(a):
+                            for c in range(c_n):
+                                g[i, j, c] = dv[a * i + j, t, c]
+                    _sandwich(b_mat, g, e, g)           # B dV B^T
+                    for i in range(a):                  # add onto the patch, inside the image only
+                        r = m * p - top + i
+                        for j in range(a):
+                            s = m * q - left + j
+                            if 0 <= r < h and 0 <= s < w:
+                                for c in range(c_n):
+                                    dx[n, r, s, c] += g[i, j, c]
+    return kernel
 
 
 def _buffer(out, shape, dtype):
@@ -376,7 +406,7 @@ def input_transform_numba(x, top, left, ho, wo, tiling=F2, out=None):
     x = np.ascontiguousarray(x)
     v = _buffer(out, (t.a * t.a, x.shape[0] * th * tw, x.shape[3]), x.dtype)
     with perf.kernel_threads(v.size):
-        _input_transform_kernel(x, _matrix(t.BT, x.dtype), v, t.m, top, left, th, tw)
+        _kernels(t, x.dtype).input_transform(x, v, top, left, th, tw)
     return v
 
 
@@ -390,7 +420,7 @@ def output_transform_numba(m, n, ho, wo, tiling=F2, out=None, moments=None, bias
     partial = np.zeros((n, 2, f) if moments is not None else (0, 2, f))     # a row per image: no races
     bias = np.zeros(f, m.dtype) if bias is None else np.ascontiguousarray(bias, dtype=m.dtype)
     with perf.kernel_threads(m.size):
-        _output_transform_kernel(np.ascontiguousarray(m), _matrix(t.AT, m.dtype), bias, y, th, tw, partial)
+        _kernels(t, m.dtype).output_transform(np.ascontiguousarray(m), bias, y, th, tw, partial)
     if moments is not None:
         np.sum(partial, axis=0, out=_buffer(moments, (2, f), np.float64))
     return y
@@ -404,7 +434,7 @@ def output_adjoint_numba(dy, tiling=F2, out=None, sums=None):
     dm = _buffer(out, (t.a * t.a, n * th * tw, f), dy.dtype)
     partial = np.zeros((n, f) if sums is not None else (0, f))          # a row per image: no races
     with perf.kernel_threads(dm.size):
-        _output_adjoint_kernel(np.ascontiguousarray(dy), _matrix(t.AT.T, dy.dtype), dm, th, tw, partial)
+        _kernels(t, dy.dtype).output_adjoint(np.ascontiguousarray(dy), dm, th, tw, partial)
     if sums is not None:
         np.sum(partial, axis=0, out=_buffer(sums, (f,), np.float64))
     return dm
@@ -416,7 +446,7 @@ def input_adjoint_numba(dv, x_shape, top, left, ho, wo, tiling=F2, out=None):
     th, tw = tiles_hw(ho, wo, t.m)
     dx = _buffer(out, tuple(x_shape), dv.dtype)     # zeroed by the kernel, image by image
     with perf.kernel_threads(dv.size):
-        _input_adjoint_kernel(np.ascontiguousarray(dv), _matrix(t.BT.T, dv.dtype), dx, t.m, top, left, th, tw)
+        _kernels(t, dv.dtype).input_adjoint(np.ascontiguousarray(dv), dx, top, left, th, tw)
     return dx
 
 
@@ -501,12 +531,12 @@ def bind_conv(x_shape, u, top, left, ho, wo, tiling):
     th, tw = tiles_hw(ho, wo, t.m)
     v, m = (np.empty((t.a * t.a, n * th * tw, k), u.dtype) for k in (c, f))
     z, no_moments, no_bias = np.empty((n, ho, wo, f), u.dtype), np.zeros((0, 2, f)), np.zeros(f, u.dtype)
-    bt, at = _matrix(t.BT, u.dtype), _matrix(t.AT, u.dtype)
+    kernels = _kernels(t, u.dtype)
 
     def run(x):
-        _input_transform_kernel(np.ascontiguousarray(x), bt, v, t.m, top, left, th, tw)
+        kernels.input_transform(np.ascontiguousarray(x), v, top, left, th, tw)
         batched_matmul(v, u, out=m)
-        _output_transform_kernel(m, at, no_bias, z, th, tw, no_moments)
+        kernels.output_transform(m, no_bias, z, th, tw, no_moments)
         return z
     return run
 
