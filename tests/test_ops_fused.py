@@ -184,6 +184,15 @@ def test_relu_numba_equals_reference(spec):
     assert_exact(elementwise.relu_backward_numba(dy, y), elementwise.relu_backward_reference(dy, y))
 
 
+@SETTINGS
+@given(arrays(min_rank=1))
+def test_add_numba_equals_reference_and_a_mismatch_takes_numpy(spec):
+    shape, dtype, seed = spec
+    a, b = (random(shape, dtype, np.random.default_rng(seed + k)) for k in (0, 1))
+    assert_exact(elementwise.add_numba(a, b), elementwise.add_reference(a, b))
+    assert_exact(elementwise.add(a, b.astype(np.float64)), a + b.astype(np.float64))     # NumPy's promotion
+
+
 @settings(max_examples=20, deadline=None)
 @given(st.integers(1, 300), st.sampled_from([0.1, 0.5]), DTYPES, st.integers(0, 2**32 - 1))
 def test_elementwise_references_equal_the_naive_loops(size, rate, dtype, seed):

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 
 from .. import backend
 from ..layers.base import SymbolicTensor, set_weight_values
+from ..ops import elementwise
 
 
 def depth_first(output_layer, inputs_of):
@@ -58,11 +59,11 @@ def topological_order(output):
 def send_back(sources, dx, grads):
     """Add each source's part of dx (a list for several sources; None: not computed) to grads.
 
-    Copy in forward is add in backward: `+` makes a new array, so no layer's dy is modified.
+    Copy in forward is add in backward: the sum is a new array, so no layer's dy is modified.
     """
     for source, d in zip(sources, dx if isinstance(dx, list) else [dx]):
         if d is not None:
-            grads[source] = grads[source] + d if source in grads else d
+            grads[source] = elementwise.add(grads[source], d) if source in grads else d
 
 
 @contextmanager

@@ -1,5 +1,6 @@
-"""Elementwise passes of training: ReLU and its gradient, dropout, and the Adam update.
+"""Elementwise passes of training: ReLU and its gradient, dropout, the Adam update, and a sum.
 
+    add                  y = a + b                  (a layer read twice: its two gradients)
     relu                 y = max(x, 0)
     relu_backward        dx = dy where y > 0, else 0
     dropout              y = x * keep / (1 - rate),   keep = (u >= rate), u ~ U[0, 1)
@@ -56,6 +57,10 @@ def adam_update_naive(value, grad, m, v, lr_t, beta_1, beta_2, epsilon):
 # NumPy reference
 # ----------------------------------------------------------------------------------------
 
+def add_reference(a, b):
+    return a + b
+
+
 def relu_reference(x):
     """y = max(x, 0)."""
     return np.maximum(x, 0)
@@ -109,6 +114,15 @@ BLOCK = perf.ELEMENTWISE_BLOCK     # numbers per task (a constant to the kernels
 # Each task takes one block as slices and runs a plain loop from 0 over it: LLVM
 # vectorizes that. (Indexing the whole array from b * BLOCK instead leaves numba's
 # negative-index check in the loop, which keeps LLVM from vectorizing it.)
+
+@njit(cache=True, parallel=True)
+def _add_kernel(a, b, y):
+    for t in prange((a.size + BLOCK - 1) // BLOCK):
+        s = slice(t * BLOCK, (t + 1) * BLOCK)
+        ab, bb, yb = a[s], b[s], y[s]
+        for i in range(ab.size):
+            yb[i] = ab[i] + bb[i]
+
 
 @njit(cache=True, parallel=True)
 def _relu_kernel(x, y):
@@ -166,6 +180,14 @@ def _flat(a, dtype=None):
     return np.ascontiguousarray(a, dtype=dtype).reshape(-1)
 
 
+def add_numba(a, b):
+    """numba version of `add_reference` (a and b of one shape and dtype)."""
+    y = np.empty(a.shape, dtype=a.dtype)
+    with perf.kernel_threads(a.size):
+        _add_kernel(_flat(a), _flat(b), y.reshape(-1))
+    return y
+
+
 def relu_numba(x):
     """numba version of `relu_reference`."""
     y = np.empty(x.shape, dtype=x.dtype)
@@ -214,6 +236,12 @@ def adam_update_numba(value, grad, m, v, lr_t, beta_1, beta_2, epsilon):
 
 def _numba_pays(a):
     return a.size >= perf.ELEMENTWISE_NUMBA_MIN_SIZE
+
+
+def add(a, b):
+    """a + b, a new array: numba's two threads for arrays of one shape and dtype where it pays."""
+    same = a.shape == b.shape and a.dtype == b.dtype and a.dtype.kind == "f"
+    return pick(add_reference, add_numba, same and _numba_pays(a))(a, b)
 
 
 def relu(x):
