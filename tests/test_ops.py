@@ -543,7 +543,7 @@ def test_reference_read_once_holds_the_setting_for_a_pass_then_reads_again(monke
 @pytest.mark.parametrize("kernel_size, channels, col2im_by", [((1, 1), 16, "numba"), ((2, 2), 1, "reference")])
 def test_im2col_keeps_the_reference_where_numba_does_not_pay(monkeypatch, kernel_size, channels, col2im_by):
     # measured (benchmarks/kernels.py): 1x1 windows, numba < 1.5x; windows whose rows hold two numbers
-    # or fewer stay NumPy's (1-channel 3x3 windows now go to numba, 2.6x); col2im of a 1x1 window is numba's one pass
+    # or fewer stay NumPy's (1-channel 3x3 windows go to numba); col2im of a 1x1 window is numba's one pass
     calls = []
     for name in ("im2col", "col2im"):
         for kind in ("reference", "numba"):

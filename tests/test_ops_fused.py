@@ -186,11 +186,12 @@ def test_relu_numba_equals_reference(spec):
 
 @SETTINGS
 @given(arrays(min_rank=1))
-def test_add_numba_equals_reference_and_a_mismatch_takes_numpy(spec):
+def test_add_numba_equals_reference_and_other_operands_take_numpy(spec):
     shape, dtype, seed = spec
     a, b = (random(shape, dtype, np.random.default_rng(seed + k)) for k in (0, 1))
     assert_exact(elementwise.add_numba(a, b), elementwise.add_reference(a, b))
-    assert_exact(elementwise.add(a, b.astype(np.float64)), a + b.astype(np.float64))     # NumPy's promotion
+    assert_exact(elementwise.add(a.astype(np.float16), b), a.astype(np.float16) + b)     # NumPy's promotion
+    assert_exact(elementwise.add(a, b[..., :1]), a + b[..., :1])                          # and broadcasting
 
 
 @settings(max_examples=20, deadline=None)

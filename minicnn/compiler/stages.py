@@ -156,7 +156,7 @@ class ConvStage:
             dx, layer.kernel.grad = conv2d_backward(dz, saved, layer.kernel.value, need, dcols)
         if layer.use_bias:                                # db = sum of dz over N, Ho, Wo: (F,)
             db = column_sums(dz.reshape(-1, layer.filters)) if dz_sum is None else dz_sum
-            layer.bias.grad = db.astype(dz.dtype, copy=False)
+            layer.bias.grad = db.astype(layer.dtype, copy=False)
         return dx
 
 

@@ -58,6 +58,7 @@ def adam_update_naive(value, grad, m, v, lr_t, beta_1, beta_2, epsilon):
 # ----------------------------------------------------------------------------------------
 
 def add_reference(a, b):
+    """a + b, NumPy's (broadcasting, promoting)."""
     return a + b
 
 
@@ -239,8 +240,8 @@ def _numba_pays(a):
 
 
 def add(a, b):
-    """a + b, a new array: numba's two threads for arrays of one shape and dtype where it pays."""
-    same = a.shape == b.shape and a.dtype == b.dtype and a.dtype.kind == "f"
+    """a + b, a new array: numba's threads for float arrays of one shape and dtype where it pays."""
+    same = a.shape == b.shape and a.dtype == b.dtype and a.dtype in (np.float32, np.float64)
     return pick(add_reference, add_numba, same and _numba_pays(a))(a, b)
 
 

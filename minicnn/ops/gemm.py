@@ -222,8 +222,8 @@ def _small_product(a, b, out=None):
 
 
 def column_sums(a):
-    """a's column sums, (M, F) -> (F,): a bias's gradient. One product with a row of ones, which
-    runs several times faster than NumPy's sum over the long axis (the reference)."""
+    """a's column sums, (M, F) -> (F,): a bias's gradient, as one product with a row of ones (BLAS
+    reads the long axis in order; NumPy's sum over it, the reference, is slower: benchmarks/RESULTS.md)."""
     if backend.use_reference():
         return a.sum(axis=0)
     return matmul(np.ones((1, a.shape[0]), a.dtype), a)[0]

@@ -29,8 +29,8 @@ and `winograd_tile` picks im2col, F(2x2) or F(4x4) per layer shape from those me
 
 `conv_naive` is the formula above, one tile and one channel pair at a time. Each transform
 has a NumPy reference (one einsum over the a x a tile axes) and a numba kernel (one thread per
-image; a tile's a x a x C values in a small per-image array, channels innermost, the small
-matrices applied by `_rows` / `_cols`), which tests hold against each other and against
+image; a tile's a x a x C values in a small per-image array, channels innermost, each tiling's
+kernels made with its small matrices as constants, `_sandwich`), which tests hold against each other and against
 im2col's convolution. MINICNN_REFERENCE=1 runs the references (and the compiler uses im2col).
 """
 from fractions import Fraction
@@ -252,7 +252,7 @@ class Kernels(NamedTuple):
     input_adjoint: object          # (dv, dx, top, left, th, tw)
 
 
-_KERNELS = {}        # (id(tiling), dtype) -> (tiling, Kernels): made on first use
+_KERNELS = {}        # (id(tiling), dtype) -> (tiling, Kernels): made on first use; the tiling kept so its id stays its own
 
 
 def _kernels(tiling, dtype):
