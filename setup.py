@@ -24,7 +24,7 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        "dev": ["pytest>=7", "hypothesis>=6", "h5py>=3"],
+        "dev": ["pytest>=7", "pytest-xdist>=3", "hypothesis>=6", "h5py>=3"],
         "keras": ["h5py>=3"],
         "onnx": ["onnx>=1.14", "onnxruntime>=1.16"],
     },
