@@ -197,6 +197,7 @@ def backward_reference(spec, dy, z, offsets, keep, mean, inv_std, gamma, beta, t
 # Absent inputs (no dropout draws, no residual) come as empty arrays and a loop-invariant flag.
 
 BLOCKS = perf.BATCHNORM_BLOCKS    # row blocks of the sums (a constant to the kernels: read when they compile)
+CHUNK = batchnorm.CHUNK           # rows summed in z's dtype before each float64 addition (ops/batchnorm.py)
 
 
 @njit(inline="always")
@@ -218,15 +219,15 @@ def _normalized(z, mean, scale, beta, before, after):
 
 @njit(inline="always")
 def _gradient(dy, keep, dropout, drop_scale, z, mean, scale, beta, before, after, zero):
-    """At one cell: g = du (dropout's and an after-ReLU's rules), v - mean in float64, and
-    whether a before-ReLU passes the gradient."""
+    """At one cell: g = du (dropout's and an after-ReLU's rules), v - mean, and whether a
+    before-ReLU passes the gradient."""
     g = dy
     if dropout:
         g = dy * drop_scale if keep else zero
     v = before if z < before else z
     vc = v - mean
     g = g if vc * scale + beta > after else zero
-    return g, np.float64(v) - np.float64(mean), z > before
+    return g, vc, z > before
 
 
 @njit(inline="always")
@@ -300,7 +301,7 @@ def _pooled_sums_kernel(dy, z, offsets, keep, mean, scale, beta, before, after, 
     blocks = sum_g.shape[0]
     for b in prange(blocks):
         lo, hi = _span(b, blocks, n_img * ho_n)
-        sg, sgv = sum_g[b], sum_g_vc[b]
+        part, part_vc = np.zeros(c_n, dy.dtype), np.zeros(c_n, dy.dtype)     # a pooled row's sums
         for t in range(lo, hi):
             n, ho = t // ho_n, t % ho_n
             zn = z[n]
@@ -311,8 +312,10 @@ def _pooled_sums_kernel(dy, z, offsets, keep, mean, scale, beta, before, after, 
                     g, vc, _ = _gradient(dyr[c], keepr[c] if dropout else True, dropout, drop_scale,
                                          zn[corner + cells[offr[c]] + c], mean[c], scale[c], beta[c], before, after,
                                          zero)
-                    sg[c] += g
-                    sgv[c] += np.float64(g) * vc
+                    part[c] += g
+                    part_vc[c] += g * vc
+            batchnorm.flush_chunk(sum_g[b], part)
+            batchnorm.flush_chunk(sum_g_vc[b], part_vc)
 
 
 @njit(cache=True, parallel=True)
@@ -349,12 +352,16 @@ def _rows_sums_kernel(dy, z, keep, mean, scale, beta, before, after, drop_scale,
     blocks = sum_g.shape[0]
     for b in prange(blocks):
         lo, hi = _span(b, blocks, m)
-        for r in range(lo, hi):
-            for c in range(c_n):
-                g, vc, _ = _gradient(dy[r, c], keep[r, c] if dropout else True, dropout, drop_scale, z[r, c],
-                                     mean[c], scale[c], beta[c], before, after, zero)
-                sum_g[b, c] += g
-                sum_g_vc[b, c] += np.float64(g) * vc
+        part, part_vc = np.zeros(c_n, dy.dtype), np.zeros(c_n, dy.dtype)
+        for r0 in range(lo, hi, CHUNK):
+            for r in range(r0, min(hi, r0 + CHUNK)):
+                for c in range(c_n):
+                    g, vc, _ = _gradient(dy[r, c], keep[r, c] if dropout else True, dropout, drop_scale, z[r, c],
+                                         mean[c], scale[c], beta[c], before, after, zero)
+                    part[c] += g
+                    part_vc[c] += g * vc
+            batchnorm.flush_chunk(sum_g[b], part)
+            batchnorm.flush_chunk(sum_g_vc[b], part_vc)
 
 
 @njit(cache=True, parallel=True)
@@ -376,17 +383,21 @@ def _rows_dz_kernel(dy, z, keep, mean, scale, beta, before, after, drop_scale, a
 @njit(cache=True, parallel=True)
 def _moments_kernel(x, floor, shift, sums, squares):
     # x (M, C); sums, squares (blocks, C) float64 zeros; moments of max(x, floor), floor = 0 for
-    # cnn8's ReLU before BN, -inf for none, taken about a shift as in ops/batchnorm.py
+    # cnn8's ReLU before BN, -inf for none, taken about a shift (in x's dtype) as in ops/batchnorm.py
     m, c_n = x.shape
     blocks = sums.shape[0]
     for b in prange(blocks):
         lo, hi = _span(b, blocks, m)
-        for r in range(lo, hi):
-            for c in range(c_n):
-                v = x[r, c]
-                d = np.float64(floor if v < floor else v) - shift[c]
-                sums[b, c] += d
-                squares[b, c] += d * d
+        part, part_sq = np.zeros(c_n, x.dtype), np.zeros(c_n, x.dtype)
+        for r0 in range(lo, hi, CHUNK):
+            for r in range(r0, min(hi, r0 + CHUNK)):
+                for c in range(c_n):
+                    v = x[r, c]
+                    d = (floor if v < floor else v) - shift[c]
+                    part[c] += d
+                    part_sq[c] += d * d
+            batchnorm.flush_chunk(sums[b], part)
+            batchnorm.flush_chunk(squares[b], part_sq)
 
 
 def _channel_args(spec, dtype, mean, inv_std, gamma, beta):
@@ -525,7 +536,7 @@ def moments_numba(z, relu_first=False):
     """numba version of `moments_reference` (same result up to rounding), one pass over z."""
     x = _rows(np.ascontiguousarray(z))
     m, c = x.shape
-    shift = (np.maximum(x[0], 0) if relu_first else x[0]).astype(np.float64)
+    shift = np.maximum(x[0], 0) if relu_first else x[0].copy()
     blocks = min(BLOCKS, m)
     sums, squares = np.zeros((blocks, c)), np.zeros((blocks, c))
     with perf.kernel_threads(x.size):
