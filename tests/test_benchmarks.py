@@ -119,6 +119,26 @@ def test_revisions_ab_times_a_module_now_against_a_revision():
     assert lines[3].startswith("  now is ") and lines[3].endswith("x as fast")
 
 
+def test_trees_ab_times_the_checkout_against_a_revisions_tree_and_refuses_an_unknown_one():
+    import os
+    import subprocess
+    import sys
+    root = SCRIPT.parents[1]
+    if subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True).returncode != 0:
+        pytest.skip("not a git checkout: trees_ab.py reads the older tree from git")
+    env = {**os.environ, "MINICNN_REFERENCE": "1"}          # the mechanics, without compiling two trees' kernels
+    command = [sys.executable, str(SCRIPT.parent / "trees_ab.py"), "mini_xception", "--rounds", "1", "--steps", "1"]
+    run = subprocess.run(command + ["--base", "HEAD"], capture_output=True, text=True, timeout=600, env=env)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert "mini_xception training step" in lines[0] and "HEAD against now" in lines[0]
+    assert [line.split(":")[0].strip() for line in lines[1:3]] == ["base", "now"]
+    assert all(float(line.split(":")[1].split("ms")[0]) > 0 for line in lines[1:3])
+    assert lines[3].startswith("  now is ") and lines[3].endswith("x as fast")
+    bad = subprocess.run(command + ["--base", "no-such-revision"], capture_output=True, text=True, timeout=600, env=env)
+    assert bad.returncode != 0 and "cannot read revision 'no-such-revision'" in bad.stderr
+
+
 def test_environment_ab_times_each_value_in_its_own_process():
     import subprocess
     import sys

@@ -1,0 +1,89 @@
+"""Whole training steps of one FER model, the checkout as it is now against its tree at a revision.
+
+    python benchmarks/trees_ab.py cnn8 --base HEAD~2
+    python benchmarks/trees_ab.py mini_xception --base 4df16eb --rounds 9 --steps 5
+
+revisions_ab.py swaps minicnn/ops modules inside one process; a change anywhere else (the
+compiler's stages, a model, the optimizer) needs the whole tree. This writes `--base`'s tree
+into a temporary folder (git archive), then times each tree in processes of its own, taking
+turns (base, now, base, now, ...), so that noise hits both alike; each imports minicnn from its
+own tree and keeps its own numba cache there. A first process per tree warms up (compiles) and
+is not counted. Prints the median and least step time of each, and the ratio. Uncommitted edits
+count as "now". Children inherit the environment: set OPENBLAS_CORETYPE (or unset it) for both.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CHILD = """
+import json, sys
+sys.path.insert(0, {tree!r})
+from fer.process import set_blas_environment
+set_blas_environment()
+from minicnn import perf
+perf.enable()
+import numpy as np
+from benchmarks.models import batch, build
+from benchmarks.timing import training_step_ms
+model = build({model!r})
+x, y = batch(model, 64)
+print(json.dumps(float(np.median([training_step_ms(model, x, y, {steps}) for _ in range(3)]))))
+"""
+
+
+def write_tree(revision, folder):
+    """The files of `revision` written into folder (git archive); a clear error outside a git checkout."""
+    archive = Path(folder) / "tree.tar"
+    run = subprocess.run(["git", "-C", str(ROOT), "archive", "--format=tar", "-o", str(archive), revision],
+                         capture_output=True, text=True)
+    if run.returncode != 0:
+        sys.exit(f"trees_ab.py: cannot read revision {revision!r} from {ROOT}: {run.stderr.strip()}")
+    tree = Path(folder) / "base"
+    with tarfile.open(archive) as tar:
+        tar.extractall(tree, filter="data")
+    return tree
+
+
+def step_ms(tree, model, steps):
+    """Median ms of a training step of `model` in a fresh process importing minicnn from `tree`."""
+    code = CHILD.format(tree=str(tree), model=model, steps=steps)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tempfile.gettempdir())
+    if run.returncode != 0:
+        sys.exit(f"trees_ab.py: the {model} step in {tree} failed:\n{run.stderr.strip()}")
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", help="a fer.models architecture: cnn4, cnn8, mini_xception, ...")
+    parser.add_argument("--base", required=True, help="the git revision to compare with, e.g. HEAD~1")
+    parser.add_argument("--rounds", type=int, default=7, help="timed processes per tree")
+    parser.add_argument("--steps", type=int, default=0, help="steps per timing (default: 4 for mini_xception, else 2)")
+    args = parser.parse_args()
+    steps = args.steps or (4 if args.model == "mini_xception" else 2)
+    with tempfile.TemporaryDirectory() as folder:
+        trees = {"base": write_tree(args.base, folder), "now": ROOT}
+        times = {version: [] for version in trees}
+        for _ in range(args.rounds + 1):                   # the first round warms up (compiles)
+            for version, tree in trees.items():
+                times[version].append(step_ms(tree, args.model, steps))
+    print(f"{args.model} training step, batch 64, {args.rounds} processes of 3 x {steps} steps per tree; "
+          f"{args.base} against now; OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}; "
+          f"load {os.getloadavg()[0]:.2f}")
+    for version in trees:
+        print(f"  {version:>4}: {np.median(times[version][1:]):8.2f} ms (least {min(times[version][1:]):8.2f})")
+    base, now = (float(np.median(times[v][1:])) for v in trees)
+    print(f"  now is {base / now:.2f}x as fast")
+
+
+if __name__ == "__main__":
+    main()
