@@ -282,4 +282,4 @@ WINOGRAD4_MIN_KEPT = 0.75
 # the fused SeparableConv2D (ops/separable.py, chosen by benchmarks/kernels_separable.py): from
 # this many input channels, where its tiles' products are wide enough to beat one product over
 # the batch; for inference, and for training (the forward keeping d for the backward)
-SEPARABLE_MIN_CHANNELS, SEPARABLE_TRAINING_MIN_CHANNELS = 16, 32
+SEPARABLE_MIN_CHANNELS, SEPARABLE_TRAINING_MIN_CHANNELS = 8, 8

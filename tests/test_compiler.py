@@ -300,18 +300,28 @@ def test_in_training_the_product_writes_into_the_steps_buffers_when_an_epilogue_
     assert not np.shares_memory(conv[1].cache[1], planned[1]["z"])     # inference's own arrays
 
 
-def test_wide_separable_layers_train_as_one_pass_whose_backward_reads_the_kept_depthwise_output():
-    # so the seed-model equivalence tests above cover the one-pass op in training too
+def test_separable_layers_below_the_width_threshold_train_as_the_two_ops_and_both_ways_equal_the_textbook(
+        monkeypatch, floatx):
+    # perf's threshold runs every separable layer of the seed models as the one pass, which the seed tests
+    # above hold to the textbook; a higher one keeps the narrow layers as the two ops, held to it here
+    floatx("float64")
+    monkeypatch.setattr(perf, "SEPARABLE_TRAINING_MIN_CHANNELS", 16)
     model = small_model("mini_xception")
-    model.compile("sgd", "sparse_categorical_crossentropy", jit_compile=True)
+    model.compile("sgd", "sparse_categorical_crossentropy")
     x, y = batch(model)
-    model.train_on_batch(x, y)
+    _, _, grads = gradients(model, x, y, training=True)
+    compile_model(model)
+    _, _, compiled_grads = gradients(model, x, y, training=True)
     separable = [step.stages[0] for step in fused_steps(model) if isinstance(step.stages[0], SeparableStage)]
     one_pass = [stage for stage in separable if stage.cache[2]]        # cache: (x, pads, fused, y, d)
     assert one_pass and len(one_pass) < len(separable)                 # the narrow ones keep the two ops
-    for stage in one_pass:
-        assert stage.layer.input_shape[-1] >= perf.SEPARABLE_TRAINING_MIN_CHANNELS
+    for stage in separable:
+        assert (stage in one_pass) == (stage.layer.input_shape[-1] >= 16)
+    for stage in one_pass:                                             # its backward reads the kept d
         assert stage.cache[4] is stage.buffers.arrays["depthwise"]
+    scale = max(float(np.abs(grad).max()) for grad in grads.values())
+    for weight, grad in grads.items():
+        np.testing.assert_allclose(compiled_grads[weight], grad, rtol=1e-10, atol=1e-10 * scale, err_msg=weight)
 
 
 def test_inference_chooses_by_the_forward_alone():
