@@ -97,6 +97,24 @@ def test_naive_reference_and_numba_agree(block, shape, dtype, seed, training):
     assert np.array_equal(z, z_before) and np.array_equal(dy, dy_before)      # inputs never modified
 
 
+@pytest.mark.parametrize("block", ALL_BLOCKS)
+def test_numba_sums_over_many_rows_a_block_agree_with_the_reference(block):
+    # the kernels sum runs of rows in z's dtype, then in float64 (ops/batchnorm.py's CHUNK): a long
+    # batch puts several runs, the last one short, into every block of rows
+    relu, pool, dropout, residual = block
+    spec = spec_of(relu, pool, 8, 8)
+    z_shape = (37, 8, 8, 3) if spec.pool is not None else (64 * E.CHUNK * 2 + 2 * 64 + 5, 3)
+    for dtype in (np.float32, np.float64):
+        z, mean, inv_std, gamma, beta, bits, res, dy = block_inputs(spec, z_shape, dtype, 4, dropout, residual)
+        _, offsets, keep = E.forward_reference(spec, z, mean, inv_std, gamma, beta, bits, res)
+        expected = E.backward_reference(spec, dy, z, offsets, keep, mean, inv_std, gamma, beta, True)
+        actual = E.backward_numba(spec, dy, z, offsets, keep, mean, inv_std, gamma, beta, True)
+        for a, e in zip(actual, expected):
+            assert_close(a, e, dtype, tight=1e-10)
+        for a, e in zip(E.moments_numba(z, relu == "before"), E.moments_reference(z, relu == "before")):
+            assert_close(a, e, dtype, tight=1e-11)
+
+
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_moments_numba_equals_reference(relu, dtype):

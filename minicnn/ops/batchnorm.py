@@ -113,7 +113,7 @@ def _block_rows(b, blocks, m):
 
 
 @njit(inline="always")
-def flush_chunk(total, part):
+def _flush_chunk(total, part):
     """total += part (float64 += the input's dtype), then part = 0 for the next chunk."""
     for c in range(part.size):
         total[c] += part[c]
@@ -134,8 +134,8 @@ def _moments_kernel(x, shift, sums, squares):
                     d = x[r, c] - shift[c]
                     part[c] += d
                     part_sq[c] += d * d
-            flush_chunk(sums[b], part)
-            flush_chunk(squares[b], part_sq)
+            _flush_chunk(sums[b], part)
+            _flush_chunk(squares[b], part_sq)
 
 
 @njit(cache=True, parallel=True)
@@ -174,8 +174,8 @@ def _backward_sums_kernel(dy, x, mean, scale, beta, floor, sum_dy, sum_dy_xc):
                     g = dy[r, c] * (xc * scale[c] + beta[c] > floor)
                     part[c] += g
                     part_xc[c] += g * xc
-            flush_chunk(sum_dy[b], part)
-            flush_chunk(sum_dy_xc[b], part_xc)
+            _flush_chunk(sum_dy[b], part)
+            _flush_chunk(sum_dy_xc[b], part_xc)
 
 
 @njit(cache=True, parallel=True)

@@ -201,6 +201,15 @@ CHUNK = batchnorm.CHUNK           # rows summed in z's dtype before each float64
 
 
 @njit(inline="always")
+def _flush_chunk(total, part):
+    """total += part (float64 += z's dtype), then part = 0: ops/batchnorm.py's, copied because numba
+    caches this file's kernels against this file alone and would keep an inlined function of another."""
+    for c in range(part.size):
+        total[c] += part[c]
+        part[c] = 0
+
+
+@njit(inline="always")
 def _span(b, blocks, m):
     """Rows [lo, hi) of block b of m rows cut into `blocks` blocks (the last may be short)."""
     step = (m + blocks - 1) // blocks
@@ -314,8 +323,8 @@ def _pooled_sums_kernel(dy, z, offsets, keep, mean, scale, beta, before, after, 
                                          zero)
                     part[c] += g
                     part_vc[c] += g * vc
-            batchnorm.flush_chunk(sum_g[b], part)
-            batchnorm.flush_chunk(sum_g_vc[b], part_vc)
+            _flush_chunk(sum_g[b], part)
+            _flush_chunk(sum_g_vc[b], part_vc)
 
 
 @njit(cache=True, parallel=True)
@@ -360,8 +369,8 @@ def _rows_sums_kernel(dy, z, keep, mean, scale, beta, before, after, drop_scale,
                                          mean[c], scale[c], beta[c], before, after, zero)
                     part[c] += g
                     part_vc[c] += g * vc
-            batchnorm.flush_chunk(sum_g[b], part)
-            batchnorm.flush_chunk(sum_g_vc[b], part_vc)
+            _flush_chunk(sum_g[b], part)
+            _flush_chunk(sum_g_vc[b], part_vc)
 
 
 @njit(cache=True, parallel=True)
@@ -396,8 +405,8 @@ def _moments_kernel(x, floor, shift, sums, squares):
                     d = (floor if v < floor else v) - shift[c]
                     part[c] += d
                     part_sq[c] += d * d
-            batchnorm.flush_chunk(sums[b], part)
-            batchnorm.flush_chunk(squares[b], part_sq)
+            _flush_chunk(sums[b], part)
+            _flush_chunk(squares[b], part_sq)
 
 
 def _channel_args(spec, dtype, mean, inv_std, gamma, beta):
