@@ -10,7 +10,7 @@ from minicnn import (Activation, Add, BatchNormalization, Conv2D, Dense, Flatten
                      Sequential, backend, optimizers, perf)
 from minicnn.compiler import FusedStep, compile_model
 from minicnn.compiler.epilogues import EpilogueStage
-from minicnn.compiler.stages import SeparableStage
+from minicnn.compiler.stages import ConvStage, DirectSaved, SeparableStage
 from minicnn.ops import winograd
 from minicnn.ops.direct_conv import direct_pays
 
@@ -322,6 +322,32 @@ def test_separable_layers_below_the_width_threshold_train_as_the_two_ops_and_bot
     scale = max(float(np.abs(grad).max()) for grad in grads.values())
     for weight, grad in grads.items():
         np.testing.assert_allclose(compiled_grads[weight], grad, rtol=1e-10, atol=1e-10 * scale, err_msg=weight)
+
+
+def test_products_that_sum_their_output_hand_a_batchnormalization_its_moments(monkeypatch):
+    # the direct convolution and the one-pass separable sum z and z**2 as they write z: the
+    # BatchNormalization after them takes those moments instead of a pass of its own over z
+    from minicnn.ops import epilogue as epilogue_ops
+    model = small_model("mini_xception")
+    model.compile("sgd", "sparse_categorical_crossentropy", jit_compile=True)
+    x, y = batch(model, n=4)
+    model.train_on_batch(x, y)                                       # builds the steps
+    passes, own_pass = [], epilogue_ops.moments
+    monkeypatch.setattr(epilogue_ops, "moments", lambda z, relu_first=False: passes.append(z) or own_pass(z, relu_first))
+    model.train_on_batch(x, y)
+    blocks = [step.stages for step in fused_steps(model)
+              if isinstance(step.stages[-1], EpilogueStage) and step.stages[-1].parts.batchnorm is not None]
+    summing = [(product, epilogue) for product, epilogue in blocks
+               if (isinstance(product, SeparableStage) and product.cache[2])
+               or (isinstance(product, ConvStage) and isinstance(product.cache[2], DirectSaved))]
+    assert len(summing) >= 3 and len(passes) == len(blocks) - len(summing)
+    for product, epilogue in summing:
+        z = epilogue.cache[1]
+        for taken, own in zip(product.moments, epilogue_ops.moments_reference(z)):
+            assert taken.dtype == z.dtype
+            np.testing.assert_allclose(taken, own, rtol=1e-4, atol=1e-6)
+    model.predict(x, verbose=0)
+    assert all(product.moments is None for product, _ in blocks)    # inference takes the moving statistics
 
 
 def test_inference_chooses_by_the_forward_alone():

@@ -67,9 +67,12 @@ class EpilogueStage:
 
     joins_residual = True
 
-    def __init__(self, parts, layers, buffers, bias=None):
+    def __init__(self, parts, layers, buffers, bias=None, product=None):
         self.parts, self.layers, self.buffers = parts, list(layers), buffers      # layers: the block's, in order
         self.bias = bias           # without a BatchNormalization: a bias to add first (a frozen step's), or None
+        self.product = product     # the stage before, asked for the moments its pass took of z (or None)
+        if product is not None:
+            product.moments_wanted = parts.batchnorm is not None and parts.relu != "before"   # moments of z itself
         self.identity = {}         # (C, dtype) -> the statistics of no normalization, made once
 
     def spec(self, z_shape):
@@ -85,7 +88,8 @@ class EpilogueStage:
         bn = self.parts.batchnorm
         if bn is None or not training:
             return self.inference_statistics(z.shape[-1], z.dtype)
-        mean, var = epilogue.moments(z, relu_first=self.parts.relu == "before")
+        taken = None if self.product is None else self.product.moments          # this forward's, or None
+        mean, var = taken if taken is not None else epilogue.moments(z, relu_first=self.parts.relu == "before")
         mean, inv_std = bn.batch_statistics(mean, var, z.size // z.shape[-1])
         return mean, inv_std, bn.gamma.value, bn.beta.value
 

@@ -61,6 +61,17 @@ def bound_product(product, layer, activation):
     return run
 
 
+def batch_moments(sums, squares, z, layer):
+    """(mean, var) of z + b per channel, in z's dtype, from the float64 sums of z and z**2 over N, Ho,
+    Wo that a product's pass took (what ops.epilogue.moments would take in a pass of its own)."""
+    m = z.size // z.shape[-1]
+    mean = sums / m
+    var = np.maximum(squares / m - mean * mean, 0)
+    if layer.use_bias:
+        mean = mean + layer.bias.value
+    return mean.astype(z.dtype), var.astype(z.dtype)
+
+
 class ConvStage:
     """Conv2D: z = conv(x, K) + b, y = activation(z), by the method that pays for the input's
     shape (chosen once per shape): Winograd's F(4x4) or F(2x2) (ops.winograd.winograd_tile), the
@@ -75,6 +86,7 @@ class ConvStage:
         self.methods = {}    # (input shape, training) -> a Winograd Tiling, "direct", or None for im2col
         self.kept = None     # inference's (tiling, kernel copy, U): Winograd's kernel transform, kept
         self.weights_fixed = False    # True: the kernel never changes (a frozen step's folded copy)
+        self.moments_wanted, self.moments = False, None     # see batch_moments
 
     def method(self, x_shape, training):
         """Training pays for forward and backward, inference for the forward alone (its kernel
@@ -92,6 +104,7 @@ class ConvStage:
         x = layer.prepare(x)
         pads, ho, wo = layer.geometry(x)
         buffers = self.buffers if training else None       # inference between a forward and its backward
+        self.moments = None
         z, saved = self.convolve(x, pads, ho, wo, buffers, training)  # must not overwrite the training step's arrays
         y = self.activation.forward(z)
         self.cache = (x.shape, pads, saved, y, buffers)
@@ -108,7 +121,9 @@ class ConvStage:
             return winograd.conv(x, kernel, pads[0][0], pads[1][0], ho, wo, buffers, tiling, u=u,
                                  bias=bias.value if layer.use_bias else None)
         if tiling == "direct":
-            z, saved = direct_conv2d(x, kernel, layer.strides, pads, out=z), DirectSaved(x)
+            sums = np.zeros((2, f)) if training and self.moments_wanted else None    # the pass's own sums of z
+            z, saved = direct_conv2d(x, kernel, layer.strides, pads, out=z, moments=sums), DirectSaved(x)
+            self.moments = None if sums is None else batch_moments(sums[0], sums[1], z, layer)
         else:
             in_buffer = buffers is not None and numba_pays((kh, kw), c)     # NumPy's im2col makes its own array
             cols = buffers("cols", (n * ho * wo, kh * kw * c), x.dtype) if in_buffer else None
@@ -170,6 +185,7 @@ class SeparableStage:
         self.layer, self.layers, self.buffers = layer, [layer], buffers
         self.activation = layer.activation if activate else LINEAR
         self.epilogue_follows = not activate
+        self.moments_wanted, self.moments = False, None     # see batch_moments
 
     def forward(self, x, training):
         layer = self.layer
@@ -178,7 +194,12 @@ class SeparableStage:
         fused = self.fused(x.shape, training)
         buffers = self.buffers if training else None       # inference between a forward and its backward
         outputs = self.outputs(x.shape, ho, wo, buffers)    # must not overwrite the training step's arrays
-        z = self.separable(x, pads, *outputs) if fused else self.depthwise_pointwise(x, pads, *outputs)
+        self.moments = None
+        if fused and training and self.moments_wanted:     # the one pass sums z and z**2 as it goes
+            z, sums, squares = self.separable(x, pads, *outputs, statistics=True)
+            self.moments = batch_moments(sums, squares, z, layer)
+        else:
+            z = self.separable(x, pads, *outputs) if fused else self.depthwise_pointwise(x, pads, *outputs)
         if layer.use_bias:
             z += layer.bias.value
         y = self.activation.forward(z)
@@ -200,11 +221,12 @@ class SeparableStage:
         return (tuple(layer.strides) == (1, 1) and layer.depth_multiplier == 1
                 and separable_pays(n, h, w, c, layer.filters, training=training))
 
-    def separable(self, x, pads, d=None, z=None):
-        """ops.separable's one pass; d, when given, receives the depthwise output for the backward."""
+    def separable(self, x, pads, d=None, z=None, statistics=False):
+        """ops.separable's one pass; d, when given, receives the depthwise output for the backward;
+        statistics=True: (z, its float64 sums and sums of squares per channel)."""
         layer = self.layer
-        return separable_conv2d(x, layer.depthwise_kernel.value, layer.pointwise_kernel.value, pads, out=z,
-                                depthwise_out=d)
+        return separable_conv2d(x, layer.depthwise_kernel.value, layer.pointwise_kernel.value, pads,
+                                statistics=statistics, out=z, depthwise_out=d)
 
     def depthwise_pointwise(self, x, pads, d=None, z=None):
         """The layer's two ops, d kept in the layer's cache for its backward_from_logits."""
@@ -250,6 +272,7 @@ class DenseStage:
     def __init__(self, layer, buffers, activate=True):
         self.layer, self.layers = layer, [layer]
         self.activation = layer.activation if activate else LINEAR
+        self.moments_wanted, self.moments = False, None     # its product takes none (batch_moments)
 
     def forward(self, x, training):
         layer = self.layer
