@@ -53,6 +53,9 @@ def main():
     args = parser.parse_args()
     if not hasattr(perf, args.setting):
         parser.error(f"minicnn.perf has no setting {args.setting!r}")
+    if args.setting in perf.READ_AT_IMPORT:
+        parser.error(f"minicnn.perf.{args.setting} is read when the kernels compile, so it cannot change inside "
+                     f"one process: edit it in minicnn/perf.py and compare with benchmarks/trees_ab.py")
     perf.enable()
     model = build(args.model)
     x, y = batch(model, 64)

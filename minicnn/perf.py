@@ -258,6 +258,9 @@ DIRECT_CONV_BLOCKS = 16
 # their tile: about this many output columns (rows * (Wo + (kw-1)//sw)) per loop, long enough
 # for the vector units, short enough that a tile's copies stay in cache
 DIRECT_CONV_TILE = 512
+# the settings above that ops modules copy when they load, constants to the kernels they compile:
+# changing one later changes nothing (benchmarks/settings_ab.py refuses them)
+READ_AT_IMPORT = ("BATCHNORM_BLOCKS", "ELEMENTWISE_BLOCK", "DIRECT_CONV_BLOCKS")
 
 
 # the fused epilogue (BatchNormalization, ReLU, max pool, dropout, Add: ops/epilogue.py): with a pool

@@ -102,6 +102,18 @@ def test_settings_ab_times_each_value_and_refuses_an_unknown_setting():
     bad = subprocess.run([sys.executable, str(script), "mini_xception", "NO_SUCH_SETTING", "1"],
                          capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and "minicnn.perf has no setting 'NO_SUCH_SETTING'" in bad.stderr
+    fixed = subprocess.run([sys.executable, str(script), "mini_xception", "BATCHNORM_BLOCKS", "64", "16"],
+                           capture_output=True, text=True, timeout=600)
+    assert fixed.returncode == 2 and "BATCHNORM_BLOCKS is read when the kernels compile" in fixed.stderr
+
+
+def test_every_setting_an_ops_module_copies_when_it_loads_is_one_settings_ab_refuses():
+    import re
+    from minicnn import perf
+    copied = set()
+    for path in (SCRIPT.parents[1] / "minicnn" / "ops").glob("*.py"):
+        copied |= set(re.findall(r"^\w+ = perf\.([A-Z_0-9]+)", path.read_text(), re.M))
+    assert copied and copied == set(perf.READ_AT_IMPORT)
 
 
 def test_revisions_ab_times_a_module_now_against_a_revision():
