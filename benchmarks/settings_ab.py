@@ -55,7 +55,7 @@ def main():
         parser.error(f"minicnn.perf has no setting {args.setting!r}")
     if args.setting in perf.READ_AT_IMPORT:
         parser.error(f"minicnn.perf.{args.setting} is read when the kernels compile, so it cannot change inside "
-                     f"one process: edit it in minicnn/perf.py and compare with benchmarks/trees_ab.py")
+                     f"one process: edit it in minicnn/perf.py and compare with benchmarks/trees_ab.py, which compiles afresh")
     perf.enable()
     model = build(args.model)
     x, y = batch(model, 64)

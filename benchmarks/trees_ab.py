@@ -4,16 +4,19 @@
     python benchmarks/trees_ab.py mini_xception --base 4df16eb --rounds 9 --steps 5
 
 revisions_ab.py swaps minicnn/ops modules inside one process; a change anywhere else (the
-compiler's stages, a model, the optimizer) needs the whole tree. This writes `--base`'s tree
-into a temporary folder (git archive), then times each tree in processes of its own, taking
-turns (base, now, base, now, ...), so that noise hits both alike; each imports minicnn from its
-own tree and keeps its own numba cache there. A first process per tree warms up (compiles) and
-is not counted. Prints the median and least step time of each, and the ratio. Uncommitted edits
-count as "now". Children inherit the environment: set OPENBLAS_CORETYPE (or unset it) for both.
+compiler's stages, a model, the optimizer, a setting in minicnn/perf.py) needs the whole tree.
+This writes `--base`'s tree (git archive) and the checkout's files as they are now, uncommitted
+edits included, into a temporary folder, then times each tree in processes of its own, taking
+turns (base, now, base, now, ...), so that noise hits both alike. Each compiles its kernels
+afresh there: numba checks a cached kernel against its own file only, so a checkout's cache can
+hold kernels built from another file's older constants or inlined loops. A first process per
+tree warms up (compiles) and is not counted. Prints the median and least step time of each, and
+the ratio. Children inherit the environment: set OPENBLAS_CORETYPE (or unset it) for both.
 """
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -53,6 +56,19 @@ def write_tree(revision, folder):
     return tree
 
 
+def copy_checkout(folder):
+    """The checkout's files as they are now (tracked and untracked, not ignored) copied into folder."""
+    listed = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                            capture_output=True, text=True, check=True).stdout.split("\0")
+    tree = Path(folder) / "now"
+    for name in filter(None, listed):
+        source = ROOT / name
+        if source.is_file():                  # a deleted, not yet committed file is listed but absent
+            (tree / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, tree / name)
+    return tree
+
+
 def step_ms(tree, model, steps):
     """Median ms of a training step of `model` in a fresh process importing minicnn from `tree`."""
     code = CHILD.format(tree=str(tree), model=model, steps=steps)
@@ -71,7 +87,7 @@ def main():
     args = parser.parse_args()
     steps = args.steps or (4 if args.model == "mini_xception" else 2)
     with tempfile.TemporaryDirectory() as folder:
-        trees = {"base": write_tree(args.base, folder), "now": ROOT}
+        trees = {"base": write_tree(args.base, folder), "now": copy_checkout(folder)}
         times = {version: [] for version in trees}
         for _ in range(args.rounds + 1):                   # the first round warms up (compiles)
             for version, tree in trees.items():
