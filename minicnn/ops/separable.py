@@ -137,9 +137,9 @@ def separable_conv2d_backward_reference(dy, x, depthwise_kernel, pointwise_kerne
 # ----------------------------------------------------------------------------------------
 # The row loops (ops.depthwise.depthwise_row and its backward) are inlined into the parallel
 # loop's body (inline="always"), where LLVM vectorizes them. numba checks its cache of these
-# kernels against this file alone: after editing those row loops, touch this file to recompile. The tile's pointwise products
-# are np.dot calls (OpenBLAS through scipy, as numba does it): no loop written in numba comes
-# near them. Tiles stay within perf.OPENBLAS_ONE_THREAD_WORK multiply-adds, so that OpenBLAS
+# kernels against this file alone: after editing those row loops, touch this file to recompile.
+# The tile's pointwise products are np.dot calls (OpenBLAS through scipy, as numba does it): no
+# loop written in numba comes near them. Tiles stay within perf.OPENBLAS_ONE_THREAD_WORK multiply-adds, so that OpenBLAS
 # runs each on the calling thread: a larger one would wake OpenBLAS's own threads inside numba's.
 
 
