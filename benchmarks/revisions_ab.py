@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from minicnn import perf  # noqa: E402
 from benchmarks.models import batch, build  # noqa: E402
-from benchmarks.timing import training_step_ms  # noqa: E402
+from benchmarks.timing import STEPS_HELP, default_steps, training_step_ms  # noqa: E402
 
 
 def module_at(name, revision, folder):
@@ -64,12 +64,12 @@ def main():
     parser.add_argument("modules", nargs="+", help="minicnn/ops module names, e.g. depthwise direct_conv")
     parser.add_argument("--base", required=True, help="the git revision to compare with, e.g. HEAD~1")
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--steps", type=int, default=0, help="steps per timing (default: 4 for mini_xception, else 2)")
+    parser.add_argument("--steps", type=int, default=0, help=STEPS_HELP)
     args = parser.parse_args()
     perf.enable()
     model = build(args.model)
     x, y = batch(model, 64)
-    steps = args.steps or (4 if args.model == "mini_xception" else 2)
+    steps = args.steps or default_steps(args.model)
     with tempfile.TemporaryDirectory() as folder:
         versions = swaps(args.modules, args.base, folder)
         times = {version: [] for version in versions}

@@ -25,7 +25,7 @@ import minicnn  # noqa: E402
 from minicnn import perf  # noqa: E402
 from minicnn.compiler.stages import ConvStage  # noqa: E402
 from benchmarks.models import batch, build  # noqa: E402
-from benchmarks.timing import training_step_ms  # noqa: E402
+from benchmarks.timing import STEPS_HELP, default_steps, training_step_ms  # noqa: E402
 
 
 def value(text):
@@ -49,17 +49,18 @@ def main():
     parser.add_argument("setting", help="a minicnn.perf name, e.g. TALL_PRODUCT_MIN_ROWS")
     parser.add_argument("values", nargs="+", type=value)
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--steps", type=int, default=0, help="steps per timing (default: 4 for mini_xception, else 2)")
+    parser.add_argument("--steps", type=int, default=0, help=STEPS_HELP)
     args = parser.parse_args()
     if not hasattr(perf, args.setting):
         parser.error(f"minicnn.perf has no setting {args.setting!r}")
     if args.setting in perf.READ_AT_IMPORT:
         parser.error(f"minicnn.perf.{args.setting} is read when the kernels compile, so it cannot change inside "
-                     f"one process: edit it in minicnn/perf.py and compare with benchmarks/trees_ab.py, which compiles afresh")
+                     f"one process: edit it in minicnn/perf.py and compare with benchmarks/trees_ab.py, "
+                     f"which compiles afresh")
     perf.enable()
     model = build(args.model)
     x, y = batch(model, 64)
-    steps = args.steps or (4 if args.model == "mini_xception" else 2)
+    steps = args.steps or default_steps(args.model)
     times = {v: [] for v in args.values}
     for setting in args.values:                      # warm-up: compile every method once
         set_setting(model, args.setting, setting)

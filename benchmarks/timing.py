@@ -29,3 +29,11 @@ def training_step_ms(model, x, y, steps):
     for _ in range(steps):
         model.train_on_batch(x, y)
     return (time.perf_counter() - start) / steps * 1e3
+
+
+STEPS_HELP = "steps per timing (default: 4 for mini_xception, else 2)"
+
+
+def default_steps(model_name):
+    """Training steps per timing in the whole-step A/Bs: mini-Xception's steps are short, so four."""
+    return 4 if model_name == "mini_xception" else 2

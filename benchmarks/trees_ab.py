@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks.timing import STEPS_HELP, default_steps  # noqa: E402
 
 CHILD = """
 import json, sys
@@ -83,9 +85,9 @@ def main():
     parser.add_argument("model", help="a fer.models architecture: cnn4, cnn8, mini_xception, ...")
     parser.add_argument("--base", required=True, help="the git revision to compare with, e.g. HEAD~1")
     parser.add_argument("--rounds", type=int, default=7, help="timed processes per tree")
-    parser.add_argument("--steps", type=int, default=0, help="steps per timing (default: 4 for mini_xception, else 2)")
+    parser.add_argument("--steps", type=int, default=0, help=STEPS_HELP)
     args = parser.parse_args()
-    steps = args.steps or (4 if args.model == "mini_xception" else 2)
+    steps = args.steps or default_steps(args.model)
     with tempfile.TemporaryDirectory() as folder:
         trees = {"base": write_tree(args.base, folder), "now": copy_checkout(folder)}
         times = {version: [] for version in trees}

@@ -147,7 +147,8 @@ def test_trees_ab_times_the_checkout_against_a_revisions_tree_and_refuses_an_unk
     assert [line.split(":")[0].strip() for line in lines[1:3]] == ["base", "now"]
     assert all(float(line.split(":")[1].split("ms")[0]) > 0 for line in lines[1:3])
     assert lines[3].startswith("  now is ") and lines[3].endswith("x as fast")
-    bad = subprocess.run(command + ["--base", "no-such-revision"], capture_output=True, text=True, timeout=600, env=env)
+    bad = subprocess.run(command + ["--base", "no-such-revision"], capture_output=True, text=True, timeout=600,
+                         env=env)
     assert bad.returncode != 0 and "cannot read revision 'no-such-revision'" in bad.stderr
 
 

@@ -333,7 +333,8 @@ def test_products_that_sum_their_output_hand_a_batchnormalization_its_moments(mo
     x, y = batch(model, n=4)
     model.train_on_batch(x, y)                                       # builds the steps
     passes, own_pass = [], epilogue_ops.moments
-    monkeypatch.setattr(epilogue_ops, "moments", lambda z, relu_first=False: passes.append(z) or own_pass(z, relu_first))
+    monkeypatch.setattr(epilogue_ops, "moments",
+                        lambda z, relu_first=False: passes.append(z) or own_pass(z, relu_first))
     model.train_on_batch(x, y)
     blocks = [step.stages for step in fused_steps(model)
               if isinstance(step.stages[-1], EpilogueStage) and step.stages[-1].parts.batchnorm is not None]

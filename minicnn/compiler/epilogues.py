@@ -71,9 +71,13 @@ class EpilogueStage:
         self.parts, self.layers, self.buffers = parts, list(layers), buffers      # layers: the block's, in order
         self.bias = bias           # without a BatchNormalization: a bias to add first (a frozen step's), or None
         self.product = product     # the stage before, asked for the moments its pass took of z (or None)
-        if product is not None:
-            product.moments_wanted = parts.batchnorm is not None and parts.relu != "before"   # moments of z itself
         self.identity = {}         # (C, dtype) -> the statistics of no normalization, made once
+
+    @property
+    def normalizes_z(self):
+        """Whether the block's BatchNormalization reads z itself (no ReLU before it): then the moments a
+        product's pass sums as it writes z serve (see statistics)."""
+        return self.parts.batchnorm is not None and self.parts.relu != "before"
 
     def spec(self, z_shape):
         """ops.epilogue.Epilogue for z of this shape."""

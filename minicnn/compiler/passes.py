@@ -86,7 +86,9 @@ def fused_step(chain):
         return FusedStep(stages_of(chain[:-1] if add else chain, buffers), add)
     block = [layer for layer in tail if layer is not add]
     product = PRODUCT_STAGES[type(head)](head, buffers, activate=False)      # the epilogue applies its ReLU
-    return FusedStep([product, EpilogueStage(parts, block, buffers, product=product)], add)
+    epilogue = EpilogueStage(parts, block, buffers, product=product)
+    product.moments_wanted = epilogue.normalizes_z                          # sums of z from the product's pass
+    return FusedStep([product, epilogue], add)
 
 
 def chain_sources(model, chain):

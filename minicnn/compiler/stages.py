@@ -111,7 +111,8 @@ class ConvStage:
         return y
 
     def convolve(self, x, pads, ho, wo, buffers, training):
-        """(z, saved): z = conv(x, K) + b by this shape's method (Winograd adds b in its output pass)."""
+        """(z, saved): z = conv(x, K) + b by this shape's method (Winograd adds b in its output pass);
+        the direct pass also sets self.moments when moments_wanted, in training."""
         layer = self.layer
         kernel, tiling, bias = layer.kernel.value, self.method(x.shape, training), layer.bias
         (kh, kw, c, f), n = kernel.shape, x.shape[0]
