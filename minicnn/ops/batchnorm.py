@@ -103,6 +103,7 @@ def normalize_backward_reference(dy, x, mean, inv_std, gamma, training, relu=Fal
 
 BLOCKS = perf.BATCHNORM_BLOCKS    # row blocks (a constant to the kernels: read when they compile)
 CHUNK = 32                        # rows summed in the input's dtype before each float64 addition
+WIDE_ROW = 128                    # numbers in a row of the sums kernels' view (see widening)
 
 
 @njit(inline="always")          # inlined into each kernel: no call in the loop
@@ -199,18 +200,40 @@ def _rows(a):
     return a.reshape(-1, a.shape[-1])
 
 
+# A sums kernel's loop over a row of 8 channels is half an AVX-512 vector, and LLVM runs it
+# scalar: so the kernels see k rows at a time as one row of k*C numbers, the per-channel
+# vectors repeated k times, and the k copies of each channel's sum are added at the end.
+
+def widening(m, c):
+    """k: view (M, C) rows k at a time, as (M/k, k*C), with k*C <= WIDE_ROW and k dividing M."""
+    k = 1
+    while 2 * k * c <= WIDE_ROW and m % (2 * k) == 0:
+        k *= 2
+    return k
+
+
+def widened(k, *arrays):
+    """(M, C) arrays as (M/k, k*C) views; each per-channel (C,) vector repeated k times."""
+    return tuple(a.reshape(-1, k * a.shape[-1]) if a.ndim == 2 else np.tile(a, k) for a in arrays)
+
+
+def channel_sums(block_sums, k):
+    """(blocks, k*C) sums of a widened view -> (C,): every block's and every copy's sum added."""
+    return block_sums.reshape(len(block_sums), k, -1).sum(axis=(0, 1))
+
+
 def moments_numba(x):
     """numba version of `moments_reference` (same argument, same result up to rounding)."""
     x2 = _rows(x)
     m, c = x2.shape
     shift = x2[0].copy()
-    blocks = min(BLOCKS, m)
-    sums = np.zeros((blocks, c))
-    squares = np.zeros((blocks, c))
+    k = widening(m, c)
+    blocks = min(BLOCKS, m // k)
+    sums, squares = np.zeros((blocks, k * c)), np.zeros((blocks, k * c))
     with perf.kernel_threads(x2.size):
-        _moments_kernel(x2, shift, sums, squares)
-    mean_shifted = sums.sum(axis=0) / m
-    var = squares.sum(axis=0) / m - mean_shifted ** 2
+        _moments_kernel(*widened(k, x2, shift), sums, squares)
+    mean_shifted = channel_sums(sums, k) / m
+    var = channel_sums(squares, k) / m - mean_shifted ** 2
     return (mean_shifted + shift).astype(x.dtype), np.maximum(var, 0).astype(x.dtype)
 
 
@@ -235,22 +258,24 @@ def normalize_backward_numba(dy, x, mean, inv_std, gamma, training, relu=False, 
     # the ReLU's mask, recomputed as the forward computed y: y > 0 where (x - mean) * scale + beta > 0
     mean_x, scale, beta_x = _per_channel(x, mean, inv_std, gamma, beta if relu else np.zeros(c))
     floor = x.dtype.type(0 if relu else -np.inf)          # -inf: no ReLU, every g = dy
-    blocks = min(BLOCKS, m)
-    sum_dy, sum_dy_xc = np.zeros((blocks, c)), np.zeros((blocks, c))
+    k = widening(m, c)
+    wide = widened(k, dy2, x2, mean_x, scale, beta_x)
+    blocks = min(BLOCKS, m // k)
+    sum_dy, sum_dy_xc = np.zeros((blocks, k * c)), np.zeros((blocks, k * c))
     inv_std64, gamma64 = (np.asarray(v, dtype=np.float64) for v in (inv_std, gamma))
     with perf.kernel_threads(x2.size):
-        _backward_sums_kernel(dy2, x2, mean_x, scale, beta_x, floor, sum_dy, sum_dy_xc)
-    dbeta = sum_dy.sum(axis=0)
-    dgamma = sum_dy_xc.sum(axis=0) * inv_std64
+        _backward_sums_kernel(*wide, floor, sum_dy, sum_dy_xc)
+    dbeta = channel_sums(sum_dy, k)
+    dgamma = channel_sums(sum_dy_xc, k) * inv_std64
     a = gamma64 * inv_std64
     if training:
-        k, offset = -a * inv_std64 * dgamma / m, -a * dbeta / m
+        k_xc, offset = -a * inv_std64 * dgamma / m, -a * dbeta / m
     else:
-        k, offset = np.zeros(c), np.zeros(c)
+        k_xc, offset = np.zeros(c), np.zeros(c)
     dx = np.empty_like(x2)
-    a, k, offset = (v.astype(x.dtype) for v in (a, k, offset))
+    coefficients = widened(k, *(v.astype(x.dtype) for v in (a, k_xc, offset)))
     with perf.kernel_threads(x2.size):
-        _backward_dx_kernel(dy2, x2, mean_x, scale, beta_x, floor, a, k, offset, dx)
+        _backward_dx_kernel(*wide, floor, *coefficients, *widened(k, dx))
     return dx.reshape(x.shape), dgamma.astype(x.dtype), dbeta.astype(x.dtype)
 
 
