@@ -214,12 +214,16 @@ def widening(m, c):
 
 def widened(k, *arrays):
     """(M, C) arrays as (M/k, k*C) views; each per-channel (C,) vector repeated k times."""
-    return tuple(a.reshape(-1, k * a.shape[-1]) if a.ndim == 2 else np.tile(a, k) for a in arrays)
+    if k == 1:
+        return arrays
+    return tuple(a.reshape(-1, k * a.shape[-1]) if a.ndim == 2 else a.reshape(1, -1).repeat(k, axis=0).reshape(-1)
+                 for a in arrays)
 
 
 def channel_sums(block_sums, k):
     """(blocks, k*C) sums of a widened view -> (C,): every block's and every copy's sum added."""
-    return block_sums.reshape(len(block_sums), k, -1).sum(axis=(0, 1))
+    sums = block_sums.sum(axis=0)
+    return sums if k == 1 else sums.reshape(k, -1).sum(axis=0)
 
 
 def moments_numba(x):
