@@ -18,7 +18,7 @@ steps generalizes better than the last step's weights (Polyak averaging).
 """
 import numpy as np
 
-from .ops.elementwise import adam_update
+from .ops.elementwise import adam_update_many
 
 
 class Optimizer:
@@ -41,20 +41,25 @@ class Optimizer:
         """One step on every weight with a gradient (weights: the model's trainable_weights)."""
         lr = self.learning_rate / (1.0 + self.decay * self.iterations)
         self.iterations += 1
-        for w in weights:
-            if w.grad is None:
-                continue
+        stepped = [w for w in weights if w.grad is not None]
+        for w in stepped:
             if w not in self.slots:
                 self.slots[w] = {name: np.zeros_like(w.value) for name in self.slot_names}
             if self.weight_decay:
                 w.value *= 1 - lr * self.weight_decay        # in place: no temporary per step
-            self.update(w.value, w.grad.astype(w.value.dtype, copy=False), self.slots[w], lr)
+        self.update_many([w.value for w in stepped], [w.grad.astype(w.value.dtype, copy=False) for w in stepped],
+                         [self.slots[w] for w in stepped], lr)
         if self.use_ema:
             self.update_averages(weights)
 
     def update(self, value, grad, slots, lr):
         """One step on `value` in place, at learning rate `lr`."""
         raise NotImplementedError
+
+    def update_many(self, values, grads, slots, lr):
+        """`update` on each value with its grad and slots (an optimizer may do them all at once)."""
+        for value, grad, its_slots in zip(values, grads, slots):
+            self.update(value, grad, its_slots, lr)
 
     # ---- moving averages of the weights (use_ema) ----------------------------------------------
     def update_averages(self, weights):
@@ -158,10 +163,14 @@ class Adam(Optimizer):
         self.beta_1, self.beta_2, self.epsilon = float(beta_1), float(beta_2), float(epsilon)
 
     def update(self, value, grad, slots, lr):
+        self.update_many([value], [grad], [slots], lr)
+
+    def update_many(self, values, grads, slots, lr):
         t = self.iterations
         lr_t = lr * np.sqrt(1 - self.beta_2 ** t) / (1 - self.beta_1 ** t)
         # the update of the docstring, in place; ops/elementwise.py has it as NumPy lines
-        adam_update(value, grad, slots["m"], slots["v"], lr_t, self.beta_1, self.beta_2, self.epsilon)
+        adam_update_many(values, grads, [s["m"] for s in slots], [s["v"] for s in slots], lr_t, self.beta_1,
+                         self.beta_2, self.epsilon)
 
     def get_config(self):
         return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2, "epsilon": self.epsilon}

@@ -241,6 +241,30 @@ def test_adam_update_numba_equals_reference(spec, t):
         assert_sums_close(a, e, dtype)
 
 
+@settings(max_examples=20, deadline=None)
+@given(st.lists(arrays(min_rank=1), min_size=1, max_size=6), st.integers(1, 50))
+def test_adam_update_many_equals_adam_update_on_each(specs, t):
+    # small weights of one dtype are updated as one flat array, the rest one by one: every
+    # number must get what adam_update gives it (exactly, but for the kernel's rounding when the
+    # group is large enough for it), and each array keep its shape
+    lr_t = 1e-3 * np.sqrt(1 - 0.999 ** t) / (1 - 0.9 ** t)
+    states, grads = [], []
+    for shape, dtype, seed in specs + [((40_000,), np.float32, 7)]:       # one above the kernel's threshold
+        rng = np.random.default_rng(seed)
+        states.append([random(shape, dtype, rng), random(shape, dtype, rng, 0.0, 1e-3),
+                       np.abs(random(shape, dtype, rng, 0.0, 1e-4))])
+        grads.append(random(shape, dtype, rng, 0.0, 1e-2))
+    expected = [[a.copy() for a in state] for state in states]
+    for (value, m, v), grad in zip(expected, grads):
+        elementwise.adam_update(value, grad, m, v, lr_t, 0.9, 0.999, 1e-7)
+    elementwise.adam_update_many(*([s[i] for s in states] for i in range(1)), grads,
+                                 *([s[i] for s in states] for i in (1, 2)), lr_t, 0.9, 0.999, 1e-7)
+    for state, want in zip(states, expected):
+        for a, e in zip(state, want):
+            assert a.shape == e.shape
+            assert_sums_close(a, e, e.dtype)
+
+
 # ----------------------------------------------------------------------------------------
 # gemm, im2col into a given array
 # ----------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ kernel call costs more than it saves: see benchmarks/kernels.py.
 """
 import numpy as np
 
-from .. import perf
+from .. import backend, perf
 from .jit import njit, pick, prange
 
 
@@ -272,3 +272,32 @@ def adam_update(value, grad, m, v, lr_t, beta_1, beta_2, epsilon):
     in_place = value.flags.c_contiguous and m.flags.c_contiguous and v.flags.c_contiguous
     update = pick(adam_update_reference, adam_update_numba, _numba_pays(value) and in_place)
     return update(value, grad, m, v, lr_t, beta_1, beta_2, epsilon)
+
+
+# A model's many small weights (biases, BatchNormalization's gamma and beta, narrow kernels) would
+# each pay NumPy's per-call cost five times a step: adam_update_many updates those of one dtype as
+# one flat array, gathered and put back, each number getting the same operations as adam_update's.
+
+def adam_update_many(values, grads, ms, vs, lr_t, beta_1, beta_2, epsilon):
+    """adam_update on every (value, grad, m, v) of the four lists, in place."""
+    groups = {}
+    for arrays in zip(values, grads, ms, vs):
+        small = not _numba_pays(arrays[0]) and not backend.use_reference()
+        if small and all(a.dtype == arrays[0].dtype for a in arrays):
+            groups.setdefault(arrays[0].dtype, []).append(arrays)
+        else:
+            adam_update(*arrays, lr_t, beta_1, beta_2, epsilon)
+    for group in groups.values():
+        value, grad, m, v = (np.concatenate([a.reshape(-1) for a in kind]) for kind in zip(*group))
+        adam_update(value, grad, m, v, lr_t, beta_1, beta_2, epsilon)
+        _put_back(group, value, m, v)
+
+
+def _put_back(group, value, m, v):
+    """Each weight's value, m and v in the group take their numbers back from the flat arrays."""
+    start = 0
+    for target_value, _, target_m, target_v in group:
+        stop = start + target_value.size
+        for target, flat in ((target_value, value), (target_m, m), (target_v, v)):
+            target[...] = flat[start:stop].reshape(target.shape)
+        start = stop
