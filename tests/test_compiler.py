@@ -351,6 +351,32 @@ def test_products_that_sum_their_output_hand_a_batchnormalization_its_moments(mo
     assert all(product.moments is None for product, _ in blocks)    # inference takes the moving statistics
 
 
+@pytest.mark.parametrize("name, relu_first", [("cnn8", True), ("cnn4", False)])
+def test_winograd_hands_a_batchnormalization_its_moments(name, relu_first, monkeypatch):
+    # Winograd's output pass sums z + b, or max(z + b, 0) where a ReLU comes before the
+    # BatchNormalization (cnn8), and the epilogue takes no pass of its own over z for those
+    from minicnn.ops import epilogue as epilogue_ops
+    monkeypatch.setattr(winograd, "pays", lambda *args: True)          # Winograd for every 3x3 layer here
+    model = small_model(name)
+    model.compile("sgd", "sparse_categorical_crossentropy", jit_compile=True)
+    x, y = batch(model, n=4)
+    model.train_on_batch(x, y)
+    passes, own_pass = [], epilogue_ops.moments
+    monkeypatch.setattr(epilogue_ops, "moments",
+                        lambda z, relu_first=False: passes.append(z) or own_pass(z, relu_first))
+    model.train_on_batch(x, y)
+    blocks = [step.stages for step in fused_steps(model)
+              if isinstance(step.stages[-1], EpilogueStage) and step.stages[-1].parts.batchnorm is not None]
+    summing = [(product, epilogue) for product, epilogue in blocks
+               if isinstance(product, ConvStage) and isinstance(product.cache[2], winograd.Saved)]
+    assert len(summing) >= 2 and len(passes) == len(blocks) - len(summing)
+    for product, epilogue in summing:
+        z = epilogue.cache[1]
+        for taken, own in zip(product.moments, epilogue_ops.moments_reference(z, relu_first=relu_first)):
+            assert taken.dtype == z.dtype
+            np.testing.assert_allclose(taken, own, rtol=1e-4, atol=1e-6)
+
+
 def test_inference_chooses_by_the_forward_alone():
     """A layer's method is chosen per (shape, training): inference takes the direct loops where the
     forward alone pays (ops.direct_conv.direct_pays with training=False), training where both ways do."""

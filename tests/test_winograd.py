@@ -211,15 +211,20 @@ def test_out_buffers_are_written_and_returned(tiling):
         winograd.conv(x, kernel, p, p, 9, 7, tiling=tiling, out=np.empty((2, 9, 7, 4)))
 
 
+@pytest.mark.parametrize("reference", [False, True])
+@pytest.mark.parametrize("floor", [-np.inf, 0.0])
 @pytest.mark.parametrize("tiling", TILINGS, ids=repr)
-def test_output_transform_adds_up_the_moments_a_batch_norm_needs(tiling):
+def test_output_transform_adds_up_the_moments_a_batch_norm_needs(tiling, floor, reference, monkeypatch):
+    # floor 0: the moments of max(z, 0), what a BatchNormalization after a ReLU normalizes by
+    monkeypatch.setenv("MINICNN_REFERENCE", "1" if reference else "0")
     rng = np.random.default_rng(3)
     r, p = tiling.r, tiling.r // 2
     x, kernel = (rng.standard_normal(s).astype(np.float32) for s in [(3, 7, 6, 2), (r, r, 2, 5)])
     moments = np.full((2, 5), np.nan)
-    z, _ = winograd.conv(x, kernel, p, p, 7, 6, tiling=tiling, moments=moments)
-    z64 = z.astype(np.float64)
-    np.testing.assert_allclose(moments, [z64.sum(axis=(0, 1, 2)), (z64 * z64).sum(axis=(0, 1, 2))], rtol=1e-10)
+    z, _ = winograd.conv(x, kernel, p, p, 7, 6, tiling=tiling, moments=moments, moments_floor=floor)
+    v64 = np.maximum(z, floor).astype(np.float64)
+    assert (floor == -np.inf) == (v64 < 0).any()
+    np.testing.assert_allclose(moments, [v64.sum(axis=(0, 1, 2)), (v64 * v64).sum(axis=(0, 1, 2))], rtol=1e-10)
 
 
 @pytest.mark.parametrize("reference", [False, True])

@@ -74,10 +74,12 @@ class EpilogueStage:
         self.identity = {}         # (C, dtype) -> the statistics of no normalization, made once
 
     @property
-    def normalizes_z(self):
-        """Whether the block's BatchNormalization reads z itself (no ReLU before it): then the moments a
-        product's pass sums as it writes z serve (see statistics)."""
-        return self.parts.batchnorm is not None and self.parts.relu != "before"
+    def moments_floor(self):
+        """The moments the block's BatchNormalization normalizes by, as a product's pass can take them
+        (stages.batch_moments): None without one; 0, those of max(z, 0) after a ReLU; else -inf, z's."""
+        if self.parts.batchnorm is None:
+            return None
+        return 0.0 if self.parts.relu == "before" else -np.inf
 
     def spec(self, z_shape):
         """ops.epilogue.Epilogue for z of this shape."""

@@ -87,7 +87,7 @@ def fused_step(chain):
     block = [layer for layer in tail if layer is not add]
     product = PRODUCT_STAGES[type(head)](head, buffers, activate=False)      # the epilogue applies its ReLU
     epilogue = EpilogueStage(parts, block, buffers, product=product)
-    product.moments_wanted = epilogue.normalizes_z                          # sums of z from the product's pass
+    product.moments_floor = epilogue.moments_floor                          # moments from the product's pass
     return FusedStep([product, epilogue], add)
 
 

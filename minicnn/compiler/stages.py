@@ -61,14 +61,19 @@ def bound_product(product, layer, activation):
     return run
 
 
-def batch_moments(sums, squares, z, layer):
-    """(mean, var) of z + b per channel, in z's dtype, from the float64 sums of z and z**2 over N, Ho,
-    Wo that a product's pass took (what ops.epilogue.moments would take in a pass of its own)."""
+def batch_moments(sums, squares, z, bias=None):
+    """(mean, var) per channel, in z's dtype, from the float64 sums of numbers and their squares over
+    N, Ho, Wo that a product's pass took (what ops.epilogue.moments would take in a pass of its own);
+    `bias`: one the pass had not yet added (it shifts the mean alone).
+
+    A stage's `moments_floor` says which moments its epilogue wants: None, none; -inf, those of z;
+    0, those of max(z, 0) (a ReLU before the BatchNormalization). The product's pass takes them
+    where it can, and sets `moments`; otherwise the epilogue takes its own."""
     m = z.size // z.shape[-1]
     mean = sums / m
     var = np.maximum(squares / m - mean * mean, 0)
-    if layer.use_bias:
-        mean = mean + layer.bias.value
+    if bias is not None:
+        mean = mean + bias
     return mean.astype(z.dtype), var.astype(z.dtype)
 
 
@@ -86,7 +91,7 @@ class ConvStage:
         self.methods = {}    # (input shape, training) -> a Winograd Tiling, "direct", or None for im2col
         self.kept = None     # inference's (tiling, kernel copy, U): Winograd's kernel transform, kept
         self.weights_fixed = False    # True: the kernel never changes (a frozen step's folded copy)
-        self.moments_wanted, self.moments = False, None     # see batch_moments
+        self.moments_floor, self.moments = None, None       # see batch_moments
 
     def method(self, x_shape, training):
         """Training pays for forward and backward, inference for the forward alone (its kernel
@@ -111,27 +116,35 @@ class ConvStage:
         return y
 
     def convolve(self, x, pads, ho, wo, buffers, training):
-        """(z, saved): z = conv(x, K) + b by this shape's method (Winograd adds b in its output pass);
-        the direct pass also sets self.moments when moments_wanted, in training."""
-        layer = self.layer
-        kernel, tiling, bias = layer.kernel.value, self.method(x.shape, training), layer.bias
+        """(z, saved): z = conv(x, K) + b by this shape's method; in training, Winograd's output pass
+        and the direct pass also set self.moments (batch_moments)."""
+        layer, bias = self.layer, self.bias_value()
+        kernel, tiling = layer.kernel.value, self.method(x.shape, training)
         (kh, kw, c, f), n = kernel.shape, x.shape[0]
         z = buffers("z", (n, ho, wo, f), x.dtype) if buffers is not None and self.epilogue_follows else None
-        if tiling not in (None, "direct"):
+        floor = self.moments_floor if training else None             # the moments the epilogue wants, if any
+        if tiling not in (None, "direct"):                            # Winograd's output pass adds b, takes either
+            sums = None if floor is None else np.zeros((2, f))
             u = None if training else self.kept_transform(kernel, tiling)
-            return winograd.conv(x, kernel, pads[0][0], pads[1][0], ho, wo, buffers, tiling, u=u,
-                                 bias=bias.value if layer.use_bias else None)
-        if tiling == "direct":
-            sums = np.zeros((2, f)) if training and self.moments_wanted else None    # the pass's own sums of z
+            z, saved = winograd.conv(x, kernel, pads[0][0], pads[1][0], ho, wo, buffers, tiling, moments=sums, u=u,
+                                     bias=bias, moments_floor=-np.inf if sums is None else floor)
+            self.moments = None if sums is None else batch_moments(*sums, z)
+            return z, saved
+        if tiling == "direct":                                        # its pass takes z's, before b
+            sums = np.zeros((2, f)) if floor == -np.inf else None
             z, saved = direct_conv2d(x, kernel, layer.strides, pads, out=z, moments=sums), DirectSaved(x)
-            self.moments = None if sums is None else batch_moments(sums[0], sums[1], z, layer)
+            self.moments = None if sums is None else batch_moments(*sums, z, bias)
         else:
             in_buffer = buffers is not None and numba_pays((kh, kw), c)     # NumPy's im2col makes its own array
             cols = buffers("cols", (n * ho * wo, kh * kw * c), x.dtype) if in_buffer else None
             z, saved = conv2d(x, kernel, layer.strides, pads, cols, out=z)
-        if layer.use_bias:
-            z += bias.value
+        if bias is not None:
+            z += bias
         return z, saved
+
+    def bias_value(self):
+        """The layer's bias, or None without one."""
+        return self.layer.bias.value if self.layer.use_bias else None
 
     def bind(self, x_shape, dtype):
         """The inference forward for inputs of x_shape by this shape's method, bound once (plan.py)."""
@@ -186,7 +199,7 @@ class SeparableStage:
         self.layer, self.layers, self.buffers = layer, [layer], buffers
         self.activation = layer.activation if activate else LINEAR
         self.epilogue_follows = not activate
-        self.moments_wanted, self.moments = False, None     # see batch_moments
+        self.moments_floor, self.moments = None, None       # see batch_moments (this pass takes z's alone)
 
     def forward(self, x, training):
         layer = self.layer
@@ -196,9 +209,9 @@ class SeparableStage:
         buffers = self.buffers if training else None       # inference between a forward and its backward
         outputs = self.outputs(x.shape, ho, wo, buffers)    # must not overwrite the training step's arrays
         self.moments = None
-        if fused and training and self.moments_wanted:     # the one pass sums z and z**2 as it goes
+        if fused and training and self.moments_floor == -np.inf:     # the one pass sums z and z**2 as it goes
             z, sums, squares = self.separable(x, pads, *outputs, statistics=True)
-            self.moments = batch_moments(sums, squares, z, layer)
+            self.moments = batch_moments(sums, squares, z, layer.bias.value if layer.use_bias else None)
         else:
             z = self.separable(x, pads, *outputs) if fused else self.depthwise_pointwise(x, pads, *outputs)
         if layer.use_bias:
@@ -273,7 +286,7 @@ class DenseStage:
     def __init__(self, layer, buffers, activate=True):
         self.layer, self.layers = layer, [layer]
         self.activation = layer.activation if activate else LINEAR
-        self.moments_wanted, self.moments = False, None     # its product takes none (batch_moments)
+        self.moments_floor, self.moments = None, None       # its product takes none (batch_moments)
 
     def forward(self, x, training):
         layer = self.layer

@@ -247,7 +247,7 @@ def _sandwich(mat, src, tmp, dst):
 class Kernels(NamedTuple):
     """A tiling's four transform kernels in one dtype (see _kernels)."""
     input_transform: object        # (x, v, top, left, th, tw)
-    output_transform: object       # (m_planes, bias, y, th, tw, moments)
+    output_transform: object       # (m_planes, bias, y, th, tw, moments, floor)
     output_adjoint: object         # (dy, dm, th, tw, sums)
     input_adjoint: object          # (dv, dx, top, left, th, tw)
 
@@ -295,11 +295,12 @@ def _input_transform_kernel(b_t, m):
 
 
 def _output_transform_kernel(a_t):
-    """y = A^T M A + bias on every tile, inside Ho x Wo; per-image float64 moments of y when given."""
+    """y = A^T M A + bias on every tile, inside Ho x Wo; per-image float64 moments of max(y, floor)
+    when given."""
     m, a = a_t.shape
 
     @njit(cache=True, parallel=True)
-    def kernel(m_planes, bias, y, th, tw, moments):
+    def kernel(m_planes, bias, y, th, tw, moments, floor):
         n_img, ho, wo, f_n = y.shape
         for n in prange(n_img):
             g = np.empty((a, a, f_n), dtype=m_planes.dtype)
@@ -323,8 +324,9 @@ def _output_transform_kernel(a_t):
                                     y[n, r, col, f] = o[u, v, f]
                                 if moments.shape[0]:    # per-image float64 sum and sum of squares
                                     for f in range(f_n):
-                                        moments[n, 0, f] += o[u, v, f]
-                                        moments[n, 1, f] += np.float64(o[u, v, f]) * o[u, v, f]
+                                        w = floor if o[u, v, f] < floor else o[u, v, f]
+                                        moments[n, 0, f] += w
+                                        moments[n, 1, f] += np.float64(w) * w
     return kernel
 
 
@@ -410,17 +412,18 @@ def input_transform_numba(x, top, left, ho, wo, tiling=F2, out=None):
     return v
 
 
-def output_transform_numba(m, n, ho, wo, tiling=F2, out=None, moments=None, bias=None):
+def output_transform_numba(m, n, ho, wo, tiling=F2, out=None, moments=None, bias=None, moments_floor=-np.inf):
     """numba version of `output_transform_reference` (plus `bias` (F,) when given), written into
-    `out` when given; with `moments`, a float64 (2, F) array, also y's per-channel sum and sum of
-    squares there."""
+    `out` when given; with `moments`, a float64 (2, F) array, also the per-channel sum and sum of
+    squares of max(y, moments_floor) there."""
     t, f = tiling, m.shape[2]
     th, tw = tiles_hw(ho, wo, t.m)
     y = _buffer(out, (n, ho, wo, f), m.dtype)
     partial = np.zeros((n, 2, f) if moments is not None else (0, 2, f))     # a row per image: no races
     bias = np.zeros(f, m.dtype) if bias is None else np.ascontiguousarray(bias, dtype=m.dtype)
     with perf.kernel_threads(m.size):
-        _kernels(t, m.dtype).output_transform(np.ascontiguousarray(m), bias, y, th, tw, partial)
+        _kernels(t, m.dtype).output_transform(np.ascontiguousarray(m), bias, y, th, tw, partial,
+                                              m.dtype.type(moments_floor))
     if moments is not None:
         np.sum(partial, axis=0, out=_buffer(moments, (2, f), np.float64))
     return y
@@ -462,17 +465,18 @@ def input_transform(x, top, left, ho, wo, tiling=F2, out=None):
     return input_transform_numba(x, top, left, ho, wo, tiling, out)
 
 
-def output_transform(m, n, ho, wo, tiling=F2, out=None, moments=None, bias=None):
+def output_transform(m, n, ho, wo, tiling=F2, out=None, moments=None, bias=None, moments_floor=-np.inf):
     """y = A^T M A per tile (+ bias (F,) when given): (a^2, N*th*tw, F) -> (N, Ho, Wo, F); `out`
-    as in input_transform; `moments`: a float64 (2, F) array that receives y's per-channel sum and
-    sum of squares (what a following BatchNormalization needs); None: not computed."""
+    as in input_transform; `moments`: a float64 (2, F) array that receives the per-channel sum and
+    sum of squares of max(y, moments_floor) (what a following BatchNormalization needs: 0 when a
+    ReLU comes before it); None: not computed."""
     if not backend.use_reference():
-        return output_transform_numba(m, n, ho, wo, tiling, out, moments, bias)
+        return output_transform_numba(m, n, ho, wo, tiling, out, moments, bias, moments_floor)
     y = output_transform_reference(m, n, ho, wo, tiling)
     if bias is not None:
         y += bias
     if moments is not None:
-        y64 = y.reshape(-1, y.shape[3]).astype(np.float64)
+        y64 = np.maximum(y, y.dtype.type(moments_floor)).reshape(-1, y.shape[3]).astype(np.float64)
         moments[0], moments[1] = y64.sum(axis=0), (y64 * y64).sum(axis=0)
     return y
 
@@ -506,12 +510,13 @@ class Saved(NamedTuple):
     tiling: Tiling
 
 
-def conv(x, kernel, top, left, ho, wo, workspace=None, tiling=F2, out=None, moments=None, u=None, bias=None):
+def conv(x, kernel, top, left, ho, wo, workspace=None, tiling=F2, out=None, moments=None, u=None, bias=None,
+         moments_floor=-np.inf):
     """z = conv(x, kernel) (+ bias (F,) when given, in the output transform's pass) by `tiling`:
     (N, H, W, C), (r, r, C, F) -> (z (N, Ho, Wo, F), saved) for conv_backward. workspace(name, shape,
     dtype): reusable arrays for V and M (minicnn.compiler.buffers.Buffers; None: new ones); `out`:
-    z's buffer; `moments`: a float64 (2, F) array for z's per-channel sum and sum of squares; `u`:
-    kernel_transform(kernel, tiling), when the caller keeps it."""
+    z's buffer; `moments`: a float64 (2, F) array for the per-channel sum and sum of squares of
+    max(z, moments_floor); `u`: kernel_transform(kernel, tiling), when the caller keeps it."""
     t, n, c, f = tiling, x.shape[0], x.shape[3], kernel.shape[3]
     if kernel.shape[:2] != (t.r, t.r):
         raise ValueError(f"winograd: {t} takes a {t.r}x{t.r} kernel, received kernel.shape={kernel.shape}")
@@ -520,7 +525,7 @@ def conv(x, kernel, top, left, ho, wo, workspace=None, tiling=F2, out=None, mome
     v = input_transform(x, top, left, ho, wo, t, out=buffer("V", (t.a * t.a, n * th * tw, c), x.dtype))
     u = kernel_transform(kernel, t) if u is None else u
     m = batched_matmul(v, u, out=buffer("M", (t.a * t.a, n * th * tw, f), x.dtype))   # a^2 products (tiles, C) @ (C, F)
-    return output_transform(m, n, ho, wo, t, out=out, moments=moments, bias=bias), Saved(v, u, t)
+    return output_transform(m, n, ho, wo, t, out, moments, bias, moments_floor), Saved(v, u, t)
 
 
 def bind_conv(x_shape, u, top, left, ho, wo, tiling):
@@ -536,7 +541,7 @@ def bind_conv(x_shape, u, top, left, ho, wo, tiling):
     def run(x):
         kernels.input_transform(np.ascontiguousarray(x), v, top, left, th, tw)
         batched_matmul(v, u, out=m)
-        kernels.output_transform(m, no_bias, z, th, tw, no_moments)
+        kernels.output_transform(m, no_bias, z, th, tw, no_moments, u.dtype.type(-np.inf))
         return z
     return run
 
