@@ -77,12 +77,14 @@ TRANSPOSED_PRODUCT_MAX_ROWS = 36
 # (its default, 65536 * GEMM_MULTITHREAD_THRESHOLD 4): numba's kernels keep their per-tile
 # products within it, since OpenBLAS's own threads waking inside numba's cost more than they give
 OPENBLAS_ONE_THREAD_WORK = 1 << 18
-# a product below the sizes above with at least this many rows in its long dimension (a 1x1
-# or pointwise convolution over a batch, its kernel gradient) runs on numba's threads instead,
+# a product below the sizes above with at least this many rows in its long dimension and this
+# many multiply-adds (a 1x1 or pointwise convolution over a batch, its kernel gradient; not one
+# image's, which costs less on this thread than waking numba's) runs on numba's threads instead,
 # in tiles within OPENBLAS_ONE_THREAD_WORK; where that leaves fewer than TALL_PRODUCT_TILE_MIN_ROWS
 # rows a tile, it stays on one thread; at most TALL_PRODUCT_TILE_MAX_ROWS, so that a thin
 # product still makes tiles for each thread
-TALL_PRODUCT_MIN_ROWS, TALL_PRODUCT_TILE_MIN_ROWS, TALL_PRODUCT_TILE_MAX_ROWS = 1 << 14, 64, 4096
+TALL_PRODUCT_MIN_ROWS, TALL_PRODUCT_MIN_WORK = 512, 1 << 21
+TALL_PRODUCT_TILE_MIN_ROWS, TALL_PRODUCT_TILE_MAX_ROWS = 32, 4096
 # a batch of products (ops.gemm.batched_matmul, Winograd's) goes to the threads whole products each,
 # OpenBLAS on one thread a call: its kernel gradients sum over thousands of tiles, a dimension OpenBLAS
 # never splits, and its own threads, between products, hold the cores numba's kernels need next

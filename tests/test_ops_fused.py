@@ -294,13 +294,15 @@ def test_matmul_gives_both_threads_only_to_large_or_wide_products(monkeypatch):
                     (576, 1600, 128),      # cnn4 batch 1, 0.24 GFLOP, wide
                     (36, 4608, 512),       # cnn4 batch 1, 0.17 GFLOP, wide
                     (123904, 72, 8),       # mini-Xception training, 0.14 GFLOP, narrow and tall
-                    (2304, 128, 128)]:     # mini-Xception training, 0.08 GFLOP
+                    (2304, 128, 128),      # mini-Xception training, 0.08 GFLOP
+                    (576, 1152, 7),        # mini-Xception training, its class-wise conv: thin
+                    (1936, 16, 16)]:       # mini-Xception batch 1: too little work to wake the threads
         gemm.matmul(np.empty((m, k), np.float32), np.empty((k, f), np.float32))
     x, dz = np.empty((123904, 16), np.float32), np.empty((123904, 16), np.float32)
     gemm.matmul(x.T, dz)                   # a pointwise kernel's gradient: the tall side summed over
     gemm.matmul(x.T.copy(), dz)            # the same numbers, not a transposed view: one thread
-    assert calls == ["all threads", "all threads", "all threads", "row tiles", "one thread", "summed tiles",
-                     "one thread"]
+    assert calls == ["all threads", "all threads", "all threads", "row tiles", "one thread", "row tiles",
+                     "one thread", "summed tiles", "one thread"]
 
 
 @settings(max_examples=25, deadline=None)
@@ -312,6 +314,7 @@ def test_tall_products_equal_the_reference(m, k, f, tile_rows, dtype, seed):
     a, g, b = random((m, k), dtype, rng), random((m, f), dtype, rng), random((k, f), dtype, rng)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(perf, "TALL_PRODUCT_MIN_ROWS", 100)
+        patch.setattr(perf, "TALL_PRODUCT_MIN_WORK", 0)
         patch.setattr(perf, "TALL_PRODUCT_TILE_MIN_ROWS", 1)
         patch.setattr(perf, "OPENBLAS_ONE_THREAD_WORK", tile_rows * k * f)       # tiles of tile_rows rows of a (x)
         out = np.empty((m, f), dtype)

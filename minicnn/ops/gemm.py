@@ -182,11 +182,14 @@ def _tile_rows(k, f):
 def tall_product(a, b, out=None):
     """a @ b by row tiles on numba's threads (see the top), or None where the shapes do not
     suit: (M, K) @ (K, F) with M long, or x^T @ g (a = x.T, x (M, K) C-contiguous) with M long;
-    K*F small enough for a tile of TALL_PRODUCT_TILE_MIN_ROWS rows; `out`, when given, an
+    M*K*F at least perf.TALL_PRODUCT_MIN_WORK, K*F small enough for a tile of
+    TALL_PRODUCT_TILE_MIN_ROWS rows; `out`, when given, an
     (M, F) C-contiguous array of a's dtype sharing no memory with a or b."""
     m, f = a.shape[0], b.shape[1]
-    if max(m, a.shape[1]) < perf.TALL_PRODUCT_MIN_ROWS or min(a.shape + b.shape) == 0:
-        return None                                   # short (most calls): the cheapest test first
+    if max(m, a.shape[1]) < perf.TALL_PRODUCT_MIN_ROWS or m * a.shape[1] * f < perf.TALL_PRODUCT_MIN_WORK:
+        return None                                   # short or small (most calls): the cheapest tests first
+    if min(a.shape + b.shape) == 0:
+        return None
     if a.dtype != b.dtype or a.dtype not in (np.float32, np.float64) or not numba_dot_runs():
         return None
     if out is not None and (out.shape != (m, f) or out.dtype != a.dtype or not out.flags.c_contiguous
