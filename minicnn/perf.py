@@ -16,7 +16,9 @@ machine shared with other jobs:
    each step's activations reuse memory instead of page-faulting it afresh; freed memory
    then stays with the process until it exits. MINICNN_MALLOC=default skips this.
 3. OpenBLAS's per-call thread count is looked up (in the library NumPy loaded), so that
-   `ops.gemm.matmul` runs small products on the calling thread alone.
+   `ops.gemm.matmul` runs small products on the calling thread alone; and the OpenBLAS that
+   numba's np.dot calls (scipy's) is set to one thread: minicnn calls it only from numba's own
+   threads, one product each, where its threads would wait on numba's.
 4. Denormal numbers flush to zero (the x86 FTZ and DAZ bits, as TensorFlow runs its ops): a
    channel that stops learning decays into the numbers below float32's smallest normal
    (1.2e-38), and every product with one takes the CPU's slow microcode path, which can make
@@ -151,6 +153,7 @@ def small_batch(inputs):
 # ---- process tuning: off until enable() ------------------------------------------------------
 
 openblas_set_num_threads_local = None   # found by enable(); ops.gemm keeps small products on one thread with it
+numba_blas_one_thread = False            # set by enable(): numba's np.dot runs on the calling thread alone
 GOMP_SPINCOUNT = "30000"                 # enable()'s spin before numba's OpenMP threads sleep (see the top;
                                          # benchmarks/environment_ab.py GOMP_SPINCOUNT times values)
 _enabled = None                          # what enable() did, once it has run
@@ -159,10 +162,10 @@ _enabled = None                          # what enable() did, once it has run
 def enable():
     """Switch on the process tuning described at the top; idempotent. Returns what it did:
     {"omp_wait_policy": value, "gomp_spincount": value, "malloc_keeps_freed_memory": bool,
-    "openblas_local_threads": bool, "denormals_flushed": bool, "openblas_thread_timeout": the
-    environment's value or None}.
+    "openblas_local_threads": bool, "numba_blas_one_thread": bool, "denormals_flushed": bool,
+    "openblas_thread_timeout": the environment's value or None}.
     Call it at the start of a program, before the first numba kernel runs."""
-    global _enabled, openblas_set_num_threads_local
+    global _enabled, openblas_set_num_threads_local, numba_blas_one_thread
     if _enabled is not None:
         return dict(_enabled)
     if _numba_threads_started():
@@ -171,9 +174,11 @@ def enable():
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("GOMP_SPINCOUNT", GOMP_SPINCOUNT)
     openblas_set_num_threads_local = find_openblas_local_threads()
+    numba_blas_one_thread = numba_blas_to_one_thread()
     _enabled = {"omp_wait_policy": os.environ["OMP_WAIT_POLICY"], "gomp_spincount": os.environ["GOMP_SPINCOUNT"],
                 "malloc_keeps_freed_memory": keep_freed_memory(),
                 "openblas_local_threads": openblas_set_num_threads_local is not None,
+                "numba_blas_one_thread": numba_blas_one_thread,
                 "denormals_flushed": flush_denormals(),
                 "openblas_thread_timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT")}   # read, not set: see the top
     return dict(_enabled)
@@ -243,6 +248,43 @@ def find_openblas_local_threads():
             continue
         fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
         return fn
+    return None
+
+
+def numba_blas_to_one_thread():
+    """Set the OpenBLAS that numba's np.dot calls (the library of scipy's cython_blas sgemm) to
+    one thread; True when done. False without scipy or numba, off Linux, or when that library
+    has no OpenBLAS thread setting."""
+    try:
+        from numba.extending import get_cython_function_address
+        sgemm = get_cython_function_address("scipy.linalg.cython_blas", "sgemm")
+    except (ImportError, ValueError):
+        return False
+    path = _mapped_file(sgemm)
+    if path is None:
+        return False
+    for name in ("scipy_openblas_set_num_threads", "openblas_set_num_threads", "scipy_openblas_set_num_threads64_"):
+        try:
+            set_threads = getattr(ctypes.CDLL(path), name)
+        except (OSError, AttributeError, TypeError):
+            continue
+        set_threads.argtypes, set_threads.restype = [ctypes.c_int], None
+        set_threads(1)
+        return True
+    return False
+
+
+def _mapped_file(address):
+    """The file mapped at `address` in this process (/proc/self/maps), or None."""
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                fields = line.split()
+                low, high = (int(bound, 16) for bound in fields[0].split("-"))
+                if low <= address < high and len(fields) > 5:
+                    return fields[5]
+    except OSError:
+        pass
     return None
 
 # ---- direct convolution (ops/direct_conv.py), chosen by benchmarks/kernels_direct_conv.py ----

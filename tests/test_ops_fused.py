@@ -330,22 +330,57 @@ def test_tall_products_equal_the_reference(m, k, f, tile_rows, dtype, seed):
             assert gemm.tall_product(a, b, out=a) is None
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(st.integers(2, 40), st.integers(1, 300), st.integers(1, 40), st.integers(1, 40), DTYPES, st.booleans(),
-       st.integers(0, 2**32 - 1))
-def test_batched_products_shared_among_threads_equal_numpys(batch, m, k, f, dtype, transposed, seed):
-    # the batch split among Python threads, each product on one OpenBLAS thread: NumPy's numbers
+       st.booleans(), st.booleans(), st.integers(0, 2**32 - 1))
+def test_batched_products_shared_among_threads_equal_numpys(batch, m, k, f, dtype, transposed, b_transposed,
+                                                            on_numba, seed):
+    # the batch split among numba's threads or Python threads, each product on one OpenBLAS
+    # thread: NumPy's numbers
     rng = np.random.default_rng(seed)
     a = random((batch, k, m), dtype, rng).transpose(0, 2, 1) if transposed else random((batch, m, k), dtype, rng)
-    b = random((batch, k, f), dtype, rng)
+    b = random((batch, f, k), dtype, rng).transpose(0, 2, 1) if b_transposed else random((batch, k, f), dtype, rng)
     with pytest.MonkeyPatch.context() as patch:
         found = perf.find_openblas_local_threads() or (lambda n: 1)          # as perf.enable() finds it
         patch.setattr(perf, "openblas_set_num_threads_local", found)
+        patch.setattr(perf, "numba_blas_one_thread", on_numba)
         patch.setattr(gemm, "_batch_threads", lambda size: min(size, 3))    # an uneven split too
         out = np.empty((batch, m, f), dtype)
         assert gemm.batched_matmul_threads(a, b, out=out) is out
         assert_sums_close(out, np.matmul(a, b), dtype, terms=k)
         assert_sums_close(gemm.batched_matmul(a, b), np.matmul(a, b), dtype, terms=k)
+
+
+def test_batched_products_go_to_numbas_threads_where_np_dot_takes_them(monkeypatch):
+    # a C-contiguous a, and b C-contiguous or a transposed view of one (Winograd's M = V U and
+    # dV = dM U^T), once numba's BLAS runs on one thread; the pool otherwise (dU = V^T dM)
+    pooled = []
+    monkeypatch.setattr(gemm, "_batch_on_pool", lambda a, b, out: pooled.append(True) or np.matmul(a, b, out=out))
+    a = np.ones((4, 6, 5), np.float32)
+    for one_thread, b, a_in, expected in [(True, np.ones((4, 5, 3), np.float32), a, []),
+                                          (True, np.ones((4, 3, 5), np.float32).transpose(0, 2, 1), a, []),
+                                          (True, np.ones((4, 6, 3), np.float32), a.transpose(0, 2, 1), [True]),
+                                          (False, np.ones((4, 5, 3), np.float32), a, [True])]:
+        pooled.clear()
+        monkeypatch.setattr(perf, "numba_blas_one_thread", one_thread)
+        np.testing.assert_array_equal(gemm.batched_matmul_threads(a_in, b), np.matmul(a_in, b))
+        assert pooled == expected
+
+
+def test_perf_enable_sets_the_blas_numba_calls_to_one_thread():
+    # the library holding scipy's cython_blas sgemm, which numba's np.dot calls (an OpenBLAS here),
+    # runs on one thread after enable(), in a fresh process
+    import subprocess
+    import sys
+
+    code = ("import ctypes, json, minicnn.perf as perf\n"
+            "from numba.extending import get_cython_function_address\n"
+            "done = perf.enable()['numba_blas_one_thread']\n"
+            "lib = ctypes.CDLL(perf._mapped_file(get_cython_function_address('scipy.linalg.cython_blas', 'sgemm')))\n"
+            "get = getattr(lib, 'scipy_openblas_get_num_threads', None) or lib.openblas_get_num_threads\n"
+            "print(json.dumps([done, get()]))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert json.loads(out) == [True, 1]
 
 
 def test_batched_products_go_to_the_threads_only_with_openblas_found_and_threads_to_share(monkeypatch):

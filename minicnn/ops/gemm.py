@@ -23,7 +23,8 @@ result whatever the thread count.
 A batch of products (Winograd's a^2, `batched_matmul`) is shared among the threads whole:
 each thread makes its products' OpenBLAS calls on one thread, so no product's threads wait
 on each other (OpenBLAS never splits the summed dimension, which is the long one in a
-kernel gradient).
+kernel gradient). Those threads are numba's own, as for the tall products, where the operands
+suit numba's np.dot; a pool of Python threads calling NumPy otherwise.
 
 There is no loop written in numba for the arithmetic: none comes near OpenBLAS. The
 "reference" is the plain call; MINICNN_REFERENCE=1 makes every product use it.
@@ -84,9 +85,38 @@ def batched_matmul_reference(a, b):
 
 def batched_matmul_threads(a, b, out=None):
     """The same products, the batch shared among the kernels' threads (_batch_threads), each
-    product one OpenBLAS call on one thread: the same numbers, as OpenBLAS never splits a sum."""
-    threads = _batch_threads(len(a))
+    product one OpenBLAS call on one thread: the same numbers, as OpenBLAS never splits a sum.
+    On numba's own threads (numba's np.dot) where a is C-contiguous and b is or is a transposed
+    view of one, once perf.enable() has set numba's BLAS to one thread; else on a pool of threads."""
     out = np.empty((len(a), a.shape[1], b.shape[2]), np.result_type(a, b)) if out is None else out
+    on_numba = (perf.numba_blas_one_thread and a.dtype == b.dtype == out.dtype and out.flags.c_contiguous
+                and a.dtype in (np.float32, np.float64))
+    if on_numba and a.flags.c_contiguous and b.flags.c_contiguous:
+        _batch_kernel(a, b, out)
+        return out
+    if on_numba and a.flags.c_contiguous and b.transpose(0, 2, 1).flags.c_contiguous:
+        _batch_transposed_kernel(a, b.transpose(0, 2, 1), out)
+        return out
+    return _batch_on_pool(a, b, out)
+
+
+@njit(cache=True, parallel=True)
+def _batch_kernel(a, b, out):
+    # out[p] = a[p] @ b[p], one product a task
+    for p in prange(a.shape[0]):
+        np.dot(a[p], b[p], out[p])
+
+
+@njit(cache=True, parallel=True)
+def _batch_transposed_kernel(a, b_t, out):
+    # out[p] = a[p] @ b_t[p].T, one product a task
+    for p in prange(a.shape[0]):
+        np.dot(a[p], b_t[p].T, out[p])
+
+
+def _batch_on_pool(a, b, out):
+    """batched_matmul_threads on the pool's threads, NumPy's OpenBLAS on one thread in each."""
+    threads = _batch_threads(len(a))
     bounds = [len(a) * i // threads for i in range(threads + 1)]
     with openblas_one_thread():          # library-wide in NumPy's pthreads build
         parts = [_workers().submit(_one_thread_product, a[lo:hi], b[lo:hi], out[lo:hi])
