@@ -48,10 +48,15 @@ class LayerStage:
         return (lambda x: layer.forward(x, training=False)), (x_shape[0],) + tuple(layer.output_shape[1:]), layer.dtype
 
 
+def layer_bias(layer):
+    """A Conv2D's, SeparableConv2D's or Dense's bias array, or None without one."""
+    return layer.bias.value if layer.use_bias else None
+
+
 def bound_product(product, layer, activation):
     """run(x) = activation(product(x) + bias): a Conv2D's, SeparableConv2D's or Dense's inference
     with `product` bound (the ops' bind_* functions), x cast to the layer's dtype."""
-    bias = layer.bias.value if layer.use_bias else None
+    bias = layer_bias(layer)
 
     def run(x):
         z = product(x.astype(layer.dtype, copy=False))
@@ -118,7 +123,7 @@ class ConvStage:
     def convolve(self, x, pads, ho, wo, buffers, training):
         """(z, saved): z = conv(x, K) + b by this shape's method; in training, Winograd's output pass
         and the direct pass also set self.moments (batch_moments)."""
-        layer, bias = self.layer, self.bias_value()
+        layer, bias = self.layer, layer_bias(self.layer)
         kernel, tiling = layer.kernel.value, self.method(x.shape, training)
         (kh, kw, c, f), n = kernel.shape, x.shape[0]
         z = buffers("z", (n, ho, wo, f), x.dtype) if buffers is not None and self.epilogue_follows else None
@@ -141,10 +146,6 @@ class ConvStage:
         if bias is not None:
             z += bias
         return z, saved
-
-    def bias_value(self):
-        """The layer's bias, or None without one."""
-        return self.layer.bias.value if self.layer.use_bias else None
 
     def bind(self, x_shape, dtype):
         """The inference forward for inputs of x_shape by this shape's method, bound once (plan.py)."""
@@ -211,7 +212,7 @@ class SeparableStage:
         self.moments = None
         if fused and training and self.moments_floor == -np.inf:     # the one pass sums z and z**2 as it goes
             z, sums, squares = self.separable(x, pads, *outputs, statistics=True)
-            self.moments = batch_moments(sums, squares, z, layer.bias.value if layer.use_bias else None)
+            self.moments = batch_moments(sums, squares, z, layer_bias(layer))
         else:
             z = self.separable(x, pads, *outputs) if fused else self.depthwise_pointwise(x, pads, *outputs)
         if layer.use_bias:

@@ -213,8 +213,8 @@ def tall_product(a, b, out=None):
     """a @ b by row tiles on numba's threads (see the top), or None where the shapes do not
     suit: (M, K) @ (K, F) with M long, or x^T @ g (a = x.T, x (M, K) C-contiguous) with M long;
     M*K*F at least perf.TALL_PRODUCT_MIN_WORK, K*F small enough for a tile of
-    TALL_PRODUCT_TILE_MIN_ROWS rows; `out`, when given, an
-    (M, F) C-contiguous array of a's dtype sharing no memory with a or b."""
+    TALL_PRODUCT_TILE_MIN_ROWS rows; `out`, when given, an (M, F) C-contiguous array of a's
+    dtype sharing no memory with a or b."""
     m, f = a.shape[0], b.shape[1]
     if max(m, a.shape[1]) < perf.TALL_PRODUCT_MIN_ROWS or m * a.shape[1] * f < perf.TALL_PRODUCT_MIN_WORK:
         return None                                   # short or small (most calls): the cheapest tests first
