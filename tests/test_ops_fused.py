@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minicnn import perf
-from minicnn.ops import batchnorm, elementwise, gemm, im2col
+from minicnn.ops import batchnorm, conv, elementwise, gemm, im2col
 
 SETTINGS = settings(max_examples=40, deadline=None)
 DTYPES = st.sampled_from([np.float32, np.float64])
@@ -288,7 +288,7 @@ def test_matmul_gives_both_threads_only_to_large_or_wide_products(monkeypatch):
     calls = []
     monkeypatch.setattr(gemm, "matmul_reference", lambda a, b, out=None: calls.append("all threads"))
     monkeypatch.setattr(gemm, "matmul_single_thread", lambda a, b, out=None: calls.append("one thread"))
-    monkeypatch.setattr(gemm, "_row_tiles_kernel", lambda a, b, out, rows: calls.append("row tiles"))
+    monkeypatch.setattr(gemm, "_row_tiles_kernel", lambda a, b, out, rows, bias: calls.append("row tiles"))
     monkeypatch.setattr(gemm, "_summed_tiles_kernel", lambda x, g, partial, rows: calls.append("summed tiles"))
     for m, k, f in [(36864, 1600, 128),    # cnn4 training, 15 GFLOP
                     (576, 1600, 128),      # cnn4 batch 1, 0.24 GFLOP, wide
@@ -321,6 +321,9 @@ def test_tall_products_equal_the_reference(m, k, f, tile_rows, dtype, seed):
         assert gemm.tall_product(a, b, out=out) is out
         assert_sums_close(out, gemm.matmul_reference(a, b), dtype, terms=k)
         assert_sums_close(gemm.tall_product(a, b.T.copy().T), a @ b, dtype, terms=k)        # b a transposed view
+        bias = random(f, dtype, rng)
+        assert_sums_close(gemm.tall_product(a, b, bias=bias), a @ b + bias, dtype, terms=k + 1)
+        assert gemm.tall_product(a.T, g, bias=bias) is None           # a kernel gradient takes no bias
         assert_sums_close(gemm.tall_product(a.T, g), gemm.matmul_reference(a.T, g), dtype, terms=m)
         assert gemm.tall_product(a[:99], b) is None and gemm.tall_product(a.astype(np.float16), b) is None
         # an out= that np.matmul would refuse (wrong shape or dtype), not contiguous, or overlapping a: not taken
@@ -404,6 +407,24 @@ def test_batched_products_go_to_the_threads_only_with_openblas_found_and_threads
     gemm.batched_matmul(a, a)
     expected = "threads" if numba.get_num_threads() > 1 else "numpy"
     assert calls == ["numpy", "numpy", "numpy", "numpy", expected, "numpy"]
+
+
+@pytest.mark.parametrize("reference", [False, True])
+@pytest.mark.parametrize("m, k, f", [(8000, 9, 32), (40, 30, 20), (600, 1200, 300)])   # tall, small, all threads
+def test_matmul_and_conv2d_add_a_bias_on_every_path(m, k, f, reference, monkeypatch):
+    monkeypatch.setenv("MINICNN_REFERENCE", "1" if reference else "0")
+    rng = np.random.default_rng(5)
+    a, b, bias = random((m, k), np.float64, rng), random((k, f), np.float64, rng), random(f, np.float64, rng)
+    assert (gemm.tall_product(a, b) is not None) == (m == 8000)
+    out = np.empty((m, f))
+    z = gemm.matmul(a, b, out=out, bias=bias)
+    assert z is out or reference
+    np.testing.assert_allclose(z, a @ b + bias, rtol=1e-12, atol=1e-12)
+    x, kernel = random((2, 7, 6, 3), np.float64, rng), random((3, 3, 3, 4), np.float64, rng)
+    pads = ((1, 1), (1, 1))
+    plain, _ = conv.conv2d(x, kernel, (1, 1), pads)
+    biased, _ = conv.conv2d(x, kernel, (1, 1), pads, bias=bias[:4])
+    np.testing.assert_allclose(biased, plain + bias[:4], rtol=1e-12, atol=1e-12)
 
 
 def test_matmul_with_a_wrong_out_fails_as_numpys_does(monkeypatch):

@@ -139,13 +139,12 @@ class ConvStage:
             sums = np.zeros((2, f)) if floor == -np.inf else None
             z, saved = direct_conv2d(x, kernel, layer.strides, pads, out=z, moments=sums), DirectSaved(x)
             self.moments = None if sums is None else batch_moments(*sums, z, bias)
-        else:
-            in_buffer = buffers is not None and numba_pays((kh, kw), c)     # NumPy's im2col makes its own array
-            cols = buffers("cols", (n * ho * wo, kh * kw * c), x.dtype) if in_buffer else None
-            z, saved = conv2d(x, kernel, layer.strides, pads, cols, out=z)
-        if bias is not None:
-            z += bias
-        return z, saved
+            if bias is not None:
+                z += bias
+            return z, saved
+        in_buffer = buffers is not None and numba_pays((kh, kw), c)         # NumPy's im2col makes its own array
+        cols = buffers("cols", (n * ho * wo, kh * kw * c), x.dtype) if in_buffer else None
+        return conv2d(x, kernel, layer.strides, pads, cols, out=z, bias=bias)    # its product's tiles add b
 
     def bind(self, x_shape, dtype):
         """The inference forward for inputs of x_shape by this shape's method, bound once (plan.py)."""

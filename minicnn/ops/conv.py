@@ -79,18 +79,20 @@ class Saved(NamedTuple):
     pads: tuple
 
 
-def conv2d(x, kernel, strides, pads, cols=None, out=None):
-    """z = conv(x, kernel), no bias: (N, H, W, C), (kh, kw, C, F) -> (z (N, Ho, Wo, F), saved),
-    `saved` for conv2d_backward. `cols`: a buffer of N*Ho*Wo*kh*kw*C numbers for the patch
-    matrix, which the numba im2col writes into (NumPy's makes its own array); `out`: one for z."""
+def conv2d(x, kernel, strides, pads, cols=None, out=None, bias=None):
+    """z = conv(x, kernel) (+ bias (F,) when given): (N, H, W, C), (kh, kw, C, F) -> (z (N, Ho,
+    Wo, F), saved), `saved` for conv2d_backward. `cols`: a buffer of N*Ho*Wo*kh*kw*C numbers for
+    the patch matrix, which the numba im2col writes into (NumPy's makes its own array); `out`:
+    one for z."""
     if backend.use_reference():
         z, patches = conv2d_reference(x, kernel, strides, pads)
+        z = z if bias is None else z + bias
         return copied_into(z, out, "conv2d: out"), Saved("reference", patches, x.shape, strides, pads)
     (kh, kw, _, f), n = kernel.shape, x.shape[0]
     ho, wo = output_hw(x.shape[1], x.shape[2], (kh, kw), strides, pads)
     z = None if out is None else reuse_or_new(out, (n * ho * wo, f), x.dtype, "conv2d: out")
     patches = im2col(x, (kh, kw), strides, pads, out=cols).reshape(n * ho * wo, -1)   # (N*Ho*Wo, kh*kw*C)
-    z = matmul(patches, kernel.reshape(-1, f), out=z)                                # (N*Ho*Wo, F)
+    z = matmul(patches, kernel.reshape(-1, f), out=z, bias=bias)                     # (N*Ho*Wo, F)
     return z.reshape(n, ho, wo, f), Saved("im2col", patches, x.shape, strides, pads)
 
 

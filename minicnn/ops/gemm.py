@@ -177,12 +177,18 @@ def on_all_threads(m, k, f):
 
 
 @njit(cache=True, parallel=True)
-def _row_tiles_kernel(a, b, out, rows):
-    # out[lo:hi] = a[lo:hi] @ b, one tile of `rows` rows per call
+def _row_tiles_kernel(a, b, out, rows, bias):
+    # out[lo:hi] = a[lo:hi] @ b (+ bias, added while the tile is in cache; bias empty: none), one
+    # tile of `rows` rows per call
     m = a.shape[0]
     for tile in prange((m + rows - 1) // rows):
         lo = tile * rows
-        np.dot(a[lo:min(m, lo + rows)], b, out[lo:min(m, lo + rows)])
+        tile_out = out[lo:min(m, lo + rows)]
+        np.dot(a[lo:min(m, lo + rows)], b, tile_out)
+        if bias.size:
+            for r in range(tile_out.shape[0]):
+                for f in range(tile_out.shape[1]):
+                    tile_out[r, f] += bias[f]
 
 
 @njit(cache=True, parallel=True)
@@ -209,12 +215,12 @@ def _tile_rows(k, f):
     return min(perf.TALL_PRODUCT_TILE_MAX_ROWS, perf.OPENBLAS_ONE_THREAD_WORK // max(1, k * f))
 
 
-def tall_product(a, b, out=None):
-    """a @ b by row tiles on numba's threads (see the top), or None where the shapes do not
-    suit: (M, K) @ (K, F) with M long, or x^T @ g (a = x.T, x (M, K) C-contiguous) with M long;
-    M*K*F at least perf.TALL_PRODUCT_MIN_WORK, K*F small enough for a tile of
-    TALL_PRODUCT_TILE_MIN_ROWS rows; `out`, when given, an (M, F) C-contiguous array of a's
-    dtype sharing no memory with a or b."""
+def tall_product(a, b, out=None, bias=None):
+    """a @ b (+ bias (F,) when given) by row tiles on numba's threads (see the top), or None where
+    the shapes do not suit: (M, K) @ (K, F) with M long, or x^T @ g (a = x.T, x (M, K)
+    C-contiguous, no bias) with M long; M*K*F at least perf.TALL_PRODUCT_MIN_WORK, K*F small
+    enough for a tile of TALL_PRODUCT_TILE_MIN_ROWS rows; `out`, when given, an (M, F)
+    C-contiguous array of a's dtype sharing no memory with a or b."""
     m, f = a.shape[0], b.shape[1]
     if max(m, a.shape[1]) < perf.TALL_PRODUCT_MIN_ROWS or m * a.shape[1] * f < perf.TALL_PRODUCT_MIN_WORK:
         return None                                   # short or small (most calls): the cheapest tests first
@@ -228,9 +234,11 @@ def tall_product(a, b, out=None):
     rows, inner_rows = _tile_rows(a.shape[1], f), _tile_rows(m, f)     # (M, K) @ (K, F); x^T @ g
     if m >= perf.TALL_PRODUCT_MIN_ROWS and a.flags.c_contiguous and rows >= perf.TALL_PRODUCT_TILE_MIN_ROWS:
         out = np.empty((m, f), a.dtype) if out is None else out
-        _row_tiles_kernel(a, b if b.flags.f_contiguous else np.ascontiguousarray(b), out, rows)
+        bias = np.zeros(0, a.dtype) if bias is None else np.ascontiguousarray(bias, dtype=a.dtype)
+        _row_tiles_kernel(a, b if b.flags.f_contiguous else np.ascontiguousarray(b), out, rows, bias)
         return out
     tall_inner = a.shape[1] >= perf.TALL_PRODUCT_MIN_ROWS and a.T.flags.c_contiguous and b.flags.c_contiguous
+    tall_inner = tall_inner and bias is None
     if tall_inner and inner_rows >= perf.TALL_PRODUCT_TILE_MIN_ROWS:
         partial = np.empty((BLOCKS, m, f), a.dtype)
         _summed_tiles_kernel(a.T, b, partial, inner_rows)
@@ -238,20 +246,28 @@ def tall_product(a, b, out=None):
     return None
 
 
-def matmul(a, b, out=None):
-    """(M, K) @ (K, F) -> (M, F), written into `out` when given (a caller's reused buffer, which
-    the reference does not take: the product goes there on OpenBLAS's threads); small products
-    on one thread, tall ones in row tiles on numba's threads."""
+def matmul(a, b, out=None, bias=None):
+    """(M, K) @ (K, F) -> (M, F), plus `bias` (F,) when given, written into `out` when given (a
+    caller's reused buffer, which the reference does not take: the product goes there on
+    OpenBLAS's threads); small products on one thread, tall ones in row tiles on numba's threads
+    (which add the bias to each tile while it is in cache)."""
     product = pick(matmul_reference, _small_product, not on_all_threads(*a.shape, b.shape[1]))
     if product is _small_product:
-        return _small_product(a, b, out)
-    return product(a, b) if out is None else np.matmul(a, b, out=out)
+        return _small_product(a, b, out, bias)
+    return _plus(product(a, b) if out is None else np.matmul(a, b, out=out), bias)
 
 
-def _small_product(a, b, out=None):
+def _small_product(a, b, out=None, bias=None):
     """A product below OpenBLAS's threads' worth: in row tiles on numba's threads when tall, else on this thread."""
-    tall = tall_product(a, b, out)
-    return matmul_single_thread(a, b, out) if tall is None else tall
+    tall = tall_product(a, b, out, bias)
+    return _plus(matmul_single_thread(a, b, out), bias) if tall is None else tall
+
+
+def _plus(z, bias):
+    """z += bias (F,) when given; z."""
+    if bias is not None:
+        z += bias
+    return z
 
 
 def column_sums(a):
