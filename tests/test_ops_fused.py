@@ -506,6 +506,19 @@ def test_random_bits_are_uniform_32_bit_draws_and_keep_the_rate():
         keep = big >= elementwise.keep_threshold(rate)
         assert abs(keep.mean() - (1 - rate)) < 0.003, rate          # 4.5 standard deviations at most
     assert elementwise.keep_threshold(0.25) == 2**30 and elementwise.keep_threshold(0.0) == 0
+    assert not np.array_equal(elementwise.random_bits(rng, (301, 7)), bits)      # the generator moved on
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(0, 70_000), st.integers(0, 2**64 - 1))
+def test_random_pairs_numba_equal_the_reference(n, seed):
+    # counter-based: draw i depends on the seed and i alone, so numba's blocks give NumPy's numbers
+    expected, actual = np.empty(n, np.uint64), np.full(n, 7, np.uint64)
+    elementwise.random_pairs_reference(seed, expected)
+    elementwise.random_pairs_numba(seed, actual)
+    assert np.array_equal(actual, expected)
+    if n > 1:
+        assert len(np.unique(expected)) == n and np.unique(expected[:20] & 0xFF).size > 10
 
 
 def test_each_op_runs_the_version_measured_faster(monkeypatch):

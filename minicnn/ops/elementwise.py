@@ -72,11 +72,32 @@ def relu_backward_reference(dy, y):
     return np.where(y > 0, dy, 0).astype(dy.dtype, copy=False)
 
 
+# Dropout's draws come from a counter-based generator: one 64-bit seed taken from the numpy
+# Generator, then draw pair i is splitmix64(seed + (i + 1) * GOLDEN), split in two. Each draw
+# depends on its index alone, so numba's threads make them in parallel, the same numbers as
+# the NumPy lines below (splitmix64: Steele, Lea and Flood, "Fast splittable pseudorandom number
+# generators", 2014; the seeding generator of the xoshiro family).
+
+GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+MIX_1, MIX_2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+
+
 def random_bits(rng, shape):
-    """Uniform uint32 draws of `shape` from a numpy Generator: u * 2**32 for u ~ U[0, 1).
-    The raw 64-bit output of its bit generator, split in two: cheaper than drawing floats."""
+    """Uniform uint32 draws of `shape`, u * 2**32 for u ~ U[0, 1), seeded from the numpy Generator
+    `rng` (which advances one 64-bit draw)."""
     n = int(np.prod(shape))
-    return rng.bit_generator.random_raw((n + 1) // 2).view(np.uint32)[:n].reshape(shape)
+    seed = rng.bit_generator.random_raw()
+    pairs = np.empty((n + 1) // 2, np.uint64)
+    pick(random_pairs_reference, random_pairs_numba, pairs.size >= perf.ELEMENTWISE_NUMBA_MIN_SIZE)(seed, pairs)
+    return pairs.view(np.uint32)[:n].reshape(shape)
+
+
+def random_pairs_reference(seed, pairs):
+    """pairs[i] = splitmix64(seed + (i + 1) * GOLDEN), in place (uint64 arithmetic wraps around)."""
+    z = np.uint64(seed) + (np.arange(1, pairs.size + 1, dtype=np.uint64) * GOLDEN)
+    z = (z ^ (z >> np.uint64(30))) * MIX_1
+    z = (z ^ (z >> np.uint64(27))) * MIX_2
+    pairs[...] = z ^ (z >> np.uint64(31))
 
 
 def keep_threshold(rate):
@@ -177,6 +198,18 @@ def _adam_kernel(value, grad, m, v, lr_t, beta_1, beta_2, one_minus_b1, one_minu
             wb[i] -= lr_t * mb[i] / (np.sqrt(vb[i]) + epsilon)
 
 
+@njit(cache=True, parallel=True)
+def _random_pairs_kernel(seed, pairs):
+    # random_pairs_reference's lines, a block of draws a task
+    for b in prange((pairs.size + BLOCK - 1) // BLOCK):
+        block = pairs[b * BLOCK:(b + 1) * BLOCK]
+        for i in range(block.size):
+            z = seed + np.uint64(b * BLOCK + i + 1) * GOLDEN
+            z = (z ^ (z >> np.uint64(30))) * MIX_1
+            z = (z ^ (z >> np.uint64(27))) * MIX_2
+            block[i] = z ^ (z >> np.uint64(31))
+
+
 def _flat(a, dtype=None):
     return np.ascontiguousarray(a, dtype=dtype).reshape(-1)
 
@@ -221,6 +254,12 @@ def dropout_backward_numba(dy, keep, rate):
     with perf.kernel_threads(dy.size):
         _dropout_backward_kernel(_flat(dy), _flat(keep), dy.dtype.type(1 / (1 - rate)), dx.reshape(-1))
     return dx
+
+
+def random_pairs_numba(seed, pairs):
+    """numba version of `random_pairs_reference` (the same numbers)."""
+    with perf.kernel_threads(pairs.size):
+        _random_pairs_kernel(np.uint64(seed), pairs)
 
 
 def adam_update_numba(value, grad, m, v, lr_t, beta_1, beta_2, epsilon):
