@@ -324,11 +324,12 @@ def test_separable_layers_below_the_width_threshold_train_as_the_two_ops_and_bot
         np.testing.assert_allclose(compiled_grads[weight], grad, rtol=1e-10, atol=1e-10 * scale, err_msg=weight)
 
 
-def test_products_that_sum_their_output_hand_a_batchnormalization_its_moments(monkeypatch):
-    # the direct convolution and the one-pass separable sum z and z**2 as they write z: the
-    # BatchNormalization after them takes those moments instead of a pass of its own over z
+def normalized_blocks(name, monkeypatch):
+    """(model, x, blocks, passes): compiled `name` after two training steps, its fused (product,
+    epilogue) stages whose epilogue has a BatchNormalization, and the z of each moments pass an
+    epilogue took on its own in the second step."""
     from minicnn.ops import epilogue as epilogue_ops
-    model = small_model("mini_xception")
+    model = small_model(name)
     model.compile("sgd", "sparse_categorical_crossentropy", jit_compile=True)
     x, y = batch(model, n=4)
     model.train_on_batch(x, y)                                       # builds the steps
@@ -338,15 +339,28 @@ def test_products_that_sum_their_output_hand_a_batchnormalization_its_moments(mo
     model.train_on_batch(x, y)
     blocks = [step.stages for step in fused_steps(model)
               if isinstance(step.stages[-1], EpilogueStage) and step.stages[-1].parts.batchnorm is not None]
+    return model, x, blocks, passes
+
+
+def assert_moments_taken(summing, relu_first=False):
+    """Each product's moments are those of its epilogue's z (of max(z, 0) with relu_first), in z's dtype."""
+    from minicnn.ops import epilogue as epilogue_ops
+    for product, epilogue in summing:
+        z = epilogue.cache[1]
+        for taken, own in zip(product.moments, epilogue_ops.moments_reference(z, relu_first=relu_first)):
+            assert taken.dtype == z.dtype
+            np.testing.assert_allclose(taken, own, rtol=1e-4, atol=1e-6)
+
+
+def test_products_that_sum_their_output_hand_a_batchnormalization_its_moments(monkeypatch):
+    # the direct convolution and the one-pass separable sum z and z**2 as they write z: the
+    # BatchNormalization after them takes those moments instead of a pass of its own over z
+    model, x, blocks, passes = normalized_blocks("mini_xception", monkeypatch)
     summing = [(product, epilogue) for product, epilogue in blocks
                if (isinstance(product, SeparableStage) and product.cache[2])
                or (isinstance(product, ConvStage) and isinstance(product.cache[2], DirectSaved))]
     assert len(summing) >= 3 and len(passes) == len(blocks) - len(summing)
-    for product, epilogue in summing:
-        z = epilogue.cache[1]
-        for taken, own in zip(product.moments, epilogue_ops.moments_reference(z)):
-            assert taken.dtype == z.dtype
-            np.testing.assert_allclose(taken, own, rtol=1e-4, atol=1e-6)
+    assert_moments_taken(summing)
     model.predict(x, verbose=0)
     assert all(product.moments is None for product, _ in blocks)    # inference takes the moving statistics
 
@@ -355,26 +369,12 @@ def test_products_that_sum_their_output_hand_a_batchnormalization_its_moments(mo
 def test_winograd_hands_a_batchnormalization_its_moments(name, relu_first, monkeypatch):
     # Winograd's output pass sums z + b, or max(z + b, 0) where a ReLU comes before the
     # BatchNormalization (cnn8), and the epilogue takes no pass of its own over z for those
-    from minicnn.ops import epilogue as epilogue_ops
     monkeypatch.setattr(winograd, "pays", lambda *args: True)          # Winograd for every 3x3 layer here
-    model = small_model(name)
-    model.compile("sgd", "sparse_categorical_crossentropy", jit_compile=True)
-    x, y = batch(model, n=4)
-    model.train_on_batch(x, y)
-    passes, own_pass = [], epilogue_ops.moments
-    monkeypatch.setattr(epilogue_ops, "moments",
-                        lambda z, relu_first=False: passes.append(z) or own_pass(z, relu_first))
-    model.train_on_batch(x, y)
-    blocks = [step.stages for step in fused_steps(model)
-              if isinstance(step.stages[-1], EpilogueStage) and step.stages[-1].parts.batchnorm is not None]
+    _, _, blocks, passes = normalized_blocks(name, monkeypatch)
     summing = [(product, epilogue) for product, epilogue in blocks
                if isinstance(product, ConvStage) and isinstance(product.cache[2], winograd.Saved)]
     assert len(summing) >= 2 and len(passes) == len(blocks) - len(summing)
-    for product, epilogue in summing:
-        z = epilogue.cache[1]
-        for taken, own in zip(product.moments, epilogue_ops.moments_reference(z, relu_first=relu_first)):
-            assert taken.dtype == z.dtype
-            np.testing.assert_allclose(taken, own, rtol=1e-4, atol=1e-6)
+    assert_moments_taken(summing, relu_first)
 
 
 def test_inference_chooses_by_the_forward_alone():
