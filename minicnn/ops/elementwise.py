@@ -88,7 +88,7 @@ def random_bits(rng, shape):
     n = int(np.prod(shape))
     seed = rng.bit_generator.random_raw()
     pairs = np.empty((n + 1) // 2, np.uint64)
-    pick(random_pairs_reference, random_pairs_numba, pairs.size >= perf.ELEMENTWISE_NUMBA_MIN_SIZE)(seed, pairs)
+    pick(random_pairs_reference, random_pairs_numba, _numba_pays(pairs))(seed, pairs)
     return pairs.view(np.uint32)[:n].reshape(shape)
 
 

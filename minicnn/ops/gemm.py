@@ -237,8 +237,8 @@ def tall_product(a, b, out=None, bias=None):
         bias = np.zeros(0, a.dtype) if bias is None else np.ascontiguousarray(bias, dtype=a.dtype)
         _row_tiles_kernel(a, b if b.flags.f_contiguous else np.ascontiguousarray(b), out, rows, bias)
         return out
-    tall_inner = a.shape[1] >= perf.TALL_PRODUCT_MIN_ROWS and a.T.flags.c_contiguous and b.flags.c_contiguous
-    tall_inner = tall_inner and bias is None
+    tall_inner = (bias is None and a.shape[1] >= perf.TALL_PRODUCT_MIN_ROWS and a.T.flags.c_contiguous
+                  and b.flags.c_contiguous)
     if tall_inner and inner_rows >= perf.TALL_PRODUCT_TILE_MIN_ROWS:
         partial = np.empty((BLOCKS, m, f), a.dtype)
         _summed_tiles_kernel(a.T, b, partial, inner_rows)
