@@ -164,3 +164,18 @@ def test_environment_ab_times_each_value_in_its_own_process():
     for line in lines:
         assert "openblas / shared" in line
         assert all(float(ms) > 0 for ms in line.rsplit(":", 1)[1].split(" / "))
+
+
+def test_outside_kernels_times_a_step_with_and_without_its_kernels():
+    # the step without kernels is the step's own cost around them: less than the whole step
+    import re
+    import subprocess
+    import sys
+    script = SCRIPT.parent / "outside_kernels.py"
+    run = subprocess.run([sys.executable, str(script), "--models", "mini_xception", "--repeats", "1", "--steps", "1"],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    header, line = run.stdout.splitlines()
+    assert "compiled training step at batch 64" in header and line.startswith("mini_xception")
+    whole, outside = (float(ms) for ms in re.findall(r"([\d.]+) ms", line))
+    assert 0 < outside < whole
