@@ -87,6 +87,10 @@ OPENBLAS_ONE_THREAD_WORK = 1 << 18
 # product still makes tiles for each thread
 TALL_PRODUCT_MIN_ROWS, TALL_PRODUCT_MIN_WORK = 512, 1 << 21
 TALL_PRODUCT_TILE_MIN_ROWS, TALL_PRODUCT_TILE_MAX_ROWS = 32, 4096
+# a product with a short left side (at most WIDE_PRODUCT_MAX_LEFT numbers: Winograd's kron(G, G)
+# and its transpose) and at least WIDE_PRODUCT_MIN_WORK multiply-adds runs on numba's threads in
+# blocks of WIDE_PRODUCT_BLOCK columns, as scaled additions of the right side's rows
+WIDE_PRODUCT_MAX_LEFT, WIDE_PRODUCT_MIN_WORK, WIDE_PRODUCT_BLOCK = 2048, 1 << 21, 1024
 # a batch of products (ops.gemm.batched_matmul, Winograd's) goes to the threads whole products each,
 # OpenBLAS on one thread a call: its kernel gradients sum over thousands of tiles, a dimension OpenBLAS
 # never splits, and its own threads, between products, hold the cores numba's kernels need next

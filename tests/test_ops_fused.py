@@ -290,19 +290,21 @@ def test_matmul_gives_both_threads_only_to_large_or_wide_products(monkeypatch):
     monkeypatch.setattr(gemm, "matmul_single_thread", lambda a, b, out=None: calls.append("one thread"))
     monkeypatch.setattr(gemm, "_row_tiles_kernel", lambda a, b, out, rows, bias: calls.append("row tiles"))
     monkeypatch.setattr(gemm, "_summed_tiles_kernel", lambda x, g, partial, rows: calls.append("summed tiles"))
+    monkeypatch.setattr(gemm, "_column_blocks_kernel", lambda a, b, out, block: calls.append("column blocks"))
     for m, k, f in [(36864, 1600, 128),    # cnn4 training, 15 GFLOP
                     (576, 1600, 128),      # cnn4 batch 1, 0.24 GFLOP, wide
                     (36, 4608, 512),       # cnn4 batch 1, 0.17 GFLOP, wide
                     (123904, 72, 8),       # mini-Xception training, 0.14 GFLOP, narrow and tall
                     (2304, 128, 128),      # mini-Xception training, 0.08 GFLOP
                     (576, 1152, 7),        # mini-Xception training, its class-wise conv: thin
-                    (1936, 16, 16)]:       # mini-Xception batch 1: too little work to wake the threads
+                    (1936, 16, 16),        # mini-Xception batch 1: too little work to wake the threads
+                    (36, 9, 16384)]:       # cnn8's Winograd kernel transform: short and wide
         gemm.matmul(np.empty((m, k), np.float32), np.empty((k, f), np.float32))
     x, dz = np.empty((123904, 16), np.float32), np.empty((123904, 16), np.float32)
     gemm.matmul(x.T, dz)                   # a pointwise kernel's gradient: the tall side summed over
     gemm.matmul(x.T.copy(), dz)            # the same numbers, not a transposed view: one thread
     assert calls == ["all threads", "all threads", "all threads", "row tiles", "one thread", "row tiles",
-                     "one thread", "summed tiles", "one thread"]
+                     "one thread", "column blocks", "summed tiles", "one thread"]
 
 
 @settings(max_examples=25, deadline=None)
@@ -331,6 +333,29 @@ def test_tall_products_equal_the_reference(m, k, f, tile_rows, dtype, seed):
             assert gemm.tall_product(a, b, out=bad) is None
         if k == f:
             assert gemm.tall_product(a, b, out=a) is None
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 12), st.integers(1, 3000), st.integers(1, 700), DTYPES, st.booleans(),
+       st.integers(0, 2**32 - 1))
+def test_wide_products_equal_the_reference(m, k, n, block, dtype, transposed, seed):
+    # blocks of a few hundred columns, the last one partial; a with zeros (skipped) and maybe a
+    # transposed view (kernel_transform_adjoint's kron(G, G)^T)
+    rng = np.random.default_rng(seed)
+    shape = (k, m) if transposed else (m, k)
+    a = random(shape, dtype, rng) * (rng.random(shape) < 0.6).astype(dtype)
+    a, b = (a.T if transposed else a), random((k, n), dtype, rng)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(perf, "WIDE_PRODUCT_MIN_WORK", 0)
+        patch.setattr(perf, "WIDE_PRODUCT_BLOCK", block)
+        out = np.full((m, n), np.nan, dtype)
+        assert gemm.wide_product(a, b, out=out) is out
+        assert_sums_close(out, gemm.matmul_reference(a, b), dtype, terms=k)
+        if k > 1 and n > 1:
+            assert gemm.wide_product(a, np.asfortranarray(b)) is None     # b must be C-contiguous
+        assert gemm.wide_product(a.astype(np.float16), b) is None
+        patch.setattr(perf, "WIDE_PRODUCT_MAX_LEFT", m * k - 1)
+        assert gemm.wide_product(a, b) is None
 
 
 @settings(max_examples=30, deadline=None)

@@ -20,6 +20,10 @@ dimension is the one summed over (a kernel gradient, x^T @ dz), each of a fixed 
 blocks of tiles sums on one thread and the blocks' sums are added at the end: the same
 result whatever the thread count.
 
+A short, wide product (Winograd's kernel transform, kron(G, G) @ the kernels as (r^2, C*F)) runs
+on numba's threads in blocks of columns, each output row a sum of the right side's rows scaled by
+the left side's numbers, its zeros skipped (`wide_product`).
+
 A batch of products (Winograd's a^2, `batched_matmul`) is shared among the threads whole:
 each thread makes its products' OpenBLAS calls on one thread, so no product's threads wait
 on each other (OpenBLAS never splits the summed dimension, which is the long one in a
@@ -246,6 +250,43 @@ def tall_product(a, b, out=None, bias=None):
     return None
 
 
+@njit(cache=True, parallel=True)
+def _column_blocks_kernel(a, b, out, block):
+    # out[:, lo:hi] = a @ b[:, lo:hi], one block of columns a task: each row of out a sum of b's
+    # rows scaled by a's numbers (a zero of a skipped), the block's rows in cache
+    n = b.shape[1]
+    for task in prange((n + block - 1) // block):
+        lo, hi = task * block, min(n, (task + 1) * block)
+        for m in range(a.shape[0]):
+            row = out[m, lo:hi]
+            for j in range(hi - lo):
+                row[j] = 0
+            for k in range(a.shape[1]):
+                scale = a[m, k]
+                if scale != 0:
+                    source = b[k, lo:hi]
+                    for j in range(hi - lo):
+                        row[j] += scale * source[j]
+
+
+def wide_product(a, b, out=None):
+    """a @ b in blocks of b's columns on numba's threads, or None where the shapes do not suit: a
+    short a (M*K at most perf.WIDE_PRODUCT_MAX_LEFT) and at least perf.WIDE_PRODUCT_MIN_WORK
+    multiply-adds, b C-contiguous, `out` as tall_product's. A zero of a is skipped, so a NaN or
+    inf of b times it gives 0 there, not NaN."""
+    (m, k), n = a.shape, b.shape[1]
+    if m * k > perf.WIDE_PRODUCT_MAX_LEFT or m * k * n < perf.WIDE_PRODUCT_MIN_WORK:
+        return None
+    if a.dtype != b.dtype or a.dtype not in (np.float32, np.float64) or not b.flags.c_contiguous:
+        return None
+    if out is not None and (out.shape != (m, n) or out.dtype != a.dtype or not out.flags.c_contiguous
+                            or np.may_share_memory(out, a) or np.may_share_memory(out, b)):
+        return None
+    out = np.empty((m, n), a.dtype) if out is None else out
+    _column_blocks_kernel(a, b, out, perf.WIDE_PRODUCT_BLOCK)
+    return out
+
+
 def matmul(a, b, out=None, bias=None):
     """(M, K) @ (K, F) -> (M, F), plus `bias` (F,) when given, written into `out` when given (a
     caller's reused buffer, which the reference does not take: the product goes there on
@@ -258,9 +299,13 @@ def matmul(a, b, out=None, bias=None):
 
 
 def _small_product(a, b, out=None, bias=None):
-    """A product below OpenBLAS's threads' worth: in row tiles on numba's threads when tall, else on this thread."""
+    """A product below OpenBLAS's threads' worth: in row tiles or column blocks on numba's threads
+    when tall or wide, else on this thread."""
     tall = tall_product(a, b, out, bias)
-    return _plus(matmul_single_thread(a, b, out), bias) if tall is None else tall
+    if tall is not None:
+        return tall
+    wide = wide_product(a, b, out)
+    return _plus(matmul_single_thread(a, b, out) if wide is None else wide, bias)
 
 
 def _plus(z, bias):
