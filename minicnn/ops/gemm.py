@@ -1,7 +1,7 @@
 """Matrix products for the layers: NumPy's matmul, with small products kept on one thread
 and tall, thin ones cut into row tiles on numba's threads.
 
-    matmul(a, b, out=None)  ==  np.matmul(a, b, out=out)        (M, K) @ (K, F) -> (M, F)
+    matmul(a, b, out=None, bias=None)  ==  a @ b (+ bias)        (M, K) @ (K, F) -> (M, F)
 
 Every convolution and dense layer ends in one of these (forward, kernel gradient, input
 gradient), and NumPy hands them to OpenBLAS, which splits a product over its threads and
@@ -30,8 +30,9 @@ on each other (OpenBLAS never splits the summed dimension, which is the long one
 kernel gradient). Those threads are numba's own, as for the tall products, where the operands
 suit numba's np.dot; a pool of Python threads calling NumPy otherwise.
 
-There is no loop written in numba for the arithmetic: none comes near OpenBLAS. The
-"reference" is the plain call; MINICNN_REFERENCE=1 makes every product use it.
+Apart from the wide products, whose left side is a few hundred numbers with many zeros, no loop
+written in numba does the arithmetic: none comes near OpenBLAS. The "reference" is the plain
+call; MINICNN_REFERENCE=1 makes every product use it.
 """
 import os
 from concurrent.futures import ThreadPoolExecutor
