@@ -255,27 +255,52 @@ def find_openblas_local_threads():
     return None
 
 
+SET_THREADS_NAMES = ("scipy_openblas_set_num_threads", "openblas_set_num_threads", "scipy_openblas_set_num_threads64_")
+SGEMM_NAMES = ("scipy_cblas_sgemm64_", "cblas_sgemm", "cblas_sgemm64_", "scipy_cblas_sgemm")
+
+
 def numba_blas_to_one_thread():
-    """Set the OpenBLAS that numba's np.dot calls (the library of scipy's cython_blas sgemm) to
-    one thread; True when done. False without scipy or numba, off Linux, or when that library
-    has no OpenBLAS thread setting."""
+    """Set the OpenBLAS that numba's np.dot calls (the one scipy's cython_blas links) to one
+    thread; True when done. False without scipy or numba, off Linux, when that library has no
+    OpenBLAS thread setting, or when it is NumPy's own (as in a conda environment): one thread
+    there would hold NumPy's large products too."""
     try:
         from numba.extending import get_cython_function_address
-        sgemm = get_cython_function_address("scipy.linalg.cython_blas", "sgemm")
+        cython_blas = _mapped_file(get_cython_function_address("scipy.linalg.cython_blas", "sgemm"))
     except (ImportError, ValueError):
         return False
-    path = _mapped_file(sgemm)
-    if path is None:
+    set_threads = _symbol(cython_blas, SET_THREADS_NAMES)     # found in the libraries cython_blas links
+    if set_threads is None or _file_of(set_threads) == _numpy_blas_file():
         return False
-    for name in ("scipy_openblas_set_num_threads", "openblas_set_num_threads", "scipy_openblas_set_num_threads64_"):
-        try:
-            set_threads = getattr(ctypes.CDLL(path), name)
-        except (OSError, AttributeError, TypeError):
-            continue
-        set_threads.argtypes, set_threads.restype = [ctypes.c_int], None
-        set_threads(1)
-        return True
-    return False
+    set_threads.argtypes, set_threads.restype = [ctypes.c_int], None
+    set_threads(1)
+    return True
+
+
+def _numpy_blas_file():
+    """The file of the BLAS NumPy calls (found through its sgemm), or None."""
+    from numpy._core import _multiarray_umath
+
+    sgemm = _symbol(_multiarray_umath.__file__, SGEMM_NAMES)
+    return None if sgemm is None else _file_of(sgemm)
+
+
+def _symbol(path, names):
+    """The first of `names` that the library at `path` (or one it links) defines, as a ctypes
+    function; None if none does or the library will not load."""
+    try:
+        library = ctypes.CDLL(path)
+    except (OSError, TypeError):
+        return None
+    for name in names:
+        if hasattr(library, name):
+            return getattr(library, name)
+    return None
+
+
+def _file_of(function):
+    """The file a ctypes function's code is mapped from."""
+    return _mapped_file(ctypes.cast(function, ctypes.c_void_p).value)
 
 
 def _mapped_file(address):

@@ -411,6 +411,16 @@ def test_perf_enable_sets_the_blas_numba_calls_to_one_thread():
     assert json.loads(out) == [True, 1]
 
 
+def test_numbas_blas_is_left_alone_when_it_is_numpys_own(monkeypatch):
+    # one library for both (a conda environment): one thread there would slow NumPy's large products
+    from numba.extending import get_cython_function_address
+    cython_blas = perf._mapped_file(get_cython_function_address("scipy.linalg.cython_blas", "sgemm"))
+    found = perf._symbol(cython_blas, perf.SET_THREADS_NAMES)
+    assert found is not None and perf._file_of(found) != perf._numpy_blas_file()      # two libraries here
+    monkeypatch.setattr(perf, "_numpy_blas_file", lambda: perf._file_of(found))
+    assert perf.numba_blas_to_one_thread() is False
+
+
 def test_batched_products_go_to_the_threads_only_with_openblas_found_and_threads_to_share(monkeypatch):
     monkeypatch.delenv("MINICNN_REFERENCE", raising=False)
     calls = []
