@@ -229,16 +229,22 @@ def channel_sums(block_sums, k):
 def moments_numba(x):
     """numba version of `moments_reference` (same argument, same result up to rounding)."""
     x2 = _rows(x)
+    return shifted_moments(_moments_kernel, x2, x2[0].copy(), x.dtype)
+
+
+def shifted_moments(kernel, x2, shift, dtype, *settings):
+    """(mean, var) per channel in `dtype` from a moments kernel, kernel(x, *settings, shift, sums,
+    squares), run on x2 (M, C) as wide rows (widening) and summed about `shift` (C,)."""
     m, c = x2.shape
-    shift = x2[0].copy()
     k = widening(m, c)
     blocks = min(BLOCKS, m // k)
     sums, squares = np.zeros((blocks, k * c)), np.zeros((blocks, k * c))
+    wide_x, wide_shift = widened(k, x2, shift)
     with perf.kernel_threads(x2.size):
-        _moments_kernel(*widened(k, x2, shift), sums, squares)
+        kernel(wide_x, *settings, wide_shift, sums, squares)
     mean_shifted = channel_sums(sums, k) / m
     var = channel_sums(squares, k) / m - mean_shifted ** 2
-    return (mean_shifted + shift).astype(x.dtype), np.maximum(var, 0).astype(x.dtype)
+    return (mean_shifted + shift).astype(dtype), np.maximum(var, 0).astype(dtype)
 
 
 def _per_channel(x, mean, inv_std, gamma, beta):

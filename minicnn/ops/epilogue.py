@@ -544,17 +544,9 @@ def backward_numba(spec, dy, z, offsets, keep, mean, inv_std, gamma, beta, train
 def moments_numba(z, relu_first=False):
     """numba version of `moments_reference` (same result up to rounding), one pass over z."""
     x = _rows(np.ascontiguousarray(z))
-    m, c = x.shape
     shift = np.maximum(x[0], 0) if relu_first else x[0].copy()
-    k = batchnorm.widening(m, c)                  # rows k at a time: a long loop to vectorize
-    blocks = min(BLOCKS, m // k)
-    sums, squares = np.zeros((blocks, k * c)), np.zeros((blocks, k * c))
-    wide_x, wide_shift = batchnorm.widened(k, x, shift)
-    with perf.kernel_threads(x.size):
-        _moments_kernel(wide_x, x.dtype.type(0 if relu_first else -np.inf), wide_shift, sums, squares)
-    mean_shifted = batchnorm.channel_sums(sums, k) / m
-    var = batchnorm.channel_sums(squares, k) / m - mean_shifted ** 2
-    return (mean_shifted + shift).astype(z.dtype), np.maximum(var, 0).astype(z.dtype)
+    floor = x.dtype.type(0 if relu_first else -np.inf)
+    return batchnorm.shifted_moments(_moments_kernel, x, shift, z.dtype, floor)
 
 
 # ----------------------------------------------------------------------------------------
