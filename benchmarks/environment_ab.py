@@ -18,9 +18,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fer.process import set_blas_environment
+from fer.process import set_environment
 
-set_blas_environment()      # the scripts' setting, for every variable but the one under test (fer/process.py)
+set_environment()      # the scripts' settings, for every variable but the one under test (fer/process.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCHED_WAYS = {"openblas": False, "shared": True}   # perf.BATCHED_PRODUCTS_SHARED

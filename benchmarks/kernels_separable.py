@@ -23,9 +23,9 @@ import os
 import platform
 import sys
 
-from fer.process import set_blas_environment
+from fer.process import set_environment
 
-set_blas_environment()      # before NumPy loads OpenBLAS, which reads it then (fer/process.py)
+set_environment()      # before NumPy and numba load, which read them then (fer/process.py)
 
 import numba  # noqa: E402
 import numpy as np  # noqa: E402

@@ -55,7 +55,7 @@ from fer import process
 TUNED = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OPENBLAS_THREAD_TIMEOUT")
 USER_ENV = (json.loads(os.environ["TORCH_TWIN_ENV"]) if "TORCH_TWIN_ENV" in os.environ
             else {name: os.environ.get(name) for name in TUNED})
-process.set_blas_environment()      # before NumPy loads OpenBLAS, which reads it then (fer/process.py)
+process.set_environment()      # before NumPy and numba load, which read them then (fer/process.py)
 
 import numpy as np  # noqa: E402
 
@@ -483,6 +483,13 @@ def peak_memory(name, batch_size, framework, threads):
 # the run
 # ----------------------------------------------------------------------------------------
 
+def _numba_vectors():
+    """What numba compiles for: the CPU's name and whether NUMBA_CPU_FEATURES asks for 256-bit vectors."""
+    features = numba.config.CPU_FEATURES or ""
+    width = "256-bit vectors asked for" if "+prefer-256-bit" in features else "LLVM's own vector width"
+    return f"CPU {numba.config.CPU_NAME or 'host'}, {width}"
+
+
 def thread_report(torch_info, one_face_info=None):
     lines = [" ".join(f"{v}={os.environ.get(v, '(unset)')}" for v in
                       ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OPENBLAS_THREAD_TIMEOUT",
@@ -495,7 +502,8 @@ def thread_report(torch_info, one_face_info=None):
     except ImportError:
         lines.append("thread pools: threadpoolctl not installed, OpenBLAS thread count unknown")
     lines.append(f"numba {numba.__version__}: {numba.get_num_threads()} threads, threading layer "
-                 f"{_numba_layer()}; cpus={os.cpu_count()}, load average {os.getloadavg()[0]:.2f}")
+                 f"{_numba_layer()}, {_numba_vectors()}; cpus={os.cpu_count()}, "
+                 f"load average {os.getloadavg()[0]:.2f}")
     if one_face_info:
         lines.append(f"minicnn's batch-1 inference in a process of its own, as the webcam runs: {one_face_info}")
     if torch_info:

@@ -56,9 +56,9 @@ def remove_kernels():
 
 def child(model_name, repeats, steps):
     """In the subprocess: [step ms, step ms without kernels], medians of `repeats` timings."""
-    from fer.process import set_blas_environment
+    from fer.process import set_environment
 
-    set_blas_environment()
+    set_environment()
     from minicnn import perf
 
     perf.enable()

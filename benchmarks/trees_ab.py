@@ -32,8 +32,8 @@ from benchmarks.timing import STEPS_HELP, default_steps  # noqa: E402
 CHILD = """
 import json, sys
 sys.path.insert(0, {tree!r})
-from fer.process import set_blas_environment
-set_blas_environment()
+from fer import process
+(getattr(process, "set_environment", None) or process.set_blas_environment)()   # its older name
 from minicnn import perf
 perf.enable()
 import numpy as np

@@ -27,11 +27,12 @@ machine shared with other jobs:
    threads start with NumPy, before it; NumPy's OpenBLAS hands its workers the caller's setting
    (the test checks a threaded product). MINICNN_DENORMALS=keep skips this.
 
-One more setting cannot wait for enable(): OpenBLAS reads OPENBLAS_THREAD_TIMEOUT once, when
+Two more settings cannot wait for enable(). OpenBLAS reads OPENBLAS_THREAD_TIMEOUT once, when
 NumPy loads it, and its default keeps idle workers spinning for about a tenth of a second after
-every product, on the cores numba's kernels need next. The scripts and benchmarks set it before
-they import NumPy, 16 to train, 24 for one face at a time (fer/process.py says why); a program of
-your own can export it.
+every product, on the cores numba's kernels need next; numba reads NUMBA_CPU_FEATURES when it
+loads, and on AMD's Zen 4 its default 512-bit vectors gain nothing over 256-bit ones. The scripts
+and benchmarks set both before they import NumPy (fer/process.py says why and to what); a program
+of your own can export them.
 
 The effect of each is measured by benchmarks/models.py and recorded in benchmarks/RESULTS.md.
 This module imports only the standard library and numpy (numba when a kernel or one_thread() asks).

@@ -23,9 +23,9 @@ import os
 import sys
 from pathlib import Path
 
-from fer.process import set_blas_environment
+from fer.process import set_environment
 
-set_blas_environment(one_face=True)      # before NumPy loads OpenBLAS, which reads it then (fer/process.py)
+set_environment(one_face=True)      # before NumPy and numba load, which read them then (fer/process.py)
 
 import cv2  # noqa: E402
 

@@ -24,9 +24,9 @@ import math
 import sys
 from pathlib import Path
 
-from fer.process import set_blas_environment
+from fer.process import set_environment
 
-set_blas_environment()      # before NumPy loads OpenBLAS, which reads it then (fer/process.py)
+set_environment()      # before NumPy and numba load, which read them then (fer/process.py)
 
 from fer import models  # noqa: E402
 from fer.cli import non_negative_int, positive_int  # noqa: E402

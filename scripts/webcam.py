@@ -16,9 +16,9 @@ import signal
 import sys
 from pathlib import Path
 
-from fer.process import set_blas_environment
+from fer.process import set_environment
 
-set_blas_environment(one_face=True)      # before NumPy loads OpenBLAS, which reads it then (fer/process.py)
+set_environment(one_face=True)      # before NumPy and numba load, which read them then (fer/process.py)
 
 from fer.cli import positive_int, same_file  # noqa: E402
 from fer.faces import add_detector_arguments, detector_from_args  # noqa: E402
