@@ -552,8 +552,9 @@ def test_random_pairs_numba_equal_the_reference(n, seed):
     elementwise.random_pairs_reference(seed, expected)
     elementwise.random_pairs_numba(seed, actual)
     assert np.array_equal(actual, expected)
-    if n > 1:
-        assert len(np.unique(expected)) == n and np.unique(expected[:20] & 0xFF).size > 10
+    assert len(np.unique(expected)) == n                              # no repeats
+    if n >= 20:
+        assert np.unique(expected[:20] & 0xFF).size > 10               # low bits spread too
 
 
 def test_each_op_runs_the_version_measured_faster(monkeypatch):
