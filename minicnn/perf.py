@@ -353,6 +353,10 @@ WINOGRAD4_MIN_TILES = 128
 # ... or, for a 5x5 kernel whose transform the compiled model keeps between inference calls, at
 # least this many (one 24x24 image of cnn4's 5x5 layer: 36 tiles, where it beat im2col at batch 1),
 WINOGRAD_5X5_KEPT_MIN_TILES = 36
+# ... or this many for a kept 3x3 transform of at most WINOGRAD_KEPT_MAX_NUMBERS numbers (36*C*F):
+# one face's 12x12 and 24x24 layers then multiply 4x less, and a transform that size stays in the
+# cache between faces (cnn4's 128 -> 512 at 12x12, 2.4M numbers read for every face, lost)
+WINOGRAD_3X3_KEPT_MIN_TILES, WINOGRAD_KEPT_MAX_NUMBERS = 9, 1 << 20
 # ... and at least this share of the tiles' outputs inside the image: a 6x6 output takes four
 # 4x4 tiles, 8x8 outputs for 36, no fewer multiplications than F(2x2) with larger transforms
 WINOGRAD4_MIN_KEPT = 0.75

@@ -579,13 +579,22 @@ def pays(kernel_size, strides, n, ho, wo, channels, filters):
             and n * th * tw >= perf.WINOGRAD_MIN_TILES and not backend.use_reference())
 
 
+def kept_min_tiles(k, c, f):
+    """The tiles from which F(4x4, k x k) pays for a k x k kernel whose transform is kept between calls."""
+    if k == 5:
+        return perf.WINOGRAD_5X5_KEPT_MIN_TILES
+    small = 36 * c * f <= perf.WINOGRAD_KEPT_MAX_NUMBERS
+    return perf.WINOGRAD_3X3_KEPT_MIN_TILES if small else perf.WINOGRAD4_MIN_TILES
+
+
 def winograd_tile(x_shape, kernel_shape, strides=(1, 1), padding="same", kernel_kept=False):
     """The method a convolution of this shape trains fastest with: a Tiling (F4, F4_5X5 or F2)
     or None (im2col). x_shape (N, H, W, C), kernel_shape (kh, kw, C, F), Keras' padding.
     Winograd needs a 3x3 or 5x5 kernel at stride 1; 4x4 tiles pay where they cover the output
     with little waste, on enough channels and tiles (perf.WINOGRAD4_*); else F(2x2, 3x3) where
     `pays` says so. kernel_kept: the caller keeps the kernel transform between calls (inference),
-    so a 5x5 kernel's F(4x4, 5x5) pays from fewer tiles (perf.WINOGRAD_5X5_KEPT_MIN_TILES).
+    so a 5x5 kernel's F(4x4, 5x5) pays from fewer tiles (perf.WINOGRAD_5X5_KEPT_MIN_TILES), and a
+    3x3 kernel's F(4x4, 3x3) too where its transform is small (perf.WINOGRAD_3X3_KEPT_MIN_TILES).
     MINICNN_REFERENCE=1: None."""
     n, h, w, _ = x_shape
     kh, kw, c, f = kernel_shape
@@ -596,7 +605,7 @@ def winograd_tile(x_shape, kernel_shape, strides=(1, 1), padding="same", kernel_
         return None
     th, tw = tiles_hw(ho, wo, 4)
     kept = ho * wo / (16 * th * tw)                 # the share of the 4x4 tiles' outputs inside Ho x Wo
-    min_tiles = perf.WINOGRAD_5X5_KEPT_MIN_TILES if kernel_kept and kh == 5 else perf.WINOGRAD4_MIN_TILES
+    min_tiles = kept_min_tiles(kh, c, f) if kernel_kept else perf.WINOGRAD4_MIN_TILES
     if (min(c, f) >= perf.WINOGRAD4_MIN_CHANNELS and n * th * tw >= min_tiles
             and kept >= perf.WINOGRAD4_MIN_KEPT):
         return TILINGS[4, kh]
