@@ -33,6 +33,7 @@ product over the whole batch through OpenBLAS).
 import numpy as np
 
 from .. import perf
+from .batchnorm import channel_sums, widening
 from .buffers import reuse_or_new
 from .depthwise import (depthwise_conv_backward_reference, depthwise_conv_reference, depthwise_row,
                         depthwise_row_backward, kernel_rows, runs)
@@ -153,20 +154,26 @@ def _add_to(total, part):
 
 @njit(inline="always")
 def _add_statistics(y, sums, squares):
-    # sums[f] += y[p, f], squares[f] += y[p, f]**2 over the tile's rows p, in float64
+    # sums[j] += y[p, j], squares[j] += y[p, j]**2 over the tile's rows p: in y's dtype over the
+    # tile (a few hundred numbers a column), then once into the float64 totals
+    part, part_squares = np.zeros(y.shape[1], y.dtype), np.zeros(y.shape[1], y.dtype)
     for p in range(y.shape[0]):
-        for f in range(y.shape[1]):
-            v = np.float64(y[p, f])
-            sums[f] += v
-            squares[f] += v * v
+        for j in range(y.shape[1]):
+            v = y[p, j]
+            part[j] += v
+            part_squares[j] += v * v
+    for j in range(y.shape[1]):
+        sums[j] += part[j]
+        squares[j] += part_squares[j]
 
 
 @njit(cache=True, parallel=True)
 def _forward_kernel(x, kd_rows, kp, top, left, tile_rows, y, kept, sums, squares):
     # x (N, H, W*C) image rows as runs, kd_rows (kh, kw, Wo*C) (ops.depthwise's row kernels),
     # kp (C, F) -> y (N, Ho, Wo, F), one task per tile of tile_rows output rows. kept (N, Ho,
-    # Wo*C) gets d as well, or None (d stays in the tile); sums, squares (tasks, F) float64
-    # zeros, or None for no statistics.
+    # Wo*C) gets d as well, or None (d stays in the tile); sums, squares (tasks, k*F) float64
+    # zeros, the tile's rows summed k pixels at a time (ops.batchnorm.widening), or None for no
+    # statistics.
     ho_n, wo_n, f_n = y.shape[1], y.shape[2], y.shape[3]
     c_n, run = kp.shape[0], kd_rows.shape[2]
     tiles = (ho_n + tile_rows - 1) // tile_rows
@@ -179,7 +186,7 @@ def _forward_kernel(x, kd_rows, kp, top, left, tile_rows, y, kept, sums, squares
         tile = y[n, ho0:ho0 + rows].reshape(rows * wo_n, f_n)
         np.dot(d.reshape(rows * wo_n, c_n), kp, tile)                  # (pixels, C) @ (C, F)
         if sums is not None:
-            _add_statistics(tile, sums[task], squares[task])
+            _add_statistics(tile.reshape(-1, sums.shape[1]), sums[task], squares[task])
 
 
 @njit(cache=True, parallel=True)
@@ -240,11 +247,12 @@ def separable_conv2d_numba(x, depthwise_kernel, pointwise_kernel, pads, statisti
     kept = None if depthwise_out is None else _buffer(depthwise_out, (x.shape[0], ho, wo, c), x.dtype, "depthwise_out")
     tile_rows = _tile_rows(wo, c, f)
     tasks = x.shape[0] * -(-ho // tile_rows)
-    sums, squares = (np.zeros((tasks, f)), np.zeros((tasks, f))) if statistics else (None, None)
+    k = widening(wo, f)          # pixels a row of the sums' view; k divides Wo, so every tile's pixels
+    sums, squares = (np.zeros((tasks, k * f)), np.zeros((tasks, k * f))) if statistics else (None, None)
     with perf.kernel_threads(x.size * kh * kw):       # one thread for a small image
         _forward_kernel(runs(x), kd_rows, kp, pads[0][0], pads[1][0], tile_rows, y,
                         None if kept is None else runs(kept), sums, squares)
-    return (y, sums.sum(axis=0), squares.sum(axis=0)) if statistics else y
+    return (y, channel_sums(sums, k), channel_sums(squares, k)) if statistics else y
 
 
 def bind_separable_conv2d(x_shape, depthwise_kernel, pointwise_kernel, pads):
