@@ -251,6 +251,35 @@ def _finish(p, dropout, bits, threshold, drop_scale, add, residual, zero):
     return p, keep
 
 
+@njit(inline="always")
+def _window_row(zrow, w, count, cell, mean, scale, beta, before, after, yr, orow):
+    """The running maxima yr and their cells orow taken over one row of a window: the `count` cells
+    zrow[w:w + count], numbered from `cell`, strictly greater winning (the first max wins ties). A
+    row of three cells is one loop over the channels (entering a loop over a few channels costs
+    as much as running it), any other one loop per cell."""
+    if count != 3:
+        for k in range(count):
+            zr = zrow[w + k]
+            for c in range(yr.size):
+                u, _ = _normalized(zr[c], mean[c], scale[c], beta[c], before, after)
+                better = u > yr[c]
+                yr[c] = u if better else yr[c]
+                orow[c] = cell + k if better else orow[c]
+        return
+    z0, z1, z2 = zrow[w], zrow[w + 1], zrow[w + 2]
+    for c in range(yr.size):
+        u0 = _normalized(z0[c], mean[c], scale[c], beta[c], before, after)[0]
+        u1 = _normalized(z1[c], mean[c], scale[c], beta[c], before, after)[0]
+        u2 = _normalized(z2[c], mean[c], scale[c], beta[c], before, after)[0]
+        best, at = yr[c], np.int64(orow[c])
+        better = u0 > best
+        best, at = (u0 if better else best), (cell if better else at)
+        better = u1 > best
+        best, at = (u1 if better else best), (cell + 1 if better else at)
+        better = u2 > best
+        yr[c], orow[c] = (u2 if better else best), (cell + 2 if better else at)
+
+
 @njit(cache=True, parallel=True)
 def _pooled_forward_kernel(z, mean, scale, beta, before, after, kh, kw, sh, sw, top, left,
                            bits, threshold, drop_scale, residual, y, offsets, keep):
@@ -269,13 +298,8 @@ def _pooled_forward_kernel(z, mean, scale, beta, before, after, kh, kw, sh, sw, 
                 yr[c] = -np.inf
                 orow[c] = (h_lo - h0) * kw + (w_lo - w0)                  # the first real cell
             for h in range(h_lo, h_hi):                                   # row-major window order
-                for w in range(w_lo, w_hi):
-                    cell, zr = (h - h0) * kw + (w - w0), z[n, h, w]
-                    for c in range(c_n):
-                        u, _ = _normalized(zr[c], mean[c], scale[c], beta[c], before, after)
-                        better = u > yr[c]                                # strict: first max wins ties
-                        yr[c] = u if better else yr[c]
-                        orow[c] = cell if better else orow[c]
+                _window_row(z[n, h], w_lo, w_hi - w_lo, (h - h0) * kw + (w_lo - w0), mean, scale, beta, before,
+                            after, yr, orow)
             for c in range(c_n):
                 yr[c], k = _finish(yr[c], dropout, bits[n, ho, wo, c] if dropout else 0, threshold, drop_scale,
                                    add, residual[n, ho, wo, c] if add else zero, zero)
