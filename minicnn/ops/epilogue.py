@@ -353,19 +353,21 @@ def _pooled_sums_kernel(dy, z, offsets, keep, mean, scale, beta, before, after, 
 
 @njit(cache=True, parallel=True)
 def _pooled_dz_kernel(dy, z, offsets, keep, mean, scale, beta, before, after, cells, w_in, sh, sw, top, left,
-                      drop_scale, a, k, offset, dz):
+                      drop_scale, a, k, offset, dz, row_mean, row_k, row_offset):
     # one task per image (windows overlap: only its owner adds into it): dz = k * (v - mean) + offset
     # everywhere (0 where a before-ReLU is off), then a * du added at each window's max cell;
-    # z, dz (N, H*W*C) as in the sums
+    # z, dz (N, H*W*C) as in the sums; row_mean, row_k, row_offset: mean, k, offset repeated along
+    # an image row (W*C), so that the first pass runs one loop a row
     n_img, ho_n, wo_n, c_n = dy.shape
     dropout, zero = keep.size > 0, dz.dtype.type(0)
+    run = row_k.size
     for n in prange(n_img):
         zn, dn = z[n], dz[n]
-        for i in range(0, zn.size, c_n):
-            zr, dr = zn[i:i + c_n], dn[i:i + c_n]
-            for c in range(c_n):
-                _, vc = _normalized(zr[c], mean[c], scale[c], beta[c], before, after)
-                dr[c] = k[c] * vc + offset[c] if zr[c] > before else zero
+        for i in range(0, zn.size, run):
+            zr, dr = zn[i:i + run], dn[i:i + run]
+            for t in range(run):
+                v = before if zr[t] < before else zr[t]            # _normalized's v, NaN passing
+                dr[t] = row_k[t] * (v - row_mean[t]) + row_offset[t] if zr[t] > before else zero
         for ho in range(ho_n):
             for wo in range(wo_n):
                 corner = ((ho * sh - top) * w_in + wo * sw - left) * c_n
@@ -561,7 +563,8 @@ def backward_numba(spec, dy, z, offsets, keep, mean, inv_std, gamma, beta, train
     with perf.kernel_threads(z.size):
         sums_kernel(*args, sum_g, sum_g_vc)
         dgamma, dbeta, a, k, offset = _coefficients(sum_g, sum_g_vc, inv_std, gamma, z.size // c, training, z.dtype)
-        dz_kernel(*args, a, k, offset, dz_out)
+        along_rows = () if spec.pool is None else tuple(np.tile(v, z.shape[2]) for v in (channel[0], k, offset))
+        dz_kernel(*args, a, k, offset, dz_out, *along_rows)
     return dz, dgamma, dbeta
 
 
