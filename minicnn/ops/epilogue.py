@@ -353,11 +353,11 @@ def _pooled_sums_kernel(dy, z, offsets, keep, mean, scale, beta, before, after, 
 
 @njit(cache=True, parallel=True)
 def _pooled_dz_kernel(dy, z, offsets, keep, mean, scale, beta, before, after, cells, w_in, sh, sw, top, left,
-                      drop_scale, a, k, offset, dz, row_mean, row_k, row_offset):
+                      drop_scale, a, row_k, row_offset, dz, row_mean):
     # one task per image (windows overlap: only its owner adds into it): dz = k * (v - mean) + offset
     # everywhere (0 where a before-ReLU is off), then a * du added at each window's max cell;
-    # z, dz (N, H*W*C) as in the sums; row_mean, row_k, row_offset: mean, k, offset repeated along
-    # an image row (W*C), so that the first pass runs one loop a row
+    # z, dz (N, H*W*C) as in the sums; row_k, row_offset, row_mean: k, offset and mean repeated
+    # along an image row (W*C), so that the first pass runs one loop a row
     n_img, ho_n, wo_n, c_n = dy.shape
     dropout, zero = keep.size > 0, dz.dtype.type(0)
     run = row_k.size
@@ -563,8 +563,11 @@ def backward_numba(spec, dy, z, offsets, keep, mean, inv_std, gamma, beta, train
     with perf.kernel_threads(z.size):
         sums_kernel(*args, sum_g, sum_g_vc)
         dgamma, dbeta, a, k, offset = _coefficients(sum_g, sum_g_vc, inv_std, gamma, z.size // c, training, z.dtype)
-        along_rows = () if spec.pool is None else tuple(np.tile(v, z.shape[2]) for v in (channel[0], k, offset))
-        dz_kernel(*args, a, k, offset, dz_out, *along_rows)
+        if spec.pool is None:
+            dz_kernel(*args, a, k, offset, dz_out)
+        else:                           # its first pass runs one loop a row: k, offset, mean repeated along it
+            row_k, row_offset, row_mean = (np.tile(v, z.shape[2]) for v in (k, offset, channel[0]))
+            dz_kernel(*args, a, row_k, row_offset, dz_out, row_mean)
     return dz, dgamma, dbeta
 
 

@@ -247,7 +247,7 @@ def separable_conv2d_numba(x, depthwise_kernel, pointwise_kernel, pads, statisti
     kept = None if depthwise_out is None else _buffer(depthwise_out, (x.shape[0], ho, wo, c), x.dtype, "depthwise_out")
     tile_rows = _tile_rows(wo, c, f)
     tasks = x.shape[0] * -(-ho // tile_rows)
-    k = widening(wo, f)          # pixels a row of the sums' view; k divides Wo, so every tile's pixels
+    k = widening(wo, f)          # k pixels a row of the sums' view (k divides Wo, so every tile's pixels)
     sums, squares = (np.zeros((tasks, k * f)), np.zeros((tasks, k * f))) if statistics else (None, None)
     with perf.kernel_threads(x.size * kh * kw):       # one thread for a small image
         _forward_kernel(runs(x), kd_rows, kp, pads[0][0], pads[1][0], tile_rows, y,
