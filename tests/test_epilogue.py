@@ -9,7 +9,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from minicnn import backend, gradcheck
+from minicnn import backend, gradcheck, perf
 from minicnn.layers import Activation, Add, BatchNormalization, Dropout, MaxPooling2D
 from minicnn.ops import elementwise
 from minicnn.ops import epilogue as E
@@ -113,6 +113,23 @@ def test_numba_sums_over_many_rows_a_block_agree_with_the_reference(block):
             assert_close(a, e, dtype, tight=1e-10)
         for a, e in zip(E.moments_numba(z, relu == "before"), E.moments_reference(z, relu == "before")):
             assert_close(a, e, dtype, tight=1e-11)
+
+
+@pytest.mark.parametrize("relu,pool,dropout,residual", [b for b in ALL_BLOCKS if b[1] != "none"])
+def test_pooled_kernels_on_all_threads_agree_with_the_reference(relu, pool, dropout, residual):
+    # a batch this size runs on numba's threads (perf.PARALLEL_MIN_SIZE): each thread starts mid-batch
+    spec = spec_of(relu, pool, 12, 13)
+    z_shape = (48, 12, 13, 24)
+    assert np.prod(z_shape) >= perf.PARALLEL_MIN_SIZE
+    z, mean, inv_std, gamma, beta, bits, res, dy = block_inputs(spec, z_shape, np.float32, 5, dropout, residual)
+    expected = E.forward_reference(spec, z, mean, inv_std, gamma, beta, bits, res)
+    actual = E.forward_numba(spec, z, mean, inv_std, gamma, beta, bits, res)
+    assert_close(actual[0], expected[0], np.float32)
+    assert_same_cache(actual, expected)
+    offsets, keep = expected[1:]
+    for a, e in zip(E.backward_numba(spec, dy, z, offsets, keep, mean, inv_std, gamma, beta, True),
+                    E.backward_reference(spec, dy, z, offsets, keep, mean, inv_std, gamma, beta, True)):
+        assert_close(a, e, np.float32)
 
 
 @pytest.mark.parametrize("relu", [False, True])
