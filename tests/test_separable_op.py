@@ -45,6 +45,19 @@ def close(dtype):
     return dict(rtol=1e-12, atol=1e-12) if dtype == np.float64 else dict(rtol=1e-4, atol=1e-4)
 
 
+def test_statistics_of_a_batch_on_all_threads():
+    # mini-Xception's first separable layer at batch 8: numba's threads, tiles of whole rows, the
+    # sums taken 4 pixels a row (ops.batchnorm.widening) in float32 within a tile
+    case = dict(n=8, h=44, w=44, c=8, f=16, kernel_size=(3, 3), padding="same", seed=3)
+    x, kd, kp, pads, _ = arrays(case, np.float32)
+    assert x.size * 9 >= perf.PARALLEL_MIN_SIZE
+    y, sums, squares = separable.separable_conv2d_numba(x, kd, kp, pads, statistics=True)
+    y64 = separable.separable_conv2d_reference(x.astype(np.float64), kd, kp, pads).reshape(-1, case["f"])
+    np.testing.assert_allclose(y, y64.reshape(y.shape), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(sums, y64.sum(axis=0), rtol=1e-5, atol=1e-2)
+    np.testing.assert_allclose(squares, (y64 ** 2).sum(axis=0), rtol=1e-5)
+
+
 @settings(max_examples=40, deadline=None)
 @given(cases(), st.sampled_from([np.float64, np.float32]))
 def test_forward_naive_reference_numba_agree(case, dtype):
