@@ -1,4 +1,6 @@
-"""Shared fixtures: where the read-only shared data (FER2013, reference weights) lives.
+"""Shared fixtures: where the read-only shared data (FER2013, reference weights) lives; and the
+scripts' process settings (fer/process.py), so that the test processes and the scripts they start
+compile numba's kernels for the same CPU features, once.
 
 $FER_SHARED_DIR points at it; the default is the `shared` folder next to the repository.
 Tests that need it skip when it is missing, or fail when FER_REQUIRE_SHARED=1 (for CI
@@ -7,8 +9,12 @@ machines that must run them).
 import os
 from pathlib import Path
 
-import pytest
-from hypothesis import settings
+from fer.process import set_environment
+
+set_environment()      # the scripts' settings, before NumPy and numba load: the tests' kernels compile as theirs
+
+import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
 
 # CI runs a fixed set of hypothesis examples (the ones a developer ran with CI=true), so a
 # submission's CI result does not depend on which random shapes that run happened to draw.
