@@ -12,6 +12,8 @@ matrix costs more memory traffic than the arithmetic. Here a task copies the inp
 output rows into a small channel-major tile that stays in cache and multiply-adds straight into
 z (and dK, dx) in long vectorized loops (see the numba section); `direct_pays`
 (perf.DIRECT_CONV_*) says for which shapes this wins, measured by benchmarks/kernels_direct_conv.py.
+Eight channels in and out at stride 1 in float32 go pixel by pixel instead, a pixel's eight
+filters in one vector register (ops/pixel_conv.py).
 
 `moments=` (a (2, F) float64 array): the forward also writes each output channel's sum and sum
 of squares over N, Ho, Wo into it, so a BatchNormalization that follows needs no pass of its
@@ -437,6 +439,16 @@ def _buffer(out, shape, dtype, name):
     return reuse_or_new(out, shape, dtype, f"direct_conv2d: {name}")
 
 
+def _pixel_conv(dtype, kernel_shape, strides):
+    """ops.pixel_conv for the layers it takes (float32, stride 1, eight channels in and out: one
+    vector register a pixel), else None. Imported at first use: it defines a numba type, and
+    MINICNN_REFERENCE=1 runs without numba."""
+    if np.dtype(dtype) != np.float32 or tuple(strides) != (1, 1) or tuple(kernel_shape[2:]) != (8, 8):
+        return None
+    from . import pixel_conv
+    return pixel_conv
+
+
 def tile_geometry(kernel_shape, strides, ho, wo):
     """(rows, Wq, L): output rows per tile (rows*Wq about perf.DIRECT_CONV_TILE), the run width
     Wq = Wo + (kw-1)//sw and the length L of one phase of a tile's input copy."""
@@ -462,6 +474,8 @@ def direct_conv2d_numba(x, kernel, strides, pads, out=None, moments=None):
     kh, kw, _, f = kernel.shape
     ho, wo = output_hw(h, w, (kh, kw), strides, pads)
     z = _buffer(out, (n, ho, wo, f), x.dtype, "out")
+    if (pixel := _pixel_conv(x.dtype, kernel.shape, strides)) is not None:
+        return pixel.pixel_conv2d(x, kernel, pads, z, moments)
     rows, xts, accs = _forward_scratch(x.shape, kernel.shape, strides, ho, wo, x.dtype)
     per_block = None if moments is None else np.zeros((len(xts), 2, f))
     with perf.kernel_threads(z.size * kh * kw):         # one thread for a small batch
@@ -483,6 +497,8 @@ def bind_direct_conv2d(x_shape, kernel, strides, pads):
     """direct_conv2d_numba for inputs of x_shape (in the kernel's dtype), its output and scratch
     made once: run(x) -> z, the same array every call (compiler/plan.py)."""
     kernel = np.ascontiguousarray(kernel)
+    if (pixel := _pixel_conv(kernel.dtype, kernel.shape, strides)) is not None:
+        return pixel.bind_pixel_conv2d(x_shape, kernel, pads)
     kh, kw, _, f = kernel.shape
     ho, wo = output_hw(x_shape[1], x_shape[2], (kh, kw), strides, pads)
     z = np.empty((x_shape[0], ho, wo, f), kernel.dtype)
@@ -499,6 +515,8 @@ def direct_conv2d_backward_numba(dz, x, kernel, strides, pads, need_input_gradie
     x = np.ascontiguousarray(x)
     kernel = np.ascontiguousarray(kernel, dtype=x.dtype)
     dz = np.ascontiguousarray(dz, dtype=x.dtype)
+    if (pixel := _pixel_conv(x.dtype, kernel.shape, strides)) is not None:
+        return pixel.pixel_conv2d_backward(dz, x, kernel, pads, need_input_gradient)
     n, ho, wo, f = dz.shape
     rows, wq, length = tile_geometry(kernel.shape, strides, ho, wo)
     blocks = min(BLOCKS, n)

@@ -1,0 +1,181 @@
+"""Eight float32 numbers in one vector register, as a value numba kernels can hold: `Lanes`.
+
+LLVM vectorizes a long loop over one array by itself, but not a short loop over a pixel's
+channels: there every iteration pays for its loads, index arithmetic and loop test. A kernel
+that keeps a pixel's eight filters in one register says so here instead:
+
+    acc = zeros(8)                                   # eight registers, eight pixels' outputs
+    acc = broadcast_multiply_add(acc, x, p, C, k)    # acc[m] += x[p + m*C] * k[0:8], every m
+    store_all(acc, z, q, 8)                          # z[q + m*8 : q + m*8 + 8] = acc[m]
+
+A tuple of Lanes is a block of registers (LLVM keeps it out of memory while it fits in the
+CPU's vector registers); its length is a constant the kernel is compiled for (`zeros(count)`
+takes a literal). Each function below is a numba intrinsic: it compiles to the few LLVM
+instructions its docstring names and runs only inside @njit code. Arrays are 1-D C-contiguous
+float32 (other arrays are a typing error); there are no bounds checks: the kernel's own loops
+keep every index inside its arrays, and its tests run every edge of them.
+"""
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic, models, register_model
+
+WIDTH = 8                              # lanes: 256 bits of float32 (AVX2; an AVX-512 register holds two)
+VECTOR = ir.VectorType(ir.FloatType(), WIDTH)
+INDEX = ir.IntType(32)
+
+
+class Lanes(types.Type):
+    """numba's type for eight float32 lanes."""
+
+    def __init__(self):
+        super().__init__(name="Lanes")
+
+
+lanes = Lanes()
+
+
+@register_model(Lanes)
+class LanesModel(models.PrimitiveModel):
+    """Stored as LLVM's <8 x float>: one register."""
+
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, VECTOR)
+
+
+def _flat_float32(array):
+    """Whether `array` is a type the intrinsics accept: 1-D C-contiguous float32."""
+    return isinstance(array, types.Array) and array.dtype == types.float32 and array.ndim == 1 and array.layout == "C"
+
+
+def _pointer(context, builder, array_type, array, index, to_vector=True):
+    """The address of array[index], as a pointer to eight lanes (or to one float)."""
+    address = builder.gep(context.make_array(array_type)(context, builder, array).data, [index])
+    return builder.bitcast(address, VECTOR.as_pointer()) if to_vector else address
+
+
+def _index(builder, start, step, m):
+    """start + m*step, in the index's own integer type."""
+    return builder.add(start, builder.mul(step, ir.Constant(step.type, m)))
+
+
+def _broadcast(builder, number):
+    """<number, number, ..., number>."""
+    first = builder.insert_element(ir.Constant(VECTOR, ir.Undefined), number, ir.Constant(INDEX, 0))
+    return builder.shuffle_vector(first, ir.Constant(VECTOR, ir.Undefined), ir.Constant(ir.VectorType(INDEX, WIDTH),
+                                                                                      [0] * WIDTH))
+
+
+def _fma(builder):
+    """LLVM's fused multiply-add on eight lanes, a * b + c, declared once per module."""
+    module = builder.module
+    return (module.globals.get("llvm.fma.v8f32")
+            or ir.Function(module, ir.FunctionType(VECTOR, [VECTOR] * 3), name="llvm.fma.v8f32"))
+
+
+@intrinsic(prefer_literal=True)
+def zeros(typingctx, count):
+    """A tuple of `count` Lanes, all zero (count: a literal integer)."""
+    if not isinstance(count, types.IntegerLiteral):
+        return None
+    block = types.UniTuple(lanes, count.literal_value)
+
+    def codegen(context, builder, signature, args):
+        value = ir.Constant(context.get_value_type(block), ir.Undefined)
+        for m in range(block.count):
+            value = builder.insert_value(value, ir.Constant(VECTOR, [0.0] * WIDTH), m)
+        return value
+    return block(count), codegen
+
+
+@intrinsic
+def load(typingctx, array, index):
+    """array[index:index + 8] as Lanes (one unaligned vector load)."""
+    if not _flat_float32(array):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.load(_pointer(context, builder, signature.args[0], *args), align=4)
+    return lanes(array, index), codegen
+
+
+@intrinsic
+def broadcast_multiply_add(typingctx, block, array, start, step, vector):
+    """The block with block[m] + array[start + m*step] * vector in each of its Lanes: one
+    broadcast load and one fused multiply-add each."""
+    if not (isinstance(block, types.UniTuple) and block.dtype == lanes and _flat_float32(array)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        value, array_value, first, step_value, factor = args
+        fma = _fma(builder)
+        for m in range(block.count):
+            address = _pointer(context, builder, signature.args[1], array_value,
+                               _index(builder, first, step_value, m), to_vector=False)
+            term = _broadcast(builder, builder.load(address))
+            value = builder.insert_value(value, builder.call(fma, [term, factor, builder.extract_value(value, m)]), m)
+        return value
+    return block(block, array, start, step, vector), codegen
+
+
+@intrinsic
+def add_squares(typingctx, sums, squares, block):
+    """(sums + sum_m block[m], squares + sum_m block[m]**2): two Lanes of per-lane totals."""
+    if not (sums == lanes and squares == lanes and isinstance(block, types.UniTuple) and block.dtype == lanes):
+        return None
+    pair = types.UniTuple(lanes, 2)
+
+    def codegen(context, builder, signature, args):
+        total, total_squares, value = args
+        fma = _fma(builder)
+        for m in range(block.count):
+            vector = builder.extract_value(value, m)
+            total = builder.fadd(total, vector)
+            total_squares = builder.call(fma, [vector, vector, total_squares])
+        return context.make_tuple(builder, pair, (total, total_squares))
+    return pair(sums, squares, block), codegen
+
+
+def _store_block(add):
+    """The codegen of store_all (add=False) or add_all_into (add=True)."""
+    def codegen(context, builder, signature, args):
+        value, array_value, first, step_value = args
+        for m in range(signature.args[0].count):
+            address = _pointer(context, builder, signature.args[1], array_value, _index(builder, first, step_value, m))
+            vector = builder.extract_value(value, m)
+            if add:
+                vector = builder.fadd(builder.load(address, align=4), vector)
+            builder.store(vector, address, align=4)
+        return context.get_dummy_value()
+    return codegen
+
+
+def _block_and_array(block, array):
+    return isinstance(block, types.UniTuple) and block.dtype == lanes and _flat_float32(array)
+
+
+@intrinsic
+def store_all(typingctx, block, array, start, step):
+    """array[start + m*step : start + m*step + 8] = block[m], for every m."""
+    if not _block_and_array(block, array):
+        return None
+    return types.none(block, array, start, step), _store_block(add=False)
+
+
+@intrinsic
+def add_all_into(typingctx, block, array, start, step):
+    """array[start + m*step : start + m*step + 8] += block[m], for every m."""
+    if not _block_and_array(block, array):
+        return None
+    return types.none(block, array, start, step), _store_block(add=True)
+
+
+@intrinsic
+def store(typingctx, vector, array, index):
+    """array[index:index + 8] = vector."""
+    if not (vector == lanes and _flat_float32(array)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        builder.store(args[0], _pointer(context, builder, signature.args[1], args[1], args[2]), align=4)
+        return context.get_dummy_value()
+    return types.none(vector, array, index), codegen
