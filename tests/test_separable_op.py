@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from minicnn import SeparableConv2D, backend, perf
 from minicnn.gradcheck import numeric_gradient
-from minicnn.ops import separable
+from minicnn.ops import pointwise, separable
 from minicnn.ops.depthwise import depthwise_conv_reference
 from minicnn.ops.padding import conv_geometry
 
@@ -180,5 +180,5 @@ def test_bad_shapes_and_buffers_are_errors_naming_them():
 
 def test_tiles_keep_products_on_one_blas_thread():
     for wo, c, f in [(44, 8, 16), (11, 64, 64), (6, 128, 128)]:
-        rows = separable._tile_rows(wo, c, f)
+        rows = pointwise.tile_rows(wo, c, f)
         assert rows >= 1 and (rows == 1 or rows * wo * c * f <= perf.OPENBLAS_ONE_THREAD_WORK)

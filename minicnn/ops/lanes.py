@@ -47,6 +47,11 @@ def _flat_float32(array):
     return isinstance(array, types.Array) and array.dtype == types.float32 and array.ndim == 1 and array.layout == "C"
 
 
+def _block_and_array(block, array):
+    """Whether `block` is a tuple of Lanes and `array` one the intrinsics accept."""
+    return isinstance(block, types.UniTuple) and block.dtype == lanes and _flat_float32(array)
+
+
 def _pointer(context, builder, array_type, array, index, to_vector=True):
     """The address of array[index], as a pointer to eight lanes (or to one float)."""
     address = builder.gep(context.make_array(array_type)(context, builder, array).data, [index])
@@ -88,6 +93,14 @@ def zeros(typingctx, count):
 
 
 @intrinsic
+def zero(typingctx):
+    """One Lanes of zeros."""
+    def codegen(context, builder, signature, args):
+        return ir.Constant(VECTOR, [0.0] * WIDTH)
+    return lanes(), codegen
+
+
+@intrinsic
 def load(typingctx, array, index):
     """array[index:index + 8] as Lanes (one unaligned vector load)."""
     if not _flat_float32(array):
@@ -115,6 +128,57 @@ def broadcast_multiply_add(typingctx, block, array, start, step, vector):
             value = builder.insert_value(value, builder.call(fma, [term, factor, builder.extract_value(value, m)]), m)
         return value
     return block(block, array, start, step, vector), codegen
+
+
+@intrinsic
+def multiply_add_loads(typingctx, block, array, start, step, vector):
+    """The block with block[m] + array[start + m*step : +8] * vector in each of its Lanes: one
+    vector load and one fused multiply-add each."""
+    if not _block_and_array(block, array) or vector != lanes:
+        return None
+
+    def codegen(context, builder, signature, args):
+        value, array_value, first, step_value, factor = args
+        fma = _fma(builder)
+        for m in range(block.count):
+            address = _pointer(context, builder, signature.args[1], array_value, _index(builder, first, step_value, m))
+            term = builder.load(address, align=4)
+            value = builder.insert_value(value, builder.call(fma, [term, factor, builder.extract_value(value, m)]), m)
+        return value
+    return block(block, array, start, step, vector), codegen
+
+
+@intrinsic
+def dot_loads(typingctx, block, array, start, step, total):
+    """total + sum_m block[m] * array[start + m*step : +8]: a weighted sum of loads, in Lanes."""
+    if not _block_and_array(block, array) or total != lanes:
+        return None
+
+    def codegen(context, builder, signature, args):
+        value, array_value, first, step_value, result = args
+        fma = _fma(builder)
+        for m in range(block.count):
+            address = _pointer(context, builder, signature.args[1], array_value, _index(builder, first, step_value, m))
+            result = builder.call(fma, [builder.extract_value(value, m), builder.load(address, align=4), result])
+        return result
+    return lanes(block, array, start, step, total), codegen
+
+
+@intrinsic(prefer_literal=True)
+def load_all(typingctx, array, start, step, count):
+    """(array[start : +8], array[start + step : +8], ...): `count` Lanes (a literal integer)."""
+    if not (_flat_float32(array) and isinstance(count, types.IntegerLiteral)):
+        return None
+    block = types.UniTuple(lanes, count.literal_value)
+
+    def codegen(context, builder, signature, args):
+        array_value, first, step_value, _ = args
+        value = ir.Constant(context.get_value_type(block), ir.Undefined)
+        for m in range(block.count):
+            address = _pointer(context, builder, signature.args[0], array_value, _index(builder, first, step_value, m))
+            value = builder.insert_value(value, builder.load(address, align=4), m)
+        return value
+    return block(array, start, step, count), codegen
 
 
 @intrinsic
@@ -149,10 +213,6 @@ def _store_block(add):
     return codegen
 
 
-def _block_and_array(block, array):
-    return isinstance(block, types.UniTuple) and block.dtype == lanes and _flat_float32(array)
-
-
 @intrinsic
 def store_all(typingctx, block, array, start, step):
     """array[start + m*step : start + m*step + 8] = block[m], for every m."""
@@ -167,6 +227,17 @@ def add_all_into(typingctx, block, array, start, step):
     if not _block_and_array(block, array):
         return None
     return types.none(block, array, start, step), _store_block(add=True)
+
+
+@intrinsic
+def add(typingctx, a, b):
+    """a + b, lane by lane."""
+    if not (a == lanes and b == lanes):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.fadd(*args)
+    return lanes(a, b), codegen
 
 
 @intrinsic

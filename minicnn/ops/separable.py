@@ -19,7 +19,7 @@ Backward, with g = dy seen as rows r = (n, h, w):
 and ops/depthwise.py's rule takes dd to ddepthwise and dx (dx skipped, None, with
 need_input_gradient=False).
 
-The kernels work on tiles of whole output rows of one image, about TILE_PIXELS pixels: the
+The kernels work on tiles of whole output rows of one image, about ops.pointwise.TILE_PIXELS pixels: the
 tile of d (and of dd) is made in a small buffer that stays in cache and is used at once, so
 d is never written to memory as a whole; each of its rows is made by ops.depthwise's row
 kernel (an image row as one run of W*C numbers, one long loop per tap). The backward
@@ -39,8 +39,8 @@ from .depthwise import (depthwise_conv_backward_reference, depthwise_conv_refere
                         depthwise_row_backward, kernel_rows, runs)
 from .im2col import output_hw
 from .jit import njit, numba_dot_runs, pick, prange
+from .pointwise import add_statistics, backward_products, tile_rows
 
-TILE_PIXELS = 256    # output pixels per tile (rounded to whole rows): its d fits in the L1 cache
 BLOCKS = 8           # the backward's blocks of images, each with its own kernel-gradient partial sums
 
 
@@ -139,32 +139,7 @@ def separable_conv2d_backward_reference(dy, x, depthwise_kernel, pointwise_kerne
 # The row loops (ops.depthwise.depthwise_row and its backward) are inlined into the parallel
 # loop's body (inline="always"), where LLVM vectorizes them. numba checks its cache of these
 # kernels against this file alone: after editing those row loops, touch this file to recompile.
-# The tile's pointwise products are np.dot calls (OpenBLAS through scipy, as numba does it): no
-# loop written in numba comes near them. Tiles stay within perf.OPENBLAS_ONE_THREAD_WORK multiply-adds, so that OpenBLAS
-# runs each on the calling thread: a larger one would wake OpenBLAS's own threads inside numba's.
-
-
-@njit(inline="always")
-def _add_to(total, part):
-    # total += part, in loops (an array expression in a prange body would be a parallel loop of its own)
-    for i in range(total.shape[0]):
-        for j in range(total.shape[1]):
-            total[i, j] += part[i, j]
-
-
-@njit(inline="always")
-def _add_statistics(y, sums, squares):
-    # sums[j] += y[p, j], squares[j] += y[p, j]**2 over the tile's rows p: in y's dtype over the
-    # tile (a few hundred numbers a column), then once into the float64 totals
-    part, part_squares = np.zeros(y.shape[1], y.dtype), np.zeros(y.shape[1], y.dtype)
-    for p in range(y.shape[0]):
-        for j in range(y.shape[1]):
-            v = y[p, j]
-            part[j] += v
-            part_squares[j] += v * v
-    for j in range(y.shape[1]):
-        sums[j] += part[j]
-        squares[j] += part_squares[j]
+# The tiles' pointwise products and statistics are ops.pointwise's.
 
 
 @njit(cache=True, parallel=True)
@@ -186,7 +161,7 @@ def _forward_kernel(x, kd_rows, kp, top, left, tile_rows, y, kept, sums, squares
         tile = y[n, ho0:ho0 + rows].reshape(rows * wo_n, f_n)
         np.dot(d.reshape(rows * wo_n, c_n), kp, tile)                  # (pixels, C) @ (C, F)
         if sums is not None:
-            _add_statistics(tile.reshape(-1, sums.shape[1]), sums[task], squares[task])
+            add_statistics(tile.reshape(-1, sums.shape[1]), sums[task], squares[task])
 
 
 @njit(cache=True, parallel=True)
@@ -212,27 +187,53 @@ def _backward_kernel(dy, x, kd_rows, kpt, top, left, tile_rows, kept, dx, dkd_ro
                 if kept is None:
                     for r in range(rows):
                         depthwise_row(x, n, ho0 + r, kd_rows, c_n, top, left, d[r])
-                _add_to(dkp[b], np.dot(d.reshape(rows * wo_n, c_n).T, g))     # (C, pixels) @ (pixels, F)
-                np.dot(g, kpt, dd[:rows].reshape(rows * wo_n, c_n))            # (pixels, F) @ (F, C)
+                backward_products(d.reshape(rows * wo_n, c_n), g, kpt, dkp[b], dd[:rows].reshape(rows * wo_n, c_n))
                 for r in range(rows):
                     depthwise_row_backward(x, n, ho0 + r, kd_rows, c_n, top, left, dd[r], dkd_rows[b], dx)
-
-
-def _tile_rows(wo, c, f):
-    """Output rows per tile: about TILE_PIXELS pixels and products of at most
-    perf.OPENBLAS_ONE_THREAD_WORK multiply-adds, but at least one row."""
-    return max(1, min(TILE_PIXELS, perf.OPENBLAS_ONE_THREAD_WORK // (c * f)) // wo)
 
 
 def _buffer(out, shape, dtype, what):
     return reuse_or_new(out, shape, dtype, f"separable_conv2d: {what}")
 
 
-def _kernels(depthwise_kernel, pointwise_kernel, wo, dtype):
-    """The kernels as the numba kernels read them, in x's dtype: kd_rows (kh, kw, Wo*C), the
-    depthwise taps repeated along an output row (ops.depthwise.kernel_rows), and kp (C, F)."""
-    kp = np.ascontiguousarray(pointwise_kernel.reshape(depthwise_kernel.shape[2], -1), dtype=dtype)
-    return kernel_rows(depthwise_kernel, wo, dtype), kp
+def _pointwise(pointwise_kernel, c, dtype):
+    """kp (C, F) in x's dtype, as the kernels read it."""
+    return np.ascontiguousarray(pointwise_kernel.reshape(c, -1), dtype=dtype)
+
+
+def _lanes_kernels(dtype, depthwise_kernel_shape):
+    """ops.separable_lanes where it takes the layer (float32, 3x3, a multiple of eight channels:
+    eight channels a vector register), else None. Imported at first use: it defines a numba
+    type, and MINICNN_REFERENCE=1 runs without numba."""
+    from . import separable_lanes
+    return separable_lanes if separable_lanes.takes(dtype, depthwise_kernel_shape) else None
+
+
+def _forward_runner(depthwise_kernel, wo, dtype):
+    """run(x_runs, kp, top, left, tile_rows, y, kept, sums, squares): the forward kernel that takes
+    the layer, its depthwise taps made once (ops.separable_lanes' flat taps, else
+    ops.depthwise.kernel_rows, the taps repeated along an output row)."""
+    lanes = _lanes_kernels(dtype, depthwise_kernel.shape)
+    if lanes is not None:
+        taps = lanes.flat_taps(depthwise_kernel)
+        return lambda x, *rest: lanes.forward_kernel(x, taps, *rest)
+    rows = kernel_rows(depthwise_kernel, wo, dtype)
+    return lambda x, *rest: _forward_kernel(x, rows, *rest)
+
+
+def _depthwise_gradient(dy, x, depthwise_kernel, kpt, pads, kept, dx, dkp):
+    """Run the backward kernel that takes the layer (dkp, dx filled); returns ddepthwise (kh, kw, C)."""
+    kh, kw, c, _ = depthwise_kernel.shape
+    blocks, wo, top, left = dkp.shape[0], dy.shape[2], pads[0][0], pads[1][0]
+    rows = tile_rows(wo, c, kpt.shape[0])
+    lanes = _lanes_kernels(x.dtype, depthwise_kernel.shape)
+    if lanes is not None:
+        sums = np.zeros((blocks, kh * kw * c), x.dtype)
+        lanes.backward_kernel(dy, x, lanes.flat_taps(depthwise_kernel), kpt, top, left, rows, kept, dx, sums, dkp)
+        return sums.sum(axis=0).reshape(kh, kw, c)
+    sums = np.zeros((blocks, kh, kw, wo * c), x.dtype)
+    _backward_kernel(dy, x, kernel_rows(depthwise_kernel, wo, x.dtype), kpt, top, left, rows, kept, dx, sums, dkp)
+    return sums.sum(axis=0).reshape(kh, kw, wo, c).sum(axis=2)          # the row sums, over Wo
 
 
 def separable_conv2d_numba(x, depthwise_kernel, pointwise_kernel, pads, statistics=False, out=None,
@@ -242,16 +243,16 @@ def separable_conv2d_numba(x, depthwise_kernel, pointwise_kernel, pads, statisti
     kh, kw, c, f = _check(x.shape, depthwise_kernel, pointwise_kernel)
     x = np.ascontiguousarray(x)
     ho, wo = output_hw(x.shape[1], x.shape[2], (kh, kw), (1, 1), pads)
-    kd_rows, kp = _kernels(depthwise_kernel, pointwise_kernel, wo, x.dtype)
+    run = _forward_runner(depthwise_kernel, wo, x.dtype)
     y = _buffer(out, (x.shape[0], ho, wo, f), x.dtype, "out")
     kept = None if depthwise_out is None else _buffer(depthwise_out, (x.shape[0], ho, wo, c), x.dtype, "depthwise_out")
-    tile_rows = _tile_rows(wo, c, f)
-    tasks = x.shape[0] * -(-ho // tile_rows)
+    rows = tile_rows(wo, c, f)
+    tasks = x.shape[0] * -(-ho // rows)
     k = widening(wo, f)          # k pixels a row of the sums' view (k divides Wo, so every tile's pixels)
     sums, squares = (np.zeros((tasks, k * f)), np.zeros((tasks, k * f))) if statistics else (None, None)
     with perf.kernel_threads(x.size * kh * kw):       # one thread for a small image
-        _forward_kernel(runs(x), kd_rows, kp, pads[0][0], pads[1][0], tile_rows, y,
-                        None if kept is None else runs(kept), sums, squares)
+        run(runs(x), _pointwise(pointwise_kernel, c, x.dtype), pads[0][0], pads[1][0], rows, y,
+            None if kept is None else runs(kept), sums, squares)
     return (y, channel_sums(sums, k), channel_sums(squares, k)) if statistics else y
 
 
@@ -260,13 +261,12 @@ def bind_separable_conv2d(x_shape, depthwise_kernel, pointwise_kernel, pads):
     the kernel reads them made once: run(x) -> y, the same array every call (compiler/plan.py)."""
     kh, kw, c, f = _check(x_shape, depthwise_kernel, pointwise_kernel)
     ho, wo = output_hw(x_shape[1], x_shape[2], (kh, kw), (1, 1), pads)
-    kd_rows, kp = _kernels(depthwise_kernel, pointwise_kernel, wo, pointwise_kernel.dtype)
+    forward, kp = _forward_runner(depthwise_kernel, wo, pointwise_kernel.dtype), _pointwise(pointwise_kernel, c, pointwise_kernel.dtype)
     y = np.empty((x_shape[0], ho, wo, f), pointwise_kernel.dtype)
-    tile_rows = _tile_rows(wo, c, f)
+    rows = tile_rows(wo, c, f)
 
     def run(x):
-        _forward_kernel(runs(np.ascontiguousarray(x)), kd_rows, kp, pads[0][0], pads[1][0], tile_rows, y,
-                        None, None, None)
+        forward(runs(np.ascontiguousarray(x)), kp, pads[0][0], pads[1][0], rows, y, None, None, None)
         return y
     return run
 
@@ -279,15 +279,12 @@ def separable_conv2d_backward_numba(dy, x, depthwise_kernel, pointwise_kernel, p
     x = np.ascontiguousarray(x)
     dy = np.ascontiguousarray(dy, dtype=x.dtype)
     n, ho, wo = dy.shape[:3]
-    kd_rows, kp = _kernels(depthwise_kernel, pointwise_kernel, wo, x.dtype)
+    kpt = np.ascontiguousarray(_pointwise(pointwise_kernel, c, x.dtype).T)             # (F, C)
     kept = None if depthwise is None else runs(_buffer(depthwise, (n, ho, wo, c), x.dtype, "depthwise"))
     dx = _buffer(out, x.shape, x.dtype, "out") if need_input_gradient else None    # zeroed by the kernel
-    blocks = min(n, BLOCKS)
-    dkd_rows, dkp = np.zeros((blocks, kh, kw, wo * c), x.dtype), np.zeros((blocks, c, f), x.dtype)
+    dkp = np.zeros((min(n, BLOCKS), c, f), x.dtype)
     with perf.kernel_threads(x.size * kh * kw):
-        _backward_kernel(dy, runs(x), kd_rows, np.ascontiguousarray(kp.T), pads[0][0], pads[1][0],
-                         _tile_rows(wo, c, f), kept, None if dx is None else runs(dx), dkd_rows, dkp)
-    dkd = dkd_rows.sum(axis=0).reshape(kh, kw, wo, c).sum(axis=2)          # the row sums, over Wo
+        dkd = _depthwise_gradient(dy, runs(x), depthwise_kernel, kpt, pads, kept, None if dx is None else runs(dx), dkp)
     return dx, dkd.reshape(depthwise_kernel.shape), dkp.sum(axis=0).reshape(pointwise_kernel.shape)
 
 
