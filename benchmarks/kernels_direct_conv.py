@@ -12,7 +12,11 @@ medians of `--repeats`:
   - backward (batch 64): `direct_conv2d_backward` against `conv.conv2d_backward`, without dx for a
     layer that reads the model's input (as training runs it);
 and prints each ratio conv / direct (> 1: direct is faster) and what `direct_pays` picks (for
-training at batch 64, for inference at batch 1). This table chose perf.DIRECT_CONV_*; record
+training at batch 64, for inference at batch 1). A second table times, for the layers
+ops.pixel_conv takes (eight channels in and out), the direct kernels channel-major
+(perf.LANE_KERNELS off) against pixel by pixel (on), the same passes in turns: the ratio
+channel-major / pixel (> 1: pixel by pixel is faster). These tables chose perf.DIRECT_CONV_* and
+perf.LANE_KERNELS; record
 its figures in benchmarks/RESULTS.md with the machine, date and command. The machine may be busy: trust ratios, not absolute times. On a machine
 shared with other jobs a parallel kernel waits for its slowest, descheduled thread: `--threads 1
 --clock cpu` (this process's CPU time) compares the work each version does instead.
@@ -86,6 +90,43 @@ def time_layer(rng, batch, spec, repeats):
     return rows
 
 
+def with_lanes(on, function):
+    """function, run with perf.LANE_KERNELS set to `on` (and put back)."""
+    def run():
+        saved, perf.LANE_KERNELS = perf.LANE_KERNELS, on
+        try:
+            return function()
+        finally:
+            perf.LANE_KERNELS = saved
+    return run
+
+
+def time_lanes(rng, batch, spec, repeats):
+    """[(what, channel-major ms, pixel-by-pixel ms)] for a layer ops.pixel_conv takes."""
+    _, shape, k, f, s, padding, first = spec
+    x, kernel, dz, strides, pads = layer_arrays(rng, batch, shape, k, f, s, padding)
+    z_out, moments = np.empty(dz.shape, np.float32), np.zeros((2, f))
+    passes = [("forward+moments", lambda: direct_conv.direct_conv2d(x, kernel, strides, pads, out=z_out,
+                                                                     moments=moments))]
+    if batch > 1:
+        passes.append(("backward", lambda: direct_conv.direct_conv2d_backward(dz, x, kernel, strides, pads, not first)))
+    return [(what,) + tuple(median_ms([with_lanes(False, run), with_lanes(True, run)], repeats, clock))
+            for what, run in passes]
+
+
+def print_lanes(args):
+    """The second table: channel-major against pixel by pixel, where ops.pixel_conv takes the layer."""
+    print(f"\n{'layer':<26} {'batch':>5} {'pass':<18} {'chan ms':>8} {'pixel ms':>9} {'ratio':>6}")
+    rng = np.random.default_rng(1)
+    for batch in map(int, args.batches.split(",")):
+        for spec in LAYERS:
+            _, shape, k, f, s, _, _ = spec
+            if args.layers in spec[0] and direct_conv._pixel_conv(np.float32, (k, k, shape[2], f), (s, s)):
+                for what, t_chan, t_pixel in time_lanes(rng, batch, spec, args.repeats):
+                    print(f"{spec[0]:<26} {batch:>5} {what:<18} {t_chan:8.3f} {t_pixel:9.3f} "
+                          f"{t_chan / t_pixel:6.2f}", flush=True)
+
+
 def print_header(args):
     print(f"direct convolution vs ops.conv: float32, medians of {args.repeats}, taking turns, "
           f"{args.clock} clock")
@@ -125,6 +166,7 @@ def main():
             for what, t_conv, t_direct in time_layer(rng, batch, spec, args.repeats):
                 print(f"{spec[0]:<26} {batch:>5} {what:<18} {t_conv:8.3f} {t_direct:9.3f} "
                       f"{t_conv / t_direct:6.2f}  {pays}", flush=True)
+    print_lanes(args)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,9 @@ gives medians, the ratio textbook / fused (> 1: fused is faster) and what `separ
 chooses (training=True on the backward and training-step rows). Rows: forward; forward with
 the per-channel sums a following BatchNormalization needs (textbook: plus moments); backward;
 a training step (forward with statistics + backward); and batch-1 inference (forward only).
+A second table times the fused op's two depthwise halves against each other where
+ops.separable_lanes takes the shape: the row kernels (perf.LANE_KERNELS off) and eight channels a
+vector register (on), in turns, keeping d: ratio rows / lanes (> 1: the lanes are faster).
 Timings on a machine shared with other jobs are noisy: compare ratios measured side by side,
 rerun before trusting a small one, and try --clock cpu (the work done, the waits left out).
 """
@@ -103,6 +106,35 @@ def training_rows(case, repeats, clock):
             ("train step", median_ms([textbook_step, lambda: step(False), lambda: step(True)], repeats, clock))]
 
 
+def with_lanes(on, function):
+    """function, run with perf.LANE_KERNELS set to `on` (and put back)."""
+    def run():
+        saved, perf.LANE_KERNELS = perf.LANE_KERNELS, on
+        try:
+            return function()
+        finally:
+            perf.LANE_KERNELS = saved
+    return run
+
+
+def print_lanes(shapes, args, rng):
+    """The second table: the row kernels against the eight-lane ones, per shape and pass."""
+    print(f"\n{'shape':<22} {'row':<14} {'rows ms':>9} {'lanes ms':>9} {'ratio':>6}")
+    for batch in (args.batch, 1):
+        for h, c, f in shapes:
+            case = Case(batch, h, c, f, rng)
+            if separable._lanes_kernels(np.float32, case.kd.shape) is None:
+                continue
+            case.fused_forward(keep=True)
+            passes = [("forward+stats", lambda: case.fused_forward(True, True)),
+                      ("backward", lambda: case.fused_backward(True))] if batch > 1 else [("inference", case.fused_forward)]
+            for row, run in passes:
+                rows_ms, lanes_ms = median_ms([with_lanes(False, run), with_lanes(True, run)], args.repeats, args.clock)
+                label = f"{h}x{h}x{c}->{f} b{batch}"
+                print(f"{label:<22} {row:<14} {rows_ms:9.3f} {lanes_ms:9.3f} "
+                      f"{rows_ms / lanes_ms:6.2f}", flush=True)
+
+
 def print_header(args):
     env = {name: os.environ.get(name, "(unset)") for name in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
                                                               "OMP_WAIT_POLICY")}
@@ -149,6 +181,7 @@ def main():
         case = Case(1, h, c, f, rng)
         times = median_ms([case.textbook_forward, case.fused_forward], args.repeats * 5, args.clock)
         print_row(f"{h}x{h}x{c}->{f} b1", "inference", times, separable.separable_pays(1, h, h, c, f))
+    print_lanes(shapes, args, rng)
 
 
 if __name__ == "__main__":

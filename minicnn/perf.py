@@ -332,6 +332,11 @@ DIRECT_CONV_BLOCKS = 16
 # their tile: about this many output columns (rows * (Wo + (kw-1)//sw)) per loop, long enough
 # for the vector units, short enough that a tile's copies stay in cache
 DIRECT_CONV_TILE = 512
+# a layer with eight channels in and out at stride 1 (float32) runs pixel by pixel instead, a pixel's
+# eight filters in one vector register (ops/pixel_conv.py), and a separable layer's 3x3 depthwise half
+# on a multiple of eight channels likewise (ops/separable_lanes.py); False: the channel-major and
+# row kernels everywhere (benchmarks/kernels_direct_conv.py and kernels_separable.py time both)
+LANE_KERNELS = True
 # the settings above that ops modules copy when they load, constants to the kernels they compile:
 # changing one later changes nothing (benchmarks/settings_ab.py refuses them)
 READ_AT_IMPORT = ("BATCHNORM_BLOCKS", "ELEMENTWISE_BLOCK", "DIRECT_CONV_BLOCKS")

@@ -4,6 +4,7 @@ import numba
 import numpy as np
 import pytest
 
+from minicnn import perf
 from minicnn.ops import direct_conv, pixel_conv
 
 # (n, h, w, (kh, kw), ((top, bottom), (left, right))): widths whose rows end in blocks of 8, 4, 2
@@ -111,3 +112,8 @@ def test_direct_conv_runs_its_own_kernels_on_what_pixel_conv_does_not_take(monke
     x64, kernel64 = as64(x, kernel)
     z = direct_conv.direct_conv2d_numba(x64, kernel64, (1, 1), pads)
     np.testing.assert_allclose(z, direct_conv.direct_conv2d_reference(x64, kernel64, (1, 1), pads), rtol=1e-12)
+
+
+def test_lane_kernels_off_keeps_every_layer_channel_major(monkeypatch):
+    monkeypatch.setattr(perf, "LANE_KERNELS", False)
+    assert direct_conv._pixel_conv(np.float32, (3, 3, 8, 8), (1, 1)) is None

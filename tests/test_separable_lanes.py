@@ -5,6 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from minicnn import perf
 from minicnn.ops import separable, separable_lanes
 from minicnn.ops.depthwise import depthwise_conv_reference
 
@@ -88,3 +89,8 @@ def test_the_bound_forward_equals_the_op():
 ])
 def test_which_layers_the_lanes_kernels_take(dtype, shape, taken):
     assert (separable._lanes_kernels(dtype, shape) is separable_lanes) == taken
+
+
+def test_lane_kernels_off_keeps_the_row_kernels(monkeypatch):
+    monkeypatch.setattr(perf, "LANE_KERNELS", False)
+    assert separable._lanes_kernels(np.float32, (3, 3, 16, 1)) is None

@@ -441,9 +441,10 @@ def _buffer(out, shape, dtype, name):
 
 def _pixel_conv(dtype, kernel_shape, strides):
     """ops.pixel_conv for the layers it takes (float32, stride 1, eight channels in and out: one
-    vector register a pixel), else None. Imported at first use: it defines a numba type, and
-    MINICNN_REFERENCE=1 runs without numba."""
-    if np.dtype(dtype) != np.float32 or tuple(strides) != (1, 1) or tuple(kernel_shape[2:]) != (8, 8):
+    vector register a pixel) while perf.LANE_KERNELS is on, else None. Imported at first use: it
+    defines a numba type, and MINICNN_REFERENCE=1 runs without numba."""
+    fits = np.dtype(dtype) == np.float32 and tuple(strides) == (1, 1) and tuple(kernel_shape[2:]) == (8, 8)
+    if not (fits and perf.LANE_KERNELS):
         return None
     from . import pixel_conv
     return pixel_conv

@@ -12,8 +12,9 @@ A tuple of Lanes is a block of registers (LLVM keeps it out of memory while it f
 CPU's vector registers); its length is a constant the kernel is compiled for (`zeros(count)`
 takes a literal). Each function below is a numba intrinsic: it compiles to the few LLVM
 instructions its docstring names and runs only inside @njit code. Arrays are 1-D C-contiguous
-float32 (other arrays are a typing error); there are no bounds checks: the kernel's own loops
-keep every index inside its arrays, and its tests run every edge of them.
+float32 and indices and steps integers (anything else is a typing error); there are no bounds
+checks: the kernel's own loops keep every index inside its arrays, and its tests run every
+edge of them.
 """
 from llvmlite import ir
 from numba import types
@@ -50,6 +51,11 @@ def _flat_float32(array):
 def _block_and_array(block, array):
     """Whether `block` is a tuple of Lanes and `array` one the intrinsics accept."""
     return isinstance(block, types.UniTuple) and block.dtype == lanes and _flat_float32(array)
+
+
+def _integers(*indices):
+    """Whether every one of `indices` is an integer type (the intrinsics cast them to intp)."""
+    return all(isinstance(index, types.Integer) for index in indices)
 
 
 def _pointer(context, builder, array_type, array, index, to_vector=True):
@@ -103,19 +109,19 @@ def zero(typingctx):
 @intrinsic
 def load(typingctx, array, index):
     """array[index:index + 8] as Lanes (one unaligned vector load)."""
-    if not _flat_float32(array):
+    if not (_flat_float32(array) and _integers(index)):
         return None
 
     def codegen(context, builder, signature, args):
         return builder.load(_pointer(context, builder, signature.args[0], *args), align=4)
-    return lanes(array, index), codegen
+    return lanes(array, types.intp), codegen
 
 
 @intrinsic
 def broadcast_multiply_add(typingctx, block, array, start, step, vector):
     """The block with block[m] + array[start + m*step] * vector in each of its Lanes: one
     broadcast load and one fused multiply-add each."""
-    if not (isinstance(block, types.UniTuple) and block.dtype == lanes and _flat_float32(array)):
+    if not (_block_and_array(block, array) and _integers(start, step) and vector == lanes):
         return None
 
     def codegen(context, builder, signature, args):
@@ -127,14 +133,14 @@ def broadcast_multiply_add(typingctx, block, array, start, step, vector):
             term = _broadcast(builder, builder.load(address))
             value = builder.insert_value(value, builder.call(fma, [term, factor, builder.extract_value(value, m)]), m)
         return value
-    return block(block, array, start, step, vector), codegen
+    return block(block, array, types.intp, types.intp, vector), codegen
 
 
 @intrinsic
 def multiply_add_loads(typingctx, block, array, start, step, vector):
     """The block with block[m] + array[start + m*step : +8] * vector in each of its Lanes: one
     vector load and one fused multiply-add each."""
-    if not _block_and_array(block, array) or vector != lanes:
+    if not (_block_and_array(block, array) and _integers(start, step) and vector == lanes):
         return None
 
     def codegen(context, builder, signature, args):
@@ -145,13 +151,37 @@ def multiply_add_loads(typingctx, block, array, start, step, vector):
             term = builder.load(address, align=4)
             value = builder.insert_value(value, builder.call(fma, [term, factor, builder.extract_value(value, m)]), m)
         return value
-    return block(block, array, start, step, vector), codegen
+    return block(block, array, types.intp, types.intp, vector), codegen
+
+
+@intrinsic
+def outer_multiply_add(typingctx, block, array, start, step, vectors):
+    """The block plus the outer product of array[start + r*step] (r = 0, 1, ...) and the Lanes of
+    `vectors`: block[r*V + j] + array[start + r*step] * vectors[j], V = len(vectors), one broadcast
+    load per r. A block of R*V registers: a matrix product's rank-one update, R rows by V*8 columns."""
+    if not (_block_and_array(block, array) and _integers(start, step) and isinstance(vectors, types.UniTuple)
+            and vectors.dtype == lanes and block.count % vectors.count == 0):
+        return None
+
+    def codegen(context, builder, signature, args):
+        value, array_value, first, step_value, factors = args
+        fma, width = _fma(builder), vectors.count
+        for r in range(block.count // width):
+            address = _pointer(context, builder, signature.args[1], array_value, _index(builder, first, step_value, r),
+                               to_vector=False)
+            term = _broadcast(builder, builder.load(address))
+            for j in range(width):
+                m = r * width + j
+                product = builder.call(fma, [term, builder.extract_value(factors, j), builder.extract_value(value, m)])
+                value = builder.insert_value(value, product, m)
+        return value
+    return block(block, array, types.intp, types.intp, vectors), codegen
 
 
 @intrinsic
 def dot_loads(typingctx, block, array, start, step, total):
     """total + sum_m block[m] * array[start + m*step : +8]: a weighted sum of loads, in Lanes."""
-    if not _block_and_array(block, array) or total != lanes:
+    if not (_block_and_array(block, array) and _integers(start, step) and total == lanes):
         return None
 
     def codegen(context, builder, signature, args):
@@ -161,13 +191,13 @@ def dot_loads(typingctx, block, array, start, step, total):
             address = _pointer(context, builder, signature.args[1], array_value, _index(builder, first, step_value, m))
             result = builder.call(fma, [builder.extract_value(value, m), builder.load(address, align=4), result])
         return result
-    return lanes(block, array, start, step, total), codegen
+    return lanes(block, array, types.intp, types.intp, total), codegen
 
 
 @intrinsic(prefer_literal=True)
 def load_all(typingctx, array, start, step, count):
     """(array[start : +8], array[start + step : +8], ...): `count` Lanes (a literal integer)."""
-    if not (_flat_float32(array) and isinstance(count, types.IntegerLiteral)):
+    if not (_flat_float32(array) and _integers(start, step) and isinstance(count, types.IntegerLiteral)):
         return None
     block = types.UniTuple(lanes, count.literal_value)
 
@@ -178,7 +208,7 @@ def load_all(typingctx, array, start, step, count):
             address = _pointer(context, builder, signature.args[0], array_value, _index(builder, first, step_value, m))
             value = builder.insert_value(value, builder.load(address, align=4), m)
         return value
-    return block(array, start, step, count), codegen
+    return block(array, types.intp, types.intp, count), codegen
 
 
 @intrinsic
@@ -216,17 +246,17 @@ def _store_block(add):
 @intrinsic
 def store_all(typingctx, block, array, start, step):
     """array[start + m*step : start + m*step + 8] = block[m], for every m."""
-    if not _block_and_array(block, array):
+    if not (_block_and_array(block, array) and _integers(start, step)):
         return None
-    return types.none(block, array, start, step), _store_block(add=False)
+    return types.none(block, array, types.intp, types.intp), _store_block(add=False)
 
 
 @intrinsic
 def add_all_into(typingctx, block, array, start, step):
     """array[start + m*step : start + m*step + 8] += block[m], for every m."""
-    if not _block_and_array(block, array):
+    if not (_block_and_array(block, array) and _integers(start, step)):
         return None
-    return types.none(block, array, start, step), _store_block(add=True)
+    return types.none(block, array, types.intp, types.intp), _store_block(add=True)
 
 
 @intrinsic
@@ -243,10 +273,10 @@ def add(typingctx, a, b):
 @intrinsic
 def store(typingctx, vector, array, index):
     """array[index:index + 8] = vector."""
-    if not (vector == lanes and _flat_float32(array)):
+    if not (vector == lanes and _flat_float32(array) and _integers(index)):
         return None
 
     def codegen(context, builder, signature, args):
         builder.store(args[0], _pointer(context, builder, signature.args[1], args[1], args[2]), align=4)
         return context.get_dummy_value()
-    return types.none(vector, array, index), codegen
+    return types.none(vector, array, types.intp), codegen

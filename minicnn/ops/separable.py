@@ -203,8 +203,10 @@ def _pointwise(pointwise_kernel, c, dtype):
 
 def _lanes_kernels(dtype, depthwise_kernel_shape):
     """ops.separable_lanes where it takes the layer (float32, 3x3, a multiple of eight channels:
-    eight channels a vector register), else None. Imported at first use: it defines a numba
-    type, and MINICNN_REFERENCE=1 runs without numba."""
+    eight channels a vector register) while perf.LANE_KERNELS is on, else None. Imported at first
+    use: it defines a numba type, and MINICNN_REFERENCE=1 runs without numba."""
+    if not perf.LANE_KERNELS:
+        return None
     from . import separable_lanes
     return separable_lanes if separable_lanes.takes(dtype, depthwise_kernel_shape) else None
 
