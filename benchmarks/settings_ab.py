@@ -2,13 +2,16 @@
 
     python benchmarks/settings_ab.py mini_xception TALL_PRODUCT_MIN_ROWS 16384 1e99
     python benchmarks/settings_ab.py cnn8 DIRECT_CONV_MAX_FILTERS 8 32 --rounds 11
+    python benchmarks/settings_ab.py cnn4 LANE_KERNELS 0 1 --face --rounds 21
 
 A kernel timed alone can win where the step it sits in does not (its threads wake OpenBLAS's,
 or evict what the next kernel reads), so every threshold in minicnn/perf.py is settled here:
 one compiled model, one batch of 64, the values taking turns round after round in one process
 (noise hits all alike), the median and the least of each printed with the ratio to the first.
 The compiler's per-shape choices are cleared at each switch, so a setting that picks a method
-(Winograd, direct) takes effect.
+(Winograd, direct) takes effect. `--face` times one face's inference instead, as the webcam runs
+it (the one-face process settings): a frozen model per value, each planned under its value, the
+mean of FACES faces a round.
 """
 import argparse
 import os
@@ -16,7 +19,7 @@ import sys
 
 from fer.process import set_environment
 
-set_environment()      # before NumPy and numba load, which read them then (fer/process.py)
+set_environment(one_face="--face" in sys.argv)      # before NumPy and numba load (fer/process.py)
 
 import numpy as np  # noqa: E402
 
@@ -24,8 +27,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import minicnn  # noqa: E402
 from minicnn import perf  # noqa: E402
 from minicnn.compiler.stages import ConvStage  # noqa: E402
-from benchmarks.models import batch, build  # noqa: E402
+from benchmarks.models import Minicnn, batch, build  # noqa: E402
 from benchmarks.timing import STEPS_HELP, default_steps, training_step_ms  # noqa: E402
+
+FACES = 20          # faces a round with --face
 
 
 def value(text):
@@ -43,21 +48,8 @@ def set_setting(model, name, setting):
                 stage.methods.clear()
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", help="a fer.models architecture: cnn4, cnn8, mini_xception, ...")
-    parser.add_argument("setting", help="a minicnn.perf name, e.g. TALL_PRODUCT_MIN_ROWS")
-    parser.add_argument("values", nargs="+", type=value)
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--steps", type=int, default=0, help=STEPS_HELP)
-    args = parser.parse_args()
-    if not hasattr(perf, args.setting):
-        parser.error(f"minicnn.perf has no setting {args.setting!r}")
-    if args.setting in perf.READ_AT_IMPORT:
-        parser.error(f"minicnn.perf.{args.setting} is read when the kernels compile, so it cannot change inside "
-                     f"one process: edit it in minicnn/perf.py and compare with benchmarks/trees_ab.py, "
-                     f"which compiles afresh")
-    perf.enable()
+def training_rounds(args):
+    """{value: [ms of a training step, a round]}."""
     model = build(args.model)
     x, y = batch(model, 64)
     steps = args.steps or default_steps(args.model)
@@ -69,8 +61,43 @@ def main():
         for setting in args.values:
             set_setting(model, args.setting, setting)
             times[setting].append(training_step_ms(model, x, y, steps))
-    env = {k: os.environ.get(k, "(unset)") for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
-    print(f"{args.model} training step, batch 64, {args.rounds} rounds of {steps} steps; minicnn "
+    return times, f"training step, batch 64, {args.rounds} rounds of {steps} steps"
+
+
+def face_rounds(args):
+    """{value: [ms of a face, a round]}: a frozen model per value, its plan made under that value."""
+    runners = {}
+    for setting in args.values:
+        setattr(perf, args.setting, setting)
+        runners[setting] = Minicnn(args.model, 1, "compiled", frozen=True)
+        for _ in range(3):
+            runners[setting].infer_one()                # the plan, made under this value
+    times = {v: [] for v in args.values}
+    for _ in range(args.rounds):
+        for setting, runner in runners.items():
+            times[setting].append(1e3 * runner.run("infer_one", FACES))
+    return times, f"one face, {args.rounds} rounds of {FACES} faces"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", help="a fer.models architecture: cnn4, cnn8, mini_xception, ...")
+    parser.add_argument("setting", help="a minicnn.perf name, e.g. TALL_PRODUCT_MIN_ROWS")
+    parser.add_argument("values", nargs="+", type=value)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=0, help=STEPS_HELP)
+    parser.add_argument("--face", action="store_true", help="one face's inference instead of training steps")
+    args = parser.parse_args()
+    if not hasattr(perf, args.setting):
+        parser.error(f"minicnn.perf has no setting {args.setting!r}")
+    if args.setting in perf.READ_AT_IMPORT:
+        parser.error(f"minicnn.perf.{args.setting} is read when the kernels compile, so it cannot change inside "
+                     f"one process: edit it in minicnn/perf.py and compare with benchmarks/trees_ab.py, "
+                     f"which compiles afresh")
+    perf.enable()
+    times, what = face_rounds(args) if args.face else training_rounds(args)
+    env = {k: os.environ.get(k, "(unset)") for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_THREAD_TIMEOUT")}
+    print(f"{args.model} {what}; minicnn "
           f"{minicnn.__version__}; {' '.join(f'{k}={v}' for k, v in env.items())}; load {os.getloadavg()[0]:.2f}")
     first = float(np.median(times[args.values[0]]))
     for setting, ts in times.items():

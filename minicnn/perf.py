@@ -43,6 +43,7 @@ import platform
 import sys
 import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 
 import numpy as np
@@ -92,6 +93,12 @@ TALL_PRODUCT_TILE_MIN_ROWS, TALL_PRODUCT_TILE_MAX_ROWS = 32, 4096
 # and its transpose) and at least WIDE_PRODUCT_MIN_WORK multiply-adds runs on numba's threads in
 # blocks of WIDE_PRODUCT_BLOCK columns, as scaled additions of the right side's rows
 WIDE_PRODUCT_MAX_LEFT, WIDE_PRODUCT_MIN_WORK, WIDE_PRODUCT_BLOCK = 2048, 1 << 21, 1024
+# an inference plan's product with a fixed right side runs on it packed once (ops/panels.py) where
+# its left side holds at most this many numbers (read once for every 32 columns: a face's layers,
+# not a batch's; benchmarks/kernels_panels.py)
+PANEL_PRODUCT_MAX_LEFT = 1 << 20
+# ... shared with a pool of threads from this many multiply-adds (waking a thread costs as much as a small product)
+PANEL_PRODUCT_SHARED_MIN_WORK = 1 << 22
 # a batch of products (ops.gemm.batched_matmul, Winograd's) goes to the threads whole products each,
 # OpenBLAS on one thread a call: its kernel gradients sum over thousands of tiles, a dimension OpenBLAS
 # never splits, and its own threads, between products, hold the cores numba's kernels need next
@@ -141,6 +148,18 @@ def one_thread():
     finally:
         _threads.single = False
         numba.set_num_threads(before)
+
+
+_pool = None    # worker_pool's threads, started on first use
+
+
+def worker_pool():
+    """A pool of Python threads, one a core, for products shared outside numba's threads
+    (ops.gemm's batches on NumPy's OpenBLAS, ops.panels' products in a face's pass)."""
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="minicnn-matmul")
+    return _pool
 
 
 def inference_threads(inputs, training, reference):
@@ -333,9 +352,10 @@ DIRECT_CONV_BLOCKS = 16
 # for the vector units, short enough that a tile's copies stay in cache
 DIRECT_CONV_TILE = 512
 # a layer with eight channels in and out at stride 1 (float32) runs pixel by pixel instead, a pixel's
-# eight filters in one vector register (ops/pixel_conv.py), and a separable layer's 3x3 depthwise half
-# on a multiple of eight channels likewise (ops/separable_lanes.py); False: the channel-major and
-# row kernels everywhere (benchmarks/kernels_direct_conv.py and kernels_separable.py time both)
+# eight filters in one vector register (ops/pixel_conv.py), a separable layer's 3x3 depthwise half
+# on a multiple of eight channels likewise (ops/separable_lanes.py), and an inference plan's few-row
+# products on panels (ops/panels.py); False: the channel-major and row kernels and OpenBLAS
+# everywhere (benchmarks/kernels_direct_conv.py, kernels_separable.py and kernels_panels.py time both)
 LANE_KERNELS = True
 # the settings above that ops modules copy when they load, constants to the kernels they compile:
 # changing one later changes nothing (benchmarks/settings_ab.py refuses them)

@@ -34,8 +34,6 @@ Apart from the wide products, whose left side is a few hundred numbers with many
 written in numba does the arithmetic: none comes near OpenBLAS. The "reference" is the plain
 call; MINICNN_REFERENCE=1 makes every product use it.
 """
-import os
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import numpy as np
@@ -124,7 +122,7 @@ def _batch_on_pool(a, b, out):
     threads = _batch_threads(len(a))
     bounds = [len(a) * i // threads for i in range(threads + 1)]
     with openblas_one_thread():          # library-wide in NumPy's pthreads build
-        parts = [_workers().submit(_one_thread_product, a[lo:hi], b[lo:hi], out[lo:hi])
+        parts = [perf.worker_pool().submit(_one_thread_product, a[lo:hi], b[lo:hi], out[lo:hi])
                  for lo, hi in zip(bounds, bounds[1:])]
         for part in parts:
             part.result()
@@ -151,16 +149,6 @@ def batched_matmul(a, b, out=None):
     if product is batched_matmul_threads:
         return batched_matmul_threads(a, b, out)
     return product(a, b) if out is None else np.matmul(a, b, out=out)
-
-
-_pool = None    # the threads batched_matmul hands its products to, started on first use
-
-
-def _workers():
-    global _pool
-    if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="minicnn-matmul")
-    return _pool
 
 
 def _batch_threads(batch):
@@ -316,6 +304,15 @@ def _plus(z, bias):
     return z
 
 
+def _panel_product(m, b):
+    """ops.panels' product bound to b where it pays and perf.LANE_KERNELS is on, else None.
+    Imported at first use: it defines a numba type, and MINICNN_REFERENCE=1 runs without numba."""
+    if not perf.LANE_KERNELS or backend.use_reference():
+        return None
+    from . import panels
+    return panels.bind_panel_product(b) if panels.panel_pays(m, *b.shape, b.dtype) else None
+
+
 def column_sums(a):
     """a's column sums, (M, F) -> (F,): a bias's gradient, as one product with a row of ones (BLAS
     reads the long axis in order; NumPy's sum over it, the reference, is slower: benchmarks/RESULTS.md)."""
@@ -328,7 +325,11 @@ def bind_matmul(m, b):
     """matmul by (M, K) @ b for a fixed b, its method chosen once: product(a, out) -> a @ b in out
     (compiler/plan.py). A short product worth OpenBLAS's threads (at most
     perf.TRANSPOSED_PRODUCT_MAX_ROWS rows) runs as out^T = b^T @ a^T with b^T kept contiguous:
-    OpenBLAS shares that one better between its threads."""
+    OpenBLAS shares that one better between its threads. Where ops.panels pays (a few rows, float32),
+    b is packed once into its panels instead."""
+    packed = _panel_product(m, b)
+    if packed is not None:
+        return packed
     if not on_all_threads(m, *b.shape):
         return lambda a, out: _small_product(a, b, out)
     if m > perf.TRANSPOSED_PRODUCT_MAX_ROWS:

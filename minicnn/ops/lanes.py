@@ -16,13 +16,22 @@ float32 and indices and steps integers (anything else is a typing error); there 
 checks: the kernel's own loops keep every index inside its arrays, and its tests run every
 edge of them.
 """
-from llvmlite import ir
+import os
+
+from llvmlite import binding, ir
 from numba import types
 from numba.extending import intrinsic, models, register_model
 
 WIDTH = 8                              # lanes: 256 bits of float32 (AVX2; an AVX-512 register holds two)
 VECTOR = ir.VectorType(ir.FloatType(), WIDTH)
 INDEX = ir.IntType(32)
+
+
+def vector_registers():
+    """The vector registers numba's code can use here: 32 where the CPU has AVX-512 (its 256-bit
+    instructions reach all of them too), else 16. Read from NUMBA_CPU_FEATURES when set."""
+    features = os.environ.get("NUMBA_CPU_FEATURES") or binding.get_host_cpu_features().flatten()
+    return 32 if "+avx512vl" in features.split(",") else 16
 
 
 class Lanes(types.Type):
@@ -249,6 +258,44 @@ def store_all(typingctx, block, array, start, step):
     if not (_block_and_array(block, array) and _integers(start, step)):
         return None
     return types.none(block, array, types.intp, types.intp), _store_block(add=False)
+
+
+def _rows_codegen(add):
+    """The codegen of store_rows (add=False) or add_rows (add=True)."""
+    def codegen(context, builder, signature, args):
+        value, array_value, first, step_value, _ = args
+        per_row = signature.args[4].literal_value
+        for m in range(signature.args[0].count):
+            row_start = _index(builder, first, step_value, m // per_row)
+            index = builder.add(row_start, ir.Constant(row_start.type, (m % per_row) * WIDTH))
+            address = _pointer(context, builder, signature.args[1], array_value, index)
+            vector = builder.extract_value(value, m)
+            if add:
+                vector = builder.fadd(builder.load(address, align=4), vector)
+            builder.store(vector, address, align=4)
+        return context.get_dummy_value()
+    return codegen
+
+
+def _rows_signature(block, array, start, row_step, width):
+    """store_rows' and add_rows' signature, or None where the arguments do not fit."""
+    if not (_block_and_array(block, array) and _integers(start, row_step) and isinstance(width, types.IntegerLiteral)
+            and block.count % width.literal_value == 0):
+        return None
+    return types.none(block, array, types.intp, types.intp, width)
+
+
+@intrinsic(prefer_literal=True)
+def store_rows(typingctx, block, array, start, row_step, width):
+    """array[start + r*row_step + j*8 : +8] = block[r*width + j]: a block of registers, `width`
+    Lanes a row (a literal integer), stored as rows of a matrix row_step numbers apart."""
+    return _rows_signature(block, array, start, row_step, width), _rows_codegen(add=False)
+
+
+@intrinsic(prefer_literal=True)
+def add_rows(typingctx, block, array, start, row_step, width):
+    """array[start + r*row_step + j*8 : +8] += block[r*width + j] (store_rows, adding)."""
+    return _rows_signature(block, array, start, row_step, width), _rows_codegen(add=True)
 
 
 @intrinsic

@@ -1,0 +1,88 @@
+"""Time a face's products on packed panels (minicnn/ops/panels.py) against OpenBLAS.
+
+    python benchmarks/kernels_panels.py                       # the seed models' batch-1 products
+    python benchmarks/kernels_panels.py --repeats 101
+    python benchmarks/settings_ab.py cnn4 LANE_KERNELS 0 1 --face    # a whole face, both ways
+
+An inference plan binds each product with a fixed right side once (ops.gemm.bind_matmul): with
+perf.LANE_KERNELS off it is NumPy's matmul (OpenBLAS, on its threads where the product is large,
+b^T @ a^T for a few rows), on, the packed panels where `panel_pays`. For every product below both
+bound forms take turns, inside a face's settings (fer.process.set_environment(one_face=True),
+numba on one thread as perf.inference_threads runs a face); the table gives medians and the
+ratio OpenBLAS / panels (> 1: the panels are faster). A product timed alone, its b in the cache
+and OpenBLAS's threads awake, flatters OpenBLAS: in a face's pass other kernels run between the
+products, so perf.PANEL_PRODUCT_* is settled on whole faces (settings_ab.py --face). Record the
+figures in benchmarks/RESULTS.md with the machine, date and command.
+"""
+import argparse
+import os
+import platform
+import sys
+
+from fer.process import set_environment
+
+set_environment(one_face=True)      # before NumPy and numba load, which read them then
+
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from minicnn import perf  # noqa: E402
+from minicnn.ops import gemm, panels  # noqa: E402
+from timing import median_ms  # noqa: E402
+
+# (label, M, K, N): the products a face's pass binds (ops.gemm.bind_matmul) in the seed models
+PRODUCTS = [
+    ("cnn4 conv2d_3", 144, 1152, 512),
+    ("cnn4 conv2d_4", 36, 4608, 512),
+    ("cnn4 dense_1", 1, 4608, 256),
+    ("cnn4 dense_2", 1, 256, 512),
+    ("cnn8 3x3 256 at 6x6", 36, 2304, 256),
+    ("cnn8 dense_1", 1, 2304, 64),
+    ("mini_xception 1x1 at 11x11", 121, 16, 32),
+]
+
+
+def bound(m, b, lanes):
+    """gemm.bind_matmul(m, b) made with perf.LANE_KERNELS = lanes."""
+    saved, perf.LANE_KERNELS = perf.LANE_KERNELS, lanes
+    try:
+        return gemm.bind_matmul(m, b)
+    finally:
+        perf.LANE_KERNELS = saved
+
+
+def timings(m, k, n, repeats):
+    """(OpenBLAS ms, panels ms) for one product, inside a face's numba setting."""
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((m, k)).astype(np.float32), rng.standard_normal((k, n)).astype(np.float32)
+    out = np.empty((m, n), np.float32)
+    runs = [lambda product=bound(m, b, lanes): product(a, out) for lanes in (False, True)]
+    with perf.one_thread():
+        return median_ms(runs, repeats)
+
+
+def main():
+    perf.enable()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=41)
+    args = parser.parse_args()
+    print(f"packed panels vs OpenBLAS: float32, medians of {args.repeats}, taking turns")
+    env = {name: os.environ.get(name, "(unset)") for name in
+           ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_THREAD_TIMEOUT", "NUMBA_CPU_FEATURES")}
+    print(" ".join(f"{name}={value if len(value) < 40 else value[:37] + '...'}" for name, value in env.items()))
+    print(f"cpus={os.cpu_count()}, panel rows={panels.ROWS}, load average={os.getloadavg()[0]:.2f}, "
+          f"python {platform.python_version()}, numpy {np.__version__}, numba {numba.__version__}")
+    header = f"{'product':<28} {'(M, K) @ (K, N)':<24} {'OpenBLAS ms':>11} {'panels ms':>9} {'ratio':>6}  pays"
+    print(header)
+    print("-" * len(header))
+    for label, m, k, n in PRODUCTS:
+        blas, packed = timings(m, k, n, args.repeats)
+        shape = f"({m}, {k}) @ ({k}, {n})"
+        print(f"{label:<28} {shape:<24} {blas:11.3f} {packed:9.3f} {blas / packed:6.2f}  "
+              f"{panels.panel_pays(m, k, n, np.float32)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""Products with a fixed right side packed once into panels: inference's few-row products.
+
+    out[m, n] = sum_k a[m, k] * b[k, n]          a (M, K), b (K, N) -> out (M, N)
+
+A face's convolutions and dense layers multiply a few dozen rows by a large fixed b (cnn4's
+conv2d_4: 36 x 4608 @ 4608 x 512, b a layer's weights). OpenBLAS copies b into its own
+blocked layout on every call, and with few rows that copy is a large share of the call. Here
+b is packed once, when an inference plan binds the layer, into panels of 32 columns:
+
+    panels[p, k, :] = b[k, 32p : 32p + 32]       (N/32, K, 32), each panel one contiguous run
+
+and each panel's columns of out are made six rows at a time (three on a CPU with 16 vector
+registers): the 6 x 32 block of out stays in 24 registers (ops/lanes.py) while k runs over
+DEPTH numbers of the sum, each step a rank-one update (lanes.outer_multiply_add): four loads of
+the panel's row k, six broadcasts of a[r, k], 24 fused multiply-adds. Rows left over go one at
+a time. `panel_pays` (perf.PANEL_PRODUCT_*) says for which shapes this beats the plain call, as
+benchmarks/kernels_panels.py measures; float32 only.
+"""
+import os
+
+import numpy as np
+
+from .. import perf
+from .jit import njit
+from .lanes import add_rows, load_all, outer_multiply_add, store_rows, vector_registers, zeros
+
+COLUMNS = 32        # a panel's columns: four Lanes of eight
+# rows of a a block, and the block's registers of sums (rows x 4): with 4 of b and 1 of a, within the CPU's
+ROWS = 6 if vector_registers() >= 32 else 3
+BLOCK = 4 * ROWS
+DEPTH = 256         # the sum's k a pass: a pass's rows of a (6 x 256) and of the panel (256 x 32) stay in the L1 cache
+FAST = {"contract", "reassoc"}      # fused multiply-adds
+
+
+def panel_pays(m, k, n, dtype):
+    """Whether a (M, K) @ (K, N) product with b fixed runs faster packed: float32, N a multiple of
+    COLUMNS, and a (M*K numbers, read once a panel) at most perf.PANEL_PRODUCT_MAX_LEFT."""
+    return np.dtype(dtype) == np.float32 and n % COLUMNS == 0 and m * k <= perf.PANEL_PRODUCT_MAX_LEFT
+
+
+def pack(b):
+    """b (K, N) as (N/32, K, 32) float32 panels."""
+    k, n = b.shape
+    return np.ascontiguousarray(np.asarray(b, np.float32).reshape(k, n // COLUMNS, COLUMNS).transpose(1, 0, 2))
+
+
+@njit(inline="always")
+def _block(a, r0, k0, k1, panel, block):
+    """block + a[r0:r0 + R, k0:k1] @ panel[k0:k1] (R = len(block) // 4 rows, panel (K*32,)): a rank-one
+    update a k."""
+    k_n = a.shape[1]
+    rows = a.reshape(-1)
+    for k in range(k0, k1):
+        block = outer_multiply_add(block, rows, r0 * k_n + k, k_n, load_all(panel, k * COLUMNS, 8, 4))
+    return block
+
+
+@njit(inline="always")
+def _put(block, out_flat, start, n_n, first):
+    """The block into its rows of out: stored by the first pass over the sum, added by the others."""
+    if first:
+        store_rows(block, out_flat, start, n_n, 4)
+    else:
+        add_rows(block, out_flat, start, n_n, 4)
+
+
+@njit(fastmath=FAST)
+def _panel_product(a, panel, out, column):
+    """out[:, column:column + 32] = a @ panel: DEPTH of the sum a pass, in each six rows at a time, then one."""
+    out_flat, (m_n, k_n), n_n = out.reshape(-1), a.shape, out.shape[1]
+    for k0 in range(0, k_n, DEPTH):
+        k1 = min(k_n, k0 + DEPTH)
+        r = 0
+        while r + ROWS <= m_n:
+            _put(_block(a, r, k0, k1, panel, zeros(BLOCK)), out_flat, r * n_n + column, n_n, k0 == 0)
+            r += ROWS
+        while r < m_n:
+            _put(_block(a, r, k0, k1, panel, zeros(4)), out_flat, r * n_n + column, n_n, k0 == 0)
+            r += 1
+
+
+@njit(cache=True, nogil=True)
+def _panels_kernel(a, panels, out, first, last):
+    # out[:, 32p:32p + 32] = a @ panels[p] for p in [first, last): a (M, K) and out (M, N)
+    # C-contiguous, panels (N/32, K, 32); without the GIL, so that threads share a product
+    for p in range(first, last):
+        _panel_product(a, panels[p].reshape(-1), out, p * COLUMNS)
+
+
+def panel_product(a, panels, out=None):
+    """a @ b for b packed by `pack`: (M, K) @ (K, N) -> (M, N) float32, into `out` when given. The
+    panels are shared between this thread and perf.worker_pool's threads (one a core): a face's pass
+    keeps numba's own threads asleep (perf.inference_threads), and these products are worth waking
+    others for."""
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    if a.shape[1] != panels.shape[1]:
+        raise ValueError(f"panel_product: a has {a.shape[1]} columns, the packed b {panels.shape[1]} rows")
+    out = np.empty((a.shape[0], panels.shape[0] * COLUMNS), np.float32) if out is None else out
+    threads = min(len(panels), os.cpu_count() or 1) if out.size * a.shape[1] >= perf.PANEL_PRODUCT_SHARED_MIN_WORK else 1
+    bounds = [len(panels) * t // threads for t in range(threads + 1)]
+    parts = [perf.worker_pool().submit(_panels_kernel, a, panels, out, lo, hi) for lo, hi in zip(bounds[1:-1], bounds[2:])]
+    _panels_kernel(a, panels, out, bounds[0], bounds[1])
+    for part in parts:
+        part.result()
+    return out
+
+
+def bind_panel_product(b):
+    """product(a, out) -> a @ b in out, b packed once (compiler/plan.py's inference plans)."""
+    panels = pack(b)
+    return lambda a, out: panel_product(a, panels, out)

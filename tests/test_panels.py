@@ -1,0 +1,65 @@
+"""minicnn/ops/panels.py: packed products equal NumPy's in float64, on one thread or shared, and
+ops.gemm.bind_matmul takes them where panel_pays says."""
+import numpy as np
+import pytest
+
+from minicnn import perf
+from minicnn.ops import gemm, panels
+
+# (M, K, N): rows in blocks and left over, sums shorter and longer than a pass (DEPTH), one and
+# several panels, and the seed models' face products
+SHAPES = [(1, 1, 32), (5, 7, 32), (6, 300, 64), (13, 257, 96), (36, 600, 128), (1, 4608, 256), (9, 64, 128)]
+
+
+def arrays(m, k, n, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((m, k)).astype(np.float32), rng.standard_normal((k, n)).astype(np.float32)
+
+
+def assert_product(out, a, b):
+    expected = a.astype(np.float64) @ b.astype(np.float64)
+    assert out.dtype == np.float32 and out.shape == expected.shape
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["one thread", "shared"])
+@pytest.mark.parametrize("m, k, n", SHAPES)
+def test_the_packed_product_equals_numpys(monkeypatch, m, k, n, shared):
+    monkeypatch.setattr(perf, "PANEL_PRODUCT_SHARED_MIN_WORK", 1 if shared else 1 << 62)
+    a, b = arrays(m, k, n)
+    packed = panels.pack(b)
+    assert packed.shape == (n // panels.COLUMNS, k, panels.COLUMNS)
+    assert_product(panels.panel_product(a, packed), a, b)
+    out = np.full((m, n), np.nan, np.float32)
+    assert panels.panel_product(a, packed, out) is out
+    assert_product(out, a, b)
+
+
+def test_a_non_contiguous_left_side_and_a_wrong_one():
+    a, b = arrays(8, 40, 64)
+    wide = np.zeros((8, 80), np.float32)
+    wide[:, ::2] = a
+    assert_product(panels.panel_product(wide[:, ::2], panels.pack(b)), a, b)
+    with pytest.raises(ValueError, match="a has 39 columns, the packed b 40 rows"):
+        panels.panel_product(a[:, :39], panels.pack(b))
+
+
+@pytest.mark.parametrize("m, k, n, dtype, pays", [
+    (36, 4608, 512, np.float32, True),          # cnn4's conv2d_4 at batch 1
+    (36, 4608, 512, np.float64, False),
+    (36, 1152, 7, np.float32, False),            # the head: not whole panels
+    (9216, 4608, 512, np.float32, False),        # a batch: a is read once a panel
+])
+def test_panel_pays_for_few_rows_of_float32(m, k, n, dtype, pays):
+    assert panels.panel_pays(m, k, n, dtype) == pays
+
+
+@pytest.mark.parametrize("lanes", [True, False])
+def test_bound_products_take_the_panels_where_they_pay(monkeypatch, lanes):
+    monkeypatch.setattr(perf, "LANE_KERNELS", lanes)
+    calls = []
+    monkeypatch.setattr(panels, "panel_product", lambda *args: calls.append(args) or args[2])
+    a, b = arrays(36, 50, 64)
+    gemm.bind_matmul(36, b)(a, np.empty((36, 64), np.float32))
+    gemm.bind_matmul(36, b.astype(np.float64))(a.astype(np.float64), np.empty((36, 64)))
+    assert len(calls) == (1 if lanes else 0)
