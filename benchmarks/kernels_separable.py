@@ -126,8 +126,9 @@ def print_lanes(shapes, args, rng):
             if separable._lanes_kernels(np.float32, case.kd.shape) is None:
                 continue
             case.fused_forward(keep=True)
-            passes = [("forward+stats", lambda: case.fused_forward(True, True)),
-                      ("backward", lambda: case.fused_backward(True))] if batch > 1 else [("inference", case.fused_forward)]
+            passes = ([("forward+stats", lambda: case.fused_forward(True, True)),
+                       ("backward", lambda: case.fused_backward(True))] if batch > 1
+                      else [("inference", case.fused_forward)])
             for row, run in passes:
                 rows_ms, lanes_ms = median_ms([with_lanes(False, run), with_lanes(True, run)], args.repeats, args.clock)
                 label = f"{h}x{h}x{c}->{f} b{batch}"

@@ -96,7 +96,8 @@ def main():
                      f"which compiles afresh")
     perf.enable()
     times, what = face_rounds(args) if args.face else training_rounds(args)
-    env = {k: os.environ.get(k, "(unset)") for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_THREAD_TIMEOUT")}
+    env = {k: os.environ.get(k, "(unset)")
+           for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_THREAD_TIMEOUT")}
     print(f"{args.model} {what}; minicnn "
           f"{minicnn.__version__}; {' '.join(f'{k}={v}' for k, v in env.items())}; load {os.getloadavg()[0]:.2f}")
     first = float(np.median(times[args.values[0]]))

@@ -11,7 +11,9 @@ CUDA graphs and ONNX Runtime's sessions do. A plain layer's step runs its own fo
     y = plans(model, inputs)         # the first call at these shapes runs the steps and makes the plan
 
 A plan writes the same arrays on every call, so it hands back a copy of the output and runs one
-call at a time: a second thread meanwhile runs the steps as usual. It binds the weights as they
+call at a time: a second thread meanwhile runs the steps as usual. In float32 the steps' output
+can differ from the plan's in the last digits (a plan's products run on packed panels,
+ops.panels, and sum in another order); in float64 the two are the same numbers. It binds the weights as they
 are when it is made; the model drops its plans with the steps they bound (Model.set_steps), which
 new weights bring about (compiler.freeze folds them again).
 """
@@ -64,7 +66,9 @@ class Plans:
                 plan.lock.release()
         values = network.run(network.steps, inputs, False)
         if plan is None and key is not None and len(self.plans) < MAX_PLANS:
-            self.plans[key] = Plan(network, values)
+            self.plans[key] = plan = Plan(network, values)
+            with plan.lock:
+                return plan(inputs)          # the first output by the plan too, as every later one
         return values[network.steps[-1][0]]
 
     def __getstate__(self):

@@ -96,9 +96,11 @@ def panel_product(a, panels, out=None):
     if a.shape[1] != panels.shape[1]:
         raise ValueError(f"panel_product: a has {a.shape[1]} columns, the packed b {panels.shape[1]} rows")
     out = np.empty((a.shape[0], panels.shape[0] * COLUMNS), np.float32) if out is None else out
-    threads = min(len(panels), os.cpu_count() or 1) if out.size * a.shape[1] >= perf.PANEL_PRODUCT_SHARED_MIN_WORK else 1
+    shared = out.size * a.shape[1] >= perf.PANEL_PRODUCT_SHARED_MIN_WORK
+    threads = min(len(panels), os.cpu_count() or 1) if shared else 1
     bounds = [len(panels) * t // threads for t in range(threads + 1)]
-    parts = [perf.worker_pool().submit(_panels_kernel, a, panels, out, lo, hi) for lo, hi in zip(bounds[1:-1], bounds[2:])]
+    parts = [perf.worker_pool().submit(_panels_kernel, a, panels, out, lo, hi)
+             for lo, hi in zip(bounds[1:-1], bounds[2:])]
     _panels_kernel(a, panels, out, bounds[0], bounds[1])
     for part in parts:
         part.result()

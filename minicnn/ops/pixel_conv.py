@@ -8,13 +8,13 @@ vector register (ops/lanes.py).
 
 Each line's `:` is eight numbers, one vector register. Shapes as ops/direct_conv.py: x (N, H,
 W, 8) NHWC, K (kh, kw, 8, 8), stride 1, zero padding pads = ((top, bottom), (left, right));
-float32 only (ops.direct_conv says which layers come here). ops.direct_conv computes the same sums channel-major, one long
-loop per (tap, c, f) over a tile; with eight channels those loops are short and many, while
-here every number of x is loaded once per tap and multiplied into all eight filters at once:
-the forward keeps eight pixels' outputs in eight registers, the kernel gradient a kernel
-row's kw*8 sums of eight filters (kw*8 registers) over an output row. Each output row first
-copies the kh input rows it reads into a scratch with the padding's zeros in place, so every
-pixel's window is a plain run of that scratch.
+float32 only (ops.direct_conv says which layers come here). ops.direct_conv computes the same
+sums channel-major, one long loop per (tap, c, f) over a tile; with eight channels those loops
+are short and many, while here every number of x is loaded once per tap and multiplied into
+all eight filters at once: the forward keeps eight pixels' outputs in eight registers, the
+kernel gradient a kernel row's kw*8 sums of eight filters (kw*8 registers) over an output row.
+Each output row first copies the kh input rows it reads into a scratch with the padding's zeros
+in place, so every pixel's window is a plain run of that scratch.
 """
 import numpy as np
 

@@ -263,7 +263,8 @@ def bind_separable_conv2d(x_shape, depthwise_kernel, pointwise_kernel, pads):
     the kernel reads them made once: run(x) -> y, the same array every call (compiler/plan.py)."""
     kh, kw, c, f = _check(x_shape, depthwise_kernel, pointwise_kernel)
     ho, wo = output_hw(x_shape[1], x_shape[2], (kh, kw), (1, 1), pads)
-    forward, kp = _forward_runner(depthwise_kernel, wo, pointwise_kernel.dtype), _pointwise(pointwise_kernel, c, pointwise_kernel.dtype)
+    dtype = pointwise_kernel.dtype
+    forward, kp = _forward_runner(depthwise_kernel, wo, dtype), _pointwise(pointwise_kernel, c, dtype)
     y = np.empty((x_shape[0], ho, wo, f), pointwise_kernel.dtype)
     rows = tile_rows(wo, c, f)
 

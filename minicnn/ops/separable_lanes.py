@@ -6,9 +6,12 @@ The same sums as ops/separable.py, tile by tile, with the same pointwise product
 loop per tap over a row, reading and writing the row's numbers once for every tap; here eight
 channels of a pixel are one register, and the taps' kernel numbers stay in registers:
 
-    d[ho, wo, c]          = sum_{i, j} x[ho - top + i, wo - left + j, c] * K[i, j, c]    (nine multiply-adds, one store)
-    ddepthwise[i, j, c]  += sum_wo x[ho - top + i, wo - left + j, c] * dd[ho, wo, c]      (nine sums along the row, in registers)
-    dx[ho - top + i, w, c] += sum_j K[i, j, c] * dd[ho, w + left - j, c]                 (each dx number read and written once a kernel row)
+    d[ho, wo, c]           = sum_{i, j} x[ho - top + i, wo - left + j, c] * K[i, j, c]
+    ddepthwise[i, j, c]   += sum_wo x[ho - top + i, wo - left + j, c] * dd[ho, wo, c]
+    dx[ho - top + i, w, c] += sum_j K[i, j, c] * dd[ho, w + left - j, c]
+
+The first is nine multiply-adds and one store a pixel; the second nine sums kept in registers
+along the row; the third reads and writes each dx number once a kernel row.
 
 Shapes as ops/separable.py: x (N, H, W*C) image rows as runs, K flattened to (9*C,) in (i, j,
 c) order. Input rows above or below the image read a row of zeros (and the gradient meant for
