@@ -63,3 +63,23 @@ def test_bound_products_take_the_panels_where_they_pay(monkeypatch, lanes):
     gemm.bind_matmul(36, b)(a, np.empty((36, 64), np.float32))
     gemm.bind_matmul(36, b.astype(np.float64))(a.astype(np.float64), np.empty((36, 64)))
     assert len(calls) == (1 if lanes else 0)
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["one thread", "shared"])
+def test_a_batch_of_packed_products_equals_numpys(monkeypatch, shared):
+    monkeypatch.setattr(perf, "PANEL_PRODUCT_SHARED_MIN_WORK", 1 if shared else 1 << 62)
+    rng = np.random.default_rng(3)
+    a, b = rng.standard_normal((5, 9, 70)).astype(np.float32), rng.standard_normal((5, 70, 64)).astype(np.float32)
+    out = np.full((5, 9, 64), np.nan, np.float32)
+    assert panels.bind_batched_panel_product(b)(a, out) is out
+    expected = np.stack([a[i].astype(np.float64) @ b[i] for i in range(5)])
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("lanes", [True, False])
+def test_bound_batches_take_the_panels_where_they_pay(monkeypatch, lanes):
+    monkeypatch.setattr(perf, "LANE_KERNELS", lanes)
+    a, b = np.ones((3, 4, 8), np.float32), np.ones((3, 8, 32), np.float32)
+    product = gemm.bind_batched_matmul(4, b)
+    np.testing.assert_array_equal(product(a, np.empty((3, 4, 32), np.float32)), np.full((3, 4, 32), 8.0))
+    assert (product.__qualname__.startswith("bind_batched_panel_product")) == lanes

@@ -111,8 +111,8 @@ def test_a_plan_busy_on_another_thread_leaves_the_call_to_the_steps(floatx):
         thread.start()
     for thread in threads:
         thread.join()
-    for result in results:
-        np.testing.assert_array_equal(result, expected)
+    for result in results:                              # by the plan, or by the steps while it is busy
+        np.testing.assert_allclose(result, expected, rtol=1e-5, atol=1e-6)
 
 
 # ---- each op's bound form against its dispatcher, on two inputs in turn --------------------------

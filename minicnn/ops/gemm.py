@@ -304,13 +304,28 @@ def _plus(z, bias):
     return z
 
 
+def bind_batched_matmul(m, b):
+    """batched_matmul by (B, M, K) @ b for a fixed b (B, K, F): product(a, out) -> out (compiler/plan.py),
+    on ops.panels where it pays for each (M, K) @ (K, F)."""
+    panels = _panels()
+    if panels is not None and panels.panel_pays(m, *b.shape[1:], b.dtype):
+        return panels.bind_batched_panel_product(b)
+    return lambda a, out: batched_matmul(a, b, out)
+
+
 def _panel_product(m, b):
-    """ops.panels' product bound to b where it pays and perf.LANE_KERNELS is on, else None.
-    Imported at first use: it defines a numba type, and MINICNN_REFERENCE=1 runs without numba."""
+    """ops.panels' product bound to b where it pays, else None."""
+    panels = _panels()
+    return panels.bind_panel_product(b) if panels is not None and panels.panel_pays(m, *b.shape, b.dtype) else None
+
+
+def _panels():
+    """ops.panels while perf.LANE_KERNELS is on, else None (and under MINICNN_REFERENCE=1). Imported
+    at first use: it defines a numba type, and MINICNN_REFERENCE=1 runs without numba."""
     if not perf.LANE_KERNELS or backend.use_reference():
         return None
     from . import panels
-    return panels.bind_panel_product(b) if panels.panel_pays(m, *b.shape, b.dtype) else None
+    return panels
 
 
 def column_sums(a):

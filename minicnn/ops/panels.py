@@ -12,8 +12,8 @@ b is packed once, when an inference plan binds the layer, into panels of 32 colu
 and each panel's columns of out are made six rows at a time (three on a CPU with 16 vector
 registers): the 6 x 32 block of out stays in 24 registers (ops/lanes.py) while k runs over
 DEPTH numbers of the sum, each step a rank-one update (lanes.outer_multiply_add): four loads of
-the panel's row k, six broadcasts of a[r, k], 24 fused multiply-adds. Rows left over go one at
-a time. `panel_pays` (perf.PANEL_PRODUCT_*) says for which shapes this beats the plain call, as
+the panel's row k, six broadcasts of a[r, k], 24 fused multiply-adds. Rows left over go three,
+two and one at a time. `panel_pays` (perf.PANEL_PRODUCT_*) says for which shapes this beats the plain call, as
 benchmarks/kernels_panels.py measures; float32 only.
 """
 import os
@@ -66,7 +66,9 @@ def _put(block, out_flat, start, n_n, first):
 
 @njit(fastmath=FAST)
 def _panel_product(a, panel, out, column):
-    """out[:, column:column + 32] = a @ panel: DEPTH of the sum a pass, in each six rows at a time, then one."""
+    """out[:, column:column + 32] = a @ panel: DEPTH of the sum a pass, in each ROWS rows at a time,
+    then the rows left in blocks of three, two and one (up to five: a block of one row makes its
+    sums one after another, each waiting on the last)."""
     out_flat, (m_n, k_n), n_n = out.reshape(-1), a.shape, out.shape[1]
     for k0 in range(0, k_n, DEPTH):
         k1 = min(k_n, k0 + DEPTH)
@@ -74,9 +76,14 @@ def _panel_product(a, panel, out, column):
         while r + ROWS <= m_n:
             _put(_block(a, r, k0, k1, panel, zeros(BLOCK)), out_flat, r * n_n + column, n_n, k0 == 0)
             r += ROWS
-        while r < m_n:
+        if r + 3 <= m_n and ROWS > 3:
+            _put(_block(a, r, k0, k1, panel, zeros(12)), out_flat, r * n_n + column, n_n, k0 == 0)
+            r += 3
+        if r + 2 <= m_n:
+            _put(_block(a, r, k0, k1, panel, zeros(8)), out_flat, r * n_n + column, n_n, k0 == 0)
+            r += 2
+        if r < m_n:
             _put(_block(a, r, k0, k1, panel, zeros(4)), out_flat, r * n_n + column, n_n, k0 == 0)
-            r += 1
 
 
 @njit(cache=True, nogil=True)
@@ -85,6 +92,25 @@ def _panels_kernel(a, panels, out, first, last):
     # C-contiguous, panels (N/32, K, 32); without the GIL, so that threads share a product
     for p in range(first, last):
         _panel_product(a, panels[p].reshape(-1), out, p * COLUMNS)
+
+
+@njit(cache=True, nogil=True)
+def _batch_kernel(a, panels, out, first, last):
+    # out[i] = a[i] @ b[i] for i in [first, last): a (B, M, K), panels (B, N/32, K, 32), out (B, M, N)
+    for i in range(first, last):
+        for p in range(panels.shape[1]):
+            _panel_product(a[i], panels[i, p].reshape(-1), out[i], p * COLUMNS)
+
+
+def _shared(kernel, tasks, work, *args):
+    """kernel(*args, first, last) over tasks [0, tasks): on this thread alone below
+    perf.PANEL_PRODUCT_SHARED_MIN_WORK multiply-adds, else cut among it and perf.worker_pool's threads."""
+    threads = min(tasks, os.cpu_count() or 1) if work >= perf.PANEL_PRODUCT_SHARED_MIN_WORK else 1
+    bounds = [tasks * t // threads for t in range(threads + 1)]
+    parts = [perf.worker_pool().submit(kernel, *args, lo, hi) for lo, hi in zip(bounds[1:-1], bounds[2:])]
+    kernel(*args, bounds[0], bounds[1])
+    for part in parts:
+        part.result()
 
 
 def panel_product(a, panels, out=None):
@@ -96,14 +122,7 @@ def panel_product(a, panels, out=None):
     if a.shape[1] != panels.shape[1]:
         raise ValueError(f"panel_product: a has {a.shape[1]} columns, the packed b {panels.shape[1]} rows")
     out = np.empty((a.shape[0], panels.shape[0] * COLUMNS), np.float32) if out is None else out
-    shared = out.size * a.shape[1] >= perf.PANEL_PRODUCT_SHARED_MIN_WORK
-    threads = min(len(panels), os.cpu_count() or 1) if shared else 1
-    bounds = [len(panels) * t // threads for t in range(threads + 1)]
-    parts = [perf.worker_pool().submit(_panels_kernel, a, panels, out, lo, hi)
-             for lo, hi in zip(bounds[1:-1], bounds[2:])]
-    _panels_kernel(a, panels, out, bounds[0], bounds[1])
-    for part in parts:
-        part.result()
+    _shared(_panels_kernel, len(panels), out.size * a.shape[1], a, panels, out)
     return out
 
 
@@ -111,3 +130,15 @@ def bind_panel_product(b):
     """product(a, out) -> a @ b in out, b packed once (compiler/plan.py's inference plans)."""
     panels = pack(b)
     return lambda a, out: panel_product(a, panels, out)
+
+
+def bind_batched_panel_product(b):
+    """product(a, out) -> out[i] = a[i] @ b[i] for a batch of products with b (B, K, N) packed once
+    (Winograd's a^2 products with a kept kernel transform); a (B, M, K) and out (B, M, N) float32,
+    C-contiguous. The products are shared among the threads whole."""
+    panels = np.stack([pack(matrix) for matrix in b])                 # (B, N/32, K, 32)
+
+    def product(a, out):
+        _shared(_batch_kernel, len(a), out.size * a.shape[2], a, panels, out)
+        return out
+    return product

@@ -40,7 +40,7 @@ import numpy as np
 
 from .. import backend, perf
 from .buffers import reuse_or_new
-from .gemm import batched_matmul, matmul
+from .gemm import batched_matmul, bind_batched_matmul, matmul
 from .jit import njit, prange
 
 
@@ -536,11 +536,11 @@ def bind_conv(x_shape, u, top, left, ho, wo, tiling):
     th, tw = tiles_hw(ho, wo, t.m)
     v, m = (np.empty((t.a * t.a, n * th * tw, k), u.dtype) for k in (c, f))
     z, no_moments, no_bias = np.empty((n, ho, wo, f), u.dtype), np.zeros((0, 2, f)), np.zeros(f, u.dtype)
-    kernels = _kernels(t, u.dtype)
+    kernels, product = _kernels(t, u.dtype), bind_batched_matmul(n * th * tw, u)
 
     def run(x):
         kernels.input_transform(np.ascontiguousarray(x), v, top, left, th, tw)
-        batched_matmul(v, u, out=m)
+        product(v, m)
         kernels.output_transform(m, no_bias, z, th, tw, no_moments, u.dtype.type(-np.inf))
         return z
     return run
