@@ -10,16 +10,17 @@ one compiled model, one batch of 64, the values taking turns round after round i
 (noise hits all alike), the median and the least of each printed with the ratio to the first.
 The compiler's per-shape choices are cleared at each switch, so a setting that picks a method
 (Winograd, direct) takes effect. `--face` times one face's inference instead, as the webcam runs
-it (the one-face process settings): a frozen model per value, each planned under its value, the
-mean of FACES faces a round.
+it (the one-face process settings): a process per value with a frozen model planned under its
+value, the processes taking turns, the mean of FACES faces a round.
 """
 import argparse
 import os
+import subprocess
 import sys
 
 from fer.process import set_environment
 
-set_environment(one_face="--face" in sys.argv)      # before NumPy and numba load (fer/process.py)
+set_environment(one_face="--face" in sys.argv or "--face-worker" in sys.argv)      # before NumPy and numba load (fer/process.py)
 
 import numpy as np  # noqa: E402
 
@@ -65,21 +66,44 @@ def training_rounds(args):
 
 
 def face_rounds(args):
-    """{value: [ms of a face, a round]}: a frozen model per value, its plan made under that value."""
-    runners = {}
-    for setting in args.values:
-        setattr(perf, args.setting, setting)
-        runners[setting] = Minicnn(args.model, 1, "compiled", frozen=True)
-        for _ in range(3):
-            runners[setting].infer_one()                # the plan, made under this value
+    """{value: [ms of a face, a round]}: a process per value, as the webcam runs alone (in one
+    process, OpenBLAS's threads, spinning after one model's products, would take the cores from the
+    next model's), each with its frozen model planned under its value; the processes take turns."""
+    workers = {setting: subprocess.Popen([sys.executable, os.path.abspath(__file__), "--face-worker", args.model,
+                                          args.setting, repr(setting)], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, text=True) for setting in args.values}
+    for worker in workers.values():
+        worker.stdout.readline()                        # ready: planned and warm
     times = {v: [] for v in args.values}
     for _ in range(args.rounds):
-        for setting, runner in runners.items():
-            times[setting].append(1e3 * runner.run("infer_one", FACES))
-    return times, f"one face, {args.rounds} rounds of {FACES} faces"
+        for setting, worker in workers.items():
+            worker.stdin.write(f"{FACES}\n")
+            worker.stdin.flush()
+            line = worker.stdout.readline()
+            if not line:
+                raise RuntimeError(f"the face worker for {setting!r} died; run it alone to see why")
+            times[setting].append(float(line))
+    for worker in workers.values():
+        worker.stdin.close()
+        worker.wait()
+    return times, f"one face, {args.rounds} rounds of {FACES} faces, a process per value"
+
+
+def face_worker(model_name, setting, text):
+    """The worker side of face_rounds: perf.<setting> = value, then ms per face for each count read."""
+    perf.enable()
+    setattr(perf, setting, value(text))
+    runner = Minicnn(model_name, 1, "compiled", frozen=True)
+    for _ in range(3):
+        runner.infer_one()                              # the plan, made under this value
+    print("ready", flush=True)
+    for line in sys.stdin:
+        print(1e3 * runner.run("infer_one", int(line)), flush=True)
 
 
 def main():
+    if sys.argv[1:2] == ["--face-worker"]:
+        return face_worker(*sys.argv[2:5])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", help="a fer.models architecture: cnn4, cnn8, mini_xception, ...")
     parser.add_argument("setting", help="a minicnn.perf name, e.g. TALL_PRODUCT_MIN_ROWS")
