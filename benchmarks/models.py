@@ -518,12 +518,24 @@ def _numba_layer():
         return numba.config.THREADING_LAYER
 
 
+SETTLE = 0.2     # seconds between two runners' turns: the last one's idle threads stop spinning
+
+
 def measure(runners, what, repeats, calls):
-    """Median seconds per call of runner.<what> for each runner, interleaved repeat by repeat."""
+    """Median seconds per call of runner.<what> for each runner, interleaved repeat by repeat, each
+    turn after SETTLE seconds of quiet: a runner in another process leaves its thread pools spinning
+    for a while after its turn (OpenBLAS's for OPENBLAS_THREAD_TIMEOUT, an OpenMP pool for its
+    spin count), on the cores the next runner needs, which its framework would not meet alone."""
     for r in runners:
         r.run(what, 2)                               # warm-up: numba caches, buffers, torch
-    times = [[r.run(what, calls) for r in runners] for _ in range(repeats)]
+    times = [[settled(r, what, calls) for r in runners] for _ in range(repeats)]
     return [float(np.median(t)) for t in zip(*times)]
+
+
+def settled(runner, what, calls):
+    """runner.run(what, calls) after SETTLE seconds of quiet."""
+    time.sleep(SETTLE)
+    return runner.run(what, calls)
 
 
 def main():
