@@ -385,6 +385,9 @@ WINOGRAD_3X3_KEPT_MIN_TILES, WINOGRAD_KEPT_MAX_NUMBERS = 9, 1 << 20
 # ... and at least this share of the tiles' outputs inside the image: a 6x6 output takes four
 # 4x4 tiles, 8x8 outputs for 36, no fewer multiplications than F(2x2) with larger transforms
 WINOGRAD4_MIN_KEPT = 0.75
+# F(2x2, 3x3) with its kernel transform kept between inference calls (its products on ops.panels'
+# packed transform): from this many tiles (one face's 12x12 and 6x6 layers in cnn4; settings_ab.py --face)
+WINOGRAD_2X2_KEPT_MIN_TILES = 9
 # the fused SeparableConv2D (ops/separable.py, chosen by benchmarks/kernels_separable.py): from
 # this many input channels, where its tiles' products are wide enough to beat one product over
 # the batch; for inference, and for training (the forward keeping d for the backward)

@@ -295,8 +295,11 @@ def test_winograd_tile_picks_by_shape(monkeypatch):
     assert tile((1, 12, 12, 128), (3, 3, 128, 512)) is None           # one image: too few tiles
     # a transform kept between inference calls is paid once: F(4x4) from fewer tiles where it is small
     assert tile((1, 12, 12, 128), (3, 3, 128, 128), kernel_kept=True) is winograd.F4      # cnn8's face, 9 tiles
-    assert tile((1, 12, 12, 128), (3, 3, 128, 512), kernel_kept=True) is None     # 36*128*512 numbers: too many
-    assert tile((1, 8, 8, 128), (3, 3, 128, 128), kernel_kept=True) is None       # 4 tiles
+    # ... else F(2x2) from WINOGRAD_2X2_KEPT_MIN_TILES 2x2 tiles
+    assert tile((1, 12, 12, 128), (3, 3, 128, 512), kernel_kept=True) is winograd.F2     # F(4x4): too many numbers
+    assert tile((1, 8, 8, 128), (3, 3, 128, 128), kernel_kept=True) is winograd.F2       # 4 tiles of 4x4, 16 of 2x2
+    assert tile((1, 6, 6, 512), (3, 3, 512, 512), kernel_kept=True) is winograd.F2       # cnn4's face, 9 tiles
+    assert tile((1, 4, 4, 128), (3, 3, 128, 128), kernel_kept=True) is None              # 4 tiles of 2x2
     assert tile((1, 24, 24, 64), (5, 5, 64, 128), kernel_kept=True) is winograd.F4_5X5   # cnn4's face, 36 tiles
     assert tile((1, 24, 24, 64), (5, 5, 64, 128)) is None
     assert tile((64, 12, 12, 128), (3, 3, 128, 512), strides=(2, 2)) is None

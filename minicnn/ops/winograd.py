@@ -568,15 +568,17 @@ def conv_backward(dz, saved, x_shape, top, left, workspace=None, need_input_grad
 conv3x3, conv3x3_backward, conv3x3_naive = conv, conv_backward, conv_naive
 
 
-def pays(kernel_size, strides, n, ho, wo, channels, filters):
+def pays(kernel_size, strides, n, ho, wo, channels, filters, kernel_kept=False):
     """Whether F(2x2, 3x3) pays for N images, an Ho x Wo output, C -> F channels:
     3x3, stride 1, wide layers (perf.WINOGRAD_MIN_CHANNELS) and enough tiles to share the
-    kernel transform (perf.WINOGRAD_MIN_TILES). MINICNN_REFERENCE=1: never (the direct im2col
+    kernel transform (perf.WINOGRAD_MIN_TILES; perf.WINOGRAD_2X2_KEPT_MIN_TILES where the caller
+    keeps the transform between calls). MINICNN_REFERENCE=1: never (the direct im2col
     convolution is the reference)."""
     th, tw = tiles_hw(ho, wo)
     wide = min(channels, filters) >= perf.WINOGRAD_MIN_CHANNELS
+    least = perf.WINOGRAD_2X2_KEPT_MIN_TILES if kernel_kept else perf.WINOGRAD_MIN_TILES
     return (tuple(kernel_size) == (3, 3) and tuple(strides) == (1, 1) and wide
-            and n * th * tw >= perf.WINOGRAD_MIN_TILES and not backend.use_reference())
+            and n * th * tw >= least and not backend.use_reference())
 
 
 def kept_min_tiles(k, c, f):
@@ -593,8 +595,9 @@ def winograd_tile(x_shape, kernel_shape, strides=(1, 1), padding="same", kernel_
     Winograd needs a 3x3 or 5x5 kernel at stride 1; 4x4 tiles pay where they cover the output
     with little waste, on enough channels and tiles (perf.WINOGRAD4_*); else F(2x2, 3x3) where
     `pays` says so. kernel_kept: the caller keeps the kernel transform between calls (inference),
-    so a 5x5 kernel's F(4x4, 5x5) pays from fewer tiles (perf.WINOGRAD_5X5_KEPT_MIN_TILES), and a
-    3x3 kernel's F(4x4, 3x3) too where its transform is small (perf.WINOGRAD_3X3_KEPT_MIN_TILES).
+    so a 5x5 kernel's F(4x4, 5x5) pays from fewer tiles (perf.WINOGRAD_5X5_KEPT_MIN_TILES), a
+    3x3 kernel's F(4x4, 3x3) too where its transform is small (perf.WINOGRAD_3X3_KEPT_MIN_TILES),
+    and F(2x2, 3x3) from perf.WINOGRAD_2X2_KEPT_MIN_TILES.
     MINICNN_REFERENCE=1: None."""
     n, h, w, _ = x_shape
     kh, kw, c, f = kernel_shape
@@ -609,4 +612,4 @@ def winograd_tile(x_shape, kernel_shape, strides=(1, 1), padding="same", kernel_
     if (min(c, f) >= perf.WINOGRAD4_MIN_CHANNELS and n * th * tw >= min_tiles
             and kept >= perf.WINOGRAD4_MIN_KEPT):
         return TILINGS[4, kh]
-    return F2 if kh == 3 and pays((3, 3), (1, 1), n, ho, wo, c, f) else None
+    return F2 if kh == 3 and pays((3, 3), (1, 1), n, ho, wo, c, f, kernel_kept) else None
