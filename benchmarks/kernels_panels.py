@@ -1,13 +1,13 @@
 """Time a face's products on packed panels (minicnn/ops/panels.py) against OpenBLAS.
 
     python benchmarks/kernels_panels.py                       # the seed models' batch-1 products
-    python benchmarks/kernels_panels.py --repeats 101
+    python benchmarks/kernels_panels.py --repeats 21
     python benchmarks/settings_ab.py cnn4 LANE_KERNELS 0 1 --face    # a whole face, both ways
 
 An inference plan binds each product with a fixed right side once (ops.gemm.bind_matmul): with
 perf.LANE_KERNELS off it is NumPy's matmul (OpenBLAS, on its threads where the product is large,
 b^T @ a^T for a few rows), on, the packed panels where `panel_pays`. For every product below both
-bound forms take turns, inside a face's settings (fer.process.set_environment(one_face=True),
+bound forms take turns, a round of calls each, inside a face's settings (fer.process.set_environment(one_face=True),
 numba on one thread as perf.inference_threads runs a face); the table gives medians and the
 ratio OpenBLAS / panels (> 1: the panels are faster). A product timed alone, its b in the cache
 and OpenBLAS's threads awake, flatters OpenBLAS: in a face's pass other kernels run between the
@@ -18,6 +18,7 @@ import argparse
 import os
 import platform
 import sys
+import time
 
 from fer.process import set_environment
 
@@ -31,6 +32,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from minicnn import perf  # noqa: E402
 from minicnn.ops import gemm, panels  # noqa: E402
 from timing import median_ms  # noqa: E402
+
+SETTLE, CALLS = 0.05, 9      # seconds of quiet before each round; calls a round (their median)
 
 # (label, M, K, N): the products a face's pass binds (ops.gemm.bind_matmul) in the seed models
 PRODUCTS = [
@@ -54,21 +57,29 @@ def bound(m, b, lanes):
 
 
 def timings(m, k, n, repeats):
-    """(OpenBLAS ms, panels ms) for one product, inside a face's numba setting."""
+    """(OpenBLAS ms, panels ms) for one product, inside a face's numba setting: rounds of CALLS
+    calls of each in turns, each after SETTLE seconds of quiet (OpenBLAS's threads spin on the
+    cores for a while after its products, where the panels' threads would meet them: in a face's
+    pass with the panels no OpenBLAS product runs)."""
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal((m, k)).astype(np.float32), rng.standard_normal((k, n)).astype(np.float32)
     out = np.empty((m, n), np.float32)
-    runs = [lambda product=bound(m, b, lanes): product(a, out) for lanes in (False, True)]
+    products = [bound(m, b, lanes) for lanes in (False, True)]
+    rounds = [[], []]
     with perf.one_thread():
-        return median_ms(runs, repeats)
+        for _ in range(repeats):
+            for product, times in zip(products, rounds):
+                time.sleep(SETTLE)
+                times.append(median_ms([lambda: product(a, out)], CALLS)[0])
+    return [float(np.median(times)) for times in rounds]
 
 
 def main():
     perf.enable()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=41)
+    parser.add_argument("--repeats", type=int, default=11, help="rounds (the median is shown)")
     args = parser.parse_args()
-    print(f"packed panels vs OpenBLAS: float32, medians of {args.repeats}, taking turns")
+    print(f"packed panels vs OpenBLAS: float32, medians of {args.repeats} rounds of {CALLS} calls in turns")
     env = {name: os.environ.get(name, "(unset)") for name in
            ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_THREAD_TIMEOUT", "NUMBA_CPU_FEATURES")}
     print(" ".join(f"{name}={value if len(value) < 40 else value[:37] + '...'}" for name, value in env.items()))
