@@ -3,6 +3,7 @@
     python benchmarks/kernels_panels.py                       # the seed models' batch-1 products
     python benchmarks/kernels_panels.py --repeats 21
     python benchmarks/settings_ab.py cnn4 LANE_KERNELS 0 1 --face    # a whole face, both ways
+    python benchmarks/kernels_panels.py --training            # Winograd's batches in cnn8's training step
 
 An inference plan binds each product with a fixed right side once (ops.gemm.bind_matmul): with
 perf.LANE_KERNELS off it is NumPy's matmul (OpenBLAS, on its threads where the product is large,
@@ -12,7 +13,10 @@ numba on one thread as perf.inference_threads runs a face); the table gives medi
 ratio OpenBLAS / panels (> 1: the panels are faster). A product timed alone, its b in the cache
 and OpenBLAS's threads awake, flatters OpenBLAS: in a face's pass other kernels run between the
 products, so perf.PANEL_PRODUCT_* is settled on whole faces (settings_ab.py --face). Record the
-figures in benchmarks/RESULTS.md with the machine, date and command.
+figures in benchmarks/RESULTS.md with the machine, date and command. `--training` times instead
+ops.gemm.batched_matmul on the batches of products cnn8's training step makes (Winograd's
+V @ U, dM @ U^T and V^T @ dM at batch 64) with numba's threads, both ways; perf.LANE_PRODUCT_MAX_WIDTH
+comes from that table and whole steps (settings_ab.py cnn8 LANE_PRODUCT_MAX_WIDTH 0 32).
 """
 import argparse
 import os
@@ -22,7 +26,7 @@ import time
 
 from fer.process import set_environment
 
-set_environment(one_face=True)      # before NumPy and numba load, which read them then
+set_environment(one_face="--training" not in sys.argv)      # before NumPy and numba load, which read them then
 
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
@@ -45,6 +49,52 @@ PRODUCTS = [
     ("cnn8 dense_1", 1, 2304, 64),
     ("mini_xception 1x1 at 11x11", 121, 16, 32),
 ]
+
+
+# (label, B, M, K, N, which operand is a transposed view): cnn8's Winograd products at batch 64
+BATCHES = [
+    ("48x48 32->32 forward", 36, 9216, 32, 32, ""),
+    ("48x48 32->32 input gradient", 36, 9216, 32, 32, "b"),
+    ("48x48 32->32 kernel gradient", 36, 32, 9216, 32, "a"),
+    ("24x24 64->64 forward", 36, 2304, 64, 64, ""),
+    ("24x24 64->64 kernel gradient", 36, 64, 2304, 64, "a"),
+    ("12x12 128->128 forward", 36, 576, 128, 128, ""),
+    ("12x12 128->128 kernel gradient", 36, 128, 576, 128, "a"),
+    ("6x6 256->256 forward", 16, 576, 256, 256, ""),
+]
+
+
+def batch_timings(n_b, m, k, n, transposed, repeats):
+    """(ms with perf.LANE_KERNELS off, on) of gemm.batched_matmul on one batch, in turns."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n_b, k, m) if transposed == "a" else (n_b, m, k)).astype(np.float32)
+    b = rng.standard_normal((n_b, n, k) if transposed == "b" else (n_b, k, n)).astype(np.float32)
+    a, b = (a.transpose(0, 2, 1) if transposed == "a" else a), (b.transpose(0, 2, 1) if transposed == "b" else b)
+    out = np.empty((n_b, m, n), np.float32)
+
+    def run(lanes):
+        def product():
+            saved, perf.LANE_KERNELS = perf.LANE_KERNELS, lanes
+            try:
+                gemm.batched_matmul(a, b, out)
+            finally:
+                perf.LANE_KERNELS = saved
+        return product
+    return median_ms([run(False), run(True)], repeats)
+
+
+def print_training(args):
+    """The --training table."""
+    print(f"Winograd's batches in training: OpenBLAS (LANE_KERNELS off) vs lanes, medians of {args.repeats} "
+          f"calls in turns, numba threads={numba.get_num_threads()}")
+    header = f"{'batch':<32} {'(B, M, K) @ (B, K, N)':<26} {'OpenBLAS ms':>11} {'lanes ms':>9} {'ratio':>6}  pays"
+    print(header)
+    print("-" * len(header))
+    for label, n_b, m, k, n, transposed in BATCHES:
+        blas, lanes = batch_timings(n_b, m, k, n, transposed, args.repeats)
+        shape = f"({n_b}, {m}, {k}) @ (., ., {n})"
+        pays = min(m, k) <= perf.LANE_PRODUCT_MAX_WIDTH and n <= perf.LANE_PRODUCT_MAX_WIDTH
+        print(f"{label:<32} {shape:<26} {blas:11.3f} {lanes:9.3f} {blas / lanes:6.2f}  {pays}", flush=True)
 
 
 def bound(m, b, lanes):
@@ -78,7 +128,10 @@ def main():
     perf.enable()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=11, help="rounds (the median is shown)")
+    parser.add_argument("--training", action="store_true", help="Winograd's batches of products in training")
     args = parser.parse_args()
+    if args.training:
+        return print_training(args)
     print(f"packed panels vs OpenBLAS: float32, medians of {args.repeats} rounds of {CALLS} calls in turns")
     env = {name: os.environ.get(name, "(unset)") for name in
            ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_THREAD_TIMEOUT", "NUMBA_CPU_FEATURES")}

@@ -97,6 +97,10 @@ WIDE_PRODUCT_MAX_LEFT, WIDE_PRODUCT_MIN_WORK, WIDE_PRODUCT_BLOCK = 2048, 1 << 21
 # its left side holds at most this many numbers (read once for every 32 columns: a face's layers,
 # not a batch's; benchmarks/kernels_panels.py)
 PANEL_PRODUCT_MAX_LEFT = 1 << 20
+# Winograd's batches of products in training on the same registers (ops.panels.batched_product) where
+# they are narrow: N and the smaller of M and K at most this many (a 32-channel layer's gained, a
+# 64-channel layer's forward lost: benchmarks/kernels_panels.py --training)
+LANE_PRODUCT_MAX_WIDTH = 32
 # ... shared with a pool of threads from this many multiply-adds (waking a thread costs as much as a small product)
 PANEL_PRODUCT_SHARED_MIN_WORK = 1 << 22
 # a batch of products (ops.gemm.batched_matmul, Winograd's) goes to the threads whole products each,

@@ -83,3 +83,43 @@ def test_bound_batches_take_the_panels_where_they_pay(monkeypatch, lanes):
     product = gemm.bind_batched_matmul(4, b)
     np.testing.assert_array_equal(product(a, np.empty((3, 4, 32), np.float32)), np.full((3, 4, 32), 8.0))
     assert (product.__qualname__.startswith("bind_batched_panel_product")) == lanes
+
+
+@pytest.mark.parametrize("a_transposed", [False, True], ids=["a", "a^T"])
+@pytest.mark.parametrize("b_transposed", [False, True], ids=["b", "b^T"])
+@pytest.mark.parametrize("m, k, n", [(9, 300, 32), (64, 5, 64), (1, 1, 32), (13, 600, 64)])
+def test_training_batches_equal_numpys(monkeypatch, m, k, n, a_transposed, b_transposed):
+    """Winograd's three products: V @ U, dM @ U^T (b a transposed view), V^T @ dM (a one); wider
+    ones than perf.LANE_PRODUCT_MAX_WIDTH lets through too (several column panels)."""
+    monkeypatch.setattr(perf, "LANE_PRODUCT_MAX_WIDTH", 1 << 30)
+    rng = np.random.default_rng(4)
+    a = rng.standard_normal((3, k, m) if a_transposed else (3, m, k)).astype(np.float32)
+    b = rng.standard_normal((3, n, k) if b_transposed else (3, k, n)).astype(np.float32)
+    a, b = (a.transpose(0, 2, 1) if a_transposed else a), (b.transpose(0, 2, 1) if b_transposed else b)
+    out = np.full((3, m, n), np.nan, np.float32)
+    assert panels.batch_pays(a, b, out)
+    assert panels.batched_product(a, b, out) is out
+    expected = np.matmul(a.astype(np.float64), b.astype(np.float64))
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+def test_which_training_batches_the_lanes_take():
+    f32 = np.float32
+    assert panels.batch_pays(np.ones((2, 900, 32), f32), np.ones((2, 32, 32), f32), np.ones((2, 900, 32), f32))
+    assert panels.batch_pays(np.ones((2, 32, 900), f32), np.ones((2, 900, 32), f32), None)     # V^T dM
+    assert not panels.batch_pays(np.ones((2, 900, 64), f32), np.ones((2, 64, 64), f32), np.ones((2, 900, 64), f32))
+    assert not panels.batch_pays(np.ones((2, 9, 32), f32), np.ones((2, 32, 48), f32), np.ones((2, 9, 48), f32))
+    assert not panels.batch_pays(np.ones((2, 99, 128), f32), np.ones((2, 128, 128), f32), np.ones((2, 99, 128), f32))
+    assert not panels.batch_pays(np.ones((2, 9, 32)), np.ones((2, 32, 64)), np.ones((2, 9, 64)))
+    strided = np.ones((2, 9, 64), f32)[:, :, ::2]
+    assert not panels.batch_pays(strided, np.ones((2, 32, 32), f32), np.ones((2, 9, 32), f32))
+
+
+@pytest.mark.parametrize("lanes", [True, False])
+def test_batched_matmul_takes_the_lanes_where_they_pay(monkeypatch, lanes):
+    monkeypatch.setattr(perf, "LANE_KERNELS", lanes)
+    calls = []
+    monkeypatch.setattr(panels, "batched_product", lambda a, b, out: calls.append(1) or np.matmul(a, b, out=out))
+    a, b = np.ones((4, 9, 32), np.float32), np.ones((4, 32, 32), np.float32)
+    np.testing.assert_array_equal(gemm.batched_matmul(a, b), np.full((4, 9, 32), 32.0))
+    assert len(calls) == (1 if lanes else 0)

@@ -143,7 +143,11 @@ def batched_matmul(a, b, out=None):
     products they hold the cores numba's kernels need: the products go whole to the threads
     instead (perf.BATCHED_PRODUCTS_SHARED; benchmarks/environment_ab.py times whole steps both
     ways). Written into `out` when given (the reference does not take it: np.matmul writes there
-    on OpenBLAS's threads)."""
+    on OpenBLAS's threads). Narrow float32 products run on ops.panels' registers instead
+    (panels.batch_pays)."""
+    panels = _panels()
+    if panels is not None and panels.batch_pays(a, b, out):
+        return panels.batched_product(a, b, out)
     shared = perf.BATCHED_PRODUCTS_SHARED and _batch_threads(len(a)) > 1
     product = pick(batched_matmul_reference, batched_matmul_threads, shared)
     if product is batched_matmul_threads:

@@ -21,7 +21,7 @@ import os
 import numpy as np
 
 from .. import perf
-from .jit import njit
+from .jit import njit, prange
 from .lanes import add_rows, load_all, outer_multiply_add, store_rows, vector_registers, zeros
 
 COLUMNS = 32        # a panel's columns: four Lanes of eight
@@ -45,61 +45,99 @@ def pack(b):
 
 
 @njit(inline="always")
-def _block(a, r0, k0, k1, panel, block):
-    """block + a[r0:r0 + R, k0:k1] @ panel[k0:k1] (R = len(block) // 4 rows, panel (K*32,)): a rank-one
-    update a k."""
-    k_n = a.shape[1]
-    rows = a.reshape(-1)
+def _block(a, a_row, a_k, r0, b, b_k, b_column, k0, k1, block):
+    """block + a[r0:r0 + R, k0:k1] @ b[k0:k1, b_column:b_column + 32] over flat arrays, a[r, k] at
+    r*a_row + k*a_k and b[k, n] at k*b_k + n, R = len(block) // 4 rows: a rank-one update a k."""
     for k in range(k0, k1):
-        block = outer_multiply_add(block, rows, r0 * k_n + k, k_n, load_all(panel, k * COLUMNS, 8, 4))
+        block = outer_multiply_add(block, a, r0 * a_row + k * a_k, a_row, load_all(b, k * b_k + b_column, 8, 4))
     return block
 
 
 @njit(inline="always")
-def _put(block, out_flat, start, n_n, first):
-    """The block into its rows of out: stored by the first pass over the sum, added by the others."""
+def _put(block, out, start, n_n, first):
+    """The block into its rows of out (flat, rows n_n apart): stored by the first pass over the sum,
+    added by the others."""
     if first:
-        store_rows(block, out_flat, start, n_n, 4)
+        store_rows(block, out, start, n_n, 4)
     else:
-        add_rows(block, out_flat, start, n_n, 4)
+        add_rows(block, out, start, n_n, 4)
 
 
 @njit(fastmath=FAST)
-def _panel_product(a, panel, out, column):
-    """out[:, column:column + 32] = a @ panel: DEPTH of the sum a pass, in each ROWS rows at a time,
-    then the rows left in blocks of three, two and one (up to five: a block of one row makes its
-    sums one after another, each waiting on the last)."""
-    out_flat, (m_n, k_n), n_n = out.reshape(-1), a.shape, out.shape[1]
+def _columns_product(a, a_row, a_k, m_n, k_n, b, b_k, b_column, out, n_n, column):
+    """out[:, column:column + 32] = a @ b[:, b_column:b_column + 32] (as _block reads a and b; out
+    flat, rows n_n apart): DEPTH of the sum a pass, in each ROWS rows at a time, then the rows left
+    in blocks of three, two and one (a block of one row makes its sums one after another)."""
     for k0 in range(0, k_n, DEPTH):
-        k1 = min(k_n, k0 + DEPTH)
+        k1, first = min(k_n, k0 + DEPTH), k0 == 0
         r = 0
         while r + ROWS <= m_n:
-            _put(_block(a, r, k0, k1, panel, zeros(BLOCK)), out_flat, r * n_n + column, n_n, k0 == 0)
+            _put(_block(a, a_row, a_k, r, b, b_k, b_column, k0, k1, zeros(BLOCK)), out, r * n_n + column, n_n, first)
             r += ROWS
         if r + 3 <= m_n and ROWS > 3:
-            _put(_block(a, r, k0, k1, panel, zeros(12)), out_flat, r * n_n + column, n_n, k0 == 0)
+            _put(_block(a, a_row, a_k, r, b, b_k, b_column, k0, k1, zeros(12)), out, r * n_n + column, n_n, first)
             r += 3
         if r + 2 <= m_n:
-            _put(_block(a, r, k0, k1, panel, zeros(8)), out_flat, r * n_n + column, n_n, k0 == 0)
+            _put(_block(a, a_row, a_k, r, b, b_k, b_column, k0, k1, zeros(8)), out, r * n_n + column, n_n, first)
             r += 2
         if r < m_n:
-            _put(_block(a, r, k0, k1, panel, zeros(4)), out_flat, r * n_n + column, n_n, k0 == 0)
+            _put(_block(a, a_row, a_k, r, b, b_k, b_column, k0, k1, zeros(4)), out, r * n_n + column, n_n, first)
 
 
 @njit(cache=True, nogil=True)
 def _panels_kernel(a, panels, out, first, last):
     # out[:, 32p:32p + 32] = a @ panels[p] for p in [first, last): a (M, K) and out (M, N)
     # C-contiguous, panels (N/32, K, 32); without the GIL, so that threads share a product
+    (m_n, k_n), n_n, rows = a.shape, out.shape[1], a.reshape(-1)
     for p in range(first, last):
-        _panel_product(a, panels[p].reshape(-1), out, p * COLUMNS)
+        _columns_product(rows, k_n, 1, m_n, k_n, panels[p].reshape(-1), COLUMNS, 0, out.reshape(-1), n_n, p * COLUMNS)
 
 
 @njit(cache=True, nogil=True)
 def _batch_kernel(a, panels, out, first, last):
     # out[i] = a[i] @ b[i] for i in [first, last): a (B, M, K), panels (B, N/32, K, 32), out (B, M, N)
+    m_n, k_n, n_n = a.shape[1], a.shape[2], out.shape[2]
     for i in range(first, last):
+        rows, out_i = a[i].reshape(-1), out[i].reshape(-1)
         for p in range(panels.shape[1]):
-            _panel_product(a[i], panels[i, p].reshape(-1), out[i], p * COLUMNS)
+            _columns_product(rows, k_n, 1, m_n, k_n, panels[i, p].reshape(-1), COLUMNS, 0, out_i, n_n, p * COLUMNS)
+
+
+@njit(cache=True, parallel=True)
+def _batch_rows_kernel(a, a_row, a_k, m_n, k_n, b, out):
+    # out[i] = a[i] @ b[i]: a (B, M*K) flat with a[i][r, k] at r*a_row + k*a_k, b (B, K*N) and out
+    # (B, M*N) row-major; the products shared among numba's threads whole
+    n_n = out.shape[1] // m_n
+    for i in prange(a.shape[0]):
+        for column in range(0, n_n, COLUMNS):
+            _columns_product(a[i], a_row, a_k, m_n, k_n, b[i], n_n, column, out[i], n_n, column)
+
+
+def batch_pays(a, b, out):
+    """Whether batched_product takes out = a @ b (B products): float32, N a multiple of COLUMNS, out
+    C-contiguous (or None), a C-contiguous or the transpose of a C-contiguous array, and narrow products (M
+    or K, and N, at most perf.LANE_PRODUCT_MAX_WIDTH: a Winograd layer's 32 or 64 channels)."""
+    (_, m, k), n = a.shape, b.shape[2]
+    dtypes = a.dtype == b.dtype == np.float32 and (out is None or out.dtype == np.float32)
+    a_readable = a.flags.c_contiguous or a.transpose(0, 2, 1).flags.c_contiguous
+    layout = a_readable and (out is None or out.flags.c_contiguous)
+    narrow = min(m, k) <= perf.LANE_PRODUCT_MAX_WIDTH and n <= perf.LANE_PRODUCT_MAX_WIDTH
+    return dtypes and layout and n % COLUMNS == 0 and narrow
+
+
+def batched_product(a, b, out=None):
+    """out[i] = a[i] @ b[i] for (B, M, K) @ (B, K, N) -> out (B, M, N), as batch_pays takes them, on
+    numba's threads: a's rows read where they lie (its transpose, Winograd's V^T, needs no copy),
+    b's rows k*N apart (a transposed b, Winograd's U^T, copied first: it is small). Into `out` when given."""
+    n_b, m, k = a.shape
+    out = np.empty((n_b, m, b.shape[2]), np.float32) if out is None else out
+    if a.flags.c_contiguous:
+        flat, a_row, a_k = a.reshape(n_b, -1), k, 1
+    else:
+        flat, a_row, a_k = a.transpose(0, 2, 1).reshape(n_b, -1), 1, m
+    b = np.ascontiguousarray(b)
+    _batch_rows_kernel(flat, a_row, a_k, m, k, b.reshape(n_b, -1), out.reshape(n_b, -1))
+    return out
 
 
 def _shared(kernel, tasks, work, *args):
