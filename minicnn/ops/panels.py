@@ -1,20 +1,27 @@
-"""Products with a fixed right side packed once into panels: inference's few-row products.
+"""Matrix products on blocks of vector registers: a face's few-row products on weights packed once
+into panels, and Winograd's narrow batches of products in training.
 
     out[m, n] = sum_k a[m, k] * b[k, n]          a (M, K), b (K, N) -> out (M, N)
 
+Each 32 columns of out are made ROWS rows at a time (six, or three on a CPU with 16 vector
+registers): the 6 x 32 block of out stays in 24 registers (ops/lanes.py) while k runs over
+DEPTH numbers of the sum, each step a rank-one update (lanes.outer_multiply_add): four loads of
+b's row k, six broadcasts of a[r, k], 24 fused multiply-adds. Rows left over go three, two and
+one at a time. a is read where it lies, rows and columns at any steps, so a transposed a (Winograd's
+V^T) needs no copy.
+
 A face's convolutions and dense layers multiply a few dozen rows by a large fixed b (cnn4's
-conv2d_4: 36 x 4608 @ 4608 x 512, b a layer's weights). OpenBLAS copies b into its own
-blocked layout on every call, and with few rows that copy is a large share of the call. Here
-b is packed once, when an inference plan binds the layer, into panels of 32 columns:
+conv2d_4: 36 x 4608 @ 4608 x 512, b a layer's weights), and OpenBLAS copies b into its own blocked
+layout on every call, a large share of the call with few rows. An inference plan packs b once
+instead (`bind_panel_product`, and `bind_batched_panel_product` for Winograd's kept transform):
 
     panels[p, k, :] = b[k, 32p : 32p + 32]       (N/32, K, 32), each panel one contiguous run
 
-and each panel's columns of out are made six rows at a time (three on a CPU with 16 vector
-registers): the 6 x 32 block of out stays in 24 registers (ops/lanes.py) while k runs over
-DEPTH numbers of the sum, each step a rank-one update (lanes.outer_multiply_add): four loads of
-the panel's row k, six broadcasts of a[r, k], 24 fused multiply-adds. Rows left over go three,
-two and one at a time. `panel_pays` (perf.PANEL_PRODUCT_*) says for which shapes this beats the plain call, as
-benchmarks/kernels_panels.py measures; float32 only.
+and a face's pass, which keeps numba's threads asleep (perf.inference_threads), shares a large
+product's panels with perf.worker_pool's threads. In training, Winograd's products on 32 channels
+(`batched_product`) read b's rows where they lie, the products shared among numba's threads.
+`panel_pays` and `batch_pays` (perf.PANEL_PRODUCT_*, perf.LANE_PRODUCT_MAX_WIDTH) say where this beats
+OpenBLAS, as benchmarks/kernels_panels.py and settings_ab.py measure; float32 only.
 """
 import os
 
@@ -115,8 +122,9 @@ def _batch_rows_kernel(a, a_row, a_k, m_n, k_n, b, out):
 
 def batch_pays(a, b, out):
     """Whether batched_product takes out = a @ b (B products): float32, N a multiple of COLUMNS, out
-    C-contiguous (or None), a C-contiguous or the transpose of a C-contiguous array, and narrow products (M
-    or K, and N, at most perf.LANE_PRODUCT_MAX_WIDTH: a Winograd layer's 32 or 64 channels)."""
+    C-contiguous (or None), a C-contiguous or the transpose of a C-contiguous array, and narrow
+    products: N and the smaller of M and K at most perf.LANE_PRODUCT_MAX_WIDTH (a Winograd layer's
+    channels)."""
     (_, m, k), n = a.shape, b.shape[2]
     dtypes = a.dtype == b.dtype == np.float32 and (out is None or out.dtype == np.float32)
     a_readable = a.flags.c_contiguous or a.transpose(0, 2, 1).flags.c_contiguous
@@ -128,7 +136,8 @@ def batch_pays(a, b, out):
 def batched_product(a, b, out=None):
     """out[i] = a[i] @ b[i] for (B, M, K) @ (B, K, N) -> out (B, M, N), as batch_pays takes them, on
     numba's threads: a's rows read where they lie (its transpose, Winograd's V^T, needs no copy),
-    b's rows k*N apart (a transposed b, Winograd's U^T, copied first: it is small). Into `out` when given."""
+    b's rows k*N apart (a transposed b, Winograd's U^T, copied first: it is small); into `out`
+    when given."""
     n_b, m, k = a.shape
     out = np.empty((n_b, m, b.shape[2]), np.float32) if out is None else out
     if a.flags.c_contiguous:
