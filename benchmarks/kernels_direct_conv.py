@@ -38,7 +38,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from minicnn import perf  # noqa: E402
 from minicnn.ops import batchnorm, conv, direct_conv  # noqa: E402
 from minicnn.ops.padding import conv_geometry  # noqa: E402
-from timing import CLOCKS, median_ms  # noqa: E402
+from timing import CLOCKS, median_ms, with_setting  # noqa: E402
 
 # (label, (H, W, C), kernel size, filters, stride, padding, reads the model's input)
 LAYERS = [
@@ -90,17 +90,6 @@ def time_layer(rng, batch, spec, repeats):
     return rows
 
 
-def with_lanes(on, function):
-    """function, run with perf.LANE_KERNELS set to `on` (and put back)."""
-    def run():
-        saved, perf.LANE_KERNELS = perf.LANE_KERNELS, on
-        try:
-            return function()
-        finally:
-            perf.LANE_KERNELS = saved
-    return run
-
-
 def time_lanes(rng, batch, spec, repeats):
     """[(what, channel-major ms, pixel-by-pixel ms)] for a layer ops.pixel_conv takes."""
     _, shape, k, f, s, padding, first = spec
@@ -110,7 +99,8 @@ def time_lanes(rng, batch, spec, repeats):
                                                                      moments=moments))]
     if batch > 1:
         passes.append(("backward", lambda: direct_conv.direct_conv2d_backward(dz, x, kernel, strides, pads, not first)))
-    return [(what,) + tuple(median_ms([with_lanes(False, run), with_lanes(True, run)], repeats, clock))
+    return [(what,) + tuple(median_ms([with_setting(perf, "LANE_KERNELS", lanes, run) for lanes in (False, True)],
+                                      repeats, clock))
             for what, run in passes]
 
 

@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from minicnn import perf  # noqa: E402
 from minicnn.ops import gemm, panels  # noqa: E402
-from timing import median_ms  # noqa: E402
+from timing import median_ms, with_setting  # noqa: E402
 
 SETTLE, CALLS = 0.05, 9      # seconds of quiet before each round; calls a round (their median)
 
@@ -72,15 +72,8 @@ def batch_timings(n_b, m, k, n, transposed, repeats):
     a, b = (a.transpose(0, 2, 1) if transposed == "a" else a), (b.transpose(0, 2, 1) if transposed == "b" else b)
     out = np.empty((n_b, m, n), np.float32)
 
-    def run(lanes):
-        def product():
-            saved, perf.LANE_KERNELS = perf.LANE_KERNELS, lanes
-            try:
-                gemm.batched_matmul(a, b, out)
-            finally:
-                perf.LANE_KERNELS = saved
-        return product
-    return median_ms([run(False), run(True)], repeats)
+    product = lambda: gemm.batched_matmul(a, b, out)      # noqa: E731
+    return median_ms([with_setting(perf, "LANE_KERNELS", lanes, product) for lanes in (False, True)], repeats)
 
 
 def print_training(args):
@@ -99,11 +92,7 @@ def print_training(args):
 
 def bound(m, b, lanes):
     """gemm.bind_matmul(m, b) made with perf.LANE_KERNELS = lanes."""
-    saved, perf.LANE_KERNELS = perf.LANE_KERNELS, lanes
-    try:
-        return gemm.bind_matmul(m, b)
-    finally:
-        perf.LANE_KERNELS = saved
+    return with_setting(perf, "LANE_KERNELS", lanes, lambda: gemm.bind_matmul(m, b))()
 
 
 def timings(m, k, n, repeats):

@@ -38,7 +38,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from minicnn import perf  # noqa: E402
 from minicnn.ops import batchnorm, depthwise, separable  # noqa: E402
 from minicnn.ops.gemm import matmul  # noqa: E402
-from timing import CLOCKS, median_ms  # noqa: E402
+from timing import CLOCKS, median_ms, with_setting  # noqa: E402
 from minicnn.ops.padding import conv_geometry  # noqa: E402
 
 # mini-Xception's separable convolutions: (H = W, C, F), all 3x3 "same", stride 1
@@ -106,17 +106,6 @@ def training_rows(case, repeats, clock):
             ("train step", median_ms([textbook_step, lambda: step(False), lambda: step(True)], repeats, clock))]
 
 
-def with_lanes(on, function):
-    """function, run with perf.LANE_KERNELS set to `on` (and put back)."""
-    def run():
-        saved, perf.LANE_KERNELS = perf.LANE_KERNELS, on
-        try:
-            return function()
-        finally:
-            perf.LANE_KERNELS = saved
-    return run
-
-
 def print_lanes(shapes, args, rng):
     """The second table: the row kernels against the eight-lane ones, per shape and pass."""
     print(f"\n{'shape':<22} {'row':<14} {'rows ms':>9} {'lanes ms':>9} {'ratio':>6}")
@@ -130,7 +119,8 @@ def print_lanes(shapes, args, rng):
                        ("backward", lambda: case.fused_backward(True))] if batch > 1
                       else [("inference", case.fused_forward)])
             for row, run in passes:
-                rows_ms, lanes_ms = median_ms([with_lanes(False, run), with_lanes(True, run)], args.repeats, args.clock)
+                runs = [with_setting(perf, "LANE_KERNELS", lanes, run) for lanes in (False, True)]
+                rows_ms, lanes_ms = median_ms(runs, args.repeats, args.clock)
                 label = f"{h}x{h}x{c}->{f} b{batch}"
                 print(f"{label:<22} {row:<14} {rows_ms:9.3f} {lanes_ms:9.3f} "
                       f"{rows_ms / lanes_ms:6.2f}", flush=True)

@@ -22,6 +22,18 @@ def median_ms(fns, repeats, clock="wall"):
     return [1e3 * float(np.median(t)) for t in times]
 
 
+def with_setting(perf, name, value, function):
+    """function, made to run with minicnn.perf.<name> = value (and the setting put back after)."""
+    def run():
+        saved = getattr(perf, name)
+        setattr(perf, name, value)
+        try:
+            return function()
+        finally:
+            setattr(perf, name, saved)
+    return run
+
+
 def training_step_ms(model, x, y, steps):
     """Mean ms of `steps` training steps of `model` on (x, y), after one untimed step."""
     model.train_on_batch(x, y)

@@ -26,7 +26,7 @@ from .. import backend, perf
 from .buffers import copied_into, reuse_or_new
 from .conv import conv2d_backward_reference, conv2d_naive, conv2d_reference
 from .im2col import output_hw
-from .jit import njit, pick, prange
+from .jit import block_range, njit, pick, prange
 
 
 # ----------------------------------------------------------------------------------------
@@ -109,13 +109,6 @@ def direct_conv2d_backward_reference(dz, x, kernel, strides, pads, need_input_gr
 
 BLOCKS = perf.DIRECT_CONV_BLOCKS    # task blocks (a constant to the kernels: read when they compile)
 FAST = {"contract", "reassoc"}      # fused multiply-adds; sums in vector lanes (the order of additions only)
-
-
-@njit(inline="always")
-def _block_range(b, blocks, m):
-    """Tasks [lo, hi) of block b of m tasks cut into `blocks` blocks (the last may be short)."""
-    step = (m + blocks - 1) // blocks
-    return b * step, min(m, (b + 1) * step)
 
 
 @njit(inline="always")
@@ -243,7 +236,7 @@ def _forward_kernel(x, kernel, z, moments, xts, accs, sh, sw, top, left, rows):
     tiles = (ho_n + rows - 1) // rows
     blocks = xts.shape[0]
     for b in prange(blocks):
-        lo, hi = _block_range(b, blocks, n_img * tiles)
+        lo, hi = block_range(b, blocks, n_img * tiles)
         for task in range(lo, hi):
             n, ho0 = task // tiles, task % tiles * rows
             r_n = min(rows, ho_n - ho0)
@@ -421,7 +414,7 @@ def _backward_kernel(dz, x, kernel, dks, dx, xts, dzts, dxts, sh, sw, top, left,
     wq = wo_n + (kw - 1) // sw
     blocks = xts.shape[0]
     for b in prange(blocks):
-        lo, hi = _block_range(b, blocks, n_img)
+        lo, hi = block_range(b, blocks, n_img)
         for n in range(lo, hi):
             if dx is not None:
                 dx[n] = 0

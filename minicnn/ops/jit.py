@@ -26,6 +26,14 @@ except ImportError:
     prange = range
 
 
+@njit(inline="always")
+def block_range(b, blocks, m):
+    """Tasks [lo, hi) of block b of m tasks cut into `blocks` blocks (the last may be short): a
+    kernel's fixed blocks of work, each summing into its own partial results."""
+    step = (m + blocks - 1) // blocks
+    return b * step, min(m, (b + 1) * step)
+
+
 def pick(reference, kernel, kernel_pays=True):
     """The version of an op to run: the numba `kernel` where it pays (a threshold in
     minicnn.perf, measured by benchmarks/kernels.py), else the NumPy `reference`; always the
@@ -39,4 +47,4 @@ def numba_dot_runs():
     return importlib.util.find_spec("scipy") is not None
 
 
-__all__ = ["njit", "numba_dot_runs", "pick", "prange"]
+__all__ = ["block_range", "njit", "numba_dot_runs", "pick", "prange"]

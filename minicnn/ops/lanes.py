@@ -22,6 +22,8 @@ from llvmlite import binding, ir
 from numba import types
 from numba.extending import intrinsic, models, register_model
 
+from .jit import njit
+
 WIDTH = 8                              # lanes: 256 bits of float32 (AVX2; an AVX-512 register holds two)
 VECTOR = ir.VectorType(ir.FloatType(), WIDTH)
 INDEX = ir.IntType(32)
@@ -127,25 +129,6 @@ def load(typingctx, array, index):
 
 
 @intrinsic
-def broadcast_multiply_add(typingctx, block, array, start, step, vector):
-    """The block with block[m] + array[start + m*step] * vector in each of its Lanes: one
-    broadcast load and one fused multiply-add each."""
-    if not (_block_and_array(block, array) and _integers(start, step) and vector == lanes):
-        return None
-
-    def codegen(context, builder, signature, args):
-        value, array_value, first, step_value, factor = args
-        fma = _fma(builder)
-        for m in range(block.count):
-            address = _pointer(context, builder, signature.args[1], array_value,
-                               _index(builder, first, step_value, m), to_vector=False)
-            term = _broadcast(builder, builder.load(address))
-            value = builder.insert_value(value, builder.call(fma, [term, factor, builder.extract_value(value, m)]), m)
-        return value
-    return block(block, array, types.intp, types.intp, vector), codegen
-
-
-@intrinsic
 def multiply_add_loads(typingctx, block, array, start, step, vector):
     """The block with block[m] + array[start + m*step : +8] * vector in each of its Lanes: one
     vector load and one fused multiply-add each."""
@@ -185,6 +168,13 @@ def outer_multiply_add(typingctx, block, array, start, step, vectors):
                 value = builder.insert_value(value, product, m)
         return value
     return block(block, array, types.intp, types.intp, vectors), codegen
+
+
+@njit(inline="always")
+def broadcast_multiply_add(block, array, start, step, vector):
+    """The block with block[m] + array[start + m*step] * vector in each of its Lanes: one
+    broadcast load and one fused multiply-add each (outer_multiply_add with one vector)."""
+    return outer_multiply_add(block, array, start, step, (vector,))
 
 
 @intrinsic

@@ -19,19 +19,12 @@ in place, so every pixel's window is a plain run of that scratch.
 import numpy as np
 
 from .. import perf
-from .jit import njit, prange
+from .jit import block_range, njit, prange
 from .lanes import add_all_into, add_squares, broadcast_multiply_add, load, store, store_all, zeros
 
 LANES = 8
 BLOCKS = perf.DIRECT_CONV_BLOCKS    # task blocks, as ops.direct_conv's (a constant to the kernels)
 FAST = {"contract", "reassoc"}      # fused multiply-adds; the order of additions only
-
-
-@njit(inline="always")
-def _block_range(b, blocks, m):
-    """Tasks [lo, hi) of block b of m tasks cut into `blocks` blocks."""
-    step = (m + blocks - 1) // blocks
-    return b * step, min(m, (b + 1) * step)
 
 
 @njit(inline="always")
@@ -108,7 +101,7 @@ def _forward_kernel(x, taps, z, moments, partials, rows, top, left):
     n_img, ho_n = z.shape[0], z.shape[1]
     kw = rows.shape[2] // LANES - z.shape[2] + 1
     for b in prange(BLOCKS):
-        lo, hi = _block_range(b, BLOCKS, n_img * ho_n)
+        lo, hi = block_range(b, BLOCKS, n_img * ho_n)
         for task in range(lo, hi):
             n, ho = task // ho_n, task % ho_n
             _padded_rows(x, n, ho - top, left, rows[b])
@@ -154,7 +147,7 @@ def _kernel_gradient_kernel(x, dz, dks, rows, top, left):
     # dks (blocks, kh, kw*8*8) zeros: block b of images sums its share into dks[b]; rows as the forward's
     n_img, ho_n, blocks = dz.shape[0], dz.shape[1], dks.shape[0]
     for b in prange(blocks):
-        lo, hi = _block_range(b, blocks, n_img)
+        lo, hi = block_range(b, blocks, n_img)
         for n in range(lo, hi):
             for ho in range(ho_n):
                 _padded_rows(x, n, ho - top, left, rows[b])
