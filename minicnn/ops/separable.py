@@ -19,10 +19,12 @@ Backward, with g = dy seen as rows r = (n, h, w):
 and ops/depthwise.py's rule takes dd to ddepthwise and dx (dx skipped, None, with
 need_input_gradient=False).
 
-The kernels work on tiles of whole output rows of one image, about ops.pointwise.TILE_PIXELS pixels: the
-tile of d (and of dd) is made in a small buffer that stays in cache and is used at once, so
-d is never written to memory as a whole; each of its rows is made by ops.depthwise's row
-kernel (an image row as one run of W*C numbers, one long loop per tap). The backward
+The kernels work on tiles of whole output rows of one image, about ops.pointwise.TILE_PIXELS
+pixels: the tile of d (and of dd) is made in a small buffer that stays in cache and is used at
+once, so d is never written to memory as a whole; each of its rows is made by ops.depthwise's
+row kernel (an image row as one run of W*C numbers, one long loop per tap), or, for float32 3x3
+kernels on a multiple of eight channels, by ops.separable_lanes' (eight channels a vector
+register) while perf.LANE_KERNELS is on. The backward
 recomputes its tile of d from x (kh*kw multiply-adds per number), or reads the d a forward
 given depthwise_out= kept: a write and a read of the whole of d instead
 (benchmarks/kernels_separable.py measures both). The numba kernels need scipy (numba's
