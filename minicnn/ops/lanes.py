@@ -75,9 +75,16 @@ def _pointer(context, builder, array_type, array, index, to_vector=True):
     return builder.bitcast(address, VECTOR.as_pointer()) if to_vector else address
 
 
-def _index(builder, start, step, m):
-    """start + m*step, in the index's own integer type."""
-    return builder.add(start, builder.mul(step, ir.Constant(step.type, m)))
+def _addresses(context, builder, array_type, array, first, step, count, per_row=1, to_vector=True):
+    """The addresses of `count` runs of the array, run m at first + (m // per_row)*step + (m % per_row)*8:
+    a block of registers laid out as rows of per_row Lanes, step numbers apart (per_row=1: run m at
+    first + m*step). Pointers to eight lanes, or to one float."""
+    addresses = []
+    for m in range(count):
+        row = builder.add(first, builder.mul(step, ir.Constant(step.type, m // per_row)))
+        index = builder.add(row, ir.Constant(row.type, (m % per_row) * WIDTH))
+        addresses.append(_pointer(context, builder, array_type, array, index, to_vector))
+    return addresses
 
 
 def _broadcast(builder, number):
@@ -138,8 +145,8 @@ def multiply_add_loads(typingctx, block, array, start, step, vector):
     def codegen(context, builder, signature, args):
         value, array_value, first, step_value, factor = args
         fma = _fma(builder)
-        for m in range(block.count):
-            address = _pointer(context, builder, signature.args[1], array_value, _index(builder, first, step_value, m))
+        addresses = _addresses(context, builder, signature.args[1], array_value, first, step_value, block.count)
+        for m, address in enumerate(addresses):
             term = builder.load(address, align=4)
             value = builder.insert_value(value, builder.call(fma, [term, factor, builder.extract_value(value, m)]), m)
         return value
@@ -158,9 +165,9 @@ def outer_multiply_add(typingctx, block, array, start, step, vectors):
     def codegen(context, builder, signature, args):
         value, array_value, first, step_value, factors = args
         fma, width = _fma(builder), vectors.count
-        for r in range(block.count // width):
-            address = _pointer(context, builder, signature.args[1], array_value, _index(builder, first, step_value, r),
-                               to_vector=False)
+        addresses = _addresses(context, builder, signature.args[1], array_value, first, step_value,
+                               block.count // width, to_vector=False)
+        for r, address in enumerate(addresses):
             term = _broadcast(builder, builder.load(address))
             for j in range(width):
                 m = r * width + j
@@ -186,8 +193,8 @@ def dot_loads(typingctx, block, array, start, step, total):
     def codegen(context, builder, signature, args):
         value, array_value, first, step_value, result = args
         fma = _fma(builder)
-        for m in range(block.count):
-            address = _pointer(context, builder, signature.args[1], array_value, _index(builder, first, step_value, m))
+        addresses = _addresses(context, builder, signature.args[1], array_value, first, step_value, block.count)
+        for m, address in enumerate(addresses):
             result = builder.call(fma, [builder.extract_value(value, m), builder.load(address, align=4), result])
         return result
     return lanes(block, array, types.intp, types.intp, total), codegen
@@ -203,8 +210,8 @@ def load_all(typingctx, array, start, step, count):
     def codegen(context, builder, signature, args):
         array_value, first, step_value, _ = args
         value = ir.Constant(context.get_value_type(block), ir.Undefined)
-        for m in range(block.count):
-            address = _pointer(context, builder, signature.args[0], array_value, _index(builder, first, step_value, m))
+        addresses = _addresses(context, builder, signature.args[0], array_value, first, step_value, block.count)
+        for m, address in enumerate(addresses):
             value = builder.insert_value(value, builder.load(address, align=4), m)
         return value
     return block(array, types.intp, types.intp, count), codegen
@@ -228,37 +235,13 @@ def add_squares(typingctx, sums, squares, block):
     return pair(sums, squares, block), codegen
 
 
-def _store_block(add):
-    """The codegen of store_all (add=False) or add_all_into (add=True)."""
-    def codegen(context, builder, signature, args):
-        value, array_value, first, step_value = args
-        for m in range(signature.args[0].count):
-            address = _pointer(context, builder, signature.args[1], array_value, _index(builder, first, step_value, m))
-            vector = builder.extract_value(value, m)
-            if add:
-                vector = builder.fadd(builder.load(address, align=4), vector)
-            builder.store(vector, address, align=4)
-        return context.get_dummy_value()
-    return codegen
-
-
-@intrinsic
-def store_all(typingctx, block, array, start, step):
-    """array[start + m*step : start + m*step + 8] = block[m], for every m."""
-    if not (_block_and_array(block, array) and _integers(start, step)):
-        return None
-    return types.none(block, array, types.intp, types.intp), _store_block(add=False)
-
-
 def _rows_codegen(add):
     """The codegen of store_rows (add=False) or add_rows (add=True)."""
     def codegen(context, builder, signature, args):
         value, array_value, first, step_value, _ = args
-        per_row = signature.args[4].literal_value
-        for m in range(signature.args[0].count):
-            row_start = _index(builder, first, step_value, m // per_row)
-            index = builder.add(row_start, ir.Constant(row_start.type, (m % per_row) * WIDTH))
-            address = _pointer(context, builder, signature.args[1], array_value, index)
+        count, per_row = signature.args[0].count, signature.args[4].literal_value
+        addresses = _addresses(context, builder, signature.args[1], array_value, first, step_value, count, per_row)
+        for m, address in enumerate(addresses):
             vector = builder.extract_value(value, m)
             if add:
                 vector = builder.fadd(builder.load(address, align=4), vector)
@@ -288,12 +271,16 @@ def add_rows(typingctx, block, array, start, row_step, width):
     return _rows_signature(block, array, start, row_step, width), _rows_codegen(add=True)
 
 
-@intrinsic
-def add_all_into(typingctx, block, array, start, step):
-    """array[start + m*step : start + m*step + 8] += block[m], for every m."""
-    if not (_block_and_array(block, array) and _integers(start, step)):
-        return None
-    return types.none(block, array, types.intp, types.intp), _store_block(add=True)
+@njit(inline="always")
+def store_all(block, array, start, step):
+    """array[start + m*step : start + m*step + 8] = block[m], for every m (store_rows, one Lanes a row)."""
+    store_rows(block, array, start, step, 1)
+
+
+@njit(inline="always")
+def add_all_into(block, array, start, step):
+    """array[start + m*step : start + m*step + 8] += block[m], for every m (add_rows, one Lanes a row)."""
+    add_rows(block, array, start, step, 1)
 
 
 @intrinsic

@@ -47,6 +47,18 @@ def add_statistics(y, sums, squares):
         squares[j] += part_squares[j]
 
 
+@njit
+def forward_products(d, kp, y, n, ho0, rows, sums, squares, task):
+    """y[n, ho0:ho0 + rows] = the tile's d (rows, Wo*C) @ kp (C, F), as (pixels, C) @ (C, F); with
+    sums and squares ((tasks, k*F) float64, or None: no statistics), the tile's per-column sums and
+    sums of squares into sums[task] and squares[task] (k pixels a row: ops.batchnorm.widening)."""
+    wo_n, f_n = y.shape[2], y.shape[3]
+    tile = y[n, ho0:ho0 + rows].reshape(rows * wo_n, f_n)
+    np.dot(d.reshape(rows * wo_n, kp.shape[0]), kp, tile)                # (pixels, C) @ (C, F)
+    if sums is not None:
+        add_statistics(tile.reshape(-1, sums.shape[1]), sums[task], squares[task])
+
+
 @njit(inline="always")
 def backward_products(d, g, kpt, dkp, dd):
     """dkp (C, F) += d.T @ g and dd (pixels, C) = g @ kpt, for d (pixels, C), g (pixels, F), kpt (F, C)."""

@@ -41,7 +41,7 @@ from .depthwise import (depthwise_conv_backward_reference, depthwise_conv_refere
                         depthwise_row_backward, kernel_rows, runs)
 from .im2col import output_hw
 from .jit import njit, numba_dot_runs, pick, prange
-from .pointwise import add_statistics, backward_products, tile_rows
+from .pointwise import backward_products, forward_products, tile_rows
 
 BLOCKS = 8           # the backward's blocks of images, each with its own kernel-gradient partial sums
 
@@ -151,7 +151,7 @@ def _forward_kernel(x, kd_rows, kp, top, left, tile_rows, y, kept, sums, squares
     # Wo*C) gets d as well, or None (d stays in the tile); sums, squares (tasks, k*F) float64
     # zeros, the tile's rows summed k pixels at a time (ops.batchnorm.widening), or None for no
     # statistics.
-    ho_n, wo_n, f_n = y.shape[1], y.shape[2], y.shape[3]
+    ho_n = y.shape[1]
     c_n, run = kp.shape[0], kd_rows.shape[2]
     tiles = (ho_n + tile_rows - 1) // tile_rows
     for task in prange(x.shape[0] * tiles):
@@ -160,10 +160,7 @@ def _forward_kernel(x, kd_rows, kp, top, left, tile_rows, y, kept, sums, squares
         d = np.empty((rows, run), dtype=x.dtype) if kept is None else kept[n, ho0:ho0 + rows]
         for r in range(rows):
             depthwise_row(x, n, ho0 + r, kd_rows, c_n, top, left, d[r])
-        tile = y[n, ho0:ho0 + rows].reshape(rows * wo_n, f_n)
-        np.dot(d.reshape(rows * wo_n, c_n), kp, tile)                  # (pixels, C) @ (C, F)
-        if sums is not None:
-            add_statistics(tile.reshape(-1, sums.shape[1]), sums[task], squares[task])
+        forward_products(d, kp, y, n, ho0, rows, sums, squares, task)
 
 
 @njit(cache=True, parallel=True)

@@ -22,7 +22,7 @@ import numpy as np
 
 from .jit import njit, prange
 from .lanes import (add, add_all_into, dot_loads, load, load_all, multiply_add_loads, store, zero, zeros)
-from .pointwise import add_statistics, backward_products
+from .pointwise import backward_products, forward_products
 
 LANES = 8
 FAST = {"contract", "reassoc"}      # fused multiply-adds; the order of additions only
@@ -163,7 +163,7 @@ def depthwise_row_backward(x, n, ho, kd, c_n, top, left, dd_row, sums, dx, zero_
 @njit(cache=True, parallel=True)
 def forward_kernel(x, kd, kp, top, left, tile_rows, y, kept, sums, squares):
     # ops.separable._forward_kernel's arguments, but kd: the depthwise kernel flattened (9*C,)
-    ho_n, wo_n, f_n = y.shape[1], y.shape[2], y.shape[3]
+    ho_n, wo_n = y.shape[1], y.shape[2]
     c_n = kp.shape[0]
     tiles = (ho_n + tile_rows - 1) // tile_rows
     zero_row = np.zeros(x.shape[2], dtype=x.dtype)
@@ -173,10 +173,7 @@ def forward_kernel(x, kd, kp, top, left, tile_rows, y, kept, sums, squares):
         d = np.empty((rows, wo_n * c_n), dtype=x.dtype) if kept is None else kept[n, ho0:ho0 + rows]
         for r in range(rows):
             depthwise_row(x, n, ho0 + r, kd, c_n, top, left, d[r], zero_row)
-        tile = y[n, ho0:ho0 + rows].reshape(rows * wo_n, f_n)
-        np.dot(d.reshape(rows * wo_n, c_n), kp, tile)                  # (pixels, C) @ (C, F)
-        if sums is not None:
-            add_statistics(tile.reshape(-1, sums.shape[1]), sums[task], squares[task])
+        forward_products(d, kp, y, n, ho0, rows, sums, squares, task)
 
 
 @njit(cache=True, parallel=True)
