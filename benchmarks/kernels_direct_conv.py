@@ -16,10 +16,10 @@ training at batch 64, for inference at batch 1). A second table times, for the l
 ops.pixel_conv takes (eight channels in and out), the direct kernels channel-major
 (perf.LANE_KERNELS off) against pixel by pixel (on), the same passes in turns: the ratio
 channel-major / pixel (> 1: pixel by pixel is faster). These tables chose perf.DIRECT_CONV_* and
-perf.LANE_KERNELS; record
-its figures in benchmarks/RESULTS.md with the machine, date and command. The machine may be busy: trust ratios, not absolute times. On a machine
-shared with other jobs a parallel kernel waits for its slowest, descheduled thread: `--threads 1
---clock cpu` (this process's CPU time) compares the work each version does instead.
+perf.LANE_KERNELS; record their figures in benchmarks/RESULTS.md with the machine, date and command.
+The machine may be busy: trust ratios, not absolute times. On a machine shared with other jobs a
+parallel kernel waits for its slowest, descheduled thread: `--threads 1 --clock cpu` (this process's
+CPU time) compares the work each version does instead.
 """
 import argparse
 import os

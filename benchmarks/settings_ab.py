@@ -20,7 +20,8 @@ import sys
 
 from fer.process import set_environment
 
-set_environment(one_face="--face" in sys.argv or "--face-worker" in sys.argv)      # before NumPy and numba load (fer/process.py)
+# before NumPy and numba load (fer/process.py)
+set_environment(one_face="--face" in sys.argv or "--face-worker" in sys.argv)
 
 import numpy as np  # noqa: E402
 

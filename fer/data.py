@@ -138,7 +138,8 @@ def _check_fields(table, lines, problems):
     label_ok = complete & np.isin(emotion, [str(label) for label in range(len(EMOTIONS))])
     usage_ok = label_ok & np.isin(usage, USAGES)
     for i in np.flatnonzero(~complete):
-        problems[lines[i]] = "empty line" if count[i] == 0 else f"{count[i]} fields, expected 3 (emotion, pixels, Usage)"
+        problems[lines[i]] = ("empty line" if count[i] == 0
+                              else f"{count[i]} fields, expected 3 (emotion, pixels, Usage)")
     for i in np.flatnonzero(complete & ~label_ok):
         problems[lines[i]] = f"label {emotion[i]!r}, expected an integer 0-6"
     for i in np.flatnonzero(label_ok & ~usage_ok):

@@ -95,7 +95,8 @@ def format_report(result):
     """The per-class table and the two headline figures, as text."""
     lines = [f"{'class':<10} {'precision':>9} {'recall':>7} {'f1':>7} {'support':>8}"]
     for label, row in result["per_class"].items():
-        lines.append(f"{label:<10} {row['precision']:>9.3f} {row['recall']:>7.3f} {row['f1']:>7.3f} {row['support']:>8d}")
+        lines.append(f"{label:<10} {row['precision']:>9.3f} {row['recall']:>7.3f} {row['f1']:>7.3f} "
+                     f"{row['support']:>8d}")
     total = sum(row["support"] for row in result["per_class"].values())
     lines.append(f"accuracy {result['accuracy']:.4f}   macro-F1 {result['macro_f1']:.4f}   ({total} faces)")
     return "\n".join(lines)

@@ -403,9 +403,11 @@ def draw_bars(image, probs, labels, avoid=(), margin=8, title=None):
         y0 += row
     for k, (label, p) in enumerate(zip(labels, probs)):
         y = y0 + 4 + row * k
-        cv2.putText(image, label, (x0 + 4, y + row - 6), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
+        cv2.putText(image, label, (x0 + 4, y + row - 6), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1,
+                    cv2.LINE_AA)
         bar_x = x0 + name_w + 10
-        cv2.rectangle(image, (bar_x, y + 3), (bar_x + int(bar_w * p), y + row - 3), label_color(labels, label), cv2.FILLED)
+        bar_end = (bar_x + int(bar_w * p), y + row - 3)
+        cv2.rectangle(image, (bar_x, y + 3), bar_end, label_color(labels, label), cv2.FILLED)
 
 
 def overlap(a, b):

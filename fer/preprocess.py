@@ -29,7 +29,8 @@ class Preprocessing:
     std: float | None = None
 
     def __post_init__(self):
-        if isinstance(self.input_size, bool) or not isinstance(self.input_size, (int, np.integer)) or self.input_size < 8:
+        size = self.input_size
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 8:
             raise ValueError(f"Preprocessing: input_size must be an integer >= 8, received {self.input_size!r}")
         if self.scale not in SCALES:
             raise ValueError(f"Preprocessing: scale must be one of {', '.join(SCALES)}, received {self.scale!r}")

@@ -6,6 +6,7 @@ $FER_SHARED_DIR points at it; the default is the `shared` folder next to the rep
 Tests that need it skip when it is missing, or fail when FER_REQUIRE_SHARED=1 (for CI
 machines that must run them).
 """
+import ctypes
 import os
 from pathlib import Path
 
@@ -50,6 +51,26 @@ def shared_file(shared_dir):
         return path
 
     return find
+
+
+def _libm():
+    """glibc's libm on Linux (its fegetenv and fesetenv), else None."""
+    try:
+        return ctypes.CDLL("libm.so.6")
+    except OSError:
+        return None
+
+
+@pytest.fixture(autouse=True)
+def floating_point_environment():
+    """Every test leaves the floating-point environment as it found it: a script's main() run in
+    this process calls minicnn.perf.enable(), which flushes denormals to zero for the whole thread,
+    and hypothesis's float strategies refuse to run in that state."""
+    libm, saved = _libm(), ctypes.create_string_buffer(64)      # fenv_t: 32 bytes on x86-64 glibc
+    kept = libm is not None and libm.fegetenv(saved) == 0
+    yield
+    if kept:
+        libm.fesetenv(saved)
 
 
 @pytest.fixture
