@@ -16,11 +16,12 @@ def _fill(x, start, step, factor_at, out):
     sums, squares = lanes.add_squares(lanes.load(x, 0), lanes.load(x, 8), block)
     lanes.store(sums, out, 48)
     lanes.store(squares, out, 56)
+    lanes.store(lanes.multiply_add(lanes.load(x, 0), lanes.load(x, 8), lanes.load(x, 16)), out, 64)
 
 
 def test_the_intrinsics_compute_what_they_say():
     x = np.random.default_rng(0).standard_normal(40).astype(np.float32)
-    out = np.zeros(64, np.float32)
+    out = np.zeros(72, np.float32)
     _fill(x, 5, 3, 11, out)
     factor = x[11:19]
     block = np.stack([x[5 + 3 * m] * factor for m in range(3)])            # (3, 8)
@@ -28,6 +29,7 @@ def test_the_intrinsics_compute_what_they_say():
     np.testing.assert_allclose(out[24:48].reshape(3, 8), 2 * block, rtol=1e-6)
     np.testing.assert_allclose(out[48:56], x[:8] + block.sum(axis=0), rtol=1e-5)
     np.testing.assert_allclose(out[56:64], x[8:16] + (block ** 2).sum(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(out[64:72], x[:8] * x[8:16] + x[16:24], rtol=1e-6)
 
 
 @njit

@@ -44,6 +44,19 @@ def test_a_non_contiguous_left_side_and_a_wrong_one():
         panels.panel_product(a[:, :39], panels.pack(b))
 
 
+def test_an_output_buffer_or_batch_that_does_not_fit_is_an_error_not_a_write_out_of_bounds():
+    a, b = arrays(8, 40, 64)
+    for out in (np.empty((8, 32), np.float32), np.empty((8, 64)), np.empty((64, 8), np.float32).T):
+        with pytest.raises(ValueError, match="panel_product: out must be a C-contiguous float32"):
+            panels.panel_product(a, panels.pack(b), out)
+    product = panels.bind_batched_panel_product(np.stack([b, b]))
+    for batch in (np.stack([a, a, a]), np.stack([a, a])[:, :, :39], np.stack([a, a]).astype(np.float64)):
+        with pytest.raises(ValueError, match=r"batched panel product: a must be a C-contiguous float32 \(2, M, 40\)"):
+            product(batch, np.empty((len(batch), 8, 64), np.float32))
+    with pytest.raises(ValueError, match="batched panel product: out must be"):
+        product(np.stack([a, a]), np.empty((2, 8, 32), np.float32))
+
+
 @pytest.mark.parametrize("m, k, n, dtype, pays", [
     (36, 4608, 512, np.float32, True),          # cnn4's conv2d_4 at batch 1
     (36, 4608, 512, np.float64, False),

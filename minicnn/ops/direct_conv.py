@@ -26,7 +26,7 @@ from .. import backend, perf
 from .buffers import copied_into, reuse_or_new
 from .conv import conv2d_backward_reference, conv2d_naive, conv2d_reference
 from .im2col import output_hw
-from .jit import block_range, njit, pick, prange
+from .jit import block_range, lane_kernels_run, njit, pick, prange
 
 
 # ----------------------------------------------------------------------------------------
@@ -434,10 +434,10 @@ def _buffer(out, shape, dtype, name):
 
 def _pixel_conv(dtype, kernel_shape, strides):
     """ops.pixel_conv for the layers it takes (float32, stride 1, eight channels in and out: one
-    vector register a pixel) while perf.LANE_KERNELS is on, else None. Imported at first use: it
+    vector register a pixel) while jit.lane_kernels_run(), else None. Imported at first use: it
     defines a numba type, and MINICNN_REFERENCE=1 runs without numba."""
     fits = np.dtype(dtype) == np.float32 and tuple(strides) == (1, 1) and tuple(kernel_shape[2:]) == (8, 8)
-    if not (fits and perf.LANE_KERNELS):
+    if not (fits and lane_kernels_run()):
         return None
     from . import pixel_conv
     return pixel_conv

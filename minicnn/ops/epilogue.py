@@ -331,6 +331,7 @@ def _pooled_sums_kernel(dy, z, offsets, keep, mean, scale, beta, before, after, 
     # z is (N, H*W*C), and cells[offset] is where a window's cell sits from its top-left corner
     n_img, ho_n, wo_n, c_n = dy.shape
     dropout, zero = keep.size > 0, dy.dtype.type(0)
+    all_kept = np.ones(c_n, np.bool_)          # keep's row where there is no Dropout (keep is empty)
     blocks = sum_g.shape[0]
     for b in prange(blocks):
         lo, hi = _span(b, blocks, n_img * ho_n)
@@ -340,7 +341,7 @@ def _pooled_sums_kernel(dy, z, offsets, keep, mean, scale, beta, before, after, 
             zn = z[n]
             for wo in range(wo_n):
                 corner = ((ho * sh - top) * w_in + wo * sw - left) * c_n
-                dyr, offr, keepr = dy[n, ho, wo], offsets[n, ho, wo], keep[n, ho, wo] if dropout else keep[0, 0, 0]
+                dyr, offr, keepr = dy[n, ho, wo], offsets[n, ho, wo], keep[n, ho, wo] if dropout else all_kept
                 for c in range(c_n):
                     g, vc, _ = _gradient(dyr[c], keepr[c] if dropout else True, dropout, drop_scale,
                                          zn[corner + cells[offr[c]] + c], mean[c], scale[c], beta[c], before, after,
@@ -360,6 +361,7 @@ def _pooled_dz_kernel(dy, z, offsets, keep, mean, scale, beta, before, after, ce
     # along an image row (W*C), so that the first pass runs one loop a row
     n_img, ho_n, wo_n, c_n = dy.shape
     dropout, zero = keep.size > 0, dz.dtype.type(0)
+    all_kept = np.ones(c_n, np.bool_)          # keep's row where there is no Dropout (keep is empty)
     run = row_k.size
     for n in prange(n_img):
         zn, dn = z[n], dz[n]
@@ -371,7 +373,7 @@ def _pooled_dz_kernel(dy, z, offsets, keep, mean, scale, beta, before, after, ce
         for ho in range(ho_n):
             for wo in range(wo_n):
                 corner = ((ho * sh - top) * w_in + wo * sw - left) * c_n
-                dyr, offr, keepr = dy[n, ho, wo], offsets[n, ho, wo], keep[n, ho, wo] if dropout else keep[0, 0, 0]
+                dyr, offr, keepr = dy[n, ho, wo], offsets[n, ho, wo], keep[n, ho, wo] if dropout else all_kept
                 for c in range(c_n):
                     at = corner + cells[offr[c]] + c
                     g, _, passes = _gradient(dyr[c], keepr[c] if dropout else True, dropout, drop_scale, zn[at],

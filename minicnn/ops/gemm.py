@@ -39,7 +39,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from .. import backend, perf
-from .jit import njit, numba_dot_runs, pick, prange
+from .jit import lane_kernels_run, njit, numba_dot_runs, pick, prange
 
 BLOCKS = 16    # blocks of tiles summed apart in x^T @ dz (fixed: results do not depend on the threads)
 
@@ -324,9 +324,9 @@ def _panel_product(m, b):
 
 
 def _panels():
-    """ops.panels while perf.LANE_KERNELS is on, else None (and under MINICNN_REFERENCE=1). Imported
-    at first use: it defines a numba type, and MINICNN_REFERENCE=1 runs without numba."""
-    if not perf.LANE_KERNELS or backend.use_reference():
+    """ops.panels while jit.lane_kernels_run(), else None. Imported at first use: it defines a
+    numba type, and MINICNN_REFERENCE=1 runs without numba."""
+    if not lane_kernels_run():
         return None
     from . import panels
     return panels

@@ -8,7 +8,7 @@ nothing calls. Without either, the import error says which to install or set.
 import functools
 import importlib.util
 
-from .. import backend
+from .. import backend, perf
 
 try:
     from numba import njit, prange
@@ -41,10 +41,26 @@ def pick(reference, kernel, kernel_pays=True):
     return kernel if kernel_pays and not backend.use_reference() else reference
 
 
+def lane_kernels_run():
+    """Whether the kernels written on ops.lanes' registers may run: perf.LANE_KERNELS on, not
+    MINICNN_REFERENCE=1, and numba compiling (its intrinsics have no plain-Python form, so under
+    NUMBA_DISABLE_JIT=1 the loop kernels beside them run instead). Read at every call."""
+    return perf.LANE_KERNELS and not backend.use_reference() and not _jit_disabled()
+
+
+def _jit_disabled():
+    """numba's NUMBA_DISABLE_JIT setting (True without numba: nothing compiles)."""
+    try:
+        from numba.core import config
+    except ImportError:
+        return True
+    return bool(config.DISABLE_JIT)
+
+
 @functools.lru_cache(maxsize=None)
 def numba_dot_runs():
     """Whether numba's np.dot can run: it calls scipy's BLAS (looked up once: the lookup is slow)."""
     return importlib.util.find_spec("scipy") is not None
 
 
-__all__ = ["block_range", "njit", "numba_dot_runs", "pick", "prange"]
+__all__ = ["block_range", "lane_kernels_run", "njit", "numba_dot_runs", "pick", "prange"]

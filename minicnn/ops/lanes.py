@@ -13,8 +13,11 @@ CPU's vector registers); its length is a constant the kernel is compiled for (`z
 takes a literal). Each function below is a numba intrinsic: it compiles to the few LLVM
 instructions its docstring names and runs only inside @njit code. Arrays are 1-D C-contiguous
 float32 and indices and steps integers (anything else is a typing error); there are no bounds
-checks: the kernel's own loops keep every index inside its arrays, and its tests run every
-edge of them.
+checks (NUMBA_BOUNDSCHECK=1 does not see inside them either): the kernel's own loops keep every
+index inside its arrays, and its tests run every edge of them. They have no plain-Python form,
+so under NUMBA_DISABLE_JIT=1 the kernels written on them stand aside (ops.jit.lane_kernels_run).
+numba checks a cached kernel against its own file only: after editing this file, touch the
+files whose kernels use it (ops/pixel_conv.py, ops/separable_lanes.py, ops/panels.py).
 """
 import os
 
@@ -27,6 +30,7 @@ from .jit import njit
 WIDTH = 8                              # lanes: 256 bits of float32 (AVX2; an AVX-512 register holds two)
 VECTOR = ir.VectorType(ir.FloatType(), WIDTH)
 INDEX = ir.IntType(32)
+FAST = {"contract", "reassoc"}     # the kernels' fastmath: LLVM may reorder additions (the multiply-adds are fused here)
 
 
 def vector_registers():
@@ -292,6 +296,17 @@ def add(typingctx, a, b):
     def codegen(context, builder, signature, args):
         return builder.fadd(*args)
     return lanes(a, b), codegen
+
+
+@intrinsic
+def multiply_add(typingctx, a, b, c):
+    """a * b + c, lane by lane: one fused multiply-add."""
+    if not (a == lanes and b == lanes and c == lanes):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.call(_fma(builder), list(args))
+    return lanes(a, b, c), codegen
 
 
 @intrinsic

@@ -28,15 +28,15 @@ import os
 import numpy as np
 
 from .. import perf
+from .buffers import reuse_or_new
 from .jit import njit, prange
-from .lanes import add_rows, load_all, outer_multiply_add, store_rows, vector_registers, zeros
+from .lanes import FAST, add_rows, load_all, outer_multiply_add, store_rows, vector_registers, zeros
 
 COLUMNS = 32        # a panel's columns: four Lanes of eight
-# rows of a a block, and the block's registers of sums (rows x 4): with 4 of b and 1 of a, within the CPU's
+# rows of a a block: its ROWS x 4 Lanes of sums, 4 of b's panel and a broadcast number of a fit the vector registers
 ROWS = 6 if vector_registers() >= 32 else 3
 BLOCK = 4 * ROWS
 DEPTH = 256         # the sum's k a pass: a pass's rows of a (6 x 256) and of the panel (256 x 32) stay in the L1 cache
-FAST = {"contract", "reassoc"}      # fused multiply-adds
 
 
 def panel_pays(m, k, n, dtype):
@@ -168,7 +168,7 @@ def panel_product(a, panels, out=None):
     a = np.ascontiguousarray(a, dtype=np.float32)
     if a.shape[1] != panels.shape[1]:
         raise ValueError(f"panel_product: a has {a.shape[1]} columns, the packed b {panels.shape[1]} rows")
-    out = np.empty((a.shape[0], panels.shape[0] * COLUMNS), np.float32) if out is None else out
+    out = reuse_or_new(out, (a.shape[0], panels.shape[0] * COLUMNS), np.float32, "panel_product: out")
     _shared(_panels_kernel, len(panels), out.size * a.shape[1], a, panels, out)
     return out
 
@@ -186,6 +186,11 @@ def bind_batched_panel_product(b):
     panels = np.stack([pack(matrix) for matrix in b])                 # (B, N/32, K, 32)
 
     def product(a, out):
+        if a.dtype != np.float32 or a.shape[0] != len(panels) or a.shape[2] != panels.shape[2] \
+                or not a.flags.c_contiguous:
+            raise ValueError(f"batched panel product: a must be a C-contiguous float32 ({len(panels)}, M, "
+                             f"{panels.shape[2]}) array, received {a.dtype} {a.shape}")
+        out = reuse_or_new(out, a.shape[:2] + (panels.shape[1] * COLUMNS,), np.float32, "batched panel product: out")
         _shared(_batch_kernel, len(a), out.size * a.shape[2], a, panels, out)
         return out
     return product

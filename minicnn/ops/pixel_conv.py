@@ -9,10 +9,11 @@ vector register (ops/lanes.py).
 Each line's `:` is eight numbers, one vector register. Shapes as ops/direct_conv.py: x (N, H,
 W, 8) NHWC, K (kh, kw, 8, 8), stride 1, zero padding pads = ((top, bottom), (left, right));
 float32 only (ops.direct_conv says which layers come here). ops.direct_conv computes the same
-sums channel-major, one long loop per (tap, c, f) over a tile; with eight channels those loops
-are short and many, while here every number of x is loaded once per tap and multiplied into
+sums channel-major, one long loop per (tap, c, f) over a tile, reading the tile's run of x again
+for each of the eight filters; here every number of x is loaded once per tap and multiplied into
 all eight filters at once: the forward keeps eight pixels' outputs in eight registers, the
-kernel gradient a kernel row's kw*8 sums of eight filters (kw*8 registers) over an output row.
+kernel gradient 24 of a kernel row's kw*8 (j, c) sums at a time (each eight filters wide, one
+register) over an output row.
 Each output row first copies the kh input rows it reads into a scratch with the padding's zeros
 in place, so every pixel's window is a plain run of that scratch.
 """
@@ -20,11 +21,9 @@ import numpy as np
 
 from .. import perf
 from .jit import block_range, njit, prange
-from .lanes import add_all_into, add_squares, broadcast_multiply_add, load, store, store_all, zeros
+from .lanes import FAST, WIDTH, add_all_into, add_squares, broadcast_multiply_add, load, store, store_all, zeros
 
-LANES = 8
 BLOCKS = perf.DIRECT_CONV_BLOCKS    # task blocks, as ops.direct_conv's (a constant to the kernels)
-FAST = {"contract", "reassoc"}      # fused multiply-adds; the order of additions only
 
 
 @njit(inline="always")
@@ -56,9 +55,9 @@ def _pixels(rows, taps, wo, kw, block):
     for i in range(rows.shape[0]):
         row = rows[i]
         for j in range(kw):
-            for c in range(LANES):
-                filters = load(taps, ((i * kw + j) * LANES + c) * LANES)
-                block = broadcast_multiply_add(block, row, (wo + j) * LANES + c, LANES, filters)
+            for c in range(WIDTH):
+                filters = load(taps, ((i * kw + j) * WIDTH + c) * WIDTH)
+                block = broadcast_multiply_add(block, row, (wo + j) * WIDTH + c, WIDTH, filters)
     return block
 
 
@@ -66,7 +65,7 @@ def _pixels(rows, taps, wo, kw, block):
 def _put(block, z_row, wo, sums, squares):
     """Store a block of pixels (one register each) at column wo; the running per-filter sums
     and sums of squares with its numbers added."""
-    store_all(block, z_row, wo * LANES, LANES)
+    store_all(block, z_row, wo * WIDTH, WIDTH)
     return add_squares(sums, squares, block)
 
 
@@ -75,7 +74,7 @@ def _output_row(rows, taps, z_row, kw, partial):
     """z_row (Wo*8 numbers) from its padded input rows: eight pixels at a time, then four, two,
     one; with `partial` (16 float32), the row's per-filter sums into partial[:8] and its sums of
     squares into partial[8:] (without, LLVM drops them)."""
-    wo_n, wo = z_row.shape[0] // LANES, 0
+    wo_n, wo = z_row.shape[0] // WIDTH, 0
     sums, squares = zeros(2)
     while wo + 8 <= wo_n:
         sums, squares = _put(_pixels(rows, taps, wo, kw, zeros(8)), z_row, wo, sums, squares)
@@ -90,7 +89,7 @@ def _output_row(rows, taps, z_row, kw, partial):
         sums, squares = _put(_pixels(rows, taps, wo, kw, zeros(1)), z_row, wo, sums, squares)
     if partial is not None:
         store(sums, partial, 0)
-        store(squares, partial, LANES)
+        store(squares, partial, WIDTH)
 
 
 @njit(cache=True, parallel=True, fastmath=FAST, error_model="numpy")
@@ -99,7 +98,7 @@ def _forward_kernel(x, taps, z, moments, partials, rows, top, left):
     # scratch; moments (blocks, 2, 8) float64 zeros and partials (blocks, 16) float32 scratch,
     # or both None (no statistics)
     n_img, ho_n = z.shape[0], z.shape[1]
-    kw = rows.shape[2] // LANES - z.shape[2] + 1
+    kw = rows.shape[2] // WIDTH - z.shape[2] + 1
     for b in prange(BLOCKS):
         lo, hi = block_range(b, BLOCKS, n_img * ho_n)
         for task in range(lo, hi):
@@ -109,21 +108,21 @@ def _forward_kernel(x, taps, z, moments, partials, rows, top, left):
                 _output_row(rows[b], taps, z[n, ho].reshape(-1), kw, None)
                 continue
             _output_row(rows[b], taps, z[n, ho].reshape(-1), kw, partials[b])
-            for f in range(LANES):
+            for f in range(WIDTH):
                 moments[b, 0, f] += partials[b, f]
-                moments[b, 1, f] += partials[b, LANES + f]
+                moments[b, 1, f] += partials[b, WIDTH + f]
 
 
 # ----------------------------------------------------------------------------------------
-# kernel gradient: a kernel row's kw*8 x 8 sums in registers over an output row
+# kernel gradient: a kernel row's kw*8 x 8 sums, 24 registers at a time, over an output row
 # ----------------------------------------------------------------------------------------
 
 @njit(inline="always")
 def _row_sums(x_row, g_row, first, block):
     """block[m] + sum over the row's pixels wo of x_row[wo*8 + first + m] * g_row[wo*8:wo*8 + 8]:
     a run of the window's (j, c) against the eight filters' gradients."""
-    for wo in range(g_row.shape[0] // LANES):
-        block = broadcast_multiply_add(block, x_row, wo * LANES + first, 1, load(g_row, wo * LANES))
+    for wo in range(g_row.shape[0] // WIDTH):
+        block = broadcast_multiply_add(block, x_row, wo * WIDTH + first, 1, load(g_row, wo * WIDTH))
     return block
 
 
@@ -131,14 +130,14 @@ def _row_sums(x_row, g_row, first, block):
 def _gradient_rows(rows, g_row, sums):
     """sums[i, (j*8 + c)*8 + f] += sum over the row's pixels of rows[i][(wo + j)*8 + c] * g_row[wo*8 + f]:
     three taps' 24 registers at a time, then eight."""
-    width = sums.shape[1] // LANES
+    width = sums.shape[1] // WIDTH
     for i in range(rows.shape[0]):
         first = 0
         while first + 24 <= width:
-            add_all_into(_row_sums(rows[i], g_row, first, zeros(24)), sums[i], first * LANES, LANES)
+            add_all_into(_row_sums(rows[i], g_row, first, zeros(24)), sums[i], first * WIDTH, WIDTH)
             first += 24
         while first < width:
-            add_all_into(_row_sums(rows[i], g_row, first, zeros(8)), sums[i], first * LANES, LANES)
+            add_all_into(_row_sums(rows[i], g_row, first, zeros(8)), sums[i], first * WIDTH, WIDTH)
             first += 8
 
 
@@ -160,7 +159,7 @@ def _kernel_gradient_kernel(x, dz, dks, rows, top, left):
 
 def _rows(blocks, kernel_shape, wo):
     """Each block's padded input rows: (blocks, kh, (Wo + kw - 1)*8) float32."""
-    return np.empty((blocks, kernel_shape[0], (wo + kernel_shape[1] - 1) * LANES), np.float32)
+    return np.empty((blocks, kernel_shape[0], (wo + kernel_shape[1] - 1) * WIDTH), np.float32)
 
 
 def _taps(kernel):
@@ -171,7 +170,7 @@ def _taps(kernel):
 def output_shape(x_shape, kernel_shape, pads):
     """(N, Ho, Wo, 8) at stride 1: Ho = H + top + bottom - kh + 1, Wo likewise."""
     (kh, kw), (n, h, w) = kernel_shape[:2], x_shape[:3]
-    return n, h + sum(pads[0]) - kh + 1, w + sum(pads[1]) - kw + 1, LANES
+    return n, h + sum(pads[0]) - kh + 1, w + sum(pads[1]) - kw + 1, WIDTH
 
 
 def pixel_conv2d(x, kernel, pads, out=None, moments=None):
@@ -181,8 +180,8 @@ def pixel_conv2d(x, kernel, pads, out=None, moments=None):
     x = np.ascontiguousarray(x, dtype=np.float32)
     shape = output_shape(x.shape, kernel.shape, pads)
     z = np.empty(shape, np.float32) if out is None else out
-    per_block = None if moments is None else np.zeros((BLOCKS, 2, LANES))
-    partials = None if moments is None else np.empty((BLOCKS, 2 * LANES), np.float32)
+    per_block = None if moments is None else np.zeros((BLOCKS, 2, WIDTH))
+    partials = None if moments is None else np.empty((BLOCKS, 2 * WIDTH), np.float32)
     with perf.kernel_threads(z.size * kernel.shape[0] * kernel.shape[1]):
         _forward_kernel(x, _taps(kernel), z, per_block, partials, _rows(BLOCKS, kernel.shape, shape[2]),
                         pads[0][0], pads[1][0])
@@ -214,7 +213,7 @@ def pixel_conv2d_backward(dz, x, kernel, pads, need_input_gradient=True):
     x, dz = np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(dz, dtype=np.float32)
     (kh, kw), ((top, bottom), (left, right)) = kernel.shape[:2], pads
     blocks = min(BLOCKS, x.shape[0])
-    dks = np.zeros((blocks, kh, kw * LANES * LANES), np.float32)
+    dks = np.zeros((blocks, kh, kw * WIDTH * WIDTH), np.float32)
     with perf.kernel_threads(dz.size * kh * kw):
         _kernel_gradient_kernel(x, dz, dks, _rows(blocks, kernel.shape, dz.shape[2]), top, left)
     dx = None

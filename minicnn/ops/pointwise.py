@@ -8,7 +8,8 @@ ops/separable_lanes.py: the tile's 1x1 products and the sums a BatchNormalizatio
 over the tile's pixels p. The products are np.dot calls (OpenBLAS through scipy, as numba does
 it): no loop written in numba comes near them. A tile keeps within perf.OPENBLAS_ONE_THREAD_WORK
 multiply-adds, so that OpenBLAS runs each on the calling thread: a larger one would wake
-OpenBLAS's own threads inside numba's.
+OpenBLAS's own threads inside numba's. numba checks a cached kernel against its own file only:
+after editing this file, touch ops/separable.py and ops/separable_lanes.py, whose kernels inline it.
 """
 import numpy as np
 

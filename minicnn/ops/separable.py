@@ -24,7 +24,7 @@ pixels: the tile of d (and of dd) is made in a small buffer that stays in cache 
 once, so d is never written to memory as a whole; each of its rows is made by ops.depthwise's
 row kernel (an image row as one run of W*C numbers, one long loop per tap), or, for float32 3x3
 kernels on a multiple of eight channels, by ops.separable_lanes' (eight channels a vector
-register) while perf.LANE_KERNELS is on. The backward
+register) while jit.lane_kernels_run(). The backward
 recomputes its tile of d from x (kh*kw multiply-adds per number), or reads the d a forward
 given depthwise_out= kept: a write and a read of the whole of d instead
 (benchmarks/kernels_separable.py measures both). The numba kernels need scipy (numba's
@@ -40,7 +40,7 @@ from .buffers import reuse_or_new
 from .depthwise import (depthwise_conv_backward_reference, depthwise_conv_reference, depthwise_row,
                         depthwise_row_backward, kernel_rows, runs)
 from .im2col import output_hw
-from .jit import njit, numba_dot_runs, pick, prange
+from .jit import lane_kernels_run, njit, numba_dot_runs, pick, prange
 from .pointwise import backward_products, forward_products, tile_rows
 
 BLOCKS = 8           # the backward's blocks of images, each with its own kernel-gradient partial sums
@@ -202,9 +202,9 @@ def _pointwise(pointwise_kernel, c, dtype):
 
 def _lanes_kernels(dtype, depthwise_kernel_shape):
     """ops.separable_lanes where it takes the layer (float32, 3x3, a multiple of eight channels:
-    eight channels a vector register) while perf.LANE_KERNELS is on, else None. Imported at first
+    eight channels a vector register) while jit.lane_kernels_run(), else None. Imported at first
     use: it defines a numba type, and MINICNN_REFERENCE=1 runs without numba."""
-    if not perf.LANE_KERNELS:
+    if not lane_kernels_run():
         return None
     from . import separable_lanes
     return separable_lanes if separable_lanes.takes(dtype, depthwise_kernel_shape) else None

@@ -21,11 +21,10 @@ path, one at a time, that skips the taps outside.
 import numpy as np
 
 from .jit import njit, prange
-from .lanes import (add, add_all_into, dot_loads, load, load_all, multiply_add_loads, store, zero, zeros)
+from .lanes import (FAST, WIDTH, add, add_all_into, dot_loads, load, load_all, multiply_add, multiply_add_loads, store,
+                    zero, zeros)
 from .pointwise import backward_products, forward_products
 
-LANES = 8
-FAST = {"contract", "reassoc"}      # fused multiply-adds; the order of additions only
 
 
 @njit(inline="always")
@@ -60,7 +59,7 @@ def _edge_pixel(kd, rows, wo, g, c_n, left):
         for j in range(3):
             w = wo - left + j
             if 0 <= w < w_in:
-                total = dot_loads(load_all(kd, (i * 3 + j) * c_n + g, c_n, 1), rows[i], w * c_n + g, 0, total)
+                total = multiply_add(load(kd, (i * 3 + j) * c_n + g), load(rows[i], w * c_n + g), total)
     return total
 
 
@@ -70,12 +69,13 @@ def depthwise_row(x, n, ho, kd, c_n, top, left, out, zero_row):
     rows = _three_rows(x, n, ho - top, zero_row)
     wo_n = out.shape[0] // c_n
     lo, hi = _inside(x.shape[2] // c_n, wo_n, left)
-    for g in range(0, c_n, LANES):
+    for g in range(0, c_n, WIDTH):
         upper, middle, lower = _taps(kd, c_n, g)
         for wo in range(lo, hi):
             p = (wo - left) * c_n + g
-            first = dot_loads(lower, rows[2], p, c_n, dot_loads(upper, rows[0], p, c_n, zero()))
-            store(add(first, dot_loads(middle, rows[1], p, c_n, zero())), out, wo * c_n + g)
+            # two chains of multiply-adds (rows 0 and 2; row 1) whose latencies overlap
+            outer_rows = dot_loads(lower, rows[2], p, c_n, dot_loads(upper, rows[0], p, c_n, zero()))
+            store(add(outer_rows, dot_loads(middle, rows[1], p, c_n, zero())), out, wo * c_n + g)
         for wo in range(wo_n):
             if wo < lo or wo >= hi:
                 store(_edge_pixel(kd, rows, wo, g, c_n, left), out, wo * c_n + g)
@@ -89,9 +89,9 @@ def depthwise_row(x, n, ho, kd, c_n, top, left, out, zero_row):
 def _edge_sums(x_row, gradient, wo, g, c_n, left, sums, base):
     """sums[base + j*C + g : +8] += x_row at pixel wo's tap j * gradient, for its taps inside the row."""
     for j in range(3):
-        w = wo - left + j
+        w, at = wo - left + j, base + j * c_n + g
         if 0 <= w < x_row.shape[0] // c_n:
-            add_all_into(multiply_add_loads(zeros(1), x_row, w * c_n + g, 0, gradient), sums, base + j * c_n + g, c_n)
+            store(multiply_add(load(x_row, w * c_n + g), gradient, load(sums, at)), sums, at)
 
 
 @njit(inline="always")
@@ -122,7 +122,7 @@ def _edge_gradient(kd, dd_row, w, g, c_n, left, dx_row, base):
     for j in range(3):
         q = w + left - j
         if 0 <= q < dd_row.shape[0] // c_n:
-            total = dot_loads(load_all(kd, base + j * c_n + g, c_n, 1), dd_row, q * c_n + g, 0, total)
+            total = multiply_add(load(kd, base + j * c_n + g), load(dd_row, q * c_n + g), total)
     store(total, dx_row, w * c_n + g)
 
 
@@ -150,7 +150,7 @@ def depthwise_row_backward(x, n, ho, kd, c_n, top, left, dd_row, sums, dx, zero_
     """The adjoint of depthwise_row for the row's gradient dd_row (Wo*C,): sums (9*C,) += the
     kernel's gradient; dx (N, H, W*C) += the input's (dx None: skipped)."""
     rows = _three_rows(x, n, ho - top, zero_row)
-    for g in range(0, c_n, LANES):
+    for g in range(0, c_n, WIDTH):
         _kernel_sums(rows, dd_row, g, c_n, left, sums)
         if dx is not None:
             _input_gradient(kd, dd_row, g, c_n, left, _three_rows(dx, n, ho - top, spare_row))
@@ -203,7 +203,7 @@ def backward_kernel(dy, x, kd, kpt, top, left, tile_rows, kept, dx, dkd, dkp):
 def takes(dtype, depthwise_kernel_shape):
     """Whether these kernels take the layer: float32, a 3x3 depthwise kernel, a multiple of eight channels."""
     kh, kw, c = depthwise_kernel_shape[:3]
-    return np.dtype(dtype) == np.float32 and (kh, kw) == (3, 3) and c % LANES == 0
+    return np.dtype(dtype) == np.float32 and (kh, kw) == (3, 3) and c % WIDTH == 0
 
 
 def flat_taps(depthwise_kernel):
