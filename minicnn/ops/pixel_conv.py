@@ -20,6 +20,7 @@ in place, so every pixel's window is a plain run of that scratch.
 import numpy as np
 
 from .. import perf
+from .buffers import reuse_or_new
 from .jit import block_range, njit, prange
 from .lanes import FAST, WIDTH, add_all_into, add_squares, broadcast_multiply_add, load, store, store_all, zeros
 
@@ -179,7 +180,7 @@ def pixel_conv2d(x, kernel, pads, out=None, moments=None):
     and sums of squares."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     shape = output_shape(x.shape, kernel.shape, pads)
-    z = np.empty(shape, np.float32) if out is None else out
+    z = reuse_or_new(out, shape, np.float32, "pixel_conv2d: out")
     per_block = None if moments is None else np.zeros((BLOCKS, 2, WIDTH))
     partials = None if moments is None else np.empty((BLOCKS, 2 * WIDTH), np.float32)
     with perf.kernel_threads(z.size * kernel.shape[0] * kernel.shape[1]):
@@ -197,7 +198,7 @@ def bind_pixel_conv2d(x_shape, kernel, pads):
     rows = _rows(BLOCKS, kernel.shape, z.shape[2])
 
     def run(x):
-        _forward_kernel(np.ascontiguousarray(x), taps, z, None, None, rows, pads[0][0], pads[1][0])
+        _forward_kernel(np.ascontiguousarray(x, dtype=np.float32), taps, z, None, None, rows, pads[0][0], pads[1][0])
         return z
     return run
 

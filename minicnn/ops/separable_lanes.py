@@ -28,10 +28,15 @@ from .pointwise import backward_products, forward_products
 
 
 @njit(inline="always")
+def _row(a, n, h, spare):
+    """Row h of image n of a (N, H, W*C), or `spare` for a row outside the image."""
+    return a[n, h] if 0 <= h < a.shape[1] else spare
+
+
+@njit(inline="always")
 def _three_rows(a, n, h0, spare):
-    """Rows h0, h0 + 1, h0 + 2 of image n of a (N, H, W*C); `spare` for a row outside the image."""
-    return (a[n, h0] if 0 <= h0 < a.shape[1] else spare, a[n, h0 + 1] if 0 <= h0 + 1 < a.shape[1] else spare,
-            a[n, h0 + 2] if 0 <= h0 + 2 < a.shape[1] else spare)
+    """Rows h0, h0 + 1, h0 + 2 of image n of a (N, H, W*C), as _row gives them."""
+    return _row(a, n, h0, spare), _row(a, n, h0 + 1, spare), _row(a, n, h0 + 2, spare)
 
 
 @njit(inline="always")
