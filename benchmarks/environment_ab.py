@@ -33,7 +33,6 @@ def child(model_name, steps, turns, batched):
     perf.enable()
     from benchmarks.models import batch, build
     from benchmarks.timing import training_step_ms
-    from minicnn.ops import gemm
 
     model = build(model_name)
     x, y = batch(model, 64)

@@ -6,7 +6,6 @@ import pytest
 
 import minicnn
 from fer import models as fer_models
-from minicnn.layers import conv as conv_layers
 from minicnn import (Activation, Add, BatchNormalization, Conv2D, Dense, DepthwiseConv2D, Dropout, Flatten,
                      GlobalAveragePooling2D, Input, MaxPooling2D, Model, SeparableConv2D, Sequential, backend, gradcheck,
                      optimizers)

@@ -5,7 +5,6 @@ thousand, so blocks end mid-array), float32 and float64. Gathers and single prod
 (ReLU, dropout) must match exactly; sums (the BN statistics and gradients) to rtol 1e-12
 in float64, where only the order of the additions differs.
 """
-import contextlib
 import json
 import os
 

@@ -100,7 +100,7 @@ def bind_conv2d(x_shape, kernel, strides, pads):
     """conv2d's forward for inputs of x_shape (in the kernel's dtype), the patch matrix (where
     numba writes it) and z made once: run(x) -> z (N, Ho, Wo, F), the same array every call
     (compiler/plan.py)."""
-    (kh, kw, c, f), n = kernel.shape, x_shape[0]
+    (kh, kw, _, f), n = kernel.shape, x_shape[0]
     ho, wo = output_hw(x_shape[1], x_shape[2], (kh, kw), strides, pads)
     patches = bind_im2col(x_shape, (kh, kw), strides, pads, kernel.dtype)
     product = bind_matmul(n * ho * wo, kernel.reshape(-1, f))
