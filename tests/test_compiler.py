@@ -235,6 +235,25 @@ def test_textbook_training_runs_the_relu_layer_and_compiled_training_does_not(mo
     assert calls == []
 
 
+def test_a_relu_on_each_side_of_a_batchnormalization_both_apply_compiled(floatx):
+    floatx("float64")
+    backend.set_seed(0)
+    model = Sequential([Conv2D(4, 3, activation="relu", input_shape=(6, 6, 2)), BatchNormalization(),
+                        Activation("relu"), Flatten(), Dense(3, activation="softmax")])
+    bn = model.layers[1]
+    bn.set_weights([np.full(4, 2.0), np.full(4, -1.0), np.zeros(4), np.ones(4)])   # beta < 0: the last ReLU cuts
+    x, y = batch(model, n=4)
+    textbook, compiled = {}, {}
+    for jit_compile, result in ((False, textbook), (True, compiled)):
+        model.compile("sgd", "sparse_categorical_crossentropy", jit_compile=jit_compile)
+        result["loss"], result["out"], result["grads"] = gradients(model, x, y, training=True)
+        result["predicted"] = model.predict(x, verbose=0)
+    for key in ("loss", "out", "predicted"):
+        assert_close(compiled[key], textbook[key], 1e-10, key)
+    for name, grad in textbook["grads"].items():
+        assert_close(compiled["grads"][name], grad, 1e-10, name)
+
+
 def test_no_chain_takes_a_layer_that_casts_to_another_dtype():
     x_in = Input((4, 4, 2))
     y = Activation("relu", dtype="float64")(BatchNormalization()(Conv2D(2, 1)(x_in)))
@@ -277,6 +296,8 @@ def test_each_convolution_gets_its_method_by_shape_and_keeps_its_buffers_from_st
     model.train_on_batch(x, y)
     for stage, before in zip(stages, held):
         assert all(stage.buffers.arrays[name] is array for name, array in before.items())
+    epilogue = fused_steps(model)[2].stages[1]                                # Winograd's z, as the others'
+    assert np.shares_memory(epilogue.cache[1], held[2]["z"])
 
 
 def test_in_training_the_product_writes_into_the_steps_buffers_when_an_epilogue_follows():

@@ -3,8 +3,8 @@ Dropout, the residual Add) in one pass each way, by ops/epilogue.py's kernels.
 
 `epilogue_layers(head, tail)` reads a chain's tail as ops.epilogue.Epilogue's block
     [ReLU] [BatchNormalization] [ReLU] [MaxPooling2D] [Dropout] [+ residual]
-(the head's own ReLU activation counts as the first ReLU), or says it does not fit; then the
-chain runs as its layers' stages. `EpilogueStage` computes what those layers compute: the same
+with one ReLU at most, before or after the BatchNormalization (the head's own ReLU activation
+counts as the first), or says it does not fit; then the chain runs as its layers' stages. `EpilogueStage` computes what those layers compute: the same
 batch statistics and moving update (BatchNormalization.batch_statistics), the same dropout draws
 from the same generator, and sets gamma's and beta's gradients.
 """
@@ -56,6 +56,8 @@ def epilogue_layers(head, tail):
             return None
         found[place], last = layer, PLACES.index(place)
         seen_batchnorm = seen_batchnorm or place == "batchnorm"
+    if "relu_before" in found and "relu_after" in found:
+        return None                        # the block has one ReLU: a second runs as its layer
     relu = "before" if "relu_before" in found else "after" if "relu_after" in found else None
     if relu == "before" and "batchnorm" not in found:
         relu = "after"                     # no BatchNormalization between: the same block

@@ -131,8 +131,8 @@ class ConvStage:
         if tiling not in (None, "direct"):                            # Winograd's output pass adds b, takes either
             sums = None if floor is None else np.zeros((2, f))
             u = None if training else self.kept_transform(kernel, tiling)
-            z, saved = winograd.conv(x, kernel, pads[0][0], pads[1][0], ho, wo, buffers, tiling, moments=sums, u=u,
-                                     bias=bias, moments_floor=-np.inf if sums is None else floor)
+            z, saved = winograd.conv(x, kernel, pads[0][0], pads[1][0], ho, wo, buffers, tiling, out=z, moments=sums,
+                                     u=u, bias=bias, moments_floor=-np.inf if sums is None else floor)
             self.moments = None if sums is None else batch_moments(*sums, z)
             return z, saved
         if tiling == "direct":                                        # its pass takes z's, before b
