@@ -4,9 +4,10 @@ Dropout, the residual Add) in one pass each way, by ops/epilogue.py's kernels.
 `epilogue_layers(head, tail)` reads a chain's tail as ops.epilogue.Epilogue's block
     [ReLU] [BatchNormalization] [ReLU] [MaxPooling2D] [Dropout] [+ residual]
 with one ReLU at most, before or after the BatchNormalization (the head's own ReLU activation
-counts as the first), or says it does not fit; then the chain runs as its layers' stages. `EpilogueStage` computes what those layers compute: the same
-batch statistics and moving update (BatchNormalization.batch_statistics), the same dropout draws
-from the same generator, and sets gamma's and beta's gradients.
+counts as the first), or says it does not fit; then the chain runs as its layers' stages.
+`EpilogueStage` computes what those layers compute: the same batch statistics and moving update
+(BatchNormalization.batch_statistics), the same dropout draws from the same generator, and sets
+gamma's and beta's gradients.
 """
 from typing import NamedTuple, Optional
 

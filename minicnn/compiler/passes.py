@@ -4,7 +4,9 @@ A chain starts at a Conv2D, SeparableConv2D, Dense or BatchNormalization and tak
 following layer that alone reads the chain's output, while that layer is a BatchNormalization,
 a ReLU, a MaxPooling2D, a Dropout or (last) an Add of two inputs, of the chain's dtype:
     Conv2D/SeparableConv2D/Dense -> [BatchNormalization] -> [ReLU] -> [MaxPooling2D] -> [Dropout] -> [Add]
-(in any order of the middle ones: cnn8 puts ReLU before BatchNormalization). The model's output
+(the chain takes the middle ones in any order; its epilogue fuses them in epilogues.PLACES order,
+a ReLU before or after the BatchNormalization as cnn8 and mini-Xception put it, and runs any
+other order layer by layer). The model's output
 layer stays on its own (the loss reads its logits). The fused step runs where the chain's last
 layer ran, reading what the chain's first layer read (and the Add's other input).
 """

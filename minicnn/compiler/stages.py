@@ -113,9 +113,10 @@ class ConvStage:
         layer = self.layer
         x = layer.prepare(x)
         pads, ho, wo = layer.geometry(x)
-        buffers = self.buffers if training else None       # inference between a forward and its backward
+        # None in inference: a predict between a training forward and its backward must not overwrite its arrays
+        buffers = self.buffers if training else None
         self.moments = None
-        z, saved = self.convolve(x, pads, ho, wo, buffers, training)  # must not overwrite the training step's arrays
+        z, saved = self.convolve(x, pads, ho, wo, buffers, training)
         y = self.activation.forward(z)
         self.cache = (x.shape, pads, saved, y, buffers)
         return y
@@ -128,7 +129,7 @@ class ConvStage:
         (kh, kw, c, f), n = kernel.shape, x.shape[0]
         z = buffers("z", (n, ho, wo, f), x.dtype) if buffers is not None and self.epilogue_follows else None
         floor = self.moments_floor if training else None             # the moments the epilogue wants, if any
-        if tiling not in (None, "direct"):                            # Winograd's output pass adds b, takes either
+        if tiling not in (None, "direct"):        # Winograd's output pass adds b and sums z's or max(z, 0)'s moments
             sums = None if floor is None else np.zeros((2, f))
             u = None if training else self.kept_transform(kernel, tiling)
             z, saved = winograd.conv(x, kernel, pads[0][0], pads[1][0], ho, wo, buffers, tiling, out=z, moments=sums,
@@ -165,7 +166,7 @@ class ConvStage:
         holds the numbers it was computed from (training, set_weights and loading change them in place)."""
         kept = self.kept
         stale = kept is None or kept[0] is not tiling or kept[1].dtype != kernel.dtype
-        if stale or not (self.weights_fixed or np.array_equal(kept[1], kernel)):   # False for another shape too
+        if stale or not (self.weights_fixed or np.array_equal(kept[1], kernel)):
             self.kept = kept = (tiling, kernel.copy(), winograd.kernel_transform(kernel, tiling))
         return kept[2]
 
@@ -206,8 +207,9 @@ class SeparableStage:
         x = layer.prepare(x)
         pads, ho, wo = layer.geometry(x)
         fused = self.fused(x.shape, training)
-        buffers = self.buffers if training else None       # inference between a forward and its backward
-        outputs = self.outputs(x.shape, ho, wo, buffers)    # must not overwrite the training step's arrays
+        # None in inference: a predict between a training forward and its backward must not overwrite its arrays
+        buffers = self.buffers if training else None
+        outputs = self.outputs(x.shape, ho, wo, buffers)
         self.moments = None
         if fused and training and self.moments_floor == -np.inf:     # the one pass sums z and z**2 as it goes
             z, sums, squares = self.separable(x, pads, *outputs, statistics=True)
