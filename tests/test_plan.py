@@ -19,7 +19,7 @@ from minicnn.ops.direct_conv import bind_direct_conv2d, direct_conv2d
 from minicnn.ops.gemm import bind_matmul, matmul
 from minicnn.ops.separable import bind_separable_conv2d, separable_conv2d
 from tests.test_compiler import batch, small_model
-from tests.test_freeze import with_statistics
+from tests.test_freeze import frozen_forward, with_statistics
 
 
 def frozen(name):
@@ -36,7 +36,7 @@ def test_planned_outputs_are_the_frozen_steps_outputs(name, dtype, floatx):
     assert len(model.plans.plans) == 1
     planned = [model.predict_on_batch(x) for x in (second, first)]
     for x, y in zip((second, first), planned):
-        expected = model.forward(x, training=False)                # equal but for the order of sums
+        expected = frozen_forward(model, x)                # equal but for the order of sums
         tolerance = 1e-12 if dtype == "float64" else 1e-5
         np.testing.assert_allclose(y, expected, rtol=tolerance, atol=tolerance / 10, err_msg=name)
 
@@ -59,8 +59,8 @@ def test_predict_runs_the_plan_and_a_big_batch_does_not(floatx, monkeypatch):
     floatx("float32")
     model = frozen("cnn4")
     x = batch(model, n=3)[0]
-    expected = model.forward(x, training=False)
-    one_by_one = np.concatenate([model.forward(x[i:i + 1], training=False) for i in range(3)])
+    expected = frozen_forward(model, x)
+    one_by_one = np.concatenate([frozen_forward(model, x[i:i + 1]) for i in range(3)])
     np.testing.assert_allclose(model.predict(x, batch_size=1), one_by_one, rtol=1e-5, atol=1e-6)   # the plan's panels
     assert len(model.plans.plans) == 1
     monkeypatch.setattr("minicnn.perf.ONE_THREAD_MAX_INPUT", 0)
@@ -78,10 +78,10 @@ def test_new_weights_and_training_drop_the_plans(floatx):
     model.set_weights(other.get_weights())
     after = model.predict_on_batch(x)
     assert not np.array_equal(after, before)
-    np.testing.assert_array_equal(after, other.forward(x, training=False))
+    np.testing.assert_array_equal(after, frozen_forward(other, x))
     model.train_on_batch(x, y)
     freeze(model)
-    np.testing.assert_array_equal(model.predict_on_batch(x), model.forward(x, training=False))
+    np.testing.assert_array_equal(model.predict_on_batch(x), frozen_forward(model, x))
 
 
 def test_the_reference_switch_runs_no_plan(floatx, monkeypatch):
@@ -198,7 +198,7 @@ def test_a_model_of_two_inputs_runs_its_plan(floatx):
     pairs = [[random((1, 6, 6, 2), seed, "float64") for seed in seeds] for seeds in ((1, 2), (3, 4))]
     model.predict_on_batch(pairs[0])
     for pair in pairs:
-        np.testing.assert_array_equal(model.predict_on_batch(pair), model.forward(pair, training=False))
+        np.testing.assert_array_equal(model.predict_on_batch(pair), frozen_forward(model, pair))
     assert len(model.plans.plans) == 1
 
 
@@ -212,7 +212,7 @@ def test_a_layers_new_weights_reach_the_next_prediction(floatx):
     bn.set_weights([w + 0.5 for w in bn.get_weights()])
     after = model.predict_on_batch(x)
     assert not np.array_equal(after, before)
-    np.testing.assert_array_equal(after, freeze(model).forward(x, training=False))
+    np.testing.assert_array_equal(after, frozen_forward(freeze(model), x))
 
 
 def test_a_model_with_plans_can_be_copied(floatx):
@@ -233,4 +233,4 @@ def test_an_epilogue_binds_in_its_products_dtype():
     model = freeze(with_statistics(Model(x_in, Dense(2, dtype="float64")(Flatten(dtype="float64")(pooled)))))
     x = random((1, 8, 8, 2), 1)
     model.predict_on_batch(x)
-    np.testing.assert_array_equal(model.predict_on_batch(x), model.forward(x, training=False))
+    np.testing.assert_array_equal(model.predict_on_batch(x), frozen_forward(model, x))

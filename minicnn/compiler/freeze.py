@@ -9,8 +9,10 @@ followed by a BatchNormalization (a ReLU, pool, dropout or residual Add may foll
 folded kernel; its bias goes into the pass after the product (BiasActivationStage, or the pooling
 epilogue's). No statistics or normalization are set up per call, much of what a batch-1 forward (a
 webcam) spends its time on beside its kernels. The folded weights are computed once,
-from the weights as they are then (as torch.jit.freeze does): training brings back the plain
-compiled steps, and weights set afterwards (set_weights, load_weights, a layer's set_weights) are
+from the weights as they are then (as torch.jit.freeze does). The frozen steps serve predict,
+predict_on_batch and evaluate; training, or a forward a backward may follow (Model.forward, as
+minicnn.explain runs it), brings back the plain compiled steps, since no gradient reaches a layer
+through folded weights. Weights set afterwards (set_weights, load_weights, a layer's set_weights) are
 folded again before the next inference; writing into weight arrays directly does not reach the
 folded copies (freeze again).
 """

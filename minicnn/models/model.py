@@ -61,9 +61,10 @@ class Model(Network):
 
     def forward(self, x, training=False):
         """Network.forward on the steps to run: the graph's own layers under MINICNN_REFERENCE=1,
-        else the compiled steps once jit_compile asks for them (compiled here, on first use), or
-        the frozen ones (compiler.freeze) in inference. A small inference batch runs on one thread
-        (perf.inference_threads)."""
+        else the compiled steps once jit_compile asks for them (compiled here, on first use). A
+        backward may follow, so a frozen model (compiler.freeze) compiles its trainable steps again
+        here: no gradient reaches a layer through its folded weights. predict, predict_on_batch and
+        evaluate run the frozen steps. A small inference batch runs on one thread (perf.inference_threads)."""
         return self._forward(x, training, planned=False)
 
     def _predict_batch(self, x):
@@ -74,7 +75,7 @@ class Model(Network):
     def _forward(self, x, training, planned):
         inputs = x if isinstance(x, (list, tuple)) else [x]
         with backend.reference_read_once():
-            self._choose_steps(training)
+            self._choose_steps(backward_may_follow=training or not planned)
             reference = backend.use_reference()
             with perf.inference_threads(inputs, training, reference=reference):
                 if planned and self.steps_frozen and not reference and perf.small_batch(inputs):
@@ -85,12 +86,12 @@ class Model(Network):
         super().set_steps(steps, compiled, frozen)
         self.plans = Plans()          # a plan binds the steps' arrays: new steps, new plans
 
-    def _choose_steps(self, training):
+    def _choose_steps(self, backward_may_follow):
         if backend.use_reference():
             if self.steps_compiled:
                 self.set_steps(self.graph_steps())
-        elif self.steps_frozen and training:
-            compile_model(self)             # the frozen steps' folded weights cannot train
+        elif self.steps_frozen and backward_may_follow:
+            compile_model(self)             # no gradient reaches the layers through folded weights
         elif self.steps_frozen and self.weights_frozen != weights_set_count():
             freeze(self)                    # weights set since: fold them again
         elif self.jit_compile and self.steps and not self.steps_compiled:
