@@ -36,11 +36,18 @@ class EpilogueLayers(NamedTuple):
     add: Optional[Layer]
 
 
+PLACE_OF_KIND = {BatchNormalization: "batchnorm", MaxPooling2D: "pool", Dropout: "dropout", Add: "add"}
+
+
+def is_relu(layer):
+    return isinstance(layer, Activation) and layer.activation.name == "relu"
+
+
 def place_of(layer, after_batchnorm):
-    if isinstance(layer, Activation) and layer.activation.name == "relu":
+    """The place in the block (PLACES) that `layer` would take, or None."""
+    if is_relu(layer):
         return "relu_after" if after_batchnorm else "relu_before"
-    kinds = {BatchNormalization: "batchnorm", MaxPooling2D: "pool", Dropout: "dropout", Add: "add"}
-    return next((place for kind, place in kinds.items() if type(layer) is kind), None)
+    return PLACE_OF_KIND.get(type(layer))
 
 
 def epilogue_layers(head, tail):

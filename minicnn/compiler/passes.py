@@ -11,21 +11,17 @@ layer stays on its own (the loss reads its logits). The fused step runs where th
 layer ran, reading what the chain's first layer read (and the Add's other input).
 """
 from ..layers.conv import Conv2D, SeparableConv2D
-from ..layers.core import Activation, Dense, Dropout
+from ..layers.core import Dense, Dropout
 from ..layers.merge import Add
 from ..layers.normalization import BatchNormalization
 from ..layers.pooling import MaxPooling2D
 from .buffers import Buffers
-from .epilogues import EpilogueStage, epilogue_layers
+from .epilogues import EpilogueStage, epilogue_layers, is_relu
 from .stages import BatchNormalizationReLUStage, ConvStage, DenseStage, LayerStage, SeparableStage
 from .step import FusedStep
 
 HEADS = (Conv2D, SeparableConv2D, Dense, BatchNormalization)
 PRODUCT_STAGES = {Conv2D: ConvStage, SeparableConv2D: SeparableStage, Dense: DenseStage}
-
-
-def is_relu(layer):
-    return isinstance(layer, Activation) and layer.activation.name == "relu"
 
 
 def joins_chain(layer, model, head):
