@@ -214,10 +214,10 @@ def _forward_runner(depthwise_kernel, wo, dtype):
     """run(x_runs, kp, top, left, tile_rows, y, kept, sums, squares): the forward kernel that takes
     the layer, its depthwise taps made once (ops.separable_lanes' flat taps, else
     ops.depthwise.kernel_rows, the taps repeated along an output row)."""
-    lanes = _lanes_kernels(dtype, depthwise_kernel.shape)
-    if lanes is not None:
-        taps = lanes.flat_taps(depthwise_kernel)
-        return lambda x, *rest: lanes.forward_kernel(x, taps, *rest)
+    lane_kernels = _lanes_kernels(dtype, depthwise_kernel.shape)
+    if lane_kernels is not None:
+        taps = lane_kernels.flat_taps(depthwise_kernel)
+        return lambda x, *rest: lane_kernels.forward_kernel(x, taps, *rest)
     rows = kernel_rows(depthwise_kernel, wo, dtype)
     return lambda x, *rest: _forward_kernel(x, rows, *rest)
 
@@ -227,10 +227,11 @@ def _depthwise_gradient(dy, x, depthwise_kernel, kpt, pads, kept, dx, dkp):
     kh, kw, c, _ = depthwise_kernel.shape
     blocks, wo, top, left = dkp.shape[0], dy.shape[2], pads[0][0], pads[1][0]
     rows = tile_rows(wo, c, kpt.shape[0])
-    lanes = _lanes_kernels(x.dtype, depthwise_kernel.shape)
-    if lanes is not None:
+    lane_kernels = _lanes_kernels(x.dtype, depthwise_kernel.shape)
+    if lane_kernels is not None:
         sums = np.zeros((blocks, kh * kw * c), x.dtype)
-        lanes.backward_kernel(dy, x, lanes.flat_taps(depthwise_kernel), kpt, top, left, rows, kept, dx, sums, dkp)
+        taps = lane_kernels.flat_taps(depthwise_kernel)
+        lane_kernels.backward_kernel(dy, x, taps, kpt, top, left, rows, kept, dx, sums, dkp)
         return sums.sum(axis=0).reshape(kh, kw, c)
     sums = np.zeros((blocks, kh, kw, wo * c), x.dtype)
     _backward_kernel(dy, x, kernel_rows(depthwise_kernel, wo, x.dtype), kpt, top, left, rows, kept, dx, sums, dkp)
