@@ -17,6 +17,8 @@ class FusedStep:
         self.stages, self.add = list(stages), add
         self.layers = [layer for stage in self.stages for layer in stage.layers] + ([add] if add else [])
         self.name = "+".join(layer.name for layer in self.layers)
+        # the last stage's pass adds the residual (an epilogue), or the Add runs after the chain
+        self.add_in_last_stage = add is not None and getattr(self.stages[-1], "joins_residual", False)
 
     built = True          # its layers are: gradcheck.check_layer checks a step as it checks a layer
 
@@ -49,7 +51,7 @@ class FusedStep:
         if self.add is None:
             return self.run(inputs, training)
         x, residual = inputs
-        if getattr(self.stages[-1], "joins_residual", False):        # the Add inside the last stage's pass
+        if self.add_in_last_stage:
             return self.run(x, training, residual)
         return self.add.forward([self.run(x, training), residual], training=training)   # chain(x) + residual
 
@@ -68,13 +70,12 @@ class FusedStep:
             run, x_shape, dtype = stage.bind(x_shape, dtype)
             runs.append(run)
         *chain, last = runs
-        joins = self.add is not None and getattr(self.stages[-1], "joins_residual", False)
 
         def run(inputs):
             x, residual = inputs if self.add is not None else (inputs, None)
             for stage in chain:
                 x = stage(x)
-            if joins:
+            if self.add_in_last_stage:
                 return last(x, residual)
             y = last(x)
             return y if self.add is None else self.add.forward([y, residual], training=False)
