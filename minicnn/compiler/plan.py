@@ -10,12 +10,12 @@ CUDA graphs and ONNX Runtime's sessions do. A plain layer's step runs its own fo
     plans = Plans()                  # what a Model keeps beside its frozen steps
     y = plans(model, inputs)         # the first call at these shapes runs the steps and makes the plan
 
-A plan writes the same arrays on every call, so it hands back a copy of the output and runs one
-call at a time: a second thread meanwhile runs the steps as usual. The steps' output can differ
-from the plan's in the last digits where a plan's product sums in another order (float32 products
-on packed panels, ops.panels; a short product run transposed, ops.gemm.bind_matmul). It binds the
-weights as they are when it is made; the model drops its plans with the steps they bound (Model.set_steps), which
-new weights bring about (compiler.freeze folds them again).
+A plan writes the same arrays on every call, so it hands back a copy of the output and runs one call
+at a time: a second thread meanwhile runs the steps as usual. The steps' output can differ from the
+plan's in the last digits where a plan's product sums in another order (float32 products on packed
+panels, ops.panels; a short product run transposed, ops.gemm.bind_matmul). It binds the weights as
+they are when it is made; the model drops its plans with the steps they bound (Model.set_steps),
+which new weights bring about (compiler.freeze folds them again).
 """
 import threading
 

@@ -30,7 +30,7 @@ from .jit import njit
 WIDTH = 8                              # lanes: 256 bits of float32 (AVX2; an AVX-512 register holds two)
 VECTOR = ir.VectorType(ir.FloatType(), WIDTH)
 INDEX = ir.IntType(32)
-FAST = {"contract", "reassoc"}     # the kernels' fastmath: LLVM may reorder additions (the multiply-adds are fused here)
+FAST = {"contract", "reassoc"}     # the kernels' fastmath: LLVM may reorder additions (multiply-adds are fused here)
 
 
 def vector_registers():
